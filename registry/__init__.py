@@ -1,0 +1,1 @@
+"""The MLflow edge of vaegen: the only package that imports mlflow."""

@@ -1,0 +1,263 @@
+"""Decoders in the MLflow registry: log a training run, register a version, resolve a
+reference to a pinned version, and load weights without pickle (DESIGN.md contract 3)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+import vae_core
+from vae_core.config import VAEConfig
+from vae_core.errors import UsageError
+from vae_core.model import Decoder
+from vae_core.training import EpochMetrics, TrainResult
+
+DEFAULT_MODEL_NAME = "vae-decoder"
+DEFAULT_EXPERIMENT = "vaegen-train"
+MODEL_ARTIFACT = "decoder"  # the logged model's name inside its run
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_decoder.py")
+TAG_PREFIX = "vaegen."
+REF_HELP = "use NAME@ALIAS, NAME/VERSION, NAME/latest, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/decoder"
+
+
+@dataclasses.dataclass(frozen=True)
+class PinnedModel:
+    """One registered version, resolved once: everything downstream names this, never an alias."""
+
+    name: str
+    version: int
+    run_id: str
+    source: str
+    resolved_from: str  # the reference the user gave, e.g. "vae-decoder@champion"
+    alias: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedDecoder:
+    """The weights as numpy arrays and the config that rebuilds the network: cheap to ship to workers."""
+
+    pinned: PinnedModel
+    config: VAEConfig
+    state: dict[str, np.ndarray]
+    tags: dict[str, str]
+
+    def build(self, device: str = "cpu") -> Decoder:
+        decoder = Decoder(self.config)
+        decoder.load_state_dict({key: torch.from_numpy(value) for key, value in self.state.items()})
+        return decoder.to(device).eval()
+
+
+def client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient()
+
+
+def signature_for(config: VAEConfig) -> ModelSignature:
+    x_spec = TensorSpec(np.dtype(np.float32), (-1, *config.input_shape))
+    if config.conditional:
+        inputs = Schema(
+            [TensorSpec(np.dtype(np.float32), (-1, config.latent_dim), "z"), TensorSpec(np.dtype(np.int64), (-1,), "label")]
+        )
+    else:
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, config.latent_dim))])
+    return ModelSignature(inputs=inputs, outputs=Schema([x_spec]))
+
+
+def _input_example(config: VAEConfig) -> Any:
+    z = np.zeros((2, config.latent_dim), dtype=np.float32)
+    return {"z": z, "label": np.zeros(2, dtype=np.int64)} if config.conditional else z
+
+
+def flatten_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    return {f"{prefix}.{key}": json.dumps(value) if isinstance(value, (list, tuple)) else str(value) for key, value in values.items()}
+
+
+class TrainingRun:
+    """An open MLflow run for one training job; `log_epoch` is the training loop's callback."""
+
+    def __init__(self, run: mlflow.ActiveRun):
+        self.run = run
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def log_epoch(self, metrics: EpochMetrics) -> None:
+        mlflow.log_metrics(
+            {"train_loss": metrics.train_loss, "val_loss": metrics.val_loss, "epoch_seconds": metrics.seconds},
+            step=metrics.epoch,
+        )
+
+    def log_figure(self, figure: Any, path: str) -> None:
+        mlflow.log_figure(figure, path)
+
+    def log_dict(self, data: Any, path: str) -> None:
+        mlflow.log_dict(data, path)
+
+    @staticmethod
+    def _log_pyfunc(config: VAEConfig, weights_path: Path, config_path: Path, model_name: str) -> Any:
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"weights": str(weights_path), "config": str(config_path)},
+            code_paths=[str(Path(vae_core.__file__).parent)],
+            signature=signature_for(config),
+            input_example=_input_example(config),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+            registered_model_name=model_name,
+        )
+
+    def register(self, result: TrainResult, model_name: str, data_tags: dict[str, str]) -> PinnedModel:
+        """Log the decoder (weights + config, pickle-free) and register it as a new version."""
+        config = result.model.config
+        mlflow.log_metrics(
+            {"val_neg_elbo": result.val_neg_elbo, "train_seconds": result.seconds,
+             "train_size": result.train_size, "holdout_size": result.holdout_size}
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            weights_path, config_path = Path(folder, "weights.npz"), Path(folder, "config.json")
+            state = {key: value.detach().cpu().numpy() for key, value in result.model.decoder.state_dict().items()}
+            np.savez(weights_path, **state)
+            config_path.write_text(config.to_json())
+            with warnings.catch_warnings():
+                # MLflow suggests type hints on predict(); our signature is explicit instead.
+                warnings.filterwarnings("ignore", message=".*type hints.*")
+                info = self._log_pyfunc(config, weights_path, config_path, model_name)
+        version = int(info.registered_model_version)
+        tags = {
+            "config": config.to_json(),
+            "val_neg_elbo": f"{result.val_neg_elbo:.6f}",
+            "latent_dim": str(config.latent_dim),
+            "conditional": str(config.conditional).lower(),
+            **data_tags,
+        }
+        for key, value in tags.items():
+            client().set_model_version_tag(model_name, str(version), TAG_PREFIX + key, value)
+        return PinnedModel(model_name, version, self.run_id, client().get_model_version(model_name, str(version)).source,
+                           resolved_from=f"{model_name}/{version}")
+
+
+@contextlib.contextmanager
+def training_run(experiment: str, run_name: str | None, params: dict[str, str]) -> Iterator[TrainingRun]:
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(params)
+        yield TrainingRun(run)
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<rest>.+)$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-zA-Z]+)(/.*)?$")
+
+
+def _unknown_model_error(name: str) -> UsageError:
+    return UsageError(f"model {name!r} is not registered at {mlflow.get_tracking_uri()}; run `vaegen models` to list models")
+
+
+def resolve(reference: str) -> PinnedModel:
+    """Turn any model reference into one pinned version; unknown names, versions or aliases are UsageErrors."""
+    mlflow_client = client()
+    runs_match = _RUNS_URI.match(reference)
+    if runs_match:
+        run_id = runs_match["run_id"]
+        versions = mlflow_client.search_model_versions(f"run_id = '{run_id}'")
+        if not versions:
+            raise UsageError(f"run {run_id} has no registered model version; register it or pass NAME/VERSION")
+        latest = max(versions, key=lambda version: int(version.version))
+        return PinnedModel(latest.name, int(latest.version), latest.run_id, latest.source, reference)
+    models_match = _MODELS_URI.match(reference)
+    body = models_match["rest"] if models_match else reference
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        _check_model_exists(mlflow_client, name)
+        try:
+            version = mlflow_client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            raise UsageError(f"model {name!r} has no alias {alias!r}; promote a version first (`vaegen promote {name}/N --alias {alias}`)") from None
+        return PinnedModel(name, int(version.version), version.run_id, version.source, reference, alias)
+    if "/" in body:
+        name, version_text = body.rsplit("/", 1)
+        _check_model_exists(mlflow_client, name)
+        if version_text == "latest":
+            versions = mlflow_client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise UsageError(f"model {name!r} has no versions yet; run `vaegen train` first")
+            version_text = str(max(int(version.version) for version in versions))
+        if not version_text.isdigit():
+            raise UsageError(f"model reference {reference!r}: version must be a number or 'latest'; {REF_HELP}")
+        try:
+            version = mlflow_client.get_model_version(name, version_text)
+        except MlflowException:
+            raise UsageError(f"model {name!r} has no version {version_text}; run `vaegen models` to list versions") from None
+        return PinnedModel(name, int(version.version), version.run_id, version.source, reference)
+    raise UsageError(f"model reference {reference!r} names no version or alias; {REF_HELP}")
+
+
+def _check_model_exists(mlflow_client: mlflow.MlflowClient, name: str) -> None:
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        raise _unknown_model_error(name) from None
+
+
+def load_decoder(pinned: PinnedModel) -> LoadedDecoder:
+    """Read config.json and weights.npz of a pinned version; never executes code from the registry."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder))
+        config = VAEConfig.from_dict(json.loads((local / "artifacts" / "config.json").read_text()))
+        with np.load(local / "artifacts" / "weights.npz", allow_pickle=False) as weights:
+            state = {key: weights[key].copy() for key in weights.files}
+    tags = {
+        key.removeprefix(TAG_PREFIX): value
+        for key, value in client().get_model_version(pinned.name, str(pinned.version)).tags.items()
+        if key.startswith(TAG_PREFIX)
+    }
+    return LoadedDecoder(pinned, config, state, tags)
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionSummary:
+    name: str
+    version: int
+    aliases: tuple[str, ...]
+    run_id: str
+    created_ms: int
+    tags: dict[str, str]
+
+
+def list_versions(name: str | None = None) -> list[VersionSummary]:
+    mlflow_client = client()
+    names = [name] if name else [model.name for model in mlflow_client.search_registered_models()]
+    summaries = []
+    for model_name in names:
+        _check_model_exists(mlflow_client, model_name)
+        for version in mlflow_client.search_model_versions(f"name = '{model_name}'"):
+            summaries.append(
+                VersionSummary(
+                    name=version.name,
+                    version=int(version.version),
+                    aliases=tuple(sorted(version.aliases)),
+                    run_id=version.run_id,
+                    created_ms=version.creation_timestamp,
+                    tags={key.removeprefix(TAG_PREFIX): value for key, value in version.tags.items() if key.startswith(TAG_PREFIX)},
+                )
+            )
+    return sorted(summaries, key=lambda summary: (summary.name, summary.version))

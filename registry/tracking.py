@@ -1,0 +1,44 @@
+"""Where the tracking server is, and a fast, clear failure when it cannot be reached.
+
+With no MLFLOW_TRACKING_URI, MLflow's own default applies (SQLite `mlflow.db` and `mlruns/`
+in the current folder), so `mlflow ui` started there shows everything vaegen logged.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import requests
+
+from vae_core.errors import VaegenError
+
+HEALTH_TIMEOUT_S = 10  # a healthy server answers /health in milliseconds; 10 s covers a loaded one
+# MLflow retries HTTP calls with backoff for minutes by default; a batch job should fail fast instead.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+QUIET_DEFAULTS = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # keeps stderr for vaegen's own progress
+
+
+def configure_environment() -> None:
+    """Defaults for a command-line process; anything the user set in the environment wins."""
+    for key, value in {**HTTP_DEFAULTS, **QUIET_DEFAULTS}.items():
+        os.environ.setdefault(key, value)
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def ensure_reachable(uri: str | None = None) -> str:
+    """Raise a one-line VaegenError within HEALTH_TIMEOUT_S if an HTTP tracking server is down."""
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S)
+            response.raise_for_status()
+        except requests.RequestException as error:
+            raise VaegenError(
+                f"cannot reach the MLflow tracking server at {uri} ({type(error).__name__}); "
+                "start it or set MLFLOW_TRACKING_URI to a reachable server"
+            ) from None
+    return uri
