@@ -148,5 +148,97 @@ def list_models(name) -> None:
         )
 
 
+def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by `generate` and `refresh`: what to generate and where it runs."""
+    options = [
+        click.option("--model", "model_ref", default="vae-decoder@champion", show_default=True,
+                     help="NAME@ALIAS, NAME/VERSION, models:/..., runs:/... (resolved once, then pinned)."),
+        click.option("--n", type=int, required=True, help="Number of samples."),
+        click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
+        click.option("--layout", type=click.Choice(["tensor", "binary"]), default="tensor", show_default=True,
+                     help="x as an Arrow fixed-shape tensor, or raw fixed-size binary rows (faster; see README)."),
+        click.option("--compression", type=click.Choice(["zstd", "lz4", "snappy", "gzip", "none"]), default="zstd", show_default=True),
+        click.option("--rows-per-shard", type=int, default=65_536, show_default=True, help="Rows per Parquet part file."),
+        click.option("--batch-size", type=int, default=4_096, show_default=True, help="Rows per decode block."),
+        click.option("--num-workers", type=int, default=None, help="Decoder replicas [default: one per GPU, else per CPU]."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--labels", default="balanced", show_default=True, help="Conditional models: balanced | prior | 3,5,..."),
+        click.option("--shared-fs", is_flag=True, help="A local --out is a filesystem shared by every Ray node."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_shard, batch_size, num_workers, device,
+                     labels, shared_fs, **extra):
+    from jobs.generate.engine import EngineOptions
+    from jobs.generate.job import GenerateConfig
+
+    if n is not None and n < 1:
+        raise UsageError(f"--n must be a positive integer, got {n}")
+    return GenerateConfig(
+        n=n, model=model_ref, out=out, dtype=dtype, layout=layout, compression=compression,
+        rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels,
+        engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs), **extra,
+    )
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_generate_options
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
+@click.option("--overwrite", is_flag=True, help="Replace a committed dataset with the same id.")
+@click.option("--resume", default=None, metavar="DATASET", help="Continue an unfinished dataset (its id under --out, or its path).")
+@click.option("--debug", is_flag=True, hidden=True)
+@handle_errors
+def generate(seed, overwrite, resume, debug, **options) -> None:
+    """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest)."""
+    from jobs.generate.job import generate as run_generate
+
+    result = run_generate(_generate_config(**options, seed=seed, overwrite=overwrite, resume=resume), log=_log)
+    timings = result.manifest["timings"]
+    if result.status == "up-to-date":
+        _log(f"dataset {result.dataset_id} is already committed; nothing to do")
+    else:
+        _log(f"{result.status} {result.manifest['n']:,} rows in {timings['seconds']:.1f} s "
+             f"({timings['rows_per_s']:,.0f} rows/s), {result.manifest['total_bytes'] / 1e6:,.1f} MB")
+    click.echo(f"dataset_id: {result.dataset_id}")
+    click.echo(f"location: {result.location}")
+
+
+main.add_command(generate)
+generate_main = generate  # the `generate` console script: `ray job submit ... -- generate --n 1000000`
+
+
+@main.command(name="inspect")
+@click.argument("dataset")
+@click.option("--deep", is_flag=True, help="Also re-derive seeds, z (and labels) for a sample of rows.")
+@handle_errors
+def inspect_command(dataset, deep) -> None:
+    """Print a dataset's manifest summary and verify every file's checksum and row count."""
+    from jobs.generate.inspect import inspect
+
+    report = inspect(dataset, deep=deep)
+    record = report.manifest
+    model = record["model"]
+    click.echo(f"dataset: {record['dataset_id']} at {report.location}")
+    click.echo(f"model: {model['name']}/{model['version']} (resolved from {model['resolved_from']}), run {model['run_id']}")
+    click.echo(f"rows: {record['n']:,} in {len(record['files'])} files, {record['total_bytes'] / 1e6:,.1f} MB, "
+               f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} ({record['seed_scheme']})")
+    if record["labels"]:
+        click.echo(f"labels: {record['labels']['policy']} over {record['labels']['classes']}, counts {record['labels']['counts']}")
+    click.echo(f"lineage: MLflow run {record['lineage']['run_id']} at {record['lineage']['tracking_uri']}")
+    for problem in report.problems:
+        click.echo(f"PROBLEM {problem}")
+    if not report.ok:
+        raise VaegenError(f"{len(report.problems)} problem(s) in {report.location}")
+    click.echo(f"verified: {len(record['files'])} files" + (f", {report.rows_checked_deep} rows re-derived" if deep else ""))
+
+
 if __name__ == "__main__":
     main()

@@ -183,9 +183,12 @@ def _load_parquet(rest: str, spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     if isinstance(values.type, pa.FixedShapeTensorType):
         images = values.to_numpy_ndarray()
     elif pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type):
-        flat = np.stack(values.to_numpy(zero_copy_only=False)) if len(values) else np.empty((0, 0))
-        side = math.isqrt(flat.shape[1]) if flat.ndim == 2 else 0
-        images = flat.reshape(-1, side, side) if side * side == flat.shape[-1] else flat
+        rows = values.to_numpy(zero_copy_only=False)
+        if len({len(row) for row in rows}) > 1:
+            raise UsageError(f"data source {spec}: rows of column {column!r} have different lengths; need one image size")
+        flat = np.stack(rows) if len(rows) else np.empty((0, 0))  # an empty column is reported as empty below
+        side = math.isqrt(flat.shape[1])
+        images = flat.reshape(-1, side, side) if len(flat) and side * side == flat.shape[1] else flat
     else:
         raise UsageError(f"data source {spec}: column {column!r} has type {values.type}; need a list or tensor")
     labels = table.column("label").to_numpy() if "label" in table.column_names else None

@@ -1,0 +1,178 @@
+"""Running shards on Ray: one long-lived actor per GPU (or per CPU), each holding one decoder.
+
+Why actors and not Ray Data: a shard's decode and its Parquet encode happen in the same
+process, so the decoded samples (3 GB per million float32 28x28 rows) never cross the object
+store, and each part file is written by exactly one task under a name fixed by its shard.
+Ray provides the rest: placement on CPUs/GPUs, backpressure (at most `max_concurrency + 1`
+shards in flight per actor), and fault tolerance (a killed worker process is restarted and
+its in-flight shards retried: `max_restarts`, `max_task_retries`). A retried shard rewrites
+the same part name atomically, so each row lands exactly once.
+
+The weights are read once on the driver and `ray.put` once; actors get them by reference
+from the object store and never call MLflow (DESIGN.md contract 3).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from jobs.generate.parts import PartInfo, PartWriter
+from jobs.generate.predictor import Predictor
+from jobs.generate.spec import DatasetSpec
+from jobs.generate.storage import Storage
+from vae_core.errors import UsageError, VaegenError
+
+DEVICES = ("auto", "cpu", "cuda")
+MAX_RESTARTS = 3  # a worker process that dies (OOM, preemption, kill) comes back this often
+MAX_TASK_RETRIES = 3  # and the shards it held are retried this often
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    num_workers: int | None = None  # None: one per GPU, else one per CPU of the cluster
+    device: str = "auto"  # auto: CUDA when the cluster has GPUs
+    shared_fs: bool = False  # a local --out is visible to every node (NFS, a mounted volume)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise UsageError(f"--num-workers must be a positive integer, got {self.num_workers}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    device: str
+    num_workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    threads_per_worker: int  # torch intra-op threads, and shards a GPU worker runs at once
+    nodes: int
+
+
+def connect() -> None:
+    """Join RAY_ADDRESS (or the job's cluster under `ray job submit`), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+
+
+def plan_placement(options: EngineOptions, num_shards: int, storage: Storage) -> Placement:
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes > 1 and storage.is_local and not options.shared_fs:
+        raise UsageError(
+            f"--out {storage.location()} is a local path but the Ray cluster has {nodes} nodes: parts written "
+            "on other nodes would land on their own disks; use an object store (s3://...) or, for a shared "
+            "filesystem mounted at the same path on every node, pass --shared-fs"
+        )
+    device = options.device
+    if device == "auto":
+        device = "cuda" if gpus > 0 else "cpu"
+    if device == "cuda" and gpus == 0:
+        raise UsageError("--device cuda but the Ray cluster has no GPUs; use --device cpu or auto")
+    if device == "cuda":
+        workers = min(options.num_workers or gpus, num_shards)
+        cpus_per_worker = max(1, cpus // max(gpus, 1))  # the CPUs beside each GPU encode its Parquet
+        return Placement(device, workers, cpus_per_worker, 1.0, cpus_per_worker, nodes)
+    workers = min(options.num_workers or max(cpus, 1), num_shards)
+    # More workers than CPUs would wait forever for a whole CPU each; share them out instead.
+    cpus_per_worker = 1.0 if workers <= cpus else cpus / workers
+    return Placement(device, workers, cpus_per_worker, 0.0, 1, nodes)
+
+
+@ray.remote
+class ShardWorker:
+    def __init__(self, spec: DatasetSpec, config: dict, state_ref: list, storage_uri: str, dataset_id: str, device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        # Nested in a list, the ref is fetched here rather than pinned as a constructor argument,
+        # so a restarted actor fetches it again from the object store (ray-project/ray#53727).
+        state = ray.get(state_ref[0])
+        self.write_part = PartWriter(Predictor(spec, config, state, device), Storage(storage_uri), dataset_id)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def write(self, shard: int) -> PartInfo:
+        return self.write_part(shard)
+
+
+def run_shards(
+    spec: DatasetSpec,
+    config: dict,
+    state: dict,
+    storage: Storage,
+    shards: list[int],
+    placement: Placement,
+    on_part: Callable[[PartInfo], None],
+    on_start: Callable[[list[Any]], None] | None = None,
+) -> list[PartInfo]:
+    """Write every listed shard; returns their PartInfo in completion order."""
+    state_ref = ray.put(state)
+    worker_class = ShardWorker.options(
+        num_cpus=placement.cpus_per_worker,
+        num_gpus=placement.gpus_per_worker,
+        max_restarts=MAX_RESTARTS,
+        max_task_retries=MAX_TASK_RETRIES,
+        max_concurrency=placement.threads_per_worker,
+    )
+    workers = [
+        worker_class.remote(spec, config, [state_ref], storage.uri, spec.dataset_id, placement.device, placement.threads_per_worker)
+        for _ in range(placement.num_workers)
+    ]
+    if on_start is not None:
+        on_start(workers)
+    queue = collections.deque(shards)
+    in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker index)
+    load = [0] * len(workers)
+    per_worker = placement.threads_per_worker + 1  # one queued behind the running ones: no idle gaps
+    done: list[PartInfo] = []
+    try:
+        while queue or in_flight:
+            for index, worker in enumerate(workers):
+                while queue and load[index] < per_worker:
+                    shard = queue.popleft()
+                    in_flight[worker.write.remote(shard)] = (shard, index)
+                    load[index] += 1
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                shard, index = in_flight.pop(ref)
+                load[index] -= 1
+                info = _result(ref, shard)
+                done.append(info)
+                on_part(info)
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+    return done
+
+
+def _result(ref: Any, shard: int) -> PartInfo:
+    try:
+        return ray.get(ref)
+    except RayTaskError as error:
+        cause = error.cause
+        if isinstance(cause, VaegenError):
+            raise cause from None
+        raise VaegenError(f"shard {shard} failed: {type(cause).__name__}: {cause}") from None
+    except RayActorError as error:
+        raise VaegenError(
+            f"shard {shard}: its worker died {MAX_RESTARTS + 1} times ({error.__class__.__name__}); "
+            "committed shards are kept, rerun the same command to resume"
+        ) from None

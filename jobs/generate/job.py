@@ -1,0 +1,218 @@
+"""The generation job as a recipe: resolve once, plan, write shards on Ray, commit the manifest, log lineage."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from jobs.generate import engine, manifest
+from jobs.generate.engine import EngineOptions
+from jobs.generate.parts import SIDECAR_DIR, PartInfo
+from jobs.generate.predictor import NonFiniteOutput, Predictor
+from jobs.generate.spec import DatasetSpec
+from jobs.generate.storage import Storage, storage_from_env
+from jobs.progress import Progress
+from registry import lineage, models, tracking
+from registry.models import LoadedDecoder, PinnedModel
+from vae_core import sampling
+from vae_core.errors import UsageError
+from vae_core.seeds import row_seeds
+
+DEFAULT_MODEL = "vae-decoder@champion"
+LABEL_POLICIES = ("balanced", "prior")
+LABEL_COUNT_CHUNK_ROWS = 1 << 20  # prior labels are re-derived on the driver in chunks this size
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    n: int
+    model: str = DEFAULT_MODEL  # the promoted version: what a scheduled job should serve
+    out: str | None = None  # else VAEGEN_OUTPUT
+    seed: int | None = None  # None: a fresh random seed, printed and recorded in the manifest
+    dtype: str = "float32"
+    layout: str = "tensor"
+    compression: str = "zstd"
+    compression_level: int | None = 1
+    rows_per_shard: int = 65_536
+    batch_size: int = 4_096
+    labels: str = "balanced"  # conditional models: balanced | prior | comma-separated classes
+    engine: EngineOptions = EngineOptions()
+    overwrite: bool = False  # replace a committed dataset with the same id
+    resume: str | None = None  # a dataset id under --out, or the dataset's own path/URI
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateResult:
+    dataset_id: str
+    location: str
+    status: str  # "generated" | "resumed" | "up-to-date"
+    manifest: dict[str, Any]
+    seed_was_random: bool = False
+
+
+def generate(
+    config: GenerateConfig,
+    log: Callable[[str], None] = lambda message: None,
+    on_workers: Callable[[list[Any]], None] | None = None,
+) -> GenerateResult:
+    storage, resume_id = _output(config)
+    tracking.ensure_reachable()
+    if resume_id is not None:
+        record = storage.read_json(resume_id, manifest.PROGRESS) or storage.read_json(resume_id, manifest.MANIFEST)
+        if record is None:
+            raise UsageError(f"--resume {config.resume}: no dataset in progress at {storage.location(resume_id)}")
+        pinned = PinnedModel(**record["model"])
+        loaded = models.load_decoder(pinned)
+        spec = _spec_from_record(record)
+        seed_was_random = False
+    else:
+        pinned = models.resolve(config.model)  # once: a promotion during the job changes nothing in it
+        loaded = models.load_decoder(pinned)
+        seed_was_random = config.seed is None
+        spec = dataset_spec(config, loaded, secrets.randbits(32) if seed_was_random else config.seed)
+    dataset_id = spec.dataset_id
+    log(f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
+        + (" (random: pass --seed to reproduce)" if seed_was_random else ""))
+    storage.check_writable()
+
+    committed = storage.read_json(dataset_id, manifest.MANIFEST)
+    if committed is not None and not config.overwrite:
+        if committed["spec_fingerprint"] != spec.fingerprint():
+            raise UsageError(
+                f"dataset {storage.location(dataset_id)} is committed with other options "
+                f"(fingerprint {committed['spec_fingerprint']}, this run {spec.fingerprint()}); "
+                "use the same options, another --out, or --overwrite"
+            )
+        return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", committed, seed_was_random)
+    if config.overwrite:
+        storage.delete_dir(dataset_id)
+    in_progress = storage.read_json(dataset_id, manifest.PROGRESS)
+    if in_progress is not None and in_progress["spec_fingerprint"] != spec.fingerprint():
+        raise UsageError(
+            f"an unfinished dataset with other options is at {storage.location(dataset_id)}; "
+            f"rerun with its options (`--resume {dataset_id}`) or pass --overwrite"
+        )
+    fresh = in_progress is None
+    _probe(spec, loaded)
+    model_record = dataclasses.asdict(pinned)
+    if fresh:
+        storage.write_json(manifest.progress_record(spec, model_record), dataset_id, manifest.PROGRESS)
+
+    engine.connect()
+    placement = engine.plan_placement(config.engine, spec.num_shards, storage)
+    log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
+        f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
+    started_at, started = manifest.utc_now(), time.perf_counter()
+    progress = Progress(spec.n, dataset_id)
+    reused = 0
+
+    def on_part(info: PartInfo) -> None:
+        nonlocal reused
+        reused += info.reused
+        progress.advance(info.rows)
+
+    params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
+              "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
+    try:
+        with lineage.job_run(lineage.DATASETS_EXPERIMENT, dataset_id, params,
+                             tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run_id:
+            parts = engine.run_shards(spec, loaded.config.to_dict(), loaded.state, storage, list(range(spec.num_shards)),
+                                      placement, on_part, on_workers)
+            seconds = time.perf_counter() - started
+            record = manifest.build(
+                spec, model_record, parts,
+                timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
+                         "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
+                lineage={"tracking_uri": tracking.tracking_uri(), "run_id": run_id, "experiment": lineage.DATASETS_EXPERIMENT},
+                execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
+                label_counts=label_counts(spec),
+            )
+            storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
+            _cleanup(storage, dataset_id, spec.num_shards)
+            lineage.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
+                                 "total_bytes": record["total_bytes"], "shards_reused": reused})
+            lineage.log_dataset(record, storage.location(dataset_id))
+    except NonFiniteOutput:
+        if fresh:  # a broken decoder can never complete this dataset: leave nothing behind
+            storage.delete_dir(dataset_id)
+        raise
+    finally:
+        progress.close()
+    status = "generated" if reused == 0 else "resumed"
+    return GenerateResult(dataset_id, storage.location(dataset_id), status, record, seed_was_random)
+
+
+def _output(config: GenerateConfig) -> tuple[Storage, str | None]:
+    """The output root, and the dataset id to resume if --resume names one (an id or a path/URI)."""
+    if config.resume and "/" in config.resume.rstrip("/"):
+        parent, _, dataset_id = config.resume.rstrip("/").rpartition("/")
+        return Storage(parent), dataset_id
+    return storage_from_env(config.out), config.resume
+
+
+def dataset_spec(config: GenerateConfig, loaded: LoadedDecoder, seed: int) -> DatasetSpec:
+    model_config = loaded.config
+    label_policy, classes = None, ()
+    if model_config.conditional:
+        label_policy, classes = parse_labels(config.labels, model_config.num_classes)
+    return DatasetSpec(
+        model_name=loaded.pinned.name, model_version=loaded.pinned.version, n=config.n, seed=seed,
+        latent_dim=model_config.latent_dim, sample_shape=tuple(model_config.input_shape), dtype=config.dtype,
+        layout=config.layout, compression=config.compression,
+        compression_level=config.compression_level if config.compression in ("zstd", "gzip") else None,
+        rows_per_shard=config.rows_per_shard, block_rows=config.batch_size,
+        num_classes=model_config.num_classes, label_policy=label_policy, label_classes=classes,
+        class_prior=tuple(model_config.class_prior),
+    )
+
+
+def parse_labels(text: str, num_classes: int) -> tuple[str, tuple[int, ...]]:
+    """`balanced` (all classes), `prior`, or a comma-separated subset, balanced over it (contract 1b)."""
+    if text in LABEL_POLICIES:
+        return text, tuple(range(num_classes))
+    try:
+        classes = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        classes = ()
+    if not classes or classes[0] < 0 or classes[-1] >= num_classes:
+        raise UsageError(f"--labels must be balanced, prior or classes in 0..{num_classes - 1} like 3,5; got {text!r}")
+    return "balanced", classes
+
+
+def _spec_from_record(record: dict[str, Any]) -> DatasetSpec:
+    fields = {key: value for key, value in record["spec"].items() if key not in ("format", "seed_scheme")}
+    for key in ("sample_shape", "label_classes", "class_prior"):
+        fields[key] = tuple(fields[key])
+    return DatasetSpec(**fields)
+
+
+def _probe(spec: DatasetSpec, loaded: LoadedDecoder) -> None:
+    """Decode the first block on the driver: a NaN decoder fails here, before anything is written."""
+    Predictor(spec, loaded.config.to_dict(), loaded.state)({"sample_id": np.arange(min(spec.n, spec.block_rows))})
+
+
+def label_counts(spec: DatasetSpec) -> dict[str, int] | None:
+    if spec.label_policy is None:
+        return None
+    counts = np.zeros(spec.num_classes, dtype=np.int64)
+    for start in range(0, spec.n, LABEL_COUNT_CHUNK_ROWS):
+        ids = np.arange(start, min(start + LABEL_COUNT_CHUNK_ROWS, spec.n), dtype=np.int64)
+        seeds = row_seeds(spec.seed, ids) if spec.label_policy == "prior" else None
+        labels = sampling.labels_for(spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior)
+        counts += np.bincount(labels, minlength=spec.num_classes)
+    return {str(label): int(count) for label, count in enumerate(counts) if count}
+
+
+def _cleanup(storage: Storage, dataset_id: str, num_shards: int) -> None:
+    """After the commit: sidecars and the progress record are superseded by the manifest."""
+    for name in storage.list(dataset_id, SIDECAR_DIR):
+        storage.delete(dataset_id, SIDECAR_DIR, name)
+    storage.delete_dir(dataset_id, SIDECAR_DIR)
+    storage.delete(dataset_id, manifest.PROGRESS)
+    for name in storage.list(dataset_id):
+        if name.startswith(".") and name.endswith(".tmp"):  # left by workers killed mid-write
+            storage.delete(dataset_id, name)

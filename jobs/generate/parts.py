@@ -1,0 +1,131 @@
+"""Rows -> one Parquet part file, decoding and encoding overlapped (contract 2).
+
+A part covers shard k's sample ids. Decoding walks the global block grid (vae_core.sampling),
+and each decoded block is handed to a single writer thread while the next block decodes:
+torch and pyarrow both release the GIL in their heavy loops, so the two overlap on one core
+pair. A sidecar `_parts/part-k.json` written after the part records its checksum for resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.generate.predictor import Predictor
+from jobs.generate.spec import DatasetSpec, part_name
+from jobs.generate.storage import Storage
+from vae_core.sampling import block_ranges
+
+SIDECAR_DIR = "_parts"  # readers skip names starting with "_" or "."
+
+
+@dataclasses.dataclass(frozen=True)
+class PartInfo:
+    shard: int
+    name: str
+    first_sample_id: int
+    rows: int
+    size_bytes: int
+    sha256: str
+    reused: bool = False  # True when a resume verified an existing part instead of writing it
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items() if key != "reused"}
+
+
+def arrow_schema(spec: DatasetSpec) -> pa.Schema:
+    value_type = pa.from_numpy_dtype(np.dtype(spec.dtype))
+    if spec.layout == "tensor":
+        x_type = pa.fixed_shape_tensor(value_type, list(spec.sample_shape))
+    else:  # one opaque row of C-ordered values; shape and dtype live in the field metadata
+        x_type = pa.binary(math.prod(spec.sample_shape) * np.dtype(spec.dtype).itemsize)
+    fields = [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("seed", pa.uint64(), nullable=False),
+        pa.field("z", pa.list_(pa.float32(), spec.latent_dim), nullable=False),
+    ]
+    if spec.label_policy is not None:
+        fields.append(pa.field("label", pa.int16(), nullable=False))
+    x_metadata = {"dtype": spec.dtype, "shape": ",".join(map(str, spec.sample_shape)), "layout": spec.layout}
+    fields.append(pa.field("x", x_type, nullable=False, metadata=x_metadata))
+    return pa.schema(fields, metadata={"vaegen.format": "vaegen-dataset/1", "vaegen.spec_fingerprint": spec.fingerprint()})
+
+
+def record_batch(rows: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBatch:
+    """Zero-copy where Arrow allows: numpy buffers become Arrow buffers."""
+    count = len(rows["sample_id"])
+    x = np.ascontiguousarray(rows["x"])
+    x_type = schema.field("x").type
+    if isinstance(x_type, pa.FixedShapeTensorType):
+        storage = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), math.prod(x.shape[1:]))
+        x_array = pa.ExtensionArray.from_storage(x_type, storage)
+    else:
+        x_array = pa.FixedSizeBinaryArray.from_buffers(x_type, count, [None, pa.py_buffer(x)])
+    z = pa.FixedSizeListArray.from_arrays(pa.array(rows["z"].reshape(-1)), rows["z"].shape[1])
+    columns = [pa.array(rows["sample_id"]), pa.array(rows["seed"]), z]
+    if "label" in rows:
+        columns.append(pa.array(rows["label"]))
+    columns.append(x_array)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class PartWriter:
+    """Writes (or, on a resume, verifies) the part file of one shard."""
+
+    def __init__(self, predictor: Predictor, storage: Storage, dataset_id: str):
+        self.predictor = predictor
+        self.spec = predictor.spec
+        self.storage = storage
+        self.dataset_id = dataset_id
+        self.schema = arrow_schema(self.spec)
+
+    def __call__(self, shard: int) -> PartInfo:
+        return self.verified(shard) or self.write(shard)
+
+    def verified(self, shard: int) -> PartInfo | None:
+        """The existing part if its sidecar matches this spec and its bytes still hash the same."""
+        name = part_name(shard)
+        sidecar = self.storage.read_json(self.dataset_id, SIDECAR_DIR, name + ".json")
+        if sidecar is None or sidecar.get("spec_fingerprint") != self.spec.fingerprint():
+            return None
+        if not self.storage.exists(self.dataset_id, name) or self.storage.size(self.dataset_id, name) != sidecar["size_bytes"]:
+            return None
+        if self.storage.sha256(self.dataset_id, name) != sidecar["sha256"]:
+            return None
+        return PartInfo(shard, name, sidecar["first_sample_id"], sidecar["rows"], sidecar["size_bytes"], sidecar["sha256"], reused=True)
+
+    def write(self, shard: int) -> PartInfo:
+        spec = self.spec
+        start, stop = spec.shard_range(shard)
+        name = part_name(shard)
+        with self.storage.atomic_writer(self.dataset_id, name) as stream:
+            writer = pq.ParquetWriter(
+                stream,
+                self.schema,
+                compression=spec.compression,
+                compression_level=spec.compression_level if spec.compression in ("zstd", "gzip") else None,
+                use_dictionary=False,  # random floats and seeds never repeat: dictionaries only cost time
+                write_statistics=["sample_id"],  # lets readers prune row groups by id; x stats are useless
+            )
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool:
+                pending: Future | None = None
+                for block_start, block_stop in block_ranges(start, stop, spec.block_rows):
+                    rows = self.predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})
+                    keep = slice(max(start, block_start) - block_start, min(stop, block_stop) - block_start)
+                    batch = record_batch({key: value[keep] for key, value in rows.items()}, self.schema)
+                    if pending is not None:
+                        pending.result()  # at most one block encoding while the next decodes
+                    pending = pool.submit(writer.write_batch, batch, row_group_size=spec.block_rows)
+                if pending is not None:
+                    pending.result()
+            writer.close()
+        info = PartInfo(shard, name, start, stop - start, stream.size_bytes, stream.sha256.hexdigest())
+        self.storage.write_json(
+            {**info.to_dict(), "spec_fingerprint": spec.fingerprint()}, self.dataset_id, SIDECAR_DIR, name + ".json"
+        )
+        return info

@@ -1,0 +1,54 @@
+"""A batch of sample ids -> the rows of the dataset: the plain class that Ray workers hold.
+
+`__init__` builds the decoder once; `__call__` maps {"sample_id": (N,)} to the columns of
+contract 2 as numpy arrays, and can be unit-tested without Ray.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from jobs.generate.spec import DatasetSpec
+from vae_core import sampling
+from vae_core.config import VAEConfig
+from vae_core.errors import VaegenError
+from vae_core.model import Decoder
+
+
+class NonFiniteOutput(VaegenError):
+    """The decoder produced NaN or inf: a broken version, not a transient failure."""
+
+
+def to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Contract 2's sample encodings; uint8 is round(255 x) (numpy's round-half-to-even)."""
+    if dtype == "uint8":
+        return np.rint(x * 255.0).astype(np.uint8)
+    return x.astype(np.dtype(dtype), copy=False)
+
+
+class Predictor:
+    def __init__(self, spec: DatasetSpec, config: dict, state: dict[str, np.ndarray], device: str = "cpu"):
+        self.spec = spec
+        self.device = device
+        self.decoder = Decoder(VAEConfig.from_dict(config))
+        self.decoder.load_state_dict({key: torch.tensor(value) for key, value in state.items()})
+        self.decoder.to(device).eval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.spec
+        ids = np.asarray(batch["sample_id"], dtype=np.int64)
+        seeds, z = sampling.draw(spec.seed, ids, spec.latent_dim)
+        rows = {"sample_id": ids, "seed": seeds, "z": z}
+        labels = None
+        if spec.label_policy is not None:
+            labels = sampling.labels_for(spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior)
+            rows["label"] = labels
+        x = sampling.decode(self.decoder, z, labels, self.device)  # (N, *sample_shape) float32
+        if not np.isfinite(x).all():
+            raise NonFiniteOutput(
+                f"model {spec.model_name}/{spec.model_version} decodes sample ids {ids[0]}..{ids[-1]} to NaN or inf; "
+                "this version is broken: retrain it or pick another version"
+            )
+        rows["x"] = to_dtype(x, spec.dtype)
+        return rows

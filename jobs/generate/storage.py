@@ -1,0 +1,156 @@
+"""Where datasets live: a local folder or any pyarrow filesystem URI (s3://...), with atomic commits.
+
+Every file is written under a hidden temporary name and then moved to its final name: a rename
+on local disk, a server-side copy on object stores. Either way a reader sees a whole file or none.
+S3 credentials and endpoint come from the usual AWS_* variables (AWS_ENDPOINT_URL_S3 included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow.fs as pafs
+
+from vae_core.errors import UsageError
+
+HASH_CHUNK_BYTES = 8 << 20  # 8 MiB reads when verifying checksums
+
+
+class HashingStream:
+    """A write-only file object that hashes (sha256) and counts what passes through it."""
+
+    def __init__(self, sink: Any):
+        self.sink = sink
+        self.sha256 = hashlib.sha256()
+        self.size_bytes = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.size_bytes += view.nbytes
+        self.sink.write(view)
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size_bytes
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+
+def _is_uri(location: str) -> bool:
+    return "://" in location
+
+
+class Storage:
+    """A root folder (local path or URI) and the few operations the dataset protocol needs."""
+
+    def __init__(self, root: str):
+        self.uri = root if _is_uri(root) else str(Path(root).expanduser().resolve())
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri if _is_uri(root) else "file://" + self.uri)
+        except Exception as error:  # pyarrow raises several types for unusable URIs
+            raise UsageError(f"output root {root!r} is not a usable location ({error}); use a local path or s3://bucket/prefix") from None
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *names: str) -> str:
+        return "/".join([self.root.rstrip("/"), *names])
+
+    def location(self, *names: str) -> str:
+        """A user-facing location: a local path, or the URI on object stores."""
+        if self.is_local:
+            return self.path(*names)
+        return "/".join([self.uri.rstrip("/"), *names])
+
+    def check_writable(self) -> None:
+        """Fail early, before any work, if the root is a file or cannot be written."""
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.File:
+            raise UsageError(f"output root {self.location()} is a file; point --out at a directory")
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            probe = self.path(f".vaegen-write-probe-{uuid.uuid4().hex}")
+            with self.fs.open_output_stream(probe) as stream:
+                stream.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as error:
+            raise UsageError(f"output root {self.location()} is not writable ({error}); fix its permissions or choose another --out") from None
+
+    def exists(self, *names: str) -> bool:
+        return self.fs.get_file_info(self.path(*names)).type != pafs.FileType.NotFound
+
+    def size(self, *names: str) -> int:
+        return self.fs.get_file_info(self.path(*names)).size
+
+    def read_bytes(self, *names: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*names)) as stream:
+            return stream.read()
+
+    def read_json(self, *names: str) -> dict | None:
+        if not self.exists(*names):
+            return None
+        return json.loads(self.read_bytes(*names))
+
+    def sha256(self, *names: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path(*names)) as stream:
+            while chunk := stream.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def list(self, *names: str) -> list[str]:
+        """Base names directly under a folder; [] if it does not exist."""
+        selector = pafs.FileSelector(self.path(*names), allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+
+    @contextlib.contextmanager
+    def atomic_writer(self, *names: str) -> Iterator[HashingStream]:
+        """Yield a hashing stream; the file appears under its name only if the block succeeds."""
+        final = self.path(*names)
+        parent, base = final.rsplit("/", 1)
+        temporary = f"{parent}/.{base}.{uuid.uuid4().hex}.tmp"
+        self.fs.create_dir(parent, recursive=True)
+        try:
+            with self.fs.open_output_stream(temporary) as sink:
+                stream = HashingStream(sink)
+                yield stream
+            self.fs.move(temporary, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(temporary)
+            raise
+
+    def write_json(self, data: dict, *names: str) -> None:
+        with self.atomic_writer(*names) as stream:
+            stream.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+
+    def delete(self, *names: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(*names))
+
+    def delete_dir(self, *names: str) -> None:
+        path = self.path(*names)
+        if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+
+
+def storage_from_env(out: str | None) -> Storage:
+    """--out, else VAEGEN_OUTPUT; neither is a usage error naming both."""
+    root = out or os.environ.get("VAEGEN_OUTPUT")
+    if not root:
+        raise UsageError("no output root: pass --out DIR_OR_URI or set VAEGEN_OUTPUT")
+    return Storage(root)
+

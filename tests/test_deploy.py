@@ -1,0 +1,523 @@
+"""Offline checks of deploy/: the image recipe, the Compose stack, the Kubernetes manifests, the runbook.
+
+Nothing here needs Docker, a cluster or the network. The Kubernetes core objects are validated
+against the JSON schemas that ship with `kubernetes_validate`; the KubeRay custom resources
+(no schema there) are checked field by field, and the pod templates inside them are validated
+as core PodTemplates. The vaegen command lines found in the manifests and in the runbook's
+code blocks are checked against the real CLI's `--help`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+DOCKERFILE = DEPLOY / "Dockerfile"
+RUNBOOK = DEPLOY / "RUNBOOK.md"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+COMPOSE = DEPLOY / "compose.yaml"
+
+YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+COMPOSE_FILES = sorted(DEPLOY.glob("compose*.yaml"))
+K8S_FILES = sorted(K8S.glob("*.yaml"))
+NAMESPACE = "vaegen"
+RAY_API = "ray.io/v1"
+RAY_KINDS = {"RayCluster", "RayJob", "RayCronJob"}
+LOOPBACK_DEFAULT = "${BIND_ADDRESS:-127.0.0.1}"
+# The oldest Kubernetes minor we support (CronJob timeZone is GA since 1.27) and the newest
+# one kubernetes_validate ships schemas for.
+K8S_VERSIONS = ("1.29", ".".join(kubernetes_validate.latest_version().split(".")[:2]))
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+@lru_cache(maxsize=None)
+def load_docs(path: Path) -> tuple[dict[str, Any], ...]:
+    with path.open() as handle:
+        return tuple(doc for doc in yaml.safe_load_all(handle) if doc is not None)
+
+
+def k8s_objects() -> list[tuple[Path, dict[str, Any]]]:
+    return [(path, doc) for path in K8S_FILES for doc in load_docs(path)]
+
+
+def objects_of_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in k8s_objects() if doc["kind"] == kind]
+
+
+def one(kind: str) -> dict[str, Any]:
+    found = objects_of_kind(kind)
+    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
+    return found[0]
+
+
+def ray_cluster_specs() -> list[tuple[str, dict[str, Any]]]:
+    """Every RayCluster spec: the long-lived cluster and those embedded in RayJob / RayCronJob."""
+    specs = [(f"RayCluster/{d['metadata']['name']}", d["spec"]) for d in objects_of_kind("RayCluster")]
+    specs += [(f"RayJob/{d['metadata']['name']}", d["spec"]["rayClusterSpec"]) for d in objects_of_kind("RayJob")]
+    specs += [(f"RayCronJob/{d['metadata']['name']}", d["spec"]["jobTemplate"]["rayClusterSpec"])
+              for d in objects_of_kind("RayCronJob")]
+    return specs
+
+
+def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) for every pod template in the Kubernetes manifests."""
+    for doc in objects_of_kind("Deployment"):
+        yield f"Deployment/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+    for doc in objects_of_kind("CronJob"):
+        yield f"CronJob/{doc['metadata']['name']}", doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    for where, spec in ray_cluster_specs():
+        yield f"{where} head", spec["headGroupSpec"]["template"]["spec"]
+        for group in spec["workerGroupSpecs"]:
+            yield f"{where} {group['groupName']}", group["template"]["spec"]
+
+
+def compose(path: Path = COMPOSE) -> dict[str, Any]:
+    (doc,) = load_docs(path)
+    return doc
+
+
+# --------------------------------------------------------------------------------------------
+# Every file
+# --------------------------------------------------------------------------------------------
+
+def test_deploy_files_exist() -> None:
+    expected = ["Dockerfile", "compose.yaml", ".env.example", "RUNBOOK.md", "k8s/namespace.yaml",
+                "k8s/mlflow.yaml", "k8s/raycluster.yaml", "k8s/rayjob-generate.yaml",
+                "k8s/raycronjob-refresh.yaml", "k8s/cronjob-refresh.yaml"]
+    missing = [name for name in expected if not (DEPLOY / name).is_file()]
+    assert not missing, f"missing under deploy/: {missing}"
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=rel)
+def test_yaml_parses(path: Path) -> None:
+    docs = load_docs(path)
+    assert docs, f"{rel(path)} holds no document"
+    assert all(isinstance(doc, dict) for doc in docs), f"{rel(path)}: every document must be a mapping"
+
+
+@pytest.mark.parametrize("path", [*YAML_FILES, DOCKERFILE], ids=rel)
+def test_manifest_starts_with_the_command_that_applies_it(path: Path) -> None:
+    first = path.read_text().splitlines()[0]
+    if path == DOCKERFILE:
+        expected = "# Build: docker build -f deploy/Dockerfile "
+        assert first.startswith(expected), f"{rel(path)}: first line must start with {expected!r}"
+    elif path.parent == K8S:
+        expected = f"# Apply: kubectl apply -f {rel(path)}"
+        assert first == expected, f"{rel(path)}: first line must be {expected!r}, is {first!r}"
+    else:
+        assert first.startswith("# Apply: docker compose "), f"{rel(path)}: first line {first!r}"
+        assert f"-f {rel(path)}" in first, f"{rel(path)}: the header command must name the file itself"
+
+
+# --------------------------------------------------------------------------------------------
+# Kubernetes: core objects against the official schemas, KubeRay objects field by field
+# --------------------------------------------------------------------------------------------
+
+CORE_OBJECTS = [(path, doc) for path, doc in k8s_objects() if doc["apiVersion"] != RAY_API]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(("path", "doc"), CORE_OBJECTS,
+                         ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in CORE_OBJECTS])
+def test_core_objects_validate_against_kubernetes_schema(path: Path, doc: dict[str, Any], version: str) -> None:
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        location = ".".join(str(part) for part in error.path)
+        pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']} (k8s {version}): {location}: {error.message}")
+
+
+def test_only_known_kinds_and_everything_in_the_vaegen_namespace() -> None:
+    core = {"Namespace", "Secret", "ConfigMap", "Deployment", "Service", "CronJob"}
+    for path, doc in k8s_objects():
+        assert doc["kind"] in core | RAY_KINDS, f"{path.name}: unexpected kind {doc['kind']}"
+        if doc["apiVersion"].startswith("ray.io"):
+            assert doc["apiVersion"] == RAY_API, f"{path.name}: KubeRay objects use {RAY_API}"
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == NAMESPACE
+        else:
+            assert doc["metadata"].get("namespace") == NAMESPACE, f"{path.name} {doc['kind']}: namespace"
+    assert one("Namespace")["metadata"]["name"] == NAMESPACE
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS[-1:])
+def test_pod_templates_inside_kuberay_objects_validate(version: str) -> None:
+    for where, spec in ray_cluster_specs():
+        templates = [("head", spec["headGroupSpec"]["template"])]
+        templates += [(group["groupName"], group["template"]) for group in spec["workerGroupSpecs"]]
+        for name, template in templates:
+            wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
+            try:
+                kubernetes_validate.validate(wrapped, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                location = ".".join(str(part) for part in error.path)
+                pytest.fail(f"{where} {name} pod template: {location}: {error.message}")
+
+
+@pytest.mark.parametrize("where_spec", ray_cluster_specs(), ids=lambda item: item[0])
+def test_ray_clusters_have_a_cpu_head_and_an_autoscaled_gpu_worker_group(where_spec) -> None:
+    where, spec = where_spec
+    assert spec["enableInTreeAutoscaling"] is True, where
+    assert re.fullmatch(r"\d+\.\d+\.\d+", str(spec["rayVersion"])), where
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for section in ("requests", "limits"):
+        assert "nvidia.com/gpu" not in head.get("resources", {}).get(section, {}), f"{where}: the head is CPU only"
+    gpu_groups = [g for g in spec["workerGroupSpecs"]
+                  if str(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")) == "1"]
+    assert gpu_groups, f"{where}: no worker group with limits nvidia.com/gpu: 1"
+    for group in gpu_groups:
+        assert group["minReplicas"] == 0, f"{where}: the GPU group must scale to zero"
+        assert group["maxReplicas"] >= 1, where
+        assert 0 <= group["replicas"] <= group["maxReplicas"], where
+
+
+def test_rayjob_runs_generate() -> None:
+    job = one("RayJob")["spec"]
+    entrypoint = job["entrypoint"].split()
+    assert entrypoint[0] == "generate", job["entrypoint"]
+    assert entrypoint[entrypoint.index("--n") + 1] == "1000000"
+    assert entrypoint[entrypoint.index("--out") + 1].startswith("s3://")
+    assert "--device" in entrypoint, "GPU tasks must be requested explicitly for the autoscaler to add GPU workers"
+    assert job["shutdownAfterJobFinishes"] is True
+
+
+def test_raycronjob_runs_vaegen_refresh() -> None:
+    cron = one("RayCronJob")["spec"]
+    assert len(cron["schedule"].split()) == 5, cron["schedule"]
+    template = cron["jobTemplate"]  # KubeRay 1.6: the RayJob spec itself, no `spec:` wrapper
+    assert "spec" not in template and "rayClusterSpec" in template
+    assert template["entrypoint"].split()[:2] == ["vaegen", "refresh"]
+    assert template["entrypoint"].split()[template["entrypoint"].split().index("--out") + 1].startswith("s3://")
+
+
+def test_cronjob_submits_refresh_to_the_raycluster_head_service() -> None:
+    cron = one("CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    argv = [*container.get("command", []), *container.get("args", [])]
+    assert argv[:3] == ["ray", "job", "submit"], argv
+    cluster = one("RayCluster")["metadata"]
+    head = f"http://{cluster['name']}-head-svc.{cluster['namespace']}.svc.cluster.local:8265"
+    assert argv[argv.index("--address") + 1] == head
+    assert argv[argv.index("--") + 1:argv.index("--") + 3] == ["vaegen", "refresh"]
+
+
+def _defined_env() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    secrets = {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
+               for d in objects_of_kind("Secret")}
+    config_maps = {d["metadata"]["name"]: set(d.get("data", {})) for d in objects_of_kind("ConfigMap")}
+    return secrets, config_maps
+
+
+def test_env_references_resolve_and_command_variables_are_defined() -> None:
+    secrets, config_maps = _defined_env()
+    for where, spec in pod_specs():
+        for container in spec["containers"]:
+            available: set[str] = set()
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] in secrets, f"{where}: Secret {source['secretRef']['name']}"
+                    available |= secrets[source["secretRef"]["name"]]
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in config_maps, f"{where}: ConfigMap"
+                    available |= config_maps[source["configMapRef"]["name"]]
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets.get(ref["name"], set()), f"{where}: {ref}"
+                available.add(var["name"])
+            for arg in [*container.get("command", []), *container.get("args", [])]:
+                for name in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", arg):
+                    assert name in available, f"{where}: $({name}) is not defined in the container's environment"
+
+
+def test_mlflow_server_uses_postgres_and_s3_from_secret_and_configmap() -> None:
+    secrets, config_maps = _defined_env()
+    container = one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    argv = [*container.get("command", []), *container.get("args", [])]
+    assert argv[:2] == ["mlflow", "server"]
+    assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in argv
+    assert "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)" in argv
+    env = {var["name"]: var for var in container.get("env", [])}
+    assert "secretKeyRef" in env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]
+    config = one("ConfigMap")["data"]
+    assert config["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION",
+                "VAEGEN_OUTPUT"):
+        assert config.get(key), f"ConfigMap lacks {key}"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set().union(*secrets.values())
+    # The tracking URI must reach the Service, and mlflow must accept its Host header.
+    service = one("Service")
+    uri = urlsplit(config["MLFLOW_TRACKING_URI"])
+    assert uri.hostname.split(".")[0] == service["metadata"]["name"]
+    assert uri.port in [port["port"] for port in service["spec"]["ports"]]
+    allowed = config["MLFLOW_ALLOWED_HOSTS"].split(",")
+    assert any(fnmatch.fnmatch(uri.netloc, pattern) for pattern in allowed), f"{uri.netloc} not in allowed hosts"
+
+
+def test_secrets_hold_placeholders_only() -> None:
+    for secret in objects_of_kind("Secret"):
+        assert "data" not in secret, "no base64 data in the repository"
+        for key, value in secret.get("stringData", {}).items():
+            assert value == "REPLACE_ME", f"Secret {secret['metadata']['name']}.{key} must be a placeholder"
+
+
+def _dockerfile_ray_version() -> str:
+    match = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-", DOCKERFILE.read_text(), re.M)
+    assert match, "deploy/Dockerfile: ARG RAY_IMAGE=rayproject/ray:<version>-... expected"
+    return match.group(1)
+
+
+def test_one_image_and_one_ray_version_everywhere() -> None:
+    ray_version = _dockerfile_ray_version()
+    images = {c["image"] for _, spec in pod_specs() for c in spec["containers"]}
+    assert len(images) == 1, f"every vaegen pod must run the same image, found {images}"
+    for where, spec in ray_cluster_specs():
+        assert spec["rayVersion"] == ray_version, f"{where}: rayVersion {spec['rayVersion']} != image {ray_version}"
+    for path in COMPOSE_FILES:
+        for tag in re.findall(r"rayproject/ray:([0-9.]+)-", path.read_text()):
+            assert tag == ray_version, f"{rel(path)}: Ray {tag} != {ray_version}"
+    # pip must accept the image's Ray, or `pip install .` would fail against the constraint.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ray_req = next(Requirement(d) for d in pyproject["project"]["dependencies"] if Requirement(d).name == "ray")
+    assert ray_req.specifier.contains(ray_version), f"pyproject's {ray_req} excludes Ray {ray_version}"
+
+
+# --------------------------------------------------------------------------------------------
+# Dockerfile
+# --------------------------------------------------------------------------------------------
+
+def test_dockerfile_builds_vaegen_on_ray_as_non_root() -> None:
+    text = DOCKERFILE.read_text()
+    instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert any(line.startswith("FROM ${RAY_IMAGE}") for line in instructions)
+    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, "the image must run as a non-root user"
+    assert re.search(r"pip install\b[^\n]*(\\\n[^\n]*)*\s\.\s", text), "the image installs vaegen with `pip install .`"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    copied = " ".join(line for line in instructions if line.startswith("COPY "))
+    for needed in ["pyproject.toml", pyproject["project"]["readme"], *packages]:
+        assert re.search(rf"\s{re.escape(needed)}\s", f" {copied} "), f"the Dockerfile does not COPY {needed}"
+    scripts = pyproject["project"]["scripts"]
+    assert {"vaegen", "generate"} <= set(scripts), "the manifests call both console scripts"
+
+
+# --------------------------------------------------------------------------------------------
+# Compose
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=rel)
+def test_compose_ports_bind_loopback_unless_configured(path: Path) -> None:
+    for name, service in compose(path)["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                assert port.get("host_ip") == LOOPBACK_DEFAULT, f"{name}: {port}"
+            else:
+                assert str(port).startswith(f"{LOOPBACK_DEFAULT}:"), f"{name}: port {port!r} must start with {LOOPBACK_DEFAULT}:"
+
+
+def test_compose_long_running_services_have_healthchecks() -> None:
+    services = compose()["services"]
+    assert {"postgres", "minio", "mlflow", "ray-head", "refresh"} <= set(services)
+    for name, service in services.items():
+        if str(service.get("restart", "no")) == "no" and name not in {"postgres", "minio", "mlflow", "ray-head", "refresh"}:
+            continue  # one-shot (bucket creation) and ad-hoc (cli) services
+        assert service.get("restart") not in (None, "no"), f"{name}: long-running services restart"
+        check = service.get("healthcheck") or {}
+        assert check.get("test") and check["test"] != ["NONE"] and not check.get("disable"), f"{name}: no healthcheck"
+
+
+def test_compose_stack_wiring() -> None:
+    services = compose()["services"]
+    mlflow = " ".join(services["mlflow"]["command"])
+    assert "mlflow server" in mlflow
+    assert re.search(r"--backend-store-uri \"?postgresql://", mlflow)
+    assert "--artifacts-destination s3://mlflow" in mlflow
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    head = " ".join(services["ray-head"]["command"])
+    assert re.search(r"ray start --head --block\b.*--dashboard-host 0\.0\.0\.0", head, re.S)
+    refresh = " ".join(services["refresh"]["command"])
+    assert "while true" in refresh and "vaegen refresh" in refresh and "sleep" in refresh
+    assert services["refresh"]["environment"]["REFRESH_INTERVAL_S"].startswith("${REFRESH_INTERVAL_S")
+    init = services["minio-init"]
+    assert " ".join(init["command"]).count("mc mb") == 1 and str(init["restart"]) == "no"
+    for name in ("mlflow", "ray-head", "refresh"):
+        env = services[name]["environment"]
+        assert env["MLFLOW_TRACKING_URI" if name != "mlflow" else "MLFLOW_S3_ENDPOINT_URL"]
+    # Clients reach mlflow by its service name: that Host header must be accepted.
+    tracking = urlsplit(services["refresh"]["environment"]["MLFLOW_TRACKING_URI"])
+    default_hosts = re.search(r"\$\{MLFLOW_ALLOWED_HOSTS:-([^}]*)\}", COMPOSE.read_text()).group(1).split(",")
+    assert any(fnmatch.fnmatch(tracking.netloc, pattern) for pattern in default_hosts)
+
+
+def _compose_variables() -> dict[str, str]:
+    """Variables Compose interpolates (`${NAME...}`, not the `$${NAME}` left to the container shell)."""
+    found: dict[str, str] = {}
+    for path in COMPOSE_FILES:
+        for name, rest in re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}", path.read_text()):
+            found.setdefault(name, rest)
+            if rest.startswith(":?"):
+                found[name] = rest
+    return found
+
+
+def test_compose_secrets_come_from_env_without_defaults() -> None:
+    variables = _compose_variables()
+    secret_names = [n for n in variables if re.search(r"PASSWORD|SECRET", n)]
+    assert secret_names, "no secret variables found in compose files"
+    for name in secret_names:
+        assert variables[name].startswith(":?"), f"${{{name}}} must be required (:?), never defaulted"
+
+
+def test_env_example_documents_every_variable_and_holds_no_secret() -> None:
+    documented: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = re.match(r"^#?([A-Z_][A-Z0-9_]*)=(.*)$", line.strip())
+        if match:
+            documented[match.group(1)] = match.group(2)
+    missing = sorted(set(_compose_variables()) - set(documented))
+    assert not missing, f"deploy/.env.example does not mention {missing}"
+    for name, value in documented.items():
+        if re.search(r"PASSWORD|SECRET", name):
+            assert value == "", f"{name} must be left empty in .env.example"
+    assert (DEPLOY / ".gitignore").read_text().splitlines().count(".env") == 1, "deploy/.env must be git-ignored"
+
+
+# --------------------------------------------------------------------------------------------
+# The vaegen command lines in the manifests and the runbook exist, with those flags
+# --------------------------------------------------------------------------------------------
+
+_SEPARATORS = {";", ";;", "&&", "||", "|", "&", "(", ")", "!", "then", "do", "done", "else", "elif", "fi"}
+
+
+def _tokens(line: str) -> list[str]:
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        return list(lexer)
+    except ValueError:  # unbalanced quotes in prose-like text: fall back to whitespace
+        return line.split()
+
+
+def commands_in(text: str) -> set[tuple[str, str | None, tuple[str, ...]]]:
+    """(program, subcommand, flags) of every `vaegen <cmd> ...` / `generate ...` in shell-like text."""
+    found = set()
+    for line in text.replace("\\\n", " ").splitlines():
+        tokens = _tokens(line.strip())
+        for i, token in enumerate(tokens):
+            previous = tokens[i - 1] if i else ""
+            if previous.startswith("-") and previous != "--":
+                continue  # an option's value, as in `kubectl -n vaegen ...`
+            if token.rsplit("/", 1)[-1] == "vaegen":  # also /opt/vaegen/venv/bin/vaegen
+                nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+                sub = nxt if re.fullmatch(r"[a-z][a-z-]*", nxt) else None
+                program, start = "vaegen", i + (2 if sub else 1)
+            elif token.rsplit("/", 1)[-1] == "generate" and (i == 0 or previous in _SEPARATORS | {"--", "exec"}):
+                program, sub, start = "generate", None, i + 1
+            else:
+                continue
+            flags = []
+            for arg in tokens[start:]:
+                if arg in _SEPARATORS or arg == "--":
+                    break
+                if arg.startswith("--"):
+                    flags.append(arg.split("=", 1)[0])
+            if sub or flags or program == "generate":
+                found.add((program, sub, tuple(flags)))
+    return found
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every string scalar of a YAML tree, plus every all-string list joined as one command line."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        if node and all(isinstance(item, str) for item in node):
+            yield shlex.join(node)
+        for item in node:
+            yield from _strings(item)
+
+
+def manifest_commands() -> set[tuple[str, str | None, tuple[str, ...]]]:
+    return {cmd for path in YAML_FILES for doc in load_docs(path) for text in _strings(doc) for cmd in commands_in(text)}
+
+
+def runbook_commands() -> set[tuple[str, str | None, tuple[str, ...]]]:
+    blocks = re.findall(r"^```[\w-]*\n(.*?)^```", RUNBOOK.read_text(), re.S | re.M)
+    return {cmd for block in blocks for cmd in commands_in(block)}
+
+
+def _cli_usages() -> dict[tuple[str, str | None], set[str]]:
+    usages: dict[tuple[str, str | None], set[str]] = {}
+    for program, sub, flags in manifest_commands() | runbook_commands():
+        usages.setdefault((program, sub), set()).update(flags)
+    return usages
+
+
+CLI_USAGES = _cli_usages()
+
+
+def test_command_extraction_finds_the_expected_commands() -> None:
+    in_manifests = {(program, sub) for program, sub, _ in manifest_commands()}
+    assert {("generate", None), ("vaegen", "refresh")} <= in_manifests, in_manifests
+    in_runbook = {(program, sub) for program, sub, _ in runbook_commands()}
+    expected = {("vaegen", cmd) for cmd in ("train", "promote", "refresh", "inspect", "rollback")} | {("generate", None)}
+    assert expected <= in_runbook, expected - in_runbook
+    refresh_flags = set().union(*(set(f) for p, s, f in manifest_commands() if (p, s) == ("vaegen", "refresh")))
+    assert {"--model", "--n", "--out", "--keep"} <= refresh_flags
+
+
+def _help_text(program: str, sub: str | None) -> str:
+    import click
+    from click.testing import CliRunner
+
+    from jobs.cli import main  # until the CLI lands this import fails: that is the point
+
+    runner = CliRunner()
+    if program == "vaegen":
+        result = runner.invoke(main, [*([sub] if sub else []), "--help"], prog_name="vaegen")
+        assert result.exit_code == 0, f"`vaegen {sub or ''} --help` failed:\n{result.output}"
+        return result.output
+    from jobs.cli import generate_main
+
+    if isinstance(generate_main, click.Command):
+        result = runner.invoke(generate_main, ["--help"], prog_name="generate")
+        assert result.exit_code == 0, f"`generate --help` failed:\n{result.output}"
+        return result.output
+    code = "import sys; from jobs.cli import generate_main; sys.argv = ['generate', '--help']; generate_main()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"`generate --help` failed:\n{proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize(("program", "sub"), sorted(CLI_USAGES, key=lambda k: (k[0], k[1] or "")),
+                         ids=lambda value: value or "-")
+def test_cli_commands_used_by_deploy_exist_with_their_flags(program: str, sub: str | None) -> None:
+    help_text = _help_text(program, sub)
+    missing = [flag for flag in sorted(CLI_USAGES[(program, sub)])
+               if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text)]
+    name = " ".join(part for part in (program, sub) if part)
+    assert not missing, f"`{name}` does not document {missing}; its --help says:\n{help_text}"
