@@ -44,6 +44,12 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _fail(" ".join(message.split()), code)
         except KeyboardInterrupt:
             _fail("interrupted; rerun the same command to resume", EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as error:  # a bug or an environment failure: one line, the traceback on --debug
+            if debug:
+                raise
+            _fail(f"{type(error).__name__}: {' '.join(str(error).split())} (rerun with --debug for the traceback)", EXIT_FAILED)
 
     return wrapper
 
@@ -146,6 +152,12 @@ def list_models(name) -> None:
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
             f"{summary.tags.get('val_neg_elbo', '-'):>9}  {kind:<12} {summary.tags.get('data_source', '-')}"
         )
+    for model_name, alias, events in models.alias_histories(name):
+        click.echo(f"\nhistory of {model_name}@{alias}:")
+        for event in events:
+            previous = "-" if event["previous_version"] is None else f"v{event['previous_version']}"
+            click.echo(f"  {event['at']}  {event['action']:<8} {previous} -> v{event['version']}  "
+                       f"by {event['by']}: {event['reason']}")
 
 
 def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -238,6 +250,73 @@ def inspect_command(dataset, deep) -> None:
     if not report.ok:
         raise VaegenError(f"{len(report.problems)} problem(s) in {report.location}")
     click.echo(f"verified: {len(record['files'])} files" + (f", {report.rows_checked_deep} rows re-derived" if deep else ""))
+
+
+@main.command()
+@click.argument("reference")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--reason", required=True, help="Why this version should serve; recorded on the version.")
+@click.option("--by", default=None, help="Who promotes [default: the OS user].")
+@click.option("--force", is_flag=True, help="Promote even if a gate cannot compare (never past a failing gate).")
+@click.option("--elbo-tolerance", type=float, default=0.5, show_default=True, help="Allowed held-out -ELBO regression, nats.")
+@click.option("--to-model", default=None, help="Copy the version into this registered model first, and promote the copy.")
+@handle_errors
+def promote(reference, alias, reason, by, force, elbo_tolerance, to_model) -> None:
+    """Move an alias to a version only after its gates pass; prints each gate's result."""
+    from registry import promotion, tracking
+
+    tracking.ensure_reachable()
+    if to_model:
+        reference = promotion.copy_version(reference, to_model)
+        _log(f"copied to {reference}")
+    config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
+                                       elbo_tolerance_nats=elbo_tolerance)
+    result = promotion.promote(reference, config)
+    for gate in result.gates:
+        click.echo(f"gate {gate.name:<14} {'PASS' if gate.passed else 'FAIL'}  {gate.detail}")
+    target = f"{result.pinned.name}@{alias}"
+    if not result.promoted:
+        if any(gate.name == "already_holder" for gate in result.gates):
+            click.echo(f"{target} already points to version {result.pinned.version}; nothing to do")
+            return
+        raise VaegenError(f"not promoted: {target} stays at version {result.previous_version}; see the failed gates above")
+    click.echo(f"promoted: {target} -> version {result.pinned.version} (was {result.previous_version})")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--reason", default="rollback", show_default=True)
+@click.option("--by", default=None, help="Who rolls back [default: the OS user].")
+@handle_errors
+def rollback(name, alias, reason, by) -> None:
+    """Point the alias back to the version it held before the current one was promoted."""
+    from registry import promotion, tracking
+
+    tracking.ensure_reachable()
+    previous, target = promotion.rollback(name, alias, by=by, reason=reason)
+    click.echo(f"rolled back: {name}@{alias} -> version {target} (was {previous})")
+
+
+@main.command()
+@_generate_options
+@click.option("--keep", type=int, default=3, show_default=True, help="Committed datasets kept under --out.")
+@click.option("--seed-policy", type=click.Choice(["fixed", "daily", "new"]), default="fixed", show_default=True,
+              help="fixed: new data only when the promoted version changes; daily: a seed per UTC day; new: every run.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="The fixed seed / base of the daily seed.")
+@click.option("--lock-timeout", type=float, default=6 * 3600.0, show_default=True, help="Seconds after which a refresh lock is stale.")
+@handle_errors
+def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
+    """Rebuild the dataset when the promoted version changes; move ROOT/latest; prune old datasets."""
+    from jobs.refresh import RefreshConfig
+    from jobs.refresh import refresh as run_refresh
+
+    config = RefreshConfig(generate=_generate_config(**options), keep=keep, seed_policy=seed_policy, seed=seed,
+                           lock_timeout_s=lock_timeout)
+    result = run_refresh(config, log=_log)
+    click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""))
+    for dataset_id in result.pruned:
+        click.echo(f"pruned: {dataset_id}")
 
 
 if __name__ == "__main__":

@@ -53,5 +53,9 @@ def save(figure: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
+    close(figure)
     return path
+
+
+def close(figure: plt.Figure) -> None:
+    plt.close(figure)

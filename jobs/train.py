@@ -63,11 +63,16 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
         decoder = result.model.decoder
         images, _ = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
         columns = model_config.num_classes or None
-        training_run.log_figure(plots.image_grid(images, columns, "samples, seed 0"), "plots/samples.png")
-        training_run.log_figure(plots.loss_curves(result.history), "plots/loss_curves.png")
+        figures = {
+            "plots/samples.png": plots.image_grid(images, columns, "samples, seed 0"),
+            "plots/loss_curves.png": plots.loss_curves(result.history),
+        }
         manifold = manifold_images(decoder)
         if manifold is not None:
-            training_run.log_figure(plots.image_grid(manifold, MANIFOLD_POINTS_PER_SIDE, "latent manifold"), "plots/manifold.png")
+            figures["plots/manifold.png"] = plots.image_grid(manifold, MANIFOLD_POINTS_PER_SIDE, "latent manifold")
+        for path, figure in figures.items():
+            training_run.log_figure(figure, path)
+            plots.close(figure)  # pyplot keeps every figure alive until closed: a leak per run in a long process
         training_run.log_dict([dataclasses.asdict(metrics) for metrics in result.history], "history.json")
         data_tags = {
             "data_source": config.data,

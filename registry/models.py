@@ -30,6 +30,7 @@ DEFAULT_EXPERIMENT = "vaegen-train"
 MODEL_ARTIFACT = "decoder"  # the logged model's name inside its run
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_decoder.py")
 TAG_PREFIX = "vaegen."
+LOCK_MARK = ".vaegen-lock."  # promotion locks are registered models with this in their name
 REF_HELP = "use NAME@ALIAS, NAME/VERSION, NAME/latest, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/decoder"
 
 
@@ -140,7 +141,7 @@ class TrainingRun:
             config_path.write_text(config.to_json())
             with warnings.catch_warnings():
                 # MLflow suggests type hints on predict(); our signature is explicit instead.
-                warnings.filterwarnings("ignore", message=".*type hints.*")
+                warnings.filterwarnings("ignore", message=r"(?s).*type hints")
                 info = self._log_pyfunc(config, weights_path, config_path, model_name)
         version = int(info.registered_model_version)
         tags = {
@@ -245,19 +246,35 @@ class VersionSummary:
 
 def list_versions(name: str | None = None) -> list[VersionSummary]:
     mlflow_client = client()
-    names = [name] if name else [model.name for model in mlflow_client.search_registered_models()]
+    names = [name] if name else [model.name for model in mlflow_client.search_registered_models() if LOCK_MARK not in model.name]
     summaries = []
     for model_name in names:
         _check_model_exists(mlflow_client, model_name)
+        aliases: dict[int, list[str]] = {}
+        for alias, version_text in mlflow_client.get_registered_model(model_name).aliases.items():
+            aliases.setdefault(int(version_text), []).append(alias)
         for version in mlflow_client.search_model_versions(f"name = '{model_name}'"):
             summaries.append(
                 VersionSummary(
                     name=version.name,
                     version=int(version.version),
-                    aliases=tuple(sorted(version.aliases)),
+                    aliases=tuple(sorted(aliases.get(int(version.version), []))),
                     run_id=version.run_id,
                     created_ms=version.creation_timestamp,
                     tags={key.removeprefix(TAG_PREFIX): value for key, value in version.tags.items() if key.startswith(TAG_PREFIX)},
                 )
             )
     return sorted(summaries, key=lambda summary: (summary.name, summary.version))
+
+
+def alias_histories(name: str | None = None) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(model, alias, events) from the promotion history tags, oldest event first."""
+    mlflow_client = client()
+    found = []
+    for model in mlflow_client.search_registered_models():
+        if LOCK_MARK in model.name or (name and model.name != name):
+            continue
+        for key, value in sorted(model.tags.items()):
+            if key.startswith(f"{TAG_PREFIX}history."):
+                found.append((model.name, key.removeprefix(f"{TAG_PREFIX}history."), json.loads(value)))
+    return found

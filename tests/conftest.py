@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
-SERVER_STOP_TIMEOUT_S = 15  # graceful shutdown before SIGKILL
+SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
 TINY_EPOCHS = 2  # enough to train, register and plot; the loss still falls between the two epochs
 
 
@@ -64,6 +64,12 @@ def mlflow_unreachable(tmp_path: Path) -> Iterator[TrackingStore]:
     """MLFLOW_TRACKING_URI pointing at an HTTP port on 127.0.0.1 where nothing listens."""
     with use_tracking_store(f"http://127.0.0.1:{free_port()}", tmp_path) as store:
         yield store
+
+
+@pytest.fixture
+def no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading tests run with MLflow's pickle deserialisation refused, as a cautious deployment would."""
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 
 def sqlite_uri(root: Path) -> str:

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pytest
@@ -33,11 +34,6 @@ def retrained_decoder(config):
     dataset = data_sources.load(config.data)
     model_config = model_config_for(dataset, config.latent_dim, config.hidden_sizes, config.conditional)
     return train(dataset, model_config, config.train).model.decoder.eval()
-
-
-@pytest.fixture
-def no_pickle(monkeypatch):
-    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +180,9 @@ def test_list_versions(two_versions):
 
 def test_conditional_model_round_trip(module_sqlite, tiny_train_config, no_pickle):
     config = tiny_train_config(conditional=True, epochs=1, register_as="vae-cvae")
+    open_figures = plt.get_fignums()
     result = run(config)
+    assert plt.get_fignums() == open_figures  # the job closes the figures it logged
     loaded = models.load_decoder(models.resolve("vae-cvae/latest"))
     assert result.pinned.version == 1 and loaded.config.num_classes == 10
     assert sum(loaded.config.class_prior) == pytest.approx(1.0)

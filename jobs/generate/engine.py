@@ -94,13 +94,10 @@ def plan_placement(options: EngineOptions, num_shards: int, storage: Storage) ->
 
 @ray.remote
 class ShardWorker:
-    def __init__(self, spec: DatasetSpec, config: dict, state_ref: list, storage_uri: str, dataset_id: str, device: str, threads: int):
+    def __init__(self, spec: DatasetSpec, config: dict, state: dict, storage_uri: str, dataset_id: str, device: str, threads: int):
         import torch
 
         torch.set_num_threads(threads)
-        # Nested in a list, the ref is fetched here rather than pinned as a constructor argument,
-        # so a restarted actor fetches it again from the object store (ray-project/ray#53727).
-        state = ray.get(state_ref[0])
         self.write_part = PartWriter(Predictor(spec, config, state, device), Storage(storage_uri), dataset_id)
 
     def pid(self) -> int:
@@ -113,39 +110,43 @@ class ShardWorker:
         return self.write_part(shard)
 
 
-def run_shards(
-    spec: DatasetSpec,
-    config: dict,
-    state: dict,
-    storage: Storage,
-    shards: list[int],
-    placement: Placement,
-    on_part: Callable[[PartInfo], None],
-    on_start: Callable[[list[Any]], None] | None = None,
-) -> list[PartInfo]:
-    """Write every listed shard; returns their PartInfo in completion order."""
-    state_ref = ray.put(state)
-    worker_class = ShardWorker.options(
-        num_cpus=placement.cpus_per_worker,
-        num_gpus=placement.gpus_per_worker,
-        max_restarts=MAX_RESTARTS,
-        max_task_retries=MAX_TASK_RETRIES,
-        max_concurrency=placement.threads_per_worker,
-    )
-    workers = [
-        worker_class.remote(spec, config, [state_ref], storage.uri, spec.dataset_id, placement.device, placement.threads_per_worker)
-        for _ in range(placement.num_workers)
-    ]
-    if on_start is not None:
-        on_start(workers)
-    queue = collections.deque(shards)
-    in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker index)
-    load = [0] * len(workers)
-    per_worker = placement.threads_per_worker + 1  # one queued behind the running ones: no idle gaps
-    done: list[PartInfo] = []
-    try:
+class WorkerPool:
+    """The job's actors, started on entry (they load torch and the decoder while the driver goes
+    on with its own setup) and killed on exit."""
+
+    def __init__(self, spec: DatasetSpec, config: dict, state: dict, storage: Storage, placement: Placement):
+        self.placement = placement
+        # The weights go into the object store once; every actor, and any restarted one, reads them
+        # from there. The driver holds this ref until the pool closes, so restarts can always fetch it.
+        self.state_ref = ray.put(state)
+        worker_class = ShardWorker.options(
+            num_cpus=placement.cpus_per_worker,
+            num_gpus=placement.gpus_per_worker,
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_TASK_RETRIES,
+            max_concurrency=placement.threads_per_worker,
+        )
+        self.workers = [
+            worker_class.remote(spec, config, self.state_ref, storage.uri, spec.dataset_id, placement.device, placement.threads_per_worker)
+            for _ in range(placement.num_workers)
+        ]
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+
+    def run(self, shards: list[int], on_part: Callable[[PartInfo], None]) -> list[PartInfo]:
+        """Write every listed shard, keeping each actor busy with one shard queued behind its running ones."""
+        queue = collections.deque(shards)
+        in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker index)
+        load = [0] * len(self.workers)
+        per_worker = self.placement.threads_per_worker + 1
+        done: list[PartInfo] = []
         while queue or in_flight:
-            for index, worker in enumerate(workers):
+            for index, worker in enumerate(self.workers):
                 while queue and load[index] < per_worker:
                     shard = queue.popleft()
                     in_flight[worker.write.remote(shard)] = (shard, index)
@@ -157,10 +158,7 @@ def run_shards(
                 info = _result(ref, shard)
                 done.append(info)
                 on_part(info)
-    finally:
-        for worker in workers:
-            ray.kill(worker)
-    return done
+        return done
 
 
 def _result(ref: Any, shard: int) -> PartInfo:

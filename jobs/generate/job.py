@@ -98,14 +98,11 @@ def generate(
         )
     fresh = in_progress is None
     _probe(spec, loaded)
-    model_record = dataclasses.asdict(pinned)
-    if fresh:
-        storage.write_json(manifest.progress_record(spec, model_record), dataset_id, manifest.PROGRESS)
-
     engine.connect()
     placement = engine.plan_placement(config.engine, spec.num_shards, storage)
-    log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
-        f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
+    model_record = dataclasses.asdict(pinned)
+    params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
+              "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
     started_at, started = manifest.utc_now(), time.perf_counter()
     progress = Progress(spec.n, dataset_id)
     reused = 0
@@ -115,27 +112,31 @@ def generate(
         reused += info.reused
         progress.advance(info.rows)
 
-    params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
-              "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
     try:
-        with lineage.job_run(lineage.DATASETS_EXPERIMENT, dataset_id, params,
-                             tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run_id:
-            parts = engine.run_shards(spec, loaded.config.to_dict(), loaded.state, storage, list(range(spec.num_shards)),
-                                      placement, on_part, on_workers)
-            seconds = time.perf_counter() - started
-            record = manifest.build(
-                spec, model_record, parts,
-                timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
-                         "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
-                lineage={"tracking_uri": tracking.tracking_uri(), "run_id": run_id, "experiment": lineage.DATASETS_EXPERIMENT},
-                execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
-                label_counts=label_counts(spec),
-            )
-            storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
-            _cleanup(storage, dataset_id, spec.num_shards)
-            lineage.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
-                                 "total_bytes": record["total_bytes"], "shards_reused": reused})
-            lineage.log_dataset(record, storage.location(dataset_id))
+        with engine.WorkerPool(spec, loaded.config.to_dict(), loaded.state, storage, placement) as pool:
+            if on_workers is not None:
+                on_workers(pool.workers)
+            if fresh:
+                storage.write_json(manifest.progress_record(spec, model_record), dataset_id, manifest.PROGRESS)
+            log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
+                f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
+            with lineage.job_run(lineage.DATASETS_EXPERIMENT, dataset_id, params,
+                                 tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run:
+                parts = pool.run(list(range(spec.num_shards)), on_part)
+                seconds = time.perf_counter() - started
+                record = manifest.build(
+                    spec, model_record, parts,
+                    timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
+                             "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
+                    lineage={"tracking_uri": tracking.tracking_uri(), "run_id": run.run_id, "experiment": lineage.DATASETS_EXPERIMENT},
+                    execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
+                    label_counts=label_counts(spec),
+                )
+                storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
+                _cleanup(storage, dataset_id)
+                run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
+                                     "total_bytes": record["total_bytes"], "shards_reused": reused})
+                run.log_dataset(record, storage.location(dataset_id))
     except NonFiniteOutput:
         if fresh:  # a broken decoder can never complete this dataset: leave nothing behind
             storage.delete_dir(dataset_id)
@@ -207,7 +208,7 @@ def label_counts(spec: DatasetSpec) -> dict[str, int] | None:
     return {str(label): int(count) for label, count in enumerate(counts) if count}
 
 
-def _cleanup(storage: Storage, dataset_id: str, num_shards: int) -> None:
+def _cleanup(storage: Storage, dataset_id: str) -> None:
     """After the commit: sidecars and the progress record are superseded by the manifest."""
     for name in storage.list(dataset_id, SIDECAR_DIR):
         storage.delete(dataset_id, SIDECAR_DIR, name)

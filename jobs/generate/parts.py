@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -74,6 +75,18 @@ def record_batch(rows: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBat
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
+def parquet_writer(where: Any, schema: pa.Schema, spec: DatasetSpec) -> pq.ParquetWriter:
+    """The one place that decides how parts are encoded."""
+    return pq.ParquetWriter(
+        where,
+        schema,
+        compression=spec.compression,
+        compression_level=spec.compression_level,
+        use_dictionary=False,  # random floats and seeds never repeat: dictionaries only cost time
+        write_statistics=["sample_id"],  # lets readers prune row groups by id; x statistics are useless
+    )
+
+
 class PartWriter:
     """Writes (or, on a resume, verifies) the part file of one shard."""
 
@@ -104,14 +117,7 @@ class PartWriter:
         start, stop = spec.shard_range(shard)
         name = part_name(shard)
         with self.storage.atomic_writer(self.dataset_id, name) as stream:
-            writer = pq.ParquetWriter(
-                stream,
-                self.schema,
-                compression=spec.compression,
-                compression_level=spec.compression_level if spec.compression in ("zstd", "gzip") else None,
-                use_dictionary=False,  # random floats and seeds never repeat: dictionaries only cost time
-                write_statistics=["sample_id"],  # lets readers prune row groups by id; x stats are useless
-            )
+            writer = parquet_writer(stream, self.schema, spec)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool:
                 pending: Future | None = None
                 for block_start, block_stop in block_ranges(start, stop, spec.block_rows):

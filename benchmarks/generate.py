@@ -1,0 +1,275 @@
+"""Throughput and memory of dataset generation, every variant measured in one run on one machine.
+
+    python benchmarks/generate.py [--n 1000000] [--n-large 4000000] [--out benchmarks/out/generate.json]
+
+Each scenario runs in a fresh Python process (clean peak-memory figures) against one MLflow
+store holding one 28x28 decoder (2 -> 128 -> 784, trained 2 epochs on MNIST if
+../shared/data/mnist exists, else on 8x8 digits upscaled to 28x28; decode cost is the same).
+Scenarios:
+  floor      one process, no Ray: the same Predictor and PartWriter in a streaming loop
+  raydata    straightforward Ray Data: range -> map_batches(decoder) -> write_parquet, defaults
+  vaegen     `generate()` on a local Ray (2 CPUs); Ray start-up is reported, not counted
+  naive      the tutorial loop: batches of 10, rows in a Python list, one DataFrame at the end
+Peak memory: the scenario process's own peak RSS (VmHWM), and the largest peak RSS of any Ray
+worker process seen while it ran (polled from /proc every 0.2 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+NAIVE_ROWS = 20_000
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class WorkerMemoryPoller:
+    """Largest peak RSS among Ray worker processes (process title `ray::...`) while running."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[int, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+
+    def poll(self) -> None:
+        while not self.stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+                    if title.startswith(b"ray::"):
+                        self.peaks[int(entry.name)] = max(self.peaks.get(int(entry.name), 0), peak_rss_bytes(entry.name))
+                except (OSError, ValueError):
+                    continue
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> "WorkerMemoryPoller":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def max_peak(self) -> int:
+        return max(self.peaks.values(), default=0)
+
+
+def setup_model(store: Path) -> str:
+    """Train and register the benchmark decoder; returns its reference."""
+    import mlflow
+
+    from registry import models
+    from vae_core import data as data_sources
+    from vae_core.config import TrainConfig
+    from vae_core.training import model_config_for, train
+
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    if MNIST.is_dir():
+        dataset = data_sources.load(f"mnist:{MNIST}")
+    else:
+        digits = data_sources.load("digits")
+        upscaled = np.kron(digits.images, np.ones((3, 3), np.float32))[:, :28, :28]
+        upscaled = np.pad(upscaled, ((0, 0), (2, 2), (2, 2)))[:, :28, :28]
+        dataset = data_sources.Dataset("digits-upscaled", np.ascontiguousarray(upscaled), digits.labels)
+    config = model_config_for(dataset, 2, (128,), False)
+    result = train(dataset, config, TrainConfig(epochs=2))
+    with models.training_run("benchmark", "benchmark", {"data": dataset.source}) as run:
+        pinned = run.register(result, "bench-decoder", {"data_source": dataset.source})
+    return f"{pinned.name}/{pinned.version}"
+
+
+def scenario_floor(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
+    """The plain streaming loop, one block at a time: draw, decode, encode, write, then the next.
+
+    Same Predictor, schema and Parquet options as the job (so the same bytes), in one process
+    with torch's default threads; no writer thread and no checksums, which only favours it.
+    """
+    import numpy as np
+
+    from jobs.generate.job import GenerateConfig, dataset_spec
+    from jobs.generate.parts import arrow_schema, parquet_writer, record_batch
+    from jobs.generate.predictor import Predictor
+    from jobs.generate.spec import part_name
+    from registry import models
+
+    loaded = models.load_decoder(models.resolve(model))
+    spec = dataset_spec(GenerateConfig(n=n, dtype=dtype, layout=layout), loaded, seed=42)
+    predictor = Predictor(spec, loaded.config.to_dict(), loaded.state)
+    schema = arrow_schema(spec)
+    started = time.perf_counter()
+    for shard in range(spec.num_shards):
+        start, stop = spec.shard_range(shard)
+        writer = parquet_writer(str(out / part_name(shard)), schema, spec)
+        for block_start in range(start, stop, spec.block_rows):
+            ids = np.arange(block_start, min(block_start + spec.block_rows, stop), dtype=np.int64)
+            writer.write_batch(record_batch(predictor({"sample_id": ids}), schema), row_group_size=spec.block_rows)
+        writer.close()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "bytes": sum(path.stat().st_size for path in out.glob("*.parquet"))}
+
+
+def scenario_vaegen(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
+    from jobs.generate import engine
+    from jobs.generate.job import GenerateConfig, generate
+
+    started = time.perf_counter()
+    engine.connect()
+    ray_start_s = time.perf_counter() - started
+    with WorkerMemoryPoller() as poller:
+        started = time.perf_counter()
+        result = generate(GenerateConfig(n=n, model=model, out=str(out), seed=42, dtype=dtype, layout=layout))
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "ray_start_s": ray_start_s, "bytes": result.manifest["total_bytes"],
+            "job_seconds_in_manifest": result.manifest["timings"]["seconds"], "worker_peak_rss_bytes": poller.max_peak,
+            "workers": result.manifest["execution"]["num_workers"]}
+
+
+def scenario_raydata(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
+    import ray
+
+    from jobs.generate.predictor import to_dtype
+    from registry import models
+    from vae_core import sampling
+
+    loaded = models.load_decoder(models.resolve(model))
+    config, state = loaded.config, loaded.state
+
+    def decode_batch(batch: dict) -> dict:
+        decoder = loaded.build()
+        ids = batch["id"].astype(np.int64)
+        seeds, z = sampling.draw(42, ids, config.latent_dim)
+        return {"sample_id": ids, "seed": seeds, "z": z, "x": to_dtype(sampling.decode(decoder, z), dtype)}
+
+    started = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray_start_s = time.perf_counter() - started
+    del state
+    with WorkerMemoryPoller() as poller:
+        started = time.perf_counter()
+        ray.data.range(n).map_batches(decode_batch).write_parquet(str(out / "raydata"))
+        seconds = time.perf_counter() - started
+    size = sum(path.stat().st_size for path in (out / "raydata").glob("*.parquet"))
+    return {"seconds": seconds, "ray_start_s": ray_start_s, "bytes": size, "worker_peak_rss_bytes": poller.max_peak}
+
+
+def scenario_naive(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
+    import pandas as pd
+    import torch
+
+    from registry import models
+
+    decoder = models.load_decoder(models.resolve(model)).build()
+    torch.manual_seed(42)
+    rows = []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, n, 10):
+            z = torch.randn(10, decoder.config.latent_dim)
+            x = decoder(z).numpy()
+            for offset in range(10):
+                rows.append({"sample_id": start + offset, "z": z[offset].numpy(), "x": x[offset].reshape(-1)})
+    pd.DataFrame(rows).to_parquet(out / "naive.parquet")
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "bytes": (out / "naive.parquet").stat().st_size}
+
+
+SCENARIOS = {"floor": scenario_floor, "vaegen": scenario_vaegen, "raydata": scenario_raydata, "naive": scenario_naive}
+
+
+def run_child(args: argparse.Namespace) -> None:
+    import mlflow
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{args.store}/mlflow.db"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    with tempfile.TemporaryDirectory(dir=args.store) as out:
+        result = SCENARIOS[args.child](args.model, args.n, args.dtype, args.layout, Path(out))
+    result["driver_peak_rss_bytes"] = peak_rss_bytes()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_scenario(store: Path, model: str, scenario: str, n: int, dtype: str, layout: str) -> dict:
+    command = [sys.executable, __file__, "--child", scenario, "--store", str(store), "--model", model,
+               "--n", str(n), "--dtype", dtype, "--layout", layout]
+    env = {**os.environ, "RAY_ADDRESS": "", "HOME": str(store), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env.pop("RAY_ADDRESS")
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=store)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    if completed.returncode != 0 or not lines:
+        raise SystemExit(f"scenario {scenario} failed:\n{completed.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result.update({"scenario": scenario, "n": n, "dtype": dtype, "layout": layout,
+                   "rows_per_s": n / result["seconds"]})
+    print(f"{scenario:8} {dtype:8} {layout:7} n={n:>9,}  {result['seconds']:8.2f} s  {result['rows_per_s']:>10,.0f} rows/s  "
+          f"driver {result['driver_peak_rss_bytes'] / 2**20:6.0f} MiB  workers {result.get('worker_peak_rss_bytes', 0) / 2**20:6.0f} MiB",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--n-large", type=int, default=4_000_000, help="second size for the flat-memory check")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "generate.json"))
+    parser.add_argument("--child", choices=sorted(SCENARIOS))
+    parser.add_argument("--store")
+    parser.add_argument("--model")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--layout", default="tensor")
+    args = parser.parse_args()
+    if args.child:
+        run_child(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="vaegen-bench-") as folder:
+        store = Path(folder)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
+        model = setup_model(store)
+        results = []
+        for dtype in ("float32", "uint8"):
+            for layout in ("tensor", "binary"):
+                results.append(run_scenario(store, model, "floor", args.n, dtype, layout))
+                results.append(run_scenario(store, model, "vaegen", args.n, dtype, layout))
+        results.append(run_scenario(store, model, "raydata", args.n, "float32", "tensor"))
+        results.append(run_scenario(store, model, "naive", NAIVE_ROWS, "float32", "tensor"))
+        results.append(run_scenario(store, model, "vaegen", args.n_large, "float32", "tensor"))
+    by = {(r["scenario"], r["dtype"], r["layout"], r["n"]): r for r in results}
+    vaegen = by[("vaegen", "float32", "tensor", args.n)]
+    large = by[("vaegen", "float32", "tensor", args.n_large)]
+    ratios = {
+        f"vaegen_vs_floor_{dtype}_{layout}": by[("vaegen", dtype, layout, args.n)]["rows_per_s"] / by[("floor", dtype, layout, args.n)]["rows_per_s"]
+        for dtype in ("float32", "uint8") for layout in ("tensor", "binary")
+    }
+    ratios["vaegen_vs_raydata_float32_tensor"] = vaegen["rows_per_s"] / by[("raydata", "float32", "tensor", args.n)]["rows_per_s"]
+    ratios["vaegen_vs_naive_float32"] = vaegen["rows_per_s"] / by[("naive", "float32", "tensor", NAIVE_ROWS)]["rows_per_s"]
+    ratios["driver_peak_rss_large_over_small"] = large["driver_peak_rss_bytes"] / vaegen["driver_peak_rss_bytes"]
+    ratios["worker_peak_rss_large_over_small"] = large["worker_peak_rss_bytes"] / vaegen["worker_peak_rss_bytes"]
+    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "model": model, "results": results, "ratios": ratios,
+              "command": "python benchmarks/generate.py " + " ".join(sys.argv[1:])}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(ratios, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Gated promotion of a version to an alias (`champion` by default), rollback, and their history.
+
+Aliases, never the deprecated stages. Two promotions of the same alias are serialised by a
+lock that MLflow itself makes atomic: creating a registered model whose name is taken fails,
+on SQLite and PostgreSQL stores alike, locally or over REST. The lock's holder reads the
+current alias holder, runs the gates, moves the alias and appends to the history, so the
+`previous_version` it records is the version it actually replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import getpass
+import json
+import socket
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+from mlflow.exceptions import MlflowException
+
+from registry.models import LOCK_MARK, TAG_PREFIX, LoadedDecoder, PinnedModel, client, load_decoder, resolve
+from vae_core.errors import UsageError, VaegenError
+
+HISTORY_LIMIT = 25  # alias events kept on the registered model (MLflow tag values are bounded)
+LOCK_STALE_S = 600.0  # a promotion takes seconds; a lock this old belongs to a crashed one
+LOCK_WAIT_S = 60.0
+LOCK_POLL_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromotionConfig:
+    alias: str = "champion"
+    reason: str = ""
+    by: str = dataclasses.field(default_factory=getpass.getuser)
+    elbo_tolerance_nats: float = 0.5  # seed-to-seed noise of held-out -ELBO on digits is ~0.3 nats
+    force: bool = False  # promote even when a gate cannot compare (never when a gate fails outright)
+    probe_rows: int = 256  # decoded by the load gate: seed-scheme rows 0..255 of dataset seed 0
+    extra_gates: tuple[Callable[[LoadedDecoder, LoadedDecoder | None], GateResult], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PromotionResult:
+    pinned: PinnedModel
+    alias: str
+    previous_version: int | None
+    gates: list[GateResult]
+    promoted: bool
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _lock_name(name: str, alias: str) -> str:
+    return f"{name}{LOCK_MARK}{alias}"
+
+
+@contextlib.contextmanager
+def alias_lock(name: str, alias: str, wait_s: float = LOCK_WAIT_S, stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+    mlflow_client = client()
+    lock = _lock_name(name, alias)
+    owner = f"{getpass.getuser()}@{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            mlflow_client.create_registered_model(lock, tags={"vaegen.lock_owner": owner, "vaegen.lock_since": str(time.time())},
+                                                  description="vaegen promotion lock; safe to delete if stale")
+            break
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            with contextlib.suppress(MlflowException):
+                held = mlflow_client.get_registered_model(lock)
+                since = float(held.tags.get("vaegen.lock_since", "0"))
+                if time.time() - since > stale_s:
+                    mlflow_client.delete_registered_model(lock)  # a crashed promotion's lock
+                    continue
+            if time.monotonic() > deadline:
+                raise VaegenError(f"another promotion of {name}@{alias} holds the lock (registered model {lock!r}); "
+                                  "retry later, or delete that registered model if its promotion crashed") from None
+            time.sleep(LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            mlflow_client.delete_registered_model(lock)
+
+
+def current_holder(name: str, alias: str) -> PinnedModel | None:
+    try:
+        return resolve(f"{name}@{alias}")
+    except UsageError:
+        return None
+
+
+def history(name: str, alias: str) -> list[dict[str, Any]]:
+    tags = client().get_registered_model(name).tags
+    return json.loads(tags.get(f"{TAG_PREFIX}history.{alias}", "[]"))
+
+
+def _append_history(name: str, alias: str, event: dict[str, Any]) -> None:
+    events = (history(name, alias) + [event])[-HISTORY_LIMIT:]
+    client().set_registered_model_tag(name, f"{TAG_PREFIX}history.{alias}", json.dumps(events))
+
+
+def gate_loads(candidate: LoadedDecoder, probe_rows: int) -> GateResult:
+    """Gate 1: loads without pickle (it just did) and decodes probe z to finite values in range, right shape."""
+    import numpy as np
+
+    from vae_core import sampling
+
+    ids = np.arange(probe_rows, dtype=np.int64)
+    _, z = sampling.draw(0, ids, candidate.config.latent_dim)
+    labels = (ids % candidate.config.num_classes).astype(np.int64) if candidate.config.conditional else None
+    x = sampling.decode(candidate.build(), z, labels)
+    expected = (probe_rows, *candidate.config.input_shape)
+    if x.shape != expected:
+        return GateResult("loads", False, f"decoded shape {x.shape}, declared {expected}")
+    if not np.isfinite(x).all():
+        return GateResult("loads", False, f"{int((~np.isfinite(x)).sum())} non-finite values in {probe_rows} probe samples")
+    if x.min() < 0 or x.max() > 1:
+        return GateResult("loads", False, f"values in [{x.min():.3g}, {x.max():.3g}], outside [0, 1]")
+    return GateResult("loads", True, f"weights-only load; {probe_rows} probe samples finite, in [0, 1], shape {expected[1:]}")
+
+
+def gate_elbo(candidate: LoadedDecoder, holder: LoadedDecoder | None, tolerance_nats: float) -> GateResult:
+    """Gate 2: held-out -ELBO not worse than the holder's by more than the tolerance, on the same data and split."""
+    if holder is None:
+        return GateResult("held_out_elbo", True, "no current holder to compare with")
+    keys = ("data_sha256", "holdout_fraction")
+    mismatched = [key for key in keys if candidate.tags.get(key) != holder.tags.get(key)]
+    if mismatched or "val_neg_elbo" not in candidate.tags or "val_neg_elbo" not in holder.tags:
+        return GateResult("held_out_elbo", False,
+                          f"cannot compare with {holder.pinned.name}/{holder.pinned.version}: different "
+                          f"{', '.join(mismatched) or 'metrics'} (use --force to promote anyway)")
+    ours, theirs = float(candidate.tags["val_neg_elbo"]), float(holder.tags["val_neg_elbo"])
+    passed = ours <= theirs + tolerance_nats
+    return GateResult("held_out_elbo", passed,
+                      f"{ours:.3f} vs {theirs:.3f} nats (v{holder.pinned.version}), tolerance {tolerance_nats:g}")
+
+
+def promote(reference: str, config: PromotionConfig) -> PromotionResult:
+    """Run the gates and, only if they pass, move the alias; returns what was actually done."""
+    if not config.reason.strip():
+        raise UsageError('--reason is required: say why this version should serve, e.g. --reason "retrained on March data"')
+    pinned = resolve(reference)
+    with alias_lock(pinned.name, config.alias):
+        holder_pin = current_holder(pinned.name, config.alias)
+        if holder_pin is not None and holder_pin.version == pinned.version:
+            return PromotionResult(pinned, config.alias, holder_pin.version,
+                                   [GateResult("already_holder", True, f"{pinned.name}@{config.alias} is already v{pinned.version}")], False)
+        candidate = load_decoder(pinned)
+        holder = load_decoder(holder_pin) if holder_pin is not None else None
+        gates = [gate_loads(candidate, config.probe_rows), gate_elbo(candidate, holder, config.elbo_tolerance_nats)]
+        gates += [gate(candidate, holder) for gate in config.extra_gates]
+        blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.detail.startswith("cannot compare"))]
+        if blocking:
+            return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False)
+        previous = None if holder_pin is None else holder_pin.version
+        client().set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
+        record = {"action": "promote", "alias": config.alias, "version": pinned.version, "previous_version": previous,
+                  "at": _now(), "by": config.by, "reason": config.reason, "forced": config.force,
+                  "gates": [gate.to_dict() for gate in gates]}
+        client().set_model_version_tag(pinned.name, str(pinned.version), f"{TAG_PREFIX}promotion.{config.alias}", json.dumps(record))
+        _append_history(pinned.name, config.alias, record)
+    return PromotionResult(pinned, config.alias, previous, gates, True)
+
+
+def rollback(name: str, alias: str = "champion", by: str | None = None, reason: str = "rollback") -> tuple[int, int]:
+    """Point the alias back at the version it held before the current holder's promotion: (from, to)."""
+    by = by or getpass.getuser()
+    with alias_lock(name, alias):
+        holder = current_holder(name, alias)
+        if holder is None:
+            raise UsageError(f"{name}@{alias} does not exist; nothing to roll back")
+        events = history(name, alias)
+        promotion = next((event for event in reversed(events)
+                          if event["action"] == "promote" and event["version"] == holder.version), None)
+        if promotion is None or promotion["previous_version"] is None:
+            raise UsageError(f"{name}@{alias} (v{holder.version}) has no recorded previous holder to roll back to")
+        target = int(promotion["previous_version"])
+        client().set_registered_model_alias(name, alias, str(target))
+        record = {"action": "rollback", "alias": alias, "version": target, "previous_version": holder.version,
+                  "at": _now(), "by": by, "reason": reason}
+        client().set_model_version_tag(name, str(holder.version), f"{TAG_PREFIX}rolled_back.{alias}", json.dumps(record))
+        _append_history(name, alias, record)
+    return holder.version, target
+
+
+def copy_version(reference: str, to_model: str) -> str:
+    """Copy a version into another registered model (e.g. a prod model); returns the copy's reference."""
+    pinned = resolve(reference)
+    mlflow_client = client()
+    copied = mlflow_client.copy_model_version(pinned.uri, to_model)
+    for key, value in mlflow_client.get_model_version(pinned.name, str(pinned.version)).tags.items():
+        if key.startswith(TAG_PREFIX) and not key.startswith(f"{TAG_PREFIX}promotion."):
+            mlflow_client.set_model_version_tag(to_model, copied.version, key, value)
+    mlflow_client.set_model_version_tag(to_model, copied.version, f"{TAG_PREFIX}copied_from", pinned.uri)
+    return f"{to_model}/{copied.version}"

@@ -1,0 +1,743 @@
+"""Generate millions of samples from a registered decoder with Ray: the predictor and part writer
+without Ray, then the real job on a real local Ray, on `ray start` clusters (one and two nodes,
+`ray job submit`), through crashes of a worker and of the driver, read back by pyarrow, pandas,
+polars, DuckDB and Ray Data. MLflow is a real SQLite store in a temp folder (conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from click.testing import CliRunner
+
+from jobs.cli import main
+from jobs.generate.engine import EngineOptions
+from jobs.generate.job import GenerateConfig, GenerateResult, generate
+from jobs.generate.parts import PartWriter
+from jobs.generate.predictor import NonFiniteOutput, Predictor
+from jobs.generate.spec import DatasetSpec, part_name
+from jobs.generate.storage import Storage
+from registry import models
+from vae_core import seeds
+from vae_core.config import VAEConfig
+from vae_core.errors import UsageError
+from vae_core.model import VAE, Decoder
+from vae_core.sampling import block_ranges
+from vae_core.training import TrainResult
+
+from ray_cluster import RayEnv, make_ray_env, ray_cluster, stop_tagged, wait_until  # tests/ is on sys.path (rootdir conftest)
+
+MODEL = "vae-decoder/1"
+BLOCK_ROWS = 4_096  # GenerateConfig's default decode grid
+N, SEED = 50_000, 11  # the end-to-end dataset
+FAULT_N, FAULT_SEED, FAULT_R = 200_000, 7, 4_096  # 49 parts: long enough to be killed in the middle
+SUBPROCESS_TIMEOUT_S = 300
+VAEGEN = str(Path(sys.executable).with_name("vaegen"))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def dataset_id(n: int, seed: int, name: str = "vae-decoder", version: int = 1) -> str:
+    return f"{name}-v{version}-n{n}-seed{seed}-float32-f1"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def part_hashes(directory: Path) -> dict[str, str]:
+    return {path.name: sha256_file(path) for path in sorted(directory.glob("part-*.parquet"))}
+
+
+def mtimes(directory: Path) -> dict[str, int]:
+    return {str(path.relative_to(directory)): path.stat().st_mtime_ns for path in sorted(directory.rglob("*"))}
+
+
+def dataset_leftovers(root: Path) -> list[Path]:
+    """Anything a reader could take for (part of) a dataset."""
+    return sorted([*root.rglob("*.parquet"), *root.rglob("_manifest.json")]) if root.exists() else []
+
+
+def invoke(*args: str):
+    """`vaegen ARGS` in-process; the command's os.environ defaults (tracking.configure_environment) are undone."""
+    saved = dict(os.environ)
+    try:
+        return CliRunner().invoke(main, list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def assert_one_error_line(result, exit_code: int, *fragments: str) -> str:
+    """Exit code, and exactly one `vaegen: error:` line, the last one on stderr; no traceback."""
+    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("vaegen: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def run_generate(root: Path, n: int = N, seed: int = SEED, rows_per_shard: int = 16_384, num_workers: int | None = None,
+                 shared_fs: bool = False, on_workers: Callable[[list[Any]], None] | None = None, **options) -> GenerateResult:
+    config = GenerateConfig(n=n, model=MODEL, out=str(root), seed=seed, rows_per_shard=rows_per_shard,
+                            engine=EngineOptions(num_workers=num_workers, shared_fs=shared_fs), **options)
+    return generate(config, on_workers=on_workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """The rows contract 1 and the registered decoder define, computed here without the job's code paths."""
+
+    ids: np.ndarray
+    seeds: np.ndarray
+    z: np.ndarray
+    x: np.ndarray  # (n, 8, 8) float32
+
+
+def assert_table_is(table, expected: Expected) -> None:
+    """pyarrow's read of a dataset: every id once, in order, and every value bit for bit."""
+    np.testing.assert_array_equal(table["sample_id"].to_numpy(), expected.ids)
+    np.testing.assert_array_equal(table["seed"].to_numpy(), expected.seeds)
+    z = table["z"].combine_chunks().flatten().to_numpy().reshape(len(expected.ids), -1)
+    np.testing.assert_array_equal(z, expected.z)
+    x = table["x"].combine_chunks().to_numpy_ndarray()
+    assert x.dtype == np.float32 and x.shape == expected.x.shape
+    assert np.array_equal(x, expected.x)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def reference(trained_version) -> Callable[[int, int], Expected]:
+    """expected(n, seed): seeds and z from vae_core.seeds, x from the decoder that load_decoder returns,
+    decoded on the job's block grid (absolute blocks of BLOCK_ROWS ids, each decoded whole; see
+    vae_core.sampling) on one thread as the CPU workers do, so equality is exact."""
+    loaded = models.load_decoder(models.resolve(MODEL))
+    decoder = loaded.build()
+    cache: dict[tuple[int, int], Expected] = {}
+
+    def expected(n: int, seed: int) -> Expected:
+        if (n, seed) not in cache:
+            blocks = block_ranges(0, n, BLOCK_ROWS)
+            ids = np.arange(blocks[-1][1], dtype=np.int64)
+            row_seeds = seeds.row_seeds(seed, ids)
+            z = seeds.latents(row_seeds, loaded.config.latent_dim)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with torch.no_grad():
+                    x = np.concatenate([decoder(torch.from_numpy(z[start:stop])).numpy() for start, stop in blocks])
+            finally:
+                torch.set_num_threads(threads)
+            cache[n, seed] = Expected(ids[:n], row_seeds[:n], z[:n], x[:n])
+        return cache[n, seed]
+
+    return expected
+
+
+class LocalRay:
+    """A local Ray with 2 CPUs, private HOME / temp dir / auth mode; (re)started on demand."""
+
+    def __init__(self, env: RayEnv):
+        self.env = env
+
+    def ensure(self) -> None:
+        if ray.is_initialized() and os.environ.get("RAY_ADDRESS") is None:
+            return
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def local_ray_module() -> Iterator[LocalRay]:
+    env = make_ray_env()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.variables().items():
+            patch.setenv(key, value)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        local = LocalRay(env)
+        try:
+            yield local
+        finally:
+            ray.shutdown()
+            survivors = stop_tagged(env.tag)
+            shutil.rmtree(env.root, ignore_errors=True)
+    assert not survivors, f"local Ray processes survived ray.shutdown(): {survivors}"
+
+
+@pytest.fixture
+def local_ray(local_ray_module: LocalRay) -> LocalRay:
+    local_ray_module.ensure()
+    return local_ray_module
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+    two_workers: GenerateResult  # R = 16,384, 2 workers
+    one_worker: GenerateResult  # R = 16,384, 1 worker
+    other_shards: GenerateResult  # R = 10,000, default workers
+
+    @staticmethod
+    def path(result: GenerateResult) -> Path:
+        return Path(result.location)
+
+
+@pytest.fixture(scope="module")
+def datasets(trained_version, local_ray_module, tmp_path_factory) -> Datasets:
+    local_ray_module.ensure()
+    root = tmp_path_factory.mktemp("datasets")
+    return Datasets(
+        two_workers=run_generate(root / "two-workers", num_workers=2),
+        one_worker=run_generate(root / "one-worker", num_workers=1),
+        other_shards=run_generate(root / "other-shards", rows_per_shard=10_000),
+    )
+
+
+@pytest.fixture(scope="module")
+def nan_version(trained_version) -> str:
+    """A registered version whose decoder has one NaN weight: every output is NaN."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig())
+    with torch.no_grad():
+        model.decoder.net[0].weight[0, 0] = float("nan")
+    result = TrainResult(model=model, history=[], val_neg_elbo=float("nan"), train_size=1, holdout_size=1, seconds=0.0)
+    with models.training_run("vaegen-train", "nan-decoder", {}) as run:
+        pinned = run.register(result, "vae-nan", {})
+    return f"{pinned.name}/{pinned.version}"
+
+
+@pytest.fixture(scope="module")
+def clean_fault_run(trained_version, local_ray_module, tmp_path_factory) -> Path:
+    """The dataset the fault tests must reproduce byte for byte, from an undisturbed run."""
+    local_ray_module.ensure()
+    result = run_generate(tmp_path_factory.mktemp("clean"), n=FAULT_N, seed=FAULT_SEED, rows_per_shard=FAULT_R)
+    assert result.status == "generated"
+    return Path(result.location)
+
+
+@pytest.fixture
+def subprocess_ray_env() -> Iterator[RayEnv]:
+    """For a `vaegen` subprocess that starts its own local Ray: its processes are stopped by tag afterwards."""
+    env = make_ray_env()
+    try:
+        yield env
+    finally:
+        survivors = stop_tagged(env.tag)
+        shutil.rmtree(env.root, ignore_errors=True)
+        assert not survivors, survivors
+
+
+@pytest.fixture(scope="module")
+def cluster(trained_version) -> Iterator:
+    """`ray start --head --num-cpus 1` on 127.0.0.1 and a second node joined with 1 CPU; stopped by pid."""
+    with ray_cluster(head_cpus=1, worker_node_cpus=(1,)) as started:
+        yield started
+
+
+@pytest.fixture
+def cluster_driver(cluster, monkeypatch) -> Iterator:
+    """This process as a Ray driver of the cluster through RAY_ADDRESS, as a job on it would be."""
+    ray.shutdown()
+    for key, value in cluster.env.variables().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.gcs_address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------- 1. units, no Ray
+
+
+def tiny_spec(**overrides) -> DatasetSpec:
+    fields = dict(model_name="tiny", model_version=3, n=10_000, seed=42, latent_dim=2, sample_shape=(8, 8),
+                  rows_per_shard=4_096, block_rows=1_024)
+    return DatasetSpec(**{**fields, **overrides})
+
+
+def tiny_decoder_state() -> tuple[dict, dict[str, np.ndarray], Decoder]:
+    torch.manual_seed(0)
+    decoder = Decoder(VAEConfig()).eval()
+    return VAEConfig().to_dict(), {key: value.numpy().copy() for key, value in decoder.state_dict().items()}, decoder
+
+
+def test_predictor_rows_follow_contract_1_and_the_decoder():
+    config, state, decoder = tiny_decoder_state()
+    ids = np.array([0, 1, 7, 999_999], dtype=np.int64)
+    rows = Predictor(tiny_spec(), config, state)({"sample_id": ids})
+    np.testing.assert_array_equal(rows["sample_id"], ids)
+    assert rows["seed"].dtype == np.uint64 and rows["z"].dtype == np.float32 and rows["z"].shape == (4, 2)
+    np.testing.assert_array_equal(rows["seed"], seeds.row_seeds(42, ids))
+    np.testing.assert_array_equal(rows["z"], seeds.latents(seeds.row_seeds(42, ids), 2))
+    # DESIGN.md's test vectors (42, 0) and (42, 999999)
+    assert int(rows["seed"][0]) == 13679457532755275413 and int(rows["seed"][3]) == 15868137721870187777
+    np.testing.assert_allclose(rows["z"][0], [1.406144963, -0.401378328], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(rows["z"][3], [-0.413530887, -2.659981118], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        x = decoder(torch.from_numpy(rows["z"])).numpy()
+    assert rows["x"].dtype == np.float32 and rows["x"].shape == (4, 8, 8)
+    assert np.array_equal(rows["x"], x)
+    assert "label" not in rows
+
+
+def test_predictor_dtypes():
+    config, state, _ = tiny_decoder_state()
+    ids = np.arange(300, dtype=np.int64)
+    x = Predictor(tiny_spec(), config, state)({"sample_id": ids})["x"]
+    as_uint8 = Predictor(tiny_spec(dtype="uint8"), config, state)({"sample_id": ids})["x"]
+    as_half = Predictor(tiny_spec(dtype="float16"), config, state)({"sample_id": ids})["x"]
+    assert as_uint8.dtype == np.uint8 and np.array_equal(as_uint8, np.rint(255.0 * x).astype(np.uint8))
+    assert as_uint8.min() < as_uint8.max()  # not a constant image
+    assert as_half.dtype == np.float16 and np.array_equal(as_half, x.astype(np.float16))
+
+
+def test_predictor_nan_decoder_raises():
+    config, state, _ = tiny_decoder_state()
+    state["net.0.weight"][0, 0] = np.nan
+    with pytest.raises(NonFiniteOutput, match=r"tiny/3 decodes sample ids 5\.\.9 to NaN"):
+        Predictor(tiny_spec(), config, state)({"sample_id": np.arange(5, 10)})
+
+
+def test_part_writer_writes_verifies_and_rewrites_a_corrupted_part(tmp_path):
+    config, state, _ = tiny_decoder_state()
+    spec = tiny_spec()
+    predictor = Predictor(spec, config, state)
+    writer = PartWriter(predictor, Storage(str(tmp_path)), "ds")
+    info = writer(1)
+    path = tmp_path / "ds" / "part-00001.parquet"
+    assert (info.shard, info.name, info.first_sample_id, info.rows, info.reused) == (1, path.name, 4_096, 4_096, False)
+    assert info.sha256 == sha256_file(path) and info.size_bytes == path.stat().st_size
+    table = pq.read_table(path)
+    np.testing.assert_array_equal(table["sample_id"].to_numpy(), np.arange(4_096, 8_192))
+    np.testing.assert_array_equal(table["seed"].to_numpy(), seeds.row_seeds(42, np.arange(4_096, 8_192)))
+    # x decoded on the block grid of 1,024 ids
+    grid = np.concatenate([predictor({"sample_id": np.arange(a, b)})["x"] for a, b in block_ranges(4_096, 8_192, 1_024)])
+    assert np.array_equal(table["x"].combine_chunks().to_numpy_ndarray(), grid)
+    last = writer(2)
+    assert (last.first_sample_id, last.rows) == (8_192, 10_000 - 8_192)
+    np.testing.assert_array_equal(pq.read_table(tmp_path / "ds" / last.name)["sample_id"].to_numpy(), np.arange(8_192, 10_000))
+
+    before = path.stat().st_mtime_ns
+    again = writer(1)
+    assert again.reused and again.sha256 == info.sha256 and path.stat().st_mtime_ns == before
+    assert writer.verified(1) is not None
+
+    corrupted = bytearray(path.read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    path.write_bytes(bytes(corrupted))
+    assert writer.verified(1) is None
+    rewritten = writer(1)
+    assert not rewritten.reused and rewritten.sha256 == info.sha256 == sha256_file(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"n": 0}, "--n must be a positive integer, got 0"),
+        ({"n": -5}, "--n must be a positive integer, got -5"),
+        ({"rows_per_shard": 0}, "--rows-per-shard must be a positive integer, got 0"),
+        ({"rows_per_shard": -1}, "--rows-per-shard must be a positive integer, got -1"),
+        ({"dtype": "int8"}, "--dtype must be one of float32, float16, uint8, got 'int8'"),
+    ],
+)
+def test_dataset_spec_rejects_bad_values(overrides, fragment):
+    with pytest.raises(UsageError) as error:
+        tiny_spec(**overrides)
+    assert fragment in str(error.value)
+
+
+def test_shards_cover_ids_once():
+    spec = tiny_spec(n=10, rows_per_shard=4)
+    assert spec.num_shards == 3
+    assert [spec.shard_range(k) for k in range(3)] == [(0, 4), (4, 8), (8, 10)]
+    assert tiny_spec(n=8, rows_per_shard=4).num_shards == 2 and tiny_spec(n=1, rows_per_shard=4).num_shards == 1
+    assert part_name(3) == "part-00003.parquet" and part_name(12_345) == "part-12345.parquet"
+
+
+# ---------------------------------------------------------------- 2. end to end on a local Ray (2 CPUs)
+
+
+@pytest.mark.slow
+def test_generated_rows_are_contract_1_and_the_registered_decoder(datasets, reference):
+    directory = Datasets.path(datasets.two_workers)
+    assert datasets.two_workers.status == "generated" and directory.name == dataset_id(N, SEED)
+    assert sorted(path.name for path in directory.iterdir()) == ["_manifest.json", *[part_name(k) for k in range(4)]]
+    table = pq.read_table(directory)
+    assert table.num_rows == N
+    assert_table_is(table, reference(N, SEED))
+
+
+@pytest.mark.slow
+def test_content_is_the_same_for_any_worker_count_and_shard_size(datasets):
+    two, one, other = (Datasets.path(result) for result in (datasets.two_workers, datasets.one_worker, datasets.other_shards))
+    assert len(part_hashes(two)) == 4 and part_hashes(one) == part_hashes(two)  # byte-identical parts
+    assert len(part_hashes(other)) == 5 and part_hashes(other)["part-00004.parquet"] != part_hashes(two)["part-00003.parquet"]
+    assert pq.read_table(other).equals(pq.read_table(two))  # same rows and values, other file boundaries
+    assert datasets.two_workers.manifest["execution"]["num_workers"] == 2
+    assert datasets.one_worker.manifest["execution"]["num_workers"] == 1
+
+
+@pytest.mark.slow
+def test_manifest_and_lineage(datasets, trained_version):
+    import mlflow
+
+    result = datasets.two_workers
+    directory = Datasets.path(result)
+    record = json.loads((directory / "_manifest.json").read_text())
+    assert record == result.manifest
+    assert (record["dataset_id"], record["n"], record["rows_per_shard"], record["dataset_seed"]) == (dataset_id(N, SEED), N, 16_384, SEED)
+    assert record["seed_scheme"] == seeds.SEED_SCHEME and record["dtype"] == "float32" and record["latent_dim"] == 2
+    pinned = trained_version.result.pinned
+    assert (record["model"]["name"], record["model"]["version"], record["model"]["run_id"]) == ("vae-decoder", 1, pinned.run_id)
+    assert record["model"]["resolved_from"] == MODEL
+    rows = [16_384, 16_384, 16_384, N - 3 * 16_384]
+    assert [(f["name"], f["first_sample_id"], f["rows"]) for f in record["files"]] == [
+        (part_name(k), 16_384 * k, rows[k]) for k in range(4)]
+    for entry in record["files"]:
+        path = directory / entry["name"]
+        assert entry["sha256"] == sha256_file(path) and entry["size_bytes"] == path.stat().st_size
+    assert record["total_bytes"] == sum(entry["size_bytes"] for entry in record["files"])
+    assert record["timings"]["shards_reused"] == 0
+    assert [field["name"] for field in record["schema"]] == ["sample_id", "seed", "z", "x"]
+
+    run = mlflow.MlflowClient().get_run(record["lineage"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert mlflow.get_experiment(run.info.experiment_id).name == "vaegen-datasets" == record["lineage"]["experiment"]
+    assert run.data.tags["vaegen.dataset_id"] == record["dataset_id"]
+    assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/manifest.json") == record
+    inputs = run.inputs.dataset_inputs
+    assert [(item.dataset.name, item.dataset.digest) for item in inputs] == [(record["dataset_id"], record["spec_fingerprint"])]
+
+
+@pytest.mark.slow
+def test_inspect_deep_passes_then_fails_on_a_corrupted_part(datasets, tmp_path):
+    directory = Datasets.path(datasets.two_workers)
+    result = invoke("inspect", str(directory), "--deep")
+    assert result.exit_code == 0, result.output
+    assert f"dataset: {dataset_id(N, SEED)}" in result.stdout
+    assert "verified: 4 files, 1024 rows re-derived" in result.stdout
+
+    copy = tmp_path / "root" / directory.name
+    shutil.copytree(directory, copy)
+    part = copy / "part-00001.parquet"
+    corrupted = bytearray(part.read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0x01
+    part.write_bytes(bytes(corrupted))
+    broken = invoke("inspect", str(copy), "--deep")
+    assert "PROBLEM part-00001.parquet: checksum mismatch" in broken.stdout
+    assert_one_error_line(broken, 1, "1 problem(s)")
+
+
+@pytest.mark.slow
+def test_rerun_is_up_to_date_and_changes_nothing(datasets, local_ray):
+    import mlflow
+
+    directory = Datasets.path(datasets.two_workers)
+    before, runs_before = mtimes(directory), len(mlflow.search_runs(experiment_names=["vaegen-datasets"]))
+    again = run_generate(directory.parent, num_workers=2)
+    assert again.status == "up-to-date" and again.manifest == datasets.two_workers.manifest
+    cli = invoke("generate", "--model", MODEL, "--n", str(N), "--seed", str(SEED), "--rows-per-shard", "16384",
+                 "--out", str(directory.parent))
+    assert cli.exit_code == 0, cli.output
+    assert "already committed; nothing to do" in cli.stderr and f"dataset_id: {directory.name}" in cli.stdout
+    assert mtimes(directory) == before
+    assert len(mlflow.search_runs(experiment_names=["vaegen-datasets"])) == runs_before
+
+
+@pytest.mark.slow
+def test_other_shard_size_into_a_committed_id_is_a_usage_error(datasets, local_ray):
+    directory = Datasets.path(datasets.two_workers)
+    before = mtimes(directory)
+    with pytest.raises(UsageError, match="is committed with other options"):
+        run_generate(directory.parent, rows_per_shard=10_000)
+    assert mtimes(directory) == before
+
+
+@pytest.mark.slow
+def test_overwrite_regenerates(datasets, local_ray, tmp_path):
+    original = Datasets.path(datasets.two_workers)
+    copy = tmp_path / original.name
+    shutil.copytree(original, copy)
+    (copy / "stale.txt").write_text("left from before")
+    result = invoke("generate", "--model", MODEL, "--n", str(N), "--seed", str(SEED), "--rows-per-shard", "16384",
+                    "--out", str(tmp_path), "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "generated 50,000 rows" in result.stderr and f"location: {copy}" in result.stdout
+    assert not (copy / "stale.txt").exists()  # the old directory was replaced, not reused
+    assert part_hashes(copy) == part_hashes(original)
+    record = json.loads((copy / "_manifest.json").read_text())
+    assert record["lineage"]["run_id"] != datasets.two_workers.manifest["lineage"]["run_id"]
+    assert record["timings"]["shards_reused"] == 0
+
+
+# ---------------------------------------------------------------- 3. independent readers
+
+
+@pytest.mark.slow
+def test_pyarrow_gives_x_as_an_array_in_two_lines(datasets, reference):
+    table = pq.read_table(Datasets.path(datasets.other_shards))
+    x = table["x"].combine_chunks().to_numpy_ndarray()
+    assert x.shape == (N, 8, 8) and x.dtype == np.float32
+    assert np.array_equal(x, reference(N, SEED).x)
+
+
+@pytest.mark.slow
+def test_pandas_reads_the_directory(datasets, reference):
+    import pandas as pd
+
+    expected = reference(N, SEED)
+    frame = pd.read_parquet(Datasets.path(datasets.two_workers)).sort_values("sample_id")
+    assert len(frame) == N
+    np.testing.assert_array_equal(frame["sample_id"].to_numpy(), expected.ids)
+    assert frame["seed"].dtype == np.uint64
+    np.testing.assert_array_equal(frame["seed"].to_numpy(), expected.seeds)
+    np.testing.assert_array_equal(np.stack(frame["z"].to_numpy()), expected.z)
+    assert np.array_equal(np.stack(frame["x"].to_numpy()).reshape(N, 8, 8), expected.x)
+
+
+@pytest.mark.slow
+def test_polars_reads_the_parts(datasets, reference):
+    import polars as pl
+
+    expected = reference(N, SEED)
+    # A glob: polars refuses a bare directory whose files have different extensions (_manifest.json).
+    frame = pl.read_parquet(f"{Datasets.path(datasets.two_workers)}/*.parquet").sort("sample_id")
+    assert frame.height == N and frame["sample_id"].n_unique() == N
+    np.testing.assert_array_equal(frame["sample_id"].to_numpy(), expected.ids)
+    np.testing.assert_array_equal(frame["seed"].to_numpy(), expected.seeds)
+    np.testing.assert_array_equal(frame["z"].to_numpy(), expected.z)
+    assert np.array_equal(frame["x"].to_numpy().reshape(N, 8, 8), expected.x)
+
+
+@pytest.mark.slow
+def test_duckdb_reads_the_parts(datasets, reference):
+    import duckdb
+
+    expected = reference(N, SEED)
+    parts = f"{Datasets.path(datasets.other_shards)}/*.parquet"
+    count, distinct, low, high = duckdb.sql(
+        f"select count(*), count(distinct sample_id), min(sample_id), max(sample_id) from read_parquet('{parts}')").fetchone()
+    assert (count, distinct, low, high) == (N, N, 0, N - 1)
+    columns = duckdb.sql(f"select sample_id, seed, z[2] as z1, x[64] as x_last from read_parquet('{parts}') order by sample_id").fetchnumpy()
+    np.testing.assert_array_equal(columns["seed"], expected.seeds)
+    np.testing.assert_array_equal(columns["z1"], expected.z[:, 1])
+    np.testing.assert_array_equal(columns["x_last"], expected.x[:, 7, 7])
+
+
+@pytest.mark.slow
+def test_ray_data_reads_the_directory(datasets, reference, local_ray):
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    expected = reference(N, SEED)
+    data = ray.data.read_parquet(str(Datasets.path(datasets.two_workers)))  # _manifest.json sits beside the parts
+    assert data.count() == N
+    batches = list(data.iter_batches(batch_size=None, batch_format="numpy"))
+    ids = np.concatenate([batch["sample_id"] for batch in batches])
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(ids[order], expected.ids)
+    np.testing.assert_array_equal(np.concatenate([batch["seed"] for batch in batches])[order], expected.seeds)
+    x = np.concatenate([batch["x"] for batch in batches])[order]
+    assert x.shape == (N, 8, 8) and np.array_equal(x, expected.x)
+
+
+# ---------------------------------------------------------------- 4. bad input through the CLI
+
+
+BAD_ARGUMENTS = [
+    pytest.param({"--n": "0"}, 2, "--n must be a positive integer, got 0", id="n-zero"),
+    pytest.param({"--n": "-5"}, 2, "--n must be a positive integer, got -5", id="n-negative"),
+    pytest.param({"--rows-per-shard": "0"}, 2, "--rows-per-shard must be a positive integer, got 0", id="rows-per-shard-zero"),
+    pytest.param({"--model": "no-such-model/1"}, 2, "'no-such-model' is not registered", id="unknown-model"),
+    pytest.param({"--model": "vae-decoder/9"}, 2, "has no version 9", id="unknown-version"),
+    pytest.param({"--model": "vae-decoder@nope"}, 2, "has no alias 'nope'", id="unknown-alias"),
+]
+
+
+def generate_args(out: Path | str, **overrides: str) -> list[str]:
+    options = {"--model": MODEL, "--n": "1000", "--seed": "1", "--out": str(out), **overrides}
+    return ["generate", *[part for pair in options.items() for part in pair]]
+
+
+@pytest.mark.parametrize(("overrides", "exit_code", "fragment"), BAD_ARGUMENTS)
+def test_generate_rejects_bad_arguments(trained_version, tmp_path, overrides, exit_code, fragment):
+    out = tmp_path / "out"
+    assert_one_error_line(invoke(*generate_args(out, **overrides)), exit_code, fragment)
+    assert dataset_leftovers(tmp_path) == []
+
+
+def test_generate_rejects_a_non_integer_n(trained_version, tmp_path):
+    result = invoke(*generate_args(tmp_path / "out", **{"--n": "abc"}))
+    # click parses --n before vaegen sees it: its own usage message, exit code 2 as documented
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--n': 'abc' is not a valid integer" in result.stderr
+    assert "Traceback" not in result.output and dataset_leftovers(tmp_path) == []
+
+
+def test_generate_rejects_an_out_that_is_a_file(trained_version, tmp_path):
+    out = tmp_path / "a-file"
+    out.write_text("not a directory")
+    assert_one_error_line(invoke(*generate_args(out)), 2, f"output root {out} is a file")
+    assert out.read_text() == "not a directory" and dataset_leftovers(tmp_path) == []
+
+
+def test_generate_rejects_an_unwritable_out(trained_version, tmp_path):
+    if os.geteuid() == 0:  # root writes through any mode bits: use a place nobody can create a folder in
+        out = Path("/proc/vaegen-out")
+    else:
+        out = tmp_path / "read-only"
+        out.mkdir()
+        out.chmod(stat.S_IRUSR | stat.S_IXUSR)  # 0o500
+    try:
+        assert_one_error_line(invoke(*generate_args(out)), 2, f"output root {out} is not writable")
+    finally:
+        if out.is_relative_to(tmp_path):
+            out.chmod(0o700)
+    assert dataset_leftovers(tmp_path) == [] and (out.is_relative_to(tmp_path) or not out.exists())
+
+
+def test_generate_with_an_unreachable_tracking_server(mlflow_unreachable, tmp_path):
+    out = tmp_path / "out"
+    assert_one_error_line(invoke(*generate_args(out)), 1, "cannot reach the MLflow tracking server", mlflow_unreachable.uri)
+    assert not out.exists()
+
+
+def test_generate_with_a_nan_decoder_leaves_nothing(nan_version, tmp_path):
+    out = tmp_path / "out"
+    assert_one_error_line(invoke(*generate_args(out, **{"--model": nan_version})), 1, "to NaN or inf", "vae-nan/1")
+    assert not (out / dataset_id(1000, 1, name="vae-nan")).exists()
+    assert dataset_leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- 5. faults
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job(trained_version, local_ray, clean_fault_run, tmp_path):
+    directory = tmp_path / clean_fault_run.name
+    seen: dict[str, Any] = {}
+
+    def kill_one_after_the_first_part(workers: list[Any]) -> None:
+        pids = ray.get([worker.pid.remote() for worker in workers])
+
+        def kill() -> None:
+            wait_until(lambda: any(directory.glob("part-*.parquet")), 120, "the first part file")
+            seen["parts_before_kill"] = len(list(directory.glob("part-*.parquet")))
+            seen["committed_before_kill"] = (directory / "_manifest.json").exists()
+            os.kill(pids[0], signal.SIGKILL)
+            seen["killed"] = pids[0]
+
+        seen["thread"] = threading.Thread(target=kill, daemon=True)
+        seen["thread"].start()
+
+    result = run_generate(tmp_path, n=FAULT_N, seed=FAULT_SEED, rows_per_shard=FAULT_R, num_workers=2,
+                          on_workers=kill_one_after_the_first_part)
+    seen["thread"].join(timeout=30)
+    assert "killed" in seen and not seen["committed_before_kill"], seen
+    assert seen["parts_before_kill"] < FAULT_N // FAULT_R  # the kill landed in the middle of the job
+    with pytest.raises(ProcessLookupError):
+        os.kill(seen["killed"], 0)
+    assert result.status == "generated"
+    ids = pq.read_table(directory, columns=["sample_id"])["sample_id"].to_numpy()
+    np.testing.assert_array_equal(ids, np.arange(FAULT_N))  # every id exactly once
+    assert part_hashes(directory) == part_hashes(clean_fault_run)
+    assert [entry["sha256"] for entry in result.manifest["files"]] == list(part_hashes(clean_fault_run).values())
+    assert not [path for path in directory.iterdir() if path.name.startswith((".", "_")) and path.name != "_manifest.json"]
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_job_then_rerun_resumes(trained_version, clean_fault_run, subprocess_ray_env, tmp_path):
+    root = tmp_path / "out"
+    directory = root / clean_fault_run.name
+    command = [VAEGEN, "generate", "--model", MODEL, "--n", str(FAULT_N), "--seed", str(FAULT_SEED),
+               "--rows-per-shard", str(FAULT_R), "--out", str(root)]
+    env = subprocess_ray_env.environ(MLFLOW_TRACKING_URI=trained_version.store.uri)
+    log_path = tmp_path / "first.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(lambda: process.poll() is not None or (any(directory.glob("part-*.parquet"))
+                                                              and not (directory / "_manifest.json").exists()),
+                       SUBPROCESS_TIMEOUT_S, "the first part file")
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            os.killpg(process.pid, signal.SIGKILL)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    assert not stop_tagged(subprocess_ray_env.tag)  # the dead driver's local Ray
+    assert not (directory / "_manifest.json").exists() and (directory / "_progress.json").exists()
+    assert len(list(directory.glob("part-*.parquet"))) < FAULT_N // FAULT_R
+
+    rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed 200,000 rows" in rerun.stderr and f"dataset_id: {directory.name}" in rerun.stdout
+    record = json.loads((directory / "_manifest.json").read_text())
+    assert record["timings"]["shards_reused"] >= 1
+    assert part_hashes(directory) == part_hashes(clean_fault_run)
+    assert sorted(path.name for path in directory.iterdir()) == sorted(["_manifest.json", *part_hashes(clean_fault_run)])
+
+
+# ---------------------------------------------------------------- 6, 7. `ray start` clusters
+
+
+@pytest.mark.slow
+def test_ray_job_submit_to_a_started_cluster(cluster, reference, trained_version, tmp_path):
+    out = tmp_path / "out"
+    working_dir = tmp_path / "job"
+    working_dir.mkdir()
+    (working_dir / "README.txt").write_text("vaegen generate job\n")
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": trained_version.store.uri, "VAEGEN_OUTPUT": str(out)}}
+    command = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", cluster.dashboard_url,
+               "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env),
+               "--", "generate", "--model", MODEL, "--n", "20000", "--seed", "3", "--shared-fs"]
+    done = subprocess.run(command, env=cluster.env.environ(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    directory = out / dataset_id(20_000, 3)
+    record = json.loads((directory / "_manifest.json").read_text())
+    assert record["n"] == 20_000 and record["execution"]["nodes"] == 2
+    assert_table_is(pq.read_table(directory), reference(20_000, 3))
+    inspected = invoke("inspect", str(directory), "--deep")
+    assert inspected.exit_code == 0 and "verified: 1 files" in inspected.stdout, inspected.output
+
+
+@pytest.mark.slow
+def test_two_nodes_share_the_work(cluster_driver, reference, tmp_path):
+    node_ids: list[str] = []
+
+    def record_nodes(workers: list[Any]) -> None:
+        node_ids.extend(ray.get([worker.node_id.remote() for worker in workers]))
+
+    with pytest.raises(UsageError, match="--shared-fs"):
+        run_generate(tmp_path / "refused", n=30_000, seed=5, rows_per_shard=8_192)
+    assert dataset_leftovers(tmp_path / "refused") == []
+    assert not (tmp_path / "refused" / dataset_id(30_000, 5)).exists()
+
+    result = run_generate(tmp_path / "shared", n=30_000, seed=5, rows_per_shard=8_192, shared_fs=True, on_workers=record_nodes)
+    assert len(node_ids) == 2 and len(set(node_ids)) == 2, node_ids
+    assert result.manifest["execution"]["nodes"] == 2
+    assert_table_is(pq.read_table(result.location), reference(30_000, 5))
