@@ -77,9 +77,10 @@ def main(debug: bool) -> None:
 @click.option("--register-as", default="vae-decoder", show_default=True, help="Registered model name.")
 @click.option("--experiment", default="vaegen-train", show_default=True)
 @click.option("--run-name", default=None)
+@click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
 def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_fraction, seed, conditional,
-          register_as, experiment, run_name) -> None:
+          register_as, experiment, run_name, report) -> None:
     """Train a VAE, log the run to MLflow and register the decoder as a new version."""
     from jobs import train as train_job
     from vae_core.config import TrainConfig
@@ -88,7 +89,7 @@ def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_f
         data=data, latent_dim=latent_dim, hidden_sizes=_parse_sizes(hidden), conditional=conditional,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                           holdout_fraction=holdout_fraction, seed=seed),
-        register_as=register_as, experiment=experiment, run_name=run_name,
+        register_as=register_as, experiment=experiment, run_name=run_name, report=report,
     )
 
     def progress(metrics) -> None:
@@ -99,6 +100,13 @@ def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_f
     click.echo(f"run_id: {result.pinned.run_id}")
     click.echo(f"registered: {result.pinned.name}/{result.pinned.version}")
     click.echo(f"held-out negative ELBO: {result.val_neg_elbo:.3f} nats per sample")
+    if result.quality is not None:
+        metrics = result.quality.metrics
+        click.echo(f"quality: Frechet {metrics['frechet_distance']:.3g} (real floor {metrics['frechet_floor']:.3g}), "
+                   f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
+                   f"coverage {metrics['coverage']:.2f} -> {result.quality.png_path}")
+    elif report:
+        _log(f"no quality report: {result.quality_skipped}")
     click.echo(f"tracking: {result.tracking_uri}")
 
 
@@ -124,6 +132,8 @@ def sample(model_ref, n, seed, out) -> None:
     from jobs.sample import draw_images
     from registry import models, tracking
 
+    if n < 1:
+        raise UsageError(f"--n must be a positive integer, got {n}")
     tracking.ensure_reachable()
     loaded = models.load_decoder(models.resolve(model_ref))
     images, _ = draw_images(loaded.build(), n, seed)
@@ -260,8 +270,14 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--force", is_flag=True, help="Promote even if a gate cannot compare (never past a failing gate).")
 @click.option("--elbo-tolerance", type=float, default=0.5, show_default=True, help="Allowed held-out -ELBO regression, nats.")
 @click.option("--to-model", default=None, help="Copy the version into this registered model first, and promote the copy.")
+@click.option("--quality-gate/--no-quality-gate", default=True, show_default=True, help="Gate 3: the quality report's metrics.")
+@click.option("--min-precision", type=float, default=0.3, show_default=True)
+@click.option("--min-coverage", type=float, default=0.8, show_default=True)
+@click.option("--max-memorisation", type=float, default=0.05, show_default=True)
+@click.option("--min-label-accuracy", type=float, default=0.8, show_default=True, help="Conditional models only.")
 @handle_errors
-def promote(reference, alias, reason, by, force, elbo_tolerance, to_model) -> None:
+def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, quality_gate, min_precision, min_coverage,
+            max_memorisation, min_label_accuracy) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result."""
     from registry import promotion, tracking
 
@@ -269,8 +285,9 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model) -> No
     if to_model:
         reference = promotion.copy_version(reference, to_model)
         _log(f"copied to {reference}")
+    thresholds = promotion.QualityThresholds(min_precision, min_coverage, max_memorisation, min_label_accuracy)
     config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
-                                       elbo_tolerance_nats=elbo_tolerance)
+                                       elbo_tolerance_nats=elbo_tolerance, quality=thresholds if quality_gate else None)
     result = promotion.promote(reference, config)
     for gate in result.gates:
         click.echo(f"gate {gate.name:<14} {'PASS' if gate.passed else 'FAIL'}  {gate.detail}")
@@ -279,7 +296,8 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model) -> No
         if any(gate.name == "already_holder" for gate in result.gates):
             click.echo(f"{target} already points to version {result.pinned.version}; nothing to do")
             return
-        raise VaegenError(f"not promoted: {target} stays at version {result.previous_version}; see the failed gates above")
+        stays = "unset" if result.previous_version is None else f"at version {result.previous_version}"
+        raise VaegenError(f"not promoted: {target} stays {stays}; see the failed gates above")
     click.echo(f"promoted: {target} -> version {result.pinned.version} (was {result.previous_version})")
 
 
@@ -317,6 +335,29 @@ def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
     click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""))
     for dataset_id in result.pruned:
         click.echo(f"pruned: {dataset_id}")
+
+
+@main.command()
+@click.option("--model", "model_ref", default=None, help="Report on a model version: fresh samples from the report seed.")
+@click.option("--dataset", default=None, help="Report on a committed dataset (its path or URI).")
+@click.option("--n", type=int, default=10_000, show_default=True, help="Generated samples compared with the real data.")
+@click.option("--data", default=None, help="Real data to compare with [default: the version's training source].")
+@click.option("--out", "out_dir", default="report", show_default=True, help="Folder for report.json and report.png.")
+@handle_errors
+def report(model_ref, dataset, n, data, out_dir) -> None:
+    """Measure generated data against real data; write report.json + report.png and log them to MLflow."""
+    from jobs import report as reports
+    from registry import tracking
+
+    if (model_ref is None) == (dataset is None):
+        raise UsageError("pass exactly one of --model REF or --dataset DIR")
+    tracking.ensure_reachable()
+    config = reports.ReportConfig(n=n, out_dir=out_dir, data=data)
+    result = reports.model_report(model_ref, config) if model_ref else reports.dataset_report(dataset, config)
+    for key in reports.HEADLINE:
+        if isinstance(result.metrics.get(key), (int, float)):
+            click.echo(f"{key:<20} {result.metrics[key]:.4g}")
+    click.echo(f"report: {result.json_path} {result.png_path} (logged to MLflow run {result.run_id})")
 
 
 if __name__ == "__main__":

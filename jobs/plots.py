@@ -14,14 +14,15 @@ import numpy as np  # noqa: E402
 from vae_core.training import EpochMetrics  # noqa: E402
 
 
-def tile(images: np.ndarray, columns: int) -> np.ndarray:
-    """(N, H, W) -> one (rows*H, columns*W) mosaic; empty cells stay black."""
+def tile(images: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+    """(N, H, W) -> one mosaic with `gap`-pixel grey separators; empty cells stay black."""
     count, height, width = images.shape
     rows = math.ceil(count / columns)
-    mosaic = np.zeros((rows * height, columns * width), dtype=np.float32)
-    for index, image in enumerate(images):
+    mosaic = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap), 0.5, dtype=np.float32)
+    for index in range(rows * columns):
         row, column = divmod(index, columns)
-        mosaic[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+        top, left = row * (height + gap), column * (width + gap)
+        mosaic[top : top + height, left : left + width] = images[index] if index < count else 0.0
     return mosaic
 
 
@@ -59,3 +60,38 @@ def save(figure: plt.Figure, path: str | Path) -> Path:
 
 def close(figure: plt.Figure) -> None:
     plt.close(figure)
+
+
+def quality_figure(samples: np.ndarray, images: dict[str, np.ndarray], metrics: dict, real_histogram: list[float],
+                   title: str) -> plt.Figure:
+    """One page: samples, mean/std images real vs generated, class histograms, the metric table."""
+    figure = plt.figure(figsize=(12, 7))
+    grid = figure.add_gridspec(2, 4)
+    axes = figure.add_subplot(grid[:, 0])
+    axes.imshow(tile(samples, 8), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes.set_title("generated samples")
+    axes.axis("off")
+    for column, (key, label) in enumerate([("mean", "mean"), ("std", "std")], start=1):
+        for row, source in enumerate(("real", "generated")):
+            axes = figure.add_subplot(grid[row, column])
+            axes.imshow(images[f"{source}_{key}"], cmap="gray", interpolation="nearest")
+            axes.set_title(f"{source} {label}")
+            axes.axis("off")
+    axes = figure.add_subplot(grid[0, 3])
+    classes = np.arange(len(real_histogram))
+    generated = np.asarray(metrics["class_histogram"], dtype=float)
+    axes.bar(classes - 0.2, real_histogram, width=0.4, label="real (train)")
+    axes.bar(classes + 0.2, generated / max(generated.sum(), 1e-12), width=0.4, label="generated")
+    axes.set_xticks(classes)
+    axes.set_title("classes (reference classifier)")
+    axes.legend(fontsize=7)
+    axes = figure.add_subplot(grid[1, 3])
+    axes.axis("off")
+    rows = [(key, metrics.get(key)) for key in ("frechet_distance", "frechet_floor", "precision", "precision_floor",
+                                                 "recall", "recall_floor", "coverage", "label_kl", "mean_confidence",
+                                                 "memorisation_share", "label_accuracy")]
+    text = "\n".join(f"{key:<20} {value:.4g}" for key, value in rows if isinstance(value, (int, float)))
+    axes.text(0, 1, text, family="monospace", fontsize=8, va="top")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Callable
+from typing import Any, Callable
 
 from jobs import plots
 from jobs.sample import MANIFOLD_POINTS_PER_SIDE, draw_images, manifold_images
@@ -12,6 +12,7 @@ from registry import models, tracking
 from registry.models import PinnedModel, flatten_params
 from vae_core import data as data_sources
 from vae_core.config import TrainConfig
+from vae_core.errors import UsageError
 from vae_core.training import EpochMetrics, model_config_for, train
 
 GRID_SAMPLES = 64  # an 8 x 8 grid of fresh samples, logged with every run
@@ -28,6 +29,8 @@ class TrainJobConfig:
     register_as: str = models.DEFAULT_MODEL_NAME
     experiment: str = models.DEFAULT_EXPERIMENT
     run_name: str | None = None  # MLflow picks a memorable one when None
+    report: bool = True  # a quality report for the new version (gate 3 of promotion reads it)
+    report_dir: str = "report"
 
     def params(self) -> dict[str, str]:
         """Flat MLflow params: every knob that changes the trained model."""
@@ -46,6 +49,8 @@ class TrainJobResult:
     val_neg_elbo: float
     train_seconds: float
     tracking_uri: str
+    quality: Any = None  # jobs.report.ReportResult when a report was made
+    quality_skipped: str | None = None  # why not, e.g. an unlabelled data source
 
 
 def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainJobResult:
@@ -81,4 +86,12 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
             "holdout_size": str(result.holdout_size),
         }
         pinned = training_run.register(result, config.register_as, data_tags)
-    return TrainJobResult(pinned, result.val_neg_elbo, result.seconds, uri)
+    quality, skipped = None, None
+    if config.report:
+        from jobs import report as reports
+
+        try:
+            quality = reports.model_report(f"{pinned.name}/{pinned.version}", reports.ReportConfig(out_dir=config.report_dir))
+        except UsageError as error:  # e.g. an unlabelled source: the version is registered all the same
+            skipped = str(error)
+    return TrainJobResult(pinned, result.val_neg_elbo, result.seconds, uri, quality, skipped)

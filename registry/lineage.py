@@ -72,3 +72,9 @@ def job_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[s
         client.set_terminated(job.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(job.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_artifacts(run_id: str, paths: list[Path], artifact_path: str) -> None:
+    client = mlflow.MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)

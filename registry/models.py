@@ -278,3 +278,8 @@ def alias_histories(name: str | None = None) -> list[tuple[str, str, list[dict[s
             if key.startswith(f"{TAG_PREFIX}history."):
                 found.append((model.name, key.removeprefix(f"{TAG_PREFIX}history."), json.loads(value)))
     return found
+
+
+def set_version_tags(pinned: PinnedModel, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client().set_model_version_tag(pinned.name, str(pinned.version), TAG_PREFIX + key, value)

@@ -1,0 +1,163 @@
+"""Quality reports: a model version (fresh samples from a fixed report seed) or a committed
+dataset, compared with the real data the model was trained on, in the feature space of a
+reference classifier trained once per data source (cached by the data's content hash).
+
+Writes `report.json` and `report.png`, logs both (and the classifier) to MLflow on the
+model's training run or the dataset's run, and stores the headline metrics on the model
+version as `vaegen.quality.*` tags, where the promotion gate reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from jobs import plots
+from jobs.generate.inspect import open_dataset
+from jobs.generate.manifest import MANIFEST
+from jobs.sample import draw_images
+from registry import lineage, models
+from registry.models import LoadedDecoder
+from vae_core import data as data_sources
+from vae_core import quality
+from vae_core.errors import UsageError
+
+REPORT_SEED = 20_260_101  # fixed: every version's report decodes the same z, so reports compare
+HEADLINE = ("frechet_distance", "frechet_floor", "precision", "recall", "coverage", "memorisation_share",
+            "mean_confidence", "label_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    n: int = 10_000  # generated samples compared; Frechet and kNN estimates settle by ~10k
+    seed: int = REPORT_SEED
+    out_dir: str = "."
+    data: str | None = None  # the real data; None = the source the version was trained on
+    quality: quality.QualityConfig = quality.QualityConfig()
+    cache_dir: str = dataclasses.field(  # classifiers are cached here by data hash [env: VAEGEN_CACHE]
+        default_factory=lambda: os.environ.get("VAEGEN_CACHE", str(Path.home() / ".cache" / "vaegen")))
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise UsageError(f"--n must be an integer >= 2, got {self.n}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportResult:
+    metrics: dict[str, Any]
+    json_path: Path
+    png_path: Path
+    run_id: str
+
+
+def reference_split(loaded: LoadedDecoder, data: str | None) -> tuple[data_sources.Dataset, data_sources.Dataset]:
+    source = data or loaded.tags.get("data_source")
+    if not source:
+        raise UsageError(f"{loaded.pinned.uri} records no training data source; pass --data SOURCE")
+    dataset = data_sources.load(source)
+    if dataset.labels is None:
+        raise UsageError(f"data source {source} has no labels; the quality report's classifier needs labelled real data")
+    if dataset.shape != tuple(loaded.config.input_shape):
+        raise UsageError(f"data source {source} has shape {dataset.shape}, the model decodes {tuple(loaded.config.input_shape)}")
+    return dataset.split(float(loaded.tags.get("holdout_fraction", "0.2")))
+
+
+def classifier_for(train: data_sources.Dataset, config: ReportConfig) -> tuple[quality.ReferenceClassifier, dict, Path]:
+    """Train the reference classifier once per (data, classifier config); later calls load the cached weights."""
+    key = hashlib.sha256((train.content_sha256() + json.dumps(config.quality.to_dict(), sort_keys=True)).encode()).hexdigest()[:20]
+    folder = Path(config.cache_dir) / "classifiers"
+    weights_path, info_path = folder / f"{key}.npz", folder / f"{key}.json"
+    if weights_path.exists() and info_path.exists():
+        info = json.loads(info_path.read_text())
+        model = quality.ReferenceClassifier(train.shape, info["num_classes"], config.quality.hidden_dim, config.quality.feature_dim)
+        with np.load(weights_path, allow_pickle=False) as weights:
+            model.load_state_dict({name: torch.from_numpy(weights[name]) for name in weights.files})
+        return model.eval(), info, weights_path
+    model, info = quality.train_reference_classifier(train.images, train.labels, config.quality)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(weights_path, **{name: value.detach().numpy() for name, value in model.state_dict().items()})
+    info_path.write_text(json.dumps(info))
+    return model.eval(), info, weights_path
+
+
+def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: np.ndarray, title: str,
+           config: ReportConfig, real_histogram: list[float]) -> tuple[Path, Path]:
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+    png_path = plots.save(plots.quality_figure(samples, images, metrics, real_histogram, title), out / "report.png")
+    return json_path, png_path
+
+
+def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None,
+             config: ReportConfig) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
+    train, holdout = reference_split(loaded, config.data)
+    classifier, info, weights_path = classifier_for(train, config)
+    metrics, images = quality.quality_report(classifier, train.images, train.labels, holdout.images, holdout.labels,
+                                             generated.astype(np.float32), config.quality, generated_labels)
+    metrics["classifier"] = info
+    metrics["data_source"] = config.data or loaded.tags.get("data_source")
+    real_histogram = np.bincount(train.labels, minlength=info["num_classes"]) / len(train.labels)
+    return metrics, images, real_histogram.tolist(), weights_path
+
+
+def model_report(reference: str, config: ReportConfig) -> ReportResult:
+    loaded = models.load_decoder(models.resolve(reference))
+    generated, labels = draw_images(loaded.build(), config.n, config.seed)
+    metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
+    metrics.update({"model": loaded.pinned.to_dict(), "report_seed": config.seed, "n": config.n, "subject": "model"})
+    title = f"{loaded.pinned.name}/{loaded.pinned.version}: {config.n:,} samples, report seed {config.seed}"
+    json_path, png_path = _write(metrics, images, generated[:64], title, config, real_histogram)
+    run_id = loaded.pinned.run_id
+    lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
+    models.set_version_tags(loaded.pinned, {f"quality.{key}": f"{metrics[key]:.6g}" for key in HEADLINE
+                                            if isinstance(metrics.get(key), (int, float))})
+    return ReportResult(metrics, json_path, png_path, run_id)
+
+
+def read_samples(location: str, n: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """The first n rows of a committed dataset as float32 images in [0, 1] (rows are i.i.d. draws)."""
+    storage, dataset_id = open_dataset(location)
+    record = storage.read_json(dataset_id, MANIFEST)
+    if record is None:
+        raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: not a committed dataset")
+    tables, count = [], 0
+    for entry in record["files"]:
+        if count >= n:
+            break
+        with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
+            tables.append(pq.read_table(handle, columns=["x"] + (["label"] if record["labels"] else [])))
+        count += tables[-1].num_rows
+    table = pa.concat_tables(tables).slice(0, n)
+    shape, dtype = tuple(record["sample_shape"]), np.dtype(record["dtype"])
+    column = table.column("x").combine_chunks()
+    if record["layout"] == "tensor":
+        x = column.to_numpy_ndarray()
+    else:
+        x = np.frombuffer(column.buffers()[1], dtype=dtype, count=len(column) * int(np.prod(shape))).reshape(-1, *shape)
+    x = x.astype(np.float32) / (255.0 if dtype == np.uint8 else 1.0)
+    labels = table.column("label").to_numpy().astype(np.int64) if record["labels"] else None
+    return record, x, labels
+
+
+def dataset_report(location: str, config: ReportConfig) -> ReportResult:
+    record, generated, labels = read_samples(location, config.n)
+    model = record["model"]
+    loaded = models.load_decoder(models.resolve(f"{model['name']}/{model['version']}"))
+    metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
+    metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
+    title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
+    json_path, png_path = _write(metrics, images, generated[:64], title, config, real_histogram)
+    run_id = record["lineage"]["run_id"]
+    lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
+    return ReportResult(metrics, json_path, png_path, run_id)
