@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import os
 import sys
 from typing import Any, Callable
 
@@ -44,6 +45,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _fail(" ".join(message.split()), code)
         except KeyboardInterrupt:
             _fail("interrupted; rerun the same command to resume", EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `vaegen models | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_FAILED)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as error:  # a bug or an environment failure: one line, the traceback on --debug
@@ -234,7 +238,27 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
 
 
 main.add_command(generate)
-generate_main = generate  # the `generate` console script: `ray job submit ... -- generate --n 1000000`
+
+
+def _console(command: click.Command) -> Callable[[], None]:
+    """A console-script entry point whose usage errors are one line too (click's are several)."""
+
+    def run() -> None:
+        try:
+            command.main(standalone_mode=False)
+        except click.UsageError as error:
+            hint = f"; see `{error.ctx.command_path} --help`" if error.ctx is not None else ""
+            _fail(f"{error.format_message().rstrip('.')}{hint}", EXIT_USAGE)
+        except click.exceptions.Abort:
+            _fail("aborted", EXIT_INTERRUPTED)
+        except click.ClickException as error:
+            _fail(error.format_message(), error.exit_code)
+
+    return run
+
+
+vaegen_main = _console(main)  # the `vaegen` console script
+generate_main = _console(generate)  # the `generate` console script: `ray job submit ... -- generate --n 1000000`
 
 
 @main.command(name="inspect")

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import re
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -139,10 +138,7 @@ class TrainingRun:
             state = {key: value.detach().cpu().numpy() for key, value in result.model.decoder.state_dict().items()}
             np.savez(weights_path, **state)
             config_path.write_text(config.to_json())
-            with warnings.catch_warnings():
-                # MLflow suggests type hints on predict(); our signature is explicit instead.
-                warnings.filterwarnings("ignore", message=r"(?s).*type hints")
-                info = self._log_pyfunc(config, weights_path, config_path, model_name)
+            info = self._log_pyfunc(config, weights_path, config_path, model_name)
         version = int(info.registered_model_version)
         tags = {
             "config": config.to_json(),

@@ -238,8 +238,13 @@ def copy_version(reference: str, to_model: str) -> str:
     pinned = resolve(reference)
     mlflow_client = client()
     copied = mlflow_client.copy_model_version(pinned.uri, to_model)
+    # MLflow copies every tag; the source's alias records (promotion, rollback) describe the source model's
+    # aliases, not the copy's, and would be read as the copy's own history.
+    alias_records = (f"{TAG_PREFIX}promotion.", f"{TAG_PREFIX}rolled_back.")
     for key, value in mlflow_client.get_model_version(pinned.name, str(pinned.version)).tags.items():
-        if key.startswith(TAG_PREFIX) and not key.startswith(f"{TAG_PREFIX}promotion."):
+        if key.startswith(alias_records):
+            mlflow_client.delete_model_version_tag(to_model, copied.version, key)
+        elif key.startswith(TAG_PREFIX):
             mlflow_client.set_model_version_tag(to_model, copied.version, key, value)
     mlflow_client.set_model_version_tag(to_model, copied.version, f"{TAG_PREFIX}copied_from", pinned.uri)
     return f"{to_model}/{copied.version}"

@@ -25,7 +25,9 @@ class DecoderModel(mlflow.pyfunc.PythonModel):
             self.decoder.load_state_dict({key: torch.from_numpy(weights[key]) for key in weights.files})
         self.decoder.eval()
 
-    def predict(self, context, model_input, params=None):
+    # MLflow reads the np.ndarray hint only to skip type-hint schema inference (the logged signature
+    # validates inputs instead); conditional models receive a dict {"z": ..., "label": ...}.
+    def predict(self, context, model_input: np.ndarray, params=None):
         """z (N, latent_dim) float32 -> x (N, *shape) float32; conditional: {"z": ..., "label": ...}."""
         if isinstance(model_input, dict):
             z, labels = model_input["z"], torch.from_numpy(np.asarray(model_input["label"], dtype=np.int64))

@@ -185,3 +185,10 @@ def trained_version(module_sqlite: TrackingStore) -> TrainedVersion:
 
     config = _tiny_train_config()
     return TrainedVersion(module_sqlite, config, run(config))
+
+
+@pytest.fixture(scope="module")
+def module_http(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingStore]:
+    """Like mlflow_http, shared by one test module: expensive setup (training) once, on the shared server."""
+    with use_tracking_store(mlflow_server, tmp_path_factory.mktemp("mlflow-http")) as store:
+        yield store

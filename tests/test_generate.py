@@ -255,7 +255,7 @@ def subprocess_ray_env() -> Iterator[RayEnv]:
 
 
 @pytest.fixture(scope="module")
-def cluster(trained_version) -> Iterator:
+def cluster() -> Iterator:
     """`ray start --head --num-cpus 1` on 127.0.0.1 and a second node joined with 1 CPU; stopped by pid."""
     with ray_cluster(head_cpus=1, worker_node_cpus=(1,)) as started:
         yield started
