@@ -32,6 +32,7 @@ from vae_core.errors import UsageError, VaegenError
 DEVICES = ("auto", "cpu", "cuda")
 MAX_RESTARTS = 3  # a worker process that dies (OOM, preemption, kill) comes back this often
 MAX_TASK_RETRIES = 3  # and the shards it held are retried this often
+AUTOSCALE_CPUS_PER_GPU = 4  # CPUs asked beside each GPU when no GPU node exists yet (common cloud shapes have >= 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +81,14 @@ def plan_placement(options: EngineOptions, num_shards: int, storage: Storage) ->
     device = options.device
     if device == "auto":
         device = "cuda" if gpus > 0 else "cpu"
-    if device == "cuda" and gpus == 0:
-        raise UsageError("--device cuda but the Ray cluster has no GPUs; use --device cpu or auto")
+    if device == "cuda" and gpus == 0 and options.num_workers is None:
+        raise UsageError("--device cuda but the Ray cluster has no GPUs now; use --device cpu or auto, or pass "
+                         "--num-workers N to ask an autoscaling cluster for N GPU workers")
     if device == "cuda":
         workers = min(options.num_workers or gpus, num_shards)
-        cpus_per_worker = max(1, cpus // max(gpus, 1))  # the CPUs beside each GPU encode its Parquet
+        # The CPUs beside each GPU encode its Parquet; an autoscaling cluster with no GPU node up
+        # yet cannot tell us its node shape, so ask for a modest share there.
+        cpus_per_worker = max(1, cpus // gpus) if gpus else AUTOSCALE_CPUS_PER_GPU
         return Placement(device, workers, cpus_per_worker, 1.0, cpus_per_worker, nodes)
     workers = min(options.num_workers or max(cpus, 1), num_shards)
     # More workers than CPUs would wait forever for a whole CPU each; share them out instead.
