@@ -342,7 +342,7 @@ def rollback(name, alias, reason, by) -> None:
 
 @main.command()
 @_generate_options
-@click.option("--keep", type=int, default=3, show_default=True, help="Committed datasets kept under --out.")
+@click.option("--keep", type=int, default=3, show_default=True, help="Newest committed datasets kept under --out (plus the one `latest` names, if older).")
 @click.option("--seed-policy", type=click.Choice(["fixed", "daily", "new"]), default="fixed", show_default=True,
               help="fixed: new data only when the promoted version changes; daily: a seed per UTC day; new: every run.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="The fixed seed / base of the daily seed.")

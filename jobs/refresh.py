@@ -34,7 +34,7 @@ SEED_POLICIES = ("fixed", "daily", "new")
 @dataclasses.dataclass(frozen=True)
 class RefreshConfig:
     generate: GenerateConfig  # model reference (an alias), n, out, dtype, ...
-    keep: int = 3  # committed datasets kept besides the one `latest` names; enough to roll back twice
+    keep: int = 3  # newest committed datasets kept (plus the one `latest` names, if older): two rollbacks' worth
     seed_policy: str = "fixed"  # fixed: new data only when the promoted version changes
     seed: int = 0  # the fixed seed, and the base of the daily one
     lock_timeout_s: float = 6 * 3600.0  # longer than any refresh should take; then the lock is stale

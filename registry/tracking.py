@@ -16,7 +16,10 @@ from vae_core.errors import VaegenError
 HEALTH_TIMEOUT_S = 10  # a healthy server answers /health in milliseconds; 10 s covers a loaded one
 # MLflow retries HTTP calls with backoff for minutes by default; a batch job should fail fast instead.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-QUIET_DEFAULTS = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # keeps stderr for vaegen's own progress
+QUIET_DEFAULTS = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # keeps stderr for vaegen's own progress
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout carries results only
+}
 
 
 def configure_environment() -> None:

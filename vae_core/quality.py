@@ -191,7 +191,8 @@ def _embed_and_classify(
     images = _check_images("images", images, model.image_shape)
     feature_batches, probability_batches = [], []
     with torch.inference_mode():
-        for batch in torch.from_numpy(images).split(batch_size):
+        for start in range(0, len(images), batch_size):
+            batch = torch.tensor(images[start : start + batch_size])  # a copy: callers may pass read-only arrays
             feats = model.embed(batch)  # (B, feature_dim)
             feature_batches.append(feats.double())
             probability_batches.append(torch.softmax(model.head(feats).double(), dim=1))  # (B, K)

@@ -117,8 +117,8 @@ class PartWriter:
         start, stop = spec.shard_range(shard)
         name = part_name(shard)
         with self.storage.atomic_writer(self.dataset_id, name) as stream:
-            writer = parquet_writer(stream, self.schema, spec)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool:
+            with parquet_writer(stream, self.schema, spec) as writer, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool:
                 pending: Future | None = None
                 for block_start, block_stop in block_ranges(start, stop, spec.block_rows):
                     rows = self.predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})
@@ -129,7 +129,6 @@ class PartWriter:
                     pending = pool.submit(writer.write_batch, batch, row_group_size=spec.block_rows)
                 if pending is not None:
                     pending.result()
-            writer.close()
         info = PartInfo(shard, name, start, stop - start, stream.size_bytes, stream.sha256.hexdigest())
         self.storage.write_json(
             {**info.to_dict(), "spec_fingerprint": spec.fingerprint()}, self.dataset_id, SIDECAR_DIR, name + ".json"

@@ -59,6 +59,9 @@ class Storage:
     """A root folder (local path or URI) and the few operations the dataset protocol needs."""
 
     def __init__(self, root: str):
+        if "?" in root:
+            raise UsageError(f"output root {root!r} has a query string; give the bare URI and set the endpoint and "
+                             "credentials in AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
         self.uri = root if _is_uri(root) else str(Path(root).expanduser().resolve())
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri if _is_uri(root) else "file://" + self.uri)
