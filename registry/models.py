@@ -215,6 +215,12 @@ def _check_model_exists(mlflow_client: mlflow.MlflowClient, name: str) -> None:
         raise _unknown_model_error(name) from None
 
 
+def version_config(pinned: PinnedModel) -> VAEConfig:
+    """The config that rebuilds a version, from its tag (no download); else from its artifacts."""
+    tag = client().get_model_version(pinned.name, str(pinned.version)).tags.get(TAG_PREFIX + "config")
+    return VAEConfig.from_dict(json.loads(tag)) if tag else load_decoder(pinned).config
+
+
 def load_decoder(pinned: PinnedModel) -> LoadedDecoder:
     """Read config.json and weights.npz of a pinned version; never executes code from the registry."""
     with tempfile.TemporaryDirectory() as folder:

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
+import xxhash
 import torch
 from click.testing import CliRunner
 
@@ -59,12 +60,13 @@ def dataset_id(n: int, seed: int, name: str = "vae-decoder", version: int = 1) -
     return f"{name}-v{version}-n{n}-seed{seed}-float32-f1"
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def checksum_file(path: Path) -> str:
+    """The manifest's checksum (xxh3-128), computed independently of vaegen."""
+    return xxhash.xxh3_128(path.read_bytes()).hexdigest()
 
 
 def part_hashes(directory: Path) -> dict[str, str]:
-    return {path.name: sha256_file(path) for path in sorted(directory.glob("part-*.parquet"))}
+    return {path.name: checksum_file(path) for path in sorted(directory.glob("part-*.parquet"))}
 
 
 def as_json(record: dict) -> dict:
@@ -334,7 +336,7 @@ def test_part_writer_writes_verifies_and_rewrites_a_corrupted_part(tmp_path):
     info = writer(1)
     path = tmp_path / "ds" / "part-00001.parquet"
     assert (info.shard, info.name, info.first_sample_id, info.rows, info.reused) == (1, path.name, 4_096, 4_096, False)
-    assert info.sha256 == sha256_file(path) and info.size_bytes == path.stat().st_size
+    assert info.checksum == checksum_file(path) and info.size_bytes == path.stat().st_size
     table = pq.read_table(path)
     np.testing.assert_array_equal(table["sample_id"].to_numpy(), np.arange(4_096, 8_192))
     np.testing.assert_array_equal(table["seed"].to_numpy(), seeds.row_seeds(42, np.arange(4_096, 8_192)))
@@ -347,7 +349,7 @@ def test_part_writer_writes_verifies_and_rewrites_a_corrupted_part(tmp_path):
 
     before = path.stat().st_mtime_ns
     again = writer(1)
-    assert again.reused and again.sha256 == info.sha256 and path.stat().st_mtime_ns == before
+    assert again.reused and again.checksum == info.checksum and path.stat().st_mtime_ns == before
     assert writer.verified(1) is not None
 
     corrupted = bytearray(path.read_bytes())
@@ -355,7 +357,7 @@ def test_part_writer_writes_verifies_and_rewrites_a_corrupted_part(tmp_path):
     path.write_bytes(bytes(corrupted))
     assert writer.verified(1) is None
     rewritten = writer(1)
-    assert not rewritten.reused and rewritten.sha256 == info.sha256 == sha256_file(path)
+    assert not rewritten.reused and rewritten.checksum == info.checksum == checksum_file(path)
 
 
 @pytest.mark.parametrize(
@@ -423,7 +425,7 @@ def test_manifest_and_lineage(datasets, trained_version):
         (part_name(k), 16_384 * k, rows[k]) for k in range(4)]
     for entry in record["files"]:
         path = directory / entry["name"]
-        assert entry["sha256"] == sha256_file(path) and entry["size_bytes"] == path.stat().st_size
+        assert entry["checksum"] == checksum_file(path) and entry["size_bytes"] == path.stat().st_size
     assert record["total_bytes"] == sum(entry["size_bytes"] for entry in record["files"])
     assert record["timings"]["shards_reused"] == 0
     assert [field["name"] for field in record["schema"]] == ["sample_id", "seed", "z", "x"]
@@ -669,7 +671,7 @@ def test_worker_killed_mid_job(trained_version, local_ray, clean_fault_run, tmp_
     ids = pq.read_table(directory, columns=["sample_id"])["sample_id"].to_numpy()
     np.testing.assert_array_equal(ids, np.arange(FAULT_N))  # every id exactly once
     assert part_hashes(directory) == part_hashes(clean_fault_run)
-    assert [entry["sha256"] for entry in result.manifest["files"]] == list(part_hashes(clean_fault_run).values())
+    assert [entry["checksum"] for entry in result.manifest["files"]] == list(part_hashes(clean_fault_run).values())
     assert not [path for path in directory.iterdir() if path.name.startswith((".", "_")) and path.name != "_manifest.json"]
 
 

@@ -98,11 +98,17 @@ def plan_placement(options: EngineOptions, num_shards: int, storage: Storage) ->
 
 @ray.remote
 class ShardWorker:
-    def __init__(self, spec: DatasetSpec, config: dict, state: dict, storage_uri: str, dataset_id: str, device: str, threads: int):
+    """Starts empty (importing torch and pyarrow while the driver resolves and loads the model);
+    each shard task brings the spec and the weights' object-store reference, so a restarted
+    worker needs nothing from its constructor. The decoder is built once per dataset."""
+
+    def __init__(self, storage_uri: str, device: str, threads: int):
         import torch
 
         torch.set_num_threads(threads)
-        self.write_part = PartWriter(Predictor(spec, config, state, device), Storage(storage_uri), dataset_id)
+        self.storage = Storage(storage_uri)
+        self.device = device
+        self.writer: PartWriter | None = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -110,19 +116,17 @@ class ShardWorker:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def write(self, shard: int) -> PartInfo:
-        return self.write_part(shard)
+    def write(self, spec: DatasetSpec, config: dict, state: dict, shard: int) -> PartInfo:
+        if self.writer is None or self.writer.spec != spec:
+            self.writer = PartWriter(Predictor(spec, config, state, self.device), self.storage, spec.dataset_id)
+        return self.writer(shard)
 
 
 class WorkerPool:
-    """The job's actors, started on entry (they load torch and the decoder while the driver goes
-    on with its own setup) and killed on exit."""
+    """The job's actors: started on entry, killed on exit."""
 
-    def __init__(self, spec: DatasetSpec, config: dict, state: dict, storage: Storage, placement: Placement):
+    def __init__(self, storage: Storage, placement: Placement):
         self.placement = placement
-        # The weights go into the object store once; every actor, and any restarted one, reads them
-        # from there. The driver holds this ref until the pool closes, so restarts can always fetch it.
-        self.state_ref = ray.put(state)
         worker_class = ShardWorker.options(
             num_cpus=placement.cpus_per_worker,
             num_gpus=placement.gpus_per_worker,
@@ -130,10 +134,8 @@ class WorkerPool:
             max_task_retries=MAX_TASK_RETRIES,
             max_concurrency=placement.threads_per_worker,
         )
-        self.workers = [
-            worker_class.remote(spec, config, self.state_ref, storage.uri, spec.dataset_id, placement.device, placement.threads_per_worker)
-            for _ in range(placement.num_workers)
-        ]
+        self.workers = [worker_class.remote(storage.uri, placement.device, placement.threads_per_worker)
+                        for _ in range(placement.num_workers)]
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -142,8 +144,14 @@ class WorkerPool:
         for worker in self.workers:
             ray.kill(worker)
 
-    def run(self, shards: list[int], on_part: Callable[[PartInfo], None]) -> list[PartInfo]:
-        """Write every listed shard, keeping each actor busy with one shard queued behind its running ones."""
+    def run(self, spec: DatasetSpec, config: dict, state: dict, shards: list[int],
+            on_part: Callable[[PartInfo], None]) -> list[PartInfo]:
+        """Write every listed shard, keeping each actor busy with one shard queued behind its running ones.
+
+        The weights go into the object store once; each task carries the reference, and Ray
+        hands workers the arrays zero-copy from their node's store.
+        """
+        state_ref = ray.put(state)
         queue = collections.deque(shards)
         in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker index)
         load = [0] * len(self.workers)
@@ -153,7 +161,7 @@ class WorkerPool:
             for index, worker in enumerate(self.workers):
                 while queue and load[index] < per_worker:
                     shard = queue.popleft()
-                    in_flight[worker.write.remote(shard)] = (shard, index)
+                    in_flight[worker.write.remote(spec, config, state_ref, shard)] = (shard, index)
                     load[index] += 1
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:

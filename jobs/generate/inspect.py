@@ -51,7 +51,7 @@ def inspect(location: str, deep: bool = False) -> InspectReport:
         if size_bytes != entry["size_bytes"]:
             problems.append(f"{name}: {size_bytes} bytes, manifest says {entry['size_bytes']}")
             continue
-        if storage.sha256(dataset_id, name) != entry["sha256"]:
+        if storage.checksum(dataset_id, name) != entry["checksum"]:
             problems.append(f"{name}: checksum mismatch")
             continue
         parquet = pq.ParquetFile(storage.fs.open_input_file(storage.path(dataset_id, name)))

@@ -18,6 +18,7 @@ from jobs.generate.storage import Storage, storage_from_env
 from jobs.progress import Progress
 from registry import lineage, models, tracking
 from registry.models import LoadedDecoder, PinnedModel
+from vae_core.config import VAEConfig
 from vae_core import sampling
 from vae_core.errors import UsageError
 from vae_core.seeds import row_seeds
@@ -65,15 +66,12 @@ def generate(
         record = storage.read_json(resume_id, manifest.PROGRESS) or storage.read_json(resume_id, manifest.MANIFEST)
         if record is None:
             raise UsageError(f"--resume {config.resume}: no dataset in progress at {storage.location(resume_id)}")
-        pinned = PinnedModel(**record["model"])
-        loaded = models.load_decoder(pinned)
-        spec = _spec_from_record(record)
-        seed_was_random = False
+        pinned, spec, seed_was_random = PinnedModel(**record["model"]), _spec_from_record(record), False
     else:
         pinned = models.resolve(config.model)  # once: a promotion during the job changes nothing in it
-        loaded = models.load_decoder(pinned)
         seed_was_random = config.seed is None
-        spec = dataset_spec(config, loaded, secrets.randbits(32) if seed_was_random else config.seed)
+        seed = secrets.randbits(32) if seed_was_random else config.seed
+        spec = dataset_spec(config, pinned, models.version_config(pinned), seed)
     dataset_id = spec.dataset_id
     log(f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
         + (" (random: pass --seed to reproduce)" if seed_was_random else ""))
@@ -97,7 +95,6 @@ def generate(
             f"rerun with its options (`--resume {dataset_id}`) or pass --overwrite"
         )
     fresh = in_progress is None
-    _probe(spec, loaded)
     engine.connect()
     placement = engine.plan_placement(config.engine, spec.num_shards, storage)
     model_record = dataclasses.asdict(pinned)
@@ -113,16 +110,18 @@ def generate(
         progress.advance(info.rows)
 
     try:
-        with engine.WorkerPool(spec, loaded.config.to_dict(), loaded.state, storage, placement) as pool:
+        with engine.WorkerPool(storage, placement) as pool:  # workers start up while the driver loads
             if on_workers is not None:
                 on_workers(pool.workers)
+            loaded = models.load_decoder(pinned)  # the weights, read once, here on the driver
+            _probe(spec, loaded)
             if fresh:
                 storage.write_json(manifest.progress_record(spec, model_record), dataset_id, manifest.PROGRESS)
             log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
                 f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
             with lineage.job_run(lineage.DATASETS_EXPERIMENT, dataset_id, params,
                                  tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run:
-                parts = pool.run(list(range(spec.num_shards)), on_part)
+                parts = pool.run(spec, loaded.config.to_dict(), loaded.state, list(range(spec.num_shards)), on_part)
                 seconds = time.perf_counter() - started
                 record = manifest.build(
                     spec, model_record, parts,
@@ -135,7 +134,7 @@ def generate(
                 storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
                 _cleanup(storage, dataset_id)
                 run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
-                                     "total_bytes": record["total_bytes"], "shards_reused": reused})
+                                 "total_bytes": record["total_bytes"], "shards_reused": reused})
                 run.log_dataset(record, storage.location(dataset_id))
     except NonFiniteOutput:
         if fresh:  # a broken decoder can never complete this dataset: leave nothing behind
@@ -155,13 +154,12 @@ def _output(config: GenerateConfig) -> tuple[Storage, str | None]:
     return storage_from_env(config.out), config.resume
 
 
-def dataset_spec(config: GenerateConfig, loaded: LoadedDecoder, seed: int) -> DatasetSpec:
-    model_config = loaded.config
+def dataset_spec(config: GenerateConfig, pinned: PinnedModel, model_config: VAEConfig, seed: int) -> DatasetSpec:
     label_policy, classes = None, ()
     if model_config.conditional:
         label_policy, classes = parse_labels(config.labels, model_config.num_classes)
     return DatasetSpec(
-        model_name=loaded.pinned.name, model_version=loaded.pinned.version, n=config.n, seed=seed,
+        model_name=pinned.name, model_version=pinned.version, n=config.n, seed=seed,
         latent_dim=model_config.latent_dim, sample_shape=tuple(model_config.input_shape), dtype=config.dtype,
         layout=config.layout, compression=config.compression,
         compression_level=config.compression_level if config.compression in ("zstd", "gzip") else None,

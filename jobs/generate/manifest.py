@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from jobs.generate.parts import PartInfo, arrow_schema
 from jobs.generate.spec import FORMAT, DatasetSpec
+from jobs.generate.storage import CHECKSUM
 from vae_core.seeds import SEED_SCHEME
 
 MANIFEST = "_manifest.json"
@@ -73,6 +74,7 @@ def build(
         "spec_fingerprint": spec.fingerprint(),
         "schema": schema_description(arrow_schema(spec)),
         "model": model,
+        "checksum_algorithm": CHECKSUM,
         "files": [part.to_dict() for part in parts],
         "total_bytes": sum(part.size_bytes for part in parts),
         "timings": timings,

@@ -32,7 +32,7 @@ class PartInfo:
     first_sample_id: int
     rows: int
     size_bytes: int
-    sha256: str
+    checksum: str  # storage.CHECKSUM of the file's bytes
     reused: bool = False  # True when a resume verified an existing part instead of writing it
 
     def to_dict(self) -> dict:
@@ -108,9 +108,9 @@ class PartWriter:
             return None
         if not self.storage.exists(self.dataset_id, name) or self.storage.size(self.dataset_id, name) != sidecar["size_bytes"]:
             return None
-        if self.storage.sha256(self.dataset_id, name) != sidecar["sha256"]:
+        if self.storage.checksum(self.dataset_id, name) != sidecar["checksum"]:
             return None
-        return PartInfo(shard, name, sidecar["first_sample_id"], sidecar["rows"], sidecar["size_bytes"], sidecar["sha256"], reused=True)
+        return PartInfo(shard, name, sidecar["first_sample_id"], sidecar["rows"], sidecar["size_bytes"], sidecar["checksum"], reused=True)
 
     def write(self, shard: int) -> PartInfo:
         spec = self.spec
@@ -129,7 +129,7 @@ class PartWriter:
                     pending = pool.submit(writer.write_batch, batch, row_group_size=spec.block_rows)
                 if pending is not None:
                     pending.result()
-        info = PartInfo(shard, name, start, stop - start, stream.size_bytes, stream.sha256.hexdigest())
+        info = PartInfo(shard, name, start, stop - start, stream.size_bytes, stream.digest.hexdigest())
         self.storage.write_json(
             {**info.to_dict(), "spec_fingerprint": spec.fingerprint()}, self.dataset_id, SIDECAR_DIR, name + ".json"
         )

@@ -8,7 +8,6 @@ S3 credentials and endpoint come from the usual AWS_* variables (AWS_ENDPOINT_UR
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import uuid
@@ -16,24 +15,28 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow.fs as pafs
+import xxhash
 
 from vae_core.errors import UsageError
 
 HASH_CHUNK_BYTES = 8 << 20  # 8 MiB reads when verifying checksums
+# Checksums of part files. sha256 (1.2 GB/s here) cost ~15% of a float32 job's CPU; xxh3-128
+# (9.5 GB/s) detects corruption as well and is a `pip install xxhash` away for any reader.
+CHECKSUM = "xxh3_128"
 
 
 class HashingStream:
-    """A write-only file object that hashes (sha256) and counts what passes through it."""
+    """A write-only file object that hashes (CHECKSUM) and counts what passes through it."""
 
     def __init__(self, sink: Any):
         self.sink = sink
-        self.sha256 = hashlib.sha256()
+        self.digest = xxhash.xxh3_128()
         self.size_bytes = 0
         self.closed = False
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
-        self.sha256.update(view)
+        self.digest.update(view)
         self.size_bytes += view.nbytes
         self.sink.write(view)
         return view.nbytes
@@ -107,8 +110,8 @@ class Storage:
             return None
         return json.loads(self.read_bytes(*names))
 
-    def sha256(self, *names: str) -> str:
-        digest = hashlib.sha256()
+    def checksum(self, *names: str) -> str:
+        digest = xxhash.xxh3_128()
         with self.fs.open_input_stream(self.path(*names)) as stream:
             while chunk := stream.read(HASH_CHUNK_BYTES):
                 digest.update(chunk)
