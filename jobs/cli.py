@@ -104,6 +104,7 @@ def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_f
     click.echo(f"run_id: {result.pinned.run_id}")
     click.echo(f"registered: {result.pinned.name}/{result.pinned.version}")
     click.echo(f"held-out negative ELBO: {result.val_neg_elbo:.3f} nats per sample")
+    click.echo(f"tracking: {result.tracking_uri}")
     if result.quality is not None:
         metrics = result.quality.metrics
         click.echo(f"quality: Frechet {metrics['frechet_distance']:.3g} (real floor {metrics['frechet_floor']:.3g}), "
@@ -111,7 +112,6 @@ def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_f
                    f"coverage {metrics['coverage']:.2f} -> {result.quality.png_path}")
     elif report:
         _log(f"no quality report: {result.quality_skipped}")
-    click.echo(f"tracking: {result.tracking_uri}")
 
 
 def _parse_sizes(text: str) -> tuple[int, ...]:
