@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import json
 import os
 import sys
 from typing import Any, Callable
@@ -159,12 +160,15 @@ def list_models(name) -> None:
     if not summaries:
         click.echo("no registered models; run `vaegen train` first", err=True)
         return
-    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'kind':<12} data")
+    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'kind':<18} data")
     for summary in summaries:
-        kind = "conditional" if summary.tags.get("conditional") == "true" else "unconditional"
+        kind = "unconditional"
+        if summary.tags.get("conditional") == "true":
+            classes = json.loads(summary.tags.get("config", "{}")).get("num_classes", 0)
+            kind = f"conditional 0..{classes - 1}"
         click.echo(
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
-            f"{summary.tags.get('val_neg_elbo', '-'):>9}  {kind:<12} {summary.tags.get('data_source', '-')}"
+            f"{summary.tags.get('val_neg_elbo', '-'):>9}  {kind:<18} {summary.tags.get('data_source', '-')}"
         )
     for model_name, alias, events in models.alias_histories(name):
         click.echo(f"\nhistory of {model_name}@{alias}:")
@@ -294,21 +298,28 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--force", is_flag=True, help="Promote even if a gate cannot compare (never past a failing gate).")
 @click.option("--elbo-tolerance", type=float, default=0.5, show_default=True, help="Allowed held-out -ELBO regression, nats.")
 @click.option("--to-model", default=None, help="Copy the version into this registered model first, and promote the copy.")
+@click.option("--to-tracking-uri", default=None, help="With --to-model: the registry to copy into (e.g. prod's server).")
 @click.option("--quality-gate/--no-quality-gate", default=True, show_default=True, help="Gate 3: the quality report's metrics.")
 @click.option("--min-precision", type=float, default=0.3, show_default=True)
 @click.option("--min-coverage", type=float, default=0.8, show_default=True)
 @click.option("--max-memorisation", type=float, default=0.05, show_default=True)
 @click.option("--min-label-accuracy", type=float, default=0.8, show_default=True, help="Conditional models only.")
 @handle_errors
-def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, quality_gate, min_precision, min_coverage,
+def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision, min_coverage,
             max_memorisation, min_label_accuracy) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result."""
     from registry import promotion, tracking
 
     tracking.ensure_reachable()
+    if to_tracking_uri and not to_model:
+        raise UsageError("--to-tracking-uri needs --to-model NAME: the registered model to copy into there")
     if to_model:
-        reference = promotion.copy_version(reference, to_model)
-        _log(f"copied to {reference}")
+        if to_tracking_uri:
+            tracking.ensure_reachable(to_tracking_uri)
+        reference = promotion.copy_version(reference, to_model, to_tracking_uri)
+        if to_tracking_uri:  # the gates and the alias move happen in the target registry
+            tracking.use(to_tracking_uri)
+        _log(f"copied to {reference}" + (f" at {to_tracking_uri}" if to_tracking_uri else ""))
     thresholds = promotion.QualityThresholds(min_precision, min_coverage, max_memorisation, min_label_accuracy)
     config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
                                        elbo_tolerance_nats=elbo_tolerance, quality=thresholds if quality_gate else None)

@@ -15,19 +15,22 @@ import datetime as dt
 import getpass
 import json
 import socket
+import tempfile
 import time
 import uuid
 from typing import Any, Iterator
 
+import mlflow
 from mlflow.exceptions import MlflowException
 
-from registry.models import LOCK_MARK, TAG_PREFIX, LoadedDecoder, PinnedModel, client, load_decoder, resolve
+from registry.models import LOCK_MARK, MODEL_ARTIFACT, TAG_PREFIX, LoadedDecoder, PinnedModel, client, load_decoder, resolve
 from vae_core.errors import UsageError, VaegenError
 
 HISTORY_LIMIT = 25  # alias events kept on the registered model (MLflow tag values are bounded)
 LOCK_STALE_S = 600.0  # a promotion takes seconds; a lock this old belongs to a crashed one
 LOCK_WAIT_S = 60.0
 LOCK_POLL_S = 0.5
+COPY_EXPERIMENT = "vaegen-copies"  # the runs holding versions copied in from another registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,18 +236,40 @@ def rollback(name: str, alias: str = "champion", by: str | None = None, reason: 
     return holder.version, target
 
 
-def copy_version(reference: str, to_model: str) -> str:
-    """Copy a version into another registered model (e.g. a prod model); returns the copy's reference."""
+def copy_version(reference: str, to_model: str, to_tracking_uri: str | None = None) -> str:
+    """Copy a version into another registered model, in this registry or in another one (a dev
+    registry promoting into a prod one); returns the copy's reference in the target registry."""
     pinned = resolve(reference)
-    mlflow_client = client()
-    copied = mlflow_client.copy_model_version(pinned.uri, to_model)
-    # MLflow copies every tag; the source's alias records (promotion, rollback) describe the source model's
-    # aliases, not the copy's, and would be read as the copy's own history.
+    source_tags = client().get_model_version(pinned.name, str(pinned.version)).tags
+    # The source's alias records (promotion, rollback) describe the source model's aliases, not the copy's.
     alias_records = (f"{TAG_PREFIX}promotion.", f"{TAG_PREFIX}rolled_back.")
-    for key, value in mlflow_client.get_model_version(pinned.name, str(pinned.version)).tags.items():
-        if key.startswith(alias_records):
-            mlflow_client.delete_model_version_tag(to_model, copied.version, key)
-        elif key.startswith(TAG_PREFIX):
-            mlflow_client.set_model_version_tag(to_model, copied.version, key, value)
-    mlflow_client.set_model_version_tag(to_model, copied.version, f"{TAG_PREFIX}copied_from", pinned.uri)
-    return f"{to_model}/{copied.version}"
+    tags = {key: value for key, value in source_tags.items() if key.startswith(TAG_PREFIX) and not key.startswith(alias_records)}
+    tags[f"{TAG_PREFIX}copied_from"] = f"{pinned.uri} at {mlflow.get_tracking_uri()}"
+    if to_tracking_uri is None:
+        target = client()
+        copied = target.copy_model_version(pinned.uri, to_model)
+        for key in source_tags:  # MLflow copies every tag; drop the alias records
+            if key.startswith(alias_records):
+                target.delete_model_version_tag(to_model, copied.version, key)
+        version = copied.version
+    else:
+        target = mlflow.MlflowClient(tracking_uri=to_tracking_uri, registry_uri=to_tracking_uri)
+        version = _copy_across_registries(pinned, target, to_model)
+    for key, value in tags.items():
+        target.set_model_version_tag(to_model, str(version), key, value)
+    return f"{to_model}/{version}"
+
+
+def _copy_across_registries(pinned: PinnedModel, target: mlflow.MlflowClient, to_model: str) -> str:
+    """Another tracking server cannot read this one's artifacts: move the bytes, then register them there."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder)
+        experiment = target.get_experiment_by_name(COPY_EXPERIMENT)
+        experiment_id = experiment.experiment_id if experiment else target.create_experiment(COPY_EXPERIMENT)
+        run = target.create_run(experiment_id, run_name=f"copy-{pinned.name}-v{pinned.version}")
+        target.log_artifacts(run.info.run_id, local, MODEL_ARTIFACT)
+        target.set_terminated(run.info.run_id)
+    with contextlib.suppress(MlflowException):
+        target.create_registered_model(to_model)
+    created = target.create_model_version(to_model, f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id)
+    return created.version

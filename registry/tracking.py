@@ -45,3 +45,9 @@ def ensure_reachable(uri: str | None = None) -> str:
                 "start it or set MLFLOW_TRACKING_URI to a reachable server"
             ) from None
     return uri
+
+
+def use(uri: str) -> None:
+    """Point this process (and any child it starts) at another tracking server; its registry follows."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
