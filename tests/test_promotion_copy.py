@@ -19,7 +19,7 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pickle, tmp_path):
+def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pickle, tmp_path, monkeypatch):
     source = run(tiny_train_config(epochs=50, register_as="dev-decoder"))  # 50 epochs passes the quality gate
     prod_uri = f"sqlite:///{tmp_path}/prod/mlflow.db"
     (tmp_path / "prod").mkdir()
@@ -42,6 +42,9 @@ def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pick
     assert dev.get_registered_model("dev-decoder").aliases == {}
 
     # The copy decodes exactly like the original, through our loader and for generic pyfunc users.
+    # (The command switched its process to the target registry; read the source explicitly.)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite.uri)
+    mlflow.set_tracking_uri(mlflow_sqlite.uri)
     z = sampling.draw(0, np.arange(16), 2)[1]
     expected = sampling.decode(models.load_decoder(models.resolve("dev-decoder/1")).build(), z)
     mlflow.set_tracking_uri(prod_uri)
