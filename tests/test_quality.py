@@ -270,3 +270,17 @@ def test_bad_inputs_fail_with_the_value_and_the_fix(digits, classifier):
         QualityConfig(k_nearest=0)
     with pytest.raises(UsageError, match="at least 4 rows"):
         precision_recall(np.zeros((3, 2)), np.zeros((10, 2)))
+
+
+def test_unconditional_per_class_groups_by_predicted_class(digits, classifier):
+    """Without requested labels, per-class fidelity is still reported, grouped by the classifier's
+    prediction; real held-out images scored that way sit near their own floor."""
+    model, _ = classifier
+    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], digits["heldout"][0])
+    assert metrics["per_class_grouping"] == "predicted"
+    assert "label_accuracy" not in metrics and "per_class_label_accuracy" not in metrics
+    assert len(metrics["per_class_frechet_distance"]) == 10
+    measured = [value for value in metrics["per_class_frechet_distance"] if value is not None]
+    floors = [value for value in metrics["per_class_frechet_floor"] if value is not None]
+    assert len(measured) >= 8
+    assert np.mean(measured) < 2 * np.mean(floors)  # held-out vs itself-grouped: within 2x of the floor

@@ -506,6 +506,18 @@ def quality_report(
             train_feats, train_labels, heldout_feats, heldout_labels, generated_feats, generated_probs,
             generated_labels, config, rng,
         ))
+        metrics["per_class_grouping"] = "requested"
+    else:
+        # No label was asked for: group the samples by the class the classifier sees, so per-class
+        # fidelity compares with conditional models. Label accuracy is meaningless here and is dropped.
+        by_prediction = _per_class_metrics(
+            train_feats, train_labels, heldout_feats, heldout_labels, generated_feats, generated_probs,
+            generated_probs.argmax(axis=1), config, rng,
+        )
+        for key in ("label_accuracy", "per_class_label_accuracy", "requested_class_histogram"):
+            by_prediction.pop(key)
+        metrics.update(by_prediction)
+        metrics["per_class_grouping"] = "predicted"
     generated_mean, generated_std = pixel_stats(generated_images)
     real_mean, real_std = pixel_stats(train_images)
     images = {"generated_mean": generated_mean, "generated_std": generated_std,
