@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
 TINY_EPOCHS = 2  # enough to train, register and plot; the loss still falls between the two epochs
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (bound, read, released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ RAY_BIN = str(Path(sys.executable).with_name("ray"))
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (bound, read, released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
