@@ -244,7 +244,9 @@ def copy_version(reference: str, to_model: str, to_tracking_uri: str | None = No
     # The source's alias records (promotion, rollback) describe the source model's aliases, not the copy's.
     alias_records = (f"{TAG_PREFIX}promotion.", f"{TAG_PREFIX}rolled_back.")
     tags = {key: value for key, value in source_tags.items() if key.startswith(TAG_PREFIX) and not key.startswith(alias_records)}
-    tags[f"{TAG_PREFIX}copied_from"] = f"{pinned.uri} at {mlflow.get_tracking_uri()}"
+    tags[f"{TAG_PREFIX}copied_from"] = pinned.uri
+    if to_tracking_uri is not None:
+        tags[f"{TAG_PREFIX}copied_from_tracking_uri"] = mlflow.get_tracking_uri()
     if to_tracking_uri is None:
         target = client()
         copied = target.copy_model_version(pinned.uri, to_model)
