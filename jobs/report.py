@@ -22,8 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from jobs import plots
-from jobs.generate.inspect import open_dataset
-from jobs.generate.manifest import MANIFEST
+from jobs.generate.inspect import open_committed
 from jobs.sample import draw_images
 from registry import lineage, models
 from registry.models import LoadedDecoder
@@ -127,10 +126,7 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
 
 def read_samples(location: str, n: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
     """The first n rows of a committed dataset as float32 images in [0, 1] (rows are i.i.d. draws)."""
-    storage, dataset_id = open_dataset(location)
-    record = storage.read_json(dataset_id, MANIFEST)
-    if record is None:
-        raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: not a committed dataset")
+    storage, dataset_id, record = open_committed(location)
     tables, count = [], 0
     for entry in record["files"]:
         if count >= n:

@@ -29,17 +29,19 @@ class InspectReport:
         return not self.problems
 
 
-def open_dataset(location: str) -> tuple[Storage, str]:
+def open_committed(location: str) -> tuple[Storage, str, dict]:
+    """(storage of the parent, dataset id, manifest) of a committed dataset; anything else is a UsageError."""
     parent, _, dataset_id = location.rstrip("/").rpartition("/")
-    return Storage(parent or "."), dataset_id
-
-
-def inspect(location: str, deep: bool = False) -> InspectReport:
-    storage, dataset_id = open_dataset(location)
+    storage = Storage(parent or ".")
     record = storage.read_json(dataset_id, MANIFEST)
     if record is None:
         state = "an unfinished dataset (rerun its generate command to resume)" if storage.exists(dataset_id, PROGRESS) else "no dataset"
         raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: it is {state}")
+    return storage, dataset_id, record
+
+
+def inspect(location: str, deep: bool = False) -> InspectReport:
+    storage, dataset_id, record = open_committed(location)
     problems: list[str] = []
     deep_rows = 0
     for entry in record["files"]:
