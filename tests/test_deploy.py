@@ -147,15 +147,20 @@ def test_manifest_starts_with_the_command_that_applies_it(path: Path) -> None:
 CORE_OBJECTS = collect(lambda: [(path, doc) for path, doc in k8s_objects() if doc["apiVersion"] != RAY_API], [])
 
 
-@pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize(("path", "doc"), CORE_OBJECTS,
-                         ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in CORE_OBJECTS])
-def test_core_objects_validate_against_kubernetes_schema(path: Path, doc: dict[str, Any], version: str) -> None:
+def assert_valid(doc: dict[str, Any], version: str, what: str) -> None:
+    """Validate against the Kubernetes schema of `version`; fail naming the object and the field."""
     try:
         kubernetes_validate.validate(doc, version, strict=True)
     except kubernetes_validate.ValidationError as error:
         location = ".".join(str(part) for part in error.path)
-        pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']} (k8s {version}): {location}: {error.message}")
+        pytest.fail(f"{what}: {location}: {error.message}")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(("path", "doc"), CORE_OBJECTS,
+                         ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in CORE_OBJECTS])
+def test_core_objects_validate_against_kubernetes_schema(path: Path, doc: dict[str, Any], version: str) -> None:
+    assert_valid(doc, version, f"{path.name} {doc['kind']}/{doc['metadata']['name']} (k8s {version})")
 
 
 def test_only_known_kinds_and_everything_in_the_vaegen_namespace() -> None:
@@ -178,11 +183,7 @@ def test_pod_templates_inside_kuberay_objects_validate(version: str) -> None:
         templates += [(group["groupName"], group["template"]) for group in spec["workerGroupSpecs"]]
         for name, template in templates:
             wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
-            try:
-                kubernetes_validate.validate(wrapped, version, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                location = ".".join(str(part) for part in error.path)
-                pytest.fail(f"{where} {name} pod template: {location}: {error.message}")
+            assert_valid(wrapped, version, f"{where} {name} pod template")
 
 
 def test_every_kuberay_kind_is_present() -> None:
