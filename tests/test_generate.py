@@ -56,7 +56,7 @@ VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 
 
 def dataset_id(n: int, seed: int, name: str = "vae-decoder", version: int = 1) -> str:
-    return f"{name}-v{version}-n{n}-seed{seed}-float32-f1"
+    return f"{name}-v{version}-n{n}-seed{seed}-float32-f2"
 
 
 def checksum_file(path: Path) -> str:
@@ -570,6 +570,30 @@ def test_ray_data_reads_the_directory(datasets, reference, local_ray):
     assert x.shape == (N, 8, 8) and np.array_equal(x, expected.x)
 
 
+@pytest.mark.slow
+def test_uint8_tensor_is_byte_stream_split_and_reads_back_exactly(trained_version, local_ray, reference, tmp_path):
+    """uint8 x is an INT32 column in Parquet, stored BYTE_STREAM_SPLIT (parts.py): the readers of
+    contract 2 must still give back round(255 x) exactly."""
+    import duckdb
+    import polars as pl
+
+    n = 5_000
+    directory = Datasets.path(run_generate(tmp_path, n=n, dtype="uint8", num_workers=1))
+    metadata = pq.ParquetFile(directory / part_name(0)).metadata
+    x_column = next(metadata.row_group(0).column(i) for i in range(metadata.num_columns)
+                    if metadata.row_group(0).column(i).path_in_schema == "x.list.element")
+    assert "BYTE_STREAM_SPLIT" in x_column.encodings
+    scaled = reference(n, SEED).x * np.float32(255.0)
+    expected = np.rint(scaled).astype(np.uint8)
+    assert expected.min() < expected.max()
+    from_arrow = pq.read_table(directory)["x"].combine_chunks().to_numpy_ndarray()
+    assert from_arrow.dtype == np.uint8 and np.array_equal(from_arrow, expected)
+    frame = pl.read_parquet(f"{directory}/*.parquet").sort("sample_id")
+    assert np.array_equal(frame["x"].to_numpy().reshape(n, 8, 8), expected)
+    corner = duckdb.sql(f"select x[64] as x_last from read_parquet('{directory}/*.parquet') order by sample_id").fetchnumpy()
+    np.testing.assert_array_equal(corner["x_last"], expected[:, 7, 7])
+
+
 # ---------------------------------------------------------------- 4. bad input through the CLI
 
 
@@ -636,6 +660,22 @@ def test_generate_with_a_nan_decoder_leaves_nothing(nan_version, tmp_path):
     assert_one_error_line(invoke(*generate_args(out, **{"--model": nan_version})), 1, "to NaN or inf", "vae-nan/1")
     assert not (out / dataset_id(1000, 1, name="vae-nan")).exists()
     assert dataset_leftovers(tmp_path) == []
+
+
+def test_resume_of_a_dataset_started_by_an_older_format_is_refused(trained_version, tmp_path):
+    from jobs.generate import manifest
+    from jobs.generate.job import dataset_spec
+
+    pinned = models.resolve(MODEL)
+    spec = dataset_spec(GenerateConfig(n=1000, model=MODEL), pinned, models.version_config(pinned), seed=1)
+    directory = tmp_path / "out" / spec.dataset_id.replace("-f2", "-f1")
+    directory.mkdir(parents=True)
+    record = {**manifest.progress_record(spec, dataclasses.asdict(pinned)), "format": "vaegen-dataset/1"}
+    (directory / manifest.PROGRESS).write_text(json.dumps(record))
+    result = invoke("generate", "--n", "1000", "--resume", str(directory))
+    assert_one_error_line(result, 2, "started by another vaegen version (format vaegen-dataset/1, this one writes vaegen-dataset/2)")
+    assert [path.name for path in directory.iterdir()] == [manifest.PROGRESS]
+    assert [path.name for path in directory.parent.iterdir()] == [directory.name]
 
 
 # ---------------------------------------------------------------- 5. faults

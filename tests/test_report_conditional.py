@@ -242,7 +242,7 @@ def test_balanced_labels_cycle_exactly_also_over_a_subset(trained, generated, lo
     result = invoke("generate", "--model", f"{COND}/1", "--n", "1000", "--seed", "3", "--labels", "3,5",
                     "--rows-per-shard", "400", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
-    directory = tmp_path / f"{COND}-v1-n1000-seed3-float32-labels-balanced-classes-3.5-f1"
+    directory = tmp_path / f"{COND}-v1-n1000-seed3-float32-labels-balanced-classes-3.5-f2"
     subset = read_rows(str(directory))
     np.testing.assert_array_equal(subset["label"], np.array([3, 5])[np.arange(1000) % 2])
     record = json.loads((directory / "_manifest.json").read_text())

@@ -59,7 +59,8 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Bernoulli means in [0, 1], shaped like the input: (B, *input_shape)."""
-        return torch.sigmoid(self.logits(z, labels)).view(-1, *self.config.input_shape)
+        # In place: one (B, input_dim) buffer per call instead of two (decode is allocation-bound).
+        return self.logits(z, labels).sigmoid_().view(-1, *self.config.input_shape)
 
 
 class VAE(nn.Module):

@@ -13,7 +13,7 @@ from jobs.generate import engine, manifest
 from jobs.generate.engine import EngineOptions
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.predictor import NonFiniteOutput, Predictor
-from jobs.generate.spec import DatasetSpec
+from jobs.generate.spec import FORMAT, DatasetSpec
 from jobs.generate.storage import Storage, storage_from_env
 from jobs.progress import Progress
 from registry import lineage, models, tracking
@@ -66,6 +66,9 @@ def generate(
         record = storage.read_json(resume_id, manifest.PROGRESS) or storage.read_json(resume_id, manifest.MANIFEST)
         if record is None:
             raise UsageError(f"--resume {config.resume}: no dataset in progress at {storage.location(resume_id)}")
+        if record["format"] != FORMAT:
+            raise UsageError(f"--resume {config.resume}: started by another vaegen version (format {record['format']}, "
+                             f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume")
         pinned, spec, seed_was_random = PinnedModel(**record["model"]), _spec_from_record(record), False
     else:
         pinned = models.resolve(config.model)  # once: a promotion during the job changes nothing in it

@@ -23,7 +23,8 @@ class NonFiniteOutput(VaegenError):
 def to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     """Contract 2's sample encodings; uint8 is round(255 x) (numpy's round-half-to-even)."""
     if dtype == "uint8":
-        return np.rint(x * 255.0).astype(np.uint8)
+        scaled = x * np.float32(255.0)  # float32 math, as numpy does for a float32 array times a Python float
+        return np.rint(scaled, out=scaled).astype(np.uint8)
     return x.astype(np.dtype(dtype), copy=False)
 
 

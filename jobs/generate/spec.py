@@ -11,7 +11,7 @@ from typing import Any
 from vae_core.errors import UsageError
 from vae_core.seeds import MAX_SEED, SEED_SCHEME
 
-FORMAT = "vaegen-dataset/1"  # bump when the bytes of a part change for the same inputs
+FORMAT = "vaegen-dataset/2"  # bump when the bytes of a part change for the same inputs (2: byte-stream-split x)
 DTYPES = ("float32", "float16", "uint8")
 LAYOUTS = ("tensor", "binary")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
@@ -73,7 +73,7 @@ class DatasetSpec:
             parts.append(f"labels-{self.label_policy}")
             if self.label_policy == "balanced" and self.label_classes != tuple(range(self.num_classes)):
                 parts.append("classes-" + ".".join(map(str, self.label_classes)))
-        parts.append("f1")
+        parts.append("f" + FORMAT.rsplit("/", 1)[1])
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
