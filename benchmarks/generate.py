@@ -6,6 +6,7 @@ Each scenario runs in a fresh Python process (clean peak-memory figures) against
 store holding one 28x28 decoder (2 -> 128 -> 784, trained 2 epochs on MNIST if
 ../shared/data/mnist exists, else on 8x8 digits upscaled to 28x28; decode cost is the same).
 Scenarios:
+  encode     Parquet encoding alone on one core (CPU time for 131,072 decoded rows, scaled to n)
   floor      one process, no Ray: the same Predictor and PartWriter in a streaming loop
   raydata    straightforward Ray Data: range -> map_batches(decoder) -> write_parquet, defaults
   vaegen     `generate()` on a local Ray (2 CPUs); Ray start-up is reported, not counted; worker
@@ -149,13 +150,26 @@ def scenario_vaegen(model: str, n: int, dtype: str, layout: str, out: Path) -> d
     engine.connect()
     ray_start_s = time.perf_counter() - started
     warm_up_imports()
+    ready: dict[str, float] = {}
+
+    def time_worker_start_up(workers: list) -> None:
+        """A trivial call queued first on each actor answers once its process is up and imported."""
+        import ray
+
+        def wait() -> None:
+            ray.get([worker.pid.remote() for worker in workers])
+            ready["seconds"] = time.perf_counter() - started
+
+        threading.Thread(target=wait, daemon=True).start()
+
     with WorkerMemoryPoller() as poller:
         started = time.perf_counter()
-        result = generate(GenerateConfig(n=n, model=model, out=str(out), seed=42, dtype=dtype, layout=layout))
+        result = generate(GenerateConfig(n=n, model=model, out=str(out), seed=42, dtype=dtype, layout=layout),
+                          on_workers=time_worker_start_up)
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "ray_start_s": ray_start_s, "bytes": result.manifest["total_bytes"],
-            "job_seconds_in_manifest": result.manifest["timings"]["seconds"], "worker_peak_rss_bytes": poller.max_peak,
-            "workers": result.manifest["execution"]["num_workers"]}
+    return {"seconds": seconds, "ray_start_s": ray_start_s, "workers_ready_s": ready.get("seconds"),
+            "bytes": result.manifest["total_bytes"], "job_seconds_in_manifest": result.manifest["timings"]["seconds"],
+            "worker_peak_rss_bytes": poller.max_peak, "workers": result.manifest["execution"]["num_workers"]}
 
 
 def scenario_raydata(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
@@ -209,7 +223,33 @@ def scenario_naive(model: str, n: int, dtype: str, layout: str, out: Path) -> di
     return {"seconds": seconds, "bytes": (out / "naive.parquet").stat().st_size}
 
 
-SCENARIOS = {"floor": scenario_floor, "vaegen": scenario_vaegen, "raydata": scenario_raydata, "naive": scenario_naive}
+def scenario_encode(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
+    """Parquet encoding alone, on one core: CPU seconds for 32 decoded blocks, scaled to n rows."""
+    import numpy as np
+    import torch
+
+    from jobs.generate.job import GenerateConfig, dataset_spec
+    from jobs.generate.parts import arrow_schema, parquet_writer, record_batch
+    from jobs.generate.predictor import Predictor
+    from registry import models
+
+    torch.set_num_threads(1)
+    loaded = models.load_decoder(models.resolve(model))
+    spec = dataset_spec(GenerateConfig(n=n, dtype=dtype, layout=layout), loaded.pinned, loaded.config, seed=42)
+    predictor, schema = Predictor(spec, loaded.config.to_dict(), loaded.state), arrow_schema(spec)
+    blocks = 32
+    batches = [record_batch(predictor({"sample_id": np.arange(j * spec.block_rows, (j + 1) * spec.block_rows)}), schema)
+               for j in range(blocks)]
+    started = time.process_time()
+    with parquet_writer(str(out / "encode.parquet"), schema, spec) as writer:
+        for batch in batches:
+            writer.write_batch(batch, row_group_size=spec.block_rows)
+    scale = n / (blocks * spec.block_rows)
+    return {"seconds": (time.process_time() - started) * scale, "bytes": (out / "encode.parquet").stat().st_size * scale,
+            "rows_measured": blocks * spec.block_rows}
+
+
+SCENARIOS = {"encode": scenario_encode, "floor": scenario_floor, "vaegen": scenario_vaegen, "raydata": scenario_raydata, "naive": scenario_naive}
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -262,6 +302,7 @@ def main() -> None:
         results = []
         for dtype in ("float32", "uint8"):
             for layout in ("tensor", "binary"):
+                results.append(run_scenario(store, model, "encode", args.n, dtype, layout))
                 results.append(run_scenario(store, model, "floor", args.n, dtype, layout))
                 results.append(run_scenario(store, model, "vaegen", args.n, dtype, layout))
         results.append(run_scenario(store, model, "raydata", args.n, "float32", "tensor"))
