@@ -183,7 +183,7 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--model", "model_ref", default="vae-decoder@champion", show_default=True,
                      help="NAME@ALIAS, NAME/VERSION, models:/..., runs:/... (resolved once, then pinned)."),
-        click.option("--n", type=int, required=True, help="Number of samples."),
+        click.option("--n", type=int, default=None, help="Number of samples (required, except with --resume)."),
         click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
         click.option("--layout", type=click.Choice(["tensor", "binary"]), default="tensor", show_default=True,
@@ -206,6 +206,8 @@ def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_sha
     from jobs.generate.engine import EngineOptions
     from jobs.generate.job import GenerateConfig
 
+    if n is None and extra.get("resume") is None:
+        raise UsageError("--n is required: pass the number of samples, e.g. --n 1000000")
     if n is not None and n < 1:
         raise UsageError(f"--n must be a positive integer, got {n}")
     return GenerateConfig(

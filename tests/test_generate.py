@@ -672,10 +672,49 @@ def test_resume_of_a_dataset_started_by_an_older_format_is_refused(trained_versi
     directory.mkdir(parents=True)
     record = {**manifest.progress_record(spec, dataclasses.asdict(pinned)), "format": "vaegen-dataset/1"}
     (directory / manifest.PROGRESS).write_text(json.dumps(record))
-    result = invoke("generate", "--n", "1000", "--resume", str(directory))
+    result = invoke("generate", "--resume", str(directory))
     assert_one_error_line(result, 2, "started by another vaegen version (format vaegen-dataset/1, this one writes vaegen-dataset/2)")
     assert [path.name for path in directory.iterdir()] == [manifest.PROGRESS]
     assert [path.name for path in directory.parent.iterdir()] == [directory.name]
+
+
+def test_resume_takes_n_from_the_dataset_and_refuses_another(trained_version, tmp_path):
+    from jobs.generate import manifest
+    from jobs.generate.job import dataset_spec
+
+    pinned = models.resolve(MODEL)
+    spec = dataset_spec(GenerateConfig(n=1000, model=MODEL), pinned, models.version_config(pinned), seed=1)
+    directory = tmp_path / "out" / spec.dataset_id
+    directory.mkdir(parents=True)
+    (directory / manifest.PROGRESS).write_text(json.dumps(manifest.progress_record(spec, dataclasses.asdict(pinned))))
+    result = invoke("generate", "--resume", str(directory), "--n", "2000")
+    assert_one_error_line(result, 2, "that dataset has n = 1,000, not --n 2,000; drop --n to resume it as it is")
+    assert [path.name for path in directory.iterdir()] == [manifest.PROGRESS]
+
+
+@pytest.mark.slow
+def test_resume_by_path_alone_completes_an_unfinished_dataset(trained_version, local_ray, tmp_path):
+    from jobs.generate import manifest
+
+    clean = Datasets.path(run_generate(tmp_path / "clean", n=20_000, rows_per_shard=5_000, num_workers=1))
+    unfinished = tmp_path / "out" / clean.name
+    shutil.copytree(clean, unfinished)
+    record = json.loads((unfinished / manifest.MANIFEST).read_text())
+    (unfinished / manifest.MANIFEST).unlink()  # as if the driver died before the commit
+    (unfinished / part_name(2)).unlink()
+    (unfinished / manifest.PROGRESS).write_text(json.dumps({key: record[key] for key in (
+        "format", "dataset_id", "spec", "spec_fingerprint", "model")}))
+    result = invoke("generate", "--resume", str(unfinished))
+    assert result.exit_code == 0, result.output
+    assert f"dataset_id: {clean.name}" in result.stdout and "20,000 rows" in result.stderr
+    assert part_hashes(unfinished) == part_hashes(clean)
+    assert sorted(path.name for path in unfinished.iterdir()) == sorted([manifest.MANIFEST, *part_hashes(clean)])
+
+
+def test_generate_without_n_is_a_usage_error(trained_version, tmp_path):
+    result = invoke("generate", "--out", str(tmp_path / "out"))
+    assert_one_error_line(result, 2, "--n is required: pass the number of samples")
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- 5. faults

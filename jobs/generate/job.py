@@ -30,7 +30,7 @@ LABEL_COUNT_CHUNK_ROWS = 1 << 20  # prior labels are re-derived on the driver in
 
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
-    n: int
+    n: int | None  # None only with `resume`: the unfinished dataset's record says
     model: str = DEFAULT_MODEL  # the promoted version: what a scheduled job should serve
     out: str | None = None  # else VAEGEN_OUTPUT
     seed: int | None = None  # None: a fresh random seed, printed and recorded in the manifest
@@ -70,6 +70,9 @@ def generate(
             raise UsageError(f"--resume {config.resume}: started by another vaegen version (format {record['format']}, "
                              f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume")
         pinned, spec, seed_was_random = PinnedModel(**record["model"]), _spec_from_record(record), False
+        if config.n is not None and config.n != spec.n:
+            raise UsageError(f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
+                             "drop --n to resume it as it is")
     else:
         pinned = models.resolve(config.model)  # once: a promotion during the job changes nothing in it
         seed_was_random = config.seed is None
