@@ -217,6 +217,19 @@ def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_sha
     )
 
 
+# What defines a dataset's content and files: with --resume these come from the dataset itself.
+DATASET_OPTIONS = {"model_ref": "--model", "n": "--n", "seed": "--seed", "dtype": "--dtype", "layout": "--layout",
+                   "compression": "--compression", "rows_per_shard": "--rows-per-shard", "batch_size": "--batch-size",
+                   "labels": "--labels"}
+
+
+def _refuse_dataset_options_with_resume(ctx: click.Context) -> None:
+    explicit = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    given = [flag for name, flag in DATASET_OPTIONS.items() if ctx.get_parameter_source(name) in explicit]
+    if given:
+        raise UsageError(f"--resume continues a dataset with its own options; drop {', '.join(given)}")
+
+
 def _log(message: str) -> None:
     click.echo(message, err=True)
 
@@ -232,6 +245,8 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest)."""
     from jobs.generate.job import generate as run_generate
 
+    if resume is not None:
+        _refuse_dataset_options_with_resume(click.get_current_context())
     result = run_generate(_generate_config(**options, seed=seed, overwrite=overwrite, resume=resume), log=_log)
     timings = result.manifest["timings"]
     if result.status == "up-to-date":

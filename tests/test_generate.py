@@ -678,7 +678,7 @@ def test_resume_of_a_dataset_started_by_an_older_format_is_refused(trained_versi
     assert [path.name for path in directory.parent.iterdir()] == [directory.name]
 
 
-def test_resume_takes_n_from_the_dataset_and_refuses_another(trained_version, tmp_path):
+def test_resume_refuses_options_that_would_change_the_dataset(trained_version, tmp_path):
     from jobs.generate import manifest
     from jobs.generate.job import dataset_spec
 
@@ -687,8 +687,10 @@ def test_resume_takes_n_from_the_dataset_and_refuses_another(trained_version, tm
     directory = tmp_path / "out" / spec.dataset_id
     directory.mkdir(parents=True)
     (directory / manifest.PROGRESS).write_text(json.dumps(manifest.progress_record(spec, dataclasses.asdict(pinned))))
-    result = invoke("generate", "--resume", str(directory), "--n", "2000")
-    assert_one_error_line(result, 2, "that dataset has n = 1,000, not --n 2,000; drop --n to resume it as it is")
+    with pytest.raises(UsageError, match="that dataset has n = 1,000, not --n 2,000; drop --n to resume it as it is"):
+        generate(GenerateConfig(n=2000, resume=str(directory)))
+    result = invoke("generate", "--resume", str(directory), "--n", "1000", "--dtype", "uint8")
+    assert_one_error_line(result, 2, "--resume continues a dataset with its own options; drop --n, --dtype")
     assert [path.name for path in directory.iterdir()] == [manifest.PROGRESS]
 
 
