@@ -110,6 +110,18 @@ def warm_up_imports() -> None:
     models.client().search_registered_models(max_results=1)
 
 
+def job_pieces(model: str, n: int, dtype: str, layout: str) -> tuple:
+    """The job's own spec, Predictor and schema for this model and options (seed 42)."""
+    from jobs.generate.job import GenerateConfig, dataset_spec
+    from jobs.generate.parts import arrow_schema
+    from jobs.generate.predictor import Predictor
+    from registry import models
+
+    loaded = models.load_decoder(models.resolve(model))
+    spec = dataset_spec(GenerateConfig(n=n, dtype=dtype, layout=layout), loaded.pinned, loaded.config, seed=42)
+    return spec, Predictor(spec, loaded.config.to_dict(), loaded.state), arrow_schema(spec)
+
+
 def scenario_floor(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
     """The plain streaming loop, one block at a time: draw, decode, encode, write, then the next.
 
@@ -119,18 +131,12 @@ def scenario_floor(model: str, n: int, dtype: str, layout: str, out: Path) -> di
     """
     import numpy as np
 
-    from jobs.generate.job import GenerateConfig, dataset_spec
-    from jobs.generate.parts import arrow_schema, parquet_writer, record_batch
-    from jobs.generate.predictor import Predictor
+    from jobs.generate.parts import parquet_writer, record_batch
     from jobs.generate.spec import part_name
-    from registry import models
 
     warm_up_imports()
     started = time.perf_counter()
-    loaded = models.load_decoder(models.resolve(model))
-    spec = dataset_spec(GenerateConfig(n=n, dtype=dtype, layout=layout), loaded.pinned, loaded.config, seed=42)
-    predictor = Predictor(spec, loaded.config.to_dict(), loaded.state)
-    schema = arrow_schema(spec)
+    spec, predictor, schema = job_pieces(model, n, dtype, layout)
     for shard in range(spec.num_shards):
         start, stop = spec.shard_range(shard)
         writer = parquet_writer(str(out / part_name(shard)), schema, spec)
@@ -228,15 +234,10 @@ def scenario_encode(model: str, n: int, dtype: str, layout: str, out: Path) -> d
     import numpy as np
     import torch
 
-    from jobs.generate.job import GenerateConfig, dataset_spec
-    from jobs.generate.parts import arrow_schema, parquet_writer, record_batch
-    from jobs.generate.predictor import Predictor
-    from registry import models
+    from jobs.generate.parts import parquet_writer, record_batch
 
     torch.set_num_threads(1)
-    loaded = models.load_decoder(models.resolve(model))
-    spec = dataset_spec(GenerateConfig(n=n, dtype=dtype, layout=layout), loaded.pinned, loaded.config, seed=42)
-    predictor, schema = Predictor(spec, loaded.config.to_dict(), loaded.state), arrow_schema(spec)
+    spec, predictor, schema = job_pieces(model, n, dtype, layout)
     blocks = 32
     batches = [record_batch(predictor({"sample_id": np.arange(j * spec.block_rows, (j + 1) * spec.block_rows)}), schema)
                for j in range(blocks)]
