@@ -662,36 +662,35 @@ def test_generate_with_a_nan_decoder_leaves_nothing(nan_version, tmp_path):
     assert dataset_leftovers(tmp_path) == []
 
 
-def test_resume_of_a_dataset_started_by_an_older_format_is_refused(trained_version, tmp_path):
+def unfinished_dataset(root: Path, **record_changes: Any) -> Path:
+    """An unfinished dataset as a killed run leaves it: only its progress record (n = 1000, seed 1)."""
     from jobs.generate import manifest
     from jobs.generate.job import dataset_spec
 
     pinned = models.resolve(MODEL)
     spec = dataset_spec(GenerateConfig(n=1000, model=MODEL), pinned, models.version_config(pinned), seed=1)
-    directory = tmp_path / "out" / spec.dataset_id.replace("-f2", "-f1")
+    directory = root / spec.dataset_id
     directory.mkdir(parents=True)
-    record = {**manifest.progress_record(spec, dataclasses.asdict(pinned)), "format": "vaegen-dataset/1"}
+    record = {**manifest.progress_record(spec, dataclasses.asdict(pinned)), **record_changes}
     (directory / manifest.PROGRESS).write_text(json.dumps(record))
+    return directory
+
+
+def test_resume_of_a_dataset_started_by_an_older_format_is_refused(trained_version, tmp_path):
+    directory = unfinished_dataset(tmp_path / "out", format="vaegen-dataset/1")
     result = invoke("generate", "--resume", str(directory))
     assert_one_error_line(result, 2, "started by another vaegen version (format vaegen-dataset/1, this one writes vaegen-dataset/2)")
-    assert [path.name for path in directory.iterdir()] == [manifest.PROGRESS]
+    assert [path.name for path in directory.iterdir()] == ["_progress.json"]
     assert [path.name for path in directory.parent.iterdir()] == [directory.name]
 
 
 def test_resume_refuses_options_that_would_change_the_dataset(trained_version, tmp_path):
-    from jobs.generate import manifest
-    from jobs.generate.job import dataset_spec
-
-    pinned = models.resolve(MODEL)
-    spec = dataset_spec(GenerateConfig(n=1000, model=MODEL), pinned, models.version_config(pinned), seed=1)
-    directory = tmp_path / "out" / spec.dataset_id
-    directory.mkdir(parents=True)
-    (directory / manifest.PROGRESS).write_text(json.dumps(manifest.progress_record(spec, dataclasses.asdict(pinned))))
+    directory = unfinished_dataset(tmp_path / "out")
     with pytest.raises(UsageError, match="that dataset has n = 1,000, not --n 2,000; drop --n to resume it as it is"):
         generate(GenerateConfig(n=2000, resume=str(directory)))
     result = invoke("generate", "--resume", str(directory), "--n", "1000", "--dtype", "uint8")
     assert_one_error_line(result, 2, "--resume continues a dataset with its own options; drop --n, --dtype")
-    assert [path.name for path in directory.iterdir()] == [manifest.PROGRESS]
+    assert [path.name for path in directory.iterdir()] == ["_progress.json"]
 
 
 @pytest.mark.slow
