@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Create ./.venv and install vaegen (editable) with the PyTorch build this host can use.
+#
+#   bash deploy/install.sh          # the product
+#   bash deploy/install.sh test     # the product and what its test suite needs
+#
+# Why a script and not a bare `pip install -e .`: PyPI's Linux torch wheels are CUDA builds that
+# pull about 4 GB of nvidia-* libraries and triton, which a CPU-only host cannot use. So:
+#   * a host where an NVIDIA driver answers (`nvidia-smi -L`) gets PyPI's CUDA build, as pip would;
+#   * any other host gets a CPU build: deploy/torch-cpu-constraints.txt refuses the CUDA builds
+#     (they are the ones that need triton), and PyTorch's CPU index is added when it is reachable,
+#     so pip picks the newest `+cpu` wheel there, or one from a local wheelhouse (pip's find-links)
+#     on a mirrored or air-gapped host.
+# VAEGEN_TORCH=cpu|cuda overrides the detection (an image built on a CPU box for GPU nodes);
+# VAEGEN_TORCH_CPU_INDEX names another CPU wheel index; VAEGEN_VENV another venv folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="${1:-}"
+venv="${VAEGEN_VENV:-.venv}"
+cpu_index="${VAEGEN_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+torch="${VAEGEN_TORCH:-auto}"
+
+if [ "$torch" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then torch=cuda; else torch=cpu; fi
+fi
+case "$torch" in
+  cpu | cuda) ;;
+  *) echo "deploy/install.sh: VAEGEN_TORCH must be cpu, cuda or auto, got '$torch'" >&2; exit 2 ;;
+esac
+
+target="."
+[ -n "$extras" ] && target=".[$extras]"
+pip_args=(install -q -e "$target")
+if [ "$torch" = cpu ]; then
+  pip_args+=(--constraint deploy/torch-cpu-constraints.txt)
+  # An unreachable index costs pip minutes of retries per package: probe it once, 5 s at most.
+  if python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" "$cpu_index/torch/" 2>/dev/null; then
+    pip_args+=(--extra-index-url "$cpu_index")
+  fi
+fi
+
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+echo "deploy/install.sh: torch build: $torch; installing $target into $venv" >&2
+"$venv/bin/pip" "${pip_args[@]}"
+"$venv/bin/python" -c "import torch; print('deploy/install.sh: torch', torch.__version__, 'CUDA', torch.version.cuda)" >&2
