@@ -21,8 +21,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"vaegen: error: {message}", err=True)
+    from registry.redaction import redact_text  # libraries quote URIs in errors; credentials never reach the terminal
+
+    click.echo(f"vaegen: error: {redact_text(message)}", err=True)
     sys.exit(code)
+
+
+def _mlflow_error() -> type[BaseException]:
+    """MlflowException if MLflow was imported (only then can one be raised); importing it costs ~1.5 s."""
+    module = sys.modules.get("mlflow.exceptions")
+    return module.MlflowException if module is not None else VaegenError
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,15 +38,13 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mlflow.exceptions import MlflowException
-
         from registry import tracking
 
         tracking.configure_environment()
         debug = (click.get_current_context().find_root().params or {}).get("debug", False)
         try:
             return command(*args, **kwargs)
-        except (VaegenError, MlflowException) as error:
+        except (VaegenError, _mlflow_error()) as error:
             if debug:
                 raise
             code = error.exit_code if isinstance(error, VaegenError) else EXIT_FAILED
@@ -195,6 +201,8 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--labels", default="balanced", show_default=True, help="Conditional models: balanced | prior | 3,5,..."),
         click.option("--shared-fs", is_flag=True, help="A local --out is a filesystem shared by every Ray node."),
+        click.option("--redact-provenance", is_flag=True,
+                     help="Leave users, hosts and absolute locations out of the manifest (for datasets you publish)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -284,11 +292,13 @@ generate_main = _console(generate)  # the `generate` console script: `ray job su
 
 @main.command(name="inspect")
 @click.argument("dataset")
-@click.option("--deep", is_flag=True, help="Also re-derive seeds, z (and labels) for a sample of rows.")
+@click.option("--deep", is_flag=True, help="Also re-derive every row's seed, z (and label), and re-decode x for "
+                                          "whole blocks of every part with the registered decoder.")
 @handle_errors
 def inspect_command(dataset, deep) -> None:
     """Print a dataset's manifest summary and verify every file's checksum and row count."""
     from jobs.generate.inspect import inspect
+    from registry.redaction import redact_uri
 
     report = inspect(dataset, deep=deep)
     record = report.manifest
@@ -299,12 +309,15 @@ def inspect_command(dataset, deep) -> None:
                f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} ({record['seed_scheme']})")
     if record["labels"]:
         click.echo(f"labels: {record['labels']['policy']} over {record['labels']['classes']}, counts {record['labels']['counts']}")
-    click.echo(f"lineage: MLflow run {record['lineage']['run_id']} at {record['lineage']['tracking_uri']}")
+    click.echo(f"lineage: MLflow run {record['lineage']['run_id']} at {redact_uri(record['lineage']['tracking_uri'] or 'a redacted tracking URI')}")
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}")
     if not report.ok:
         raise VaegenError(f"{len(report.problems)} problem(s) in {report.location}")
-    click.echo(f"verified: {len(record['files'])} files" + (f", {report.rows_checked_deep} rows re-derived" if deep else ""))
+    for note in report.notes:
+        _log(f"note: {note}")
+    click.echo(f"verified: {len(record['files'])} files" + (f", {report.rows_checked_deep:,} rows re-derived, "
+                                                             f"x of {report.rows_decoded_deep:,} re-decoded" if deep else ""))
 
 
 @main.command()
@@ -336,7 +349,7 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tr
         reference = promotion.copy_version(reference, to_model, to_tracking_uri)
         if to_tracking_uri:  # the gates and the alias move happen in the target registry
             tracking.use(to_tracking_uri)
-        _log(f"copied to {reference}" + (f" at {to_tracking_uri}" if to_tracking_uri else ""))
+        _log(f"copied to {reference}" + (f" at {tracking.shown_uri(to_tracking_uri)}" if to_tracking_uri else ""))
     thresholds = promotion.QualityThresholds(min_precision, min_coverage, max_memorisation, min_label_accuracy)
     config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
                                        elbo_tolerance_nats=elbo_tolerance, quality=thresholds if quality_gate else None)

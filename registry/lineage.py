@@ -78,3 +78,17 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str) -> None:
     client = mlflow.MlflowClient()
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path)
+
+
+def end_stale_run(run_id: str | None) -> None:
+    """Mark the run of a killed job KILLED: MLflow has no heartbeat, so it would say RUNNING forever.
+
+    Called only by a job that now holds the same dataset's writer guard, so that run is not live."""
+    if not run_id:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    except mlflow.exceptions.MlflowException:  # deleted, or logged to another tracking server: nothing to end here
+        pass

@@ -18,12 +18,14 @@ import socket
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from registry.models import LOCK_MARK, MODEL_ARTIFACT, TAG_PREFIX, LoadedDecoder, PinnedModel, client, load_decoder, resolve
+from registry.redaction import redact_uri
 from vae_core.errors import UsageError, VaegenError
 
 HISTORY_LIMIT = 25  # alias events kept on the registered model (MLflow tag values are bounded)
@@ -38,6 +40,7 @@ class GateResult:
     name: str
     passed: bool
     detail: str
+    forceable: bool = False  # only "nothing to compare with" is; a safety or load failure never is
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -49,7 +52,7 @@ class PromotionConfig:
     reason: str = ""
     by: str = dataclasses.field(default_factory=getpass.getuser)
     elbo_tolerance_nats: float = 0.5  # seed-to-seed noise of held-out -ELBO on digits is ~0.3 nats
-    force: bool = False  # promote even when a gate cannot compare (never when a gate fails outright)
+    force: bool = False  # promote even when the ELBO or quality gate has nothing to compare with; never past a failure
     probe_rows: int = 256  # decoded by the load gate: seed-scheme rows 0..255 of dataset seed 0
     quality: "QualityThresholds | None" = None  # None skips gate 3; the CLI passes the defaults
 
@@ -119,6 +122,74 @@ def _append_history(name: str, alias: str, event: dict[str, Any]) -> None:
     client().set_registered_model_tag(name, f"{TAG_PREFIX}history.{alias}", json.dumps(events))
 
 
+# What vaegen's pickle-free models-from-code pyfunc consists of (registry.models.TrainingRun._log_pyfunc).
+# Everything else is refused: MLflow 3.17 unpickles a `python_model` (cloudpickle) by default, and
+# other flavors' loaders (pytorch, sklearn, ...) unpickle their data files.
+ENV_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
+             "serving_input_example.json", "registered_model_meta", "uv.lock", "pyproject.toml", ".python-version"}
+WEIGHT_ARTIFACTS = {"config": "artifacts/config.json", "weights": "artifacts/weights.npz"}
+CODE_LOADERS = ("mlflow.pyfunc.loaders.code_model", "mlflow.pyfunc.model")
+CODE_DIR = "code"
+
+
+def gate_artifacts(pinned: PinnedModel) -> GateResult:
+    """Gate 0, safety: the version is vaegen's models-from-code pyfunc and nothing else, so that neither
+    vaegen nor a generic `mlflow.pyfunc.load_model` of the alias can be made to unpickle anything."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder))
+        files = sorted(str(path.relative_to(local)) for path in local.rglob("*") if not path.is_dir())
+        reason = _unsafe_mlmodel(local / "MLmodel")
+        if reason is None:
+            flavor = _pyfunc_flavor(local / "MLmodel")
+            code_file = Path(flavor["model_code_path"]).name
+            allowed = ENV_FILES | set(WEIGHT_ARTIFACTS.values()) | {code_file}
+            unexpected = [name for name in files if name not in allowed
+                          and not (name.startswith(CODE_DIR + "/") and name.endswith(".py"))]
+            if unexpected:
+                reason = f"unexpected artifact(s) {', '.join(unexpected[:5])}: only weights.npz, config.json and code are allowed"
+    if reason is not None:
+        return GateResult("safe_artifacts", False, f"refused: {reason} (loading it could run pickled code)")
+    return GateResult("safe_artifacts", True, "pickle-free: models-from-code pyfunc, weights.npz + config.json, .py code only")
+
+
+def _pyfunc_flavor(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())["flavors"]["python_function"]
+
+
+def _unsafe_mlmodel(path: Path) -> str | None:
+    """Why an MLmodel file could make MLflow unpickle, or None if it is vaegen's models-from-code pyfunc."""
+    import yaml
+
+    if not path.is_file():
+        return "no MLmodel file"
+    try:
+        model = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        return f"MLmodel is not plain YAML ({type(error).__name__})"
+    flavors = model.get("flavors") if isinstance(model, dict) else None
+    if not isinstance(flavors, dict) or set(flavors) != {"python_function"}:
+        return f"flavors {sorted(flavors) if isinstance(flavors, dict) else flavors}, not only python_function"
+    flavor = flavors["python_function"]
+    if not isinstance(flavor, dict):
+        return "python_function flavor is not a mapping"
+    if flavor.get("loader_module") not in CODE_LOADERS:
+        return f"pyfunc loader {flavor.get('loader_module')!r}, not models-from-code"
+    if "python_model" in flavor or "model_code_path" not in flavor:
+        return f"pyfunc python_model {flavor.get('python_model')!r} is a cloudpickle file, not code"
+    if not str(flavor["model_code_path"]).endswith(".py"):
+        return f"model code {flavor['model_code_path']!r} is not a .py file"
+    if "data" in flavor or "compression" in flavor:
+        return "pyfunc flavor carries serialized data"
+    artifacts = {name: (info or {}).get("path") for name, info in (flavor.get("artifacts") or {}).items()}
+    if artifacts != WEIGHT_ARTIFACTS:
+        return f"pyfunc artifacts {artifacts}, not exactly {WEIGHT_ARTIFACTS}"
+    if flavor.get("code") not in (None, CODE_DIR):
+        return f"code folder {flavor.get('code')!r}, not {CODE_DIR!r}"
+    return None
+
+
 def gate_loads(candidate: LoadedDecoder, probe_rows: int) -> GateResult:
     """Gate 1: loads without pickle (it just did) and decodes probe z to finite values in range, right shape."""
     import numpy as np
@@ -148,7 +219,7 @@ def gate_elbo(candidate: LoadedDecoder, holder: LoadedDecoder | None, tolerance_
     if mismatched or "val_neg_elbo" not in candidate.tags or "val_neg_elbo" not in holder.tags:
         return GateResult("held_out_elbo", False,
                           f"cannot compare with {holder.pinned.name}/{holder.pinned.version}: different "
-                          f"{', '.join(mismatched) or 'metrics'} (use --force to promote anyway)")
+                          f"{', '.join(mismatched) or 'metrics'} (use --force to promote anyway)", forceable=True)
     ours, theirs = float(candidate.tags["val_neg_elbo"]), float(holder.tags["val_neg_elbo"])
     passed = ours <= theirs + tolerance_nats
     return GateResult("held_out_elbo", passed,
@@ -172,7 +243,8 @@ def gate_quality(candidate: LoadedDecoder, thresholds: QualityThresholds) -> Gat
     metrics = {key.removeprefix("quality."): float(value) for key, value in candidate.tags.items() if key.startswith("quality.")}
     if not metrics:
         return GateResult("quality", False, f"cannot compare: no quality report on v{candidate.pinned.version}; "
-                                            f"run `vaegen report --model {candidate.pinned.name}/{candidate.pinned.version}`")
+                                            f"run `vaegen report --model {candidate.pinned.name}/{candidate.pinned.version}`",
+                          forceable=True)
     checks = [("precision", metrics.get("precision"), thresholds.min_precision, ">="),
               ("coverage", metrics.get("coverage"), thresholds.min_coverage, ">="),
               ("memorisation_share", metrics.get("memorisation_share"), thresholds.max_memorisation_share, "<=")]
@@ -197,12 +269,15 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
         if holder_pin is not None and holder_pin.version == pinned.version:
             return PromotionResult(pinned, config.alias, holder_pin.version,
                                    [GateResult("already_holder", True, f"{pinned.name}@{config.alias} is already v{pinned.version}")], False)
+        safety = gate_artifacts(pinned)
+        if not safety.passed:  # nothing else is looked at, and --force does not apply
+            return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, [safety], False)
         candidate = load_decoder(pinned)
         holder = load_decoder(holder_pin) if holder_pin is not None else None
-        gates = [gate_loads(candidate, config.probe_rows), gate_elbo(candidate, holder, config.elbo_tolerance_nats)]
+        gates = [safety, gate_loads(candidate, config.probe_rows), gate_elbo(candidate, holder, config.elbo_tolerance_nats)]
         if config.quality is not None:
             gates.append(gate_quality(candidate, config.quality))
-        blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.detail.startswith("cannot compare"))]
+        blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.forceable)]
         if blocking:
             return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False)
         previous = None if holder_pin is None else holder_pin.version
@@ -246,7 +321,7 @@ def copy_version(reference: str, to_model: str, to_tracking_uri: str | None = No
     tags = {key: value for key, value in source_tags.items() if key.startswith(TAG_PREFIX) and not key.startswith(alias_records)}
     tags[f"{TAG_PREFIX}copied_from"] = pinned.uri
     if to_tracking_uri is not None:
-        tags[f"{TAG_PREFIX}copied_from_tracking_uri"] = mlflow.get_tracking_uri()
+        tags[f"{TAG_PREFIX}copied_from_tracking_uri"] = redact_uri(mlflow.get_tracking_uri())
     if to_tracking_uri is None:
         target = client()
         copied = target.copy_model_version(pinned.uri, to_model)

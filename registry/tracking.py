@@ -2,15 +2,15 @@
 
 With no MLFLOW_TRACKING_URI, MLflow's own default applies (SQLite `mlflow.db` and `mlruns/`
 in the current folder), so `mlflow ui` started there shows everything vaegen logged.
+mlflow and requests are imported inside the functions that need them: the CLI imports this
+module for every command, `vaegen inspect` included, which must not pay for MLflow.
 """
 
 from __future__ import annotations
 
 import os
 
-import mlflow
-import requests
-
+from registry.redaction import redact_uri
 from vae_core.errors import VaegenError
 
 HEALTH_TIMEOUT_S = 10  # a healthy server answers /health in milliseconds; 10 s covers a loaded one
@@ -29,25 +29,39 @@ def configure_environment() -> None:
 
 
 def tracking_uri() -> str:
+    """The URI to connect to, credentials included: never print or store it; see shown_uri()."""
+    import mlflow
+
     return mlflow.get_tracking_uri()
 
 
+def shown_uri(uri: str | None = None) -> str:
+    """The tracking URI (this process's, or `uri`) as it may be printed, logged or stored."""
+    return redact_uri(uri or tracking_uri())
+
+
 def ensure_reachable(uri: str | None = None) -> str:
-    """Raise a one-line VaegenError within HEALTH_TIMEOUT_S if an HTTP tracking server is down."""
+    """Raise a one-line VaegenError within HEALTH_TIMEOUT_S if an HTTP tracking server is down.
+
+    Returns the URI as it may be shown (credentials redacted)."""
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
+        import requests
+
         try:
             response = requests.get(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S)
             response.raise_for_status()
         except requests.RequestException as error:
             raise VaegenError(
-                f"cannot reach the MLflow tracking server at {uri} ({type(error).__name__}); "
+                f"cannot reach the MLflow tracking server at {redact_uri(uri)} ({type(error).__name__}); "
                 "start it or set MLFLOW_TRACKING_URI to a reachable server"
             ) from None
-    return uri
+    return redact_uri(uri)
 
 
 def use(uri: str) -> None:
     """Point this process (and any child it starts) at another tracking server; its registry follows."""
+    import mlflow
+
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)

@@ -444,7 +444,8 @@ def test_inspect_deep_passes_then_fails_on_a_corrupted_part(datasets, tmp_path):
     result = invoke("inspect", str(directory), "--deep")
     assert result.exit_code == 0, result.output
     assert f"dataset: {dataset_id(N, SEED)}" in result.stdout
-    assert "verified: 4 files, 1024 rows re-derived" in result.stdout
+    # every row's seed and z; x for the first, middle and last decode block of each part (3 x 12,288 + 848 rows)
+    assert "verified: 4 files, 50,000 rows re-derived, x of 37,712 re-decoded" in result.stdout
 
     copy = tmp_path / "root" / directory.name
     shutil.copytree(directory, copy)
@@ -756,6 +757,8 @@ def test_worker_killed_mid_job(trained_version, local_ray, clean_fault_run, tmp_
 
 @pytest.mark.slow
 def test_driver_killed_mid_job_then_rerun_resumes(trained_version, clean_fault_run, subprocess_ray_env, tmp_path):
+    import mlflow
+
     root = tmp_path / "out"
     directory = root / clean_fault_run.name
     command = [VAEGEN, "generate", "--model", MODEL, "--n", str(FAULT_N), "--seed", str(FAULT_SEED),
@@ -777,9 +780,12 @@ def test_driver_killed_mid_job_then_rerun_resumes(trained_version, clean_fault_r
     assert not stop_tagged(subprocess_ray_env.tag)  # the dead driver's local Ray
     assert not (directory / "_manifest.json").exists() and (directory / "_progress.json").exists()
     assert len(list(directory.glob("part-*.parquet"))) < FAULT_N // FAULT_R
+    killed_run = json.loads((directory / "_progress.json").read_text())["run_id"]
+    assert mlflow.MlflowClient().get_run(killed_run).info.status == "RUNNING"  # MLflow cannot know the driver died
 
     rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert mlflow.MlflowClient().get_run(killed_run).info.status == "KILLED"  # the resume ended it
     assert "resumed 200,000 rows" in rerun.stderr and f"dataset_id: {directory.name}" in rerun.stdout
     record = json.loads((directory / "_manifest.json").read_text())
     assert record["timings"]["shards_reused"] >= 1

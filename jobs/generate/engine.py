@@ -68,7 +68,9 @@ def connect() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
 
 
-def plan_placement(options: EngineOptions, num_shards: int, storage: Storage) -> Placement:
+def plan_placement(options: EngineOptions, num_shards: int, storage: Storage,
+                   log: Callable[[str], None] = lambda message: None) -> Placement:
+    """Workers for the cluster as it is: one per GPU (or CPU), never more than it can run at once or than shards."""
     resources = ray.cluster_resources()
     cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
@@ -84,16 +86,21 @@ def plan_placement(options: EngineOptions, num_shards: int, storage: Storage) ->
     if device == "cuda" and gpus == 0 and options.num_workers is None:
         raise UsageError("--device cuda but the Ray cluster has no GPUs now; use --device cpu or auto, or pass "
                          "--num-workers N to ask an autoscaling cluster for N GPU workers")
+    # Each worker holds a whole CPU (or GPU) and a decoder: more than the cluster has would only
+    # share them out in slivers, each worker one more process with torch loaded (~0.5 GB).
+    capacity = gpus if device == "cuda" else cpus
+    workers = options.num_workers or max(capacity, 1)
+    if capacity > 0 and workers > capacity:
+        log(f"--num-workers {workers} capped at {capacity}: the Ray cluster has {capacity} "
+            f"{'GPU' if device == 'cuda' else 'CPU'}(s) now")
+        workers = capacity
+    workers = min(workers, num_shards)
     if device == "cuda":
-        workers = min(options.num_workers or gpus, num_shards)
         # The CPUs beside each GPU encode its Parquet; an autoscaling cluster with no GPU node up
         # yet cannot tell us its node shape, so ask for a modest share there.
         cpus_per_worker = max(1, cpus // gpus) if gpus else AUTOSCALE_CPUS_PER_GPU
         return Placement(device, workers, cpus_per_worker, 1.0, cpus_per_worker, nodes)
-    workers = min(options.num_workers or max(cpus, 1), num_shards)
-    # More workers than CPUs would wait forever for a whole CPU each; share them out instead.
-    cpus_per_worker = 1.0 if workers <= cpus else cpus / workers
-    return Placement(device, workers, cpus_per_worker, 0.0, 1, nodes)
+    return Placement(device, workers, 1.0, 0.0, 1, nodes)
 
 
 @ray.remote

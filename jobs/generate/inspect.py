@@ -1,20 +1,36 @@
-"""Check a dataset against its manifest: every file's checksum and row count, and on --deep a
-sample of rows re-derived from the seed scheme (contract 1)."""
+"""Check a whole dataset folder against its whole manifest.
+
+Always: the manifest is consistent (its files are exactly the shards that n and the shard size
+make, their rows add up to n, ids run 0..n-1 across them); the folder holds exactly what a
+committed dataset holds (the manifest, its parts and the dataset card, nothing else); every
+part has its size, checksum, row count, id range and spec fingerprint. With `deep`: every
+row's id, seed, z (and label) re-derived from the seed scheme (contract 1), and x re-decoded
+for whole decode blocks of every part with the registered decoder the manifest pins.
+
+The plain check reads each part once (its checksum, from the page cache where local) and its
+footer once, and imports neither torch nor MLflow; only `deep` does.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.generate.manifest import MANIFEST, PROGRESS
-from jobs.generate.storage import Storage
-from vae_core import sampling
-from vae_core.errors import UsageError
-from vae_core.seeds import row_seeds
+from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
+from jobs.generate.storage import CHECKSUM, Storage
+from vae_core.errors import UsageError, VaegenError
 
-DEEP_ROWS_PER_FILE = 256  # re-derived rows per part on --deep: spread over the whole dataset, cheap
+CARD = "README.md"  # the dataset card beside the manifest (Hugging Face convention)
+DEEP_BLOCKS_PER_PART = 3  # decode blocks re-decoded per part on --deep: its first, middle and last
+CHECK_THREADS = 4  # parts verified at once: overlaps one part's reads with another's hashing
+X_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "uint8": 1}  # only for CUDA-made datasets checked on a CPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +38,9 @@ class InspectReport:
     location: str
     manifest: dict
     problems: list[str]
-    rows_checked_deep: int
+    rows_checked_deep: int  # rows whose id, seed, z (and label) were re-derived
+    rows_decoded_deep: int = 0  # rows whose x was re-decoded with the registered decoder
+    notes: tuple[str, ...] = ()  # what a deep check could not do exactly, e.g. CUDA bits on a CPU
 
     @property
     def ok(self) -> bool:
@@ -30,63 +48,299 @@ class InspectReport:
 
 
 def open_committed(location: str) -> tuple[Storage, str, dict]:
-    """(storage of the parent, dataset id, manifest) of a committed dataset; anything else is a UsageError."""
+    """(storage of the parent, dataset id, manifest) of a committed dataset; anything else is a one-line error."""
     parent, _, dataset_id = location.rstrip("/").rpartition("/")
     storage = Storage(parent or ".")
-    record = storage.read_json(dataset_id, MANIFEST)
+    record = storage.read_json(dataset_id, MANIFEST)  # unparsable: CorruptRecord, "corrupt manifest at PATH"
     if record is None:
         state = "an unfinished dataset (rerun its generate command to resume)" if storage.exists(dataset_id, PROGRESS) else "no dataset"
         raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: it is {state}")
     return storage, dataset_id, record
 
 
+class DamagedDataset(VaegenError):
+    """A committed dataset whose folder no longer matches its manifest."""
+
+
+def ensure_intact(storage: Storage, dataset_id: str, record: dict[str, Any]) -> None:
+    """The cheap half of inspect (the manifest, one listing, sizes; no reads of parts), as a one-line error."""
+    problems = manifest_problems(record) or folder_problems(storage.listing(dataset_id), record)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DamagedDataset(f"dataset {storage.location(dataset_id)} is committed but damaged: {problems[0]}{more}; "
+                             "`vaegen inspect` lists every problem; regenerate it with --overwrite")
+
+
 def inspect(location: str, deep: bool = False) -> InspectReport:
     storage, dataset_id, record = open_committed(location)
-    problems: list[str] = []
-    deep_rows = 0
-    for entry in record["files"]:
-        name = entry["name"]
-        if not storage.exists(dataset_id, name):
-            problems.append(f"{name}: missing")
-            continue
-        size_bytes = storage.size(dataset_id, name)
-        if size_bytes != entry["size_bytes"]:
-            problems.append(f"{name}: {size_bytes} bytes, manifest says {entry['size_bytes']}")
-            continue
-        if storage.checksum(dataset_id, name) != entry["checksum"]:
-            problems.append(f"{name}: checksum mismatch")
-            continue
-        parquet = pq.ParquetFile(storage.fs.open_input_file(storage.path(dataset_id, name)))
-        if parquet.metadata.num_rows != entry["rows"]:
-            problems.append(f"{name}: {parquet.metadata.num_rows} rows, manifest says {entry['rows']}")
-            continue
-        if deep:
-            problems += _deep_check(parquet, entry, record)
-            deep_rows += min(entry["rows"], DEEP_ROWS_PER_FILE)
-    return InspectReport(storage.location(dataset_id), record, problems, deep_rows)
+    problems = manifest_problems(record)
+    if problems:  # without a consistent manifest there is nothing to check the files against
+        return InspectReport(storage.location(dataset_id), record, problems, 0)
+    listing = storage.listing(dataset_id)
+    problems += folder_problems(listing, record)
+    damaged = {problem.split(":", 1)[0] for problem in problems}
+    entries = [entry for entry in record["files"] if entry["name"] not in damaged]
+    with ThreadPoolExecutor(max_workers=min(CHECK_THREADS, max(1, len(entries)))) as pool:
+        for found in pool.map(lambda entry: _part_problems(storage, dataset_id, entry, record), entries):
+            problems += found
+    if deep and not problems:
+        return _deep(storage, dataset_id, record)
+    return InspectReport(storage.location(dataset_id), record, problems, 0)
 
 
-def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict) -> list[str]:
-    columns = ["sample_id", "seed", "z"] + (["label"] if record["labels"] else [])
-    table = parquet.read(columns=columns)
-    rows = entry["rows"]
-    pick = np.unique(np.linspace(0, rows - 1, min(rows, DEEP_ROWS_PER_FILE)).astype(np.int64))
-    ids = table.column("sample_id").to_numpy()
-    problems = []
-    expected_ids = np.arange(entry["first_sample_id"], entry["first_sample_id"] + rows)
-    if not np.array_equal(ids, expected_ids):
-        problems.append(f"{entry['name']}: sample ids are not the contiguous range starting at {entry['first_sample_id']}")
+# ---------------------------------------------------------------- the manifest on its own
+
+REQUIRED = {"format": str, "dataset_id": str, "n": int, "rows_per_shard": int, "dataset_seed": int, "dtype": str,
+            "latent_dim": int, "sample_shape": list, "spec": dict, "spec_fingerprint": str, "model": dict,
+            "checksum_algorithm": str, "files": list, "lineage": dict, "timings": dict}
+FILE_FIELDS = {"name": str, "first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str}
+
+
+def manifest_problems(record: dict[str, Any]) -> list[str]:
+    """What makes a manifest unusable or inconsistent: its files must be exactly the shards its n makes."""
+    problems = [f"manifest: field {key!r} is missing or not a {kind.__name__}"
+                for key, kind in REQUIRED.items() if not isinstance(record.get(key), kind)]
+    if problems:
         return problems
-    seeds = row_seeds(record["dataset_seed"], ids[pick])
-    z = np.stack(table.column("z").take(pick).to_numpy(zero_copy_only=False))
-    if not np.array_equal(table.column("seed").to_numpy()[pick], seeds):
-        problems.append(f"{entry['name']}: seeds differ from {record['seed_scheme']}")
-    if not np.array_equal(z, sampling.draw(record["dataset_seed"], ids[pick], record["latent_dim"])[1]):
-        problems.append(f"{entry['name']}: z differs from {record['seed_scheme']}")
-    if record["labels"]:
-        spec = record["spec"]
-        labels = sampling.labels_for(spec["label_policy"], ids[pick], seeds, spec["latent_dim"],
-                                     tuple(spec["label_classes"]), tuple(spec["class_prior"]))
-        if not np.array_equal(table.column("label").to_numpy()[pick], labels):
-            problems.append(f"{entry['name']}: labels differ from contract 1b")
+    files = record["files"]
+    for index, entry in enumerate(files):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(key), kind) for key, kind in FILE_FIELDS.items()):
+            return [f"manifest: files[{index}] lacks one of {', '.join(FILE_FIELDS)}"]
+    if record["checksum_algorithm"] != CHECKSUM:
+        problems.append(f"manifest: checksum algorithm {record['checksum_algorithm']!r}, this vaegen verifies {CHECKSUM}")
+    if record["format"] == FORMAT:  # older formats' specs fingerprint differently; their parts are checked all the same
+        try:
+            spec = spec_from_record(record, record["dataset_id"])
+        except UsageError as error:
+            return [f"manifest: {error}"]
+        top_level = {"n": spec.n, "rows_per_shard": spec.rows_per_shard, "dataset_seed": spec.seed, "dtype": spec.dtype,
+                     "latent_dim": spec.latent_dim, "sample_shape": list(spec.sample_shape)}
+        problems += [f"manifest: {key} = {record[key]!r} but its spec says {value!r}"
+                     for key, value in top_level.items() if record[key] != value]
+    n, rows_per_shard = record["n"], record["rows_per_shard"]
+    if n < 1 or rows_per_shard < 1:
+        return problems + [f"manifest: n = {n} and rows_per_shard = {rows_per_shard} must be positive"]
+    listed_rows = sum(entry["rows"] for entry in files)
+    if listed_rows != n:
+        problems.append(f"manifest: n = {n:,} but its files hold {listed_rows:,} rows")
+    expected = [part_name(shard) for shard in range(math.ceil(n / rows_per_shard))]
+    names = [entry["name"] for entry in files]
+    if names != expected:
+        absent = sorted(set(expected) - set(names))
+        extra = sorted(set(names) - set(expected))
+        problems.append(f"manifest: files[] must list {expected[0]}..{expected[-1]} ({len(expected):,} parts for "
+                        f"n = {n:,} at {rows_per_shard:,} rows per part) in order"
+                        + (f"; missing {', '.join(absent[:5])}" if absent else "")
+                        + (f"; not expected {', '.join(extra[:5])}" if extra else ""))
+        return problems
+    for shard, entry in enumerate(files):
+        first, stop = shard * rows_per_shard, min((shard + 1) * rows_per_shard, n)
+        if (entry["first_sample_id"], entry["rows"]) != (first, stop - first):
+            problems.append(f"{entry['name']}: manifest says ids {entry['first_sample_id']:,} + {entry['rows']:,} rows, "
+                            f"shard {shard} holds ids {first:,}..{stop - 1:,}")
     return problems
+
+
+def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> list[str]:
+    """The folder against the manifest from one listing: every part present with its size, nothing else there."""
+    problems = []
+    for entry in record["files"]:
+        size = listing.get(entry["name"], -1)
+        if size == -1:
+            problems.append(f"{entry['name']}: missing")
+        elif size != entry["size_bytes"]:
+            problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['size_bytes']}")
+    allowed = {MANIFEST, CARD, *(entry["name"] for entry in record["files"])}
+    for name in sorted(set(listing) - allowed):
+        kind = "folder" if listing[name] is None else "file"
+        seen = "" if name.startswith((".", "_")) else ": readers would take it for part of the dataset"
+        problems.append(f"{name}: unexpected {kind}, not in the manifest{seen}")
+    return problems
+
+
+# ---------------------------------------------------------------- each part: bytes and footer
+
+
+def _part_problems(storage: Storage, dataset_id: str, entry: dict, record: dict) -> list[str]:
+    name = entry["name"]
+    if storage.checksum(dataset_id, name) != entry["checksum"]:
+        return [f"{name}: checksum mismatch"]
+    try:
+        with storage.fs.open_input_file(storage.path(dataset_id, name)) as handle:
+            metadata = pq.read_metadata(handle)
+    except (OSError, pa.ArrowException) as error:
+        return [f"{name}: unreadable Parquet ({error})"]
+    if metadata.num_rows != entry["rows"]:
+        return [f"{name}: {metadata.num_rows} rows, manifest says {entry['rows']}"]
+    fingerprint = (metadata.metadata or {}).get(b"vaegen.spec_fingerprint")
+    if fingerprint is not None and fingerprint.decode() != record["spec_fingerprint"]:
+        return [f"{name}: written for spec {fingerprint.decode()}, the manifest is for {record['spec_fingerprint']}"]
+    low, high = _id_range(metadata)
+    first, last = entry["first_sample_id"], entry["first_sample_id"] + entry["rows"] - 1
+    if low is not None and (low, high) != (first, last):
+        return [f"{name}: holds sample ids {low:,}..{high:,}, manifest says {first:,}..{last:,}"]
+    return []
+
+
+def _id_range(metadata: pq.FileMetaData) -> tuple[int | None, int | None]:
+    """(min, max) sample_id from the footer's statistics, (None, None) where a writer left them out."""
+    column = metadata.schema.names.index("sample_id") if "sample_id" in metadata.schema.names else None
+    if column is None or metadata.num_row_groups == 0:
+        return None, None
+    lows, highs = [], []
+    for group in range(metadata.num_row_groups):
+        statistics = metadata.row_group(group).column(column).statistics
+        if statistics is None or not statistics.has_min_max:
+            return None, None
+        lows.append(statistics.min)
+        highs.append(statistics.max)
+    return min(lows), max(highs)
+
+
+# ---------------------------------------------------------------- --deep: re-derive and re-decode
+
+
+def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
+    import torch
+
+    spec = _spec_of(record)
+    predictor, tolerance = _registered_predictor(record, spec)
+    notes = () if tolerance is None else (f"made on CUDA, re-decoded on this CPU: x compared within {tolerance} "
+                                          "(CPU and CUDA kernels differ in the last bits)",)
+    problems, derived, decoded = [], 0, 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as CPU workers decode: the same kernels, so the same bits
+    try:
+        for entry in record["files"]:
+            with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
+                found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance)
+            problems += found
+            derived += entry["rows"]
+            decoded += rows_decoded
+    finally:
+        torch.set_num_threads(threads)
+    return InspectReport(storage.location(dataset_id), record, problems, derived, decoded, notes)
+
+
+def _spec_of(record: dict) -> DatasetSpec:
+    """The spec of any format's manifest (an older format's spec has the same fields that decide x)."""
+    fields = {field.name for field in dataclasses.fields(DatasetSpec)}
+    values = {key: value for key, value in record["spec"].items() if key in fields}
+    for key in ("sample_shape", "label_classes", "class_prior"):
+        values[key] = tuple(values.get(key, ()))
+    return DatasetSpec(**values)
+
+
+def _registered_predictor(record: dict, spec: DatasetSpec) -> tuple[Any, float | None]:
+    """The job's own Predictor around the decoder the manifest pins, loaded without pickle, on the device
+    that made the dataset where this machine has one; and the tolerance for x (None: bit for bit)."""
+    import torch
+
+    from jobs.generate.predictor import Predictor
+    from registry import models, tracking
+
+    model = record["model"]
+    reference = f"{model['name']}/{model['version']}"
+    try:
+        tracking.ensure_reachable()
+        pinned = models.resolve(reference)
+    except VaegenError as error:
+        raise VaegenError(f"inspect --deep re-decodes x with {reference} from the registry: {error}") from None
+    if pinned.run_id != model["run_id"]:
+        raise VaegenError(f"inspect --deep: {reference} in this registry ({tracking.shown_uri()}) comes from run "
+                          f"{pinned.run_id}, this dataset from run {model['run_id']}; point MLFLOW_TRACKING_URI at "
+                          "the registry that made the dataset")
+    loaded = models.load_decoder(pinned)
+    made_on_cuda = record.get("execution", {}).get("device") == "cuda"
+    device = "cuda" if made_on_cuda and torch.cuda.is_available() else "cpu"
+    tolerance = X_TOLERANCE[spec.dtype] if made_on_cuda and device == "cpu" else None
+    return Predictor(spec, loaded.config.to_dict(), loaded.state, device), tolerance
+
+
+def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: DatasetSpec, predictor: Any,
+                tolerance: float | None) -> tuple[list[str], int]:
+    from vae_core import sampling
+
+    name, first, rows = entry["name"], entry["first_sample_id"], entry["rows"]
+    columns = ["sample_id", "seed", "z"] + (["label"] if spec.label_policy is not None else [])
+    table = parquet.read(columns=columns)
+    ids = table.column("sample_id").to_numpy()
+    if not np.array_equal(ids, np.arange(first, first + rows)):
+        return [f"{name}: sample ids are not the contiguous range starting at {first}"], 0
+    seeds, z = sampling.draw(spec.seed, ids, spec.latent_dim)
+    stored_seeds = table.column("seed").to_numpy()
+    if not np.array_equal(stored_seeds, seeds):
+        return [f"{name}: row {_first_difference(stored_seeds, seeds)}: seed differs from {record['seed_scheme']}"], 0
+    stored_z = table.column("z").combine_chunks().flatten().to_numpy().reshape(rows, spec.latent_dim)
+    if not np.array_equal(stored_z, z):
+        return [f"{name}: row {_first_difference(stored_z, z)}: z differs from {record['seed_scheme']}"], 0
+    if spec.label_policy is not None:
+        labels = sampling.labels_for(spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior)
+        stored_labels = table.column("label").to_numpy()
+        if not np.array_equal(stored_labels, labels):
+            return [f"{name}: row {_first_difference(stored_labels, labels)}: label differs from contract 1b"], 0
+    decoded = 0
+    for block_start, block_stop in _deep_blocks(first, first + rows, spec.block_rows):
+        block = predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})  # whole block: same bits
+        low, high = max(first, block_start), min(first + rows, block_stop)
+        expected = block["x"][low - block_start: high - block_start].reshape(high - low, -1)
+        stored = _x_rows(parquet, low - first, high - first, spec)
+        mismatch = _x_mismatch(stored, expected, tolerance)
+        if mismatch is not None:
+            return [f"{name}: row {low - first + mismatch} (sample id {low + mismatch}): x differs from what "
+                    f"{record['model']['name']}/{record['model']['version']} decodes"], decoded
+        decoded += high - low
+    return [], decoded
+
+
+def _deep_blocks(start: int, stop: int, block_rows: int) -> list[tuple[int, int]]:
+    """The first, middle and last of the decode blocks (vae_core.sampling's grid) that cover [start, stop)."""
+    from vae_core.sampling import block_ranges
+
+    blocks = block_ranges(start, stop, block_rows)
+    picks = sorted({0, len(blocks) // 2, len(blocks) - 1})[:DEEP_BLOCKS_PER_PART]
+    return [blocks[index] for index in picks]
+
+
+def _x_rows(parquet: pq.ParquetFile, low: int, high: int, spec: DatasetSpec) -> np.ndarray:
+    """Rows [low, high) of the part's x as (rows, values) in the dataset's dtype, reading only the row groups needed."""
+    groups, offset, skip = [], 0, None
+    for group in range(parquet.metadata.num_row_groups):
+        count = parquet.metadata.row_group(group).num_rows
+        if offset < high and offset + count > low:
+            groups.append(group)
+            skip = offset if skip is None else skip
+        offset += count
+    column = parquet.read_row_groups(groups, columns=["x"]).column("x").combine_chunks()
+    values = _flat_values(column, spec.dtype).reshape(len(column), -1)
+    return values[low - skip: high - skip]
+
+
+def _flat_values(array: pa.Array, dtype: str) -> np.ndarray:
+    """The values of x whatever its Arrow layout: a tensor extension, (nested) fixed-size lists, or binary rows."""
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    while pa.types.is_fixed_size_list(array.type) or pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        array = array.flatten()
+    if pa.types.is_fixed_size_binary(array.type):  # --layout binary: raw C-ordered rows
+        width = array.type.byte_width
+        return np.frombuffer(array.buffers()[1], dtype=np.uint8)[array.offset * width:(array.offset + len(array)) * width].view(dtype)
+    return array.to_numpy(zero_copy_only=False).astype(np.dtype(dtype), copy=False)
+
+
+def _x_mismatch(stored: np.ndarray, expected: np.ndarray, tolerance: float | None) -> int | None:
+    """The first row where x differs (bit for bit, or beyond `tolerance` for CUDA bits), None if none."""
+    if stored.shape != expected.shape or stored.dtype != expected.dtype:
+        return 0
+    if tolerance is None:
+        difference = stored.view(np.uint8).reshape(len(stored), -1) != expected.view(np.uint8).reshape(len(expected), -1)
+    else:
+        difference = np.abs(stored.astype(np.float64) - expected.astype(np.float64)) > tolerance
+    rows = np.flatnonzero(difference.any(axis=1))
+    return int(rows[0]) if len(rows) else None
+
+
+def _first_difference(stored: np.ndarray, expected: np.ndarray) -> int:
+    differing = stored != expected
+    rows = np.flatnonzero(differing.reshape(len(differing), -1).any(axis=1))
+    return int(rows[0]) if len(rows) else 0

@@ -9,11 +9,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jobs.generate import engine, manifest
+from jobs.generate import engine, inspect, manifest
 from jobs.generate.engine import EngineOptions
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.predictor import NonFiniteOutput, Predictor
-from jobs.generate.spec import FORMAT, DatasetSpec
+from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, storage_from_env
 from jobs.progress import Progress
 from registry import lineage, models, tracking
@@ -44,6 +44,7 @@ class GenerateConfig:
     engine: EngineOptions = EngineOptions()
     overwrite: bool = False  # replace a committed dataset with the same id
     resume: str | None = None  # a dataset id under --out, or the dataset's own path/URI
+    redact_provenance: bool = False  # leave users, hosts and locations out of the manifest: for datasets to publish
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,8 @@ def generate(
         if record["format"] != FORMAT:
             raise UsageError(f"--resume {config.resume}: started by another vaegen version (format {record['format']}, "
                              f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume")
-        pinned, spec, seed_was_random = PinnedModel(**record["model"]), _spec_from_record(record), False
+        spec = spec_from_record(record, resume_id)  # refused unless it names exactly this folder and its model
+        pinned, seed_was_random = PinnedModel(**record["model"]), False
         if config.n is not None and config.n != spec.n:
             raise UsageError(f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
                              "drop --n to resume it as it is")
@@ -82,18 +84,27 @@ def generate(
     log(f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
         + (" (random: pass --seed to reproduce)" if seed_was_random else ""))
     storage.check_writable()
+    with storage.writer_guard(dataset_id):  # one writer per dataset: a second run is refused, naming this one
+        return _write(config, storage, spec, pinned, seed_was_random, log, on_workers)
 
+
+def _write(config: GenerateConfig, storage: Storage, spec: DatasetSpec, pinned: PinnedModel, seed_was_random: bool,
+           log: Callable[[str], None], on_workers: Callable[[list[Any]], None] | None) -> GenerateResult:
+    dataset_id = spec.dataset_id
+    if config.overwrite:  # before parsing anything there: a corrupt manifest is what --overwrite repairs
+        lineage.end_stale_run(manifest.recorded_run_id(storage, dataset_id))
+        storage.delete_dir(dataset_id)
     committed = storage.read_json(dataset_id, manifest.MANIFEST)
-    if committed is not None and not config.overwrite:
+    if committed is not None:
+        inspect.ensure_intact(storage, dataset_id, committed)  # one listing: a damaged dataset is never "up to date"
         if committed["spec_fingerprint"] != spec.fingerprint():
             raise UsageError(
                 f"dataset {storage.location(dataset_id)} is committed with other options "
                 f"(fingerprint {committed['spec_fingerprint']}, this run {spec.fingerprint()}); "
                 "use the same options, another --out, or --overwrite"
             )
+        manifest.check_provenance(committed, config.redact_provenance, storage.location(dataset_id))
         return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", committed, seed_was_random)
-    if config.overwrite:
-        storage.delete_dir(dataset_id)
     in_progress = storage.read_json(dataset_id, manifest.PROGRESS)
     if in_progress is not None and in_progress["spec_fingerprint"] != spec.fingerprint():
         raise UsageError(
@@ -101,8 +112,11 @@ def generate(
             f"rerun with its options (`--resume {dataset_id}`) or pass --overwrite"
         )
     fresh = in_progress is None
+    if not fresh:  # its job was killed (we hold the writer guard): its run would say RUNNING forever
+        lineage.end_stale_run(in_progress.get("run_id"))
+    storage.check_free_space(dataset_id, spec.estimated_bytes)
     engine.connect()
-    placement = engine.plan_placement(config.engine, spec.num_shards, storage)
+    placement = engine.plan_placement(config.engine, spec.num_shards, storage, log)
     model_record = dataclasses.asdict(pinned)
     params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
               "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
@@ -121,21 +135,20 @@ def generate(
                 on_workers(pool.workers)
             loaded = models.load_decoder(pinned)  # the weights, read once, here on the driver
             _probe(spec, loaded)
-            if fresh:
-                storage.write_json(manifest.progress_record(spec, model_record), dataset_id, manifest.PROGRESS)
             log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
                 f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
             with lineage.job_run(lineage.DATASETS_EXPERIMENT, dataset_id, params,
                                  tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run:
+                storage.write_json(manifest.progress_record(spec, model_record, run.run_id), dataset_id, manifest.PROGRESS)
                 parts = pool.run(spec, loaded.config.to_dict(), loaded.state, list(range(spec.num_shards)), on_part)
                 seconds = time.perf_counter() - started
                 record = manifest.build(
                     spec, model_record, parts,
                     timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
                              "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
-                    lineage={"tracking_uri": tracking.tracking_uri(), "run_id": run.run_id, "experiment": lineage.DATASETS_EXPERIMENT},
+                    lineage={"tracking_uri": tracking.shown_uri(), "run_id": run.run_id, "experiment": lineage.DATASETS_EXPERIMENT},
                     execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
-                    label_counts=label_counts(spec),
+                    label_counts=label_counts(spec), redact_provenance=config.redact_provenance,
                 )
                 storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
                 _cleanup(storage, dataset_id)
@@ -186,13 +199,6 @@ def parse_labels(text: str, num_classes: int) -> tuple[str, tuple[int, ...]]:
     if not classes or classes[0] < 0 or classes[-1] >= num_classes:
         raise UsageError(f"--labels must be balanced, prior or classes in 0..{num_classes - 1} like 3,5; got {text!r}")
     return "balanced", classes
-
-
-def _spec_from_record(record: dict[str, Any]) -> DatasetSpec:
-    fields = {key: value for key, value in record["spec"].items() if key not in ("format", "seed_scheme")}
-    for key in ("sample_shape", "label_classes", "class_prior"):
-        fields[key] = tuple(fields[key])
-    return DatasetSpec(**fields)
 
 
 def _probe(spec: DatasetSpec, loaded: LoadedDecoder) -> None:

@@ -1,4 +1,10 @@
-"""What a dataset is: the frozen config that determines its bytes, its id, and its shards."""
+"""What a dataset is: the frozen config that determines its bytes, its id, and its shards.
+
+A spec is validated where it is built, from the command line or from a record on disk
+(`--resume`): its id becomes a folder name, so the model name must be a plain name, and its
+plan must be bounded (ids fit int64, part names fit their 5 digits, a part fits one S3 copy,
+a decode block fits in memory).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 from vae_core.errors import UsageError
@@ -15,6 +22,15 @@ FORMAT = "vaegen-dataset/2"  # bump when the bytes of a part change for the same
 DTYPES = ("float32", "float16", "uint8")
 LAYOUTS = ("tensor", "binary")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
+
+# A model name becomes the first part of a folder name: letters, digits and . _ + - only, not
+# starting with . or _ (readers skip those), short enough for any filesystem's 255-byte names.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+MAX_N = 2**63 - 1  # sample ids are int64
+MAX_SHARDS = 100_000  # part-<k, 5 digits>.parquet: more would no longer sort by name (contract 2)
+MAX_PART_BYTES = 4 << 30  # a part is committed by one S3 server-side copy, which stops at 5 GB
+DEFAULT_BLOCK_ROWS = 4_096  # the default decode grid (GenerateConfig.batch_size)
+MAX_BLOCK_BYTES = 1 << 30  # decoded float32 x of one block; a worker holds about three blocks at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +55,19 @@ class DatasetSpec:
     class_prior: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("model_version", "n", "seed", "latent_dim", "rows_per_shard", "block_rows", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UsageError(f"{name} must be an integer, got {value!r}")
+        if not isinstance(self.model_name, str) or not MODEL_NAME.fullmatch(self.model_name):
+            raise UsageError(f"model name {self.model_name!r} cannot name a dataset folder: use letters, digits and "
+                             ". _ + -, starting with a letter or digit, at most 128 characters; register the model under such a name")
+        if self.model_version < 1:
+            raise UsageError(f"model version must be a positive integer, got {self.model_version}")
         if self.n < 1:
             raise UsageError(f"--n must be a positive integer, got {self.n}")
+        if self.n > MAX_N:
+            raise UsageError(f"--n must be at most 2**63 - 1 = {MAX_N:,} (sample ids are int64), got {self.n:,}")
         if self.rows_per_shard < 1:
             raise UsageError(f"--rows-per-shard must be a positive integer, got {self.rows_per_shard}")
         if self.block_rows < 1:
@@ -53,6 +80,43 @@ class DatasetSpec:
             raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.compression not in COMPRESSIONS:
             raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if not self.sample_shape or not all(isinstance(size, int) and size >= 1 for size in self.sample_shape) \
+                or self.latent_dim < 1:
+            raise UsageError(f"sample shape {self.sample_shape} / latent_dim {self.latent_dim} are not a decoder's")
+        self._check_plan()
+
+    def _check_plan(self) -> None:
+        """Bounds that keep a plan runnable: every limit names the option that reaches it."""
+        max_rows_per_shard = max(1, MAX_PART_BYTES // self.row_bytes)
+        if self.rows_per_shard > max_rows_per_shard:
+            raise UsageError(f"--rows-per-shard {self.rows_per_shard:,} makes parts of about "
+                             f"{self.rows_per_shard * self.row_bytes / 2**30:,.1f} GiB; the most is {MAX_PART_BYTES >> 30} GiB "
+                             f"(one S3 copy commits a part): use at most {max_rows_per_shard:,}")
+        if self.num_shards > MAX_SHARDS:
+            most = MAX_SHARDS * self.rows_per_shard
+            raise UsageError(f"--n {self.n:,} at --rows-per-shard {self.rows_per_shard:,} makes {self.num_shards:,} part "
+                             f"files, more than {MAX_SHARDS:,} (part names have 5 digits); raise --rows-per-shard "
+                             f"(at most {max_rows_per_shard:,} here) or lower --n (at most {most:,} at this shard size); "
+                             f"this one would be about {self.estimated_bytes / 1e12:,.1f} TB")
+        most_block_rows = max(self.rows_per_shard, DEFAULT_BLOCK_ROWS)
+        if self.block_rows > most_block_rows:
+            raise UsageError(f"--batch-size {self.block_rows:,} is larger than a shard (--rows-per-shard "
+                             f"{self.rows_per_shard:,}): each shard would decode rows it never writes; use at most {most_block_rows:,}")
+        block_bytes = self.block_rows * math.prod(self.sample_shape) * 4
+        if block_bytes > MAX_BLOCK_BYTES:
+            raise UsageError(f"--batch-size {self.block_rows:,} decodes {block_bytes / 2**30:,.1f} GiB per block; the most is "
+                             f"{MAX_BLOCK_BYTES >> 30} GiB: use at most {MAX_BLOCK_BYTES // (math.prod(self.sample_shape) * 4):,}")
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row before compression: x in its dtype, z, seed, id and label."""
+        x_bytes = math.prod(self.sample_shape) * {"float32": 4, "float16": 2, "uint8": 1}[self.dtype]
+        return x_bytes + 4 * self.latent_dim + 8 + 8 + (2 if self.label_policy is not None else 0)
+
+    @property
+    def estimated_bytes(self) -> int:
+        """The dataset's size before compression: about its size on disk, a little more (measured: float32 x 0.76x, uint8 0.83x)."""
+        return self.n * self.row_bytes
 
     @property
     def num_shards(self) -> int:
@@ -82,6 +146,32 @@ class DatasetSpec:
     def fingerprint(self) -> str:
         """A digest of every field: a resume or a rerun must match it exactly."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def spec_from_record(record: dict[str, Any], dataset_id: str) -> DatasetSpec:
+    """The spec that a `_progress.json` (or manifest) in folder `dataset_id` describes, validated like
+    one built from the command line, and refused unless it names exactly that folder and its model."""
+    where = f"the record in {dataset_id!r}"
+    try:
+        fields = {key: value for key, value in record["spec"].items() if key not in ("format", "seed_scheme")}
+        for key in ("sample_shape", "label_classes", "class_prior"):
+            fields[key] = tuple(fields[key])
+        spec = DatasetSpec(**fields)
+        model = record["model"]
+        recorded_id, fingerprint = record["dataset_id"], record["spec_fingerprint"]
+        model_matches = model["name"] == spec.model_name and model["version"] == spec.model_version
+    except (KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"{where} is not a vaegen dataset record ({type(error).__name__}: {error}); "
+                         "generate the dataset anew instead of resuming it") from None
+    except UsageError as error:
+        raise UsageError(f"{where} is refused: {error}") from None
+    if spec.dataset_id != dataset_id or recorded_id != dataset_id:
+        raise UsageError(f"{where} describes dataset {spec.dataset_id!r}, not {dataset_id!r}; a dataset is resumed "
+                         "only in the folder named by its id")
+    if fingerprint != spec.fingerprint() or not model_matches:
+        raise UsageError(f"{where} is inconsistent (its spec, fingerprint and model disagree); "
+                         "generate the dataset anew instead of resuming it")
+    return spec
 
 
 def part_name(shard: int) -> str:

@@ -3,13 +3,23 @@
 Every file is written under a hidden temporary name and then moved to its final name: a rename
 on local disk, a server-side copy on object stores. Either way a reader sees a whole file or none.
 S3 credentials and endpoint come from the usual AWS_* variables (AWS_ENDPOINT_URL_S3 included).
+
+A local root is a path, never a URI: it goes to pyarrow's LocalFileSystem as it is, so `#`,
+`%41`, spaces and non-ASCII letters name exactly that directory. Every name joined under the
+root is one plain path component, so no computed path leaves its root. One writer per dataset
+at a time (`writer_guard`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import getpass
 import json
+import mmap
 import os
+import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +27,8 @@ from typing import Any, Iterator
 import pyarrow.fs as pafs
 import xxhash
 
-from vae_core.errors import UsageError
+from registry.redaction import has_credentials, has_scheme, redact_text, redact_uri
+from vae_core.errors import UsageError, VaegenError
 
 HASH_CHUNK_BYTES = 8 << 20  # 8 MiB reads when verifying checksums
 # Checksums of part files. sha256 (1.2 GB/s here) cost ~15% of a float32 job's CPU; xxh3-128
@@ -54,32 +65,75 @@ class HashingStream:
         return True
 
 
-def _is_uri(location: str) -> bool:
-    return "://" in location
+class CorruptRecord(VaegenError):
+    """A JSON record (manifest, progress, pointer) that exists but cannot be parsed."""
+
+
+class DatasetBusy(VaegenError):
+    """Another run holds a dataset's writer guard."""
+
+
+def check_name(name: str) -> str:
+    """One plain path component: joined under a root, it can only name something inside it."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or any(ord(character) < 32 for character in name)):
+        raise UsageError(f"{name!r} is not a plain file or folder name (no '/', '..', or control characters); "
+                         "a dataset id or file name can only name something inside its root")
+    return name
 
 
 class Storage:
     """A root folder (local path or URI) and the few operations the dataset protocol needs."""
 
     def __init__(self, root: str):
-        if "?" in root:
-            raise UsageError(f"output root {root!r} has a query string; give the bare URI and set the endpoint and "
-                             "credentials in AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-        self.uri = root if _is_uri(root) else str(Path(root).expanduser().resolve())
-        try:
-            self.fs, self.root = pafs.FileSystem.from_uri(self.uri if _is_uri(root) else "file://" + self.uri)
-        except Exception as error:  # pyarrow raises several types for unusable URIs
-            raise UsageError(f"output root {root!r} is not a usable location ({error}); use a local path or s3://bucket/prefix") from None
+        if has_scheme(root):
+            shown = redact_uri(root)
+            if has_credentials(root):
+                raise UsageError(f"output root {shown} carries credentials; give the bare URI and set "
+                                 "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL_S3) instead")
+            if "?" in root:
+                raise UsageError(f"output root {shown} has a query string; give the bare URI and set the endpoint and "
+                                 "credentials in AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+            self.uri = root
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(root)
+            except Exception as error:  # pyarrow raises several types for unusable URIs
+                raise UsageError(f"output root {shown} is not a usable location ({redact_text(str(error))}); "
+                                 "use a local path or s3://bucket/prefix") from None
+        else:  # a path, never parsed as a URI: '#', '%41', ' ' and 'é' are just characters
+            self.uri = self.root = str(Path(root).expanduser().resolve())
+            self.fs = pafs.LocalFileSystem()
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *names: str) -> str:
-        return "/".join([self.root.rstrip("/"), *names])
+        base = self.root.rstrip("/")
+        return "/".join([base, *map(check_name, names)]) if names else base or self.root
 
     def location(self, *names: str) -> str:
-        """A user-facing location: a local path, or the URI on object stores."""
+        """A user-facing location: a local path, or the URI (credentials never shown) on object stores."""
         if self.is_local:
             return self.path(*names)
-        return "/".join([self.uri.rstrip("/"), *names])
+        return redact_uri("/".join([self.uri.rstrip("/"), *map(check_name, names)]))
+
+    def free_bytes(self) -> int | None:
+        """Free space under a local root (its nearest existing ancestor); None on object stores."""
+        if not self.is_local:
+            return None
+        folder = Path(self.root)
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return shutil.disk_usage(folder).free
+
+    def check_free_space(self, dataset_id: str, needed_bytes: int) -> None:
+        """Refuse, before any work, a local dataset that cannot fit; its parts already written count as done."""
+        free = self.free_bytes()
+        if free is None:
+            return
+        written = sum(size for name, size in self.listing(dataset_id).items() if size is not None)
+        missing = needed_bytes - written
+        if missing > free:
+            raise UsageError(f"{self.location(dataset_id)} needs about {missing / 1e9:,.1f} GB more but its filesystem has "
+                             f"{free / 1e9:,.1f} GB free; free some space, choose another --out, or lower --n")
 
     def check_writable(self) -> None:
         """Fail early, before any work, if the root is a file or cannot be written."""
@@ -106,12 +160,30 @@ class Storage:
             return stream.read()
 
     def read_json(self, *names: str) -> dict | None:
+        """The parsed record, None if absent; unparsable (truncated, edited) is a one-line CorruptRecord."""
         if not self.exists(*names):
             return None
-        return json.loads(self.read_bytes(*names))
+        try:
+            record = json.loads(self.read_bytes(*names))
+        except (ValueError, UnicodeDecodeError) as error:
+            record, reason = None, f"not valid JSON ({' '.join(str(error).split())})"
+        else:
+            reason = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+        if reason is not None:
+            what = names[-1].removeprefix("_").removesuffix(".json")
+            raise CorruptRecord(f"corrupt {what} at {self.location(*names)}: {reason}; "
+                                "regenerate the dataset (generate --overwrite) or delete it")
+        return record
 
     def checksum(self, *names: str) -> str:
+        """CHECKSUM of a file's bytes; a local file is hashed from the page cache without copies."""
         digest = xxhash.xxh3_128()
+        if self.is_local:
+            with open(self.path(*names), "rb") as handle:
+                if os.fstat(handle.fileno()).st_size:
+                    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                        digest.update(mapped)
+            return digest.hexdigest()
         with self.fs.open_input_stream(self.path(*names)) as stream:
             while chunk := stream.read(HASH_CHUNK_BYTES):
                 digest.update(chunk)
@@ -119,8 +191,13 @@ class Storage:
 
     def list(self, *names: str) -> list[str]:
         """Base names directly under a folder; [] if it does not exist."""
+        return sorted(self.listing(*names))
+
+    def listing(self, *names: str) -> dict[str, int | None]:
+        """{base name: size in bytes, None for a folder} directly under a folder, in one call; {} if it does not exist."""
         selector = pafs.FileSelector(self.path(*names), allow_not_found=True)
-        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+        return {info.base_name: info.size if info.type == pafs.FileType.File else None
+                for info in self.fs.get_file_info(selector)}
 
     @contextlib.contextmanager
     def atomic_writer(self, *names: str) -> Iterator[HashingStream]:
@@ -151,6 +228,96 @@ class Storage:
         path = self.path(*names)
         if self.fs.get_file_info(path).type == pafs.FileType.Directory:
             self.fs.delete_dir(path)
+
+
+    @contextlib.contextmanager
+    def writer_guard(self, dataset_id: str) -> Iterator[None]:
+        """Hold `ROOT/.<dataset id>.lock` while writing a dataset: a second writer is refused, naming the holder.
+
+        Local roots use an flock, which the kernel drops when its process dies (kill -9 included),
+        so a dead holder never blocks. Object stores have no locks: a JSON record, written then
+        read back; a record whose process is gone from this host is taken over, one from another
+        host must be deleted by hand if its run died (the message names it).
+        """
+        name = f".{check_name(dataset_id)}.lock"
+        holder = {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
+                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "token": uuid.uuid4().hex}
+        self.fs.create_dir(self.root, recursive=True)
+        if self.is_local:
+            with _flocked(self.path(name), holder, lambda held: self._busy(dataset_id, name, held)):
+                yield
+            return
+        held = self._read_lock(name)
+        if held is not None and not (held.get("host") == holder["host"] and not _alive(held.get("pid"))):
+            raise self._busy(dataset_id, name, held)
+        self.write_json(holder, name)
+        if (self._read_lock(name) or {}).get("token") != holder["token"]:  # another writer won the race
+            raise self._busy(dataset_id, name, self._read_lock(name))
+        try:
+            yield
+        finally:
+            if (self._read_lock(name) or {}).get("token") == holder["token"]:
+                self.delete(name)
+
+    def _read_lock(self, name: str) -> dict | None:
+        try:
+            return self.read_json(name)
+        except CorruptRecord:  # half-written by a racing writer: held by someone unknown
+            return {}
+
+    def _busy(self, dataset_id: str, name: str, held: dict | None) -> DatasetBusy:
+        held = held or {}
+        who = (f"pid {held.get('pid', '?')} on {held.get('host', '?')}, user {held.get('user', '?')}, "
+               f"since {held.get('since', '?')}")
+        hint = "" if self.is_local else f"; if that run is dead, delete {self.location(name)}"
+        return DatasetBusy(f"dataset {self.location(dataset_id)} is being written by another vaegen run ({who}); "
+                           f"wait for it to finish and rerun (the dataset will then be committed){hint}")
+
+
+@contextlib.contextmanager
+def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
+    import fcntl
+
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                held = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
+            except ValueError:
+                held = {}
+            os.close(descriptor)
+            raise busy(held) from None
+        # The previous holder unlinks the file before unlocking it: if it did so between our
+        # open and our flock, we hold a lock on a file nobody else will open. Start again.
+        try:
+            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(descriptor)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(descriptor)
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def storage_from_env(out: str | None) -> Storage:
