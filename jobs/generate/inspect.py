@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from jobs.generate.manifest import MANIFEST, PROGRESS
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
-from jobs.generate.storage import CHECKSUM, Storage
+from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
 from vae_core.errors import UsageError, VaegenError
 
 CARD = "README.md"  # the dataset card beside the manifest (Hugging Face convention)
@@ -55,6 +55,9 @@ def open_committed(location: str) -> tuple[Storage, str, dict]:
     if record is None:
         state = "an unfinished dataset (rerun its generate command to resume)" if storage.exists(dataset_id, PROGRESS) else "no dataset"
         raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: it is {state}")
+    broken = structure_problems(record)
+    if broken:
+        raise CorruptRecord(f"corrupt manifest at {storage.location(dataset_id, MANIFEST)}: {'; '.join(broken[:3])}")
     return storage, dataset_id, record
 
 
@@ -96,16 +99,24 @@ REQUIRED = {"format": str, "dataset_id": str, "n": int, "rows_per_shard": int, "
 FILE_FIELDS = {"name": str, "first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str}
 
 
-def manifest_problems(record: dict[str, Any]) -> list[str]:
-    """What makes a manifest unusable or inconsistent: its files must be exactly the shards its n makes."""
-    problems = [f"manifest: field {key!r} is missing or not a {kind.__name__}"
+def structure_problems(record: dict[str, Any]) -> list[str]:
+    """Fields a manifest cannot do without, with their types."""
+    problems = [f"field {key!r} is missing or not a {kind.__name__}"
                 for key, kind in REQUIRED.items() if not isinstance(record.get(key), kind)]
     if problems:
         return problems
-    files = record["files"]
-    for index, entry in enumerate(files):
+    for index, entry in enumerate(record["files"]):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(key), kind) for key, kind in FILE_FIELDS.items()):
-            return [f"manifest: files[{index}] lacks one of {', '.join(FILE_FIELDS)}"]
+            return [f"files[{index}] lacks one of {', '.join(FILE_FIELDS)}"]
+    return []
+
+
+def manifest_problems(record: dict[str, Any]) -> list[str]:
+    """What makes a manifest unusable or inconsistent: its files must be exactly the shards its n makes."""
+    problems = [f"manifest: {problem}" for problem in structure_problems(record)]
+    if problems:
+        return problems
+    files = record["files"]
     if record["checksum_algorithm"] != CHECKSUM:
         problems.append(f"manifest: checksum algorithm {record['checksum_algorithm']!r}, this vaegen verifies {CHECKSUM}")
     if record["format"] == FORMAT:  # older formats' specs fingerprint differently; their parts are checked all the same
