@@ -29,7 +29,10 @@ from vae_core.errors import UsageError, VaegenError
 
 CARD = "README.md"  # the dataset card beside the manifest (Hugging Face convention)
 DEEP_BLOCKS_PER_PART = 3  # decode blocks re-decoded per part on --deep: its first, middle and last
-CHECK_THREADS = 4  # parts verified at once: overlaps one part's reads with another's hashing
+# Parts verified at once on object stores, where each read waits on the network. Local parts are
+# hashed straight from the page cache (mmap) and xxhash holds the GIL: threads only added
+# contention there (measured on 1M float32 rows, 16 parts: 0.55 s with one, 0.63-0.78 s with four).
+REMOTE_CHECK_THREADS = 4
 X_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "uint8": 1}  # only for CUDA-made datasets checked on a CPU
 
 
@@ -83,7 +86,8 @@ def inspect(location: str, deep: bool = False) -> InspectReport:
     problems += folder_problems(listing, record)
     damaged = {problem.split(":", 1)[0] for problem in problems}
     entries = [entry for entry in record["files"] if entry["name"] not in damaged]
-    with ThreadPoolExecutor(max_workers=min(CHECK_THREADS, max(1, len(entries)))) as pool:
+    threads = 1 if storage.is_local else min(REMOTE_CHECK_THREADS, max(1, len(entries)))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for found in pool.map(lambda entry: _part_problems(storage, dataset_id, entry, record), entries):
             problems += found
     if deep and not problems:
