@@ -354,7 +354,7 @@ def test_inspect_of_a_truncated_manifest_is_one_line(copy):
     path.write_text("[1, 2]")
     one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: a JSON list, not an object")
     path.write_text('{"n": 20000}')
-    one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: field 'format' is missing or not a str")
+    one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: field 'format' is missing or not a JSON string")
 
 
 @pytest.mark.slow

@@ -98,15 +98,23 @@ def inspect(location: str, deep: bool = False) -> InspectReport:
 # ---------------------------------------------------------------- the manifest on its own
 
 REQUIRED = {"format": str, "dataset_id": str, "n": int, "rows_per_shard": int, "dataset_seed": int, "dtype": str,
-            "latent_dim": int, "sample_shape": list, "spec": dict, "spec_fingerprint": str, "model": dict,
-            "checksum_algorithm": str, "files": list, "lineage": dict, "timings": dict}
+            "layout": str, "latent_dim": int, "sample_shape": list, "spec": dict, "spec_fingerprint": str, "model": dict,
+            "checksum_algorithm": str, "files": list, "total_bytes": int, "lineage": dict, "timings": dict}
+MODEL_FIELDS = {"name": str, "version": int, "run_id": str}
 FILE_FIELDS = {"name": str, "first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str}
+JSON_TYPES = {str: "string", int: "integer", list: "list", dict: "object"}
 
 
 def structure_problems(record: dict[str, Any]) -> list[str]:
     """Fields a manifest cannot do without, with their types."""
-    problems = [f"field {key!r} is missing or not a {kind.__name__}"
+    problems = [f"field {key!r} is missing or not a JSON {JSON_TYPES[kind]}"
                 for key, kind in REQUIRED.items() if not isinstance(record.get(key), kind)]
+    if problems:
+        return problems
+    if not isinstance(record.get("labels", ()), (dict, type(None))):
+        problems.append("field 'labels' is missing or not an object or null")
+    problems += [f"field 'model.{key}' is missing or not a JSON {JSON_TYPES[kind]}"
+                 for key, kind in MODEL_FIELDS.items() if not isinstance(record["model"].get(key), kind)]
     if problems:
         return problems
     for index, entry in enumerate(record["files"]):
