@@ -19,6 +19,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 import vae_core
+from registry.redaction import redact_uri
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
 from vae_core.model import Decoder
@@ -166,7 +167,7 @@ _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-zA-Z]+)(/.*)?$")
 
 
 def _unknown_model_error(name: str) -> UsageError:
-    return UsageError(f"model {name!r} is not registered at {mlflow.get_tracking_uri()}; run `vaegen models` to list models")
+    return UsageError(f"model {name!r} is not registered at {redact_uri(mlflow.get_tracking_uri())}; run `vaegen models` to list models")
 
 
 def resolve(reference: str) -> PinnedModel:
