@@ -16,6 +16,7 @@ import fnmatch
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from functools import lru_cache
@@ -532,6 +533,30 @@ def test_compose_mlflow_is_consistent_across_workers() -> None:
     assert _connections_per_replica(workers, env) + 10 <= POSTGRES_MAX_CONNECTIONS
     for key in MLFLOW_SHARED_KEYS:
         assert env[key] == f"${{{key}:?set {key} in deploy/.env}}", f"{key} must come from deploy/.env, required"
+
+
+def test_mlflow_flags_used_by_deploy_exist() -> None:
+    from click.testing import CliRunner
+    from mlflow.cli import cli
+
+    server_flags = {arg.split("=", 1)[0] for arg in one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]}
+    server_flags |= {word for word in " ".join(compose()["services"]["mlflow"]["command"]).split() if word.startswith("--")}
+    help_text = CliRunner().invoke(cli, ["server", "--help"]).output
+    missing = sorted(flag for flag in server_flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text))
+    assert not missing, f"`mlflow server` has no {missing}"
+    assert CliRunner().invoke(cli, ["db", "upgrade", "--help"]).exit_code == 0
+
+
+def test_the_runbooks_webhook_key_command_makes_a_key_mlflow_accepts() -> None:
+    from cryptography.fernet import Fernet
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed here; the runbook's command needs it")
+    command = "openssl rand -base64 32 | tr '+/' '-_'"
+    assert command in RUNBOOK.read_text() and command in ENV_EXAMPLE.read_text()
+    for _ in range(20):  # random bytes: '+' and '/' turn up in most keys
+        key = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        Fernet(key.encode())  # what MLflow does with MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY at import
 
 
 def _configmap_env() -> dict[str, dict[str, str]]:
