@@ -33,6 +33,28 @@ DEFAULT_BLOCK_ROWS = 4_096  # the default decode grid (GenerateConfig.batch_size
 MAX_BLOCK_BYTES = 1 << 30  # decoded float32 x of one block; a worker holds about three blocks at a time
 
 
+def check_sizes(n: int | None, rows_per_shard: int, block_rows: int) -> None:
+    """The size options of a dataset, checked in one place: by the CLI before anything heavy, and by every spec.
+    Bounds that depend on the model's sample shape are the spec's (DatasetSpec._check_plan)."""
+    if n is not None and n < 1:
+        raise UsageError(f"--n must be a positive integer, got {n}")
+    if n is not None and n > MAX_N:
+        raise UsageError(f"--n must be at most 2**63 - 1 = {MAX_N:,} (sample ids are int64), got {n:,}")
+    if rows_per_shard < 1:
+        raise UsageError(f"--rows-per-shard must be a positive integer, got {rows_per_shard}")
+    if block_rows < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {block_rows}")
+    shards = -(-n // rows_per_shard) if n is not None else 0
+    if shards > MAX_SHARDS:
+        raise UsageError(f"--n {n:,} at --rows-per-shard {rows_per_shard:,} makes {shards:,} part files, more than "
+                         f"{MAX_SHARDS:,} (part names have 5 digits); raise --rows-per-shard or lower --n "
+                         f"(at most {MAX_SHARDS * rows_per_shard:,} at this shard size)")
+    most_block_rows = max(rows_per_shard, DEFAULT_BLOCK_ROWS)
+    if block_rows > most_block_rows:
+        raise UsageError(f"--batch-size {block_rows:,} is larger than a shard (--rows-per-shard {rows_per_shard:,}): "
+                         f"each shard would decode rows it never writes; use at most {most_block_rows:,}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """Everything that decides a part file's bytes. Two runs with equal specs write equal files."""
@@ -64,14 +86,7 @@ class DatasetSpec:
                              ". _ + -, starting with a letter or digit, at most 128 characters; register the model under such a name")
         if self.model_version < 1:
             raise UsageError(f"model version must be a positive integer, got {self.model_version}")
-        if self.n < 1:
-            raise UsageError(f"--n must be a positive integer, got {self.n}")
-        if self.n > MAX_N:
-            raise UsageError(f"--n must be at most 2**63 - 1 = {MAX_N:,} (sample ids are int64), got {self.n:,}")
-        if self.rows_per_shard < 1:
-            raise UsageError(f"--rows-per-shard must be a positive integer, got {self.rows_per_shard}")
-        if self.block_rows < 1:
-            raise UsageError(f"--batch-size must be a positive integer, got {self.block_rows}")
+        check_sizes(self.n, self.rows_per_shard, self.block_rows)
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"--seed must lie in [0, 2**64), got {self.seed}")
         if self.dtype not in DTYPES:
@@ -92,16 +107,6 @@ class DatasetSpec:
             raise UsageError(f"--rows-per-shard {self.rows_per_shard:,} makes parts of about "
                              f"{self.rows_per_shard * self.row_bytes / 2**30:,.1f} GiB; the most is {MAX_PART_BYTES >> 30} GiB "
                              f"(one S3 copy commits a part): use at most {max_rows_per_shard:,}")
-        if self.num_shards > MAX_SHARDS:
-            most = MAX_SHARDS * self.rows_per_shard
-            raise UsageError(f"--n {self.n:,} at --rows-per-shard {self.rows_per_shard:,} makes {self.num_shards:,} part "
-                             f"files, more than {MAX_SHARDS:,} (part names have 5 digits); raise --rows-per-shard "
-                             f"(at most {max_rows_per_shard:,} here) or lower --n (at most {most:,} at this shard size); "
-                             f"this one would be about {self.estimated_bytes / 1e12:,.1f} TB")
-        most_block_rows = max(self.rows_per_shard, DEFAULT_BLOCK_ROWS)
-        if self.block_rows > most_block_rows:
-            raise UsageError(f"--batch-size {self.block_rows:,} is larger than a shard (--rows-per-shard "
-                             f"{self.rows_per_shard:,}): each shard would decode rows it never writes; use at most {most_block_rows:,}")
         block_bytes = self.block_rows * math.prod(self.sample_shape) * 4
         if block_bytes > MAX_BLOCK_BYTES:
             raise UsageError(f"--batch-size {self.block_rows:,} decodes {block_bytes / 2**30:,.1f} GiB per block; the most is "

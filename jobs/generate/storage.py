@@ -136,10 +136,12 @@ class Storage:
                              f"{free / 1e9:,.1f} GB free; free some space, choose another --out, or lower --n")
 
     def check_writable(self) -> None:
-        """Fail early, before any work, if the root is a file or cannot be written."""
+        """Fail early, before any work, if the root is a file or cannot be written; leave no trace either way
+        (local folders the probe had to create are removed again, if still empty: a failed run leaves none)."""
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.File:
             raise UsageError(f"output root {self.location()} is a file; point --out at a directory")
+        created = self._missing_local_folders()
         try:
             self.fs.create_dir(self.root, recursive=True)
             probe = self.path(f".vaegen-write-probe-{uuid.uuid4().hex}")
@@ -148,6 +150,20 @@ class Storage:
             self.fs.delete_file(probe)
         except OSError as error:
             raise UsageError(f"output root {self.location()} is not writable ({error}); fix its permissions or choose another --out") from None
+        finally:
+            for folder in reversed(created):  # deepest first; rmdir removes only empty folders, so never another run's
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+    def _missing_local_folders(self) -> list[Path]:
+        """The local root and those of its parents that do not exist yet, outermost first."""
+        if not self.is_local:
+            return []
+        missing, folder = [], Path(self.root)
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        return missing[::-1]
 
     def exists(self, *names: str) -> bool:
         return self.fs.get_file_info(self.path(*names)).type != pafs.FileType.NotFound
@@ -242,11 +258,22 @@ class Storage:
         name = f".{check_name(dataset_id)}.lock"
         holder = {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
                   "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "token": uuid.uuid4().hex}
+        created = self._missing_local_folders()
         self.fs.create_dir(self.root, recursive=True)
-        if self.is_local:
-            with _flocked(self.path(name), holder, lambda held: self._busy(dataset_id, name, held)):
-                yield
-            return
+        try:
+            if self.is_local:
+                with _flocked(self.path(name), holder, lambda held: self._busy(dataset_id, name, held)):
+                    yield
+            else:
+                with self._lock_record(dataset_id, name, holder):
+                    yield
+        finally:
+            for folder in reversed(created):  # as check_writable: a refused or failed run leaves no empty root
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+    @contextlib.contextmanager
+    def _lock_record(self, dataset_id: str, name: str, holder: dict) -> Iterator[None]:
         held = self._read_lock(name)
         if held is not None and not (held.get("host") == holder["host"] and not _alive(held.get("pid"))):
             raise self._busy(dataset_id, name, held)
@@ -322,8 +349,7 @@ def _alive(pid: Any) -> bool:
 
 def storage_from_env(out: str | None) -> Storage:
     """--out, else VAEGEN_OUTPUT; neither is a usage error naming both."""
-    root = out or os.environ.get("VAEGEN_OUTPUT")
-    if not root:
-        raise UsageError("no output root: pass --out DIR_OR_URI or set VAEGEN_OUTPUT")
-    return Storage(root)
+    from jobs.generate.config import output_root
+
+    return Storage(output_root(out))
 
