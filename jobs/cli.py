@@ -370,6 +370,7 @@ def inspect_command(dataset, deep) -> None:
       vaegen inspect s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f2 --deep
     """
     from jobs.generate.inspect import inspect
+    from registry.redaction import redact_uri
 
     report = inspect(dataset, deep=deep)
     record = report.manifest
