@@ -655,6 +655,7 @@ def test_refresh_into_a_root_with_a_hash_prunes_nothing_beside_it(trained_versio
     for name, finished in (("old-a", "2020-01-01T00:00:00+00:00"), ("old-b", "2020-01-02T00:00:00+00:00")):
         (victim / name).mkdir(parents=True)
         (victim / name / manifest.MANIFEST).write_text(json.dumps({"timings": {"finished_at": finished}}))
+    (tmp_path / "victim#x").mkdir()  # refresh's lock needs its root to exist (main's check_writable no longer leaves it)
     before = everything_under(victim)
     result = refresh(RefreshConfig(generate=config(str(tmp_path / "victim#x"), n=2_000, rows_per_shard=1_000,
                                                    model="vae-decoder@champion"), keep=1))
