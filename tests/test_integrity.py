@@ -105,7 +105,8 @@ def everything_under(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """A local Ray with 2 CPUs and a private HOME / temp dir, stopped by tag (tests/ray_cluster.py)."""
+    """A local Ray with 2 CPUs and a private HOME / temp dir, stopped by tag (tests/ray_cluster.py). Also for
+    refusals: `generate` joins (or starts) Ray while the registry thread plans, so a refusal comes after that."""
     env = make_ray_env()
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.variables().items():
@@ -243,7 +244,7 @@ def progress_of(trained_version, root: Path, folder: str, **spec_changes: Any) -
     return directory
 
 
-def test_resume_of_a_record_whose_model_name_escapes_the_root_is_refused(trained_version, tmp_path):
+def test_resume_of_a_record_whose_model_name_escapes_the_root_is_refused(trained_version, local_ray, tmp_path):
     root = tmp_path / "ROOT"
     progress_of(trained_version, root, "fake", model_name="../../escaped")
     before = everything_under(tmp_path)
@@ -253,7 +254,7 @@ def test_resume_of_a_record_whose_model_name_escapes_the_root_is_refused(trained
     assert not list(tmp_path.parent.glob("**/escaped*"))
 
 
-def test_resume_of_a_record_copied_into_another_folder_is_refused(trained_version, tmp_path):
+def test_resume_of_a_record_copied_into_another_folder_is_refused(trained_version, local_ray, tmp_path):
     root = tmp_path / "ROOT"
     progress_of(trained_version, root, "fake")
     result = invoke("generate", "--resume", str(root / "fake"))

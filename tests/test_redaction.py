@@ -80,7 +80,7 @@ def test_generate_records_and_prints_no_credentials(alice, local_ray, mlflow_ser
 
 
 @pytest.mark.slow
-def test_an_unknown_model_error_shows_no_password(alice, tmp_path):
+def test_an_unknown_model_error_shows_no_password(alice, local_ray, tmp_path):
     result = invoke("generate", "--model", "no-such-model/1", "--n", "10", "--out", str(tmp_path))
     assert result.exit_code == 2, result.output
     assert "is not registered at http://***@127.0.0.1" in result.stderr
