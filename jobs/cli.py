@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -338,15 +339,19 @@ def _console(command: click.Command) -> Callable[[], None]:
 
 
 def _exit(code: int) -> None:
-    """Exit now. Where this process started or joined Ray, skip Ray's graceful shutdown (seconds for a local
-    cluster): everything is committed before the last line is printed, so kill the local Ray it started, flush
-    and leave; the cluster reclaims a departed driver's actors by itself."""
+    """Leave as soon as the last line is out. Python's own teardown of what a command imported (mlflow,
+    SQLAlchemy, pyarrow, pandas) takes a second or more, and a local Ray's graceful stop several; but
+    everything a command writes is written and closed before it returns. So: stop the local Ray this
+    process started, end an MLflow run still open, flush, and exit."""
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        sys.exit(code)
-    from jobs.generate import engine
+    if ray is not None and ray.is_initialized():
+        from jobs.generate import engine
 
-    engine.stop_local_ray()
+        engine.stop_local_ray()
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        mlflow.end_run("FINISHED" if code == EXIT_OK else "FAILED")
+    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
