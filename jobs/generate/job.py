@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jobs.generate import engine, manifest
+from jobs.generate import card, engine, manifest
 from jobs.generate.engine import EngineOptions
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.predictor import NonFiniteOutput, Predictor
@@ -137,6 +137,7 @@ def generate(
                     execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
                     label_counts=label_counts(spec),
                 )
+                card.write(storage, dataset_id, record, card.from_version_tags(loaded.tags))  # before the commit
                 storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
                 _cleanup(storage, dataset_id)
                 run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
