@@ -348,7 +348,7 @@ def torch_dataset_class() -> type:
             """A torch IterableDataset of a dataset's rows: dicts of tensors (x (H, W) in the stored
             dtype, label int64), streamed a row group at a time; see RowStream for the sharding."""
 
-        TorchDataset.__module__ = __name__
+        TorchDataset.__module__, TorchDataset.__qualname__ = __name__, "TorchDataset"  # pickled by name
         globals()["TorchDataset"] = TorchDataset
     return globals()["TorchDataset"]
 

@@ -106,7 +106,7 @@ def hf_header(record: dict[str, Any]) -> str:
         lines.append(f"  - name: {feature.pop('name')}")
         for key, value in feature.items():
             lines.append(f"    {key}: {json.dumps(value)}")
-    lines += ["  splits:", "  - name: train", f"    num_examples: {n}", f"  download_size: {record['total_bytes']}"]
+    lines.append(f"  download_size: {record['total_bytes']}")  # no `splits`: datasets wants their size in its own Arrow bytes
     return "\n".join(lines) + "\n"
 
 
