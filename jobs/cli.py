@@ -187,7 +187,7 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
         click.option("--layout", type=click.Choice(["tensor", "binary"]), default="tensor", show_default=True,
-                     help="x as an Arrow fixed-shape tensor, or raw fixed-size binary rows (faster; see README)."),
+                     help="x with its shape (nested fixed-size lists), or raw fixed-size binary rows (faster; see README)."),
         click.option("--compression", type=click.Choice(["zstd", "lz4", "snappy", "gzip", "none"]), default="zstd", show_default=True),
         click.option("--rows-per-shard", type=int, default=65_536, show_default=True, help="Rows per Parquet part file."),
         click.option("--batch-size", type=int, default=4_096, show_default=True, help="Rows per decode block."),

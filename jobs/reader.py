@@ -137,13 +137,23 @@ class Dataset:
         return [entry["name"] for entry in self.manifest["files"]]
 
     def parquet_file(self, part: str) -> pq.ParquetFile:
+        """A part opened for reading; close() it (or use it in a `with` block) when done."""
         return pq.ParquetFile(self.storage.fs.open_input_file(self.storage.path(self.dataset_id, part)))
+
+    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every part's rows, as stored (x in the Arrow type of the dataset's format)."""
+        tables = []
+        for part in self.parts:
+            with self.parquet_file(part) as parquet:
+                tables.append(parquet.read(columns=columns))
+        return pa.concat_tables(tables)
 
     def row_groups(self) -> list[RowGroup]:
         """Every row group of every part, in sample id order (one footer read per part)."""
         groups = []
         for part in self.parts:
-            metadata = self.parquet_file(part).metadata
+            with self.parquet_file(part) as parquet:
+                metadata = parquet.metadata
             groups += [RowGroup(part, index, metadata.row_group(index).num_rows) for index in range(metadata.num_row_groups)]
         return groups
 
@@ -160,15 +170,13 @@ class Dataset:
         """One dict of writable arrays per row group, in sample id order: memory stays one row group."""
         names = self._columns(columns)
         for part in parts or self.parts:
-            parquet = self.parquet_file(part)
-            for index in range(parquet.metadata.num_row_groups):
-                yield columns_numpy(parquet.read_row_group(index, columns=names), self.sample_shape, self.dtype)
+            with self.parquet_file(part) as parquet:
+                for index in range(parquet.metadata.num_row_groups):
+                    yield columns_numpy(parquet.read_row_group(index, columns=names), self.sample_shape, self.dtype)
 
     def to_numpy(self, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """The whole dataset in memory (3.1 GB per million float32 28x28 rows): use torch() or iter_numpy() to stream."""
-        names = self._columns(columns)
-        tables = [self.parquet_file(part).read(columns=names) for part in self.parts]
-        return columns_numpy(pa.concat_tables(tables), self.sample_shape, self.dtype)
+        return columns_numpy(self.read(self._columns(columns)), self.sample_shape, self.dtype)
 
     def torch(self, columns: Sequence[str] | None = None, shuffle: bool = False, seed: int = 0,
               batch_size: int | None = None, rank: int | None = None, world_size: int | None = None) -> "TorchDataset":
@@ -200,7 +208,7 @@ class Dataset:
         if streaming:
             return datasets.IterableDataset.from_generator(_hf_rows, features=self.hf_features(),
                                                            gen_kwargs={"dataset": self, "parts": self.parts})
-        table = pa.concat_tables([self.parquet_file(part).read() for part in self.parts])
+        table = self.read()
         index = table.schema.get_field_index("x")
         table = table.set_column(index, "x", nested_x(table.column(index), self.sample_shape, self.dtype))
         return datasets.Dataset(InMemoryTable(table)).cast(self.hf_features())  # x: nested lists -> ArrayND
@@ -299,12 +307,16 @@ class RowStream:
     def blocks(self, slot: int, slots: int) -> Iterator[dict[str, np.ndarray]]:
         """This slot's rows as numpy blocks, one per row group it touches."""
         files: dict[str, pq.ParquetFile] = {}
-        for group, rows in self.plan(slot, slots):
-            where = self.row_groups[group]
-            if where.part not in files:
-                files[where.part] = self.dataset.parquet_file(where.part)
-            table = files[where.part].read_row_group(where.index, columns=self.columns).take(rows)
-            yield columns_numpy(table, self.dataset.sample_shape, self.dataset.dtype)
+        try:
+            for group, rows in self.plan(slot, slots):
+                where = self.row_groups[group]
+                if where.part not in files:
+                    files[where.part] = self.dataset.parquet_file(where.part)
+                table = files[where.part].read_row_group(where.index, columns=self.columns).take(rows)
+                yield columns_numpy(table, self.dataset.sample_shape, self.dataset.dtype)
+        finally:
+            for parquet in files.values():
+                parquet.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import torch
