@@ -189,13 +189,16 @@ class Dataset:
         import datasets
 
         array_types = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}
-        if len(self.sample_shape) not in array_types:
+        if len(self.sample_shape) not in (1, *array_types):
             raise UsageError(f"Hugging Face datasets has no array type for x of shape {self.sample_shape}; use to_numpy()")
         features = {"sample_id": datasets.Value("int64"), "seed": datasets.Value("uint64"),
                     "z": datasets.Sequence(datasets.Value("float32"), length=self.manifest["latent_dim"])}
         if self.has_labels:
             features["label"] = datasets.Value("int16")
-        features["x"] = array_types[len(self.sample_shape)](shape=self.sample_shape, dtype=self.dtype)
+        if len(self.sample_shape) == 1:  # (N, features) rows
+            features["x"] = datasets.Sequence(datasets.Value(self.dtype), length=self.sample_shape[0])
+        else:
+            features["x"] = array_types[len(self.sample_shape)](shape=self.sample_shape, dtype=self.dtype)
         return datasets.Features(features)
 
     def to_hf(self, streaming: bool = False) -> "datasets.Dataset | datasets.IterableDataset":

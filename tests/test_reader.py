@@ -328,6 +328,26 @@ def test_the_card_describes_the_dataset_and_hugging_face_loads_the_directory_as_
     assert "label" not in {feature["name"] for feature in yaml.safe_load((without / card.HF_YAML).read_text())["dataset_info"]["features"]}
 
 
+def test_rows_of_features_have_a_card_and_read_back_in_every_way(tmp_path):
+    """A model of (N, features) data (a flat npz source) writes x as one fixed-size list per row."""
+    import datasets
+
+    torch.manual_seed(0)
+    config = VAEConfig(input_shape=(12,))
+    state = {key: value.numpy().copy() for key, value in Decoder(config).eval().state_dict().items()}
+    spec = tiny_spec(sample_shape=(12,))
+    directory = write_dataset(tmp_path, spec, config, state)
+    expected = np.concatenate([block["x"] for shard in range(spec.num_shards) for block in rows_of(spec, config, state, shard)])
+    assert expected.shape == (1_000, 12)
+    loaded = datasets.load_dataset(str(directory), split="train", cache_dir=str(tmp_path / "hf"))
+    assert loaded.features["x"] == datasets.List(datasets.Value("float32"), length=12)
+    assert np.array_equal(loaded.with_format("numpy")[:]["x"], expected)
+    dataset = reader.open_dataset(str(directory))
+    assert np.array_equal(dataset.to_numpy()["x"], expected)
+    assert np.array_equal(dataset.to_hf().with_format("numpy")[:]["x"], expected)
+    assert "x = np.stack(frame['x'])  # (N, 12)" in (directory / card.CARD).read_text()
+
+
 # ---------------------------------------------------------------- 4. end to end: the job, MLflow, a local Ray
 
 

@@ -82,8 +82,13 @@ def hf_features(record: dict[str, Any]) -> list[dict[str, Any]]:
     shape = list(record["sample_shape"])
     if record["layout"] == "binary":
         features.append({"name": "x", "dtype": "binary"})
-    else:
+    elif 2 <= len(shape) <= 5:  # datasets' Array2D .. Array5D
         features.append({"name": "x", "dtype": {f"array{len(shape)}_d": {"shape": shape, "dtype": record["dtype"]}}})
+    else:  # (N, features) rows, or more dimensions than datasets has array types for: fixed-length lists
+        feature: Any = record["dtype"]
+        for size in reversed(shape[1:]):
+            feature = {"sequence": feature, "length": size}
+        features.append({"name": "x", "sequence": feature, "length": shape[0]})
     return features
 
 
@@ -187,34 +192,36 @@ def _loading_text(record: dict[str, Any], location: str) -> str:
     """At most three lines per reader; README.md "Reading a dataset" says the same in general."""
     shape = tuple(record["sample_shape"])
     dims = ", ".join(map(str, shape))
-    cast = "".join(f"[{size}]" for size in shape)
-    value_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[record["dtype"]]
+    parts = f"{location}/{PART_GLOB}"
     if record["layout"] == "binary":
-        return (f"x is one fixed-size binary value per row; vaegen's reader API gives it its shape:\n\n```python\n"
-                f"from jobs.reader import open_dataset\n"
+        return ("x is one fixed-size binary value per row; vaegen's reader API gives it its shape:\n\n```python\n"
+                "from jobs.reader import open_dataset\n"
                 f"data = open_dataset({location!r}).to_numpy()  # data['x']: (N, {dims}) {record['dtype']}\n```\n")
+    duckdb_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[record["dtype"]] + "".join(f"[{size}]" for size in shape)
+    pandas_x = {1: "np.stack(frame['x'])", 2: "np.stack(frame['x'].map(np.stack))"}.get(
+        len(shape), "np.stack([np.array(cell.tolist()) for cell in frame['x']])")
+    hf_type = f"Array{len(shape)}D" if 2 <= len(shape) <= 5 else "fixed-length lists"
     blocks = [
-        ("pyarrow", f"import pyarrow.parquet as pq\n"
-                    f"table = pq.read_table({location!r})  # x: fixed_size_list of fixed_size_list\n"
+        ("pyarrow", "import pyarrow.parquet as pq\n"
+                    f"table = pq.read_table({location!r})  # x: nested fixed-size lists, one level per dimension\n"
                     f"x = table['x'].combine_chunks(){'.flatten()' * len(shape)}.to_numpy().reshape(-1, {dims})"),
-        ("pandas", f"import numpy as np, pandas as pd\n"
-                   f"frame = pd.read_parquet({location!r})  # each x cell: {shape[0]} arrays" + (f" of {shape[1]} values" if len(shape) == 2 else "") + "\n"
-                   f"x = np.stack(frame['x'].map(np.stack))  # (N, {dims})"),
-        ("polars", f"import polars as pl\n"
-                   f"frame = pl.read_parquet({location + '/' + PART_GLOB!r})  # x: Array(shape=({dims}))\n"
-                   f"x = frame['x'].to_numpy()  # (N, {dims}); frame.drop('seed').to_torch('dict') for torch"),
-        ("DuckDB", f"import duckdb\n"
-                   f"rel = duckdb.sql(\"SELECT sample_id, x::{value_type}{cast} AS x FROM read_parquet('{location}/{PART_GLOB}')\")"),
-        ("Ray Data", f"import ray.data\nfrom jobs.reader import shaped_x  # Ray Data shapes only Arrow tensors: this makes x one, zero-copy\n"
+        ("pandas", "import numpy as np, pandas as pd\n"
+                   f"frame = pd.read_parquet({location!r})  # each x cell: nested arrays\n"
+                   f"x = {pandas_x}  # (N, {dims})"),
+        ("polars", "import polars as pl\n"
+                   f"frame = pl.read_parquet({parts!r})  # x: Array(shape=({dims}))\n"
+                   f"x = frame['x'].to_numpy()  # frame.drop('seed').to_torch('dict') for torch: polars refuses uint64"),
+        ("DuckDB", "import duckdb  # x is a nested list; the cast makes it the fixed ARRAY type\n"
+                   f"rel = duckdb.sql(\"SELECT sample_id, x::{duckdb_type} AS x FROM read_parquet('{parts}')\")"),
+        ("Ray Data", "import ray.data\nfrom jobs.reader import shaped_x  # Ray Data shapes only Arrow tensors: this makes x one, zero-copy\n"
                      f"data = ray.data.read_parquet({location!r}).map_batches(shaped_x, batch_format='pyarrow')"),
-        ("Hugging Face datasets", f"from datasets import load_dataset\n"
-                                  f"data = load_dataset({location!r}, split='train').with_format('numpy')  # x: Array{len(shape)}D"
-                                  if len(shape) in (2, 3, 4, 5) else
-                                  f"from datasets import load_dataset\ndata = load_dataset({location!r}, split='train')"),
-        ("Hugging Face datasets, Parquet files only", f"from datasets import load_dataset\n"
-                                                     f"data = load_dataset('parquet', data_files={location + '/' + PART_GLOB!r}, split='train')"),
+        ("Hugging Face datasets (reads this card's header, `.huggingface.yaml`)",
+         "from datasets import load_dataset\n"
+         f"data = load_dataset({location!r}, split='train').with_format('numpy')  # x: {hf_type}"),
+        ("Hugging Face datasets, the Parquet files only",
+         f"from datasets import load_dataset\ndata = load_dataset('parquet', data_files={parts!r}, split='train')"),
         ("PyTorch (vaegen's reader: streams parts, shards over workers and ranks)",
-         f"from torch.utils.data import DataLoader\nfrom jobs.reader import open_dataset\n"
+         "from torch.utils.data import DataLoader\nfrom jobs.reader import open_dataset\n"
          f"loader = DataLoader(open_dataset({location!r}).torch(shuffle=True, seed=0), batch_size=256, num_workers=2)"),
     ]
     return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks) + "\n"
