@@ -50,6 +50,7 @@ BLOCK_ROWS = 4_096  # GenerateConfig's default decode grid
 N, SEED = 50_000, 11  # the end-to-end dataset
 FAULT_N, FAULT_SEED, FAULT_R = 200_000, 7, 4_096  # 49 parts: long enough to be killed in the middle
 SUBPROCESS_TIMEOUT_S = 300
+COMMITTED_FILES = (".huggingface.yaml", "_README.md", "_manifest.json")  # beside the parts: the card, then the manifest
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 
 
@@ -403,8 +404,7 @@ def test_shards_cover_ids_once():
 def test_generated_rows_are_contract_1_and_the_registered_decoder(datasets, reference):
     directory = Datasets.path(datasets.two_workers)
     assert datasets.two_workers.status == "generated" and directory.name == dataset_id(N, SEED)
-    assert sorted(path.name for path in directory.iterdir()) == [
-        ".huggingface.yaml", "_README.md", "_manifest.json", *[part_name(k) for k in range(4)]]
+    assert sorted(path.name for path in directory.iterdir()) == sorted([*COMMITTED_FILES, *[part_name(k) for k in range(4)]])
     table = pq.read_table(directory)
     assert table.num_rows == N
     assert_table_is(table, reference(N, SEED))
@@ -811,7 +811,7 @@ def test_resume_by_path_alone_completes_an_unfinished_dataset(trained_version, l
     assert result.exit_code == 0, result.output
     assert f"dataset_id: {clean.name}" in result.stdout and "20,000 rows" in result.stderr
     assert part_hashes(unfinished) == part_hashes(clean)
-    assert sorted(path.name for path in unfinished.iterdir()) == sorted([manifest.MANIFEST, *part_hashes(clean)])
+    assert sorted(path.name for path in unfinished.iterdir()) == sorted([*COMMITTED_FILES, *part_hashes(clean)])
 
 
 def test_generate_without_n_is_a_usage_error(trained_version, tmp_path):
@@ -853,7 +853,7 @@ def test_worker_killed_mid_job(trained_version, local_ray, clean_fault_run, tmp_
     np.testing.assert_array_equal(ids, np.arange(FAULT_N))  # every id exactly once
     assert part_hashes(directory) == part_hashes(clean_fault_run)
     assert [entry["checksum"] for entry in result.manifest["files"]] == list(part_hashes(clean_fault_run).values())
-    assert not [path for path in directory.iterdir() if path.name.startswith((".", "_")) and path.name != "_manifest.json"]
+    assert not [path for path in directory.iterdir() if path.name.startswith((".", "_")) and path.name not in COMMITTED_FILES]
 
 
 @pytest.mark.slow
@@ -886,7 +886,7 @@ def test_driver_killed_mid_job_then_rerun_resumes(trained_version, clean_fault_r
     record = json.loads((directory / "_manifest.json").read_text())
     assert record["timings"]["shards_reused"] >= 1
     assert part_hashes(directory) == part_hashes(clean_fault_run)
-    assert sorted(path.name for path in directory.iterdir()) == sorted(["_manifest.json", *part_hashes(clean_fault_run)])
+    assert sorted(path.name for path in directory.iterdir()) == sorted([*COMMITTED_FILES, *part_hashes(clean_fault_run)])
 
 
 # ---------------------------------------------------------------- 6, 7. `ray start` clusters

@@ -183,6 +183,14 @@ def test_x_numpy_reads_every_layout_into_writable_arrays():
     assert np.array_equal(reader.x_numpy(binary.slice(1), shape=(2, 4), dtype="float32"), x[1:])
     with pytest.raises(UsageError, match=r"fixed-size binary rows \(--layout binary\): pass its shape and dtype"):
         reader.x_numpy(binary)
+    # Ray Data's helper: x of any layout becomes the fixed-shape tensor, shape and dtype from the field metadata
+    metadata = {"shape": "2,4", "dtype": "float32", "layout": "binary"}
+    for column in (nested, tensor, binary):
+        table = pa.table({"sample_id": pa.array([7, 8, 9]), "x": column}).cast(pa.schema([
+            pa.field("sample_id", pa.int64()), pa.field("x", column.type, nullable=False, metadata=metadata)]))
+        shaped = reader.shaped_x(table)
+        assert isinstance(shaped.schema.field("x").type, pa.FixedShapeTensorType) and shaped.schema.field("x").metadata
+        assert np.array_equal(shaped["x"].combine_chunks().to_numpy_ndarray(), x) and shaped["sample_id"].equals(table["sample_id"])
 
 
 # ---------------------------------------------------------------- 2. the torch reader: sharding, shuffling
