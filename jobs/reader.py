@@ -237,17 +237,14 @@ def open_dataset(location: str, verify: bool = True, deep: bool = False) -> Data
     return Dataset(storage.location(dataset_id), record, storage, dataset_id)
 
 
-def _check_rank(rank: int | None, world_size: int | None) -> None:
+def torch_rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Given ones win; else torch.distributed's when it is initialised (call init_process_group
+    before building the dataset); else one process."""
     if (rank is None) != (world_size is None):
         raise UsageError("pass both rank and world_size, or neither (then torch.distributed's are used)")
-    if rank is not None and not 0 <= rank < world_size:
-        raise UsageError(f"rank must lie in [0, world_size = {world_size}), got {rank}")
-
-
-def torch_rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Given ones win; else torch.distributed's when it is initialised; else one process."""
-    _check_rank(rank, world_size)
     if rank is not None and world_size is not None:
+        if not 0 <= rank < world_size:
+            raise UsageError(f"rank must lie in [0, world_size = {world_size}), got {rank}")
         return rank, world_size
     import torch.distributed
 
@@ -272,14 +269,13 @@ class RowStream:
                  rank: int | None, world_size: int | None):
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer or None, got {batch_size}")
-        _check_rank(rank, world_size)
         self.dataset = dataset
         self.columns = columns
         self.shuffle = shuffle
         self.seed = seed
         self.batch_size = batch_size  # None: one row at a time (DataLoader batches); else batches (DataLoader(batch_size=None))
-        self.rank = rank
-        self.world_size = world_size
+        # here, in the training process: DataLoader workers are other processes, outside the process group
+        self.rank, self.world_size = torch_rank_and_world_size(rank, world_size)
         self.row_groups = dataset.row_groups()  # here, once: DataLoader workers get a copy, not a footer read each
         self.epoch = 0
 
@@ -325,10 +321,9 @@ class RowStream:
         import torch
         from torch.utils.data import get_worker_info
 
-        rank, world_size = torch_rank_and_world_size(self.rank, self.world_size)
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        blocks = self.blocks(rank * workers + worker_id, world_size * workers)
+        blocks = self.blocks(self.rank * workers + worker_id, self.world_size * workers)
         for block in (_rebatched(blocks, self.batch_size) if self.batch_size else blocks):
             tensors = {name: torch.from_numpy(values.astype(np.int64) if name == "label" else values)  # losses want int64
                        for name, values in block.items()}

@@ -227,6 +227,21 @@ def test_two_workers_on_each_of_two_ranks_read_every_row_once(labelled):
     assert not np.array_equal(np.sort(seen[0]), np.arange(500))  # shuffled over the whole dataset, not halves
 
 
+def test_ranks_come_from_torch_distributed_when_not_given(labelled, tmp_path):
+    """Two processes in a real gloo process group, each with 2 DataLoader workers: every row once."""
+    import torch.multiprocessing
+
+    from ray_cluster import free_port  # tests/ is on sys.path
+    from torch_ranks import read_share
+
+    torch.multiprocessing.spawn(read_share, args=(2, free_port(), labelled.location, str(tmp_path)), nprocs=2)
+    shares = [np.load(tmp_path / f"rank-{rank}.npy") for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 500
+    assert np.array_equal(np.sort(np.concatenate(shares)), np.arange(1_000))
+    alone = labelled.torch(columns=["sample_id"], shuffle=True, seed=2, rank=1, world_size=2)
+    np.testing.assert_array_equal(shares[1], sample_ids(DataLoader(alone, batch_size=100, num_workers=2)))
+
+
 def test_shuffle_is_deterministic_for_a_seed_and_differs_between_epochs(labelled):
     def epoch_order(seed: int, epoch: int) -> np.ndarray:
         stream = labelled.torch(columns=["sample_id"], shuffle=True, seed=seed, rank=1, world_size=2)
