@@ -304,17 +304,19 @@ class RowStream:
         return plan
 
     def blocks(self, slot: int, slots: int) -> Iterator[dict[str, np.ndarray]]:
-        """This slot's rows as numpy blocks, one per row group it touches."""
-        files: dict[str, pq.ParquetFile] = {}
+        """This slot's rows as numpy blocks, one per row group it touches; one part open at a time."""
+        part, parquet = None, None
         try:
             for group, rows in self.plan(slot, slots):
                 where = self.row_groups[group]
-                if where.part not in files:
-                    files[where.part] = self.dataset.parquet_file(where.part)
-                table = files[where.part].read_row_group(where.index, columns=self.columns).take(rows)
+                if where.part != part:
+                    if parquet is not None:
+                        parquet.close()
+                    part, parquet = where.part, self.dataset.parquet_file(where.part)
+                table = parquet.read_row_group(where.index, columns=self.columns).take(rows)
                 yield columns_numpy(table, self.dataset.sample_shape, self.dataset.dtype)
         finally:
-            for parquet in files.values():
+            if parquet is not None:
                 parquet.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
