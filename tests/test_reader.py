@@ -497,3 +497,12 @@ def test_older_format_datasets_are_read_by_inspect_report_and_the_reader(conditi
         assert arrays[name].dtype == newer[name].dtype and np.array_equal(arrays[name], newer[name]), name
     ids = sample_ids(DataLoader(reader.open_dataset(str(old)).torch(columns=["sample_id"], rank=0, world_size=3), batch_size=500))
     np.testing.assert_array_equal(ids, np.arange(2_000))
+
+
+def test_importing_the_reader_imports_neither_torch_nor_datasets():
+    import subprocess
+    import sys
+
+    code = "import sys, jobs.reader; print(sorted({'torch', 'datasets', 'ray', 'mlflow'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
