@@ -32,9 +32,10 @@ from click.testing import CliRunner
 from jobs.cli import main
 from jobs.generate import manifest
 from jobs.generate.engine import EngineOptions
-from jobs.generate.inspect import inspect
+from jobs.generate.inspect import _flat_values, inspect
+from jobs.generate.parts import _nested
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
-from jobs.generate.spec import DatasetSpec, spec_from_record
+from jobs.generate.spec import FORMAT_VERSION, DatasetSpec, spec_from_record
 from jobs.generate.storage import DatasetBusy, Storage
 from jobs.refresh import RefreshConfig, refresh
 from registry import models
@@ -46,6 +47,7 @@ from ray_cluster import free_port, make_ray_env, stop_tagged, wait_until  # test
 MODEL = "vae-decoder/1"
 N, R, SEED = 20_000, 5_000, 3  # 4 parts; on the default 4,096-row decode grid --deep re-decodes every row's x
 PYTHON = sys.executable
+UNFINISHED_ID = f"vae-decoder-v1-n1000-seed1-float32-f{FORMAT_VERSION}"  # progress_of()'s dataset
 
 
 # ---------------------------------------------------------------- helpers
@@ -258,14 +260,14 @@ def test_resume_of_a_record_copied_into_another_folder_is_refused(trained_versio
     root = tmp_path / "ROOT"
     progress_of(trained_version, root, "fake")
     result = invoke("generate", "--resume", str(root / "fake"))
-    one_error_line(result, 2, "describes dataset 'vae-decoder-v1-n1000-seed1-float32-f2', not 'fake'")
+    one_error_line(result, 2, f"describes dataset '{UNFINISHED_ID}', not 'fake'")
     assert everything_under(root) == ["fake", "fake/_progress.json"]
     for resume in ("..", str(root / "..")):
         one_error_line(invoke("generate", "--resume", resume, "--out", str(root)), 2, "is not a plain file or folder name")
 
 
 def test_spec_from_record_checks_every_field(trained_version, tmp_path):
-    directory = progress_of(trained_version, tmp_path, "vae-decoder-v1-n1000-seed1-float32-f2")
+    directory = progress_of(trained_version, tmp_path, UNFINISHED_ID)
     record = json.loads((directory / manifest.PROGRESS).read_text())
     assert spec_from_record(record, directory.name).n == 1000
     with pytest.raises(UsageError, match="inconsistent"):
@@ -376,9 +378,11 @@ def rewrite_part_with_changed_x(directory: Path, shard: int, row: int) -> None:
     parquet = pq.ParquetFile(path)
     table = parquet.read()
     x = table.column("x").combine_chunks()
-    values = x.storage.flatten().to_numpy().copy().reshape(len(x), -1)
+    values = _flat_values(x, "float32").copy().reshape(len(x), -1)
     values[row] = 1.0 - values[row]
-    forged = pa.ExtensionArray.from_storage(x.type, pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1]))
+    extension = isinstance(x.type, pa.BaseExtensionType)  # format 2's tensor; format 3 nests fixed-size lists
+    forged = _nested(pa.array(values.reshape(-1)), x.type.storage_type if extension else x.type)
+    forged = pa.ExtensionArray.from_storage(x.type, forged) if extension else forged
     table = table.set_column(table.schema.get_field_index("x"), table.schema.field("x"), forged)
     pq.write_table(table, path, row_group_size=parquet.metadata.row_group(0).num_rows)
     data = path.read_bytes()

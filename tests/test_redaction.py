@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from conftest import TrackingStore, use_tracking_store
 from jobs.cli import main
+from jobs.generate.spec import FORMAT_VERSION
 from registry.models import TAG_PREFIX
 from test_integrity import local_ray  # noqa: F401  (a module-scoped fixture: a private local Ray)
 
@@ -67,7 +68,7 @@ def test_generate_records_and_prints_no_credentials(alice, local_ray, mlflow_ser
     result = invoke("generate", "--model", f"{name}/1", "--n", "2000", "--seed", "1", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert_no_secret(result.output)
-    dataset_id = f"{name}-v1-n2000-seed1-float32-f2"
+    dataset_id = f"{name}-v1-n2000-seed1-float32-f{FORMAT_VERSION}"
     text = (tmp_path / dataset_id / "_manifest.json").read_text()
     assert_no_secret(text)
     record = json.loads(text)
