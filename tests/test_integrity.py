@@ -287,7 +287,8 @@ def inspect_cli(directory: Path, *extra: str):
 
 @pytest.mark.slow
 def test_inspect_verifies_a_committed_dataset_and_allows_its_card(copy):
-    (copy / "README.md").write_text("---\nconfigs: []\n---\n# card\n")
+    assert sorted(path.name for path in copy.iterdir()) == [
+        ".huggingface.yaml", "_README.md", "_manifest.json", *(f"part-{shard:05d}.parquet" for shard in range(4))]
     result = inspect_cli(copy)
     assert result.exit_code == 0, result.output
     assert "verified: 4 files" in result.stdout
@@ -637,6 +638,7 @@ def test_provenance_is_recorded_and_can_be_left_out(committed, local_ray, tmp_pa
     record = json.loads(text)
     assert record["created_by"] is None and record["lineage"]["tracking_uri"] is None and record["model"]["source"] is None
     assert record["provenance"] == "redacted" and str(tmp_path.parent) not in text  # no out path, no SQLite path
+    assert str(tmp_path.parent) not in (directory / "_README.md").read_text()  # nor in the card that is published with it
     assert record["model"]["run_id"] == recorded["model"]["run_id"] and record["files"] == recorded["files"]
     assert inspect(str(directory)).ok
 

@@ -59,10 +59,12 @@ def from_version_tags(tags: dict[str, str]) -> Quality | None:
 def write(storage: Storage, dataset_id: str, record: dict[str, Any], quality: Quality | None) -> None:
     """Write the card and its YAML header atomically; call it before the manifest is committed."""
     header = hf_header(record)
+    # A dataset written with --redact-provenance is meant for publication: its card names no absolute path.
+    location = dataset_id if record.get("provenance") == "redacted" else storage.location(dataset_id)
     with storage.atomic_writer(dataset_id, HF_YAML) as stream:
         stream.write(header.encode())
     with storage.atomic_writer(dataset_id, CARD) as stream:
-        stream.write(card_text(record, quality, storage.location(dataset_id), header).encode())
+        stream.write(card_text(record, quality, location, header).encode())
 
 
 def has_card(record: dict[str, Any]) -> bool:

@@ -2,7 +2,7 @@
 
 Always: the manifest is consistent (its files are exactly the shards that n and the shard size
 make, their rows add up to n, ids run 0..n-1 across them); the folder holds exactly what a
-committed dataset holds (the manifest, its parts and the dataset card, nothing else); every
+committed dataset holds (the manifest, its parts and the dataset card's two files, nothing else); every
 part has its size, checksum, row count, id range and spec fingerprint. With `deep`: every
 row's id, seed, z (and label) re-derived from the seed scheme (contract 1), and x re-decoded
 for whole decode blocks of every part with the registered decoder the manifest pins.
@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.generate.card import CARD, HF_YAML
 from jobs.generate.manifest import MANIFEST, PROGRESS
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
 from vae_core.errors import UsageError, VaegenError
 
-CARD = "README.md"  # the dataset card beside the manifest (Hugging Face convention)
 DEEP_BLOCKS_PER_PART = 3  # decode blocks re-decoded per part on --deep: its first, middle and last
 # Parts verified at once on object stores, where each read waits on the network. Local parts are
 # hashed straight from the page cache (mmap) and xxhash holds the GIL: threads only added
@@ -173,7 +173,7 @@ def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> l
             problems.append(f"{entry['name']}: missing")
         elif size != entry["size_bytes"]:
             problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['size_bytes']}")
-    allowed = {MANIFEST, CARD, *(entry["name"] for entry in record["files"])}
+    allowed = {MANIFEST, CARD, HF_YAML, *(entry["name"] for entry in record["files"])}  # the card: jobs/generate/card.py
     for name in sorted(set(listing) - allowed):
         kind = "folder" if listing[name] is None else "file"
         seen = "" if name.startswith((".", "_")) else ": readers would take it for part of the dataset"
