@@ -1,6 +1,7 @@
 """The `vaegen` command line: thin click wrappers over library functions.
 
 Exit codes, in one place: 0 ok, 1 the job failed, 2 usage error (bad input), 130 interrupted.
+`refresh` exits 0 with `refresh: busy` when a live refresh holds the root's lock: that one reports.
 Results go to stdout; progress and diagnostics to stderr; a traceback only with --debug.
 """
 
@@ -195,6 +196,8 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--labels", default="balanced", show_default=True, help="Conditional models: balanced | prior | 3,5,..."),
         click.option("--shared-fs", is_flag=True, help="A local --out is a filesystem shared by every Ray node."),
+        click.option("--stall-timeout", type=float, default=600.0, show_default=True,
+                     help="Fail (resumably) when no shard finishes for this many seconds: a lost node, a hung worker."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -202,7 +205,7 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_shard, batch_size, num_workers, device,
-                     labels, shared_fs, **extra):
+                     labels, shared_fs, stall_timeout, **extra):
     from jobs.generate.engine import EngineOptions
     from jobs.generate.job import GenerateConfig
 
@@ -213,7 +216,8 @@ def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_sha
     return GenerateConfig(
         n=n, model=model_ref, out=out, dtype=dtype, layout=layout, compression=compression,
         rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels,
-        engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs), **extra,
+        engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs, stall_timeout_s=stall_timeout),
+        **extra,
     )
 
 
@@ -374,7 +378,8 @@ def rollback(name, alias, reason, by) -> None:
 @click.option("--seed-policy", type=click.Choice(["fixed", "daily", "new"]), default="fixed", show_default=True,
               help="fixed: new data only when the promoted version changes; daily: a seed per UTC day; new: every run.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="The fixed seed / base of the daily seed.")
-@click.option("--lock-timeout", type=float, default=6 * 3600.0, show_default=True, help="Seconds after which a refresh lock is stale.")
+@click.option("--lock-timeout", type=float, default=900.0, show_default=True,
+              help="A lock whose holder's heartbeat is this many seconds old is stale (a dead holder on this host: at once).")
 @handle_errors
 def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
     """Rebuild the dataset when the promoted version changes; move ROOT/latest; prune old datasets."""

@@ -3,10 +3,9 @@
 Why actors and not Ray Data: a shard's decode and its Parquet encode happen in the same
 process, so the decoded samples (3 GB per million float32 28x28 rows) never cross the object
 store, and each part file is written by exactly one task under a name fixed by its shard.
-Ray provides the rest: placement on CPUs/GPUs, backpressure (at most `max_concurrency + 1`
-shards in flight per actor), and fault tolerance (a killed worker process is restarted and
-its in-flight shards retried: `max_restarts`, `max_task_retries`). A retried shard rewrites
-the same part name atomically, so each row lands exactly once.
+Ray provides placement on CPUs/GPUs and restarts a worker process that dies; the driver
+dispatches shards to whichever worker is free and retries a failed shard itself (WorkerPool).
+A retried shard rewrites the same part name atomically, so each row lands exactly once.
 
 The weights are read once on the driver and `ray.put` once; actors get them by reference
 from the object store and never call MLflow (DESIGN.md contract 3).
@@ -15,13 +14,15 @@ from the object store and never call MLflow (DESIGN.md contract 3).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Sequence
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from jobs.generate.parts import PartInfo, PartWriter
 from jobs.generate.predictor import Predictor
@@ -30,8 +31,10 @@ from jobs.generate.storage import Storage
 from vae_core.errors import UsageError, VaegenError
 
 DEVICES = ("auto", "cpu", "cuda")
-MAX_RESTARTS = 3  # a worker process that dies (OOM, preemption, kill) comes back this often
-MAX_TASK_RETRIES = 3  # and the shards it held are retried this often
+MAX_SHARD_ATTEMPTS = 3  # a shard whose worker dies or that raises an unexpected error is tried this often
+DEFAULT_STALL_TIMEOUT_S = 600.0  # no shard finished for this long: fail (a lost node no restart can replace, a hung worker)
+POLL_S = 1.0  # the driver looks up from ray.wait this often to check the stall clock
+DRAIN_TIMEOUT_S = 10.0  # on exit, how long the killed workers' in-flight shards get to report
 AUTOSCALE_CPUS_PER_GPU = 4  # CPUs asked beside each GPU when no GPU node exists yet (common cloud shapes have >= 4)
 
 
@@ -40,12 +43,15 @@ class EngineOptions:
     num_workers: int | None = None  # None: one per GPU, else one per CPU of the cluster
     device: str = "auto"  # auto: CUDA when the cluster has GPUs
     shared_fs: bool = False  # a local --out is visible to every node (NFS, a mounted volume)
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # covers worker start-up and a node's replacement by an autoscaler
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.num_workers is not None and self.num_workers < 1:
             raise UsageError(f"--num-workers must be a positive integer, got {self.num_workers}")
+        if not self.stall_timeout_s > 0:
+            raise UsageError(f"--stall-timeout must be a positive number of seconds, got {self.stall_timeout_s}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,20 +128,49 @@ class ShardWorker:
         return self.writer(shard)
 
 
-class WorkerPool:
-    """The job's actors: started on entry, killed on exit."""
+@dataclasses.dataclass
+class _Worker:
+    """The driver's view of one actor: whether it can take shards now, and what it holds."""
 
-    def __init__(self, storage: Storage, placement: Placement):
+    handle: Any
+    alive: bool = True  # False from a crash until Ray has restarted it and it answered a ping
+    in_flight: int = 0
+    last_done_s: float | None = None  # when its last shard finished (time.monotonic)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    shard: int
+    worker: int  # index into the pool
+    isolated: bool  # a retry, running alone on its worker so that a crash is its own
+
+
+class WorkerPool:
+    """The job's actors (started on entry, killed on exit) and the driver's dispatch loop.
+
+    Retries are the driver's, per shard, not Ray's per actor (`max_task_retries=0`): a shard
+    whose worker dies or that raises an unexpected error is tried again, alone on an idle
+    worker, up to MAX_SHARD_ATTEMPTS times; then the job fails naming it. So one poison shard
+    stops the job after its own attempts instead of burning every worker's restarts, and a
+    lost node's shards move to the workers that remain. Every wait is bounded: a job in which
+    no shard finishes for `stall_timeout_s` fails with a line that says how to resume.
+    """
+
+    def __init__(self, storage: Storage, placement: Placement, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
         self.placement = placement
+        self.storage = storage
+        self.stall_timeout_s = stall_timeout_s
         worker_class = ShardWorker.options(
             num_cpus=placement.cpus_per_worker,
             num_gpus=placement.gpus_per_worker,
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_TASK_RETRIES,
+            max_restarts=-1,  # the driver bounds failures per shard and in time; Ray just brings workers back
+            max_task_retries=0,
             max_concurrency=placement.threads_per_worker,
         )
         self.workers = [worker_class.remote(storage.uri, placement.device, placement.threads_per_worker)
                         for _ in range(placement.num_workers)]
+        self.idle_tail_s = 0.0  # after run(): summed over live workers, the time from their last shard to the job's end
+        self._outstanding: dict[Any, Any] = {}  # every ref not yet collected: drained on exit so no error goes unhandled
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -143,46 +178,134 @@ class WorkerPool:
     def __exit__(self, *exc: Any) -> None:
         for worker in self.workers:
             ray.kill(worker)
+        _drain(list(self._outstanding))
+        self._outstanding.clear()
 
-    def run(self, spec: DatasetSpec, config: dict, state: dict, shards: list[int],
+    def run(self, spec: DatasetSpec, config: dict, state: dict, shards: Sequence[int],
             on_part: Callable[[PartInfo], None]) -> list[PartInfo]:
-        """Write every listed shard, keeping each actor busy with one shard queued behind its running ones.
+        """Write every shard (a lazy sequence: `range(num_shards)`), each on whichever worker is free.
 
         The weights go into the object store once; each task carries the reference, and Ray
-        hands workers the arrays zero-copy from their node's store.
+        hands workers the arrays zero-copy from their node's store. While many shards remain,
+        each worker holds one queued behind those it runs, so it never waits on the driver;
+        for the last ones it holds only what it runs, so no shard waits behind a busy worker
+        while another sits idle (the idle tail; benchmarks/tail.py).
         """
         state_ref = ray.put(state)
-        queue = collections.deque(shards)
-        in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker index)
-        load = [0] * len(self.workers)
-        per_worker = self.placement.threads_per_worker + 1
+        workers = [_Worker(handle) for handle in self.workers]
+        fresh = iter(shards)
+        unsubmitted = len(shards)
+        retries: collections.deque[int] = collections.deque()
+        attempts: collections.Counter[int] = collections.Counter()
+        tasks: dict[Any, _Task] = {}
+        pings: dict[Any, int] = {}  # ref -> worker index, for workers Ray is restarting
         done: list[PartInfo] = []
-        while queue or in_flight:
-            for index, worker in enumerate(self.workers):
-                while queue and load[index] < per_worker:
-                    shard = queue.popleft()
-                    in_flight[worker.write.remote(spec, config, state_ref, shard)] = (shard, index)
-                    load[index] += 1
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+        last_progress = time.monotonic()
+
+        def submit(index: int, shard: int, isolated: bool) -> None:
+            ref = workers[index].handle.write.remote(spec, config, state_ref, shard)
+            tasks[ref] = self._outstanding[ref] = _Task(shard, index, isolated)
+            workers[index].in_flight += 1
+
+        while unsubmitted or retries or tasks:
+            live = [index for index, worker in enumerate(workers) if worker.alive]
+            if not live and not pings:
+                raise VaegenError(f"all {len(workers)} worker(s) are gone and Ray cannot restart them; "
+                                  f"{self._resume_hint(spec, len(done))}")
+            running_retry = {task.worker for task in tasks.values() if task.isolated}
+            reserved: set[int] = set()
+            for _ in range(len(retries)):  # each retry waits for a worker to drain, then runs alone on it
+                candidates = [index for index in live if index not in running_retry | reserved]
+                if not candidates:
+                    break
+                target = min(candidates, key=lambda index: workers[index].in_flight)
+                if workers[target].in_flight == 0:
+                    submit(target, retries.popleft(), isolated=True)
+                    running_retry.add(target)
+                else:
+                    reserved.add(target)  # fed nothing new until it is empty
+            prefetch = 1 if unsubmitted > len(live) else 0
+            for index in sorted(live, key=lambda index: workers[index].in_flight):
+                if index in running_retry | reserved:
+                    continue
+                while unsubmitted and workers[index].in_flight < self.placement.threads_per_worker + prefetch:
+                    submit(index, next(fresh), isolated=False)
+                    unsubmitted -= 1
+            waiting = time.monotonic() - last_progress
+            if waiting > self.stall_timeout_s:
+                raise self._stalled(spec, tasks, workers, len(done))
+            ready, _ = ray.wait([*tasks, *pings], num_returns=1, timeout=min(POLL_S, self.stall_timeout_s - waiting))
             for ref in ready:
-                shard, index = in_flight.pop(ref)
-                load[index] -= 1
-                info = _result(ref, shard)
-                done.append(info)
-                on_part(info)
+                self._outstanding.pop(ref, None)
+                if ref in pings:
+                    index = pings.pop(ref)
+                    if _ping_answered(ref):
+                        workers[index].alive = True
+                    continue
+                task = tasks.pop(ref)
+                worker = workers[task.worker]
+                worker.in_flight -= 1
+                try:
+                    info = ray.get(ref, timeout=0)  # ready: returns or raises at once
+                except RayTaskError as error:
+                    if isinstance(error.cause, VaegenError):  # deterministic (a NaN decoder, bad input): no retry
+                        raise error.cause from None
+                    reason = f"{type(error.cause).__name__}: {error.cause}"
+                except RayActorError as error:
+                    reason = f"its worker died ({type(error).__name__})"
+                    if worker.alive:
+                        worker.alive = False
+                        ping = worker.handle.pid.options(max_task_retries=-1).remote()  # answers once Ray restarted it
+                        pings[ping] = self._outstanding[ping] = task.worker
+                except RayError as error:  # the result was lost with its node's object store, ...
+                    reason = type(error).__name__
+                else:
+                    worker.last_done_s = last_progress = time.monotonic()
+                    done.append(info)
+                    on_part(info)
+                    continue
+                attempts[task.shard] += 1
+                if attempts[task.shard] >= MAX_SHARD_ATTEMPTS:
+                    raise VaegenError(
+                        f"shard {task.shard} failed {attempts[task.shard]} times, last: {' '.join(reason.split())}; "
+                        f"{self._resume_hint(spec, len(done))}"
+                    )
+                retries.append(task.shard)
+        finished = time.monotonic()
+        self.idle_tail_s = sum(finished - worker.last_done_s for worker in workers
+                               if worker.alive and worker.last_done_s is not None)
         return done
 
+    def _resume_hint(self, spec: DatasetSpec, committed: int) -> str:
+        return (f"the {committed} shard(s) written are kept: rerun the same command, or "
+                f"`vaegen generate --resume {self.storage.location(spec.dataset_id)}`, to finish the rest")
 
-def _result(ref: Any, shard: int) -> PartInfo:
+    def _stalled(self, spec: DatasetSpec, tasks: dict[Any, _Task], workers: list[_Worker], committed: int) -> VaegenError:
+        in_flight = sorted(task.shard for task in tasks.values())
+        down = sum(not worker.alive for worker in workers)
+        shown = ", ".join(map(str, in_flight[:5])) + (", ..." if len(in_flight) > 5 else "")
+        return VaegenError(
+            f"no shard finished in {self.stall_timeout_s:g} s (--stall-timeout): "
+            f"{len(in_flight)} in flight ({shown or 'none'}), {down} of {len(workers)} worker(s) down "
+            f"(a lost node or a hung worker); {self._resume_hint(spec, committed)}"
+        )
+
+
+def _ping_answered(ref: Any) -> bool:
+    """A restarted worker's ping; False if the actor is gone for good (it stays out of the pool)."""
     try:
-        return ray.get(ref)
-    except RayTaskError as error:
-        cause = error.cause
-        if isinstance(cause, VaegenError):
-            raise cause from None
-        raise VaegenError(f"shard {shard} failed: {type(cause).__name__}: {cause}") from None
-    except RayActorError as error:
-        raise VaegenError(
-            f"shard {shard}: its worker died {MAX_RESTARTS + 1} times ({error.__class__.__name__}); "
-            "committed shards are kept, rerun the same command to resume"
-        ) from None
+        ray.get(ref, timeout=0)
+        return True
+    except RayActorError:
+        return False
+
+
+def _drain(refs: list[Any]) -> None:
+    """Collect what the shards still in flight return, so a failed job does not end in Ray's
+    "Unhandled error" tracebacks of its other shards; bounded, for workers that never answer."""
+    if not refs:
+        return
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=DRAIN_TIMEOUT_S)
+    for ref in ready:
+        with contextlib.suppress(Exception):
+            ray.get(ref, timeout=0)

@@ -59,7 +59,9 @@ def generate(
     config: GenerateConfig,
     log: Callable[[str], None] = lambda message: None,
     on_workers: Callable[[list[Any]], None] | None = None,
+    pinned: PinnedModel | None = None,
 ) -> GenerateResult:
+    """`pinned`: config.model already resolved by the caller (refresh), so the manifest records the alias it came from."""
     storage, resume_id = _output(config)
     tracking.ensure_reachable()
     if resume_id is not None:
@@ -74,7 +76,7 @@ def generate(
             raise UsageError(f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
                              "drop --n to resume it as it is")
     else:
-        pinned = models.resolve(config.model)  # once: a promotion during the job changes nothing in it
+        pinned = pinned or models.resolve(config.model)  # once: a promotion during the job changes nothing in it
         seed_was_random = config.seed is None
         seed = secrets.randbits(32) if seed_was_random else config.seed
         spec = dataset_spec(config, pinned, models.version_config(pinned), seed)
@@ -116,7 +118,7 @@ def generate(
         progress.advance(info.rows)
 
     try:
-        with engine.WorkerPool(storage, placement) as pool:  # workers start up while the driver loads
+        with engine.WorkerPool(storage, placement, config.engine.stall_timeout_s) as pool:  # workers start up while the driver loads
             if on_workers is not None:
                 on_workers(pool.workers)
             loaded = models.load_decoder(pinned)  # the weights, read once, here on the driver
@@ -127,7 +129,7 @@ def generate(
                 f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
             with lineage.job_run(lineage.DATASETS_EXPERIMENT, dataset_id, params,
                                  tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run:
-                parts = pool.run(spec, loaded.config.to_dict(), loaded.state, list(range(spec.num_shards)), on_part)
+                parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part)
                 seconds = time.perf_counter() - started
                 record = manifest.build(
                     spec, model_record, parts,
