@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import getpass
 import json
+import os
 import socket
 import tempfile
 import time
@@ -72,34 +73,49 @@ def _lock_name(name: str, alias: str) -> str:
 
 
 @contextlib.contextmanager
-def alias_lock(name: str, alias: str, wait_s: float = LOCK_WAIT_S, stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WAIT_S,
+               stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+    """Hold `<name>.vaegen-lock.<alias>`, a registered model whose creation is atomic (a unique name in
+    the store). Its tags say who holds it, for what and since when, for the "held by" refusal."""
     mlflow_client = client()
     lock = _lock_name(name, alias)
-    owner = f"{getpass.getuser()}@{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+    owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+    tags = {"vaegen.lock_owner": owner, "vaegen.lock_purpose": purpose or "promotion",
+            "vaegen.lock_token": uuid.uuid4().hex, "vaegen.lock_since": str(time.time())}
     deadline = time.monotonic() + wait_s
+    holder: dict[str, str] = {}
     while True:
         try:
-            mlflow_client.create_registered_model(lock, tags={"vaegen.lock_owner": owner, "vaegen.lock_since": str(time.time())},
-                                                  description="vaegen promotion lock; safe to delete if stale")
+            mlflow_client.create_registered_model(lock, tags=tags, description="vaegen promotion lock; safe to delete if stale")
             break
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            with contextlib.suppress(MlflowException):
-                held = mlflow_client.get_registered_model(lock)
-                since = float(held.tags.get("vaegen.lock_since", "0"))
-                if time.time() - since > stale_s:
+            with contextlib.suppress(MlflowException):  # gone meanwhile: try again
+                holder = mlflow_client.get_registered_model(lock).tags
+                if time.time() - float(holder.get("vaegen.lock_since", "0")) > stale_s:
                     mlflow_client.delete_registered_model(lock)  # a crashed promotion's lock
                     continue
             if time.monotonic() > deadline:
-                raise VaegenError(f"another promotion of {name}@{alias} holds the lock (registered model {lock!r}); "
-                                  "retry later, or delete that registered model if its promotion crashed") from None
+                raise VaegenError(f"{name}@{alias} is held by another promotion: {_describe_lock(holder)}; "
+                                  f"waited {wait_s:g} s. Retry later; if that promotion crashed, delete the registered "
+                                  f"model {lock!r} (it is taken over after {stale_s:g} s anyway)") from None
             time.sleep(LOCK_POLL_S)
     try:
         yield
     finally:
         with contextlib.suppress(MlflowException):
-            mlflow_client.delete_registered_model(lock)
+            if mlflow_client.get_registered_model(lock).tags.get("vaegen.lock_token") == tags["vaegen.lock_token"]:
+                mlflow_client.delete_registered_model(lock)
+
+
+def _describe_lock(tags: dict[str, str]) -> str:
+    if "vaegen.lock_owner" not in tags:
+        return "a lock that names no holder"
+    since = float(tags.get("vaegen.lock_since", "0"))
+    started = dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat(timespec="seconds")
+    return (f"{tags.get('vaegen.lock_purpose', 'promotion')} by {tags['vaegen.lock_owner']}, "
+            f"since {started} ({time.time() - since:,.0f} s ago)")
 
 
 def current_holder(name: str, alias: str) -> PinnedModel | None:
@@ -192,7 +208,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
     if not config.reason.strip():
         raise UsageError('--reason is required: say why this version should serve, e.g. --reason "retrained on March data"')
     pinned = resolve(reference)
-    with alias_lock(pinned.name, config.alias):
+    with alias_lock(pinned.name, config.alias, purpose=f"promote v{pinned.version}"):
         holder_pin = current_holder(pinned.name, config.alias)
         if holder_pin is not None and holder_pin.version == pinned.version:
             return PromotionResult(pinned, config.alias, holder_pin.version,
@@ -218,7 +234,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
 def rollback(name: str, alias: str = "champion", by: str | None = None, reason: str = "rollback") -> tuple[int, int]:
     """Point the alias back at the version it held before the current holder's promotion: (from, to)."""
     by = by or getpass.getuser()
-    with alias_lock(name, alias):
+    with alias_lock(name, alias, purpose="rollback"):
         holder = current_holder(name, alias)
         if holder is None:
             raise UsageError(f"{name}@{alias} does not exist; nothing to roll back")
