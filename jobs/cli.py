@@ -238,6 +238,15 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _stdout_for_results() -> Any:
+    """Reserve stdout for this command's results, which it prints to the stream returned: for the rest of
+    the process anything else written to sys.stdout goes to stderr. Ray forwards worker and raylet lines
+    ("(raylet) A worker died ...") to stdout, repeated ones only when it flushes them, as late as exit."""
+    results = sys.stdout
+    sys.stdout = sys.stderr
+    return results
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_generate_options
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
@@ -251,6 +260,7 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
 
     if resume is not None:
         _refuse_dataset_options_with_resume(click.get_current_context())
+    results = _stdout_for_results()
     result = run_generate(_generate_config(**options, seed=seed, overwrite=overwrite, resume=resume), log=_log)
     timings = result.manifest["timings"]
     if result.status == "up-to-date":
@@ -258,8 +268,8 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     else:
         _log(f"{result.status} {result.manifest['n']:,} rows in {timings['seconds']:.1f} s "
              f"({timings['rows_per_s']:,.0f} rows/s), {result.manifest['total_bytes'] / 1e6:,.1f} MB")
-    click.echo(f"dataset_id: {result.dataset_id}")
-    click.echo(f"location: {result.location}")
+    click.echo(f"dataset_id: {result.dataset_id}", file=results)
+    click.echo(f"location: {result.location}", file=results)
 
 
 main.add_command(generate)
@@ -388,10 +398,12 @@ def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
 
     config = RefreshConfig(generate=_generate_config(**options), keep=keep, seed_policy=seed_policy, seed=seed,
                            lock_timeout_s=lock_timeout)
+    results = _stdout_for_results()
     result = run_refresh(config, log=_log)
-    click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""))
+    click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""),
+               file=results)
     for dataset_id in result.pruned:
-        click.echo(f"pruned: {dataset_id}")
+        click.echo(f"pruned: {dataset_id}", file=results)
 
 
 @main.command()

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
 
 from jobs.generate.parts import PartInfo, PartWriter
 from jobs.generate.predictor import Predictor
@@ -130,10 +130,11 @@ class ShardWorker:
 
 @dataclasses.dataclass
 class _Worker:
-    """The driver's view of one actor: whether it can take shards now, and what it holds."""
+    """The driver's view of one actor: whether it takes shards now, and what it holds."""
 
     handle: Any
     alive: bool = True  # False from a crash until Ray has restarted it and it answered a ping
+    next_ping_s: float = 0.0  # while down: when to ask again whether it is back
     in_flight: int = 0
     last_done_s: float | None = None  # when its last shard finished (time.monotonic)
 
@@ -170,7 +171,7 @@ class WorkerPool:
         self.workers = [worker_class.remote(storage.uri, placement.device, placement.threads_per_worker)
                         for _ in range(placement.num_workers)]
         self.idle_tail_s = 0.0  # after run(): summed over live workers, the time from their last shard to the job's end
-        self._outstanding: dict[Any, Any] = {}  # every ref not yet collected: drained on exit so no error goes unhandled
+        self._outstanding: set[Any] = set()  # refs not collected yet: drained on exit so that no error goes unhandled
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -189,115 +190,145 @@ class WorkerPool:
         hands workers the arrays zero-copy from their node's store. While many shards remain,
         each worker holds one queued behind those it runs, so it never waits on the driver;
         for the last ones it holds only what it runs, so no shard waits behind a busy worker
-        while another sits idle (the idle tail; benchmarks/tail.py).
+        while another sits idle (the idle tail; benchmarks/tail.py measures it).
         """
-        state_ref = ray.put(state)
-        workers = [_Worker(handle) for handle in self.workers]
-        fresh = iter(shards)
-        unsubmitted = len(shards)
-        retries: collections.deque[int] = collections.deque()
-        attempts: collections.Counter[int] = collections.Counter()
-        tasks: dict[Any, _Task] = {}
-        pings: dict[Any, int] = {}  # ref -> worker index, for workers Ray is restarting
-        done: list[PartInfo] = []
-        last_progress = time.monotonic()
-
-        def submit(index: int, shard: int, isolated: bool) -> None:
-            ref = workers[index].handle.write.remote(spec, config, state_ref, shard)
-            tasks[ref] = self._outstanding[ref] = _Task(shard, index, isolated)
-            workers[index].in_flight += 1
-
-        while unsubmitted or retries or tasks:
-            live = [index for index, worker in enumerate(workers) if worker.alive]
-            if not live and not pings:
-                raise VaegenError(f"all {len(workers)} worker(s) are gone and Ray cannot restart them; "
-                                  f"{self._resume_hint(spec, len(done))}")
-            running_retry = {task.worker for task in tasks.values() if task.isolated}
-            reserved: set[int] = set()
-            for _ in range(len(retries)):  # each retry waits for a worker to drain, then runs alone on it
-                candidates = [index for index in live if index not in running_retry | reserved]
-                if not candidates:
-                    break
-                target = min(candidates, key=lambda index: workers[index].in_flight)
-                if workers[target].in_flight == 0:
-                    submit(target, retries.popleft(), isolated=True)
-                    running_retry.add(target)
-                else:
-                    reserved.add(target)  # fed nothing new until it is empty
-            prefetch = 1 if unsubmitted > len(live) else 0
-            for index in sorted(live, key=lambda index: workers[index].in_flight):
-                if index in running_retry | reserved:
-                    continue
-                while unsubmitted and workers[index].in_flight < self.placement.threads_per_worker + prefetch:
-                    submit(index, next(fresh), isolated=False)
-                    unsubmitted -= 1
-            waiting = time.monotonic() - last_progress
-            if waiting > self.stall_timeout_s:
-                raise self._stalled(spec, tasks, workers, len(done))
-            ready, _ = ray.wait([*tasks, *pings], num_returns=1, timeout=min(POLL_S, self.stall_timeout_s - waiting))
-            for ref in ready:
-                self._outstanding.pop(ref, None)
-                if ref in pings:
-                    index = pings.pop(ref)
-                    if _ping_answered(ref):
-                        workers[index].alive = True
-                    continue
-                task = tasks.pop(ref)
-                worker = workers[task.worker]
-                worker.in_flight -= 1
-                try:
-                    info = ray.get(ref, timeout=0)  # ready: returns or raises at once
-                except RayTaskError as error:
-                    if isinstance(error.cause, VaegenError):  # deterministic (a NaN decoder, bad input): no retry
-                        raise error.cause from None
-                    reason = f"{type(error.cause).__name__}: {error.cause}"
-                except RayActorError as error:
-                    reason = f"its worker died ({type(error).__name__})"
-                    if worker.alive:
-                        worker.alive = False
-                        ping = worker.handle.pid.options(max_task_retries=-1).remote()  # answers once Ray restarted it
-                        pings[ping] = self._outstanding[ping] = task.worker
-                except RayError as error:  # the result was lost with its node's object store, ...
-                    reason = type(error).__name__
-                else:
-                    worker.last_done_s = last_progress = time.monotonic()
-                    done.append(info)
+        job = _Job(self, spec, config, ray.put(state), shards)
+        while job.unsubmitted or job.retries or job.tasks:
+            job.dispatch()
+            for ref in job.wait():
+                self._outstanding.discard(ref)
+                info = job.collect(ref)
+                if info is not None:
                     on_part(info)
-                    continue
-                attempts[task.shard] += 1
-                if attempts[task.shard] >= MAX_SHARD_ATTEMPTS:
-                    raise VaegenError(
-                        f"shard {task.shard} failed {attempts[task.shard]} times, last: {' '.join(reason.split())}; "
-                        f"{self._resume_hint(spec, len(done))}"
-                    )
-                retries.append(task.shard)
         finished = time.monotonic()
-        self.idle_tail_s = sum(finished - worker.last_done_s for worker in workers
+        self.idle_tail_s = sum(finished - worker.last_done_s for worker in job.workers
                                if worker.alive and worker.last_done_s is not None)
-        return done
+        return job.done
 
-    def _resume_hint(self, spec: DatasetSpec, committed: int) -> str:
+    def resume_hint(self, spec: DatasetSpec, committed: int) -> str:
         return (f"the {committed} shard(s) written are kept: rerun the same command, or "
                 f"`vaegen generate --resume {self.storage.location(spec.dataset_id)}`, to finish the rest")
 
-    def _stalled(self, spec: DatasetSpec, tasks: dict[Any, _Task], workers: list[_Worker], committed: int) -> VaegenError:
-        in_flight = sorted(task.shard for task in tasks.values())
-        down = sum(not worker.alive for worker in workers)
+
+class _Job:
+    """One run of the pool: which shards are where, what failed how often, which workers are down."""
+
+    def __init__(self, pool: WorkerPool, spec: DatasetSpec, config: dict, state_ref: Any, shards: Sequence[int]):
+        self.pool, self.spec, self.config, self.state_ref = pool, spec, config, state_ref
+        self.workers = [_Worker(handle) for handle in pool.workers]
+        self.fresh = iter(shards)
+        self.unsubmitted = len(shards)
+        self.retries: collections.deque[int] = collections.deque()
+        self.attempts: collections.Counter[int] = collections.Counter()
+        self.tasks: dict[Any, _Task] = {}
+        self.pings: dict[Any, int] = {}  # ref -> worker index, for workers that are down
+        self.done: list[PartInfo] = []
+        self.last_progress_s = time.monotonic()
+
+    def submit(self, index: int, shard: int, isolated: bool) -> None:
+        ref = self.workers[index].handle.write.remote(self.spec, self.config, self.state_ref, shard)
+        self.tasks[ref] = _Task(shard, index, isolated)
+        self.pool._outstanding.add(ref)
+        self.workers[index].in_flight += 1
+
+    def dispatch(self) -> None:
+        """Retries first, each alone on a worker that has drained; then fresh shards to the least loaded."""
+        live = [index for index, worker in enumerate(self.workers) if worker.alive]
+        self.ping_down_workers()
+        if not live and not self.pings and not any(worker.next_ping_s for worker in self.workers):
+            raise VaegenError(f"all {len(self.workers)} worker(s) are gone and Ray cannot restart them; "
+                              f"{self.pool.resume_hint(self.spec, len(self.done))}")
+        running_retry = {task.worker for task in self.tasks.values() if task.isolated}
+        reserved: set[int] = set()
+        for _ in range(len(self.retries)):
+            candidates = [index for index in live if index not in running_retry | reserved]
+            if not candidates:
+                break
+            target = min(candidates, key=lambda index: self.workers[index].in_flight)
+            if self.workers[target].in_flight == 0:
+                self.submit(target, self.retries.popleft(), isolated=True)
+                running_retry.add(target)
+            else:
+                reserved.add(target)  # fed nothing new until it is empty
+        prefetch = 1 if self.unsubmitted > len(live) else 0
+        for index in sorted(live, key=lambda index: self.workers[index].in_flight):
+            if index in running_retry | reserved:
+                continue
+            while self.unsubmitted and self.workers[index].in_flight < self.pool.placement.threads_per_worker + prefetch:
+                self.submit(index, next(self.fresh), isolated=False)
+                self.unsubmitted -= 1
+
+    def ping_down_workers(self) -> None:
+        """Ask each down worker, once a poll interval, whether Ray has brought it back. Without retries:
+        Ray's own would log "(raylet) Task ShardWorker.pid failed ... will be retried" each time."""
+        now = time.monotonic()
+        asked = set(self.pings.values())
+        for index, worker in enumerate(self.workers):
+            if not worker.alive and worker.next_ping_s and index not in asked and now >= worker.next_ping_s:
+                ref = worker.handle.pid.remote()
+                self.pings[ref] = index
+                self.pool._outstanding.add(ref)
+
+    def wait(self) -> list[Any]:
+        """What finished within a poll interval; raises once nothing has for the stall timeout."""
+        stalled_s = time.monotonic() - self.last_progress_s
+        if stalled_s > self.pool.stall_timeout_s:
+            raise self.stalled()
+        timeout_s = min(POLL_S, self.pool.stall_timeout_s - stalled_s)
+        refs = [*self.tasks, *self.pings]
+        if not refs:  # every worker is down, between two pings
+            time.sleep(timeout_s)
+            return []
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
+        return ready
+
+    def collect(self, ref: Any) -> PartInfo | None:
+        """The part a finished task wrote; None for a ping or a failure (then retried, or the job fails)."""
+        if ref in self.pings:
+            worker = self.workers[self.pings.pop(ref)]
+            try:
+                ray.get(ref, timeout=0)
+                worker.alive, worker.next_ping_s = True, 0.0
+            except ActorDiedError:
+                worker.next_ping_s = 0.0  # gone for good (killed, its restarts spent): never asked again
+            except RayActorError:
+                worker.next_ping_s = time.monotonic() + POLL_S
+            return None
+        task = self.tasks.pop(ref)
+        worker = self.workers[task.worker]
+        worker.in_flight -= 1
+        try:
+            info = ray.get(ref, timeout=0)  # ready: returns or raises at once
+        except RayTaskError as error:
+            if isinstance(error.cause, VaegenError):  # deterministic (a NaN decoder, bad input): no retry
+                raise error.cause from None
+            reason = f"{type(error.cause).__name__}: {error.cause}"
+        except RayActorError as error:
+            reason = f"its worker died ({type(error).__name__})"
+            if worker.alive:
+                worker.alive, worker.next_ping_s = False, time.monotonic()
+        except RayError as error:  # the result was lost with its node's object store, ...
+            reason = type(error).__name__
+        else:
+            worker.last_done_s = self.last_progress_s = time.monotonic()
+            self.done.append(info)
+            return info
+        self.attempts[task.shard] += 1
+        if self.attempts[task.shard] >= MAX_SHARD_ATTEMPTS:
+            raise VaegenError(f"shard {task.shard} failed {self.attempts[task.shard]} times, last: {' '.join(reason.split())}; "
+                              f"{self.pool.resume_hint(self.spec, len(self.done))}")
+        self.retries.append(task.shard)
+        return None
+
+    def stalled(self) -> VaegenError:
+        in_flight = sorted(task.shard for task in self.tasks.values())
+        down = sum(not worker.alive for worker in self.workers)
         shown = ", ".join(map(str, in_flight[:5])) + (", ..." if len(in_flight) > 5 else "")
         return VaegenError(
-            f"no shard finished in {self.stall_timeout_s:g} s (--stall-timeout): "
-            f"{len(in_flight)} in flight ({shown or 'none'}), {down} of {len(workers)} worker(s) down "
-            f"(a lost node or a hung worker); {self._resume_hint(spec, committed)}"
+            f"no shard finished in {self.pool.stall_timeout_s:g} s (--stall-timeout): {len(in_flight)} in flight "
+            f"({shown or 'none'}), {down} of {len(self.workers)} worker(s) down (a lost node or a hung worker); "
+            f"{self.pool.resume_hint(self.spec, len(self.done))}"
         )
-
-
-def _ping_answered(ref: Any) -> bool:
-    """A restarted worker's ping; False if the actor is gone for good (it stays out of the pool)."""
-    try:
-        ray.get(ref, timeout=0)
-        return True
-    except RayActorError:
-        return False
 
 
 def _drain(refs: list[Any]) -> None:
