@@ -187,10 +187,10 @@ class WorkerPool:
         """Write every shard (a lazy sequence: `range(num_shards)`), each on whichever worker is free.
 
         The weights go into the object store once; each task carries the reference, and Ray
-        hands workers the arrays zero-copy from their node's store. While many shards remain,
-        each worker holds one queued behind those it runs, so it never waits on the driver;
-        for the last ones it holds only what it runs, so no shard waits behind a busy worker
-        while another sits idle (the idle tail; benchmarks/tail.py measures it).
+        hands workers the arrays zero-copy from their node's store. A worker holds only the
+        shards it runs at once (`threads_per_worker`), none queued: a queued shard can wait
+        behind a slow worker while another sits idle at the end of the job (the idle tail,
+        benchmarks/tail.py), and the driver's round trip between two shards costs milliseconds.
         """
         job = _Job(self, spec, config, ray.put(state), shards)
         while job.unsubmitted or job.retries or job.tasks:
@@ -232,7 +232,7 @@ class _Job:
         self.workers[index].in_flight += 1
 
     def dispatch(self) -> None:
-        """Retries first, each alone on a worker that has drained; then fresh shards to the least loaded."""
+        """Retries first, each alone on a worker that has drained; then fresh shards to free slots."""
         live = [index for index, worker in enumerate(self.workers) if worker.alive]
         self.ping_down_workers()
         if not live and not self.pings and not any(worker.next_ping_s for worker in self.workers):
@@ -250,11 +250,10 @@ class _Job:
                 running_retry.add(target)
             else:
                 reserved.add(target)  # fed nothing new until it is empty
-        prefetch = 1 if self.unsubmitted > len(live) else 0
         for index in sorted(live, key=lambda index: self.workers[index].in_flight):
             if index in running_retry | reserved:
                 continue
-            while self.unsubmitted and self.workers[index].in_flight < self.pool.placement.threads_per_worker + prefetch:
+            while self.unsubmitted and self.workers[index].in_flight < self.pool.placement.threads_per_worker:
                 self.submit(index, next(self.fresh), isolated=False)
                 self.unsubmitted -= 1
 
