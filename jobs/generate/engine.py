@@ -133,8 +133,8 @@ class _Worker:
     """The driver's view of one actor: whether it takes shards now, and what it holds."""
 
     handle: Any
-    alive: bool = True  # False from a crash until Ray has restarted it and it answered a ping
-    next_ping_s: float = 0.0  # while down: when to ask again whether it is back
+    alive: bool = False  # True once it answered a ping: at start-up, and again after Ray restarted it
+    next_ping_s: float = dataclasses.field(default_factory=time.monotonic)  # while down: when to ask (0: never)
     in_flight: int = 0
     last_done_s: float | None = None  # when its last shard finished (time.monotonic)
 
@@ -258,8 +258,11 @@ class _Job:
                 self.unsubmitted -= 1
 
     def ping_down_workers(self) -> None:
-        """Ask each down worker, once a poll interval, whether Ray has brought it back. Without retries:
-        Ray's own would log "(raylet) Task ShardWorker.pid failed ... will be retried" each time."""
+        """Ask each worker that is starting or down, once a poll interval, whether it is up. No shard
+        waits on a worker that never came up: seen here with Ray 2.60, an actor killed while its process
+        started kept its CPU (cf. ray-project/ray#27743), and the next job's actor waited for one forever.
+        Pings go without retries: Ray's own would log "(raylet) Task ShardWorker.pid failed ... will be
+        retried" each time."""
         now = time.monotonic()
         asked = set(self.pings.values())
         for index, worker in enumerate(self.workers):
@@ -325,7 +328,8 @@ class _Job:
         shown = ", ".join(map(str, in_flight[:5])) + (", ..." if len(in_flight) > 5 else "")
         return VaegenError(
             f"no shard finished in {self.pool.stall_timeout_s:g} s (--stall-timeout): {len(in_flight)} in flight "
-            f"({shown or 'none'}), {down} of {len(self.workers)} worker(s) down (a lost node or a hung worker); "
+            f"({shown or 'none'}), {down} of {len(self.workers)} worker(s) down or not started (a lost node, a hung "
+            f"worker, no free CPU/GPU); "
             f"{self.pool.resume_hint(self.spec, len(self.done))}"
         )
 
