@@ -94,8 +94,10 @@ def _process_start(pid: int) -> str | None:
 
 
 def _owner_alive(pid: int, start: str | None) -> bool:
+    """`start`: the holder's recorded start time; None in a lock written without it (then the pid alone counts)."""
     if Path("/proc/self/stat").exists():
-        return start is not None and _process_start(pid) == start
+        current = _process_start(pid)
+        return current is not None and start in (None, current)
     try:  # no /proc: signal 0 says whether the pid exists
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -224,6 +224,7 @@ class _Job:
         self.pings: dict[Any, int] = {}  # ref -> worker index, for workers that are down
         self.done: list[PartInfo] = []
         self.last_progress_s = time.monotonic()
+        self.gone_reason = ""  # why the last worker that cannot come back died
 
     def submit(self, index: int, shard: int, isolated: bool) -> None:
         ref = self.workers[index].handle.write.remote(self.spec, self.config, self.state_ref, shard)
@@ -236,8 +237,8 @@ class _Job:
         live = [index for index, worker in enumerate(self.workers) if worker.alive]
         self.ping_down_workers()
         if not live and not self.pings and not any(worker.next_ping_s for worker in self.workers):
-            raise VaegenError(f"all {len(self.workers)} worker(s) are gone and Ray cannot restart them; "
-                              f"{self.pool.resume_hint(self.spec, len(self.done))}")
+            raise VaegenError(f"all {len(self.workers)} worker(s) are gone and Ray cannot restart them "
+                              f"({self.gone_reason}); {self.pool.resume_hint(self.spec, len(self.done))}")
         running_retry = {task.worker for task in self.tasks.values() if task.isolated}
         reserved: set[int] = set()
         for _ in range(len(self.retries)):
@@ -291,8 +292,9 @@ class _Job:
             try:
                 ray.get(ref, timeout=0)
                 worker.alive, worker.next_ping_s = True, 0.0
-            except ActorDiedError:
-                worker.next_ping_s = 0.0  # gone for good (killed, its restarts spent): never asked again
+            except ActorDiedError as error:  # gone for good (its constructor raised, it was killed): never asked again
+                worker.next_ping_s = 0.0
+                self.gone_reason = " ".join(str(error).split())[:500]
             except RayActorError:
                 worker.next_ping_s = time.monotonic() + POLL_S
             return None
