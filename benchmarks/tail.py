@@ -1,6 +1,6 @@
 """The idle tail of a generate job: how long workers sit idle at the end while others still write.
 
-    python benchmarks/tail.py [--shards 12] [--rows-per-shard 32768] [--repeats 3] [--out benchmarks/out/tail.json]
+    python benchmarks/tail.py [--shards 12] [--rows-per-shard 32768] [--repeats 5] [--out benchmarks/out/tail.json]
 
 Idle tail = the sum over workers of the time between a worker's last shard finishing and the
 job's last shard finishing. Two dispatch policies run on the same actors, model and shards:
@@ -10,9 +10,9 @@ job's last shard finishing. Two dispatch policies run on the same actors, model 
           is free
 in two settings on a local Ray with one CPU worker per core:
   uniform      the workers run at the same speed
-  slow-worker  worker 1 gets half a core: stopped and continued every 50 ms (SIGSTOP/SIGCONT, the
-               duty cycle a cgroup CPU quota of 50% imposes), as a node with a noisy neighbour or
-               an older GPU would be
+  slow-worker  worker 1 runs a quarter of the time: stopped for 150 ms, continued for 50 ms
+               (SIGSTOP/SIGCONT, the duty cycle a cgroup CPU quota of 25% imposes), as a node
+               with a noisy neighbour or an older GPU would be
 Each run writes a fresh dataset (2 -> 128 -> 784 decoder with random weights, float32, seed 42)
 into a temporary folder; worker start-up is excluded.
 """
@@ -48,10 +48,10 @@ def decoder_state() -> tuple[dict, dict]:
     return config.to_dict(), {key: value.detach().numpy().copy() for key, value in decoder.state_dict().items()}
 
 
-class HalfSpeed(threading.Thread):
-    """Runs a process half of the time: stopped and continued every SLICE_S."""
+class QuarterSpeed(threading.Thread):
+    """Runs a process a quarter of the time: RUN_S running, then 3 * RUN_S stopped."""
 
-    SLICE_S = 0.05
+    RUN_S = 0.05
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
@@ -62,9 +62,9 @@ class HalfSpeed(threading.Thread):
         try:
             while not self.stop.is_set():
                 os.kill(self.pid, signal.SIGSTOP)
-                time.sleep(self.SLICE_S)
+                time.sleep(3 * self.RUN_S)
                 os.kill(self.pid, signal.SIGCONT)
-                time.sleep(self.SLICE_S)
+                time.sleep(self.RUN_S)
         finally:
             os.kill(self.pid, signal.SIGCONT)
 
@@ -105,7 +105,7 @@ def run_once(policy: str, slow_worker: bool, spec, config: dict, state: dict, ro
     with tempfile.TemporaryDirectory(dir=root) as out, WorkerPool(Storage(out), placement) as pool:
         pids = ray.get([worker.pid.remote() for worker in pool.workers])  # started: start-up is not timed
         if slow_worker:
-            throttle = HalfSpeed(pids[1])
+            throttle = QuarterSpeed(pids[1])
             throttle.start()
         try:
             started = time.monotonic()
@@ -129,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=12)
     parser.add_argument("--rows-per-shard", type=int, default=32_768)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "tail.json"))
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
-import json
 import os
 import signal
 import subprocess

@@ -161,8 +161,9 @@ def lock_models(name: str) -> list[str]:
             if LOCK_MARK in model.name]
 
 
-def report(title: str, counts: dict[str, Any]) -> None:
-    print(f"\n[race figures] {title}: {json.dumps(counts, sort_keys=True)}")
+def report(title: str, store: TrackingStore, counts: dict[str, Any]) -> None:
+    backend = "sqlite" if store.uri.startswith("sqlite") else "postgresql"
+    print(f"\n[race figures] {title}, {backend}: {json.dumps(counts, sort_keys=True)}")
 
 
 # ---------------------------------------------------------------- fixtures
@@ -228,7 +229,7 @@ def test_eight_concurrent_promotions_form_one_chain(store, zygote):
         assert after["previous_version"] == before["version"], events  # each replaced the one before it
     assert int(mlflow.MlflowClient().get_registered_model(name).aliases["champion"]) == chain[-1]["version"]
     assert not lock_models(name)
-    report(f"{PROMOTERS} concurrent promotions, {store.uri.split(':')[0]}",
+    report(f"{PROMOTERS} concurrent promotions", store,
            {"won": len(winners), "refused_held_by": len(refused), "other": PROMOTERS - len(winners) - len(refused),
             "order": [event["version"] for event in chain]})
 
@@ -283,7 +284,7 @@ def test_four_concurrent_refreshes_make_one_dataset(store, zygote, champion, tmp
     assert sorted(path.name for path in root.iterdir()) == sorted([*committed(root), LATEST])  # nothing partial
     assert len(committed(root)) == 1
     assert_consistent(root)
-    report(f"{REFRESHERS} concurrent refreshes, {store.uri.split(':')[0]}", dict(actions))
+    report(f"{REFRESHERS} concurrent refreshes", store, dict(actions))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +347,5 @@ def test_refresh_killed_at_random_points_then_rerun_is_consistent(store, zygote,
         assert action == "generated", (trial, rerun.output)  # never "busy" behind the dead one's lock
         state = assert_consistent(root)
         assert state["committed"] <= KEEP, state
-    report(f"{KILL_TRIALS} refreshes killed at random (seed {KILL_SEED}), "
-           f"{store.uri.split(':')[0]}", {"killed_while": dict(tally), "reruns_generated": KILL_TRIALS,
-                                          "end_state": assert_consistent(root)})
+    report(f"{KILL_TRIALS} refreshes killed at random (seed {KILL_SEED})", store,
+           {"killed_while": dict(tally), "reruns_generated": KILL_TRIALS, "end_state": assert_consistent(root)})
