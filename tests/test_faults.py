@@ -25,7 +25,8 @@ from click.testing import CliRunner
 
 from jobs.cli import main
 from jobs.generate import engine
-from jobs.generate.engine import MAX_SHARD_ATTEMPTS, EngineOptions, Placement, WorkerPool
+from jobs.generate.config import EngineOptions
+from jobs.generate.engine import MAX_SHARD_ATTEMPTS, Placement, WorkerPool
 from jobs.generate.job import GenerateConfig, dataset_spec, generate
 from jobs.generate.spec import part_name
 from jobs.generate.storage import Storage

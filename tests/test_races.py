@@ -49,33 +49,47 @@ KEEP = 2
 MAX_KILL_DELAY_S = 0.3  # after the step a trial targets: the kill lands somewhere inside that step
 PROCESS_TIMEOUT_S = 300
 ZYGOTE = r"""
-import json, os, signal, sys, traceback
+import json, os, signal, sys
 import jobs.cli, jobs.refresh, registry.promotion  # everything `promote` and `refresh` import
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children: a killed one leaves no zombie
+
+prefixes = {}  # child pid -> where its output and exit code go
+
+
+def reap(signum, frame):
+    # vaegen ends with os._exit(): its exit status, read here, is the only record of its exit code.
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        prefix = prefixes.pop(pid)
+        with open(prefix + ".code.tmp", "w") as handle:
+            handle.write(str(os.waitstatus_to_exitcode(status)))
+        os.rename(prefix + ".code.tmp", prefix + ".code")
+
+
+signal.signal(signal.SIGCHLD, reap)
 print("ready", flush=True)
 for line in sys.stdin:
     request = json.loads(line)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # reap() must know the pid before it exits
     pid = os.fork()
     if pid == 0:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         os.setsid()
         for fd, suffix in ((1, ".stdout"), (2, ".stderr")):
             os.dup2(os.open(request["prefix"] + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         sys.argv = ["vaegen", *request["args"]]
-        code = 0
         try:
-            jobs.cli.vaegen_main()
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        with open(request["prefix"] + ".code", "w") as handle:
-            handle.write(str(code))
-        os._exit(code)
+            jobs.cli.vaegen_main()  # the console script: it exits the process itself
+        finally:
+            os._exit(70)
+    prefixes[pid] = request["prefix"]
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
     print(pid, flush=True)
 """
 
@@ -93,7 +107,7 @@ class Child:
 
     def exit_code(self) -> int | None:
         path = self.prefix.with_suffix(".code")
-        return int(path.read_text()) if path.exists() and path.read_text() else None
+        return int(path.read_text()) if path.exists() else None
 
     def finish(self) -> tuple[int, str, str]:
         wait_until(lambda: self.exit_code() is not None, PROCESS_TIMEOUT_S, f"vaegen process {self.pid} to exit")
