@@ -179,6 +179,7 @@ class RefreshLock:
 
     def _create(self) -> bool:
         data = json.dumps(self.token).encode()
+        self.storage.fs.create_dir(self.storage.root, recursive=True)  # check_writable() leaves no folder behind
         if self.storage.is_local:
             temporary = self.storage.path(f"{LOCK}.{self.token['owner']}.tmp")
             with open(temporary, "wb") as handle:

@@ -72,11 +72,25 @@ def _lock_name(name: str, alias: str) -> str:
     return f"{name}{LOCK_MARK}{alias}"
 
 
+class AliasLock:
+    """`<name>.vaegen-lock.<alias>`, held: a registered model whose creation is atomic (a unique name in
+    the store), tagged with who holds it, for what, since when, and a token only the holder knows."""
+
+    def __init__(self, lock: str, tags: dict[str, str]):
+        self.lock, self.tags = lock, tags
+
+    def confirm(self) -> None:
+        """Raise unless the lock still carries our token: called before the alias moves, so that a holder
+        whose lock was taken over (judged stale, or deleted by a stray retried request) changes nothing."""
+        with contextlib.suppress(MlflowException):
+            if client().get_registered_model(self.lock).tags.get("vaegen.lock_token") == self.tags["vaegen.lock_token"]:
+                return
+        raise VaegenError(f"lost the promotion lock {self.lock!r} before moving the alias; nothing was changed: retry")
+
+
 @contextlib.contextmanager
 def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WAIT_S,
-               stale_s: float = LOCK_STALE_S) -> Iterator[None]:
-    """Hold `<name>.vaegen-lock.<alias>`, a registered model whose creation is atomic (a unique name in
-    the store). Its tags say who holds it, for what and since when, for the "held by" refusal."""
+               stale_s: float = LOCK_STALE_S) -> Iterator[AliasLock]:
     mlflow_client = client()
     lock = _lock_name(name, alias)
     owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
@@ -89,10 +103,14 @@ def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WA
             mlflow_client.create_registered_model(lock, tags=tags, description="vaegen promotion lock; safe to delete if stale")
             break
         except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            # On a server with several workers, a create that collides with a lock deleted a moment later
+            # answers RESOURCE_DOES_NOT_EXIST (MLflow reads the existing model back to word its refusal).
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
             with contextlib.suppress(MlflowException):  # gone meanwhile: try again
                 holder = mlflow_client.get_registered_model(lock).tags
+                if holder.get("vaegen.lock_token") == tags["vaegen.lock_token"]:
+                    break  # our create went through; its answer was lost and the request retried
                 if time.time() - float(holder.get("vaegen.lock_since", "0")) > stale_s:
                     mlflow_client.delete_registered_model(lock)  # a crashed promotion's lock
                     continue
@@ -102,7 +120,7 @@ def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WA
                                   f"model {lock!r} (it is taken over after {stale_s:g} s anyway)") from None
             time.sleep(LOCK_POLL_S)
     try:
-        yield
+        yield AliasLock(lock, tags)
     finally:
         with contextlib.suppress(MlflowException):
             if mlflow_client.get_registered_model(lock).tags.get("vaegen.lock_token") == tags["vaegen.lock_token"]:
@@ -208,7 +226,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
     if not config.reason.strip():
         raise UsageError('--reason is required: say why this version should serve, e.g. --reason "retrained on March data"')
     pinned = resolve(reference)
-    with alias_lock(pinned.name, config.alias, purpose=f"promote v{pinned.version}"):
+    with alias_lock(pinned.name, config.alias, purpose=f"promote v{pinned.version}") as lock:
         holder_pin = current_holder(pinned.name, config.alias)
         if holder_pin is not None and holder_pin.version == pinned.version:
             return PromotionResult(pinned, config.alias, holder_pin.version,
@@ -222,6 +240,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
         if blocking:
             return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False)
         previous = None if holder_pin is None else holder_pin.version
+        lock.confirm()
         client().set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
         record = {"action": "promote", "alias": config.alias, "version": pinned.version, "previous_version": previous,
                   "at": _now(), "by": config.by, "reason": config.reason, "forced": config.force,
@@ -234,7 +253,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
 def rollback(name: str, alias: str = "champion", by: str | None = None, reason: str = "rollback") -> tuple[int, int]:
     """Point the alias back at the version it held before the current holder's promotion: (from, to)."""
     by = by or getpass.getuser()
-    with alias_lock(name, alias, purpose="rollback"):
+    with alias_lock(name, alias, purpose="rollback") as lock:
         holder = current_holder(name, alias)
         if holder is None:
             raise UsageError(f"{name}@{alias} does not exist; nothing to roll back")
@@ -244,6 +263,7 @@ def rollback(name: str, alias: str = "champion", by: str | None = None, reason: 
         if promotion is None or promotion["previous_version"] is None:
             raise UsageError(f"{name}@{alias} (v{holder.version}) has no recorded previous holder to roll back to")
         target = int(promotion["previous_version"])
+        lock.confirm()
         client().set_registered_model_alias(name, alias, str(target))
         record = {"action": "rollback", "alias": alias, "version": target, "previous_version": holder.version,
                   "at": _now(), "by": by, "reason": reason}

@@ -329,6 +329,31 @@ def trained_version(module_sqlite: TrackingStore) -> TrainedVersion:
     return TrainedVersion(module_sqlite, config, run(config))
 
 
+def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0):
+    """A seeded, untrained decoder registered through the path training uses (weights-only, config, tags), in
+    the active store: for tests that need a version to decode with and gates to pass, not a good model. Seconds,
+    where training takes tens of seconds on a loaded 2-core box."""
+    import torch
+
+    from registry import models
+    from vae_core.config import VAEConfig
+    from vae_core.model import VAE
+    from vae_core.training import TrainResult
+
+    torch.manual_seed(0)
+    result = TrainResult(model=VAE(VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1, holdout_size=1,
+                         seconds=0.0)
+    with models.training_run("vaegen-train", "untrained-decoder", {}) as run:
+        return run.register(result, name, {})
+
+
+@pytest.fixture(scope="module")
+def untrained_version(module_sqlite: TrackingStore) -> TrackingStore:
+    """vae-decoder/1, an untrained decoder (register_untrained_decoder), in this module's SQLite store."""
+    register_untrained_decoder()
+    return module_sqlite
+
+
 @pytest.fixture(scope="module")
 def module_http(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingStore]:
     """Like mlflow_http, shared by one test module: expensive setup (training) once, on the shared server."""

@@ -142,7 +142,7 @@ def driver(cluster, monkeypatch) -> Iterator:
 # ---------------------------------------------------------------- tests
 
 
-def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, trained_version, tmp_path):
+def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, untrained_version, tmp_path):
     out = tmp_path / "out"
     directory = out / dataset_id(1)
     directory.mkdir(parents=True)
@@ -150,7 +150,7 @@ def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, 
     killer.start()
     command = [VAEGEN, "generate", "--model", MODEL, "--n", str(N), "--seed", "1", "--rows-per-shard", str(R),
                "--num-workers", "2", "--out", str(out), "--shared-fs"]
-    env = cluster.env.environ(RAY_ADDRESS=cluster.gcs_address, MLFLOW_TRACKING_URI=trained_version.store.uri)
+    env = cluster.env.environ(RAY_ADDRESS=cluster.gcs_address, MLFLOW_TRACKING_URI=untrained_version.uri)
     process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
@@ -189,7 +189,7 @@ class CpuHolder:
         return True
 
 
-def test_shards_are_read_lazily_and_only_go_to_workers_that_started(driver, trained_version, tmp_path):
+def test_shards_are_read_lazily_and_only_go_to_workers_that_started(driver, untrained_version, tmp_path):
     class CountingShards(collections.abc.Sequence):
         """range(count), recording how far the pool has read it."""
 
@@ -228,7 +228,7 @@ def test_shards_are_read_lazily_and_only_go_to_workers_that_started(driver, trai
     assert pool.idle_tail_s < 0.1  # one worker: its last shard ended the job
 
 
-def test_a_hung_worker_fails_the_job_within_the_stall_timeout(driver, trained_version, tmp_path):
+def test_a_hung_worker_fails_the_job_within_the_stall_timeout(driver, untrained_version, tmp_path):
     stopped: dict[str, Any] = {}
     directory = tmp_path / dataset_id(4)
 
@@ -264,7 +264,7 @@ def test_a_hung_worker_fails_the_job_within_the_stall_timeout(driver, trained_ve
     np.testing.assert_array_equal(pq.read_table(directory, columns=["sample_id"])["sample_id"].to_numpy(), np.arange(N))
 
 
-def test_second_node_lost_mid_job_the_job_finishes_on_what_remains(driver, trained_version, tmp_path):
+def test_second_node_lost_mid_job_the_job_finishes_on_what_remains(driver, untrained_version, tmp_path):
     seen: dict[str, Any] = {}
     directory = tmp_path / dataset_id(5)
 

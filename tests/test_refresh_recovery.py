@@ -50,7 +50,7 @@ def action(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def champion(trained_version) -> Iterator[str]:
+def champion(untrained_version) -> Iterator[str]:
     promotion.promote("vae-decoder/1", promotion.PromotionConfig(reason="serve", by="tester"))
     with private_local_ray():
         yield MODEL
