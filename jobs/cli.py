@@ -228,7 +228,7 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
         click.option("--layout", type=click.Choice(["tensor", "binary"]), default="tensor", show_default=True,
-                     help="x as an Arrow fixed-shape tensor, or raw fixed-size binary rows (faster; see README)."),
+                     help="x with its shape (nested fixed-size lists), or raw fixed-size binary rows (faster; see README)."),
         click.option("--compression", type=click.Choice(["zstd", "lz4", "snappy", "gzip", "none"]), default="zstd", show_default=True),
         click.option("--rows-per-shard", type=int, default=65_536, show_default=True, help="Rows per Parquet part file."),
         click.option("--batch-size", type=int, default=4_096, show_default=True, help="Rows per decode block."),
@@ -301,7 +301,7 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     Examples:
       vaegen generate --n 1000000 --seed 42 --out ./datasets
       ray job submit --address http://127.0.0.1:8265 -- generate --n 1000000 --out s3://bucket/synthetic
-      vaegen generate --resume vae-decoder-v7-n1000000-seed42-float32-f2 --out ./datasets
+      vaegen generate --resume vae-decoder-v7-n1000000-seed42-float32-f3 --out ./datasets
     """
     if resume is not None:
         _refuse_dataset_options_with_resume(click.get_current_context())
@@ -380,8 +380,8 @@ def inspect_command(dataset, deep) -> None:
 
     \b
     Examples:
-      vaegen inspect ./datasets/vae-decoder-v7-n1000000-seed42-float32-f2
-      vaegen inspect s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f2 --deep
+      vaegen inspect ./datasets/vae-decoder-v7-n1000000-seed42-float32-f3
+      vaegen inspect s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f3 --deep
     """
     from jobs.generate.inspect import inspect
 
@@ -519,7 +519,7 @@ def report(model_ref, dataset, n, data, out_dir) -> None:
     \b
     Examples:
       vaegen report --model vae-decoder@champion
-      vaegen report --dataset ./datasets/vae-decoder-v7-n1000000-seed42-float32-f2
+      vaegen report --dataset ./datasets/vae-decoder-v7-n1000000-seed42-float32-f3
     """
     from jobs import report as reports
     from registry import tracking
