@@ -24,11 +24,12 @@ import ray
 from click.testing import CliRunner
 
 from jobs.cli import main
-from jobs.generate import engine
+from jobs.generate import card, engine
+from jobs.generate.manifest import MANIFEST
 from jobs.generate.config import EngineOptions
 from jobs.generate.engine import MAX_SHARD_ATTEMPTS, Placement, WorkerPool
 from jobs.generate.job import GenerateConfig, dataset_spec, generate
-from jobs.generate.spec import part_name
+from jobs.generate.spec import FORMAT, part_name
 from jobs.generate.storage import Storage
 from ray_cluster import ray_cluster, tagged_pids, wait_until
 from registry import models
@@ -48,7 +49,7 @@ SUBPROCESS_TIMEOUT_S = 300
 
 
 def dataset_id(seed: int) -> str:
-    return f"vae-decoder-v1-n{N}-seed{seed}-float32-f2"
+    return f"vae-decoder-v1-n{N}-seed{seed}-float32-f{FORMAT.rsplit('/', 1)[1]}"
 
 
 def invoke(*args: str):
@@ -298,6 +299,6 @@ def test_second_node_lost_mid_job_the_job_finishes_on_what_remains(driver, untra
     inspected = invoke("inspect", str(directory), "--deep")
     assert inspected.exit_code == 0 and f"verified: {N // R} files" in inspected.stdout, inspected.output
     assert sorted(path.name for path in directory.iterdir()) == sorted(
-        ["_manifest.json", *(part_name(shard) for shard in range(N // R))])
+        [MANIFEST, card.CARD, card.HF_YAML, *(part_name(shard) for shard in range(N // R))])  # nothing left over
     print(f"\n[fault figures] second node lost after {seen['parts_before']} of {N // R} parts: the job finished on "
           f"the head {finished_at - seen['lost_at']:.1f} s later")
