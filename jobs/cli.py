@@ -1,6 +1,7 @@
 """The `vaegen` command line: thin click wrappers over library functions.
 
 Exit codes, in one place: 0 ok, 1 the job failed, 2 usage error (bad input), 130 interrupted.
+`refresh` exits 0 with `refresh: busy` when a live refresh holds the root's lock: that one reports.
 Results go to stdout; progress and diagnostics to stderr; a traceback only with --debug.
 """
 
@@ -239,6 +240,8 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--shared-fs", is_flag=True, help="A local --out is a filesystem shared by every Ray node."),
         click.option("--redact-provenance", is_flag=True,
                      help="Leave users, hosts and absolute locations out of the manifest (for datasets you publish)."),
+        click.option("--stall-timeout", type=float, default=600.0, show_default=True,
+                     help="Fail (resumably) when no shard finishes for this many seconds: a lost node, a hung worker."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -246,13 +249,14 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_shard, batch_size, num_workers, device,
-                     labels, shared_fs, **extra):
+                     labels, shared_fs, stall_timeout, **extra):
     from jobs.generate.config import EngineOptions, GenerateConfig  # light: checks input before anything heavy
 
     config = GenerateConfig(
         n=n, model=model_ref, out=out, dtype=dtype, layout=layout, compression=compression,
         rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels,
-        engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs), **extra,
+        engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs, stall_timeout_s=stall_timeout),
+        **extra,
     )
     config.check_output()
     return config
@@ -273,6 +277,15 @@ def _refuse_dataset_options_with_resume(ctx: click.Context) -> None:
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
+
+
+def _stdout_for_results() -> Any:
+    """Reserve stdout for this command's results, which it prints to the stream returned: for the rest of
+    the process anything else written to sys.stdout goes to stderr. Ray forwards worker and raylet lines
+    ("(raylet) A worker died ...") to stdout, repeated ones only when it flushes them, as late as exit."""
+    results = sys.stdout
+    sys.stdout = sys.stderr
+    return results
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -299,6 +312,7 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     config = _generate_config(**options, seed=seed, overwrite=overwrite, resume=resume)
     from jobs.generate.job import generate as run_generate  # after the input is checked: it imports Ray
 
+    results = _stdout_for_results()
     result = run_generate(config, log=_log)
     timings = result.manifest["timings"]
     if result.status == "up-to-date":
@@ -306,8 +320,8 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     else:
         _log(f"{result.status} {result.manifest['n']:,} rows in {timings['seconds']:.1f} s "
              f"({timings['rows_per_s']:,.0f} rows/s), {result.manifest['total_bytes'] / 1e6:,.1f} MB")
-    click.echo(f"dataset_id: {result.dataset_id}")
-    click.echo(f"location: {result.location}")
+    click.echo(f"dataset_id: {result.dataset_id}", file=results)
+    click.echo(f"location: {result.location}", file=results)
 
 
 main.add_command(generate)
@@ -476,7 +490,8 @@ def rollback(name, alias, reason, by) -> None:
 @click.option("--seed-policy", type=click.Choice(["fixed", "daily", "new"]), default="fixed", show_default=True,
               help="fixed: new data only when the promoted version changes; daily: a seed per UTC day; new: every run.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="The fixed seed / base of the daily seed.")
-@click.option("--lock-timeout", type=float, default=6 * 3600.0, show_default=True, help="Seconds after which a refresh lock is stale.")
+@click.option("--lock-timeout", type=float, default=900.0, show_default=True,
+              help="A lock whose holder's heartbeat is this many seconds old is stale (a dead holder on this host: at once).")
 @handle_errors
 def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
     """Rebuild the dataset when the promoted version changes; move ROOT/latest; prune old datasets.
@@ -492,10 +507,12 @@ def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
 
     config = RefreshConfig(generate=generate_config, keep=keep, seed_policy=seed_policy, seed=seed,
                            lock_timeout_s=lock_timeout)
+    results = _stdout_for_results()
     result = run_refresh(config, log=_log)
-    click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""))
+    click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""),
+               file=results)
     for dataset_id in result.pruned:
-        click.echo(f"pruned: {dataset_id}")
+        click.echo(f"pruned: {dataset_id}", file=results)
 
 
 @main.command()

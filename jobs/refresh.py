@@ -1,14 +1,18 @@
 """The scheduled refresh: resolve the promoted version once, generate its dataset if it is not
 committed yet, move `ROOT/latest`, prune old datasets. Safe to run from cron every minute.
 
-Concurrency: `ROOT/.refresh.lock` is created exclusively (O_EXCL on local disk; on object
-stores, which pyarrow gives no create-if-absent for, a write then read-back check). A second
-refresh that finds it held exits 0 without work. A lock older than `lock_timeout_s` belongs
-to a crashed refresh and is taken over.
+Concurrency: `ROOT/.refresh.lock` names its holder (host, boot, pid) and is created atomically
+(a hard link on local disk, which fails if the name exists, NFS included; on object stores,
+which pyarrow gives no create-if-absent for, a write then read-back check). The holder touches
+it every HEARTBEAT_FRACTION of `lock_timeout_s`. Another refresh that finds it exits 0 "busy",
+unless its holder is dead: on the same host a pid that is gone (or reused) is dead at once;
+from another host, a lock whose heartbeat is older than `lock_timeout_s` is. A stale lock is
+moved aside atomically before it is replaced, so two refreshes cannot both take it over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -16,19 +20,23 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate.storage import Storage, storage_from_env
 from registry import lineage, models, tracking
-from vae_core.errors import UsageError
+from vae_core.errors import UsageError, VaegenError
 
 LATEST = "latest"
 LOCK = ".refresh.lock"
 SEED_POLICIES = ("fixed", "daily", "new")
+DEFAULT_LOCK_TIMEOUT_S = 900.0  # 15 missed heartbeats: a live holder is never taken for dead, a dead one blocks 15 min at most
+HEARTBEAT_FRACTION = 1 / 15  # the holder touches its lock every timeout / 15 (every minute by default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +45,7 @@ class RefreshConfig:
     keep: int = 3  # newest committed datasets kept (plus the one `latest` names, if older): two rollbacks' worth
     seed_policy: str = "fixed"  # fixed: new data only when the promoted version changes
     seed: int = 0  # the fixed seed, and the base of the daily one
-    lock_timeout_s: float = 6 * 3600.0  # longer than any refresh should take; then the lock is stale
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # without a heartbeat for this long, a lock from another host is stale
     today: dt.date | None = None  # the date the daily policy uses; None = today (UTC)
 
     def __post_init__(self) -> None:
@@ -45,6 +53,8 @@ class RefreshConfig:
             raise UsageError(f"--keep must be a positive integer, got {self.keep}")
         if self.seed_policy not in SEED_POLICIES:
             raise UsageError(f"--seed-policy must be one of {', '.join(SEED_POLICIES)}, got {self.seed_policy!r}")
+        if not self.lock_timeout_s > 0:
+            raise UsageError(f"--lock-timeout must be a positive number of seconds, got {self.lock_timeout_s}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +63,7 @@ class RefreshResult:
     dataset_id: str | None
     model_version: int | None
     pruned: list[str]
+    unreadable: list[str] = dataclasses.field(default_factory=list)  # "ID: why" of datasets prune could not judge
 
 
 def seed_for(config: RefreshConfig) -> int:
@@ -64,46 +75,178 @@ def seed_for(config: RefreshConfig) -> int:
     return int.from_bytes(hashlib.sha256(f"{config.seed}:{day}".encode()).digest()[:4], "big")
 
 
+def _boot_id() -> str:
+    """Distinguishes two boots of one host: a pid from before a reboot names nobody."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None if it is gone or a zombie.
+    With the pid it names one process: a pid reused by another process has another start time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _owner_alive(pid: int, start: str | None) -> bool:
+    """`start`: the holder's recorded start time; None in a lock written without it (then the pid alone counts)."""
+    if Path("/proc/self/stat").exists():
+        current = _process_start(pid)
+        return current is not None and start in (None, current)
+    try:  # no /proc: signal 0 says whether the pid exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class RefreshLock:
+    """ROOT/.refresh.lock: who holds it, and a heartbeat (the file's mtime) while they do."""
+
     def __init__(self, storage: Storage, timeout_s: float):
         self.storage = storage
         self.timeout_s = timeout_s
-        self.token = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "acquired_at": time.time()}
+        pid = os.getpid()
+        self.token = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "boot_id": _boot_id(), "pid": pid,
+                      "pid_start": _process_start(pid), "acquired_at": time.time()}
+        self.holder: dict[str, Any] = {}  # after a failed acquire(): what the lock said about its holder
+        self.taken_over: str | None = None  # why a dead holder's lock was replaced, if it was
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def acquire(self) -> bool:
-        held = self.storage.read_json(LOCK)
-        if held is not None and time.time() - held.get("acquired_at", 0) > self.timeout_s:
-            self.storage.delete(LOCK)  # stale: its refresh crashed
+        for _ in range(3):  # a lock found stale is moved aside, then the create is tried again
+            if self._create():
+                self._heartbeat = threading.Thread(target=self._beat, name="refresh-lock-heartbeat", daemon=True)
+                self._heartbeat.start()
+                return True
+            self.holder = self._read()
+            reason = self._stale_reason(self.holder)
+            if reason is None or not self._move_aside(self.holder):
+                return False
+            self.taken_over = reason
+        return False
+
+    def still_held(self) -> bool:
+        return self._read().get("owner") == self.token["owner"]
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        if self.still_held():
+            self.storage.delete(LOCK)
+
+    def describe_holder(self) -> str:
+        held = self.holder
+        if not held:
+            return "an unreadable lock"
+        age_s = time.time() - held.get("heartbeat_at", held.get("acquired_at", 0))
+        return f"pid {held.get('pid')} on {held.get('host')}, last heartbeat {age_s:,.0f} s ago"
+
+    def _read(self) -> dict[str, Any]:
+        """The lock's record, with its mtime as `heartbeat_at`; {} if absent or unreadable."""
+        try:
+            record = json.loads(self.storage.read_bytes(LOCK))
+            info = self.storage.fs.get_file_info(self.storage.path(LOCK))
+        except (OSError, ValueError):  # gone meanwhile, or half-written by a crashed object-store writer
+            return {}
+        if not isinstance(record, dict):
+            return {}
+        if info.mtime is not None:
+            record["heartbeat_at"] = info.mtime.timestamp()
+        return record
+
+    def _stale_reason(self, held: dict[str, Any]) -> str | None:
+        """Why the holder is dead, or None while it may be alive."""
+        if held.get("host") == self.token["host"] and held.get("boot_id") == self.token["boot_id"] and "pid" in held:
+            if not _owner_alive(int(held["pid"]), held.get("pid_start")):
+                return f"its holder, pid {held['pid']} on this host, is gone"
+        last_s = held.get("heartbeat_at", held.get("acquired_at"))
+        if last_s is None:  # unreadable: judge by the file's age alone
+            info = self.storage.fs.get_file_info(self.storage.path(LOCK))
+            last_s = info.mtime.timestamp() if info.mtime is not None else 0.0
+        if time.time() - last_s > self.timeout_s:
+            return f"no heartbeat from {held.get('host', 'its holder')} for over {self.timeout_s:g} s (--lock-timeout)"
+        return None
+
+    def _create(self) -> bool:
         data = json.dumps(self.token).encode()
+        self.storage.fs.create_dir(self.storage.root, recursive=True)  # check_writable() leaves no folder behind
         if self.storage.is_local:
+            temporary = self.storage.path(f"{LOCK}.{self.token['owner']}.tmp")
+            with open(temporary, "wb") as handle:
+                handle.write(data)
             try:
-                descriptor = os.open(self.storage.path(LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(temporary, self.storage.path(LOCK))  # atomic: fails if the lock exists
+                return True
             except FileExistsError:
                 return False
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-            return True
+            finally:
+                os.unlink(temporary)
         if self.storage.exists(LOCK):
             return False
         with self.storage.fs.open_output_stream(self.storage.path(LOCK)) as stream:
             stream.write(data)
-        return (self.storage.read_json(LOCK) or {}).get("owner") == self.token["owner"]
+        return self.still_held()
 
-    def release(self) -> None:
-        if (self.storage.read_json(LOCK) or {}).get("owner") == self.token["owner"]:
+    def _move_aside(self, stale: dict[str, Any]) -> bool:
+        """Remove the stale lock, unless another refresh replaced it meanwhile; True if it is gone."""
+        if not self.storage.is_local:
+            if self._read().get("owner") != stale.get("owner"):
+                return False
             self.storage.delete(LOCK)
+            return True
+        aside = self.storage.path(f"{LOCK}.stale-{self.token['owner']}")
+        try:
+            os.rename(self.storage.path(LOCK), aside)  # atomic: of two takers, one moves it
+        except FileNotFoundError:
+            return True  # another taker moved it: try to create ours
+        try:
+            moved = json.loads(Path(aside).read_bytes())
+        except (OSError, ValueError):
+            moved = {}
+        if moved.get("owner") != stale.get("owner"):  # a fresh lock, taken meanwhile: put it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.storage.path(LOCK))
+            os.unlink(aside)
+            return False
+        os.unlink(aside)
+        return True
+
+    def _beat(self) -> None:
+        interval_s = self.timeout_s * HEARTBEAT_FRACTION
+        while not self._stop.wait(interval_s):
+            with contextlib.suppress(OSError):
+                if self.storage.is_local:
+                    os.utime(self.storage.path(LOCK))
+                elif self.still_held():
+                    with self.storage.fs.open_output_stream(self.storage.path(LOCK)) as stream:
+                        stream.write(json.dumps(self.token).encode())
 
 
-def committed_datasets(storage: Storage) -> list[tuple[str, dict[str, Any]]]:
-    """(id, manifest) of every committed dataset under the root, oldest first."""
-    found = []
+def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """(id, manifest) of every committed dataset under the root, oldest first; and "ID: why" of
+    each folder whose manifest exists but cannot be read (truncated, edited): never pruned blindly."""
+    found, unreadable = [], []
     for name in storage.list():
-        if name.startswith((".", "_")) or name == LATEST:
+        if name.startswith((".", "_")) or name == LATEST or not storage.exists(name, MANIFEST):
             continue
-        record = storage.read_json(name, MANIFEST)
-        if record is not None:
-            found.append((name, record))
-    return sorted(found, key=lambda item: item[1]["timings"]["finished_at"])
+        try:
+            record = storage.read_json(name, MANIFEST)
+            finished_at = str(record["timings"]["finished_at"])
+        except (OSError, ValueError, KeyError, TypeError, VaegenError) as error:
+            unreadable.append(f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} ({type(error).__name__})")
+            continue
+        found.append((finished_at, name, record))
+    return [(name, record) for _, name, record in sorted(found)], unreadable
 
 
 def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -118,14 +261,24 @@ def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any]) -> di
     return pointer
 
 
-def prune(storage: Storage, keep: int, protected: str) -> list[str]:
-    """Delete committed datasets beyond the newest `keep`, never `protected` nor unfinished ones."""
-    datasets = [dataset_id for dataset_id, _ in committed_datasets(storage)]
+def latest_dataset(storage: Storage) -> str | None:
+    """The id `latest` names; None if there is no pointer or it cannot be read (it is rewritten then)."""
+    try:
+        return (storage.read_json(LATEST) or {}).get("dataset_id")
+    except (OSError, ValueError, AttributeError, VaegenError):
+        return None
+
+
+def prune(storage: Storage, keep: int, protected: str) -> tuple[list[str], list[str]]:
+    """Delete committed datasets beyond the newest `keep`, never `protected`, unfinished or unreadable
+    ones; returns (pruned ids, "ID: why" of the unreadable ones, left in place)."""
+    committed, unreadable = committed_datasets(storage)
+    datasets = [dataset_id for dataset_id, _ in committed]
     doomed = [dataset_id for dataset_id in datasets[: max(0, len(datasets) - keep)] if dataset_id != protected]
     for dataset_id in doomed:
         storage.delete(dataset_id, MANIFEST)  # uncommit first: a reader never sees a half-deleted dataset
         storage.delete_dir(dataset_id)
-    return doomed
+    return doomed, unreadable
 
 
 def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: None) -> RefreshResult:
@@ -134,30 +287,37 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
     tracking.ensure_reachable()
     lock = RefreshLock(storage, config.lock_timeout_s)
     if not lock.acquire():
-        log(f"another refresh holds {storage.location(LOCK)}; exiting without work")
+        log(f"another refresh holds {storage.location(LOCK)} ({lock.describe_holder()}); exiting without work")
         return RefreshResult("busy", None, None, [])
+    if lock.taken_over:
+        log(f"took over {storage.location(LOCK)}: {lock.taken_over}")
     started = time.perf_counter()
     try:
-        pinned = models.resolve(config.generate.model)  # once; generation gets the pinned version
+        pinned = models.resolve(config.generate.model)  # once; generation gets the pinned version, alias recorded
         seed = seed_for(config)
         params = {"model": config.generate.model, "resolved_version": pinned.version, "seed_policy": config.seed_policy,
                   "seed": seed, "n": config.generate.n, "out": storage.location(), "keep": config.keep}
         with lineage.job_run(lineage.REFRESH_EXPERIMENT, f"refresh-{pinned.name}-v{pinned.version}", params) as run:
-            result = generate(dataclasses.replace(config.generate, model=f"{pinned.name}/{pinned.version}", seed=seed,
-                                                  out=storage.uri, resume=None), log=log)
-            pointer = storage.read_json(LATEST) or {}
+            result = generate(dataclasses.replace(config.generate, model=f"{pinned.name}/{pinned.version}", seed=seed, out=storage.uri, resume=None),
+                              log=log, pinned=pinned)
+            if not lock.still_held():
+                raise VaegenError(f"{storage.location(LOCK)} was taken over while this refresh ran (it was judged dead: "
+                                  f"--lock-timeout {config.lock_timeout_s:g} s); dataset {result.dataset_id} is committed "
+                                  "but `latest` was not moved: rerun the refresh")
             if result.status != "up-to-date":
                 action = "generated"
-            elif pointer.get("dataset_id") != result.dataset_id:
+            elif latest_dataset(storage) != result.dataset_id:
                 action = "pointer-moved"
             else:
                 action = "up-to-date"
             if action != "up-to-date":
                 move_latest(storage, result.dataset_id, result.manifest)
-            pruned = prune(storage, config.keep, protected=result.dataset_id)
+            pruned, unreadable = prune(storage, config.keep, protected=result.dataset_id)
+            for problem in unreadable:
+                log(f"not pruned: {problem}; repair or delete it by hand")
             run.log_metrics({"seconds": time.perf_counter() - started, "pruned": len(pruned),
-                                 "generated": float(action == "generated")})
+                             "unreadable": len(unreadable), "generated": float(action == "generated")})
             run.set_tags({"vaegen.action": action, "vaegen.dataset_id": result.dataset_id})
     finally:
         lock.release()
-    return RefreshResult(action, result.dataset_id, pinned.version, pruned)
+    return RefreshResult(action, result.dataset_id, pinned.version, pruned, unreadable)

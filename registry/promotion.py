@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import getpass
 import json
+import os
 import socket
 import tempfile
 import time
@@ -74,35 +75,68 @@ def _lock_name(name: str, alias: str) -> str:
     return f"{name}{LOCK_MARK}{alias}"
 
 
+class AliasLock:
+    """`<name>.vaegen-lock.<alias>`, held: a registered model whose creation is atomic (a unique name in
+    the store), tagged with who holds it, for what, since when, and a token only the holder knows."""
+
+    def __init__(self, lock: str, tags: dict[str, str]):
+        self.lock, self.tags = lock, tags
+
+    def confirm(self) -> None:
+        """Raise unless the lock still carries our token: called before the alias moves, so that a holder
+        whose lock was taken over (judged stale, or deleted by a stray retried request) changes nothing."""
+        with contextlib.suppress(MlflowException):
+            if client().get_registered_model(self.lock).tags.get("vaegen.lock_token") == self.tags["vaegen.lock_token"]:
+                return
+        raise VaegenError(f"lost the promotion lock {self.lock!r} before moving the alias; nothing was changed: retry")
+
+
 @contextlib.contextmanager
-def alias_lock(name: str, alias: str, wait_s: float = LOCK_WAIT_S, stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WAIT_S,
+               stale_s: float = LOCK_STALE_S) -> Iterator[AliasLock]:
     mlflow_client = client()
     lock = _lock_name(name, alias)
-    owner = f"{getpass.getuser()}@{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+    owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+    tags = {"vaegen.lock_owner": owner, "vaegen.lock_purpose": purpose or "promotion",
+            "vaegen.lock_token": uuid.uuid4().hex, "vaegen.lock_since": str(time.time())}
     deadline = time.monotonic() + wait_s
+    holder: dict[str, str] = {}
     while True:
         try:
-            mlflow_client.create_registered_model(lock, tags={"vaegen.lock_owner": owner, "vaegen.lock_since": str(time.time())},
-                                                  description="vaegen promotion lock; safe to delete if stale")
+            mlflow_client.create_registered_model(lock, tags=tags, description="vaegen promotion lock; safe to delete if stale")
             break
         except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            # On a server with several workers, a create that collides with a lock deleted a moment later
+            # answers RESOURCE_DOES_NOT_EXIST (MLflow reads the existing model back to word its refusal).
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
-            with contextlib.suppress(MlflowException):
-                held = mlflow_client.get_registered_model(lock)
-                since = float(held.tags.get("vaegen.lock_since", "0"))
-                if time.time() - since > stale_s:
+            with contextlib.suppress(MlflowException):  # gone meanwhile: try again
+                holder = mlflow_client.get_registered_model(lock).tags
+                if holder.get("vaegen.lock_token") == tags["vaegen.lock_token"]:
+                    break  # our create went through; its answer was lost and the request retried
+                if time.time() - float(holder.get("vaegen.lock_since", "0")) > stale_s:
                     mlflow_client.delete_registered_model(lock)  # a crashed promotion's lock
                     continue
             if time.monotonic() > deadline:
-                raise VaegenError(f"another promotion of {name}@{alias} holds the lock (registered model {lock!r}); "
-                                  "retry later, or delete that registered model if its promotion crashed") from None
+                raise VaegenError(f"{name}@{alias} is held by another promotion: {_describe_lock(holder)}; "
+                                  f"waited {wait_s:g} s. Retry later; if that promotion crashed, delete the registered "
+                                  f"model {lock!r} (it is taken over after {stale_s:g} s anyway)") from None
             time.sleep(LOCK_POLL_S)
     try:
-        yield
+        yield AliasLock(lock, tags)
     finally:
         with contextlib.suppress(MlflowException):
-            mlflow_client.delete_registered_model(lock)
+            if mlflow_client.get_registered_model(lock).tags.get("vaegen.lock_token") == tags["vaegen.lock_token"]:
+                mlflow_client.delete_registered_model(lock)
+
+
+def _describe_lock(tags: dict[str, str]) -> str:
+    if "vaegen.lock_owner" not in tags:
+        return "a lock that names no holder"
+    since = float(tags.get("vaegen.lock_since", "0"))
+    started = dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat(timespec="seconds")
+    return (f"{tags.get('vaegen.lock_purpose', 'promotion')} by {tags['vaegen.lock_owner']}, "
+            f"since {started} ({time.time() - since:,.0f} s ago)")
 
 
 def current_holder(name: str, alias: str) -> PinnedModel | None:
@@ -264,7 +298,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
     if not config.reason.strip():
         raise UsageError('--reason is required: say why this version should serve, e.g. --reason "retrained on March data"')
     pinned = resolve(reference)
-    with alias_lock(pinned.name, config.alias):
+    with alias_lock(pinned.name, config.alias, purpose=f"promote v{pinned.version}") as lock:
         holder_pin = current_holder(pinned.name, config.alias)
         if holder_pin is not None and holder_pin.version == pinned.version:
             return PromotionResult(pinned, config.alias, holder_pin.version,
@@ -281,6 +315,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
         if blocking:
             return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False)
         previous = None if holder_pin is None else holder_pin.version
+        lock.confirm()
         client().set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
         record = {"action": "promote", "alias": config.alias, "version": pinned.version, "previous_version": previous,
                   "at": _now(), "by": config.by, "reason": config.reason, "forced": config.force,
@@ -293,7 +328,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
 def rollback(name: str, alias: str = "champion", by: str | None = None, reason: str = "rollback") -> tuple[int, int]:
     """Point the alias back at the version it held before the current holder's promotion: (from, to)."""
     by = by or getpass.getuser()
-    with alias_lock(name, alias):
+    with alias_lock(name, alias, purpose="rollback") as lock:
         holder = current_holder(name, alias)
         if holder is None:
             raise UsageError(f"{name}@{alias} does not exist; nothing to roll back")
@@ -303,6 +338,7 @@ def rollback(name: str, alias: str = "champion", by: str | None = None, reason: 
         if promotion is None or promotion["previous_version"] is None:
             raise UsageError(f"{name}@{alias} (v{holder.version}) has no recorded previous holder to roll back to")
         target = int(promotion["previous_version"])
+        lock.confirm()
         client().set_registered_model_alias(name, alias, str(target))
         record = {"action": "rollback", "alias": alias, "version": target, "previous_version": holder.version,
                   "at": _now(), "by": by, "reason": reason}

@@ -1,14 +1,18 @@
-"""Shared fixtures: real MLflow stores (SQLite in a temp folder, and one real `mlflow server`),
-a tiny trained model, free ports. Nothing here mocks MLflow."""
+"""Shared fixtures: real MLflow stores (SQLite in a temp folder, one real `mlflow server` on
+SQLite, and one on a real PostgreSQL started from Debian's server binaries), a tiny trained
+model, free ports. Nothing here mocks MLflow."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +22,11 @@ from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
+POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"  # Debian's `postgresql` package (.ci/run installs it where absent)
+POSTGRES_START_TIMEOUT_S = 60  # initdb + start take ~3 s here
+POSTGRES_STOP_TIMEOUT_S = 10  # fast shutdown (SIGINT) of an idle test cluster takes well under a second
+POSTGRES_OS_USER = "postgres"  # postgres refuses to run as root; the package creates this user
+MLFLOW_POSTGRES_WORKERS = 2  # as in production: the lock and the history must hold across server processes
 TINY_EPOCHS = 2  # enough to train, register and plot; the loss still falls between the two epochs
 
 
@@ -113,23 +122,22 @@ def _stop_process_group(process: subprocess.Popen) -> None:
         process.wait(timeout=SERVER_STOP_TIMEOUT_S)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` over HTTP on 127.0.0.1 (SQLite backend, proxied local artifacts); yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def run_mlflow_server(root: Path, backend_store_uri: str, workers: int = 1) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 and a free port (proxied local artifacts under root); yields its URI once
+    /health answers, and ALWAYS stops it (its process group: the server and the workers it forked)."""
     port = free_port()
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--workers", "1",
-        "--backend-store-uri", sqlite_uri(root),
+        "--workers", str(workers),
+        "--backend-store-uri", backend_store_uri,
         "--artifacts-destination", str(root / "artifacts"),
     ]
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
-        # Its own session (process group), so teardown stops the server and any workers it forked.
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
@@ -138,6 +146,147 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield uri
         finally:
             _stop_process_group(process)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` over HTTP on 127.0.0.1 (SQLite backend, proxied local artifacts); yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with run_mlflow_server(root, sqlite_uri(root)) as uri:
+        yield uri
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL server's bin folder, or None where the package is not installed."""
+    found = [path.parent for path in Path("/").glob(POSTGRES_BIN_GLOB.lstrip("/") + "/postgres")]
+    return max(found, key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0, default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Postgres:
+    port: int
+    database: str
+    user: str = "postgres"  # the cluster's superuser (initdb --username); trust auth on 127.0.0.1
+
+    @property
+    def uri(self) -> str:
+        # The driver named: SQLAlchemy 2.1 (what MLflow 3.17 installs) reads a bare postgresql:// as psycopg 3,
+        # and `mlflow server` then dies with "No module named 'psycopg'" beside psycopg2.
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+
+def _as_user(name: str) -> dict:
+    """Popen arguments that run the child as `name` (dropping root's groups), or nothing if we are not root."""
+    if os.geteuid() != 0:
+        return {}
+    entry = pwd.getpwnam(name)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _stop_postgres(process: subprocess.Popen) -> None:
+    """Fast shutdown (SIGINT: disconnect clients, checkpoint, exit), SIGKILL of the group if it hangs."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=POSTGRES_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=POSTGRES_STOP_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def run_postgres(database: str = "mlflow") -> Iterator[Postgres]:
+    """initdb in a fresh temp folder, `postgres` on 127.0.0.1:<free port> (its Unix socket in that folder)
+    as an unprivileged user, one database created; ALWAYS stopped and the folder removed afterwards."""
+    binaries = postgres_bin()
+    if binaries is None:
+        pytest.skip(f"no PostgreSQL server under {POSTGRES_BIN_GLOB}: install Debian's `postgresql` package "
+                    "(`apt-get install postgresql`, as .ci/run does)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(POSTGRES_OS_USER)
+        except KeyError:
+            pytest.skip(f"running as root and there is no {POSTGRES_OS_USER!r} user to run postgres as "
+                        "(Debian's `postgresql` package creates it)")
+    as_user = _as_user(POSTGRES_OS_USER) if os.geteuid() == 0 else {}
+    # Short and outside pytest's 0700 root-owned tmp tree: postgres must reach it, and the socket path
+    # (<folder>/.s.PGSQL.<port>) must stay under 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="vg-pg-", dir="/tmp"))
+    if as_user:
+        os.chown(root, as_user["user"], as_user["group"])
+    data, log_path, port = root / "data", root / "postgres.log", free_port()
+    process = None
+    try:
+        subprocess.run([str(binaries / "initdb"), "-D", str(data), "--username", "postgres", "--auth", "trust",
+                        "--encoding", "UTF8", "--no-locale"], check=True, capture_output=True, timeout=POSTGRES_START_TIMEOUT_S,
+                       cwd=root, **as_user)
+        with open(log_path, "wb") as log:
+            if as_user:
+                os.chown(log_path, as_user["user"], as_user["group"])
+            # fsync off: a test cluster is thrown away; durability would only cost time.
+            process = subprocess.Popen([str(binaries / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+                                        "-k", str(root), "-c", "fsync=off", "-c", "synchronous_commit=off",
+                                        "-c", "full_page_writes=off"],
+                                       cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user)
+        server = Postgres(port, database)
+        _create_database(server, process, log_path)
+        yield server
+    finally:
+        if process is not None:
+            _stop_postgres(process)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _create_database(server: Postgres, process: subprocess.Popen, log_path: Path) -> None:
+    import psycopg2
+
+    deadline = time.monotonic() + POSTGRES_START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"postgres exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            connection = psycopg2.connect(host="127.0.0.1", port=server.port, user=server.user, dbname="postgres",
+                                          connect_timeout=2)
+            break
+        except psycopg2.OperationalError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres not ready after {POSTGRES_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.2)
+    try:
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{server.database}"')
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server for this test session (skips, naming the package, where it is not installed)."""
+    with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` with its backend store on the session's PostgreSQL (MLFLOW_POSTGRES_WORKERS workers,
+    proxied local artifacts); yields its URI. Torn down before PostgreSQL (pytest's fixture order)."""
+    root = tmp_path_factory.mktemp("mlflow-postgres")
+    with run_mlflow_server(root, postgres.uri, workers=MLFLOW_POSTGRES_WORKERS) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def module_postgres(mlflow_postgres_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingStore]:
+    """MLflow pointed at the PostgreSQL-backed server for one test module, with an empty folder as cwd."""
+    with use_tracking_store(mlflow_postgres_server, tmp_path_factory.mktemp("mlflow-postgres-cwd")) as store:
+        yield store
 
 
 @pytest.fixture
@@ -180,8 +329,59 @@ def trained_version(module_sqlite: TrackingStore) -> TrainedVersion:
     return TrainedVersion(module_sqlite, config, run(config))
 
 
+def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0):
+    """A seeded, untrained decoder registered through the path training uses (weights-only, config, tags), in
+    the active store: for tests that need a version to decode with and gates to pass, not a good model. Seconds,
+    where training takes tens of seconds on a loaded 2-core box."""
+    import torch
+
+    from registry import models
+    from vae_core.config import VAEConfig
+    from vae_core.model import VAE
+    from vae_core.training import TrainResult
+
+    torch.manual_seed(0)
+    result = TrainResult(model=VAE(VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1, holdout_size=1,
+                         seconds=0.0)
+    with models.training_run("vaegen-train", "untrained-decoder", {}) as run:
+        return run.register(result, name, {})
+
+
+@pytest.fixture(scope="module")
+def untrained_version(module_sqlite: TrackingStore) -> TrackingStore:
+    """vae-decoder/1, an untrained decoder (register_untrained_decoder), in this module's SQLite store."""
+    register_untrained_decoder()
+    return module_sqlite
+
+
 @pytest.fixture(scope="module")
 def module_http(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingStore]:
     """Like mlflow_http, shared by one test module: expensive setup (training) once, on the shared server."""
     with use_tracking_store(mlflow_server, tmp_path_factory.mktemp("mlflow-http")) as store:
         yield store
+
+
+@contextlib.contextmanager
+def private_local_ray(num_cpus: int = 2) -> Iterator[str]:
+    """An in-process local Ray with a private HOME / temp dir / auth mode (tests/ray_cluster.py), for modules
+    whose jobs run in this process and whose `vaegen` subprocesses join it (RAY_ADDRESS = the yielded GCS
+    address); ALWAYS shut down and its processes stopped by tag."""
+    import logging
+
+    import ray
+    from ray_cluster import make_ray_env, stop_tagged
+
+    env = make_ray_env()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.variables().items():
+            patch.setenv(key, value)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        ray.shutdown()
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+            survivors = stop_tagged(env.tag)
+            shutil.rmtree(env.root, ignore_errors=True)
+    assert not survivors, f"local Ray processes survived ray.shutdown(): {survivors}"

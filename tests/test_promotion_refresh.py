@@ -409,7 +409,7 @@ def test_stale_promotion_lock_is_taken_over_and_a_fresh_one_is_not(trained):
 
     client.create_registered_model(lock, tags={"vaegen.lock_owner": "alive", "vaegen.lock_since": str(time.time())})
     try:
-        with pytest.raises(VaegenError, match="holds the lock"):
+        with pytest.raises(VaegenError, match="held by another promotion: promotion by alive"):
             with promotion.alias_lock(name, "champion", wait_s=1.0):
                 pass
         assert client.get_registered_model(lock).tags["vaegen.lock_owner"] == "alive"  # a waiter never deletes it
@@ -546,6 +546,7 @@ def test_crashed_refresh_lock_is_taken_over_and_a_live_one_means_busy(trained, l
 
     crashed = {**live, "acquired_at": time.time() - 3_600}
     (root / LOCK).write_text(json.dumps(crashed))
+    os.utime(root / LOCK, (time.time() - 3_600,) * 2)  # its heartbeat (the file's mtime) stopped an hour ago
     taken = invoke(*refresh_args(f"{name}@champion", str(root), "--lock-timeout", "1"))
     assert taken.exit_code == 0, taken.output
     assert refresh_line(taken.stdout).startswith("refresh: generated"), taken.stdout

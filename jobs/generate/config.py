@@ -16,6 +16,7 @@ from vae_core.errors import UsageError
 DEFAULT_MODEL = "vae-decoder@champion"
 DEVICES = ("auto", "cpu", "cuda")
 LABEL_POLICIES = ("balanced", "prior")
+DEFAULT_STALL_TIMEOUT_S = 600.0  # no shard finished for this long: fail (a lost node no restart can replace, a hung worker)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +24,15 @@ class EngineOptions:
     num_workers: int | None = None  # None: one per GPU, else one per CPU of the cluster
     device: str = "auto"  # auto: CUDA when the cluster has GPUs
     shared_fs: bool = False  # a local --out is visible to every node (NFS, a mounted volume)
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # covers worker start-up and a node's replacement by an autoscaler
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.num_workers is not None and self.num_workers < 1:
             raise UsageError(f"--num-workers must be a positive integer, got {self.num_workers}")
+        if not self.stall_timeout_s > 0:
+            raise UsageError(f"--stall-timeout must be a positive number of seconds, got {self.stall_timeout_s}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,13 +58,15 @@ def generate(
     config: GenerateConfig,
     log: Callable[[str], None] = lambda message: None,
     on_workers: Callable[[list[Any]], None] | None = None,
+    pinned: PinnedModel | None = None,
 ) -> GenerateResult:
+    """`pinned`: config.model already resolved by the caller (refresh), so the manifest records the alias it came from."""
     storage, resume_id = _output(config)
     storage.check_writable()
     # The guard is taken on the registry thread once the dataset id is known, and held to the end; the
     # thread pool is left first, so a plan still running after a failure here has let go of it too.
     with contextlib.ExitStack() as guard, ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread:
-        planned = registry_thread.submit(_plan, config, storage, resume_id, guard)
+        planned = registry_thread.submit(_plan, config, storage, resume_id, pinned, guard)
         engine.connect()
         plan = planned.result()
         pinned, spec = plan.pinned, plan.spec
@@ -74,7 +76,7 @@ def generate(
         if plan.committed is not None:
             return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", plan.committed, plan.seed_was_random)
         placement = engine.plan_placement(config.engine, spec.num_shards, storage, log)
-        with engine.WorkerPool(storage, placement) as pool:  # workers import torch while the weights load
+        with engine.WorkerPool(storage, placement, config.engine.stall_timeout_s) as pool:  # workers import torch meanwhile
             if on_workers is not None:
                 on_workers(pool.workers)
             loading = registry_thread.submit(_load, pinned)
@@ -83,7 +85,8 @@ def generate(
     return GenerateResult(dataset_id, storage.location(dataset_id), status, record, plan.seed_was_random)
 
 
-def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, guard: contextlib.ExitStack) -> Plan:
+def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, resolved: PinnedModel | None,
+          guard: contextlib.ExitStack) -> Plan:
     """The registry's part of the start-up: resolve once, define the dataset, take its writer guard, look at
     what is on disk."""
     from registry import lineage, models, tracking
@@ -102,7 +105,7 @@ def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, guard
             raise UsageError(f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
                              "drop --n to resume it as it is")
     else:
-        pinned = models.resolve(config.model)  # once: a promotion during the job changes nothing in it
+        pinned = resolved or models.resolve(config.model)  # once: a promotion during the job changes nothing in it
         seed_was_random = config.seed is None
         seed = secrets.randbits(32) if seed_was_random else config.seed
         spec = dataset_spec(config, pinned, models.version_config(pinned), seed)
@@ -165,7 +168,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
                              tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run:
             storage.write_json(manifest.progress_record(spec, model_record, run.run_id), dataset_id, manifest.PROGRESS)
             loaded = loading.result()
-            parts = pool.run(spec, loaded.config.to_dict(), loaded.state, list(range(spec.num_shards)), on_part)
+            parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part)
             seconds = time.perf_counter() - started
             record = manifest.build(
                 spec, model_record, parts,
