@@ -125,8 +125,7 @@ def generate(
                 storage.write_json(manifest.progress_record(spec, model_record), dataset_id, manifest.PROGRESS)
             log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
                 f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
-            with lineage.job_run(lineage.DATASETS_EXPERIMENT, dataset_id, params,
-                                 tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run:
+            with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
                 parts = pool.run(spec, loaded.config.to_dict(), loaded.state, list(range(spec.num_shards)), on_part)
                 seconds = time.perf_counter() - started
                 record = manifest.build(
