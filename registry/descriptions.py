@@ -2,38 +2,39 @@
 models and dataset runs, with links between the UI's pages. Pure functions of tags and records
 (no MLflow calls), so the tags stay the source of truth and every rendering can be redone.
 
-vaegen owns only the block between BLOCK_START and BLOCK_END; text a person writes around it in
-the UI survives every re-rendering. The UI's sanitizer drops HTML comments, so the markers only
-show in its edit box.
+vaegen owns a description's text above GENERATED_END; what a person writes below that line in
+the UI survives every re-rendering. The generated part comes first because the UI's lists (a
+registered model's versions) show a description's first characters; the UI's sanitizer drops
+HTML comments, so the marker only shows in the edit box.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 from urllib.parse import quote
 
-BLOCK_START = "<!-- vaegen: generated from the vaegen.* tags; edits between these markers are replaced -->"
-BLOCK_END = "<!-- /vaegen -->"
-_BLOCK = re.compile(re.escape(BLOCK_START) + r".*?" + re.escape(BLOCK_END), re.DOTALL)
+GENERATED_END = "<!-- vaegen: the text above is generated from the vaegen.* tags and replaced; write yours below -->"
 SHA_CHARS = 12  # of a sha256 shown in prose; the full value is in the tags
 DESCRIPTION_LIMIT = 5_000  # characters: the description columns of MLflow's SQL stores are VARCHAR(5000)
 VERSION_EVENTS_SHOWN = 4  # promotions and rollbacks of one version, newest; the tags keep them all
 
 
-def replace_block(existing: str | None, body: str) -> str:
-    """`existing` with vaegen's block set to `body`: replaced in place, or appended after a person's text."""
-    block = f"{BLOCK_START}\n{body.strip()}\n{BLOCK_END}"
-    existing = (existing or "").strip()
-    if _BLOCK.search(existing):
-        return _BLOCK.sub(lambda _: block, existing, count=1)
-    return f"{existing}\n\n{block}" if existing else block
+def _kept(existing: str | None) -> str:
+    """A person's part of a description: below the marker, or all of it before vaegen first wrote."""
+    existing = existing or ""
+    return (existing.split(GENERATED_END, 1)[1] if GENERATED_END in existing else existing).strip()
+
+
+def replace_generated(existing: str | None, body: str) -> str:
+    """`existing` with vaegen's part set to `body`; a person's part is kept below the marker."""
+    kept = _kept(existing)
+    return f"{body.strip()}\n\n{GENERATED_END}" + (f"\n\n{kept}" if kept else "")
 
 
 def budget(existing: str | None) -> int:
-    """Characters left for vaegen's block body once a person's own text is kept."""
-    return DESCRIPTION_LIMIT - len(_BLOCK.sub("", (existing or "").strip())) - len(BLOCK_START) - len(BLOCK_END) - 4
+    """Characters left for vaegen's part once a person's own text is kept."""
+    return DESCRIPTION_LIMIT - len(_kept(existing)) - len(GENERATED_END) - 4
 
 
 # The MLflow UI routes with hash fragments; relative links keep working behind a --static-prefix.
@@ -78,8 +79,13 @@ def version_description(name: str, version: int, tags: dict[str, str], run: dict
     run's name, run_id, experiment_id and params."""
     config = json.loads(tags.get("config", "{}"))
     params = run.get("params", {})
-    kind = f"a class-conditional VAE ({config.get('num_classes')} classes)" if config.get("conditional") else "an unconditional VAE"
-    lines = [f"**{name} v{version}**: the decoder of {kind}, trained by vaegen.", ""]
+    kind = f"Class-conditional ({config.get('num_classes')} classes)" if config.get("conditional") else "Unconditional"
+    summary = f"{kind} VAE decoder, latent {config.get('latent_dim')}, hidden {config.get('hidden_sizes')}"
+    if "data_source" in tags:
+        summary += f", trained on {tags['data_source']}"
+    if "val_neg_elbo" in tags:
+        summary += f"; held-out -ELBO {float(tags['val_neg_elbo']):.3f} nats"
+    lines = [summary + ".", ""]  # plain text first: the versions list shows the description's start
     rows = []
     if "data_source" in tags:
         rows.append(("data", f"`{tags['data_source']}`, sha256 `{tags.get('data_sha256', '?')[:SHA_CHARS]}…`"))

@@ -32,7 +32,7 @@ from registry import descriptions
 if TYPE_CHECKING:
     from registry.models import PinnedModel
 
-DATASETS_EXPERIMENT = "vaegen-datasets"
+DATASETS_EXPERIMENT = "vaegen-datasets"  # dataset runs of versions without a logged model here
 REFRESH_EXPERIMENT = "vaegen-refresh"
 DIGEST_CHARS = 32  # MLflow caps a dataset digest at 36 characters; 128 bits of a sha256 still name the data
 CONTEXT_TAG = "mlflow.data.context"  # the UI shows it beside the dataset ("Training", "Generated")
@@ -125,9 +125,10 @@ def run_summary(client: mlflow.MlflowClient, run_id: str | None) -> dict[str, An
 
 
 class JobRun:
-    def __init__(self, client: mlflow.MlflowClient, run_id: str):
+    def __init__(self, client: mlflow.MlflowClient, run_id: str, experiment: str):
         self.client = client
         self.run_id = run_id
+        self.experiment = experiment  # its name
         self.model_id: str | None = None  # set by dataset_run: metrics then name the model...
         self.data: DataRef | None = None  # ...and the dataset they describe
         self.describe: Callable[[dict[str, Any], str], str] | None = None  # dataset_run's description, once committed
@@ -169,7 +170,7 @@ def job_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[s
     """A run around a job; it ends FINISHED, or FAILED (re-raising) if the job raises."""
     client = mlflow.MlflowClient()
     run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags=tags or {})
-    job = JobRun(client, run.info.run_id)
+    job = JobRun(client, run.info.run_id, experiment)
     for key, value in params.items():
         client.log_param(job.run_id, key, json.dumps(value) if isinstance(value, (list, dict, tuple)) else value)
     try:
@@ -180,12 +181,24 @@ def job_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[s
     client.set_terminated(job.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
+def _model_experiment(client: mlflow.MlflowClient, model_id: str | None) -> str:
+    """The experiment of the logged model: the UI shows a run's linked models ("Logged models",
+    "Registered models") only when they are in the run's own experiment. DATASETS_EXPERIMENT
+    when the version has no logged model here or its experiment is deleted."""
+    if model_id:
+        with contextlib.suppress(MlflowException):
+            experiment = client.get_experiment(client.get_logged_model(model_id).experiment_id)
+            if experiment.lifecycle_stage == "active":
+                return experiment.name
+    return DATASETS_EXPERIMENT
+
+
 @contextlib.contextmanager
 def dataset_run(dataset_id: str, fingerprint: str, model: "PinnedModel", params: dict[str, Any]) -> Iterator[JobRun]:
-    """job_run for one generated dataset, linked both ways to the version it came from: the
-    version's logged model is an input of the run; the run's metrics name that model and the
-    dataset, so the logged model's page lists the dataset; the run's description links the
-    version, the logged model and the training run."""
+    """job_run for one generated dataset, linked both ways to the version it came from: the run
+    sits in the experiment of the version's logged model and has that model as an input (its page
+    shows the model and the registered version); its metrics name the model and the dataset (the
+    logged model's page lists the dataset); its description links the version and the training run."""
     client = mlflow.MlflowClient()
     version = client.get_model_version(model.name, str(model.version))
     model_id, model_run = logged_model_id(version), run_summary(client, version.run_id)
@@ -195,7 +208,7 @@ def dataset_run(dataset_id: str, fingerprint: str, model: "PinnedModel", params:
 
     tags = {"vaegen.dataset_id": dataset_id, "vaegen.model_name": model.name, "vaegen.model_version": str(model.version),
             MLFLOW_RUN_NOTE: describe()}
-    with job_run(DATASETS_EXPERIMENT, dataset_id, params, tags) as run:
+    with job_run(_model_experiment(client, model_id), dataset_id, params, tags) as run:
         run.model_id, run.data, run.describe = model_id, DataRef(dataset_id, fingerprint), describe
         if model_id:
             client.log_inputs(run.run_id, models=[LoggedModelInput(model_id)])

@@ -169,7 +169,7 @@ def describe_version(name: str, version: int) -> None:
     tags = {key.removeprefix(TAG_PREFIX): value for key, value in model_version.tags.items() if key.startswith(TAG_PREFIX)}
     run = lineage.run_summary(mlflow_client, model_version.run_id) or {}
     body = descriptions.version_description(name, int(version), tags, run, lineage.logged_model_id(model_version))
-    mlflow_client.update_model_version(name, str(version), descriptions.replace_block(model_version.description, body))
+    mlflow_client.update_model_version(name, str(version), descriptions.replace_generated(model_version.description, body))
 
 
 def record_quality(pinned: PinnedModel, figures: dict[str, float]) -> None:

@@ -132,7 +132,7 @@ def describe_history(name: str) -> None:
     prefix = f"{TAG_PREFIX}history."
     histories = {key.removeprefix(prefix): json.loads(value) for key, value in model.tags.items() if key.startswith(prefix)}
     body = descriptions.history_description(name, histories, descriptions.budget(model.description))
-    client().update_registered_model(name, descriptions.replace_block(model.description, body))
+    client().update_registered_model(name, descriptions.replace_generated(model.description, body))
 
 
 def gate_loads(candidate: LoadedDecoder, probe_rows: int) -> GateResult:

@@ -132,7 +132,7 @@ def generate(
                     spec, model_record, parts,
                     timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
                              "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
-                    lineage={"tracking_uri": tracking.tracking_uri(), "run_id": run.run_id, "experiment": lineage.DATASETS_EXPERIMENT},
+                    lineage={"tracking_uri": tracking.tracking_uri(), "run_id": run.run_id, "experiment": run.experiment},
                     execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
                     label_counts=label_counts(spec),
                 )
