@@ -116,7 +116,7 @@ def version_description(name: str, version: int, tags: dict[str, str], run: dict
         lines += [f"**Quality**: no report yet (`vaegen report --model {name}/{version}`)", ""]
 
     events = sorted((json.loads(value) for key, value in tags.items() if key.startswith(("promotion.", "rolled_back."))),
-                    key=lambda event: event["at"], reverse=True)[:VERSION_EVENTS_SHOWN]
+                    key=lambda event: (event["at"], event["action"] == "rollback"), reverse=True)[:VERSION_EVENTS_SHOWN]
     if events:
         rows = [(event["at"], event["action"], event["alias"], event.get("by", ""), event.get("reason", ""),
                  gates_text(event.get("gates", []))) for event in events]
@@ -130,8 +130,9 @@ def history_description(name: str, histories: dict[str, list[dict[str, Any]]], l
     header = ("at (UTC)", "action", "to", "from", "by", "reason", "gates")
     head = f"**Promotion history** (`vaegen models {name}` lists it too; rollback reads the `vaegen.history.<alias>` tags)"
     tables = {alias: [] for alias in histories}
-    newest_first = sorted(((event["at"], alias, event) for alias, events in histories.items() for event in events),
-                          key=lambda item: item[0], reverse=True)
+    # by time, then by position: events of one second keep their recorded order
+    newest_first = sorted(((event["at"], index, alias, event) for alias, events in histories.items()
+                           for index, event in enumerate(events)), key=lambda item: item[:2], reverse=True)
 
     def render(dropped: int) -> str:
         lines = [head, ""]
@@ -141,7 +142,7 @@ def history_description(name: str, histories: dict[str, list[dict[str, Any]]], l
             lines.append(f"{dropped} older event(s) not shown here.")
         return "\n".join(lines)
 
-    for index, (_, alias, event) in enumerate(newest_first):
+    for index, (_, _, alias, event) in enumerate(newest_first):
         previous = "-" if event.get("previous_version") is None else f"v{event['previous_version']}"
         tables[alias].append((event["at"], event["action"], f"[v{event['version']}]({version_link(name, event['version'])})",
                               previous, event.get("by", ""), event.get("reason", ""), gates_text(event.get("gates", []), False)))

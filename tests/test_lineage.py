@@ -64,6 +64,9 @@ def test_history_is_newest_first_and_fits_mlflows_description_limit():
     assert [row.split(" | ")[0] for row in rows] == ["| 2026-01-02T00:00:00+00:00", "| 2026-01-01T00:00:00+00:00"]
     assert "[v2](#/models/m/versions/2) | v1 |" in rows[0] and "[v1](#/models/m/versions/1) | - |" in rows[1]
     assert "PASS loads; FAIL quality" in rows[0] and "low" not in rows[0]  # verdicts here, details on the version
+    same_second = [event(1, None, 9), event(2, 1, 9), event(1, 2, 9, "rollback")]  # recorded order breaks ties
+    rows = [line for line in descriptions.history_description("m", {"champion": same_second}).splitlines() if "| 2026" in line]
+    assert [row.split(" | ")[1] for row in rows] == ["rollback", "promote", "promote"] and "[v2]" in rows[1]
     limited = descriptions.history_description("m", {"champion": events, "canary": events[:3]}, limit=2_000)
     assert len(limited) <= 2_000
     assert "2026-01-25" in limited and "2026-01-01" not in limited  # the newest kept, the oldest dropped
