@@ -273,6 +273,8 @@ def copy_version(reference: str, to_model: str, to_tracking_uri: str | None = No
         version = _copy_across_registries(pinned, target, to_model)
     for key, value in tags.items():
         target.set_model_version_tag(to_model, str(version), key, value)
+    if to_tracking_uri is None:  # MLflow copied the source's description, promotions included: render the copy's own
+        describe_version(to_model, int(version))
     return f"{to_model}/{version}"
 
 
