@@ -81,7 +81,7 @@ def main(debug: bool) -> None:
 @click.option("--conditional", is_flag=True, help="Train a class-conditional VAE on the source's labels.")
 @click.option("--register-as", default="vae-decoder", show_default=True, help="Registered model name.")
 @click.option("--experiment", default="vaegen-train", show_default=True)
-@click.option("--run-name", default=None)
+@click.option("--run-name", default=None, help="MLflow run name [default: train-<data>-<vae|cvae><hidden>-z<latent>-<UTC time>].")
 @click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
 def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_fraction, seed, conditional,
