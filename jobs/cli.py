@@ -20,9 +20,21 @@ from vae_core.errors import UsageError, VaegenError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _fail(message: str, code: int) -> None:
+def _say_error(message: str) -> None:
     click.echo(f"vaegen: error: {message}", err=True)
+
+
+def _fail(message: str, code: int) -> None:
+    _say_error(message)
     sys.exit(code)
+
+
+def _mlflow_message(error: BaseException) -> str | None:
+    """MLflow's own message if `error` is an MlflowException; mlflow is never imported just to ask."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    if exceptions is not None and isinstance(error, exceptions.MlflowException):
+        return f"MLflow: {error.message}"
+    return None
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,20 +42,17 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        from registry import tracking
+        from registry import tracking  # light: environment defaults only, no mlflow
 
         tracking.configure_environment()
         debug = (click.get_current_context().find_root().params or {}).get("debug", False)
         try:
+            tracking.enter_store_folder_in_ray_job()
             return command(*args, **kwargs)
-        except (VaegenError, MlflowException) as error:
+        except VaegenError as error:
             if debug:
                 raise
-            code = error.exit_code if isinstance(error, VaegenError) else EXIT_FAILED
-            message = str(error) if isinstance(error, VaegenError) else f"MLflow: {error.message}"
-            _fail(" ".join(message.split()), code)
+            _fail(" ".join(str(error).split()), error.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; rerun the same command to resume", EXIT_INTERRUPTED)
         except BrokenPipeError:  # `vaegen models | head`: the reader left; say nothing more
@@ -51,10 +60,13 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_FAILED)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
-        except Exception as error:  # a bug or an environment failure: one line, the traceback on --debug
+        except Exception as error:  # MLflow's, a bug's or the environment's: one line, the traceback on --debug
             if debug:
                 raise
-            _fail(f"{type(error).__name__}: {' '.join(str(error).split())} (rerun with --debug for the traceback)", EXIT_FAILED)
+            message = _mlflow_message(error)
+            if message is None:
+                message = f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"
+            _fail(" ".join(message.split()), EXIT_FAILED)
 
     return wrapper
 
@@ -63,6 +75,13 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def main(debug: bool) -> None:
     """vaegen: train a VAE, register its decoder in MLflow, generate synthetic datasets with Ray.
+
+    \b
+    Model references (every --model and REFERENCE):
+      NAME@ALIAS     vae-decoder@champion (resolved once, then pinned)
+      NAME/VERSION   vae-decoder/3
+      NAME/latest    the highest version of NAME
+      models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/decoder
 
     Tracking: MLFLOW_TRACKING_URI (default: ./mlflow.db, MLflow's own default).
     Cluster: RAY_ADDRESS (default: a local Ray started by the job).
@@ -86,7 +105,13 @@ def main(debug: bool) -> None:
 @handle_errors
 def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_fraction, seed, conditional,
           register_as, experiment, run_name, report) -> None:
-    """Train a VAE, log the run to MLflow and register the decoder as a new version."""
+    """Train a VAE, log the run to MLflow and register the decoder as a new version.
+
+    \b
+    Examples:
+      vaegen train
+      vaegen train --data mnist:/data/mnist --latent-dim 16 --hidden 512 --conditional
+    """
     from jobs import train as train_job
     from vae_core.config import TrainConfig
 
@@ -126,13 +151,19 @@ def _parse_sizes(text: str) -> tuple[int, ...]:
 
 
 @main.command()
-@click.option("--model", "model_ref", required=True, help="NAME@ALIAS, NAME/VERSION, models:/..., runs:/...")
+@click.option("--model", "model_ref", required=True, help="NAME@ALIAS, NAME/VERSION, NAME/latest, models:/..., runs:/...")
 @click.option("--n", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.png", show_default=True)
 @handle_errors
 def sample(model_ref, n, seed, out) -> None:
-    """Decode N(0, I) draws from a registered version into an image grid (PNG)."""
+    """Decode N(0, I) draws from a registered version into an image grid (PNG).
+
+    \b
+    Examples:
+      vaegen sample --model vae-decoder/latest --out samples.png
+      vaegen sample --model vae-decoder@champion --n 100 --seed 7 --out grid.png
+    """
     from jobs import plots
     from jobs.sample import draw_images
     from registry import models, tracking
@@ -152,7 +183,15 @@ def sample(model_ref, n, seed, out) -> None:
 @click.argument("name", required=False)
 @handle_errors
 def list_models(name) -> None:
-    """List registered versions with their aliases, held-out loss and promotion history."""
+    """List registered versions with their aliases, held-out loss and promotion history.
+
+    NAME limits the listing to one registered model; without it, every registered model is listed.
+
+    \b
+    Examples:
+      vaegen models
+      vaegen models vae-decoder
+    """
     from registry import models, tracking
 
     tracking.ensure_reachable()
@@ -182,7 +221,7 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options shared by `generate` and `refresh`: what to generate and where it runs."""
     options = [
         click.option("--model", "model_ref", default="vae-decoder@champion", show_default=True,
-                     help="NAME@ALIAS, NAME/VERSION, models:/..., runs:/... (resolved once, then pinned)."),
+                     help="NAME@ALIAS, NAME/VERSION, NAME/latest, models:/..., runs:/... (resolved once, then pinned)."),
         click.option("--n", type=int, default=None, help="Number of samples (required, except with --resume)."),
         click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
@@ -203,18 +242,15 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_shard, batch_size, num_workers, device,
                      labels, shared_fs, **extra):
-    from jobs.generate.engine import EngineOptions
-    from jobs.generate.job import GenerateConfig
+    from jobs.generate.config import EngineOptions, GenerateConfig  # light: checks input before anything heavy
 
-    if n is None and extra.get("resume") is None:
-        raise UsageError("--n is required: pass the number of samples, e.g. --n 1000000")
-    if n is not None and n < 1:
-        raise UsageError(f"--n must be a positive integer, got {n}")
-    return GenerateConfig(
+    config = GenerateConfig(
         n=n, model=model_ref, out=out, dtype=dtype, layout=layout, compression=compression,
         rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels,
         engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs), **extra,
     )
+    config.check_output()
+    return config
 
 
 # What defines a dataset's content and files: with --resume these come from the dataset itself.
@@ -242,12 +278,23 @@ def _log(message: str) -> None:
 @click.option("--debug", is_flag=True, hidden=True)
 @handle_errors
 def generate(seed, overwrite, resume, debug, **options) -> None:
-    """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest)."""
-    from jobs.generate.job import generate as run_generate
+    """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest).
 
+    Without RAY_ADDRESS it starts a private Ray on 127.0.0.1; RAY_ADDRESS=auto (or an address)
+    joins a running cluster; under `ray job submit` it runs on the job's cluster.
+
+    \b
+    Examples:
+      vaegen generate --n 1000000 --seed 42 --out ./datasets
+      ray job submit --address http://127.0.0.1:8265 -- generate --n 1000000 --out s3://bucket/synthetic
+      vaegen generate --resume vae-decoder-v7-n1000000-seed42-float32-f2 --out ./datasets
+    """
     if resume is not None:
         _refuse_dataset_options_with_resume(click.get_current_context())
-    result = run_generate(_generate_config(**options, seed=seed, overwrite=overwrite, resume=resume), log=_log)
+    config = _generate_config(**options, seed=seed, overwrite=overwrite, resume=resume)
+    from jobs.generate.job import generate as run_generate  # after the input is checked: it imports Ray
+
+    result = run_generate(config, log=_log)
     timings = result.manifest["timings"]
     if result.status == "up-to-date":
         _log(f"dataset {result.dataset_id} is already committed; nothing to do")
@@ -262,20 +309,43 @@ main.add_command(generate)
 
 
 def _console(command: click.Command) -> Callable[[], None]:
-    """A console-script entry point whose usage errors are one line too (click's are several)."""
+    """A console-script entry point whose usage errors are one line too (click's are several), and which
+    exits as soon as its last line is printed."""
 
     def run() -> None:
+        code = EXIT_OK
         try:
             command.main(standalone_mode=False)
         except click.UsageError as error:
             hint = f"; see `{error.ctx.command_path} --help`" if error.ctx is not None else ""
-            _fail(f"{error.format_message().rstrip('.')}{hint}", EXIT_USAGE)
+            _say_error(f"{error.format_message().rstrip('.')}{hint}")
+            code = EXIT_USAGE
         except click.exceptions.Abort:
-            _fail("aborted", EXIT_INTERRUPTED)
+            _say_error("aborted")
+            code = EXIT_INTERRUPTED
         except click.ClickException as error:
-            _fail(error.format_message(), error.exit_code)
+            _say_error(error.format_message())
+            code = error.exit_code
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else EXIT_FAILED
+        _exit(code)
 
     return run
+
+
+def _exit(code: int) -> None:
+    """Exit now. Where this process started or joined Ray, skip Ray's graceful shutdown (seconds for a local
+    cluster): everything is committed before the last line is printed, so kill the local Ray it started, flush
+    and leave; the cluster reclaims a departed driver's actors by itself."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        sys.exit(code)
+    from jobs.generate import engine
+
+    engine.stop_local_ray()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 vaegen_main = _console(main)  # the `vaegen` console script
@@ -287,7 +357,13 @@ generate_main = _console(generate)  # the `generate` console script: `ray job su
 @click.option("--deep", is_flag=True, help="Also re-derive seeds, z (and labels) for a sample of rows.")
 @handle_errors
 def inspect_command(dataset, deep) -> None:
-    """Print a dataset's manifest summary and verify every file's checksum and row count."""
+    """Print a dataset's manifest summary and verify every file's checksum and row count.
+
+    \b
+    Examples:
+      vaegen inspect ./datasets/vae-decoder-v7-n1000000-seed42-float32-f2
+      vaegen inspect s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f2 --deep
+    """
     from jobs.generate.inspect import inspect
 
     report = inspect(dataset, deep=deep)
@@ -324,15 +400,21 @@ def inspect_command(dataset, deep) -> None:
 @handle_errors
 def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision, min_coverage,
             max_memorisation, min_label_accuracy) -> None:
-    """Move an alias to a version only after its gates pass; prints each gate's result."""
+    """Move an alias to a version only after its gates pass; prints each gate's result.
+
+    \b
+    Examples:
+      vaegen promote vae-decoder/7 --reason "retrained on March data"
+      vaegen promote vae-decoder/latest --alias staging --reason "nightly"
+    """
     from registry import promotion, tracking
 
-    tracking.ensure_reachable()
     if to_tracking_uri and not to_model:
         raise UsageError("--to-tracking-uri needs --to-model NAME: the registered model to copy into there")
+    tracking.ensure_reachable()
     if to_model:
         if to_tracking_uri:
-            tracking.ensure_reachable(to_tracking_uri)
+            tracking.ensure_reachable(to_tracking_uri, create=True)  # copying into a new local store creates it
         reference = promotion.copy_version(reference, to_model, to_tracking_uri)
         if to_tracking_uri:  # the gates and the alias move happen in the target registry
             tracking.use(to_tracking_uri)
@@ -360,7 +442,13 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tr
 @click.option("--by", default=None, help="Who rolls back [default: the OS user].")
 @handle_errors
 def rollback(name, alias, reason, by) -> None:
-    """Point the alias back to the version it held before the current one was promoted."""
+    """Point the alias back to the version it held before the current one was promoted.
+
+    \b
+    Examples:
+      vaegen rollback vae-decoder
+      vaegen rollback vae-decoder --alias staging --reason "bad samples in v8"
+    """
     from registry import promotion, tracking
 
     tracking.ensure_reachable()
@@ -377,11 +465,18 @@ def rollback(name, alias, reason, by) -> None:
 @click.option("--lock-timeout", type=float, default=6 * 3600.0, show_default=True, help="Seconds after which a refresh lock is stale.")
 @handle_errors
 def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
-    """Rebuild the dataset when the promoted version changes; move ROOT/latest; prune old datasets."""
-    from jobs.refresh import RefreshConfig
+    """Rebuild the dataset when the promoted version changes; move ROOT/latest; prune old datasets.
+
+    \b
+    Examples:
+      vaegen refresh --n 1000000 --out ./datasets
+      vaegen refresh --model vae-decoder@champion --n 1000000 --out s3://bucket/synthetic --keep 3
+    """
+    generate_config = _generate_config(**options)
+    from jobs.refresh import RefreshConfig  # after the input is checked: it imports Ray
     from jobs.refresh import refresh as run_refresh
 
-    config = RefreshConfig(generate=_generate_config(**options), keep=keep, seed_policy=seed_policy, seed=seed,
+    config = RefreshConfig(generate=generate_config, keep=keep, seed_policy=seed_policy, seed=seed,
                            lock_timeout_s=lock_timeout)
     result = run_refresh(config, log=_log)
     click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""))
@@ -399,7 +494,13 @@ def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
                    "report/datasets/<dataset id>/ for --dataset]; a folder holding another subject's report is refused.")
 @handle_errors
 def report(model_ref, dataset, n, data, out_dir) -> None:
-    """Measure generated data against real data; write report.json + report.png and log them to MLflow."""
+    """Measure generated data against real data; write report.json + report.png and log them to MLflow.
+
+    \b
+    Examples:
+      vaegen report --model vae-decoder@champion
+      vaegen report --dataset ./datasets/vae-decoder-v7-n1000000-seed42-float32-f2
+    """
     from jobs import report as reports
     from registry import tracking
 

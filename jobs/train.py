@@ -71,7 +71,7 @@ class TrainJobResult:
 
 
 def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainJobResult:
-    uri = tracking.ensure_reachable()
+    uri = tracking.ensure_reachable(create=True)  # the one command that may start a new local store
     dataset = data_sources.load(config.data)
     model_config = model_config_for(dataset, config.latent_dim, config.hidden_sizes, config.conditional)
     data_sha256 = dataset.content_sha256()

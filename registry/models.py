@@ -9,11 +9,10 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
 import numpy as np
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
@@ -22,8 +21,10 @@ import vae_core
 from registry import descriptions, lineage
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
-from vae_core.model import Decoder
-from vae_core.training import EpochMetrics, TrainResult
+
+if TYPE_CHECKING:  # torch is imported where a network is built or logged, never to resolve or list versions
+    from vae_core.model import Decoder
+    from vae_core.training import EpochMetrics, TrainResult
 
 DEFAULT_MODEL_NAME = "vae-decoder"
 DEFAULT_EXPERIMENT = "vaegen-train"
@@ -63,6 +64,10 @@ class LoadedDecoder:
     tags: dict[str, str]
 
     def build(self, device: str = "cpu") -> Decoder:
+        import torch
+
+        from vae_core.model import Decoder
+
         decoder = Decoder(self.config)
         decoder.load_state_dict({key: torch.from_numpy(value) for key, value in self.state.items()})
         return decoder.to(device).eval()
@@ -121,6 +126,8 @@ class TrainingRun:
 
     @staticmethod
     def _log_pyfunc(config: VAEConfig, weights_path: Path, config_path: Path, model_name: str) -> Any:
+        import torch
+
         return mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_CODE),

@@ -84,9 +84,22 @@ def test_models_lists_the_version(trained_version):
 
 
 def test_models_on_an_empty_store(mlflow_sqlite):
+    import mlflow
+
+    mlflow.MlflowClient().search_experiments()  # opening the store creates mlflow.db, with nothing registered
     result = invoke("models")
     assert result.exit_code == 0, result.output
     assert result.stdout == "" and "no registered models" in result.stderr
+
+
+@pytest.mark.parametrize("command", [("models",), ("sample", "--model", "vae-decoder/1"), ("rollback", "vae-decoder"),
+                                     ("generate", "--n", "10", "--out", "datasets")])
+def test_commands_that_read_the_registry_refuse_a_store_that_does_not_exist(mlflow_sqlite, command):
+    """MLflow would create an empty mlflow.db and then call the model unknown; only `train` creates a store."""
+    result = invoke(*command)
+    assert_one_line_error(result, 2, f"no MLflow store at {mlflow_sqlite.uri}", "run `vaegen train` first")
+    assert not (mlflow_sqlite.root / "mlflow.db").exists()
+    assert not (mlflow_sqlite.root / "datasets").exists() or not any((mlflow_sqlite.root / "datasets").iterdir())
 
 
 @pytest.mark.parametrize(
@@ -160,3 +173,14 @@ def test_installed_console_script_end_to_end(tmp_path):
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines()[-1].startswith("vaegen: error: model 'vae-decoder' has no version 9")
     assert "Traceback" not in failed.stderr and not (tmp_path / "never.png").exists()
+
+
+def test_every_command_help_shows_examples_that_use_it():
+    for name, command in main.commands.items():
+        result = invoke(name, "--help")
+        assert result.exit_code == 0, result.output
+        examples = result.stdout.split("Examples:", 1)[1].split("Options:", 1)[0].split("\n") if "Examples:" in result.stdout else []
+        uses = [line.strip() for line in examples if line.strip().startswith(("vaegen " + name, "ray job submit"))]
+        assert uses, f"`vaegen {name} --help` shows no example of itself:\n{result.stdout}"
+    assert "NAME limits the listing to one registered model" in invoke("models", "--help").stdout
+    assert "NAME/latest" in invoke("--help").stdout and "NAME/latest" in invoke("sample", "--help").stdout

@@ -1,17 +1,22 @@
 """Offline checks of deploy/: the image recipe, the Compose stack, the Kubernetes manifests, the runbook.
 
 Nothing here needs Docker, a cluster or the network. The Kubernetes core objects are validated
-against the JSON schemas that ship with `kubernetes_validate`; the KubeRay custom resources
-(no schema there) are checked field by field, and the pod templates inside them are validated
-as core PodTemplates. The vaegen command lines found in the manifests and in the runbook's
-code blocks are checked against the real CLI's `--help`.
+against the JSON schemas that ship with `kubernetes_validate`; the KubeRay custom resources against
+the CRDs of ray-project/kuberay in ../shared/kuberay-crds/, strictly (tests/crd_schema.py: a field
+the CRD does not declare is an error), and the pod templates inside them as core PodTemplates too.
+The vaegen command lines found in the manifests and in the runbook's code blocks are checked
+against the real CLI's `--help`. The CronJob's submit script runs against a real Ray in
+tests/test_deploy_refresh.py.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from functools import lru_cache
@@ -23,6 +28,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from packaging.requirements import Requirement
+
+from crd_schema import CrdSchemas  # tests/ is on sys.path (rootdir conftest)
 
 try:
     import tomllib
@@ -73,12 +80,38 @@ def one(kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def kuberay_crd_dir() -> Path | None:
+    """VAEGEN_KUBERAY_CRDS, else ../shared/kuberay-crds beside the repository, else /work/shared/kuberay-crds."""
+    if os.environ.get("VAEGEN_KUBERAY_CRDS"):
+        return Path(os.environ["VAEGEN_KUBERAY_CRDS"])
+    for candidate in (ROOT.parent / "shared" / "kuberay-crds", Path("/work/shared/kuberay-crds")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@lru_cache(maxsize=1)
+def kuberay_crds() -> CrdSchemas:
+    directory = kuberay_crd_dir()
+    if directory is None or not any(directory.glob("*.yaml")):
+        pytest.skip(f"no KubeRay CRDs: set VAEGEN_KUBERAY_CRDS or provide {ROOT.parent / 'shared' / 'kuberay-crds'} "
+                    "(ray-project/kuberay ray-operator/config/crd/bases/*.yaml)")
+    return CrdSchemas(directory)
+
+
 def ray_cluster_specs() -> list[tuple[str, dict[str, Any]]]:
     """Every RayCluster spec: the long-lived cluster and those embedded in RayJob / RayCronJob."""
     specs = [(f"RayCluster/{d['metadata']['name']}", d["spec"]) for d in objects_of_kind("RayCluster")]
     specs += [(f"RayJob/{d['metadata']['name']}", d["spec"]["rayClusterSpec"]) for d in objects_of_kind("RayJob")]
     specs += [(f"RayCronJob/{d['metadata']['name']}", d["spec"]["jobTemplate"]["rayClusterSpec"])
               for d in objects_of_kind("RayCronJob")]
+    return specs
+
+
+def ray_job_specs() -> list[tuple[str, dict[str, Any]]]:
+    """Every RayJob spec: the RayJob's and the RayCronJob's job template."""
+    specs = [(f"RayJob/{d['metadata']['name']}", d["spec"]) for d in objects_of_kind("RayJob")]
+    specs += [(f"RayCronJob/{d['metadata']['name']}", d["spec"]["jobTemplate"]) for d in objects_of_kind("RayCronJob")]
     return specs
 
 
@@ -92,6 +125,21 @@ def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{where} head", spec["headGroupSpec"]["template"]["spec"]
         for group in spec["workerGroupSpecs"]:
             yield f"{where} {group['groupName']}", group["template"]["spec"]
+    for where, spec in ray_job_specs():
+        if "submitterPodTemplate" in spec:
+            yield f"{where} submitter", spec["submitterPodTemplate"]["spec"]
+
+
+def all_pod_specs_in(node: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every mapping with `containers` anywhere in a tree: pod specs wherever a kind nests them."""
+    if isinstance(node, dict):
+        if isinstance(node.get("containers"), list):
+            yield where, node
+        for key, value in node.items():
+            yield from all_pod_specs_in(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from all_pod_specs_in(item, f"{where}[{index}]")
 
 
 def collect(build, default):
@@ -184,6 +232,92 @@ def test_pod_templates_inside_kuberay_objects_validate(version: str) -> None:
         for name, template in templates:
             wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
             assert_valid(wrapped, version, f"{where} {name} pod template")
+    submitters = [(where, spec["submitterPodTemplate"]) for where, spec in ray_job_specs()]
+    assert len(submitters) == 2, "the RayJob and the RayCronJob set their submitter pod (env, non-root)"
+    for where, template in submitters:
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "submitter"}, "template": template}
+        assert_valid(wrapped, version, f"{where} submitter pod template")
+        assert template["spec"]["restartPolicy"] == "Never", f"{where}: a Job's pod template must not restart Always"
+        assert "command" not in template["spec"]["containers"][0], f"{where}: KubeRay fills in the submit command"
+
+
+KUBERAY_OBJECTS = collect(lambda: [(path, doc) for path, doc in k8s_objects() if doc["apiVersion"] == RAY_API], [])
+
+
+@pytest.mark.parametrize(("path", "doc"), KUBERAY_OBJECTS,
+                         ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in KUBERAY_OBJECTS])
+def test_kuberay_objects_validate_strictly_against_the_crds(path: Path, doc: dict[str, Any]) -> None:
+    errors = kuberay_crds().errors(doc)
+    assert not errors, f"{path.name} {doc['kind']}/{doc['metadata']['name']} against {kuberay_crds().directory}:\n" + "\n".join(errors)
+
+
+def _rayjob_copy() -> dict[str, Any]:
+    return copy.deepcopy(one("RayJob"))
+
+
+def test_strict_crd_validation_rejects_unknown_fields_at_any_depth() -> None:
+    crds = kuberay_crds()
+    assert not crds.errors(_rayjob_copy())
+    top = _rayjob_copy()
+    top["spec"]["backoffLimitt"] = 1  # a typo the API server would prune without a word
+    deep = _rayjob_copy()
+    deep["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["envFromm"] = []
+    meta = _rayjob_copy()
+    meta["metadata"]["lables"] = {"a": "b"}
+    empty_object = _rayjob_copy()  # rayStartParams is a map of strings; autoscalerOptions lists its fields
+    empty_object["spec"]["rayClusterSpec"]["autoscalerOptions"]["idleTimeout"] = 300
+    for name, doc, field in [("top", top, "backoffLimitt"), ("deep", deep, "envFromm"), ("metadata", meta, "lables"),
+                             ("autoscalerOptions", empty_object, "idleTimeout")]:
+        errors = crds.errors(doc)
+        assert len(errors) == 1 and field in errors[0] and "not allowed" in errors[0], f"{name}: {errors}"
+
+
+def test_strict_crd_validation_rejects_wrong_types_and_reads_kubernetes_extensions() -> None:
+    crds = kuberay_crds()
+    cases = {
+        "integer as string": (["spec", "rayClusterSpec", "workerGroupSpecs", 0, "replicas"], "0"),
+        "int32 overflow": (["spec", "ttlSecondsAfterFinished"], 2**31),
+        "string as list": (["spec", "entrypoint"], ["generate"]),
+        "enum": (["spec", "rayClusterSpec", "autoscalerOptions", "upscalingMode"], "Eager"),
+        "int-or-string as list": (["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0,
+                                   "resources", "limits", "cpu"], ["2"]),
+        "null where not nullable": (["spec", "activeDeadlineSeconds"], None),
+        "CEL rule (not evaluated offline)": (["spec", "managedBy"], "someone-else"),
+    }
+    for name, (path, value) in cases.items():
+        doc = _rayjob_copy()
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        where = ".".join(map(str, path))
+        errors = crds.errors(doc)
+        assert errors and all(error.startswith(f"{where}:") for error in errors), f"{name}: {where} = {value!r}: {errors}"
+    # int-or-string takes both forms, as the API server does.
+    for value in (2, "2", "1500m"):
+        doc = _rayjob_copy()
+        doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = value
+        assert not crds.errors(doc), f"cpu {value!r}: {crds.errors(doc)}"
+    # A list of type map keyed by name: two containers with one name is an error.
+    doc = _rayjob_copy()
+    containers = doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    containers.append(copy.deepcopy(containers[0]))
+    assert any("duplicate" in error for error in crds.errors(doc)), crds.errors(doc)
+
+
+def test_crd_versions_gate_the_fields_the_headers_name() -> None:
+    """What the headers claim, seen through the CRDs: timeZone exists (1.7+), backoffLimit is not used (1.2+)."""
+    cron = copy.deepcopy(one("RayCronJob"))
+    assert "timeZone" not in cron["spec"], "timeZone needs KubeRay 1.7; the header promises 1.6"
+    cron["spec"]["timeZone"] = "Etc/UTC"
+    assert not kuberay_crds().errors(cron), "the CRDs in use predate KubeRay 1.7 (no RayCronJob timeZone)"
+    for where, spec in ray_job_specs():
+        assert "backoffLimit" not in spec, f"{where}: RayJob backoffLimit needs KubeRay 1.2; the header promises 1.1"
+    assert "KubeRay >= 1.1" in (K8S / "rayjob-generate.yaml").read_text()
+    cron_header = (K8S / "raycronjob-refresh.yaml").read_text()
+    for fact in ("KubeRay >= 1.6", "feature gate `RayCronJob`", "OFF by", "--feature-gates=RayCronJob=true",
+                 "startingDeadlineSeconds", "concurrencyPolicy", "one RayJob per missed tick"):
+        assert fact in cron_header, f"raycronjob-refresh.yaml header must say {fact!r}"
 
 
 def test_every_kuberay_kind_is_present() -> None:
@@ -226,16 +360,68 @@ def test_raycronjob_runs_vaegen_refresh() -> None:
     assert template["entrypoint"].split()[template["entrypoint"].split().index("--out") + 1].startswith("s3://")
 
 
+def _cronjob_container() -> dict[str, Any]:
+    return one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def _cronjob_script() -> str:
+    command = _cronjob_container()["command"]
+    assert command[:2] == ["sh", "-c"] and len(command) == 4, "command: [sh, -c, SCRIPT, NAME]; args: the Ray job"
+    return command[2]
+
+
 def test_cronjob_submits_refresh_to_the_raycluster_head_service() -> None:
     cron = one("CronJob")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    argv = [*container.get("command", []), *container.get("args", [])]
-    assert argv[:3] == ["ray", "job", "submit"], argv
+    container = _cronjob_container()
+    assert container["args"][:2] == ["vaegen", "refresh"], container["args"]
+    env = {var["name"]: var for var in container["env"]}
     cluster = one("RayCluster")["metadata"]
-    head = f"http://{cluster['name']}-head-svc.{cluster['namespace']}.svc.cluster.local:8265"
-    assert argv[argv.index("--address") + 1] == head
-    assert argv[argv.index("--") + 1:argv.index("--") + 3] == ["vaegen", "refresh"]
+    assert env["RAY_ADDRESS"]["value"] == f"http://{cluster['name']}-head-svc.{cluster['namespace']}.svc.cluster.local:8265"
+    assert "--address" not in _cronjob_script(), "every ray command reads RAY_ADDRESS"
+
+
+def test_cronjob_script_is_valid_posix_shell() -> None:
+    done = subprocess.run(["sh", "-n", "-c", _cronjob_script()], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "$$" not in _cronjob_script() and not re.search(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", _cronjob_script()), (
+        "Kubernetes rewrites $$ and $(NAME) in command and args")
+
+
+def test_cronjob_submission_id_comes_from_the_job_through_the_downward_api() -> None:
+    env = {var["name"]: var for var in _cronjob_container()["env"]}
+    labels = {"JOB_NAME": "batch.kubernetes.io/job-name", "JOB_UID": "batch.kubernetes.io/controller-uid"}
+    for name, label in labels.items():
+        assert env[name]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.labels['{label}']", env[name]
+    script = _cronjob_script()
+    assert re.search(r'^\s*id="\$JOB_NAME-\$\{JOB_UID%%-\*\}"$', script, re.M), "id = job name + first uid block"
+    submit = script.index("ray job submit")
+    assert script.index("ray job status") < submit, "status check first"
+    assert re.search(r'ray job submit [^\n]*--no-wait --submission-id "\$id" -- ', script)
+    assert script.count("ray job submit") == 1
+    # A Ray job that exists is followed, never submitted again; the outcome decides the exit code.
+    assert re.search(r'if \[ -z "\$state" \]; then\n\s+echo "submitting', script)
+    assert re.search(r"ray job logs [^\n]*--follow \"\$id\"", script)
+    assert re.search(r"SUCCEEDED\)[^\n]*exit 0", script) and re.search(r"FAILED \| STOPPED\)[^\n]*exit 3", script)
+
+
+def test_cronjob_deadline_stops_the_ray_job_before_the_pod_deadline() -> None:
+    job = one("CronJob")["spec"]["jobTemplate"]["spec"]
+    env = {var["name"]: var.get("value") for var in _cronjob_container()["env"]}
+    script = _cronjob_script()
+    # The Ray job bounds itself (interrupt first: refresh releases its lock), whoever watches it.
+    assert re.search(r'-- \\\n\s+timeout --signal=INT --kill-after=(\d+) "\$REFRESH_DEADLINE_S" "\$@"', script), script
+    kill_after_s = int(re.search(r"--kill-after=(\d+)", script).group(1))
+    # The follower gives up after the job's own deadline plus a margin, and then stops it.
+    margin_s = int(re.search(r"follow_until=\$\(\( \$\(date \+%s\) \+ REFRESH_DEADLINE_S \+ (\d+) \)\)", script).group(1))
+    assert re.search(r'ray job stop [^\n]*"\$id"', script)
+    assert margin_s > kill_after_s, "the follower must not stop a job its own timeout is still ending"
+    startup_allowance_s = 600  # image pull, scheduling
+    assert int(env["REFRESH_DEADLINE_S"]) + margin_s + startup_allowance_s <= job["activeDeadlineSeconds"]
+    rules = job["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "submit", "operator": "In", "values": [3]}} in rules
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    assert job["backoffLimit"] >= 1 and one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
 def _defined_env() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -245,10 +431,14 @@ def _defined_env() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     return secrets, config_maps
 
 
+def containers_of(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
 def test_env_references_resolve_and_command_variables_are_defined() -> None:
     secrets, config_maps = _defined_env()
     for where, spec in pod_specs():
-        for container in spec["containers"]:
+        for container in containers_of(spec):
             available: set[str] = set()
             for source in container.get("envFrom", []):
                 if "secretRef" in source:
@@ -291,6 +481,127 @@ def test_mlflow_server_uses_postgres_and_s3_from_secret_and_configmap() -> None:
     assert any(fnmatch.fnmatch(uri.netloc, pattern) for pattern in allowed), f"{uri.netloc} not in allowed hosts"
 
 
+# Settings every worker of a multi-worker `mlflow server` reads, and what they must be.
+MLFLOW_WORKER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE": "1800"}
+MLFLOW_SHARED_KEYS = ("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "MLFLOW_CRYPTO_KEK_PASSPHRASE")
+POSTGRES_MAX_CONNECTIONS = 100  # PostgreSQL's default
+MLFLOW_STORES_PER_WORKER = 2  # one SQLAlchemy engine (pool) each for the tracking and the registry store
+
+
+def _connections_per_replica(workers: int, env: dict[str, str]) -> int:
+    pool = int(env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"])
+    return workers * MLFLOW_STORES_PER_WORKER * pool
+
+
+def test_mlflow_deployment_is_consistent_across_workers() -> None:
+    deployment = one("Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    server = spec["containers"][0]
+    # The schema is created or migrated once, before the server and its workers start.
+    assert init["command"] == ["mlflow", "db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"]
+    assert init["env"] == [var for var in server["env"] if var["name"] == "MLFLOW_BACKEND_STORE_URI"]
+    assert init["image"] == server["image"]
+    assert deployment["spec"]["replicas"] == 1, "several new pods on an empty database would each create the schema"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 1, "one migrating pod at a time"
+    args = server["args"]
+    workers = int(next(arg.split("=", 1)[1] for arg in args if arg.startswith("--workers=")))
+    assert workers >= 2 and "--serve-artifacts" in args
+    env = {var["name"]: var.get("value") for var in server["env"]}
+    assert {key: env.get(key) for key in MLFLOW_WORKER_ENV} == MLFLOW_WORKER_ENV
+    assert _connections_per_replica(workers, env) + 10 <= POSTGRES_MAX_CONNECTIONS
+    keys = next(d for d in objects_of_kind("Secret") if d["metadata"]["name"] == "mlflow-keys")
+    assert set(keys["stringData"]) == set(MLFLOW_SHARED_KEYS)
+    assert {"secretRef": {"name": "mlflow-keys"}} in server["envFrom"]
+    header = (K8S / "mlflow.yaml").read_text()
+    budget = f"{workers} x {MLFLOW_STORES_PER_WORKER} x 10 = {_connections_per_replica(workers, env)} per replica"
+    assert budget in " ".join(header.split()), f"mlflow.yaml's header must state the connection budget: {budget!r}"
+
+
+def test_compose_mlflow_is_consistent_across_workers() -> None:
+    services = compose()["services"]
+    upgrade, mlflow = services["mlflow-db-upgrade"], services["mlflow"]
+    assert mlflow["depends_on"]["mlflow-db-upgrade"] == {"condition": "service_completed_successfully"}
+    assert str(upgrade["restart"]) == "no"
+    server_uri = re.search(r'--backend-store-uri "([^"]+)"', " ".join(mlflow["command"])).group(1)
+    assert f'mlflow db upgrade "{server_uri}"' in " ".join(upgrade["command"]), "the upgrade must migrate the server's database"
+    command = " ".join(mlflow["command"]).split()
+    workers = int(command[command.index("--workers") + 1])
+    assert workers >= 2 and "--serve-artifacts" in command
+    env = mlflow["environment"]
+    assert {key: env.get(key) for key in MLFLOW_WORKER_ENV} == MLFLOW_WORKER_ENV
+    assert _connections_per_replica(workers, env) + 10 <= POSTGRES_MAX_CONNECTIONS
+    for key in MLFLOW_SHARED_KEYS:
+        assert env[key] == f"${{{key}:?set {key} in deploy/.env}}", f"{key} must come from deploy/.env, required"
+
+
+def test_mlflow_flags_used_by_deploy_exist() -> None:
+    from click.testing import CliRunner
+    from mlflow.cli import cli
+
+    server_flags = {arg.split("=", 1)[0] for arg in one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]}
+    server_flags |= {word for word in " ".join(compose()["services"]["mlflow"]["command"]).split() if word.startswith("--")}
+    help_text = CliRunner().invoke(cli, ["server", "--help"]).output
+    missing = sorted(flag for flag in server_flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text))
+    assert not missing, f"`mlflow server` has no {missing}"
+    assert CliRunner().invoke(cli, ["db", "upgrade", "--help"]).exit_code == 0
+
+
+def test_the_runbooks_webhook_key_command_makes_a_key_mlflow_accepts() -> None:
+    from cryptography.fernet import Fernet
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed here; the runbook's command needs it")
+    command = "openssl rand -base64 32 | tr '+/' '-_'"
+    assert command in RUNBOOK.read_text() and command in ENV_EXAMPLE.read_text()
+    for _ in range(20):  # random bytes: '+' and '/' turn up in most keys
+        key = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        Fernet(key.encode())  # what MLflow does with MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY at import
+
+
+def _configmap_env() -> dict[str, dict[str, str]]:
+    return {d["metadata"]["name"]: d.get("data", {}) for d in objects_of_kind("ConfigMap")}
+
+
+def _effective_env(container: dict[str, Any]) -> dict[str, str | None]:
+    """A container's plain variables as Kubernetes resolves them: envFrom ConfigMaps first, then env wins."""
+    config_maps, resolved = _configmap_env(), {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            resolved.update(config_maps.get(source["configMapRef"]["name"], {}))
+    for var in container.get("env", []):
+        resolved[var["name"]] = var.get("value")
+    return resolved
+
+
+# Compose services whose image runs no Python, so nothing there could unpickle a model.
+NON_PYTHON_SERVICES = {"postgres": "postgres", "minio": "minio/minio", "minio-init": "minio/mc"}
+
+
+def test_pickle_deserialization_is_off_in_every_python_process() -> None:
+    variable = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+    containers = [(f"{path.name}{where}/{c['name']}", c) for path, doc in k8s_objects()
+                  for where, spec in all_pod_specs_in(doc) for c in containers_of(spec)]
+    names = sorted({c["name"] for _, c in containers})
+    assert names == ["db-upgrade", "mlflow", "ray-head", "ray-job-submitter", "ray-worker", "submit"], names
+    # 3 Ray clusters x (head, GPU worker), 2 submitters, the CronJob's, mlflow and its db-upgrade.
+    assert len(containers) == 11, [where for where, _ in containers]
+    for where, container in containers:
+        assert _effective_env(container).get(variable) == "false", f"{where}: {variable} is not 'false'"
+    for path in COMPOSE_FILES:
+        for name, service in compose(path)["services"].items():
+            if path != COMPOSE:
+                continue  # overlays add devices, not processes
+            image = str(service.get("image", ""))
+            if name in NON_PYTHON_SERVICES:
+                assert NON_PYTHON_SERVICES[name] in image and "build" not in service, f"{name} runs {image}"
+                continue
+            assert (service.get("environment") or {}).get(variable) == "false", f"compose service {name}: {variable}"
+    assert re.search(rf"^\s+{variable}=false\s*$", DOCKERFILE.read_text(), re.M), f"deploy/Dockerfile: ENV {variable}=false"
+    runbook = " ".join(RUNBOOK.read_text().split())
+    assert "MLflow 3.17 still unpickles model artifacts by default" in runbook
+
+
 def test_secrets_hold_placeholders_only() -> None:
     for secret in objects_of_kind("Secret"):
         assert "data" not in secret, "no base64 data in the repository"
@@ -306,7 +617,7 @@ def _dockerfile_ray_version() -> str:
 
 def test_one_image_and_one_ray_version_everywhere() -> None:
     ray_version = _dockerfile_ray_version()
-    images = {c["image"] for _, spec in pod_specs() for c in spec["containers"]}
+    images = {c["image"] for _, spec in pod_specs() for c in containers_of(spec)}
     assert len(images) == 1, f"every vaegen pod must run the same image, found {images}"
     for where, spec in ray_cluster_specs():
         assert spec["rayVersion"] == ray_version, f"{where}: rayVersion {spec['rayVersion']} != image {ray_version}"
@@ -330,6 +641,7 @@ def test_dockerfile_builds_vaegen_on_ray_as_non_root() -> None:
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "the image must run as a non-root user"
     assert re.search(r"pip install\b[^\n]*(\\\n[^\n]*)*\s\.\s", text), "the image installs vaegen with `pip install .`"
+    assert re.search(r"^ENV [^\n]*(\\\n[^\n]*)*MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false", text, re.M)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
     copied = " ".join(line for line in instructions if line.startswith("COPY "))
@@ -337,6 +649,33 @@ def test_dockerfile_builds_vaegen_on_ray_as_non_root() -> None:
         assert re.search(rf"\s{re.escape(needed)}\s", f" {copied} "), f"the Dockerfile does not COPY {needed}"
     scripts = pyproject["project"]["scripts"]
     assert {"vaegen", "generate"} <= set(scripts), "the manifests call both console scripts"
+
+
+CPU_CONSTRAINT = "deploy/torch-cpu-constraints.txt"
+
+
+def test_cpu_images_get_the_cpu_torch_build_as_install_sh_does() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG TORCH=cuda$", text, re.M), "GPU images stay the default"
+    cpu_branch = re.search(r"^\s+cpu\) (.*?) ;;", text, re.M).group(1)
+    assert f"--constraint {CPU_CONSTRAINT}" in cpu_branch and "--extra-index-url $TORCH_CPU_INDEX" in cpu_branch, cpu_branch
+    assert re.search(r"^\s+cuda\) torch_args=\"\" ;;", text, re.M)
+    assert re.search(r"^\s+\*\) echo [^\n]*TORCH must be cpu or cuda[^\n]*exit 2 ;;", text, re.M), "a typo must fail the build"
+    assert re.search(r"pip install --constraint /tmp/constraints.txt \$torch_args \\$", text, re.M)
+    assert "assert torch.version.cuda is None" in text, "the CPU build proves it got a CPU torch"
+    # One rule for both: the same constraint file and the same default index as deploy/install.sh.
+    assert "triton<0" in (ROOT / CPU_CONSTRAINT).read_text().splitlines()
+    install = (DEPLOY / "install.sh").read_text()
+    index = re.search(r"^ARG TORCH_CPU_INDEX=(\S+)$", text, re.M).group(1)
+    assert f"VAEGEN_TORCH_CPU_INDEX:-{index}" in install and CPU_CONSTRAINT in install
+    # The file reaches the build: copied next to the sources, and let through the context filter.
+    assert re.search(rf"^COPY [^\n]* {re.escape(CPU_CONSTRAINT)} /tmp/vaegen-src/deploy/$", text, re.M)
+    assert f"!{CPU_CONSTRAINT}" in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    # Compose builds CPU images; the GPU overlay builds the head's image with CUDA.
+    cpu_args = compose()["x-vaegen-image"]["build"]["args"]
+    assert cpu_args["TORCH"] == "cpu" and cpu_args["RAY_IMAGE"].endswith("-cpu}")
+    gpu_args = compose(DEPLOY / "compose.gpu.yaml")["services"]["ray-head"]["build"]["args"]
+    assert gpu_args["TORCH"] == "cuda" and re.search(r"-cu\d+\}$", gpu_args["RAY_IMAGE"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +746,7 @@ def _compose_variables() -> dict[str, str]:
 
 def test_compose_secrets_come_from_env_without_defaults() -> None:
     variables = _compose_variables()
-    secret_names = [n for n in variables if re.search(r"PASSWORD|SECRET", n)]
+    secret_names = [n for n in variables if re.search(r"PASSWORD|PASSPHRASE|SECRET", n)]
     assert secret_names, "no secret variables found in compose files"
     for name in secret_names:
         assert variables[name].startswith(":?"), f"${{{name}}} must be required (:?), never defaulted"
@@ -422,7 +761,7 @@ def test_env_example_documents_every_variable_and_holds_no_secret() -> None:
     missing = sorted(set(_compose_variables()) - set(documented))
     assert not missing, f"deploy/.env.example does not mention {missing}"
     for name, value in documented.items():
-        if re.search(r"PASSWORD|SECRET", name):
+        if re.search(r"PASSWORD|PASSPHRASE|SECRET", name):
             assert value == "", f"{name} must be left empty in .env.example"
     assert (DEPLOY / ".gitignore").read_text().splitlines().count(".env") == 1, "deploy/.env must be git-ignored"
 

@@ -1,4 +1,4 @@
-"""The two kinds of failure vaegen reports, and their exit codes (0 ok, 1 failed job, 2 usage error)."""
+"""The kinds of failure vaegen reports, and their exit codes (0 ok, 1 failed job, 2 usage error)."""
 
 
 class VaegenError(Exception):
@@ -11,3 +11,7 @@ class UsageError(VaegenError):
     """The user's input is wrong; the message names the value and the fix."""
 
     exit_code = 2
+
+
+class NonFiniteOutput(VaegenError):
+    """The decoder produced NaN or inf: a broken version, not a transient failure."""

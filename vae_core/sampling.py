@@ -7,11 +7,14 @@ whatever the shard size, worker count or resume point, so its bits cannot depend
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from vae_core.model import Decoder
+import numpy as np
+
 from vae_core.seeds import balanced_labels, latents, prior_labels, row_seeds
+
+if TYPE_CHECKING:  # torch is imported where a decode happens: planning and seeds stay light
+    from vae_core.model import Decoder
 
 
 def draw(dataset_seed: int, sample_ids: np.ndarray, latent_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,12 +33,14 @@ def labels_for(
     return balanced_labels(sample_ids, np.asarray(classes))
 
 
-@torch.no_grad()
 def decode(decoder: Decoder, z: np.ndarray, labels: np.ndarray | None = None, device: str = "cpu") -> np.ndarray:
     """Decode a batch of latents to float32 images (N, *shape) in [0, 1]."""
-    z_tensor = torch.from_numpy(np.ascontiguousarray(z)).to(device)
-    label_tensor = None if labels is None else torch.from_numpy(labels.astype(np.int64)).to(device)
-    return decoder(z_tensor, label_tensor).float().cpu().numpy()
+    import torch
+
+    with torch.no_grad():
+        z_tensor = torch.from_numpy(np.ascontiguousarray(z)).to(device)
+        label_tensor = None if labels is None else torch.from_numpy(labels.astype(np.int64)).to(device)
+        return decoder(z_tensor, label_tensor).float().cpu().numpy()
 
 
 def block_ranges(start: int, stop: int, block_rows: int) -> list[tuple[int, int]]:

@@ -15,37 +15,24 @@ from the object store and never call MLflow (DESIGN.md contract 3).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from jobs.generate.config import EngineOptions
 from jobs.generate.parts import PartInfo, PartWriter
-from jobs.generate.predictor import Predictor
 from jobs.generate.spec import DatasetSpec
 from jobs.generate.storage import Storage
 from vae_core.errors import UsageError, VaegenError
 
-DEVICES = ("auto", "cpu", "cuda")
 MAX_RESTARTS = 3  # a worker process that dies (OOM, preemption, kill) comes back this often
 MAX_TASK_RETRIES = 3  # and the shards it held are retried this often
 AUTOSCALE_CPUS_PER_GPU = 4  # CPUs asked beside each GPU when no GPU node exists yet (common cloud shapes have >= 4)
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineOptions:
-    num_workers: int | None = None  # None: one per GPU, else one per CPU of the cluster
-    device: str = "auto"  # auto: CUDA when the cluster has GPUs
-    shared_fs: bool = False  # a local --out is visible to every node (NFS, a mounted volume)
-
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.num_workers is not None and self.num_workers < 1:
-            raise UsageError(f"--num-workers must be a positive integer, got {self.num_workers}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +45,66 @@ class Placement:
     nodes: int
 
 
-def connect() -> None:
-    """Join RAY_ADDRESS (or the job's cluster under `ray job submit`), else start a local Ray."""
+def connect() -> bool:
+    """Join the cluster RAY_ADDRESS names, or start a private local Ray; True when started here.
+
+    Without RAY_ADDRESS the job starts its own Ray, bound to 127.0.0.1, even where a `ray start`
+    cluster runs on this machine or a killed one left /tmp/ray/ray_current_cluster behind: a plain
+    `vaegen generate` should not silently land on whatever cluster happens to be there, nor fail
+    because of one. `RAY_ADDRESS=auto` (or the cluster's address) joins a running cluster on
+    purpose; inside `ray job submit`, Ray sets RAY_ADDRESS to the job's own cluster.
+    """
     if ray.is_initialized():
-        return
+        return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        return False
+    # Ray's own default (token authentication on, ~/.ray/auth_token written) stays; its notice about it on
+    # every job is noise here (README, "Run on a Ray cluster", says what it means for `ray start`).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    with _loopback_only():
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    return True
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make the Ray started inside this block serve 127.0.0.1 only, not every interface.
+
+    Ray resolves a node IP of 127.0.0.1 given to ray.init() to the host's routable address, and its
+    servers bind that address or all interfaces. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it treats the
+    host as it treats a laptop: node IP 127.0.0.1, every server on loopback (tests/test_engine_local.py
+    checks the listening sockets). The variable reaches the processes ray.init spawns; this process reads
+    the constant computed at import, so both are set, and restored once the cluster is up.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_constant = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
+
+
+def stop_local_ray() -> None:
+    """Disconnect, then kill without the graceful waits of `ray.shutdown()` the Ray this process started.
+
+    Called by the command line after its last line: everything is committed by then, and a local
+    cluster's graceful shutdown takes seconds that a finished job should not make its caller wait.
+    The driver disconnects first, so that it does not report its own cluster's death.
+    """
+    node = ray._private.worker._global_node
+    if node is None or not node.ray_init_cluster:
+        return
+    ray._private.worker._global_node = None  # ray.shutdown() below then only disconnects this driver
+    ray.shutdown()
+    node.kill_all_processes(check_alive=False, allow_graceful=False)
 
 
 def plan_placement(options: EngineOptions, num_shards: int, storage: Storage) -> Placement:
@@ -117,6 +156,8 @@ class ShardWorker:
         return ray.get_runtime_context().get_node_id()
 
     def write(self, spec: DatasetSpec, config: dict, state: dict, shard: int) -> PartInfo:
+        from jobs.generate.predictor import Predictor  # torch: imported by workers, never by the driver
+
         if self.writer is None or self.writer.spec != spec:
             self.writer = PartWriter(Predictor(spec, config, state, self.device), self.storage, spec.dataset_id)
         return self.writer(shard)

@@ -1,49 +1,36 @@
-"""The generation job as a recipe: resolve once, plan, write shards on Ray, commit the manifest, log lineage."""
+"""The generation job as a recipe: resolve once, plan, write shards on Ray, commit the manifest, log lineage.
+
+Start-up overlaps: the registry's work (importing mlflow, resolving the reference, reading the
+weights) runs on a helper thread while this thread starts or joins Ray and the workers import
+torch. Ray's start stays on the calling thread because the processes it spawns die with the
+thread that spawned them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
 import time
-from typing import Any, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from jobs.generate import engine, manifest
-from jobs.generate.engine import EngineOptions
+from jobs.generate.config import DEFAULT_MODEL, LABEL_POLICIES, GenerateConfig  # noqa: F401 (re-exported)
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
-from jobs.generate.predictor import NonFiniteOutput, Predictor
 from jobs.generate.spec import FORMAT, DatasetSpec
 from jobs.generate.storage import Storage, storage_from_env
 from jobs.progress import Progress
-from registry import lineage, models, tracking
-from registry.models import LoadedDecoder, PinnedModel
-from vae_core.config import VAEConfig
 from vae_core import sampling
-from vae_core.errors import UsageError
+from vae_core.errors import NonFiniteOutput, UsageError
 from vae_core.seeds import row_seeds
 
-DEFAULT_MODEL = "vae-decoder@champion"
-LABEL_POLICIES = ("balanced", "prior")
+if TYPE_CHECKING:  # mlflow is imported on the registry thread, never at import time
+    from registry.models import LoadedDecoder, PinnedModel
+    from vae_core.config import VAEConfig
+
 LABEL_COUNT_CHUNK_ROWS = 1 << 20  # prior labels are re-derived on the driver in chunks this size
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerateConfig:
-    n: int | None  # None only with `resume`: the unfinished dataset's record says
-    model: str = DEFAULT_MODEL  # the promoted version: what a scheduled job should serve
-    out: str | None = None  # else VAEGEN_OUTPUT
-    seed: int | None = None  # None: a fresh random seed, printed and recorded in the manifest
-    dtype: str = "float32"
-    layout: str = "tensor"
-    compression: str = "zstd"
-    compression_level: int | None = 1
-    rows_per_shard: int = 65_536
-    batch_size: int = 4_096
-    labels: str = "balanced"  # conditional models: balanced | prior | comma-separated classes
-    engine: EngineOptions = EngineOptions()
-    overwrite: bool = False  # replace a committed dataset with the same id
-    resume: str | None = None  # a dataset id under --out, or the dataset's own path/URI
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +42,48 @@ class GenerateResult:
     seed_was_random: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the registry said: the pinned version and the dataset it defines, and what is already on disk."""
+
+    pinned: PinnedModel
+    spec: DatasetSpec
+    seed_was_random: bool
+    committed: dict[str, Any] | None  # the manifest when this dataset is committed and kept
+    fresh: bool  # no unfinished run of this dataset to continue
+
+
 def generate(
     config: GenerateConfig,
     log: Callable[[str], None] = lambda message: None,
     on_workers: Callable[[list[Any]], None] | None = None,
 ) -> GenerateResult:
     storage, resume_id = _output(config)
+    storage.check_writable()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread:
+        planned = registry_thread.submit(_plan, config, storage, resume_id)
+        engine.connect()
+        plan = planned.result()
+        pinned, spec = plan.pinned, plan.spec
+        dataset_id = spec.dataset_id
+        log(f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
+            + (" (random: pass --seed to reproduce)" if plan.seed_was_random else ""))
+        if plan.committed is not None:
+            return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", plan.committed, plan.seed_was_random)
+        placement = engine.plan_placement(config.engine, spec.num_shards, storage)
+        with engine.WorkerPool(storage, placement) as pool:  # workers import torch while the weights load
+            if on_workers is not None:
+                on_workers(pool.workers)
+            loading = registry_thread.submit(_load, pinned)
+            record = _run(spec, pinned, loading, plan.fresh, storage, placement, pool, log)
+    status = "generated" if record["timings"]["shards_reused"] == 0 else "resumed"
+    return GenerateResult(dataset_id, storage.location(dataset_id), status, record, plan.seed_was_random)
+
+
+def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None) -> Plan:
+    """The registry's part of the start-up: resolve once, define the dataset, look at what is on disk."""
+    from registry import models, tracking
+
     tracking.ensure_reachable()
     if resume_id is not None:
         record = storage.read_json(resume_id, manifest.PROGRESS) or storage.read_json(resume_id, manifest.MANIFEST)
@@ -69,7 +92,7 @@ def generate(
         if record["format"] != FORMAT:
             raise UsageError(f"--resume {config.resume}: started by another vaegen version (format {record['format']}, "
                              f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume")
-        pinned, spec, seed_was_random = PinnedModel(**record["model"]), _spec_from_record(record), False
+        pinned, spec, seed_was_random = models.PinnedModel(**record["model"]), _spec_from_record(record), False
         if config.n is not None and config.n != spec.n:
             raise UsageError(f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
                              "drop --n to resume it as it is")
@@ -79,10 +102,6 @@ def generate(
         seed = secrets.randbits(32) if seed_was_random else config.seed
         spec = dataset_spec(config, pinned, models.version_config(pinned), seed)
     dataset_id = spec.dataset_id
-    log(f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
-        + (" (random: pass --seed to reproduce)" if seed_was_random else ""))
-    storage.check_writable()
-
     committed = storage.read_json(dataset_id, manifest.MANIFEST)
     if committed is not None and not config.overwrite:
         if committed["spec_fingerprint"] != spec.fingerprint():
@@ -91,7 +110,7 @@ def generate(
                 f"(fingerprint {committed['spec_fingerprint']}, this run {spec.fingerprint()}); "
                 "use the same options, another --out, or --overwrite"
             )
-        return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", committed, seed_was_random)
+        return Plan(pinned, spec, seed_was_random, committed, fresh=False)
     if config.overwrite:
         storage.delete_dir(dataset_id)
     in_progress = storage.read_json(dataset_id, manifest.PROGRESS)
@@ -100,9 +119,21 @@ def generate(
             f"an unfinished dataset with other options is at {storage.location(dataset_id)}; "
             f"rerun with its options (`--resume {dataset_id}`) or pass --overwrite"
         )
-    fresh = in_progress is None
-    engine.connect()
-    placement = engine.plan_placement(config.engine, spec.num_shards, storage)
+    return Plan(pinned, spec, seed_was_random, None, fresh=in_progress is None)
+
+
+def _load(pinned: PinnedModel) -> LoadedDecoder:
+    from registry import models
+
+    return models.load_decoder(pinned)  # the weights, read once, here on the driver
+
+
+def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, storage: Storage, placement: engine.Placement,
+         pool: engine.WorkerPool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Write every shard, commit the manifest, log the lineage run; returns the manifest."""
+    from registry import lineage, tracking
+
+    dataset_id = spec.dataset_id
     model_record = dataclasses.asdict(pinned)
     params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
               "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
@@ -116,39 +147,34 @@ def generate(
         progress.advance(info.rows)
 
     try:
-        with engine.WorkerPool(storage, placement) as pool:  # workers start up while the driver loads
-            if on_workers is not None:
-                on_workers(pool.workers)
-            loaded = models.load_decoder(pinned)  # the weights, read once, here on the driver
-            _probe(spec, loaded)
-            if fresh:
-                storage.write_json(manifest.progress_record(spec, model_record), dataset_id, manifest.PROGRESS)
-            log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
-                f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
-            with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
-                parts = pool.run(spec, loaded.config.to_dict(), loaded.state, list(range(spec.num_shards)), on_part)
-                seconds = time.perf_counter() - started
-                record = manifest.build(
-                    spec, model_record, parts,
-                    timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
-                             "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
-                    lineage={"tracking_uri": tracking.tracking_uri(), "run_id": run.run_id, "experiment": run.experiment},
-                    execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
-                    label_counts=label_counts(spec),
-                )
-                storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
-                _cleanup(storage, dataset_id)
-                run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
-                                 "total_bytes": record["total_bytes"], "shards_reused": reused})
-                run.log_dataset(record, storage.location(dataset_id))
+        if fresh:
+            storage.write_json(manifest.progress_record(spec, model_record), dataset_id, manifest.PROGRESS)
+        log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
+            f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
+        with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
+            loaded = loading.result()
+            parts = pool.run(spec, loaded.config.to_dict(), loaded.state, list(range(spec.num_shards)), on_part)
+            seconds = time.perf_counter() - started
+            record = manifest.build(
+                spec, model_record, parts,
+                timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
+                         "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
+                lineage={"tracking_uri": tracking.tracking_uri(), "run_id": run.run_id, "experiment": run.experiment},
+                execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
+                label_counts=label_counts(spec),
+            )
+            storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
+            _cleanup(storage, dataset_id)
+            run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
+                             "total_bytes": record["total_bytes"], "shards_reused": reused})
+            run.log_dataset(record, storage.location(dataset_id))
     except NonFiniteOutput:
         if fresh:  # a broken decoder can never complete this dataset: leave nothing behind
             storage.delete_dir(dataset_id)
         raise
     finally:
         progress.close()
-    status = "generated" if reused == 0 else "resumed"
-    return GenerateResult(dataset_id, storage.location(dataset_id), status, record, seed_was_random)
+    return record
 
 
 def _output(config: GenerateConfig) -> tuple[Storage, str | None]:
@@ -192,11 +218,6 @@ def _spec_from_record(record: dict[str, Any]) -> DatasetSpec:
     for key in ("sample_shape", "label_classes", "class_prior"):
         fields[key] = tuple(fields[key])
     return DatasetSpec(**fields)
-
-
-def _probe(spec: DatasetSpec, loaded: LoadedDecoder) -> None:
-    """Decode the first block on the driver: a NaN decoder fails here, before anything is written."""
-    Predictor(spec, loaded.config.to_dict(), loaded.state)({"sample_id": np.arange(min(spec.n, spec.block_rows))})
 
 
 def label_counts(spec: DatasetSpec) -> dict[str, int] | None:

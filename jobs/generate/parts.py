@@ -11,16 +11,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.generate.predictor import Predictor
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name
 from jobs.generate.storage import Storage
 from vae_core.sampling import block_ranges
+
+if TYPE_CHECKING:  # the driver never builds a predictor: it must not import torch
+    from jobs.generate.predictor import Predictor
 
 SIDECAR_DIR = "_parts"  # readers skip names starting with "_" or "."
 

@@ -12,12 +12,8 @@ import torch
 from jobs.generate.spec import DatasetSpec
 from vae_core import sampling
 from vae_core.config import VAEConfig
-from vae_core.errors import VaegenError
+from vae_core.errors import NonFiniteOutput
 from vae_core.model import Decoder
-
-
-class NonFiniteOutput(VaegenError):
-    """The decoder produced NaN or inf: a broken version, not a transient failure."""
 
 
 def to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -17,6 +17,16 @@ LAYOUTS = ("tensor", "binary")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
 
 
+def check_sizes(n: int | None, rows_per_shard: int, block_rows: int) -> None:
+    """The size options of a dataset, checked in one place: by the CLI before anything heavy, and by every spec."""
+    if n is not None and n < 1:
+        raise UsageError(f"--n must be a positive integer, got {n}")
+    if rows_per_shard < 1:
+        raise UsageError(f"--rows-per-shard must be a positive integer, got {rows_per_shard}")
+    if block_rows < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {block_rows}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """Everything that decides a part file's bytes. Two runs with equal specs write equal files."""
@@ -39,12 +49,7 @@ class DatasetSpec:
     class_prior: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise UsageError(f"--n must be a positive integer, got {self.n}")
-        if self.rows_per_shard < 1:
-            raise UsageError(f"--rows-per-shard must be a positive integer, got {self.rows_per_shard}")
-        if self.block_rows < 1:
-            raise UsageError(f"--batch-size must be a positive integer, got {self.block_rows}")
+        check_sizes(self.n, self.rows_per_shard, self.block_rows)
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"--seed must lie in [0, 2**64), got {self.seed}")
         if self.dtype not in DTYPES:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -82,10 +81,12 @@ class Storage:
         return "/".join([self.uri.rstrip("/"), *names])
 
     def check_writable(self) -> None:
-        """Fail early, before any work, if the root is a file or cannot be written."""
+        """Fail early, before any work, if the root is a file or cannot be written; leave no trace either way
+        (local folders the probe had to create are removed again, if still empty: a failed run leaves none)."""
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.File:
             raise UsageError(f"output root {self.location()} is a file; point --out at a directory")
+        created = self._missing_local_folders()
         try:
             self.fs.create_dir(self.root, recursive=True)
             probe = self.path(f".vaegen-write-probe-{uuid.uuid4().hex}")
@@ -94,6 +95,20 @@ class Storage:
             self.fs.delete_file(probe)
         except OSError as error:
             raise UsageError(f"output root {self.location()} is not writable ({error}); fix its permissions or choose another --out") from None
+        finally:
+            for folder in reversed(created):  # deepest first; rmdir removes only empty folders, so never another run's
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+    def _missing_local_folders(self) -> list[Path]:
+        """The local root and those of its parents that do not exist yet, outermost first."""
+        if not self.is_local:
+            return []
+        missing, folder = [], Path(self.root)
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        return missing[::-1]
 
     def exists(self, *names: str) -> bool:
         return self.fs.get_file_info(self.path(*names)).type != pafs.FileType.NotFound
@@ -155,8 +170,7 @@ class Storage:
 
 def storage_from_env(out: str | None) -> Storage:
     """--out, else VAEGEN_OUTPUT; neither is a usage error naming both."""
-    root = out or os.environ.get("VAEGEN_OUTPUT")
-    if not root:
-        raise UsageError("no output root: pass --out DIR_OR_URI or set VAEGEN_OUTPUT")
-    return Storage(root)
+    from jobs.generate.config import output_root
+
+    return Storage(output_root(out))
 

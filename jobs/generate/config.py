@@ -1,0 +1,77 @@
+"""What a `generate` run is asked to do: the job's frozen config, checked before anything heavy is imported.
+
+Kept apart from job.py and engine.py (which import mlflow, pyarrow and ray) so that the command
+line can refuse bad input in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from jobs.generate.spec import check_sizes
+from registry.tracking import RAY_JOB_MARKER
+from vae_core.errors import UsageError
+
+DEFAULT_MODEL = "vae-decoder@champion"
+DEVICES = ("auto", "cpu", "cuda")
+LABEL_POLICIES = ("balanced", "prior")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    num_workers: int | None = None  # None: one per GPU, else one per CPU of the cluster
+    device: str = "auto"  # auto: CUDA when the cluster has GPUs
+    shared_fs: bool = False  # a local --out is visible to every node (NFS, a mounted volume)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise UsageError(f"--num-workers must be a positive integer, got {self.num_workers}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    n: int | None  # None only with `resume`: the unfinished dataset's record says
+    model: str = DEFAULT_MODEL  # the promoted version: what a scheduled job should serve
+    out: str | None = None  # else VAEGEN_OUTPUT
+    seed: int | None = None  # None: a fresh random seed, printed and recorded in the manifest
+    dtype: str = "float32"
+    layout: str = "tensor"
+    compression: str = "zstd"
+    compression_level: int | None = 1
+    rows_per_shard: int = 65_536
+    batch_size: int = 4_096
+    labels: str = "balanced"  # conditional models: balanced | prior | comma-separated classes
+    engine: EngineOptions = EngineOptions()
+    overwrite: bool = False  # replace a committed dataset with the same id
+    resume: str | None = None  # a dataset id under --out, or the dataset's own path/URI
+
+    def __post_init__(self) -> None:
+        if self.n is None and self.resume is None:
+            raise UsageError("--n is required: pass the number of samples, e.g. --n 1000000")
+        check_sizes(self.n, self.rows_per_shard, self.batch_size)
+
+    def check_output(self) -> None:
+        """Where the run would write, checked without touching it: the command line asks before importing Ray."""
+        if self.resume is not None and "/" in self.resume.rstrip("/"):  # a resume by path names its own root
+            checked_root(self.resume)
+        else:
+            output_root(self.out)
+
+
+def output_root(out: str | None) -> str:
+    """--out, else VAEGEN_OUTPUT; neither is a usage error naming both."""
+    root = out or os.environ.get("VAEGEN_OUTPUT")
+    if not root:
+        raise UsageError("no output root: pass --out DIR_OR_URI or set VAEGEN_OUTPUT")
+    return checked_root(root)
+
+
+def checked_root(root: str) -> str:
+    """Inside a Ray job a relative local root would land in Ray's temporary copy of the working directory."""
+    if RAY_JOB_MARKER in os.environ and "://" not in root and not os.path.isabs(os.path.expanduser(root)):
+        raise UsageError(f"output root {root!r} is a relative path, which inside a Ray job means Ray's temporary "
+                         "copy of the working directory; pass an absolute path shared by the nodes, or s3://bucket/prefix")
+    return root
