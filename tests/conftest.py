@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
+from ray_cluster import TAG_VARIABLE, free_port  # tests/ is on sys.path (rootdir conftest)
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
@@ -126,7 +126,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--backend-store-uri", sqlite_uri(root),
         "--artifacts-destination", str(root / "artifacts"),
     ]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    # Not the tag of a test Ray either (when a module's Ray env is active as the server first starts):
+    # that Ray's teardown stops every process carrying its tag, which would take this shared server down.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_") and key != TAG_VARIABLE}
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
         # Its own session (process group), so teardown stops the server and any workers it forked.
