@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -226,7 +227,7 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
         click.option("--layout", type=click.Choice(["tensor", "binary"]), default="tensor", show_default=True,
-                     help="x as an Arrow fixed-shape tensor, or raw fixed-size binary rows (faster; see README)."),
+                     help="x with its shape (nested fixed-size lists), or raw fixed-size binary rows (faster; see README)."),
         click.option("--compression", type=click.Choice(["zstd", "lz4", "snappy", "gzip", "none"]), default="zstd", show_default=True),
         click.option("--rows-per-shard", type=int, default=65_536, show_default=True, help="Rows per Parquet part file."),
         click.option("--batch-size", type=int, default=4_096, show_default=True, help="Rows per decode block."),
@@ -287,7 +288,7 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     Examples:
       vaegen generate --n 1000000 --seed 42 --out ./datasets
       ray job submit --address http://127.0.0.1:8265 -- generate --n 1000000 --out s3://bucket/synthetic
-      vaegen generate --resume vae-decoder-v7-n1000000-seed42-float32-f2 --out ./datasets
+      vaegen generate --resume vae-decoder-v7-n1000000-seed42-float32-f3 --out ./datasets
     """
     if resume is not None:
         _refuse_dataset_options_with_resume(click.get_current_context())
@@ -334,15 +335,19 @@ def _console(command: click.Command) -> Callable[[], None]:
 
 
 def _exit(code: int) -> None:
-    """Exit now. Where this process started or joined Ray, skip Ray's graceful shutdown (seconds for a local
-    cluster): everything is committed before the last line is printed, so kill the local Ray it started, flush
-    and leave; the cluster reclaims a departed driver's actors by itself."""
+    """Leave as soon as the last line is out. Python's own teardown of what a command imported (mlflow,
+    SQLAlchemy, pyarrow, pandas) takes a second or more, and a local Ray's graceful stop several; but
+    everything a command writes is written and closed before it returns. So: stop the local Ray this
+    process started, end an MLflow run still open, flush, and exit."""
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        sys.exit(code)
-    from jobs.generate import engine
+    if ray is not None and ray.is_initialized():
+        from jobs.generate import engine
 
-    engine.stop_local_ray()
+        engine.stop_local_ray()
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        mlflow.end_run("FINISHED" if code == EXIT_OK else "FAILED")
+    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -361,8 +366,8 @@ def inspect_command(dataset, deep) -> None:
 
     \b
     Examples:
-      vaegen inspect ./datasets/vae-decoder-v7-n1000000-seed42-float32-f2
-      vaegen inspect s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f2 --deep
+      vaegen inspect ./datasets/vae-decoder-v7-n1000000-seed42-float32-f3
+      vaegen inspect s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f3 --deep
     """
     from jobs.generate.inspect import inspect
 
@@ -499,7 +504,7 @@ def report(model_ref, dataset, n, data, out_dir) -> None:
     \b
     Examples:
       vaegen report --model vae-decoder@champion
-      vaegen report --dataset ./datasets/vae-decoder-v7-n1000000-seed42-float32-f2
+      vaegen report --dataset ./datasets/vae-decoder-v7-n1000000-seed42-float32-f3
     """
     from jobs import report as reports
     from registry import tracking

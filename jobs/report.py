@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from jobs import plots
-from jobs.generate.inspect import open_committed
+from jobs import plots, reader
+from jobs.generate import card, manifest
 from jobs.sample import draw_images
 from registry import lineage, models
 from registry.models import LoadedDecoder
@@ -160,30 +158,23 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
     return ReportResult(metrics, json_path, png_path, run_id)
 
 
-def read_samples(location: str, n: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+def read_samples(dataset: reader.Dataset, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The first n rows of a committed dataset as float32 images in [0, 1] (rows are i.i.d. draws)."""
-    storage, dataset_id, record = open_committed(location)
-    tables, count = [], 0
-    for entry in record["files"]:
+    images, labels, count = [], [], 0
+    for block in dataset.iter_numpy(columns=["x", "label"] if dataset.has_labels else ["x"]):
         if count >= n:
             break
-        with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
-            tables.append(pq.read_table(handle, columns=["x"] + (["label"] if record["labels"] else [])))
-        count += tables[-1].num_rows
-    table = pa.concat_tables(tables).slice(0, n)
-    shape, dtype = tuple(record["sample_shape"]), np.dtype(record["dtype"])
-    column = table.column("x").combine_chunks()
-    if record["layout"] == "tensor":
-        x = column.to_numpy_ndarray()
-    else:
-        x = np.frombuffer(column.buffers()[1], dtype=dtype, count=len(column) * int(np.prod(shape))).reshape(-1, *shape)
-    x = x.astype(np.float32) / (255.0 if dtype == np.uint8 else 1.0)
-    labels = table.column("label").to_numpy().astype(np.int64) if record["labels"] else None
-    return record, x, labels
+        images.append(block["x"])
+        labels.append(block.get("label"))
+        count += len(block["x"])
+    x = np.concatenate(images)[:n].astype(np.float32) / (255.0 if dataset.dtype == "uint8" else 1.0)
+    return x, np.concatenate(labels)[:n].astype(np.int64) if dataset.has_labels else None
 
 
 def dataset_report(location: str, config: ReportConfig) -> ReportResult:
-    record, generated, labels = read_samples(location, config.n)
+    dataset = reader.open_dataset(location, verify=False)
+    record = dataset.manifest
+    generated, labels = read_samples(dataset, config.n)
     dataset_id = record["dataset_id"]
     out = report_folder(config, Path("datasets", dataset_id), f"dataset {dataset_id}")
     model = record["model"]
@@ -192,6 +183,10 @@ def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
     title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
     json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)
-    run_id = lineage.log_dataset_quality(record, headline(metrics))
+    figures = headline(metrics)
+    run_id = lineage.log_dataset_quality(record, figures)
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
+    if card.has_card(record):  # the card now quotes the dataset's own figures
+        source = f"`vaegen report --dataset` on the first {len(generated):,} rows of this dataset ({manifest.utc_now()})"
+        card.write(dataset.storage, dataset.dataset_id, record, card.Quality(figures, source))
     return ReportResult(metrics, json_path, png_path, run_id)

@@ -98,7 +98,7 @@ def test_readme_cluster_lines_run_verbatim(readme_cluster):
     assert "succeeded" in done.stdout, done.stdout[-3000:]
     inspected = done.stdout.strip().splitlines()[-1]
     assert inspected.startswith("verified: "), done.stdout[-2000:]
-    directory = folder / "datasets" / "vae-decoder-v1-n1000000-seed0-float32-f2"
+    directory = folder / "datasets" / "vae-decoder-v1-n1000000-seed0-float32-f3"
     record = json.loads((directory / "_manifest.json").read_text())
     assert record["n"] == 1_000_000 and record["model"]["alias"] == "champion"
     assert pq.ParquetFile(directory / "part-00000.parquet").metadata.num_rows == 65_536
@@ -111,7 +111,7 @@ def test_plain_generate_beside_the_running_cluster_starts_its_own_ray(readme_clu
     assert (ray_env.root / "ray" / "ray_current_cluster").is_file()  # what a plain ray.init() would join
     done = vaegen(folder, env, "generate", "--n", "1000", "--seed", "1", "--out", "beside")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (folder / "beside" / "vae-decoder-v1-n1000-seed1-float32-f2" / "_manifest.json").is_file()
+    assert (folder / "beside" / "vae-decoder-v1-n1000-seed1-float32-f3" / "_manifest.json").is_file()
     # It started and stopped a Ray of its own: the cluster's processes are the same ones, all alive.
     assert set(tagged_pids(ray_env.tag)) >= cluster_pids
     listed = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "jobs", "--address", "127.0.0.1:6379",
@@ -153,4 +153,4 @@ def test_plain_generate_after_the_cluster_was_killed(readme_cluster, tmp_path):
     env = {**shell_env(ray_env), "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"}
     done = vaegen(folder, env, "generate", "--n", "1000", "--seed", "2", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "vae-decoder-v1-n1000-seed2-float32-f2" / "_manifest.json").is_file()
+    assert (tmp_path / "vae-decoder-v1-n1000-seed2-float32-f3" / "_manifest.json").is_file()

@@ -158,6 +158,17 @@ def test_parquet_fixed_size_list_is_reshaped_to_a_square(tmp_path):
     assert data.labels is None
 
 
+def test_parquet_nested_fixed_size_lists_keep_their_shape(tmp_path):
+    """vaegen's format-3 datasets store x as H fixed-size lists of W values."""
+    images = np.random.default_rng(4).random((3, 2, 5)).astype(np.float32)
+    column = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pa.array(images.ravel()), 5), 2)
+    pq.write_table(pa.table({"x": column, "label": pa.array([2, 0, 1], pa.int16())}), tmp_path / "n.parquet")
+    data = load(f"parquet:{tmp_path / 'n.parquet'}")
+    assert data.images.shape == (3, 2, 5)  # not squared: the file says 2 x 5
+    np.testing.assert_array_equal(data.images, images)
+    assert data.labels.tolist() == [2, 0, 1]
+
+
 def test_parquet_custom_column_and_directory(tmp_path):
     folder = tmp_path / "dataset"
     folder.mkdir()

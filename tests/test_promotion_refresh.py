@@ -448,7 +448,7 @@ def test_refresh_twice_with_the_same_champion_is_a_no_op_and_logs_runs(trained, 
     assert first.action == "generated" and first.model_version == 1
     dataset = root / first.dataset_id
     assert sorted(path.name for path in dataset.iterdir()) == [
-        "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        ".huggingface.yaml", "_README.md", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert pq.read_table(dataset).num_rows == N
     before, latest_before = mtimes(dataset), (root / LATEST).read_bytes()
 
@@ -578,7 +578,7 @@ def test_generate_to_s3_commits_reads_back_and_a_failure_leaves_no_manifest(trai
     dataset_id = result.stdout.split("dataset_id: ")[1].split()[0]
     assert f"location: {out}/{dataset_id}" in result.stdout
     assert s3.keys(bucket) == [f"data/{dataset_id}/{name}" for name in (
-        "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]
+        ".huggingface.yaml", "_README.md", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]
     manifest = json.loads(s3.get(bucket, f"data/{dataset_id}/_manifest.json"))
     assert [entry["rows"] for entry in manifest["files"]] == [2_000, 2_000, 1_000]
     assert manifest["files"][0]["checksum"] == xxhash.xxh3_128(s3.get(bucket, f"data/{dataset_id}/part-00000.parquet")).hexdigest()
@@ -589,6 +589,10 @@ def test_generate_to_s3_commits_reads_back_and_a_failure_leaves_no_manifest(trai
 
     table = pq.read_table(f"{bucket}/data/{dataset_id}", filesystem=s3.filesystem())
     assert table.num_rows == N
+    from jobs.reader import open_dataset  # the reader API by URI: verified against the manifest, then streamed
+    dataset = open_dataset(f"{out}/{dataset_id}")
+    streamed = [row["sample_id"] for row in dataset.torch(columns=["sample_id", "x"], shuffle=True, seed=1)]
+    assert sorted(int(sample_id) for sample_id in streamed) == list(range(N)) and dataset.to_numpy()["x"].shape == (N, 8, 8)
     np.testing.assert_array_equal(np.sort(table["sample_id"].to_numpy()), np.arange(N))
     np.testing.assert_array_equal(table.sort_by("sample_id")["seed"].to_numpy(), seeds.row_seeds(5, np.arange(N)))
 
@@ -628,4 +632,4 @@ def test_refresh_to_s3_writes_latest_is_idempotent_and_prunes(trained, local_ray
     assert json.loads(s3.get(bucket, "root/latest"))["dataset_id"] == third.dataset_id
     assert not s3.keys(bucket, f"root/{first.dataset_id}/", markers=True)
     assert s3.keys(bucket) == sorted(["root/latest", *[f"root/{third.dataset_id}/{name}" for name in (
-        "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]])  # no lock, no .tmp
+        ".huggingface.yaml", "_README.md", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]])  # no lock, no .tmp

@@ -31,7 +31,7 @@ from vae_core import quality, sampling, seeds
 from vae_core.config import TrainConfig, VAEConfig
 from vae_core.model import Decoder
 
-from test_generate import assert_one_error_line, invoke, local_ray, local_ray_module, part_hashes  # noqa: F401 (fixtures)
+from test_generate import assert_one_error_line, invoke, local_ray, local_ray_module, part_hashes, x_from_arrow  # noqa: F401 (fixtures)
 
 GOOD, RAW, COND, UNLABELLED = "vae-good", "vae-raw", "vae-cond", "vae-unlabelled"
 GOOD_EPOCHS = 50  # TrainConfig's default: a properly trained digits model (README: precision ~0.71)
@@ -111,7 +111,7 @@ def read_rows(location: str) -> dict[str, np.ndarray]:
     rows = {name: table[name].combine_chunks() for name in table.column_names}
     out = {name: column.to_numpy() for name, column in rows.items() if name not in ("z", "x")}
     out["z"] = rows["z"].flatten().to_numpy().reshape(table.num_rows, -1)
-    out["x"] = rows["x"].to_numpy_ndarray()
+    out["x"] = x_from_arrow(rows["x"])
     return out
 
 
@@ -242,7 +242,7 @@ def test_balanced_labels_cycle_exactly_also_over_a_subset(trained, generated, lo
     result = invoke("generate", "--model", f"{COND}/1", "--n", "1000", "--seed", "3", "--labels", "3,5",
                     "--rows-per-shard", "400", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
-    directory = tmp_path / f"{COND}-v1-n1000-seed3-float32-labels-balanced-classes-3.5-f2"
+    directory = tmp_path / f"{COND}-v1-n1000-seed3-float32-labels-balanced-classes-3.5-f3"
     subset = read_rows(str(directory))
     np.testing.assert_array_equal(subset["label"], np.array([3, 5])[np.arange(1000) % 2])
     record = json.loads((directory / "_manifest.json").read_text())

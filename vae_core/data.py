@@ -182,6 +182,12 @@ def _load_parquet(rest: str, spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     values = table.column(column).combine_chunks()
     if isinstance(values.type, pa.FixedShapeTensorType):
         images = values.to_numpy_ndarray()
+    elif pa.types.is_fixed_size_list(values.type) and pa.types.is_fixed_size_list(values.type.value_type):
+        shape = []  # nested fixed-size lists (vaegen format 3): one level per dimension
+        while pa.types.is_fixed_size_list(values.type):
+            shape.append(values.type.list_size)
+            values = values.flatten()
+        images = values.to_numpy(zero_copy_only=False).reshape(-1, *shape)
     elif pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type):
         rows = values.to_numpy(zero_copy_only=False)
         if len({len(row) for row in rows}) > 1:

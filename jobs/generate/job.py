@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from jobs.generate import engine, manifest
+from jobs.generate import card, engine, manifest
 from jobs.generate.config import DEFAULT_MODEL, LABEL_POLICIES, GenerateConfig  # noqa: F401 (re-exported)
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.spec import FORMAT, DatasetSpec
@@ -163,6 +163,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
                 execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
                 label_counts=label_counts(spec),
             )
+            card.write(storage, dataset_id, record, card.from_version_tags(loaded.tags))  # before the commit
             storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
             _cleanup(storage, dataset_id)
             run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.generate.spec import FORMAT, DatasetSpec, part_name
+from jobs.generate.spec import FORMAT_VERSION, DatasetSpec, part_name
 from jobs.generate.storage import Storage
 from vae_core.sampling import block_ranges
 
@@ -41,12 +41,24 @@ class PartInfo:
         return {key: value for key, value in dataclasses.asdict(self).items() if key != "reused"}
 
 
-def arrow_schema(spec: DatasetSpec) -> pa.Schema:
+def x_type(spec: DatasetSpec, format_version: int = FORMAT_VERSION) -> pa.DataType:
+    """x's Arrow type. Format 3: nested fixed-size lists, H lists of W values for (H, W), which
+    Parquet's stored Arrow schema hands back as polars `Array(shape=(H, W))`, a Hugging Face
+    fixed-length list of lists, DuckDB `FLOAT[][]` and pandas cells of H rows; formats 1 and 2 (kept
+    to benchmark and test against older datasets): the fixed-shape tensor extension, which only
+    pyarrow and Ray Data understand (docs/decisions.md)."""
     value_type = pa.from_numpy_dtype(np.dtype(spec.dtype))
-    if spec.layout == "tensor":
-        x_type = pa.fixed_shape_tensor(value_type, list(spec.sample_shape))
-    else:  # one opaque row of C-ordered values; shape and dtype live in the field metadata
-        x_type = pa.binary(math.prod(spec.sample_shape) * np.dtype(spec.dtype).itemsize)
+    if spec.layout == "binary":  # one opaque row of C-ordered values; shape and dtype live in the field metadata
+        return pa.binary(math.prod(spec.sample_shape) * np.dtype(spec.dtype).itemsize)
+    if format_version < 3:
+        return pa.fixed_shape_tensor(value_type, list(spec.sample_shape))
+    nested = value_type
+    for size in reversed(spec.sample_shape):
+        nested = pa.list_(pa.field("item", nested, nullable=False), size)  # no nulls: cheaper levels to encode
+    return nested
+
+
+def arrow_schema(spec: DatasetSpec, format_version: int = FORMAT_VERSION) -> pa.Schema:
     fields = [
         pa.field("sample_id", pa.int64(), nullable=False),
         pa.field("seed", pa.uint64(), nullable=False),
@@ -55,8 +67,16 @@ def arrow_schema(spec: DatasetSpec) -> pa.Schema:
     if spec.label_policy is not None:
         fields.append(pa.field("label", pa.int16(), nullable=False))
     x_metadata = {"dtype": spec.dtype, "shape": ",".join(map(str, spec.sample_shape)), "layout": spec.layout}
-    fields.append(pa.field("x", x_type, nullable=False, metadata=x_metadata))
-    return pa.schema(fields, metadata={"vaegen.format": FORMAT, "vaegen.spec_fingerprint": spec.fingerprint()})
+    fields.append(pa.field("x", x_type(spec, format_version), nullable=False, metadata=x_metadata))
+    return pa.schema(fields, metadata={"vaegen.format": f"vaegen-dataset/{format_version}",
+                                       "vaegen.spec_fingerprint": spec.fingerprint()})
+
+
+def _nested(values: pa.Array, list_type: pa.DataType) -> pa.Array:
+    """Flat values -> (nested) fixed-size lists of `list_type`, zero-copy."""
+    if not pa.types.is_fixed_size_list(list_type):
+        return values
+    return pa.FixedSizeListArray.from_arrays(_nested(values, list_type.value_type), type=list_type)
 
 
 def record_batch(rows: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBatch:
@@ -65,8 +85,9 @@ def record_batch(rows: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBat
     x = np.ascontiguousarray(rows["x"])
     x_type = schema.field("x").type
     if isinstance(x_type, pa.FixedShapeTensorType):
-        storage = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), math.prod(x.shape[1:]))
-        x_array = pa.ExtensionArray.from_storage(x_type, storage)
+        x_array = pa.ExtensionArray.from_storage(x_type, _nested(pa.array(x.reshape(-1)), x_type.storage_type))
+    elif pa.types.is_fixed_size_list(x_type):
+        x_array = _nested(pa.array(x.reshape(-1)), x_type)
     else:
         x_array = pa.FixedSizeBinaryArray.from_buffers(x_type, count, [None, pa.py_buffer(x)])
     z = pa.FixedSizeListArray.from_arrays(pa.array(rows["z"].reshape(-1)), rows["z"].shape[1])
@@ -77,19 +98,28 @@ def record_batch(rows: dict[str, np.ndarray], schema: pa.Schema) -> pa.RecordBat
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-# Tensor x values of these dtypes are stored BYTE_STREAM_SPLIT: byte k of every value together, so
-# the exponent bytes of [0, 1] floats and the three zero bytes of uint8 (an INT32 in Parquet) compress
+# x values of these dtypes are stored BYTE_STREAM_SPLIT: byte k of every value together, so the
+# exponent bytes of [0, 1] floats and the three zero bytes of uint8 (an INT32 in Parquet) compress
 # almost to nothing. Measured on 1M float32 rows: 2.72 -> 2.38 GB and 13% less encode time with
 # zstd; uint8: 0.96 -> 0.67 GB, 2.2x faster. pyarrow, pandas, polars, DuckDB and Ray Data read it;
 # DuckDB refuses it on float16 (a FIXED_LEN_BYTE_ARRAY), which stays PLAIN.
 BYTE_STREAM_SPLIT_DTYPES = ("float32", "uint8")
 
 
+def x_leaf_path(x_type: pa.DataType) -> str:
+    """The Parquet column path of x's values: one `.list.element` per level of (nested) lists."""
+    list_type = x_type.storage_type if isinstance(x_type, pa.BaseExtensionType) else x_type
+    path = "x"
+    while pa.types.is_fixed_size_list(list_type):
+        path, list_type = path + ".list.element", list_type.value_type
+    return path
+
+
 def parquet_writer(where: Any, schema: pa.Schema, spec: DatasetSpec) -> pq.ParquetWriter:
     """The one place that decides how parts are encoded."""
     encodings = {}
     if spec.layout == "tensor" and spec.dtype in BYTE_STREAM_SPLIT_DTYPES:
-        encodings["x.list.element"] = "BYTE_STREAM_SPLIT"
+        encodings[x_leaf_path(schema.field("x").type)] = "BYTE_STREAM_SPLIT"
     return pq.ParquetWriter(
         where,
         schema,

@@ -11,7 +11,9 @@ from typing import Any
 from vae_core.errors import UsageError
 from vae_core.seeds import MAX_SEED, SEED_SCHEME
 
-FORMAT = "vaegen-dataset/2"  # bump when the bytes of a part change for the same inputs (2: byte-stream-split x)
+FORMAT = "vaegen-dataset/3"  # bump when the bytes of a part change for the same inputs (2: byte-stream-split x;
+# 3: x as nested fixed-size lists, its shape visible to every reader)
+FORMAT_VERSION = int(FORMAT.rsplit("/", 1)[1])
 DTYPES = ("float32", "float16", "uint8")
 LAYOUTS = ("tensor", "binary")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
@@ -38,7 +40,7 @@ class DatasetSpec:
     latent_dim: int
     sample_shape: tuple[int, ...]
     dtype: str = "float32"  # full precision by default; uint8 = round(255 x) is 4x smaller
-    layout: str = "tensor"  # contract 2's fixed-shape tensor; "binary" encodes ~2-10x faster (README)
+    layout: str = "tensor"  # x with its shape (nested fixed-size lists); "binary" encodes ~2-10x faster (README)
     compression: str = "zstd"  # zstd level 1: ~14% smaller than lz4 for ~20% more encode time
     compression_level: int | None = 1
     rows_per_shard: int = 65_536  # 16 decode blocks; ~200 MB of float32 28x28 per part before compression
@@ -78,7 +80,7 @@ class DatasetSpec:
             parts.append(f"labels-{self.label_policy}")
             if self.label_policy == "balanced" and self.label_classes != tuple(range(self.num_classes)):
                 parts.append("classes-" + ".".join(map(str, self.label_classes)))
-        parts.append("f" + FORMAT.rsplit("/", 1)[1])
+        parts.append(f"f{FORMAT_VERSION}")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,227 @@
+"""The dataset card: what made a dataset, how, how good it is, and how to load it, generated from its manifest.
+
+Two files beside the manifest, written before it (the manifest stays the last write, the commit):
+- `_README.md`: the card, in Hugging Face's dataset-card form (a YAML header with `configs` ->
+  `data_files` and `dataset_info` -> `features`, then prose). Not named `README.md`, because pyarrow
+  and pandas read every file of a directory whose name does not start with `_` or `.`, and a
+  `README.md` there makes `pq.read_table(DIR)` and `pd.read_parquet(DIR)` fail ("Parquet magic bytes
+  not found"). Copy it to `README.md` when publishing the folder to the Hugging Face Hub.
+- `.huggingface.yaml`: the same YAML header alone, which `datasets.load_dataset(DIR)` reads as it
+  reads a README's header, so that it loads only the part files and x as `Array2D`/`Array3D`.
+
+`write()` is the one function that writes both: the generation job calls it with the model version's
+quality figures, `vaegen report --dataset` calls it again with the dataset's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from jobs.generate.storage import Storage
+
+CARD = "_README.md"
+HF_YAML = ".huggingface.yaml"
+PART_GLOB = "part-*.parquet"
+QUALITY_TAG_PREFIX = "quality."  # the model version's quality figures, as registry.models.LoadedDecoder.tags names them
+# Hugging Face's size buckets (n<1K, 1K<n<10K, ...), for the Hub's size filter
+SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+QUALITY_MEANINGS = {  # jobs/report.py HEADLINE, in the words of README's quality table
+    "frechet_distance": "Fréchet distance to the real training data (reference classifier features; lower is better)",
+    "frechet_floor": "Fréchet distance of real held-out data to real training data (the best a generator can score)",
+    "precision": "share of samples that fall within the real data's manifold (fidelity)",
+    "recall": "share of the real data's manifold that the samples cover (diversity)",
+    "coverage": "share of real neighbourhoods that hold at least one sample",
+    "memorisation_share": "share of samples closer to a training image than real held-out images are",
+    "mean_confidence": "mean confidence of the reference classifier on the samples",
+    "label_accuracy": "share of samples the reference classifier gives the label they were generated for",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Quality:
+    figures: dict[str, float]  # a name of QUALITY_MEANINGS -> its value
+    source: str  # what measured them, one sentence
+
+
+def from_version_tags(tags: dict[str, str]) -> Quality | None:
+    """The quality figures a model version carries as `vaegen.quality.*` tags (`vaegen report --model`)."""
+    figures = {key.removeprefix(QUALITY_TAG_PREFIX): float(value) for key, value in tags.items()
+               if key.startswith(QUALITY_TAG_PREFIX) and key.removeprefix(QUALITY_TAG_PREFIX) in QUALITY_MEANINGS}
+    if not figures:
+        return None
+    return Quality(figures, "the model version's own quality report (`vaegen report --model`), as it stood when "
+                            "this dataset was generated: fresh samples of the same model, not these rows")
+
+
+def write(storage: Storage, dataset_id: str, record: dict[str, Any], quality: Quality | None) -> None:
+    """Write the card and its YAML header atomically; call it before the manifest is committed."""
+    header = hf_header(record)
+    with storage.atomic_writer(dataset_id, HF_YAML) as stream:
+        stream.write(header.encode())
+    with storage.atomic_writer(dataset_id, CARD) as stream:
+        stream.write(card_text(record, quality, storage.location(dataset_id), header).encode())
+
+
+def has_card(record: dict[str, Any]) -> bool:
+    """Cards describe format 3 and later: older parts store x as a type Hugging Face cannot read."""
+    return int(record["format"].rsplit("/", 1)[1]) >= 3
+
+
+def hf_features(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The columns as Hugging Face `dataset_info.features` (YAML form); x as ArrayND in the tensor layout."""
+    features: list[dict[str, Any]] = [
+        {"name": "sample_id", "dtype": "int64"},
+        {"name": "seed", "dtype": "uint64"},
+        {"name": "z", "sequence": "float32", "length": record["latent_dim"]},  # `sequence`: read by datasets 2.x to 5.x
+    ]
+    if record["labels"]:
+        features.append({"name": "label", "dtype": "int16"})
+    shape = list(record["sample_shape"])
+    if record["layout"] == "binary":
+        features.append({"name": "x", "dtype": "binary"})
+    elif 2 <= len(shape) <= 5:  # datasets' Array2D .. Array5D
+        features.append({"name": "x", "dtype": {f"array{len(shape)}_d": {"shape": shape, "dtype": record["dtype"]}}})
+    else:  # (N, features) rows, or more dimensions than datasets has array types for: fixed-length lists
+        feature: Any = record["dtype"]
+        for size in reversed(shape[1:]):
+            feature = {"sequence": feature, "length": size}
+        features.append({"name": "x", "sequence": feature, "length": shape[0]})
+    return features
+
+
+def hf_header(record: dict[str, Any]) -> str:
+    """Hugging Face's YAML header (strings as JSON, which is YAML); also the whole `.huggingface.yaml`."""
+    n = record["n"]
+    lines = [
+        f"pretty_name: {json.dumps(pretty_name(record))}",
+        "tags: [synthetic, vaegen, variational-autoencoder]",
+        f"size_categories: [{json.dumps(next((name for limit, name in SIZE_BUCKETS if n < limit), 'n>1B'))}]",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        f"    path: {json.dumps(PART_GLOB)}",
+        "dataset_info:",
+        "  features:",
+    ]
+    for feature in hf_features(record):
+        lines.append(f"  - name: {feature.pop('name')}")
+        for key, value in feature.items():
+            lines.append(f"    {key}: {json.dumps(value)}")
+    lines.append(f"  download_size: {record['total_bytes']}")  # no `splits`: datasets wants their size in its own Arrow bytes
+    return "\n".join(lines) + "\n"
+
+
+def pretty_name(record: dict[str, Any]) -> str:
+    model = record["model"]
+    return f"{model['name']} v{model['version']}: {record['n']:,} synthetic samples, seed {record['dataset_seed']}, {record['dtype']}"
+
+
+def card_text(record: dict[str, Any], quality: Quality | None, location: str, header: str) -> str:
+    model, lineage, spec = record["model"], record["lineage"], record["spec"]
+    shape = tuple(record["sample_shape"])
+    shape_text = "x".join(map(str, shape))
+    alias = f" (resolved from `{model['resolved_from']}`)" if model.get("resolved_from") else ""
+    sections = [
+        f"---\n{header}---",
+        f"# {record['dataset_id']}",
+        f"{record['n']:,} synthetic samples ({shape_text}, {record['dtype']}) decoded from latent draws of the "
+        f"registered VAE decoder `{model['name']}` version {model['version']}{alias}, by vaegen "
+        f"{record['vaegen_version']}. Every row carries the seed it was drawn from: anyone can regenerate it.",
+        "## What made it\n\n" + _table([
+            ("model", f"`{model['name']}` version {model['version']}"),
+            ("resolved from", f"`{model.get('resolved_from')}`"),
+            ("model run", f"`{model['run_id']}`"),
+            ("model source", f"`{model.get('source')}`"),
+            ("tracking server", f"`{lineage.get('tracking_uri')}`"),
+            ("dataset run", f"`{lineage.get('run_id')}` (experiment `{lineage.get('experiment')}`)"),
+            ("generated", f"{record['timings'].get('finished_at')} on {record['execution'].get('num_workers')} "
+                          f"{record['execution'].get('device')} worker(s), {record['timings'].get('seconds')} s"),
+        ]),
+        "## How\n\n" + _table([
+            ("rows (n)", f"{record['n']:,}"),
+            ("dataset seed", str(record["dataset_seed"])),
+            ("seed scheme", f"`{record['seed_scheme']}`: row i's latent is a pure function of (dataset seed, sample_id) "
+                            "(vaegen DESIGN.md, contract 1)"),
+            ("x", f"{shape_text} {record['dtype']}" + (" = round(255 x) of the decoder's [0, 1] output"
+                                                        if record["dtype"] == "uint8" else "")
+             + (", one fixed-size binary value per row (C order)" if record["layout"] == "binary"
+                else f", nested fixed-size lists ({' lists of '.join(map(str, shape))} values)")),
+            ("labels", _labels_text(record["labels"])),
+            ("rows per part", f"{record['rows_per_shard']:,} (part k holds sample ids [k R, (k+1) R))"),
+            ("parts", f"{len(record['files'])} files `{PART_GLOB}`, {record['total_bytes']:,} bytes, "
+                      f"{record['compression']} compressed, {record['checksum_algorithm']} checksums in `_manifest.json`"),
+            ("format", f"`{record['format']}` (decode block {spec['block_rows']:,} rows)"),
+        ]),
+        "## Quality\n\n" + _quality_text(quality, location),
+        "## Load it\n\n" + _loading_text(record, location),
+        "## Verify it\n\n"
+        f"`vaegen inspect {location} --deep` checks every part's checksum and row count against `_manifest.json` and "
+        "re-derives seeds, latents and labels of sampled rows. `_manifest.json` is the commit: a folder without it is "
+        "not a dataset.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    return "\n".join(["| | |", "| --- | --- |", *[f"| {key} | {value} |" for key, value in rows]])
+
+
+def _labels_text(labels: dict[str, Any] | None) -> str:
+    if not labels:
+        return "none (an unconditional model)"
+    counts = labels.get("counts") or {}
+    count_text = ", ".join(f"{label}: {count:,}" for label, count in counts.items())
+    return f"`label` int16, policy `{labels['policy']}` over classes {labels['classes']} (counts {count_text})"
+
+
+def _quality_text(quality: Quality | None, location: str) -> str:
+    if quality is None:
+        return ("No quality report was known when this card was written. `vaegen report --dataset "
+                f"{location}` measures these rows against the real data and rewrites this card with its figures.")
+    rows = [(name, f"{value:.4g}", QUALITY_MEANINGS.get(name, "")) for name, value in quality.figures.items()]
+    table = "\n".join(["| figure | value | meaning |", "| --- | ---: | --- |",
+                       *[f"| {name} | {value} | {meaning} |" for name, value, meaning in rows]])
+    return f"Measured by {quality.source}.\n\n{table}"
+
+
+def _loading_text(record: dict[str, Any], location: str) -> str:
+    """At most three lines per reader; README.md "Reading a dataset" says the same in general."""
+    shape = tuple(record["sample_shape"])
+    dims = ", ".join(map(str, shape))
+    parts = f"{location}/{PART_GLOB}"
+    if record["layout"] == "binary":
+        return ("x is one fixed-size binary value per row; vaegen's reader API gives it its shape:\n\n```python\n"
+                "from jobs.reader import open_dataset\n"
+                f"data = open_dataset({location!r}).to_numpy()  # data['x']: (N, {dims}) {record['dtype']}\n```\n")
+    duckdb_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[record["dtype"]] + "".join(f"[{size}]" for size in shape)
+    pandas_x = {1: "np.stack(frame['x'])", 2: "np.stack(frame['x'].map(np.stack))"}.get(
+        len(shape), "np.stack([np.array(cell.tolist()) for cell in frame['x']])")
+    hf_type = f"Array{len(shape)}D" if 2 <= len(shape) <= 5 else "fixed-length lists"
+    blocks = [
+        ("pyarrow", "import pyarrow.parquet as pq\n"
+                    f"table = pq.read_table({location!r})  # x: nested fixed-size lists, one level per dimension\n"
+                    f"x = table['x'].combine_chunks(){'.flatten()' * len(shape)}.to_numpy().reshape(-1, {dims})"),
+        ("pandas", "import numpy as np, pandas as pd\n"
+                   f"frame = pd.read_parquet({location!r})  # each x cell: nested arrays\n"
+                   f"x = {pandas_x}  # (N, {dims})"),
+        ("polars", "import polars as pl\n"
+                   f"frame = pl.read_parquet({parts!r})  # x: Array(shape=({dims}))\n"
+                   f"x = frame['x'].to_numpy()  # frame.drop('seed').to_torch('dict') for torch: polars refuses uint64"),
+        ("DuckDB", "import duckdb  # x is a nested list; the cast makes it the fixed ARRAY type\n"
+                   f"rel = duckdb.sql(\"SELECT sample_id, x::{duckdb_type} AS x FROM read_parquet('{parts}')\")"),
+        ("Ray Data", "import ray.data\nfrom jobs.reader import shaped_x  # Ray Data shapes only Arrow tensors: this makes x one, zero-copy\n"
+                     f"data = ray.data.read_parquet({location!r}).map_batches(shaped_x, batch_format='pyarrow')"),
+        ("Hugging Face datasets (reads this card's header, `.huggingface.yaml`)",
+         "from datasets import load_dataset\n"
+         f"data = load_dataset({location!r}, split='train').with_format('numpy')  # x: {hf_type}"),
+        ("Hugging Face datasets, the Parquet files only",
+         f"from datasets import load_dataset\ndata = load_dataset('parquet', data_files={parts!r}, split='train')"),
+        ("PyTorch (vaegen's reader: streams parts, shards over workers and ranks)",
+         "from torch.utils.data import DataLoader\nfrom jobs.reader import open_dataset\n"
+         f"loader = DataLoader(open_dataset({location!r}).torch(shuffle=True, seed=0), batch_size=256, num_workers=2)"),
+    ]
+    return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks) + "\n"
