@@ -104,7 +104,7 @@ def main(debug: bool) -> None:
 @click.option("--conditional", is_flag=True, help="Train a class-conditional VAE on the source's labels.")
 @click.option("--register-as", default="vae-decoder", show_default=True, help="Registered model name.")
 @click.option("--experiment", default="vaegen-train", show_default=True)
-@click.option("--run-name", default=None)
+@click.option("--run-name", default=None, help="MLflow run name [default: train-<data>-<vae|cvae><hidden>-z<latent>-<UTC time>].")
 @click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
 def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_fraction, seed, conditional,
@@ -520,7 +520,9 @@ def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
 @click.option("--dataset", default=None, help="Report on a committed dataset (its path or URI).")
 @click.option("--n", type=int, default=10_000, show_default=True, help="Generated samples compared with the real data.")
 @click.option("--data", default=None, help="Real data to compare with [default: the version's training source].")
-@click.option("--out", "out_dir", default="report", show_default=True, help="Folder for report.json and report.png.")
+@click.option("--out", "out_dir", default=None,
+              help="Folder for report.json and report.png [default: report/<model>/v<version>/ for --model, "
+                   "report/datasets/<dataset id>/ for --dataset]; a folder holding another subject's report is refused.")
 @handle_errors
 def report(model_ref, dataset, n, data, out_dir) -> None:
     """Measure generated data against real data; write report.json + report.png and log them to MLflow.

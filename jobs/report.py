@@ -2,9 +2,10 @@
 dataset, compared with the real data the model was trained on, in the feature space of a
 reference classifier trained once per data source (cached by the data's content hash).
 
-Writes `report.json` and `report.png`, logs both (and the classifier) to MLflow on the
-model's training run or the dataset's run, and stores the headline metrics on the model
-version as `vaegen.quality.*` tags, where the promotion gate reads them.
+Writes `report.json` and `report.png` into one folder per subject (`report/<model>/v<version>/`,
+`report/datasets/<dataset id>/`), logs both (and the classifier) to MLflow on the model's
+training run or the dataset's run, logs the HEADLINE figures as metrics of that run, and
+stores them on the model version as `vaegen.quality.*` tags, where the promotion gate reads them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +33,15 @@ from vae_core.errors import UsageError
 REPORT_SEED = 20_260_101  # fixed: every version's report decodes the same z, so reports compare
 HEADLINE = ("frechet_distance", "frechet_floor", "precision", "recall", "coverage", "memorisation_share",
             "mean_confidence", "label_accuracy")
+DEFAULT_ROOT = "report"  # reports go to report/<model>/v<version>/ and report/datasets/<dataset id>/
 
 
 @dataclasses.dataclass(frozen=True)
 class ReportConfig:
     n: int = 10_000  # generated samples compared; Frechet and kNN estimates settle by ~10k
     seed: int = REPORT_SEED
-    out_dir: str = "."
+    out_dir: str | None = None  # None: ROOT/<model>/v<version>/ or ROOT/datasets/<dataset id>/, one per subject
+    root: str = DEFAULT_ROOT
     data: str | None = None  # the real data; None = the source the version was trained on
     quality: quality.QualityConfig = quality.QualityConfig()
     cache_dir: str = dataclasses.field(  # classifiers are cached here by data hash [env: VAEGEN_CACHE]
@@ -86,9 +90,40 @@ def classifier_for(train: data_sources.Dataset, config: ReportConfig) -> tuple[q
     return model.eval(), info, weights_path
 
 
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The HEADLINE figures a report has (some apply to conditional models only), as floats."""
+    return {key: float(metrics[key]) for key in HEADLINE
+            if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics[key], bool)}
+
+
+def _subject(metrics: dict[str, Any]) -> str:
+    if metrics.get("subject") == "dataset":
+        return f"dataset {metrics.get('dataset_id')}"
+    model = metrics.get("model") or {}
+    return f"model {model.get('name')}/{model.get('version')}"
+
+
+def report_folder(config: ReportConfig, default: Path, subject: str) -> Path:
+    """--out, or the subject's own folder under the root; refuses a folder that holds another
+    subject's report, so a report never silently replaces another model's or dataset's."""
+    folder = Path(config.out_dir) if config.out_dir else Path(config.root) / default
+    existing = folder / "report.json"
+    if existing.is_file():
+        try:
+            other = _subject(json.loads(existing.read_text()))
+        except (json.JSONDecodeError, AttributeError):
+            other = "something that is not a vaegen report"
+        if other != subject:
+            raise UsageError(f"{folder} holds the report of {other}, not {subject}; pass another --out or remove {existing}")
+    return folder
+
+
+def _path_segment(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
 def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: np.ndarray, title: str,
-           config: ReportConfig, real_histogram: list[float]) -> tuple[Path, Path]:
-    out = Path(config.out_dir)
+           out: Path, real_histogram: list[float]) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "report.json"
     json_path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
@@ -110,15 +145,16 @@ def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.
 
 def model_report(reference: str, config: ReportConfig) -> ReportResult:
     loaded = models.load_decoder(models.resolve(reference))
+    name, version = loaded.pinned.name, loaded.pinned.version
+    out = report_folder(config, Path(_path_segment(name), f"v{version}"), f"model {name}/{version}")
     generated, labels = draw_images(loaded.build(), config.n, config.seed)
     metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
     metrics.update({"model": loaded.pinned.to_dict(), "report_seed": config.seed, "n": config.n, "subject": "model"})
     title = f"{loaded.pinned.name}/{loaded.pinned.version}: {config.n:,} samples, report seed {config.seed}"
-    json_path, png_path = _write(metrics, images, generated[:64], title, config, real_histogram)
+    json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)
     run_id = loaded.pinned.run_id
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
-    models.set_version_tags(loaded.pinned, {f"quality.{key}": f"{metrics[key]:.6g}" for key in HEADLINE
-                                            if isinstance(metrics.get(key), (int, float))})
+    models.record_quality(loaded.pinned, headline(metrics))
     return ReportResult(metrics, json_path, png_path, run_id)
 
 
@@ -139,16 +175,18 @@ def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     dataset = reader.open_dataset(location, verify=False)
     record = dataset.manifest
     generated, labels = read_samples(dataset, config.n)
+    dataset_id = record["dataset_id"]
+    out = report_folder(config, Path("datasets", dataset_id), f"dataset {dataset_id}")
     model = record["model"]
     loaded = models.load_decoder(models.resolve(f"{model['name']}/{model['version']}"))
     metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
     metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
     title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
-    json_path, png_path = _write(metrics, images, generated[:64], title, config, real_histogram)
-    run_id = record["lineage"]["run_id"]
+    json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)
+    figures = headline(metrics)
+    run_id = lineage.log_dataset_quality(record, figures)
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
     if card.has_card(record):  # the card now quotes the dataset's own figures
-        figures = {key: float(metrics[key]) for key in HEADLINE if isinstance(metrics.get(key), (int, float))}
         source = f"`vaegen report --dataset` on the first {len(generated):,} rows of this dataset ({manifest.utc_now()})"
         card.write(dataset.storage, dataset.dataset_id, record, card.Quality(figures, source))
     return ReportResult(metrics, json_path, png_path, run_id)

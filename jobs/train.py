@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import re
+from pathlib import Path
 from typing import Any, Callable
 
 from jobs import plots
@@ -28,9 +31,9 @@ class TrainJobConfig:
     train: TrainConfig = TrainConfig()
     register_as: str = models.DEFAULT_MODEL_NAME
     experiment: str = models.DEFAULT_EXPERIMENT
-    run_name: str | None = None  # MLflow picks a memorable one when None
+    run_name: str | None = None  # None: train-<data>-<arch>-z<latent>-<UTC time>, see default_run_name
     report: bool = True  # a quality report for the new version (gate 3 of promotion reads it)
-    report_dir: str = "report"
+    report_dir: str = "report"  # the root: each version's report goes to REPORT_DIR/<model>/v<version>/
 
     def params(self) -> dict[str, str]:
         """Flat MLflow params: every knob that changes the trained model."""
@@ -41,6 +44,20 @@ class TrainJobConfig:
             "conditional": str(self.conditional).lower(),
             **flatten_params("train", self.train.to_dict()),
         }
+
+
+def default_run_name(config: TrainJobConfig, now: dt.datetime | None = None) -> str:
+    """A name that says what was trained, e.g. train-digits-vae128-z2-20261130T101530Z or
+    train-mnist-t10k-cvae512x256-z16-... (a file source adds its file or folder name)."""
+    kind, _, path = config.data.partition(":")
+    head, _, key = path.rpartition(":")
+    if head and "/" not in key:  # npz:FILE:KEY, parquet:PATH:COLUMN
+        path = head
+    stem = Path(path.rstrip("/")).stem if path else ""
+    data = re.sub(r"[^A-Za-z0-9]+", "-", kind if stem in ("", kind) else f"{kind}-{stem}").strip("-")[:40]
+    arch = ("cvae" if config.conditional else "vae") + "x".join(str(size) for size in config.hidden_sizes)
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return f"train-{data}-{arch}-z{config.latent_dim}-{stamp}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +74,9 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
     uri = tracking.ensure_reachable(create=True)  # the one command that may start a new local store
     dataset = data_sources.load(config.data)
     model_config = model_config_for(dataset, config.latent_dim, config.hidden_sizes, config.conditional)
-    with models.training_run(config.experiment, config.run_name, config.params()) as training_run:
+    data_sha256 = dataset.content_sha256()
+    with models.training_run(config.experiment, config.run_name or default_run_name(config), config.params()) as training_run:
+        training_run.log_training_data(config.data, data_sha256)
 
         def record(metrics: EpochMetrics) -> None:
             training_run.log_epoch(metrics)
@@ -81,7 +100,7 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
         training_run.log_dict([dataclasses.asdict(metrics) for metrics in result.history], "history.json")
         data_tags = {
             "data_source": config.data,
-            "data_sha256": dataset.content_sha256(),
+            "data_sha256": data_sha256,
             "holdout_fraction": str(config.train.holdout_fraction),
             "holdout_size": str(result.holdout_size),
         }
@@ -91,7 +110,7 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
         from jobs import report as reports
 
         try:
-            quality = reports.model_report(f"{pinned.name}/{pinned.version}", reports.ReportConfig(out_dir=config.report_dir))
+            quality = reports.model_report(f"{pinned.name}/{pinned.version}", reports.ReportConfig(root=config.report_dir))
         except UsageError as error:  # e.g. an unlabelled source: the version is registered all the same
             skipped = str(error)
     return TrainJobResult(pinned, result.val_neg_elbo, result.seconds, uri, quality, skipped)

@@ -18,6 +18,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 import vae_core
+from registry import descriptions, lineage
 from registry.redaction import redact_uri
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
@@ -102,10 +103,15 @@ class TrainingRun:
 
     def __init__(self, run: mlflow.ActiveRun):
         self.run = run
+        self.data: lineage.DataRef | None = None
 
     @property
     def run_id(self) -> str:
         return self.run.info.run_id
+
+    def log_training_data(self, spec: str, sha256: str) -> None:
+        """The data as the run's input (context "training"); the final metrics will name it too."""
+        self.data = lineage.log_training_data(self.run_id, spec, sha256)
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
         mlflow.log_metrics(
@@ -137,28 +143,50 @@ class TrainingRun:
     def register(self, result: TrainResult, model_name: str, data_tags: dict[str, str]) -> PinnedModel:
         """Log the decoder (weights + config, pickle-free) and register it as a new version."""
         config = result.model.config
-        mlflow.log_metrics(
-            {"val_neg_elbo": result.val_neg_elbo, "train_seconds": result.seconds,
-             "train_size": result.train_size, "holdout_size": result.holdout_size}
-        )
         with tempfile.TemporaryDirectory() as folder:
             weights_path, config_path = Path(folder, "weights.npz"), Path(folder, "config.json")
             state = {key: value.detach().cpu().numpy() for key, value in result.model.decoder.state_dict().items()}
             np.savez(weights_path, **state)
             config_path.write_text(config.to_json())
             info = self._log_pyfunc(config, weights_path, config_path, model_name)
+        # After the model exists, so the logged model's page shows them against the training data.
+        lineage.log_linked_metrics(self.run_id, {"val_neg_elbo": result.val_neg_elbo, "train_seconds": result.seconds,
+                                                 "train_size": result.train_size, "holdout_size": result.holdout_size},
+                                   info.model_id, self.data)
         version = int(info.registered_model_version)
         tags = {
             "config": config.to_json(),
             "val_neg_elbo": f"{result.val_neg_elbo:.6f}",
             "latent_dim": str(config.latent_dim),
             "conditional": str(config.conditional).lower(),
+            "train_size": str(result.train_size),
             **data_tags,
         }
-        for key, value in tags.items():
-            client().set_model_version_tag(model_name, str(version), TAG_PREFIX + key, value)
-        return PinnedModel(model_name, version, self.run_id, client().get_model_version(model_name, str(version)).source,
-                           resolved_from=f"{model_name}/{version}")
+        pinned = PinnedModel(model_name, version, self.run_id, client().get_model_version(model_name, str(version)).source,
+                             resolved_from=f"{model_name}/{version}")
+        set_version_tags(pinned, tags)
+        describe_version(model_name, version)
+        return pinned
+
+
+def describe_version(name: str, version: int) -> None:
+    """Render the version's description from its vaegen.* tags and training run: data, config,
+    held-out loss, quality and promotions, readable on its page in the MLflow UI."""
+    mlflow_client = client()
+    model_version = mlflow_client.get_model_version(name, str(version))
+    tags = {key.removeprefix(TAG_PREFIX): value for key, value in model_version.tags.items() if key.startswith(TAG_PREFIX)}
+    run = lineage.run_summary(mlflow_client, model_version.run_id) or {}
+    body = descriptions.version_description(name, int(version), tags, run, lineage.logged_model_id(model_version))
+    mlflow_client.update_model_version(name, str(version), descriptions.replace_generated(model_version.description, body))
+
+
+def record_quality(pinned: PinnedModel, figures: dict[str, float]) -> None:
+    """A model report's headline figures: version tags (promotion gate 3 reads them), metrics of the
+    training run that also name the logged model (sortable and comparable in the UI), the description."""
+    set_version_tags(pinned, {f"quality.{key}": f"{value:.6g}" for key, value in figures.items()})
+    model_id = lineage.logged_model_id(client().get_model_version(pinned.name, str(pinned.version)))
+    lineage.log_linked_metrics(pinned.run_id, {f"quality.{key}": value for key, value in figures.items()}, model_id)
+    describe_version(pinned.name, pinned.version)
 
 
 @contextlib.contextmanager

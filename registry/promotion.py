@@ -25,7 +25,9 @@ from typing import Any, Iterator
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from registry.models import LOCK_MARK, MODEL_ARTIFACT, TAG_PREFIX, LoadedDecoder, PinnedModel, client, load_decoder, resolve
+from registry import descriptions
+from registry.models import (LOCK_MARK, MODEL_ARTIFACT, TAG_PREFIX, LoadedDecoder, PinnedModel, client, describe_version,
+                             load_decoder, resolve)
 from registry.redaction import redact_uri
 from vae_core.errors import UsageError, VaegenError
 
@@ -151,9 +153,23 @@ def history(name: str, alias: str) -> list[dict[str, Any]]:
     return json.loads(tags.get(f"{TAG_PREFIX}history.{alias}", "[]"))
 
 
-def _append_history(name: str, alias: str, event: dict[str, Any]) -> None:
+def _record(name: str, alias: str, version: int, kind: str, event: dict[str, Any]) -> None:
+    """Store an alias event: a `vaegen.<kind>.<alias>` tag on the version it concerns, the alias's
+    history tag (what rollback reads), and both as readable descriptions in the MLflow UI."""
+    client().set_model_version_tag(name, str(version), f"{TAG_PREFIX}{kind}.{alias}", json.dumps(event))
     events = (history(name, alias) + [event])[-HISTORY_LIMIT:]
     client().set_registered_model_tag(name, f"{TAG_PREFIX}history.{alias}", json.dumps(events))
+    describe_version(name, version)
+    describe_history(name)
+
+
+def describe_history(name: str) -> None:
+    """Render every alias's history into the registered model's description (its page in the UI)."""
+    model = client().get_registered_model(name)
+    prefix = f"{TAG_PREFIX}history."
+    histories = {key.removeprefix(prefix): json.loads(value) for key, value in model.tags.items() if key.startswith(prefix)}
+    body = descriptions.history_description(name, histories, descriptions.budget(model.description))
+    client().update_registered_model(name, descriptions.replace_generated(model.description, body))
 
 
 # What vaegen's pickle-free models-from-code pyfunc consists of (registry.models.TrainingRun._log_pyfunc).
@@ -320,8 +336,7 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
         record = {"action": "promote", "alias": config.alias, "version": pinned.version, "previous_version": previous,
                   "at": _now(), "by": config.by, "reason": config.reason, "forced": config.force,
                   "gates": [gate.to_dict() for gate in gates]}
-        client().set_model_version_tag(pinned.name, str(pinned.version), f"{TAG_PREFIX}promotion.{config.alias}", json.dumps(record))
-        _append_history(pinned.name, config.alias, record)
+        _record(pinned.name, config.alias, pinned.version, "promotion", record)
     return PromotionResult(pinned, config.alias, previous, gates, True)
 
 
@@ -342,8 +357,7 @@ def rollback(name: str, alias: str = "champion", by: str | None = None, reason: 
         client().set_registered_model_alias(name, alias, str(target))
         record = {"action": "rollback", "alias": alias, "version": target, "previous_version": holder.version,
                   "at": _now(), "by": by, "reason": reason}
-        client().set_model_version_tag(name, str(holder.version), f"{TAG_PREFIX}rolled_back.{alias}", json.dumps(record))
-        _append_history(name, alias, record)
+        _record(name, alias, holder.version, "rolled_back", record)
     return holder.version, target
 
 
@@ -370,6 +384,8 @@ def copy_version(reference: str, to_model: str, to_tracking_uri: str | None = No
         version = _copy_across_registries(pinned, target, to_model)
     for key, value in tags.items():
         target.set_model_version_tag(to_model, str(version), key, value)
+    if to_tracking_uri is None:  # MLflow copied the source's description, promotions included: render the copy's own
+        describe_version(to_model, int(version))
     return f"{to_model}/{version}"
 
 

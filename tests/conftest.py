@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
+from ray_cluster import TAG_VARIABLE, free_port  # tests/ is on sys.path (rootdir conftest)
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
@@ -135,7 +135,9 @@ def run_mlflow_server(root: Path, backend_store_uri: str, workers: int = 1) -> I
         "--backend-store-uri", backend_store_uri,
         "--artifacts-destination", str(root / "artifacts"),
     ]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    # Not the tag of a test Ray either (when a module's Ray env is active as the server first starts):
+    # that Ray's teardown stops every process carrying its tag, which would take this shared server down.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_") and key != TAG_VARIABLE}
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -445,7 +445,9 @@ def test_manifest_and_lineage(datasets, trained_version):
 
     run = mlflow.MlflowClient().get_run(record["lineage"]["run_id"])
     assert run.info.status == "FINISHED"
-    assert mlflow.get_experiment(run.info.experiment_id).name == "vaegen-datasets" == record["lineage"]["experiment"]
+    # filed beside the version's logged model (the experiment of its training run): the UI links them there
+    assert run.info.experiment_id == mlflow.get_run(pinned.run_id).info.experiment_id
+    assert mlflow.get_experiment(run.info.experiment_id).name == "vaegen-train" == record["lineage"]["experiment"]
     assert run.data.tags["vaegen.dataset_id"] == record["dataset_id"]
     assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/manifest.json") == record
     inputs = run.inputs.dataset_inputs
@@ -477,7 +479,7 @@ def test_rerun_is_up_to_date_and_changes_nothing(datasets, local_ray):
     import mlflow
 
     directory = Datasets.path(datasets.two_workers)
-    before, runs_before = mtimes(directory), len(mlflow.search_runs(experiment_names=["vaegen-datasets"]))
+    before, runs_before = mtimes(directory), len(mlflow.search_runs(search_all_experiments=True))
     again = run_generate(directory.parent, num_workers=2)
     assert again.status == "up-to-date" and again.manifest == as_json(datasets.two_workers.manifest)
     cli = invoke("generate", "--model", MODEL, "--n", str(N), "--seed", str(SEED), "--rows-per-shard", "16384",
@@ -485,7 +487,7 @@ def test_rerun_is_up_to_date_and_changes_nothing(datasets, local_ray):
     assert cli.exit_code == 0, cli.output
     assert "already committed; nothing to do" in cli.stderr and f"dataset_id: {directory.name}" in cli.stdout
     assert mtimes(directory) == before
-    assert len(mlflow.search_runs(experiment_names=["vaegen-datasets"])) == runs_before
+    assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
 
 
 @pytest.mark.slow

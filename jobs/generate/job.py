@@ -164,8 +164,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
     try:
         log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
             f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
-        with lineage.job_run(lineage.DATASETS_EXPERIMENT, dataset_id, params,
-                             tags={"vaegen.dataset_id": dataset_id, "vaegen.model_version": str(pinned.version)}) as run:
+        with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
             storage.write_json(manifest.progress_record(spec, model_record, run.run_id), dataset_id, manifest.PROGRESS)
             loaded = loading.result()
             parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part)
@@ -174,7 +173,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
                 spec, model_record, parts,
                 timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
                          "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
-                lineage={"tracking_uri": tracking.shown_uri(), "run_id": run.run_id, "experiment": lineage.DATASETS_EXPERIMENT},
+                lineage={"tracking_uri": tracking.shown_uri(), "run_id": run.run_id, "experiment": run.experiment},
                 execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
                 label_counts=label_counts(spec), redact_provenance=redact_provenance,
             )

@@ -1,0 +1,175 @@
+"""What a person reads in the MLflow UI: markdown descriptions of model versions, registered
+models and dataset runs, with links between the UI's pages. Pure functions of tags and records
+(no MLflow calls), so the tags stay the source of truth and every rendering can be redone.
+
+vaegen owns a description's text above GENERATED_END; what a person writes below that line in
+the UI survives every re-rendering. The generated part comes first because the UI's lists (a
+registered model's versions) show a description's first characters; the UI's sanitizer drops
+HTML comments, so the marker only shows in the edit box.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+GENERATED_END = "<!-- vaegen: the text above is generated from the vaegen.* tags and replaced; write yours below -->"
+SHA_CHARS = 12  # of a sha256 shown in prose; the full value is in the tags
+DESCRIPTION_LIMIT = 5_000  # characters: the description columns of MLflow's SQL stores are VARCHAR(5000)
+VERSION_EVENTS_SHOWN = 4  # promotions and rollbacks of one version, newest; the tags keep them all
+
+
+def _kept(existing: str | None) -> str:
+    """A person's part of a description: below the marker, or all of it before vaegen first wrote."""
+    existing = existing or ""
+    return (existing.split(GENERATED_END, 1)[1] if GENERATED_END in existing else existing).strip()
+
+
+def replace_generated(existing: str | None, body: str) -> str:
+    """`existing` with vaegen's part set to `body`; a person's part is kept below the marker."""
+    kept = _kept(existing)
+    return f"{body.strip()}\n\n{GENERATED_END}" + (f"\n\n{kept}" if kept else "")
+
+
+def budget(existing: str | None) -> int:
+    """Characters left for vaegen's part once a person's own text is kept."""
+    return DESCRIPTION_LIMIT - len(_kept(existing)) - len(GENERATED_END) - 4
+
+
+# The MLflow UI routes with hash fragments; relative links keep working behind a --static-prefix.
+def run_link(experiment_id: str, run_id: str) -> str:
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def version_link(name: str, version: int | str) -> str:
+    return f"#/models/{quote(name, safe='')}/versions/{version}"
+
+
+def logged_model_link(experiment_id: str, model_id: str) -> str:
+    return f"#/experiments/{experiment_id}/models/{model_id}"
+
+
+def cell(value: Any) -> str:
+    """One markdown table cell: pipes escaped, line breaks flattened."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def gates_text(gates: list[dict[str, Any]], details: bool = True) -> str:
+    return "; ".join(f"{'PASS' if gate['passed'] else 'FAIL'} {gate['name']}" + (f": {gate['detail']}" if details else "")
+                     for gate in gates) or "-"
+
+
+def version_description(name: str, version: int, tags: dict[str, str], run: dict[str, Any],
+                        model_id: str | None) -> str:
+    """A version's summary. `tags` are its vaegen.* tags without the prefix; `run` holds the training
+    run's name, run_id, experiment_id and params."""
+    config = json.loads(tags.get("config", "{}"))
+    params = run.get("params", {})
+    kind = f"Class-conditional ({config.get('num_classes')} classes)" if config.get("conditional") else "Unconditional"
+    summary = f"{kind} VAE decoder, latent {config.get('latent_dim')}, hidden {config.get('hidden_sizes')}"
+    if "data_source" in tags:
+        summary += f", trained on {tags['data_source']}"
+    if "val_neg_elbo" in tags:
+        summary += f"; held-out -ELBO {float(tags['val_neg_elbo']):.3f} nats"
+    lines = [summary + ".", ""]  # plain text first: the versions list shows the description's start
+    rows = []
+    if "data_source" in tags:
+        rows.append(("data", f"`{tags['data_source']}`, sha256 `{tags.get('data_sha256', '?')[:SHA_CHARS]}…`"))
+    if "holdout_size" in tags:
+        fraction = float(tags.get("holdout_fraction", "nan"))
+        rows.append(("split", f"{int(tags.get('train_size', 0)):,} train / {int(tags['holdout_size']):,} held out "
+                              f"(the last {fraction:.0%} of the source)"))
+    if config:
+        rows.append(("config", f"latent_dim {config.get('latent_dim')}, hidden {config.get('hidden_sizes')}, "
+                               f"output {'x'.join(str(size) for size in config.get('input_shape', []))}"))
+    train_keys = ("epochs", "batch_size", "learning_rate", "seed")
+    if any(f"train.{key}" in params for key in train_keys):
+        rows.append(("training", ", ".join(f"{key} {params[f'train.{key}']}" for key in train_keys if f"train.{key}" in params)))
+    if "val_neg_elbo" in tags:
+        rows.append(("held-out -ELBO", f"{float(tags['val_neg_elbo']):.3f} nats per sample"))
+    if run.get("run_id"):
+        rows.append(("training run", f"[{run.get('name') or run['run_id']}]({run_link(run['experiment_id'], run['run_id'])})"))
+    if model_id and run.get("experiment_id"):
+        rows.append(("logged model", f"[{model_id}]({logged_model_link(run['experiment_id'], model_id)}): "
+                                     "its page lists the datasets generated from this version"))
+    lines += [table(("", ""), rows), ""]
+
+    quality = {key.removeprefix("quality."): value for key, value in tags.items() if key.startswith("quality.")}
+    if quality:
+        lines += ["**Quality** (`vaegen report`: fresh samples vs the held-out data)", "",
+                  table(("metric", "value"), [(key, _number(value)) for key, value in sorted(quality.items())]), ""]
+    else:
+        lines += [f"**Quality**: no report yet (`vaegen report --model {name}/{version}`)", ""]
+
+    events = sorted((json.loads(value) for key, value in tags.items() if key.startswith(("promotion.", "rolled_back."))),
+                    key=lambda event: (event["at"], event["action"] == "rollback"), reverse=True)[:VERSION_EVENTS_SHOWN]
+    if events:
+        rows = [(event["at"], event["action"], event["alias"], event.get("by", ""), event.get("reason", ""),
+                 gates_text(event.get("gates", []))) for event in events]
+        lines += ["**Promotions** (the latest per alias)", "", table(("at (UTC)", "action", "alias", "by", "reason", "gates"), rows)]
+    return "\n".join(lines)
+
+
+def history_description(name: str, histories: dict[str, list[dict[str, Any]]], limit: int = DESCRIPTION_LIMIT) -> str:
+    """The promotion history of every alias of a registered model, newest event first, within `limit`
+    characters (older events are dropped here, never from the tags; gate details are on each version)."""
+    header = ("at (UTC)", "action", "to", "from", "by", "reason", "gates")
+    head = f"**Promotion history** (`vaegen models {name}` lists it too; rollback reads the `vaegen.history.<alias>` tags)"
+    tables = {alias: [] for alias in histories}
+    # by time, then by position: events of one second keep their recorded order
+    newest_first = sorted(((event["at"], index, alias, event) for alias, events in histories.items()
+                           for index, event in enumerate(events)), key=lambda item: item[:2], reverse=True)
+
+    def render(dropped: int) -> str:
+        lines = [head, ""]
+        for alias, rows in sorted(tables.items()):
+            lines += [f"`@{alias}`", "", table(header, rows) if rows else "(older events only)", ""]
+        if dropped:
+            lines.append(f"{dropped} older event(s) not shown here.")
+        return "\n".join(lines)
+
+    for index, (_, _, alias, event) in enumerate(newest_first):
+        previous = "-" if event.get("previous_version") is None else f"v{event['previous_version']}"
+        tables[alias].append((event["at"], event["action"], f"[v{event['version']}]({version_link(name, event['version'])})",
+                              previous, event.get("by", ""), event.get("reason", ""), gates_text(event.get("gates", []), False)))
+        if len(render(len(newest_first) - index - 1)) > limit:
+            tables[alias].pop()
+            return render(len(newest_first) - index)
+    return render(0)
+
+
+def dataset_run_description(dataset_id: str, model: dict[str, Any], model_run: dict[str, Any] | None,
+                            model_id: str | None, manifest: dict[str, Any] | None = None,
+                            location: str | None = None) -> str:
+    """A dataset run's summary: the model version it came from (with links), and once committed, what it holds."""
+    name, version = model["name"], model["version"]
+    source = f"[{name} v{version}]({version_link(name, version)})"
+    if model.get("resolved_from") and model["resolved_from"] != f"{name}/{version}":
+        source += f" (resolved from `{model['resolved_from']}`)"
+    rows = [("model version", source)]
+    if model_id and model_run:
+        rows.append(("logged model", f"[{model_id}]({logged_model_link(model_run['experiment_id'], model_id)})"))
+    if model_run:
+        rows.append(("training run", f"[{model_run.get('name') or model_run['run_id']}]"
+                                     f"({run_link(model_run['experiment_id'], model_run['run_id'])})"))
+    if manifest is not None:
+        rows += [("rows", f"{manifest['n']:,} in {len(manifest['files'])} part(s), {manifest['total_bytes']:,} bytes"),
+                 ("content", f"seed {manifest['dataset_seed']} ({manifest['seed_scheme']}), dtype {manifest['dtype']}, "
+                             f"layout {manifest['layout']}")]
+    if location:
+        rows.append(("location", f"`{location}`"))
+    return "\n".join([f"**Dataset `{dataset_id}`**, generated by vaegen.", "", table(("", ""), rows)])
