@@ -11,18 +11,36 @@ from vae_core.errors import UsageError
 
 # Pixel semantics stored with every model: decoder outputs are Bernoulli means in [0, 1].
 PIXEL_SEMANTICS = "bernoulli-mean-in-[0,1]"
+ARCHITECTURES = ("mlp", "conv")
+# Every conv layer: kernel 4, stride 2, padding 1 maps a side s to floor(s / 2) (DCGAN's choice; a kernel
+# divisible by the stride lets the transposed convolutions up avoid checkerboard artefacts).
+CONV_KERNEL, CONV_STRIDE, CONV_PADDING = 4, 2, 1
+
+
+def conv_side(side: int) -> int:
+    """A side after one conv layer: floor((side + 2 * padding - kernel) / stride) + 1 = floor(side / 2)."""
+    return (side + 2 * CONV_PADDING - CONV_KERNEL) // CONV_STRIDE + 1
 
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
     input_shape: tuple[int, ...] = (8, 8)  # set from the data; 8x8 is the embedded digits set
     latent_dim: int = 2  # the classic example: a 2-D latent space you can plot
-    hidden_sizes: tuple[int, ...] = (128,)  # decoder hidden layers; the encoder mirrors them
+    hidden_sizes: tuple[int, ...] = (128,)  # decoder hidden layers (conv: between z and the feature maps); the encoder mirrors them
     num_classes: int = 0  # 0 = unconditional; K > 0 = class-conditional (CVAE, one-hot label)
     class_prior: tuple[float, ...] = ()  # training class frequencies (conditional models only)
     pixel_semantics: str = PIXEL_SEMANTICS
+    # Fields added with the conv architecture; configs registered before them load with these defaults.
+    architecture: str = "mlp"  # "mlp" as the tutorial; "conv": strided convolutions down, transposed up
+    conv_channels: tuple[int, ...] = ()  # conv only: channels after each stride-2 layer, e.g. (32, 64)
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise UsageError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.architecture == "conv":
+            self._check_conv()
+        elif self.conv_channels:
+            raise UsageError(f"conv_channels {self.conv_channels} need architecture conv, got {self.architecture!r}")
         if self.latent_dim < 1:
             raise UsageError(f"latent_dim must be a positive integer, got {self.latent_dim}")
         if not self.input_shape or any(side < 1 for side in self.input_shape):
@@ -42,6 +60,38 @@ class VAEConfig:
     def conditional(self) -> bool:
         return self.num_classes > 0
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) as the conv layers see it: an (H, W) input has one channel."""
+        return (1, *self.input_shape) if len(self.input_shape) == 2 else tuple(self.input_shape)  # type: ignore[return-value]
+
+    @property
+    def image_channels(self) -> int:
+        return self.image_shape[0]
+
+    @property
+    def conv_sides(self) -> list[tuple[int, int]]:
+        """(H, W) of the image, then after each strided conv layer."""
+        sides = [tuple(self.image_shape[1:])]
+        for _ in self.conv_channels:
+            height, width = sides[-1]
+            sides.append((conv_side(height), conv_side(width)))
+        return sides  # type: ignore[return-value]
+
+    def _check_conv(self) -> None:
+        if len(self.input_shape) not in (2, 3):
+            raise UsageError(f"architecture conv needs images of shape (H, W) or (C, H, W), got {self.input_shape}; "
+                             "use architecture mlp for flat feature vectors")
+        if not self.conv_channels or any(channels < 1 for channels in self.conv_channels):
+            raise UsageError(f"conv channels must be one or more positive integers, got {self.conv_channels}")
+        if min(self.conv_sides[-1]) < 1:
+            height, width = self.image_shape[1:]
+            most = 0
+            while min(height, width) >= 2:
+                height, width, most = conv_side(height), conv_side(width), most + 1
+            raise UsageError(f"{len(self.conv_channels)} conv layers halve a {self.image_shape[1]}x{self.image_shape[2]} "
+                             f"image below one pixel; use at most {most} (got conv channels {self.conv_channels})")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -54,7 +104,7 @@ class VAEConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"unknown VAEConfig fields {unknown}; this vaegen knows {sorted(known)}")
-        tuples = {"input_shape", "hidden_sizes", "class_prior"}
+        tuples = {"input_shape", "hidden_sizes", "class_prior", "conv_channels"}
         return cls(**{key: tuple(value) if key in tuples else value for key, value in data.items()})
 
 

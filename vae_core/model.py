@@ -1,4 +1,12 @@
-"""The VAE of Kingma and Welling (2014): MLP encoder and decoder, Bernoulli likelihood, negative ELBO."""
+"""The VAE of Kingma and Welling (2014), Bernoulli likelihood, negative ELBO; two architectures.
+
+`mlp`: fully connected layers on the flattened image (the tutorial's network).
+`conv`: strided convolutions down (kernel 4, stride 2, padding 1: each halves the sides, rounding
+down), optional fully connected layers, then the mirror image up with transposed convolutions
+whose output padding restores odd sides exactly (28 -> 14 -> 7 -> 3 -> 7 -> 14 -> 28).
+`Decoder(config)` and `Encoder(config)` pick the architecture from the config, so anything that
+rebuilds a decoder from a registered config (registry, workers, the pyfunc) needs no change.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vae_core.config import VAEConfig
+from vae_core.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -23,19 +31,64 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), num_classes).to(torch.float32)
 
 
+def _conv_down(config: VAEConfig) -> nn.Sequential:
+    """(B, C, H, W) -> (B, c_last, h_last, w_last): one strided convolution + ReLU per entry of conv_channels."""
+    layers: list[nn.Module] = []
+    channels = [config.image_channels, *config.conv_channels]
+    for size_in, size_out in zip(channels[:-1], channels[1:]):
+        layers += [nn.Conv2d(size_in, size_out, CONV_KERNEL, CONV_STRIDE, CONV_PADDING), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class _ConvDecoderNet(nn.Module):
+    """(B, latent_dim [+ K]) -> (B, input_dim) logits: fully connected up to the smallest feature map,
+    then transposed convolutions that retrace the encoder's sides, the last one to the image's channels."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        sides = config.conv_sides  # [(H, W), (H1, W1), ..., (h_last, w_last)]
+        self.start_shape = (config.conv_channels[-1], *sides[-1])
+        start_size = self.start_shape[0] * sides[-1][0] * sides[-1][1]
+        self.fc = nn.Sequential(_mlp([config.latent_dim + config.num_classes, *config.hidden_sizes, start_size]), nn.ReLU())
+        layers: list[nn.Module] = []
+        channels = [config.image_channels, *config.conv_channels]
+        for index in range(len(config.conv_channels), 0, -1):
+            (height, width), (small_height, small_width) = sides[index - 1], sides[index]
+            # A transposed conv maps side s to 2s exactly; output padding adds the row/column an odd side lost.
+            padding = (height - CONV_STRIDE * small_height, width - CONV_STRIDE * small_width)
+            layers.append(nn.ConvTranspose2d(channels[index], channels[index - 1], CONV_KERNEL, CONV_STRIDE,
+                                             CONV_PADDING, output_padding=padding))
+            if index > 1:
+                layers.append(nn.ReLU())
+        self.up = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.fc(h).view(-1, *self.start_shape)  # (B, c_last, h_last, w_last)
+        return self.up(h).flatten(1)  # (B, C * H * W)
+
+
 class Encoder(nn.Module):
-    """q(z | x[, y]): the decoder's hidden layers mirrored, then two heads for mu and logvar."""
+    """q(z | x[, y]): the decoder mirrored (MLP layers, or strided convolutions then MLP layers), then two
+    heads for mu and logvar. A conditional encoder sees the one-hot label beside the flattened features."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
-        sizes = [config.input_dim + config.num_classes, *reversed(config.hidden_sizes)]
-        self.body = nn.Sequential(_mlp(sizes), nn.ReLU())
+        if config.architecture == "conv":
+            self.features = _conv_down(config)
+            feature_size = config.conv_channels[-1] * config.conv_sides[-1][0] * config.conv_sides[-1][1]
+        else:
+            self.features = nn.Identity()
+            feature_size = config.input_dim
+        sizes = [feature_size + config.num_classes, *reversed(config.hidden_sizes)]
+        self.body = nn.Sequential(_mlp(sizes), nn.ReLU()) if len(sizes) > 1 else nn.Identity()
         self.mu = nn.Linear(sizes[-1], config.latent_dim)
         self.logvar = nn.Linear(sizes[-1], config.latent_dim)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x.flatten(1)  # (B, input_dim)
+        if self.config.architecture == "conv":
+            x = x.reshape(-1, *self.config.image_shape)  # (B, C, H, W); (B, H, W) images get their one channel
+        h = self.features(x).flatten(1)  # (B, features)
         if self.config.conditional:
             h = torch.cat([h, one_hot(labels, self.config.num_classes)], dim=1)
         h = self.body(h)
@@ -43,12 +96,15 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """p(x | z[, y]): an MLP whose outputs are Bernoulli logits, one per pixel."""
+    """p(x | z[, y]): Bernoulli logits, one per pixel, from an MLP or from transposed convolutions."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
-        self.net = _mlp([config.latent_dim + config.num_classes, *config.hidden_sizes, config.input_dim])
+        if config.architecture == "conv":
+            self.net: nn.Module = _ConvDecoderNet(config)
+        else:
+            self.net = _mlp([config.latent_dim + config.num_classes, *config.hidden_sizes, config.input_dim])
 
     def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.config.conditional:
