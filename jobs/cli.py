@@ -110,7 +110,7 @@ def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_f
         metrics = result.quality.metrics
         click.echo(f"quality: Frechet {metrics['frechet_distance']:.3g} (real floor {metrics['frechet_floor']:.3g}), "
                    f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
-                   f"coverage {metrics['coverage']:.2f} -> {result.quality.png_path}")
+                   f"class coverage {metrics['class_coverage']:.2f} -> {result.quality.png_path}")
     elif report:
         _log(f"no quality report: {result.quality_skipped}")
 
@@ -318,15 +318,25 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--to-tracking-uri", default=None, help="With --to-model: the registry to copy into (e.g. prod's server).")
 @click.option("--quality-gate/--no-quality-gate", default=True, show_default=True, help="Gate 3: the quality report's metrics.")
 @click.option("--min-precision", type=float, default=0.3, show_default=True)
-@click.option("--min-coverage", type=float, default=0.8, show_default=True)
+@click.option("--min-class-coverage", type=float, default=0.8, show_default=True,
+              help="Share of classes the generated data gives a fair share (not k-NN coverage).")
+@click.option("--min-coverage", "renamed_min_coverage", default=None, hidden=True)
 @click.option("--max-memorisation", type=float, default=0.05, show_default=True)
+@click.option("--max-frechet-ratio", type=float, default=20.0, show_default=True,
+              help="Frechet distance / the real-vs-real floor of the same report.")
 @click.option("--min-label-accuracy", type=float, default=0.8, show_default=True, help="Conditional models only.")
+@click.option("--min-tstr-ratio", type=float, default=0.8, show_default=True,
+              help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.")
 @handle_errors
-def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision, min_coverage,
-            max_memorisation, min_label_accuracy) -> None:
+def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision,
+            min_class_coverage, renamed_min_coverage, max_memorisation, max_frechet_ratio, min_label_accuracy,
+            min_tstr_ratio) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result."""
     from registry import promotion, tracking
 
+    if renamed_min_coverage is not None:  # "coverage" is k-NN coverage now: never guess which one was meant
+        raise UsageError("--min-coverage was renamed --min-class-coverage (the share of classes generated); "
+                         f"pass --min-class-coverage {renamed_min_coverage}")
     tracking.ensure_reachable()
     if to_tracking_uri and not to_model:
         raise UsageError("--to-tracking-uri needs --to-model NAME: the registered model to copy into there")
@@ -337,7 +347,8 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tr
         if to_tracking_uri:  # the gates and the alias move happen in the target registry
             tracking.use(to_tracking_uri)
         _log(f"copied to {reference}" + (f" at {to_tracking_uri}" if to_tracking_uri else ""))
-    thresholds = promotion.QualityThresholds(min_precision, min_coverage, max_memorisation, min_label_accuracy)
+    thresholds = promotion.QualityThresholds(min_precision, min_class_coverage, max_memorisation, min_label_accuracy,
+                                             max_frechet_ratio, min_tstr_ratio)
     config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
                                        elbo_tolerance_nats=elbo_tolerance, quality=thresholds if quality_gate else None)
     result = promotion.promote(reference, config)

@@ -25,6 +25,8 @@ class TrainJobConfig:
     latent_dim: int = 2  # the classic example's 2-D latent space
     hidden_sizes: tuple[int, ...] = (128,)  # one hidden layer of 128 ReLU units
     conditional: bool = False  # True trains a CVAE on the source's labels
+    architecture: str = "mlp"
+    conv_channels: tuple[int, ...] = ()  # conv only
     train: TrainConfig = TrainConfig()
     register_as: str = models.DEFAULT_MODEL_NAME
     experiment: str = models.DEFAULT_EXPERIMENT
@@ -39,6 +41,8 @@ class TrainJobConfig:
             "latent_dim": str(self.latent_dim),
             "hidden_sizes": json.dumps(list(self.hidden_sizes)),
             "conditional": str(self.conditional).lower(),
+            "architecture": self.architecture,
+            "conv_channels": json.dumps(list(self.conv_channels)),
             **flatten_params("train", self.train.to_dict()),
         }
 
@@ -56,7 +60,8 @@ class TrainJobResult:
 def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainJobResult:
     uri = tracking.ensure_reachable()
     dataset = data_sources.load(config.data)
-    model_config = model_config_for(dataset, config.latent_dim, config.hidden_sizes, config.conditional)
+    model_config = model_config_for(dataset, config.latent_dim, config.hidden_sizes, config.conditional,
+                                    config.architecture, config.conv_channels)
     with models.training_run(config.experiment, config.run_name, config.params()) as training_run:
 
         def record(metrics: EpochMetrics) -> None:

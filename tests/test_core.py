@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import subprocess
 import sys
@@ -313,3 +314,83 @@ def test_vae_core_imports_no_side_effect_packages():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "ok"
+
+
+# --- the conv architecture ---
+
+@pytest.mark.parametrize("input_shape, channels, sides", [
+    ((8, 8), (8, 16), [(8, 8), (4, 4), (2, 2)]),  # the bundled digits
+    ((28, 28), (4, 8, 8), [(28, 28), (14, 14), (7, 7), (3, 3)]),  # MNIST: odd sides 7 and 3 on the way down
+    ((3, 9, 7), (4, 6), [(9, 7), (4, 3), (2, 1)]),  # several channels, odd and unequal sides
+])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_conv_shapes_for_any_image_shape(input_shape, channels, sides, num_classes):
+    prior = tuple([1.0 / num_classes] * num_classes) if num_classes else ()
+    config = VAEConfig(input_shape=input_shape, latent_dim=4, hidden_sizes=(16,), num_classes=num_classes,
+                       class_prior=prior, architecture="conv", conv_channels=channels)
+    assert config.conv_sides == sides
+    torch.manual_seed(0)
+    x = torch.rand(5, *input_shape)
+    labels = torch.tensor([0, 1, 2, 0, 1]) if num_classes else None
+    model = VAE(config)
+    logits, mu, logvar = model(x, labels, torch.Generator().manual_seed(0))
+    assert logits.shape == (5, math.prod(input_shape)) and mu.shape == logvar.shape == (5, 4)
+    with torch.no_grad():
+        out = model.decoder(torch.randn(5, 4), labels)
+    assert out.shape == (5, *input_shape) and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    ups = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convs] == list(channels)
+    assert [m.out_channels for m in ups] == [*reversed(channels[:-1]), config.image_channels]
+    assert convs[0].in_channels == config.image_channels  # the image meets convolutions first, not a Linear layer
+    if num_classes:  # the label reaches the decoder: another label, another image
+        with torch.no_grad():
+            z = torch.zeros(1, 4)
+            assert not torch.equal(model.decoder(z, torch.tensor([0])), model.decoder(z, torch.tensor([1])))
+
+
+def test_conv_config_rejects_what_it_cannot_build():
+    with pytest.raises(UsageError, match=r"4 conv layers halve a 8x8 image below one pixel; use at most 3"):
+        VAEConfig(input_shape=(8, 8), architecture="conv", conv_channels=(8, 8, 8, 8))
+    with pytest.raises(UsageError, match=r"needs images of shape \(H, W\) or \(C, H, W\), got \(64,\); use architecture mlp"):
+        VAEConfig(input_shape=(64,), architecture="conv", conv_channels=(8,))
+    with pytest.raises(UsageError, match="conv channels must be one or more positive integers, got \\(\\)"):
+        VAEConfig(input_shape=(8, 8), architecture="conv")
+    with pytest.raises(UsageError, match="architecture must be one of mlp, conv, got 'resnet'"):
+        VAEConfig(architecture="resnet")
+    with pytest.raises(UsageError, match="need architecture conv"):
+        VAEConfig(conv_channels=(8,))
+    config = VAEConfig(input_shape=(28, 28), architecture="conv", conv_channels=(32, 64), hidden_sizes=())
+    assert VAEConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_a_config_registered_before_the_conv_architecture_still_loads_and_rebuilds():
+    # config.json exactly as vaegen wrote it before `architecture` and `conv_channels` existed
+    older = ('{"class_prior": [], "hidden_sizes": [128], "input_shape": [8, 8], "latent_dim": 2, '
+             '"num_classes": 0, "pixel_semantics": "bernoulli-mean-in-[0,1]"}')
+    config = VAEConfig.from_dict(json.loads(older))
+    assert config.architecture == "mlp" and config.conv_channels == ()
+    # ... and the weights it was saved with (an MLP's state dict keys) load strictly into today's Decoder
+    older_keys = {"net.0.weight": (128, 2), "net.0.bias": (128,), "net.2.weight": (64, 128), "net.2.bias": (64,)}
+    decoder = Decoder(config)
+    assert {key: tuple(value.shape) for key, value in decoder.state_dict().items()} == older_keys
+    decoder.load_state_dict({key: torch.zeros(shape) for key, shape in older_keys.items()})
+    with torch.no_grad():
+        assert torch.equal(decoder(torch.ones(3, 2)), torch.full((3, 8, 8), 0.5))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_decoding_on_the_block_grid_is_bit_identical_for_any_split(threads):
+    config = VAEConfig(input_shape=(28, 28), latent_dim=5, hidden_sizes=(), architecture="conv", conv_channels=(8, 16))
+    torch.manual_seed(0)
+    decoder = Decoder(config).eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = _decode_shard(decoder, 9, 0, 300, 64, 5)
+        assert whole.shape == (300, 28, 28) and whole.dtype == np.float32
+        for cuts in ([0, 1, 300], [0, 64, 128, 300], [0, 37, 100, 101, 250, 300], [0, 299, 300]):
+            pieces = [_decode_shard(decoder, 9, a, b, 64, 5) for a, b in zip(cuts[:-1], cuts[1:])]
+            assert np.concatenate(pieces).tobytes() == whole.tobytes(), cuts
+    finally:
+        torch.set_num_threads(before)

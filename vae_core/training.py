@@ -41,19 +41,18 @@ def class_prior(labels: np.ndarray, num_classes: int) -> tuple[float, ...]:
     return tuple(float(value) for value in counts / counts.sum())
 
 
-def model_config_for(data: Dataset, latent_dim: int, hidden_sizes: tuple[int, ...], conditional: bool) -> VAEConfig:
+def model_config_for(
+    data: Dataset, latent_dim: int, hidden_sizes: tuple[int, ...], conditional: bool,
+    architecture: str = "mlp", conv_channels: tuple[int, ...] = (),
+) -> VAEConfig:
     """The model config that fits a data source: its image shape and, for a CVAE, its classes."""
+    sizes = {"input_shape": data.shape, "latent_dim": latent_dim, "hidden_sizes": hidden_sizes,
+             "architecture": architecture, "conv_channels": conv_channels}
     if not conditional:
-        return VAEConfig(input_shape=data.shape, latent_dim=latent_dim, hidden_sizes=hidden_sizes)
+        return VAEConfig(**sizes)
     if data.labels is None:
         raise UsageError(f"--conditional needs labels, and data source {data.source} has none")
-    return VAEConfig(
-        input_shape=data.shape,
-        latent_dim=latent_dim,
-        hidden_sizes=hidden_sizes,
-        num_classes=data.num_classes,
-        class_prior=class_prior(data.labels, data.num_classes),
-    )
+    return VAEConfig(**sizes, num_classes=data.num_classes, class_prior=class_prior(data.labels, data.num_classes))
 
 
 @torch.no_grad()
