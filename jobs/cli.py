@@ -69,32 +69,66 @@ def main(debug: bool) -> None:
     """
 
 
+def _recipe_default(field: str) -> str:
+    """'16 for conv, 2 for mlp': the help text of an option whose default depends on --arch."""
+    from vae_core.config import RECIPES
+
+    def shown(value: Any) -> str:
+        return ",".join(map(str, value)) or "none" if isinstance(value, tuple) else str(value)
+
+    return "[default: " + ", ".join(f"{shown(recipe[field])} for {name}" for name, recipe in RECIPES.items()) + "]"
+
+
 @main.command()
 @click.option("--data", default="digits", show_default=True, help="digits | mnist:DIR | npz:FILE[:KEY] | parquet:PATH[:COLUMN]")
+@click.option("--arch", "architecture", type=click.Choice(["conv", "mlp"]), default="conv", show_default=True,
+              help="conv: strided convolutions and a prior flow (README: the better samples); mlp: the tutorial's network.")
 @click.option("--epochs", type=int, default=50, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
-@click.option("--latent-dim", type=int, default=2, show_default=True)
-@click.option("--hidden", default="128", show_default=True, help="Decoder hidden layer sizes, comma-separated (encoder mirrors).")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None, help=_recipe_default("lr_schedule"))
+@click.option("--latent-dim", type=int, default=None, help=_recipe_default("latent_dim"))
+@click.option("--hidden", default=None, help="Fully connected layer sizes, comma-separated, or none; the encoder mirrors "
+                                             "them. " + _recipe_default("hidden_sizes"))
+@click.option("--channels", default=None, help="conv only: channels of the stride-2 layers, comma-separated. "
+                                               + _recipe_default("conv_channels"))
+@click.option("--prior-flow", "prior_flow_layers", type=int, default=None,
+              help="Coupling layers of the RealNVP prior flow fitted to the latents after training; 0 for none. "
+                   + _recipe_default("prior_flow_layers"))
+@click.option("--prior-flow-epochs", type=int, default=30, show_default=True)
 @click.option("--holdout-fraction", type=float, default=0.2, show_default=True, help="The LAST fraction of the source is held out.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads for training [default: torch's, one per core].")
 @click.option("--conditional", is_flag=True, help="Train a class-conditional VAE on the source's labels.")
 @click.option("--register-as", default="vae-decoder", show_default=True, help="Registered model name.")
 @click.option("--experiment", default="vaegen-train", show_default=True)
 @click.option("--run-name", default=None)
 @click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
-def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_fraction, seed, conditional,
-          register_as, experiment, run_name, report) -> None:
+def train(data, architecture, epochs, batch_size, learning_rate, lr_schedule, latent_dim, hidden, channels,
+          prior_flow_layers, prior_flow_epochs, holdout_fraction, seed, threads, conditional, register_as, experiment,
+          run_name, report) -> None:
     """Train a VAE, log the run to MLflow and register the decoder as a new version."""
     from jobs import train as train_job
-    from vae_core.config import TrainConfig
 
-    config = train_job.TrainJobConfig(
-        data=data, latent_dim=latent_dim, hidden_sizes=_parse_sizes(hidden), conditional=conditional,
-        train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                          holdout_fraction=holdout_fraction, seed=seed),
-        register_as=register_as, experiment=experiment, run_name=run_name, report=report,
+    if channels is not None and architecture != "conv":
+        raise UsageError(f"--channels sets conv layers; pass --arch conv with it, or drop --channels {channels}")
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    given = {"latent_dim": latent_dim, "prior_flow_layers": prior_flow_layers,
+             "hidden_sizes": None if hidden is None else _parse_sizes(hidden, "--hidden", allow_none=True),
+             "conv_channels": None if channels is None else _parse_sizes(channels, "--channels")}
+    train_given = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "lr_schedule": lr_schedule,
+                   "holdout_fraction": holdout_fraction, "seed": seed, "prior_flow_epochs": prior_flow_epochs}
+    config = train_job.TrainJobConfig.for_architecture(
+        architecture, train={key: value for key, value in train_given.items() if value is not None},
+        **{key: value for key, value in given.items() if value is not None},
+        data=data, conditional=conditional, register_as=register_as, experiment=experiment, run_name=run_name,
+        report=report,
     )
 
     def progress(metrics) -> None:
@@ -115,13 +149,16 @@ def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_f
         _log(f"no quality report: {result.quality_skipped}")
 
 
-def _parse_sizes(text: str) -> tuple[int, ...]:
+def _parse_sizes(text: str, option: str, allow_none: bool = False) -> tuple[int, ...]:
+    if allow_none and text.strip().lower() == "none":
+        return ()
+    hint = f"{option} must be comma-separated positive integers like 128 or 512,256" + (", or none" if allow_none else "")
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise UsageError(f"--hidden must be comma-separated positive integers like 128 or 512,256, got {text!r}") from None
+        raise UsageError(f"{hint}, got {text!r}") from None
     if not sizes or min(sizes) < 1:
-        raise UsageError(f"--hidden must be comma-separated positive integers like 128 or 512,256, got {text!r}")
+        raise UsageError(f"{hint}, got {text!r}")
     return sizes
 
 

@@ -6,9 +6,16 @@ down), optional fully connected layers, then the mirror image up with transposed
 whose output padding restores odd sides exactly (28 -> 14 -> 7 -> 3 -> 7 -> 14 -> 28).
 `Decoder(config)` and `Encoder(config)` pick the architecture from the config, so anything that
 rebuilds a decoder from a registered config (registry, workers, the pyfunc) needs no change.
+
+Optionally the decoder starts with a prior flow (RealNVP affine couplings, Dinh et al. 2017) fitted
+after training to the encoder's aggregate posterior, the two-stage idea of Dai and Wipf (2019): a
+draw u ~ N(0, I) is mapped to a latent where the decoder was trained, not into the prior's holes.
+The dataset's z stays that N(0, I) draw (contract 1); the registered decoder maps it to x.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -67,6 +74,75 @@ class _ConvDecoderNet(nn.Module):
         return self.up(h).flatten(1)  # (B, C * H * W)
 
 
+def _coupling_mask(latent_dim: int, layer: int) -> torch.Tensor:
+    """Which coordinates a coupling layer passes through unchanged: even, odd, first half, second half, in turn,
+    so that after four layers every coordinate has been transformed given every other one. Fixed, not drawn:
+    nothing random has to travel with the weights."""
+    index = torch.arange(latent_dim)
+    pattern = layer % 4
+    if pattern < 2:
+        kept = index % 2 == pattern
+    else:
+        kept = (index < latent_dim // 2) if pattern == 2 else (index >= latent_dim // 2)
+    return kept.to(torch.float32)
+
+
+class _Coupling(nn.Module):
+    """u -> kept + (1 - mask) * (u * exp(s) + t), with (s, t) computed from the kept coordinates [and the label]."""
+
+    def __init__(self, config: VAEConfig, layer: int):
+        super().__init__()
+        self.register_buffer("mask", _coupling_mask(config.latent_dim, layer), persistent=False)
+        hidden = config.prior_flow_hidden
+        self.net = _mlp([config.latent_dim + config.num_classes, hidden, hidden, 2 * config.latent_dim])
+        nn.init.zeros_(self.net[-1].weight)  # starts as the identity map
+        nn.init.zeros_(self.net[-1].bias)
+
+    def scale_shift(self, kept: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = kept if condition is None else torch.cat([kept, condition], dim=1)
+        log_scale, shift = self.net(h).chunk(2, dim=1)  # (B, latent_dim) each
+        # tanh bounds each layer's scale to [e^-2, e^2]: unbounded scales make early training diverge.
+        return (1 - self.mask) * torch.tanh(log_scale) * 2.0, (1 - self.mask) * shift
+
+    def forward(self, u: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        log_scale, shift = self.scale_shift(u * self.mask, condition)
+        return u * torch.exp(log_scale) + shift
+
+    def inverse(self, z: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        log_scale, shift = self.scale_shift(z * self.mask, condition)
+        return (z - shift) * torch.exp(-log_scale), -log_scale.sum(dim=1)  # u, log |det du/dz|
+
+
+class PriorFlow(nn.Module):
+    """u ~ N(0, I) [and a label] -> a latent z distributed like the aggregate posterior the flow was fitted to."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.couplings = nn.ModuleList([_Coupling(config, layer) for layer in range(config.prior_flow_layers)])
+        self.shift = nn.Parameter(torch.zeros(config.latent_dim))  # a final per-coordinate affine map
+        self.log_scale = nn.Parameter(torch.zeros(config.latent_dim))
+
+    def _condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return one_hot(labels, self.config.num_classes) if self.config.conditional else None
+
+    def forward(self, u: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        condition = self._condition(labels)
+        for coupling in self.couplings:
+            u = coupling(u, condition)
+        return u * torch.exp(self.log_scale) + self.shift  # (B, latent_dim)
+
+    def log_prob(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(z) in nats, (B,): the N(0, I) density of the inverse image times the Jacobian."""
+        condition = self._condition(labels)
+        u = (z - self.shift) * torch.exp(-self.log_scale)
+        log_det = -self.log_scale.sum().expand(len(z))
+        for coupling in reversed(self.couplings):
+            u, coupling_log_det = coupling.inverse(u, condition)
+            log_det = log_det + coupling_log_det
+        return -0.5 * (u.pow(2).sum(dim=1) + u.shape[1] * math.log(2 * math.pi)) + log_det
+
+
 class Encoder(nn.Module):
     """q(z | x[, y]): the decoder mirrored (MLP layers, or strided convolutions then MLP layers), then two
     heads for mu and logvar. A conditional encoder sees the one-hot label beside the flattened features."""
@@ -105,8 +181,10 @@ class Decoder(nn.Module):
             self.net: nn.Module = _ConvDecoderNet(config)
         else:
             self.net = _mlp([config.latent_dim + config.num_classes, *config.hidden_sizes, config.input_dim])
+        self.prior_flow = PriorFlow(config) if config.prior_flow_layers else None
 
     def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from a latent of the encoder's space (training), not from a prior draw."""
         if self.config.conditional:
             if labels is None:
                 raise ValueError("this decoder is class-conditional: pass labels with z")
@@ -114,7 +192,11 @@ class Decoder(nn.Module):
         return self.net(z)  # (B, input_dim)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Bernoulli means in [0, 1], shaped like the input: (B, *input_shape)."""
+        """A prior draw z ~ N(0, I) -> Bernoulli means in [0, 1], shaped like the input: (B, *input_shape)."""
+        if self.config.conditional and labels is None:
+            raise ValueError("this decoder is class-conditional: pass labels with z")
+        if self.prior_flow is not None:
+            z = self.prior_flow(z, labels)
         # In place: one (B, input_dim) buffer per call instead of two (decode is allocation-bound).
         return self.logits(z, labels).sigmoid_().view(-1, *self.config.input_shape)
 
