@@ -581,8 +581,10 @@ def quality_report(
         **labels,
         "classifier_heldout_accuracy": trtr,
         # TSTR needs labelled generated rows (a conditional model's); TRTR is the reference classifier's accuracy.
+        # TSTR trains on as many generated rows as TRTR had real ones: the two differ only in where rows come from.
         "tstr_accuracy": None if generated_labels is None else tstr_accuracy(
-            generated_images, generated_labels, heldout_images, heldout_labels, num_classes, config),
+            generated_images[: len(train_images)], generated_labels[: len(train_images)], heldout_images,
+            heldout_labels, num_classes, config),
         "trtr_accuracy": trtr,
         "memorisation_share": memorisation,
         "memorisation_threshold": memorisation_threshold,
