@@ -320,7 +320,7 @@ def setup_conv_model(store: Path) -> str:
     recipe = TrainJobConfig.for_architecture("conv")
     config = model_config_for(dataset, recipe.latent_dim, recipe.hidden_sizes, False, "conv", recipe.conv_channels,
                               recipe.prior_flow_layers)
-    result = train(dataset, config, dataclasses.replace(recipe.train, epochs=1, prior_flow_epochs=1))
+    result = train(dataset, config, dataclasses.replace(recipe.train, steps=None, epochs=1, prior_flow_steps=32))
     with models.training_run("benchmark", "benchmark-conv", {"data": dataset.source}) as run:
         pinned = run.register(result, "bench-conv-decoder", {"data_source": dataset.source})
     return f"{pinned.name}/{pinned.version}"

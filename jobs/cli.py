@@ -74,6 +74,8 @@ def _recipe_default(field: str) -> str:
     from vae_core.config import RECIPES
 
     def shown(value: Any) -> str:
+        if value is None:
+            return "none"
         return ",".join(map(str, value)) or "none" if isinstance(value, tuple) else str(value)
 
     return "[default: " + ", ".join(f"{shown(recipe[field])} for {name}" for name, recipe in RECIPES.items()) + "]"
@@ -83,7 +85,9 @@ def _recipe_default(field: str) -> str:
 @click.option("--data", default="digits", show_default=True, help="digits | mnist:DIR | npz:FILE[:KEY] | parquet:PATH[:COLUMN]")
 @click.option("--arch", "architecture", type=click.Choice(["conv", "mlp"]), default="conv", show_default=True,
               help="conv: strided convolutions and a prior flow (README: the better samples); mlp: the tutorial's network.")
-@click.option("--epochs", type=int, default=50, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Passes over the training split [default: 50 for mlp; conv counts --steps].")
+@click.option("--steps", type=int, default=None, help="Optimizer steps instead of epochs: the same budget for any "
+                                                      "source size. " + _recipe_default("steps"))
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
 @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None, help=_recipe_default("lr_schedule"))
@@ -95,7 +99,7 @@ def _recipe_default(field: str) -> str:
 @click.option("--prior-flow", "prior_flow_layers", type=int, default=None,
               help="Coupling layers of the RealNVP prior flow fitted to the latents after training; 0 for none. "
                    + _recipe_default("prior_flow_layers"))
-@click.option("--prior-flow-epochs", type=int, default=30, show_default=True)
+@click.option("--prior-flow-steps", type=int, default=1_000, show_default=True, help="Adam steps fitting the prior flow.")
 @click.option("--holdout-fraction", type=float, default=0.2, show_default=True, help="The LAST fraction of the source is held out.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads for training [default: torch's, one per core].")
@@ -105,12 +109,14 @@ def _recipe_default(field: str) -> str:
 @click.option("--run-name", default=None)
 @click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
-def train(data, architecture, epochs, batch_size, learning_rate, lr_schedule, latent_dim, hidden, channels,
-          prior_flow_layers, prior_flow_epochs, holdout_fraction, seed, threads, conditional, register_as, experiment,
+def train(data, architecture, epochs, steps, batch_size, learning_rate, lr_schedule, latent_dim, hidden, channels,
+          prior_flow_layers, prior_flow_steps, holdout_fraction, seed, threads, conditional, register_as, experiment,
           run_name, report) -> None:
     """Train a VAE, log the run to MLflow and register the decoder as a new version."""
     from jobs import train as train_job
 
+    if epochs is not None and steps is not None:
+        raise UsageError(f"pass --epochs or --steps, not both (got --epochs {epochs} --steps {steps})")
     if channels is not None and architecture != "conv":
         raise UsageError(f"--channels sets conv layers; pass --arch conv with it, or drop --channels {channels}")
     if threads is not None:
@@ -122,8 +128,9 @@ def train(data, architecture, epochs, batch_size, learning_rate, lr_schedule, la
     given = {"latent_dim": latent_dim, "prior_flow_layers": prior_flow_layers,
              "hidden_sizes": None if hidden is None else _parse_sizes(hidden, "--hidden", allow_none=True),
              "conv_channels": None if channels is None else _parse_sizes(channels, "--channels")}
-    train_given = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "lr_schedule": lr_schedule,
-                   "holdout_fraction": holdout_fraction, "seed": seed, "prior_flow_epochs": prior_flow_epochs}
+    train_given = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+                   "lr_schedule": lr_schedule, "holdout_fraction": holdout_fraction, "seed": seed,
+                   "prior_flow_steps": prior_flow_steps}
     config = train_job.TrainJobConfig.for_architecture(
         architecture, train={key: value for key, value in train_given.items() if value is not None},
         **{key: value for key, value in given.items() if value is not None},
@@ -131,8 +138,10 @@ def train(data, architecture, epochs, batch_size, learning_rate, lr_schedule, la
         report=report,
     )
 
+    of_epochs = "" if config.train.steps else f"/{config.train.epochs}"
+
     def progress(metrics) -> None:
-        click.echo(f"epoch {metrics.epoch:>3}/{epochs}  train {metrics.train_loss:8.3f}  "
+        click.echo(f"epoch {metrics.epoch:>3}{of_epochs}  train {metrics.train_loss:8.3f}  "
                    f"held-out {metrics.val_loss:8.3f} nats  ({metrics.seconds:.2f} s)", err=True)
 
     result = train_job.run(config, on_epoch=progress)

@@ -58,8 +58,10 @@ class TrainJobConfig:
         """An architecture's recipe (vae_core.config.RECIPES), any job or TrainConfig field overridden."""
         if architecture not in RECIPES:
             raise UsageError(f"--arch must be one of {', '.join(RECIPES)}, got {architecture!r}")
-        recipe = dict(RECIPES[architecture])
-        train_fields = {"lr_schedule": recipe.pop("lr_schedule"), **(train or {})}
+        recipe, train = dict(RECIPES[architecture]), dict(train or {})
+        if "epochs" in train and "steps" not in train:
+            train["steps"] = None  # epochs asked for: the recipe's step budget would override them
+        train_fields = {"lr_schedule": recipe.pop("lr_schedule"), "steps": recipe.pop("steps"), **train}
         return cls(architecture=architecture, **{**recipe, **fields}, train=TrainConfig(**train_fields))
 
 

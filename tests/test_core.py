@@ -448,7 +448,7 @@ def test_decoder_maps_a_prior_draw_through_the_flow_and_a_fresh_flow_is_the_iden
 def test_fitting_the_prior_flow_raises_the_likelihood_of_the_aggregate_posterior(small_digits):
     config = dataclasses.replace(model_config_for(small_digits, 4, (32,), conditional=False), prior_flow_layers=4,
                                  prior_flow_hidden=32)
-    result = train(small_digits, config, TrainConfig(epochs=20, prior_flow_epochs=100))
+    result = train(small_digits, config, TrainConfig(epochs=20, prior_flow_steps=200))
     train_set, holdout_set = small_digits.split(0.2)
     model = result.model
     with torch.no_grad():

@@ -103,27 +103,27 @@ def _posterior(model: VAE, data: Dataset) -> tuple[torch.Tensor, torch.Tensor, t
 
 def fit_prior_flow(model: VAE, data: Dataset, train_config: TrainConfig) -> float:
     """Fit the decoder's prior flow by maximum likelihood to the aggregate posterior of the training images
-    (fresh draws z ~ q(z | x) every pass), the encoder and decoder frozen; returns the last pass's mean -log p(z)."""
+    (fresh draws z ~ q(z | x) on every pass), the encoder and decoder frozen, for prior_flow_steps steps;
+    returns the mean -log p(z) of the last pass, nats."""
     flow = model.decoder.prior_flow
     mu, logvar, labels = _posterior(model, data)
     generator = torch.Generator().manual_seed(train_config.seed)
     optimizer = torch.optim.Adam(flow.parameters(), lr=train_config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, train_config.prior_flow_epochs)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, train_config.prior_flow_steps)
     flow.train()
-    total = 0.0
-    for _ in range(train_config.prior_flow_epochs):
-        order = torch.randperm(len(mu), generator=generator)
-        total = 0.0
-        for index in order.split(PRIOR_FLOW_BATCH_SIZE):
+    step, total = 0, 0.0
+    while step < train_config.prior_flow_steps:
+        total, seen = 0.0, 0
+        for index in torch.randperm(len(mu), generator=generator).split(PRIOR_FLOW_BATCH_SIZE)[: train_config.prior_flow_steps - step]:
             z = model.reparameterize(mu[index], logvar[index], generator)  # (B, latent_dim), a fresh posterior draw
             loss = -flow.log_prob(z, None if labels is None else labels[index]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(index)
-        scheduler.step()
+            scheduler.step()
+            total, seen, step = total + float(loss.detach()) * len(index), seen + len(index), step + 1
     flow.eval()
-    return total / len(mu)
+    return total / seen
 
 
 def train(
@@ -142,18 +142,19 @@ def train(
     vae_parameters = [parameter for parameter in model.parameters() if parameter not in flow_parameters]
     optimizer = torch.optim.Adam(vae_parameters, lr=train_config.learning_rate)
     steps_per_epoch = -(-len(train_set.images) // train_config.batch_size)
-    scheduler = _lr_scheduler(optimizer, train_config.lr_schedule, train_config.epochs * steps_per_epoch)
+    total_steps = train_config.steps or train_config.epochs * steps_per_epoch
+    scheduler = _lr_scheduler(optimizer, train_config.lr_schedule, total_steps)
     generator = torch.Generator().manual_seed(train_config.seed)
     images = torch.from_numpy(train_set.images)
     labels = None if train_set.labels is None or not model_config.conditional else torch.from_numpy(train_set.labels)
     history: list[EpochMetrics] = []
-    for epoch in range(1, train_config.epochs + 1):
+    step = 0
+    for epoch in range(1, -(-total_steps // steps_per_epoch) + 1):  # the last pass stops at total_steps
         epoch_started = time.perf_counter()
         model.train()
         order = torch.randperm(len(images), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), train_config.batch_size):
-            index = order[start : start + train_config.batch_size]
+        total, seen = 0.0, 0
+        for index in order.split(train_config.batch_size)[: total_steps - step]:
             x = images[index]
             batch_labels = None if labels is None else labels[index]
             logits, mu, logvar = model(x, batch_labels, generator)
@@ -163,10 +164,10 @@ def train(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total += float(loss.detach()) * len(index)
+            total, seen, step = total + float(loss.detach()) * len(index), seen + len(index), step + 1
         metrics = EpochMetrics(
             epoch=epoch,
-            train_loss=total / len(images),
+            train_loss=total / seen,
             val_loss=evaluate(model, holdout_set, train_config.seed),
             seconds=time.perf_counter() - epoch_started,
         )
