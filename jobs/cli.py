@@ -368,7 +368,7 @@ def inspect_command(dataset, deep) -> None:
               help="Share of classes the generated data gives a fair share (not k-NN coverage).")
 @click.option("--min-coverage", "renamed_min_coverage", default=None, hidden=True)
 @click.option("--max-memorisation", type=float, default=0.05, show_default=True)
-@click.option("--max-frechet-ratio", type=float, default=20.0, show_default=True,
+@click.option("--max-frechet-ratio", type=float, default=25.0, show_default=True,
               help="Frechet distance / the real-vs-real floor of the same report.")
 @click.option("--min-label-accuracy", type=float, default=0.8, show_default=True, help="Conditional models only.")
 @click.option("--min-tstr-ratio", type=float, default=0.8, show_default=True,

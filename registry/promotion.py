@@ -158,15 +158,16 @@ def gate_elbo(candidate: LoadedDecoder, holder: LoadedDecoder | None, tolerance_
 @dataclasses.dataclass(frozen=True)
 class QualityThresholds:
     """Gate 3 over `vaegen report`'s metrics; None turns a check off. Defaults sit between what was measured
-    (README, docs/decisions.md): trained models on digits and MNIST reach precision >= 0.65, class coverage
-    0.9-1.0, Frechet within 20x of the real floor and TSTR >= 0.9 of TRTR; a 1-epoch model has precision ~0
-    and class coverage ~0.3; real held-out data has memorisation ~0.01 by construction."""
+    (README, docs/decisions.md): trained models reach precision >= 0.65, class coverage 0.9-1.0, Frechet at most
+    17.4x its real floor (the tutorial MLP on digits) and TSTR >= 0.95 of TRTR; a 1-epoch model has precision
+    ~0 and class coverage ~0.3; uniform noise sits at 45x (digits) and 205x (MNIST) the floor, a constant mean
+    image at 58-86x; real held-out data has memorisation ~0.01 by construction."""
 
     min_precision: float | None = 0.3
     min_class_coverage: float | None = 0.8  # share of classes the generated set gives a fair share
     max_memorisation_share: float | None = 0.05
     min_label_accuracy: float | None = 0.8  # conditional models only: the classifier agrees with the asked label
-    max_frechet_ratio: float | None = 20.0  # Frechet distance / its real-vs-real floor
+    max_frechet_ratio: float | None = 25.0  # Frechet distance / its real-vs-real floor
     min_tstr_ratio: float | None = 0.8  # conditional models only: TSTR accuracy / TRTR accuracy
 
 

@@ -356,3 +356,24 @@ def test_report_holds_density_coverage_tstr_and_dcr_beside_their_floors(digits, 
     assert 0.7 < metrics["dcr_ratio"] < 1.4
     unlabelled, _ = quality_report(model, *digits["train"], *digits["heldout"], unseen_images)
     assert unlabelled["tstr_accuracy"] is None and unlabelled["trtr_accuracy"] > 0.9
+
+
+def test_tstr_in_the_report_uses_as_many_rows_as_trtr_and_every_class_even_when_rows_are_sorted(digits, classifier):
+    model, _ = classifier
+    images = np.concatenate([digits["train"][0], digits["unseen"][0]])  # 1,447 rows for 1,100 real training rows
+    labels = np.concatenate([digits["train"][1], digits["unseen"][1]])
+    order = np.argsort(labels, kind="stable")  # sorted by label, as `vaegen sample`'s grid orders them
+    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], images[order], generated_labels=labels[order])
+    assert metrics["tstr_accuracy"] > 0.85  # the first 1,100 sorted rows would hold no 8 or 9, and TSTR would be None
+
+
+def test_tstr_in_the_report_sees_every_class_of_labels_that_cycle(digits, classifier):
+    """Balanced labels cycle 0, 1, ..., 9: a stride of 1.25 rows (8,000 of 10,000) would never meet two classes."""
+    model, _ = classifier
+    images, labels = digits["train"]
+    order = np.stack([np.flatnonzero(labels == k)[:90] for k in range(10)]).T.ravel()  # 0, 1, ..., 9, 0, 1, ...
+    assert len(order) == 900
+    generated, generated_labels = np.concatenate([images[order]] * 2)[:1_375], np.concatenate([labels[order]] * 2)[:1_375]
+    assert (generated_labels[:20] == np.tile(np.arange(10), 2)).all()
+    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], generated, generated_labels=generated_labels)
+    assert metrics["tstr_accuracy"] > 0.85

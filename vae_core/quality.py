@@ -567,6 +567,11 @@ def quality_report(
     memorisation, memorisation_threshold = _memorisation(heldout_distance, generated_distance,
                                                          config.memorisation_percentile)
     trtr = float(np.mean(heldout_probs.argmax(axis=1) == heldout_labels))
+    # TSTR trains on as many generated rows as TRTR had real ones, so the two differ only in where the rows come
+    # from; drawn at random (an RNG of its own leaves the other metrics' draws alone): rows sorted by label, or
+    # cycling through the classes, would lose whole classes to a prefix or a stride.
+    tstr_rows = np.sort(np.random.default_rng(config.seed).choice(
+        len(generated_images), size=min(len(train_images), len(generated_images)), replace=False))
     metrics: dict[str, Any] = {
         "frechet_distance": frechet_distance(generated_feats, train_feats, config.frechet_eps),
         "frechet_floor": frechet_distance(heldout_feats, train_feats, config.frechet_eps),
@@ -581,10 +586,8 @@ def quality_report(
         **labels,
         "classifier_heldout_accuracy": trtr,
         # TSTR needs labelled generated rows (a conditional model's); TRTR is the reference classifier's accuracy.
-        # TSTR trains on as many generated rows as TRTR had real ones: the two differ only in where rows come from.
         "tstr_accuracy": None if generated_labels is None else tstr_accuracy(
-            generated_images[: len(train_images)], generated_labels[: len(train_images)], heldout_images,
-            heldout_labels, num_classes, config),
+            generated_images[tstr_rows], generated_labels[tstr_rows], heldout_images, heldout_labels, num_classes, config),
         "trtr_accuracy": trtr,
         "memorisation_share": memorisation,
         "memorisation_threshold": memorisation_threshold,
