@@ -14,6 +14,14 @@ Scenarios:
   naive      the tutorial loop: batches of 10, rows in a Python list, one DataFrame at the end
 Peak memory: the scenario process's own peak RSS (VmHWM), and the largest peak RSS of any Ray
 worker process seen while it ran (polled from /proc every 0.2 s).
+
+    python benchmarks/generate.py --decode-bound [--n-conv 200000] [--out benchmarks/out/generate_conv.json]
+
+runs only the decode-bound scenarios instead, against a conv decoder of `vaegen train`'s recipe
+(28x28, prior flow included; trained 1 epoch on MNIST or upscaled digits, decode cost is the same):
+  decode     decoding alone, on 1 and 2 torch threads and several batch sizes: rows/s and CPU-s per million
+  floor, vaegen and encode as above, with this decoder (float32 tensor), timed and CPU-timed (vaegen: the
+             driver and every Ray worker process, read from /proc)
 """
 
 from __future__ import annotations
@@ -43,11 +51,18 @@ def peak_rss_bytes(pid: int | str = "self") -> int:
     return 0
 
 
+def process_cpu_s(pid: int | str) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class WorkerMemoryPoller:
     """Largest peak RSS among Ray worker processes (process title `ray::...`) while running."""
 
     def __init__(self) -> None:
         self.peaks: dict[int, int] = {}
+        self.cpu_s: dict[int, float] = {}  # utime + stime of each worker, the last value read
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.poll, daemon=True)
 
@@ -60,6 +75,7 @@ class WorkerMemoryPoller:
                     title = (entry / "cmdline").read_bytes().split(b"\0")[0]
                     if title.startswith(b"ray::"):
                         self.peaks[int(entry.name)] = max(self.peaks.get(int(entry.name), 0), peak_rss_bytes(entry.name))
+                        self.cpu_s[int(entry.name)] = process_cpu_s(entry.name)
                 except (OSError, ValueError):
                     continue
             self.stop.wait(0.2)
@@ -77,23 +93,28 @@ class WorkerMemoryPoller:
         return max(self.peaks.values(), default=0)
 
 
+def mnist_or_upscaled_digits():
+    """28x28 training data: MNIST when ../shared/data/mnist exists, else the 8x8 digits upscaled."""
+    from vae_core import data as data_sources
+
+    if MNIST.is_dir():
+        return data_sources.load(f"mnist:{MNIST}")
+    digits = data_sources.load("digits")
+    upscaled = np.kron(digits.images, np.ones((3, 3), np.float32))[:, :28, :28]
+    upscaled = np.pad(upscaled, ((0, 0), (2, 2), (2, 2)))[:, :28, :28]
+    return data_sources.Dataset("digits-upscaled", np.ascontiguousarray(upscaled), digits.labels)
+
+
 def setup_model(store: Path) -> str:
     """Train and register the benchmark decoder; returns its reference."""
     import mlflow
 
     from registry import models
-    from vae_core import data as data_sources
     from vae_core.config import TrainConfig
     from vae_core.training import model_config_for, train
 
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
-    if MNIST.is_dir():
-        dataset = data_sources.load(f"mnist:{MNIST}")
-    else:
-        digits = data_sources.load("digits")
-        upscaled = np.kron(digits.images, np.ones((3, 3), np.float32))[:, :28, :28]
-        upscaled = np.pad(upscaled, ((0, 0), (2, 2), (2, 2)))[:, :28, :28]
-        dataset = data_sources.Dataset("digits-upscaled", np.ascontiguousarray(upscaled), digits.labels)
+    dataset = mnist_or_upscaled_digits()
     config = model_config_for(dataset, 2, (128,), False)
     result = train(dataset, config, TrainConfig(epochs=2))
     with models.training_run("benchmark", "benchmark", {"data": dataset.source}) as run:
@@ -135,7 +156,7 @@ def scenario_floor(model: str, n: int, dtype: str, layout: str, out: Path) -> di
     from jobs.generate.spec import part_name
 
     warm_up_imports()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     spec, predictor, schema = job_pieces(model, n, dtype, layout)
     for shard in range(spec.num_shards):
         start, stop = spec.shard_range(shard)
@@ -145,7 +166,8 @@ def scenario_floor(model: str, n: int, dtype: str, layout: str, out: Path) -> di
             writer.write_batch(record_batch(predictor({"sample_id": ids}), schema), row_group_size=spec.block_rows)
         writer.close()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "bytes": sum(path.stat().st_size for path in out.glob("*.parquet"))}
+    return {"seconds": seconds, "cpu_s": time.process_time() - cpu_started,
+            "bytes": sum(path.stat().st_size for path in out.glob("*.parquet"))}
 
 
 def scenario_vaegen(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
@@ -163,17 +185,20 @@ def scenario_vaegen(model: str, n: int, dtype: str, layout: str, out: Path) -> d
         import ray
 
         def wait() -> None:
-            ray.get([worker.pid.remote() for worker in workers])
+            ready["pids"] = ray.get([worker.pid.remote() for worker in workers])
             ready["seconds"] = time.perf_counter() - started
 
         threading.Thread(target=wait, daemon=True).start()
 
     with WorkerMemoryPoller() as poller:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = generate(GenerateConfig(n=n, model=model, out=str(out), seed=42, dtype=dtype, layout=layout),
                           on_workers=time_worker_start_up)
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "ray_start_s": ray_start_s, "workers_ready_s": ready.get("seconds"),
+    # The driver's CPU and the job's shard workers' (start-up included: a per-job cost), last read while they ran;
+    # other `ray::` processes on the machine (Ray's own daemons, other users' clusters) are not counted.
+    cpu_s = time.process_time() - cpu_started + sum(poller.cpu_s.get(pid, 0.0) for pid in ready.get("pids", []))
+    return {"seconds": seconds, "cpu_s": cpu_s, "ray_start_s": ray_start_s, "workers_ready_s": ready.get("seconds"),
             "bytes": result.manifest["total_bytes"], "job_seconds_in_manifest": result.manifest["timings"]["seconds"],
             "worker_peak_rss_bytes": poller.max_peak, "workers": result.manifest["execution"]["num_workers"]}
 
@@ -250,7 +275,90 @@ def scenario_encode(model: str, n: int, dtype: str, layout: str, out: Path) -> d
             "rows_measured": blocks * spec.block_rows}
 
 
-SCENARIOS = {"encode": scenario_encode, "floor": scenario_floor, "vaegen": scenario_vaegen, "raydata": scenario_raydata, "naive": scenario_naive}
+DECODE_THREADS = (1, 2)
+DECODE_BATCHES = (256, 1_024, 4_096, 16_384)
+DECODE_ROWS = 32_768  # per configuration: at least two of the largest batches
+
+
+def scenario_decode(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
+    """Decoding alone (seeds and z drawn beforehand), per thread count and batch size: wall and CPU time for
+    DECODE_ROWS rows, as rows/s and CPU-seconds per million. `seconds` is the best configuration's time for n."""
+    import torch
+
+    from registry import models
+    from vae_core import sampling
+
+    decoder = models.load_decoder(models.resolve(model)).build()
+    _, z = sampling.draw(42, np.arange(DECODE_ROWS, dtype=np.int64), decoder.config.latent_dim)
+    grid = []
+    for threads in DECODE_THREADS:
+        torch.set_num_threads(threads)
+        for batch in DECODE_BATCHES:
+            sampling.decode(decoder, z[:batch])  # warm-up: first calls allocate and pick kernels
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for start in range(0, DECODE_ROWS, batch):
+                sampling.decode(decoder, z[start : start + batch])
+            seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+            grid.append({"threads": threads, "batch": batch, "rows_per_s": DECODE_ROWS / seconds,
+                         "cpu_s_per_million": cpu_s * 1e6 / DECODE_ROWS})
+    best = max(grid, key=lambda entry: entry["rows_per_s"])
+    return {"seconds": n / best["rows_per_s"], "grid": grid, "best": best}
+
+
+def setup_conv_model(store: Path) -> str:
+    """A conv decoder of `vaegen train`'s recipe (28x28, with its prior flow), trained 1 epoch; returns its reference."""
+    import dataclasses
+
+    import mlflow
+
+    from jobs.train import TrainJobConfig
+    from registry import models
+    from vae_core.config import TrainConfig
+    from vae_core.training import model_config_for, train
+
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    dataset = mnist_or_upscaled_digits()
+    recipe = TrainJobConfig.for_architecture("conv")
+    config = model_config_for(dataset, recipe.latent_dim, recipe.hidden_sizes, False, "conv", recipe.conv_channels,
+                              recipe.prior_flow_layers)
+    result = train(dataset, config, dataclasses.replace(recipe.train, steps=None, epochs=1, prior_flow_steps=32))
+    with models.training_run("benchmark", "benchmark-conv", {"data": dataset.source}) as run:
+        pinned = run.register(result, "bench-conv-decoder", {"data_source": dataset.source})
+    return f"{pinned.name}/{pinned.version}"
+
+
+def decode_bound(args: argparse.Namespace) -> None:
+    """The conv decoder's scenarios: decode alone (threads x batch), floor, vaegen and encode, with CPU time."""
+    with tempfile.TemporaryDirectory(prefix="vaegen-bench-conv-") as folder:
+        store = Path(folder)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
+        model = setup_conv_model(store)
+        results = [run_scenario(store, model, scenario, args.n_conv, "float32", "tensor")
+                   for scenario in ("decode", "encode", "floor", "vaegen")]
+    by = {result["scenario"]: result for result in results}
+    per_million = lambda result: result["cpu_s"] * 1e6 / result["n"]  # noqa: E731
+    decode_cpu = by["decode"]["best"]["cpu_s_per_million"]
+    encode_cpu = by["encode"]["seconds"] * 1e6 / args.n_conv  # CPU seconds on one core, already scaled to n
+    summary = {
+        "decode_best": by["decode"]["best"],
+        "decode_cpu_s_per_million": decode_cpu,
+        "encode_cpu_s_per_million": encode_cpu,
+        "floor_rows_per_s": by["floor"]["rows_per_s"], "floor_cpu_s_per_million": per_million(by["floor"]),
+        "vaegen_rows_per_s": by["vaegen"]["rows_per_s"], "vaegen_cpu_s_per_million": per_million(by["vaegen"]),
+        "vaegen_vs_floor": by["vaegen"]["rows_per_s"] / by["floor"]["rows_per_s"],
+        # With decoding moved to a GPU, the CPUs only encode: the most a GPU can buy on these CPUs.
+        "cpu_share_spent_decoding": decode_cpu / (decode_cpu + encode_cpu),
+        "gpu_speedup_bound": (decode_cpu + encode_cpu) / encode_cpu,
+    }
+    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "model": model, "results": results, "summary": summary,
+              "command": "python benchmarks/generate.py " + " ".join(sys.argv[1:])}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+SCENARIOS = {"decode": scenario_decode, "encode": scenario_encode, "floor": scenario_floor, "vaegen": scenario_vaegen, "raydata": scenario_raydata, "naive": scenario_naive}
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -286,7 +394,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--n-large", type=int, default=4_000_000, help="second size for the flat-memory check")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "generate.json"))
+    parser.add_argument("--out", default=None, help="[default: benchmarks/out/generate.json, or generate_conv.json "
+                                                    "with --decode-bound]")
+    parser.add_argument("--decode-bound", action="store_true", help="only the conv decoder's decode-bound scenarios")
+    parser.add_argument("--n-conv", type=int, default=200_000, help="rows of the decode-bound floor and vaegen runs")
     parser.add_argument("--child", choices=sorted(SCENARIOS))
     parser.add_argument("--store")
     parser.add_argument("--model")
@@ -296,6 +407,11 @@ def main() -> None:
     if args.child:
         run_child(args)
         return
+    if args.decode_bound:
+        args.out = args.out or str(REPO / "benchmarks" / "out" / "generate_conv.json")
+        decode_bound(args)
+        return
+    args.out = args.out or str(REPO / "benchmarks" / "out" / "generate.json")
     with tempfile.TemporaryDirectory(prefix="vaegen-bench-") as folder:
         store = Path(folder)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"

@@ -92,42 +92,86 @@ def main(debug: bool) -> None:
     """
 
 
+def _recipe_default(field: str) -> str:
+    """'16 for conv, 2 for mlp': the help text of an option whose default depends on --arch."""
+    from vae_core.config import RECIPES
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return "none"
+        return ",".join(map(str, value)) or "none" if isinstance(value, tuple) else str(value)
+
+    return "[default: " + ", ".join(f"{shown(recipe[field])} for {name}" for name, recipe in RECIPES.items()) + "]"
+
+
 @main.command()
 @click.option("--data", default="digits", show_default=True, help="digits | mnist:DIR | npz:FILE[:KEY] | parquet:PATH[:COLUMN]")
-@click.option("--epochs", type=int, default=50, show_default=True)
+@click.option("--arch", "architecture", type=click.Choice(["conv", "mlp"]), default="conv", show_default=True,
+              help="conv: strided convolutions and a prior flow (README: the better samples); mlp: the tutorial's network.")
+@click.option("--epochs", type=int, default=None, help="Passes over the training split [default: 50 for mlp; conv counts --steps].")
+@click.option("--steps", type=int, default=None, help="Optimizer steps instead of epochs: the same budget for any "
+                                                      "source size. " + _recipe_default("steps"))
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
-@click.option("--latent-dim", type=int, default=2, show_default=True)
-@click.option("--hidden", default="128", show_default=True, help="Decoder hidden layer sizes, comma-separated (encoder mirrors).")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None, help=_recipe_default("lr_schedule"))
+@click.option("--latent-dim", type=int, default=None, help=_recipe_default("latent_dim"))
+@click.option("--hidden", default=None, help="Fully connected layer sizes, comma-separated, or none; the encoder mirrors "
+                                             "them. " + _recipe_default("hidden_sizes"))
+@click.option("--channels", default=None, help="conv only: channels of the stride-2 layers, comma-separated. "
+                                               + _recipe_default("conv_channels"))
+@click.option("--prior-flow", "prior_flow_layers", type=int, default=None,
+              help="Coupling layers of the RealNVP prior flow fitted to the latents after training; 0 for none. "
+                   + _recipe_default("prior_flow_layers"))
+@click.option("--prior-flow-steps", type=int, default=1_000, show_default=True, help="Adam steps fitting the prior flow.")
 @click.option("--holdout-fraction", type=float, default=0.2, show_default=True, help="The LAST fraction of the source is held out.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads for training [default: torch's, one per core].")
 @click.option("--conditional", is_flag=True, help="Train a class-conditional VAE on the source's labels.")
 @click.option("--register-as", default="vae-decoder", show_default=True, help="Registered model name.")
 @click.option("--experiment", default="vaegen-train", show_default=True)
 @click.option("--run-name", default=None, help="MLflow run name [default: train-<data>-<vae|cvae><hidden>-z<latent>-<UTC time>].")
 @click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
-def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_fraction, seed, conditional,
-          register_as, experiment, run_name, report) -> None:
+def train(data, architecture, epochs, steps, batch_size, learning_rate, lr_schedule, latent_dim, hidden, channels,
+          prior_flow_layers, prior_flow_steps, holdout_fraction, seed, threads, conditional, register_as, experiment,
+          run_name, report) -> None:
     """Train a VAE, log the run to MLflow and register the decoder as a new version.
 
     \b
     Examples:
       vaegen train
-      vaegen train --data mnist:/data/mnist --latent-dim 16 --hidden 512 --conditional
+      vaegen train --data mnist:/data/mnist --arch conv --conditional
+      vaegen train --data mnist:/data/mnist --latent-dim 16 --hidden 512 --epochs 50
     """
     from jobs import train as train_job
-    from vae_core.config import TrainConfig
 
-    config = train_job.TrainJobConfig(
-        data=data, latent_dim=latent_dim, hidden_sizes=_parse_sizes(hidden), conditional=conditional,
-        train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                          holdout_fraction=holdout_fraction, seed=seed),
-        register_as=register_as, experiment=experiment, run_name=run_name, report=report,
+    if epochs is not None and steps is not None:
+        raise UsageError(f"pass --epochs or --steps, not both (got --epochs {epochs} --steps {steps})")
+    if channels is not None and architecture != "conv":
+        raise UsageError(f"--channels sets conv layers; pass --arch conv with it, or drop --channels {channels}")
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    given = {"latent_dim": latent_dim, "prior_flow_layers": prior_flow_layers,
+             "hidden_sizes": None if hidden is None else _parse_sizes(hidden, "--hidden", allow_none=True),
+             "conv_channels": None if channels is None else _parse_sizes(channels, "--channels")}
+    train_given = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+                   "lr_schedule": lr_schedule, "holdout_fraction": holdout_fraction, "seed": seed,
+                   "prior_flow_steps": prior_flow_steps}
+    config = train_job.TrainJobConfig.for_architecture(
+        architecture, train={key: value for key, value in train_given.items() if value is not None},
+        **{key: value for key, value in given.items() if value is not None},
+        data=data, conditional=conditional, register_as=register_as, experiment=experiment, run_name=run_name,
+        report=report,
     )
 
+    of_epochs = "" if config.train.steps else f"/{config.train.epochs}"
+
     def progress(metrics) -> None:
-        click.echo(f"epoch {metrics.epoch:>3}/{epochs}  train {metrics.train_loss:8.3f}  "
+        click.echo(f"epoch {metrics.epoch:>3}{of_epochs}  train {metrics.train_loss:8.3f}  "
                    f"held-out {metrics.val_loss:8.3f} nats  ({metrics.seconds:.2f} s)", err=True)
 
     result = train_job.run(config, on_epoch=progress)
@@ -139,18 +183,21 @@ def train(data, epochs, batch_size, learning_rate, latent_dim, hidden, holdout_f
         metrics = result.quality.metrics
         click.echo(f"quality: Frechet {metrics['frechet_distance']:.3g} (real floor {metrics['frechet_floor']:.3g}), "
                    f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
-                   f"coverage {metrics['coverage']:.2f} -> {result.quality.png_path}")
+                   f"class coverage {metrics['class_coverage']:.2f} -> {result.quality.png_path}")
     elif report:
         _log(f"no quality report: {result.quality_skipped}")
 
 
-def _parse_sizes(text: str) -> tuple[int, ...]:
+def _parse_sizes(text: str, option: str, allow_none: bool = False) -> tuple[int, ...]:
+    if allow_none and text.strip().lower() == "none":
+        return ()
+    hint = f"{option} must be comma-separated positive integers like 128 or 512,256" + (", or none" if allow_none else "")
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise UsageError(f"--hidden must be comma-separated positive integers like 128 or 512,256, got {text!r}") from None
+        raise UsageError(f"{hint}, got {text!r}") from None
     if not sizes or min(sizes) < 1:
-        raise UsageError(f"--hidden must be comma-separated positive integers like 128 or 512,256, got {text!r}")
+        raise UsageError(f"{hint}, got {text!r}")
     return sizes
 
 
@@ -422,12 +469,19 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--to-tracking-uri", default=None, help="With --to-model: the registry to copy into (e.g. prod's server).")
 @click.option("--quality-gate/--no-quality-gate", default=True, show_default=True, help="Gate 3: the quality report's metrics.")
 @click.option("--min-precision", type=float, default=0.3, show_default=True)
-@click.option("--min-coverage", type=float, default=0.8, show_default=True)
+@click.option("--min-class-coverage", type=float, default=0.8, show_default=True,
+              help="Share of classes the generated data gives a fair share (not k-NN coverage).")
+@click.option("--min-coverage", "renamed_min_coverage", default=None, hidden=True)
 @click.option("--max-memorisation", type=float, default=0.05, show_default=True)
+@click.option("--max-frechet-ratio", type=float, default=25.0, show_default=True,
+              help="Frechet distance / the real-vs-real floor of the same report.")
 @click.option("--min-label-accuracy", type=float, default=0.8, show_default=True, help="Conditional models only.")
+@click.option("--min-tstr-ratio", type=float, default=0.8, show_default=True,
+              help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.")
 @handle_errors
-def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision, min_coverage,
-            max_memorisation, min_label_accuracy) -> None:
+def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision,
+            min_class_coverage, renamed_min_coverage, max_memorisation, max_frechet_ratio, min_label_accuracy,
+            min_tstr_ratio) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result.
 
     \b
@@ -437,6 +491,9 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tr
     """
     from registry import promotion, tracking
 
+    if renamed_min_coverage is not None:  # "coverage" is k-NN coverage now: never guess which one was meant
+        raise UsageError("--min-coverage was renamed --min-class-coverage (the share of classes generated); "
+                         f"pass --min-class-coverage {renamed_min_coverage}")
     if to_tracking_uri and not to_model:
         raise UsageError("--to-tracking-uri needs --to-model NAME: the registered model to copy into there")
     tracking.ensure_reachable()
@@ -447,7 +504,8 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tr
         if to_tracking_uri:  # the gates and the alias move happen in the target registry
             tracking.use(to_tracking_uri)
         _log(f"copied to {reference}" + (f" at {tracking.shown_uri(to_tracking_uri)}" if to_tracking_uri else ""))
-    thresholds = promotion.QualityThresholds(min_precision, min_coverage, max_memorisation, min_label_accuracy)
+    thresholds = promotion.QualityThresholds(min_precision, min_class_coverage, max_memorisation, min_label_accuracy,
+                                             max_frechet_ratio, min_tstr_ratio)
     config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
                                        elbo_tolerance_nats=elbo_tolerance, quality=thresholds if quality_gate else None)
     result = promotion.promote(reference, config)

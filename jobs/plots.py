@@ -88,8 +88,9 @@ def quality_figure(samples: np.ndarray, images: dict[str, np.ndarray], metrics: 
     axes = figure.add_subplot(grid[1, 3])
     axes.axis("off")
     rows = [(key, metrics.get(key)) for key in ("frechet_distance", "frechet_floor", "precision", "precision_floor",
-                                                 "recall", "recall_floor", "coverage", "label_kl", "mean_confidence",
-                                                 "memorisation_share", "label_accuracy")]
+                                                 "recall", "recall_floor", "density", "coverage", "class_coverage",
+                                                 "label_kl", "mean_confidence", "memorisation_share", "dcr_ratio",
+                                                 "label_accuracy", "tstr_accuracy", "trtr_accuracy")]
     text = "\n".join(f"{key:<20} {value:.4g}" for key, value in rows if isinstance(value, (int, float)))
     axes.text(0, 1, text, family="monospace", fontsize=8, va="top")
     figure.suptitle(title)

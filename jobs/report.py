@@ -31,9 +31,11 @@ from vae_core import quality
 from vae_core.errors import UsageError
 
 REPORT_SEED = 20_260_101  # fixed: every version's report decodes the same z, so reports compare
-HEADLINE = ("frechet_distance", "frechet_floor", "precision", "recall", "coverage", "memorisation_share",
-            "mean_confidence", "label_accuracy")
 DEFAULT_ROOT = "report"  # reports go to report/<model>/v<version>/ and report/datasets/<dataset id>/
+# Stored on the version as quality.* tags (the promotion gate reads them) and printed by `vaegen report`.
+HEADLINE = ("frechet_distance", "frechet_floor", "precision", "precision_floor", "recall", "recall_floor", "density",
+            "density_floor", "coverage", "coverage_floor", "class_coverage", "memorisation_share", "dcr_ratio",
+            "mean_confidence", "label_accuracy", "tstr_accuracy", "trtr_accuracy")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import math
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from vae_core import sampling, seeds
 from vae_core.config import TrainConfig, VAEConfig
 from vae_core.data import Dataset, load
 from vae_core.errors import UsageError
-from vae_core.model import VAE, Decoder, Encoder, negative_elbo
+from vae_core.model import VAE, Decoder, Encoder, PriorFlow, negative_elbo
 from vae_core.training import evaluate, model_config_for, train
 
 MASK64 = 2**64 - 1
@@ -313,3 +315,148 @@ def test_vae_core_imports_no_side_effect_packages():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "ok"
+
+
+# --- the conv architecture ---
+
+@pytest.mark.parametrize("input_shape, channels, sides", [
+    ((8, 8), (8, 16), [(8, 8), (4, 4), (2, 2)]),  # the bundled digits
+    ((28, 28), (4, 8, 8), [(28, 28), (14, 14), (7, 7), (3, 3)]),  # MNIST: odd sides 7 and 3 on the way down
+    ((3, 9, 7), (4, 6), [(9, 7), (4, 3), (2, 1)]),  # several channels, odd and unequal sides
+])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_conv_shapes_for_any_image_shape(input_shape, channels, sides, num_classes):
+    prior = tuple([1.0 / num_classes] * num_classes) if num_classes else ()
+    config = VAEConfig(input_shape=input_shape, latent_dim=4, hidden_sizes=(16,), num_classes=num_classes,
+                       class_prior=prior, architecture="conv", conv_channels=channels)
+    assert config.conv_sides == sides
+    torch.manual_seed(0)
+    x = torch.rand(5, *input_shape)
+    labels = torch.tensor([0, 1, 2, 0, 1]) if num_classes else None
+    model = VAE(config)
+    logits, mu, logvar = model(x, labels, torch.Generator().manual_seed(0))
+    assert logits.shape == (5, math.prod(input_shape)) and mu.shape == logvar.shape == (5, 4)
+    with torch.no_grad():
+        out = model.decoder(torch.randn(5, 4), labels)
+    assert out.shape == (5, *input_shape) and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    ups = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convs] == list(channels)
+    assert [m.out_channels for m in ups] == [*reversed(channels[:-1]), config.image_channels]
+    assert convs[0].in_channels == config.image_channels  # the image meets convolutions first, not a Linear layer
+    if num_classes:  # the label reaches the decoder: another label, another image
+        with torch.no_grad():
+            z = torch.zeros(1, 4)
+            assert not torch.equal(model.decoder(z, torch.tensor([0])), model.decoder(z, torch.tensor([1])))
+
+
+def test_conv_config_rejects_what_it_cannot_build():
+    with pytest.raises(UsageError, match=r"4 conv layers halve a 8x8 image below one pixel; use at most 3"):
+        VAEConfig(input_shape=(8, 8), architecture="conv", conv_channels=(8, 8, 8, 8))
+    with pytest.raises(UsageError, match=r"needs images of shape \(H, W\) or \(C, H, W\), got \(64,\); use architecture mlp"):
+        VAEConfig(input_shape=(64,), architecture="conv", conv_channels=(8,))
+    with pytest.raises(UsageError, match="conv channels must be one or more positive integers, got \\(\\)"):
+        VAEConfig(input_shape=(8, 8), architecture="conv")
+    with pytest.raises(UsageError, match="architecture must be one of mlp, conv, got 'resnet'"):
+        VAEConfig(architecture="resnet")
+    with pytest.raises(UsageError, match="need architecture conv"):
+        VAEConfig(conv_channels=(8,))
+    config = VAEConfig(input_shape=(28, 28), architecture="conv", conv_channels=(32, 64), hidden_sizes=())
+    assert VAEConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_a_config_registered_before_the_conv_architecture_still_loads_and_rebuilds():
+    # config.json exactly as vaegen wrote it before `architecture` and `conv_channels` existed
+    older = ('{"class_prior": [], "hidden_sizes": [128], "input_shape": [8, 8], "latent_dim": 2, '
+             '"num_classes": 0, "pixel_semantics": "bernoulli-mean-in-[0,1]"}')
+    config = VAEConfig.from_dict(json.loads(older))
+    assert config.architecture == "mlp" and config.conv_channels == ()
+    # ... and the weights it was saved with (an MLP's state dict keys) load strictly into today's Decoder
+    older_keys = {"net.0.weight": (128, 2), "net.0.bias": (128,), "net.2.weight": (64, 128), "net.2.bias": (64,)}
+    decoder = Decoder(config)
+    assert {key: tuple(value.shape) for key, value in decoder.state_dict().items()} == older_keys
+    decoder.load_state_dict({key: torch.zeros(shape) for key, shape in older_keys.items()})
+    with torch.no_grad():
+        assert torch.equal(decoder(torch.ones(3, 2)), torch.full((3, 8, 8), 0.5))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_decoding_on_the_block_grid_is_bit_identical_for_any_split(threads):
+    config = VAEConfig(input_shape=(28, 28), latent_dim=5, hidden_sizes=(), architecture="conv", conv_channels=(8, 16),
+                       prior_flow_layers=4, prior_flow_hidden=16)
+    torch.manual_seed(0)
+    decoder = Decoder(config).eval()
+    _perturb(decoder.prior_flow)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = _decode_shard(decoder, 9, 0, 300, 64, 5)
+        assert whole.shape == (300, 28, 28) and whole.dtype == np.float32
+        for cuts in ([0, 1, 300], [0, 64, 128, 300], [0, 37, 100, 101, 250, 300], [0, 299, 300]):
+            pieces = [_decode_shard(decoder, 9, a, b, 64, 5) for a, b in zip(cuts[:-1], cuts[1:])]
+            assert np.concatenate(pieces).tobytes() == whole.tobytes(), cuts
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- the prior flow ---
+
+def _perturb(flow) -> None:
+    """A freshly built flow is the identity map (zero last layers); give every parameter some value."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_prior_flow_density_is_the_change_of_variables(num_classes):
+    prior = tuple([1.0 / num_classes] * num_classes) if num_classes else ()
+    config = VAEConfig(input_shape=(8, 8), latent_dim=5, num_classes=num_classes, class_prior=prior,
+                       prior_flow_layers=6, prior_flow_hidden=8)
+    torch.manual_seed(0)
+    flow = PriorFlow(config).double()
+    _perturb(flow)
+    u = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 1]) if num_classes else None
+    z = flow(u, labels)
+    for row in range(4):
+        label = None if labels is None else labels[row : row + 1]
+        jacobian = torch.autograd.functional.jacobian(lambda point: flow(point[None], label)[0], u[row])  # (5, 5)
+        standard_normal = -0.5 * float(u[row] @ u[row]) - 2.5 * math.log(2 * math.pi)
+        expected = standard_normal - math.log(abs(float(torch.linalg.det(jacobian))))
+        assert float(flow.log_prob(z[row : row + 1], label)) == pytest.approx(expected, abs=1e-9)
+    if num_classes:  # the label changes the map
+        assert not torch.allclose(flow(u, labels), flow(u, (labels + 1) % 3))
+
+
+def test_decoder_maps_a_prior_draw_through_the_flow_and_a_fresh_flow_is_the_identity():
+    config = VAEConfig(input_shape=(8, 8), latent_dim=3, hidden_sizes=(16,), prior_flow_layers=4, prior_flow_hidden=8)
+    torch.manual_seed(0)
+    decoder = Decoder(config).eval()
+    z = torch.randn(6, 3)
+    with torch.no_grad():
+        assert torch.equal(decoder.prior_flow(z), z)  # zero-initialised couplings, unit scale, no shift
+        _perturb(decoder.prior_flow)
+        mapped = decoder.prior_flow(z)
+        assert not torch.allclose(mapped, z)
+        assert torch.equal(decoder(z), torch.sigmoid(decoder.logits(mapped)).view(6, 8, 8))
+    assert all(value.dtype == torch.float32 for value in decoder.state_dict().values())  # weights.npz stays float32
+    assert not any("mask" in key for key in decoder.state_dict())  # masks are rebuilt from the config
+
+
+def test_fitting_the_prior_flow_raises_the_likelihood_of_the_aggregate_posterior(small_digits):
+    config = dataclasses.replace(model_config_for(small_digits, 4, (32,), conditional=False), prior_flow_layers=4,
+                                 prior_flow_hidden=32)
+    result = train(small_digits, config, TrainConfig(epochs=20, prior_flow_steps=200))
+    train_set, holdout_set = small_digits.split(0.2)
+    model = result.model
+    with torch.no_grad():
+        mu, logvar = model.encode(torch.from_numpy(train_set.images))
+        z = model.reparameterize(mu, logvar, torch.Generator().manual_seed(9))
+        fitted = float(model.decoder.prior_flow.log_prob(z).mean())
+        standard = float(torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1).mean())
+    assert fitted > standard + 0.5, (fitted, standard)  # nats per latent vector: the flow fits the posterior better
+    # the registered -ELBO is measured under the flow prior, and it is the better bound
+    assert result.val_neg_elbo == pytest.approx(evaluate(model, holdout_set, 0, with_prior_flow=True))
+    assert result.val_neg_elbo < evaluate(model, holdout_set, 0)

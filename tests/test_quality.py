@@ -13,6 +13,9 @@ from sklearn.datasets import load_digits
 from vae_core.errors import UsageError
 from vae_core.quality import (
     QualityConfig,
+    closest_record_distances,
+    density_coverage,
+    distance_to_closest_record,
     features,
     frechet_distance,
     label_distribution_metrics,
@@ -22,6 +25,7 @@ from vae_core.quality import (
     predict_proba,
     quality_report,
     train_reference_classifier,
+    tstr_accuracy,
 )
 
 
@@ -147,7 +151,7 @@ def test_label_kl_is_zero_for_matching_distributions_and_matches_hand_value():
     assert skewed["label_kl"] == pytest.approx(0.5 * math.log(4 / 3), rel=1e-12)
 
 
-def test_coverage_histogram_and_confidence():
+def test_class_coverage_histogram_and_confidence():
     probs = np.zeros((100, 4))
     probs[:60, 0] = 1.0
     probs[60:99, 1] = 0.5
@@ -156,7 +160,7 @@ def test_coverage_histogram_and_confidence():
     probs[99, 2] = 1.0  # 1% of samples, below a tenth of the 25% fair share
     metrics = label_distribution_metrics(probs, 4, reference_distribution=np.full(4, 0.25))
     assert metrics["class_histogram"] == pytest.approx([0.60, 0.39, 0.01, 0.0])
-    assert metrics["coverage"] == 0.5
+    assert metrics["class_coverage"] == 0.5 and "coverage" not in metrics  # k-NN coverage is another metric
     assert metrics["mean_confidence"] == pytest.approx((60 + 39 * 0.5 + 1) / 100)
     one_hot = label_distribution_metrics(np.eye(4)[[0, 1, 2]], 4, reference_distribution=np.full(4, 0.25))
     assert one_hot["label_kl"] == math.inf  # class 3 gets no probability at all
@@ -211,7 +215,7 @@ def test_report_of_real_unseen_images_matches_its_floors(digits, classifier):
     assert metrics["frechet_distance"] < 4 * metrics["frechet_floor"]  # FID at N=350 varies ~2x between real subsets
     assert metrics["precision"] > 0.8 * metrics["precision_floor"]
     assert metrics["recall"] > 0.8 * metrics["recall_floor"]
-    assert metrics["coverage"] == 1.0
+    assert metrics["class_coverage"] == 1.0
     assert metrics["label_kl"] < 0.05
     assert metrics["memorisation_share"] < 0.05
     assert len(metrics["per_class_frechet_distance"]) == 10
@@ -284,3 +288,92 @@ def test_unconditional_per_class_groups_by_predicted_class(digits, classifier):
     floors = [value for value in metrics["per_class_frechet_floor"] if value is not None]
     assert len(measured) >= 8
     assert np.mean(measured) < 2 * np.mean(floors)  # held-out vs itself-grouped: within 2x of the floor
+
+
+def test_density_and_coverage_match_hand_computed_balls():
+    real = np.arange(5, dtype=np.float64).reshape(-1, 1)  # 0, 1, 2, 3, 4 on a line
+    fake = np.array([[0.5], [10.0]])
+    # k = 1: every real ball has radius 1; 0.5 lies in the balls of 0 and 1, 10 in none.
+    assert density_coverage(real, fake, k=1) == pytest.approx((2 / (1 * 2), 2 / 5))
+    # k = 2: radii 2, 1, 1, 1, 2; 0.5 lies in the balls of 0 (radius 2) and 1 only.
+    assert density_coverage(real, fake, k=2) == pytest.approx((2 / (2 * 2), 2 / 5))
+    # Any chunking gives the same counts.
+    assert density_coverage(real, fake, k=2, chunk_rows=1) == density_coverage(real, fake, k=2)
+
+
+def test_density_and_coverage_of_identical_distributions_and_of_a_collapsed_mode():
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8))
+    density, coverage = density_coverage(real, fake, k=5)
+    # Naeem et al. 2020: E[density] = 1 and E[coverage] = 1 - 2^-k for N = M, identical distributions.
+    assert density == pytest.approx(1.0, abs=0.1)
+    assert coverage == pytest.approx(1 - 2**-5, abs=0.02)
+    collapsed = real[:1].repeat(2000, axis=0) + 1e-6 * rng.normal(size=(2000, 8))
+    density, coverage = density_coverage(real, collapsed, k=5)
+    assert coverage < 0.01  # one real ball (and the few that reach it) holds every fake
+    with pytest.raises(UsageError, match="k must be a positive integer, got 0"):
+        density_coverage(real, fake, k=0)
+
+
+def test_distance_to_closest_record_flags_copies_and_not_unseen_images(digits):
+    train, heldout, unseen = digits["train"][0], digits["heldout"][0], digits["unseen"][0]
+    heldout_distance, copy_distance = closest_record_distances(train, heldout, train[:300].copy())
+    copies = distance_to_closest_record(heldout_distance, copy_distance)
+    assert copies["dcr_p5"] == 0.0 and copies["dcr_median"] == 0.0 and copies["dcr_ratio"] == 0.0
+    assert copies["dcr_floor_p5"] == pytest.approx(np.percentile(heldout_distance, 5))
+    _, unseen_distance = closest_record_distances(train, heldout, unseen)
+    fresh = distance_to_closest_record(heldout_distance, unseen_distance)
+    assert 0.7 < fresh["dcr_ratio"] < 1.4  # unseen real images sit as far from the records as held-out ones
+    assert fresh["dcr_median"] == pytest.approx(np.median(unseen_distance))
+    # the distances are plain Euclidean nearest-neighbour distances in pixel space
+    brute = np.sqrt(((unseen[:5, None].reshape(5, 1, -1) - train.reshape(1, len(train), -1)) ** 2).sum(-1)).min(1)
+    assert np.allclose(unseen_distance[:5], brute, atol=1e-5)
+
+
+def test_tstr_trains_on_generated_rows_and_scores_on_real_ones(digits):
+    unseen_images, unseen_labels = digits["unseen"]
+    heldout_images, heldout_labels = digits["heldout"]
+    config = QualityConfig(epochs=15)
+    # Real digits standing in for a perfect generator: far above chance (0.1), near what real training gives.
+    assert tstr_accuracy(unseen_images, unseen_labels, heldout_images, heldout_labels, 10, config) > 0.85
+    # Labels that say nothing about the images teach nothing.
+    shuffled = np.random.default_rng(1).permutation(unseen_labels)
+    assert tstr_accuracy(unseen_images, shuffled, heldout_images, heldout_labels, 10, config) < 0.3
+    # A class the generated rows never show cannot be learnt: no TSTR rather than a misleading one.
+    present = unseen_labels != 9
+    assert tstr_accuracy(unseen_images[present], unseen_labels[present], heldout_images, heldout_labels, 10, config) is None
+
+
+def test_report_holds_density_coverage_tstr_and_dcr_beside_their_floors(digits, classifier):
+    model, _ = classifier
+    unseen_images, unseen_labels = digits["unseen"]
+    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], unseen_images,
+                                generated_labels=unseen_labels)
+    assert metrics["density"] == pytest.approx(metrics["density_floor"], rel=0.3)
+    assert metrics["coverage"] == pytest.approx(metrics["coverage_floor"], abs=0.1)
+    assert metrics["trtr_accuracy"] == metrics["classifier_heldout_accuracy"] > 0.9
+    assert metrics["tstr_accuracy"] > 0.85
+    assert 0.7 < metrics["dcr_ratio"] < 1.4
+    unlabelled, _ = quality_report(model, *digits["train"], *digits["heldout"], unseen_images)
+    assert unlabelled["tstr_accuracy"] is None and unlabelled["trtr_accuracy"] > 0.9
+
+
+def test_tstr_in_the_report_uses_as_many_rows_as_trtr_and_every_class_even_when_rows_are_sorted(digits, classifier):
+    model, _ = classifier
+    images = np.concatenate([digits["train"][0], digits["unseen"][0]])  # 1,447 rows for 1,100 real training rows
+    labels = np.concatenate([digits["train"][1], digits["unseen"][1]])
+    order = np.argsort(labels, kind="stable")  # sorted by label, as `vaegen sample`'s grid orders them
+    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], images[order], generated_labels=labels[order])
+    assert metrics["tstr_accuracy"] > 0.85  # the first 1,100 sorted rows would hold no 8 or 9, and TSTR would be None
+
+
+def test_tstr_in_the_report_sees_every_class_of_labels_that_cycle(digits, classifier):
+    """Balanced labels cycle 0, 1, ..., 9: a stride of 1.25 rows (8,000 of 10,000) would never meet two classes."""
+    model, _ = classifier
+    images, labels = digits["train"]
+    order = np.stack([np.flatnonzero(labels == k)[:90] for k in range(10)]).T.ravel()  # 0, 1, ..., 9, 0, 1, ...
+    assert len(order) == 900
+    generated, generated_labels = np.concatenate([images[order]] * 2)[:1_375], np.concatenate([labels[order]] * 2)[:1_375]
+    assert (generated_labels[:20] == np.tile(np.arange(10), 2)).all()
+    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], generated, generated_labels=generated_labels)
+    assert metrics["tstr_accuracy"] > 0.85

@@ -38,7 +38,7 @@ GOOD_EPOCHS = 50  # TrainConfig's default: a properly trained digits model (READ
 COND_EPOCHS = 20  # a few epochs; the model report measured label accuracy 0.96 here (0.61 after 10)
 COND_N, COND_SEED, COND_R = 5_000, 17, 1_000  # 5 parts: enough for two workers to share
 REPORT_N = 4_000  # rows of the generated datasets that `report --dataset` reads
-HEADLINE_KEYS = {"frechet_distance", "frechet_floor", "precision", "recall", "coverage", "memorisation_share",
+HEADLINE_KEYS = {"frechet_distance", "frechet_floor", "precision", "recall", "class_coverage", "memorisation_share",
                  "class_histogram", "classifier", "model"}
 # Label accuracy of the reference classifier on a Ray-generated dataset of the 20-epoch CVAE, measured on
 # this machine (2 cores, CPU): 0.9606. Chance is 0.1; the assertion leaves a wide margin for other hardware.
@@ -140,7 +140,7 @@ def test_model_report_through_the_cli_writes_logs_tags_and_caches_its_classifier
     assert sum(metrics["class_histogram"]) == pytest.approx(1.0)
     # a trained model is close to real data, far from it in absolute terms: the floor is real held-out data
     assert 0 < metrics["frechet_floor"] < metrics["frechet_distance"] and 0.3 <= metrics["precision"] <= 1
-    assert metrics["coverage"] == 1.0 and 0 <= metrics["memorisation_share"] < 0.05
+    assert metrics["class_coverage"] == 1.0 and 0 <= metrics["memorisation_share"] < 0.05
     image = matplotlib.image.imread(out / "report.png")
     assert image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) >= 200
     assert image[..., :3].std() > 0.05  # a figure, not a blank canvas
@@ -153,7 +153,7 @@ def test_model_report_through_the_cli_writes_logs_tags_and_caches_its_classifier
     logged_json = mlflow.artifacts.load_dict(f"runs:/{pinned.run_id}/quality/report.json")
     assert logged_json == metrics
     tags = MlflowClient().get_model_version(GOOD, "1").tags
-    for key in ("precision", "coverage", "memorisation_share", "frechet_distance", "recall"):
+    for key in ("precision", "class_coverage", "coverage", "density", "memorisation_share", "frechet_distance", "recall"):
         assert float(tags[f"vaegen.quality.{key}"]) == pytest.approx(metrics[key], rel=1e-5), key
 
     before = {path: path.stat().st_mtime_ns for path in (cache / "classifiers").iterdir()}
@@ -179,7 +179,7 @@ def test_dataset_report_matches_the_model_report_and_logs_to_the_lineage_run(tra
     # Measured: Frechet 54.57 (float32), 54.56 (uint8) vs 54.66; precision 0.713, 0.716 vs 0.711.
     assert metrics["frechet_distance"] == pytest.approx(model_metrics["frechet_distance"], rel=0.05)
     assert metrics["precision"] == pytest.approx(model_metrics["precision"], abs=0.04)
-    assert metrics["coverage"] == model_metrics["coverage"] == 1.0
+    assert metrics["class_coverage"] == model_metrics["class_coverage"] == 1.0
     assert metrics["memorisation_share"] == pytest.approx(model_metrics["memorisation_share"], abs=0.01)
     np.testing.assert_allclose(metrics["class_histogram"], model_metrics["class_histogram"], atol=0.025)
     run_id = dataset.manifest["lineage"]["run_id"]

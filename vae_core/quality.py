@@ -1,8 +1,10 @@
 """Quality of a generated image set against real data, measured in the feature space of a small reference classifier.
 
 Owns the reference classifier, the Frechet distance (Heusel et al. 2017), improved precision and recall
-(Kynkaanniemi et al. 2019), label-distribution metrics, the memorisation check and `quality_report`, which
-puts them side by side with the floors that real held-out data reaches.
+(Kynkaanniemi et al. 2019), density and coverage (Naeem et al. 2020), label-distribution metrics (class
+coverage), train-on-synthetic / test-on-real accuracy (TSTR, Esteban et al. 2017) beside train-on-real (TRTR),
+the memorisation check and distance to closest record (DCR), and `quality_report`, which puts them side by
+side with the floors that real held-out data reaches.
 """
 
 from __future__ import annotations
@@ -35,16 +37,18 @@ class QualityConfig:
     validation_fraction: float = 0.1  # a tenth shows over-fitting without starving training
     seed: int = 0  # fixes initialisation, the validation split, batch order and kNN subsampling
     k_nearest: int = 3  # k of the kNN manifolds; Kynkaanniemi et al. 2019 recommend k = 3
+    density_coverage_k: int = 5  # Naeem et al. 2020's k: identical distributions then score coverage ~ 1 - 2^-5 = 0.97
     memorisation_percentile: float = 1.0  # flag samples closer to the training set than 99% of unseen real images
+    dcr_percentile: float = 5.0  # DCR's low tail: the 5th percentile is the customary figure (median beside it)
     max_knn_samples: int = 10_000  # kNN cost is quadratic; 10k x 10k in float64 takes ~1 s on 2 cores
     knn_chunk_rows: int = 1024  # rows of one distance block: 1024 x 10k float64 = 80 MB
-    coverage_fair_share_fraction: float = 0.1  # a class is covered if it gets >= 0.1/K of the argmaxes (1% for K=10)
+    class_coverage_fair_share_fraction: float = 0.1  # a class is covered if it gets >= 0.1/K of the argmaxes (1% for K=10)
     frechet_eps: float = 1e-6  # pytorch-fid's diagonal offset for near-singular covariances
     inference_batch_size: int = 4096  # bounds activation memory (4096 x 256 float32 = 4 MB) with few Python steps
 
     def __post_init__(self) -> None:
-        positive_ints = ("hidden_dim", "feature_dim", "epochs", "batch_size", "k_nearest", "max_knn_samples",
-                         "knn_chunk_rows", "inference_batch_size")
+        positive_ints = ("hidden_dim", "feature_dim", "epochs", "batch_size", "k_nearest", "density_coverage_k",
+                         "max_knn_samples", "knn_chunk_rows", "inference_batch_size")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -53,14 +57,16 @@ class QualityConfig:
             raise UsageError(f"QualityConfig.learning_rate must be positive, got {self.learning_rate}")
         if not 0 < self.validation_fraction < 1:
             raise UsageError(f"QualityConfig.validation_fraction must lie in (0, 1), got {self.validation_fraction}")
+        if not 0 < self.dcr_percentile <= 100:
+            raise UsageError(f"QualityConfig.dcr_percentile must lie in (0, 100], got {self.dcr_percentile}")
         if not 0 < self.memorisation_percentile <= 100:
             raise UsageError(
                 f"QualityConfig.memorisation_percentile must lie in (0, 100], got {self.memorisation_percentile}"
             )
-        if not 0 < self.coverage_fair_share_fraction <= 1:
+        if not 0 < self.class_coverage_fair_share_fraction <= 1:
             raise UsageError(
-                "QualityConfig.coverage_fair_share_fraction must lie in (0, 1], "
-                f"got {self.coverage_fair_share_fraction}"
+                "QualityConfig.class_coverage_fair_share_fraction must lie in (0, 1], "
+                f"got {self.class_coverage_fair_share_fraction}"
             )
         if not self.frechet_eps > 0:
             raise UsageError(f"QualityConfig.frechet_eps must be positive, got {self.frechet_eps}")
@@ -284,16 +290,46 @@ def precision_recall(
     return precision, recall
 
 
+def density_coverage(
+    real_feats: np.ndarray,
+    fake_feats: np.ndarray,
+    k: int = QualityConfig.density_coverage_k,
+    chunk_rows: int = QualityConfig.knn_chunk_rows,
+) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, eqs. 3-4): (density, coverage).
+
+    Balls only around REAL points (radius: distance to the k-th nearest other real point), so outliers among the
+    fakes cannot inflate them. density = sum over fakes of the number of real balls holding it, / (k M): about 1
+    when fakes are distributed like reals, above 1 where they crowd into dense regions. coverage = share of real
+    points whose ball holds at least one fake: about 1 - 2^-k for identical distributions and N = M.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise UsageError(f"k must be a positive integer, got {k!r}")
+    real = torch.from_numpy(_check_features("real_feats", real_feats, k + 1))
+    fake = torch.from_numpy(_check_features("fake_feats", fake_feats, 1))
+    if real.shape[1] != fake.shape[1]:
+        raise UsageError(f"feature sets differ in width: {real.shape[1]} vs {fake.shape[1]}")
+    radii = _kth_neighbour_distance(real, k, chunk_rows)  # (N,)
+    balls_per_fake = 0
+    covered = torch.zeros(len(real), dtype=torch.bool)
+    for chunk in fake.split(chunk_rows):
+        inside = torch.cdist(chunk, real) <= radii  # (C, N)
+        balls_per_fake += int(inside.sum())
+        covered |= inside.any(dim=0)
+    return balls_per_fake / (k * len(fake)), float(covered.double().mean())
+
+
 def label_distribution_metrics(
     probs: np.ndarray,
     num_classes: int,
     reference_distribution: np.ndarray | None = None,
-    coverage_fair_share_fraction: float = QualityConfig.coverage_fair_share_fraction,
+    class_coverage_fair_share_fraction: float = QualityConfig.class_coverage_fair_share_fraction,
 ) -> dict[str, Any]:
     """What the classifier says about a generated set's classes.
 
     - class_histogram: share of samples whose argmax is each class;
-    - coverage: share of classes whose histogram entry is >= coverage_fair_share_fraction / K;
+    - class_coverage: share of classes whose histogram entry is >= class_coverage_fair_share_fraction / K
+      (not the k-NN coverage of `density_coverage`);
     - mean_confidence: mean of the max probability;
     - label_kl: KL(reference || generated) in nats, the generated distribution being the mean predicted
       probability (the marginal p(y) of the Inception Score), which is soft and so finite unless a class the
@@ -315,7 +351,7 @@ def label_distribution_metrics(
                              f"got {reference.tolist()}")
         label_kl = float(scipy.special.rel_entr(reference, probs.mean(axis=0)).sum())
     return {
-        "coverage": float(np.mean(class_histogram >= coverage_fair_share_fraction / num_classes)),
+        "class_coverage": float(np.mean(class_histogram >= class_coverage_fair_share_fraction / num_classes)),
         "label_kl": label_kl,
         "mean_confidence": float(probs.max(axis=1).mean()),
         "class_histogram": class_histogram.tolist(),
@@ -326,11 +362,11 @@ def _nearest_distance(queries: torch.Tensor, references: torch.Tensor, chunk_row
     return torch.cat([torch.cdist(chunk, references).min(dim=1).values for chunk in queries.split(chunk_rows)])
 
 
-def _memorisation(
-    train: np.ndarray, heldout: np.ndarray, generated: np.ndarray, percentile: float, chunk_rows: int
-) -> tuple[float, float]:
-    if not 0 < percentile <= 100:
-        raise UsageError(f"percentile must lie in (0, 100], got {percentile}")
+def closest_record_distances(
+    train: np.ndarray, heldout: np.ndarray, generated: np.ndarray, chunk_rows: int = QualityConfig.knn_chunk_rows
+) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance from each held-out and each generated sample to its closest training record:
+    (heldout (N_h,), generated (N_g,)) float64, in whatever space the arrays are in (quality_report: pixels)."""
     flat = []
     for name, points in (("train", train), ("heldout", heldout), ("generated", generated)):
         if not isinstance(points, np.ndarray) or points.ndim < 2 or len(points) < 1:
@@ -340,9 +376,14 @@ def _memorisation(
         raise UsageError(f"train, heldout and generated differ in size per sample: {[p.shape[1] for p in flat]}")
     dtype = np.result_type(*flat, np.float32)  # pixels stay float32, features stay float64
     train_t, heldout_t, generated_t = (torch.from_numpy(np.ascontiguousarray(p, dtype=dtype)) for p in flat)
-    heldout_distance = _nearest_distance(heldout_t, train_t, chunk_rows).double().numpy()
+    return (_nearest_distance(heldout_t, train_t, chunk_rows).double().numpy(),
+            _nearest_distance(generated_t, train_t, chunk_rows).double().numpy())
+
+
+def _memorisation(heldout_distance: np.ndarray, generated_distance: np.ndarray, percentile: float) -> tuple[float, float]:
+    if not 0 < percentile <= 100:
+        raise UsageError(f"percentile must lie in (0, 100], got {percentile}")
     threshold = float(np.percentile(heldout_distance, percentile))
-    generated_distance = _nearest_distance(generated_t, train_t, chunk_rows).double().numpy()
     return float(np.mean(generated_distance <= threshold)), threshold
 
 
@@ -359,7 +400,43 @@ def memorisation_share(
     (quality_report passes pixels: a memorised sample is a near copy of a training image, and pixel space
     says so without trusting a classifier). Unseen real data scores about percentile / 100; copies score 1.
     """
-    return _memorisation(train, heldout, generated, percentile, chunk_rows)[0]
+    return _memorisation(*closest_record_distances(train, heldout, generated, chunk_rows), percentile)[0]
+
+
+def distance_to_closest_record(heldout_distance: np.ndarray, generated_distance: np.ndarray,
+                               percentile: float = QualityConfig.dcr_percentile) -> dict[str, float]:
+    """DCR: the 5th percentile and the median of generated-to-train distances, beside the same figures for held-out
+    real data (the floor), and dcr_ratio = generated / held-out at the percentile. Unseen real data has ratio ~1;
+    a generator that copies training records has ratio ~0 (its low tail sits on them)."""
+    low, floor_low = float(np.percentile(generated_distance, percentile)), float(np.percentile(heldout_distance, percentile))
+    return {
+        "dcr_p5": low,
+        "dcr_median": float(np.median(generated_distance)),
+        "dcr_floor_p5": floor_low,
+        "dcr_floor_median": float(np.median(heldout_distance)),
+        "dcr_ratio": low / floor_low if floor_low > 0 else float("nan"),
+    }
+
+
+def tstr_accuracy(
+    generated_images: np.ndarray,
+    generated_labels: np.ndarray,
+    heldout_images: np.ndarray,
+    heldout_labels: np.ndarray,
+    num_classes: int,
+    config: QualityConfig = QualityConfig(),
+) -> float | None:
+    """Train on synthetic, test on real (Esteban et al. 2017): accuracy on the real held-out split of a
+    classifier trained only on generated labelled rows, with the reference classifier's architecture and
+    recipe. Its TRTR counterpart is the reference classifier itself (same recipe, trained on the real training
+    split). None when the generated labels miss a class: such a classifier could not name every real class."""
+    generated_images = _check_images("generated_images", generated_images)
+    generated_labels = _check_labels("generated_labels", generated_labels, len(generated_images), num_classes)
+    if len(np.unique(generated_labels)) < num_classes:
+        return None
+    model, _ = train_reference_classifier(generated_images, generated_labels, config)
+    probs = predict_proba(model, heldout_images, config.inference_batch_size)
+    return float(np.mean(probs.argmax(axis=1) == heldout_labels))
 
 
 def pixel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -375,16 +452,19 @@ def _subsample(feats: np.ndarray, count: int, rng: np.random.Generator) -> np.nd
 
 
 def _balanced_precision_recall(
-    real: np.ndarray, fake: np.ndarray, config: QualityConfig, rng: np.random.Generator
-) -> tuple[float | None, float | None, int]:
-    """Precision/recall on equal-sized subsamples (the radii depend on N), or None when a set is below k + 1."""
+    real: np.ndarray, fake: np.ndarray, config: QualityConfig, rng: np.random.Generator, with_density: bool = False
+) -> tuple[float | None, ...]:
+    """(precision, recall[, density, coverage], count) on equal-sized subsamples (every k-NN radius depends on N),
+    or None values when a set is below k + 1."""
     count = min(config.max_knn_samples, len(real), len(fake))
-    if count < config.k_nearest + 1:
-        return None, None, count
-    precision, recall = precision_recall(
-        _subsample(real, count, rng), _subsample(fake, count, rng), config.k_nearest, config.knn_chunk_rows
-    )
-    return precision, recall, count
+    if count < max(config.k_nearest, config.density_coverage_k if with_density else 0) + 1:
+        return (None, None, None, None, count) if with_density else (None, None, count)
+    real, fake = _subsample(real, count, rng), _subsample(fake, count, rng)
+    precision, recall = precision_recall(real, fake, config.k_nearest, config.knn_chunk_rows)
+    if not with_density:
+        return precision, recall, count
+    density, coverage = density_coverage(real, fake, config.density_coverage_k, config.knn_chunk_rows)
+    return precision, recall, density, coverage, count
 
 
 def _frechet_or_none(feats_a: np.ndarray, feats_b: np.ndarray, eps: float) -> float | None:
@@ -445,7 +525,8 @@ def quality_report(
 
     metrics is JSON-serialisable (floats, ints, lists; None where a class has too few samples). Each `*_floor`
     is the same metric for real held-out images against the training set: what a perfect generator reaches
-    at the held-out set's size. The generated set is compared with the training set, on which the classifier
+    at the held-out set's size (k-NN metrics compare equal-sized subsamples, so theirs hold at any size).
+    TSTR (generated_labels only) sits beside TRTR, the reference classifier's held-out accuracy. The generated set is compared with the training set, on which the classifier
     and the generator were trained. images holds (H, W) float64 arrays: generated_mean, generated_std,
     real_mean, real_std (real = training set), for plotting.
     With generated_labels (the classes a conditional model was asked for), metrics also hold label_accuracy
@@ -469,19 +550,28 @@ def quality_report(
     generated_feats, generated_probs = _embed_and_classify(classifier, generated_images, batch_size)
     rng = np.random.default_rng(config.seed)
 
-    precision, recall, knn_generated_count = _balanced_precision_recall(train_feats, generated_feats, config, rng)
-    precision_floor, recall_floor, knn_floor_count = _balanced_precision_recall(train_feats, heldout_feats, config, rng)
+    precision, recall, density, coverage, knn_generated_count = _balanced_precision_recall(
+        train_feats, generated_feats, config, rng, with_density=True)
+    precision_floor, recall_floor, density_floor, coverage_floor, knn_floor_count = _balanced_precision_recall(
+        train_feats, heldout_feats, config, rng, with_density=True)
     train_distribution = np.bincount(train_labels, minlength=num_classes) / len(train_labels)
     labels = label_distribution_metrics(
-        generated_probs, num_classes, train_distribution, config.coverage_fair_share_fraction
+        generated_probs, num_classes, train_distribution, config.class_coverage_fair_share_fraction
     )
-    memorisation, memorisation_threshold = _memorisation(
+    heldout_distance, generated_distance = closest_record_distances(
         train_images,
         _subsample(heldout_images, config.max_knn_samples, rng),
         _subsample(generated_images, config.max_knn_samples, rng),
-        config.memorisation_percentile,
         config.knn_chunk_rows,
     )
+    memorisation, memorisation_threshold = _memorisation(heldout_distance, generated_distance,
+                                                         config.memorisation_percentile)
+    trtr = float(np.mean(heldout_probs.argmax(axis=1) == heldout_labels))
+    # TSTR trains on as many generated rows as TRTR had real ones, so the two differ only in where the rows come
+    # from; drawn at random (an RNG of its own leaves the other metrics' draws alone): rows sorted by label, or
+    # cycling through the classes, would lose whole classes to a prefix or a stride.
+    tstr_rows = np.sort(np.random.default_rng(config.seed).choice(
+        len(generated_images), size=min(len(train_images), len(generated_images)), replace=False))
     metrics: dict[str, Any] = {
         "frechet_distance": frechet_distance(generated_feats, train_feats, config.frechet_eps),
         "frechet_floor": frechet_distance(heldout_feats, train_feats, config.frechet_eps),
@@ -489,10 +579,19 @@ def quality_report(
         "recall": recall,
         "precision_floor": precision_floor,
         "recall_floor": recall_floor,
+        "density": density,
+        "coverage": coverage,
+        "density_floor": density_floor,
+        "coverage_floor": coverage_floor,
         **labels,
-        "classifier_heldout_accuracy": float(np.mean(heldout_probs.argmax(axis=1) == heldout_labels)),
+        "classifier_heldout_accuracy": trtr,
+        # TSTR needs labelled generated rows (a conditional model's); TRTR is the reference classifier's accuracy.
+        "tstr_accuracy": None if generated_labels is None else tstr_accuracy(
+            generated_images[tstr_rows], generated_labels[tstr_rows], heldout_images, heldout_labels, num_classes, config),
+        "trtr_accuracy": trtr,
         "memorisation_share": memorisation,
         "memorisation_threshold": memorisation_threshold,
+        **distance_to_closest_record(heldout_distance, generated_distance, config.dcr_percentile),
         "n_train": len(train_images),
         "n_heldout": len(heldout_images),
         "n_generated": len(generated_images),

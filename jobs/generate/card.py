@@ -33,10 +33,15 @@ QUALITY_MEANINGS = {  # jobs/report.py HEADLINE, in the words of README's qualit
     "frechet_floor": "Fréchet distance of real held-out data to real training data (the best a generator can score)",
     "precision": "share of samples that fall within the real data's manifold (fidelity)",
     "recall": "share of the real data's manifold that the samples cover (diversity)",
-    "coverage": "share of real neighbourhoods that hold at least one sample",
+    "density": "how many real neighbourhoods a sample falls in, relative to real data (1 for real data; Naeem et al. 2020)",
+    "coverage": "share of real neighbourhoods that hold at least one sample (Naeem et al. 2020)",
+    "class_coverage": "share of classes the samples give a fair share of rows",
+    "dcr_ratio": "distance of samples to their closest training image, over that of real held-out images (5th percentile)",
     "memorisation_share": "share of samples closer to a training image than real held-out images are",
     "mean_confidence": "mean confidence of the reference classifier on the samples",
     "label_accuracy": "share of samples the reference classifier gives the label they were generated for",
+    "tstr_accuracy": "accuracy on real held-out data of a classifier trained on samples (train on synthetic, test on real)",
+    "trtr_accuracy": "the same classifier trained on as many real rows (train on real, test on real)",
 }
 
 
