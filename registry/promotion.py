@@ -31,7 +31,10 @@ from registry.models import (LOCK_MARK, MODEL_ARTIFACT, TAG_PREFIX, LoadedDecode
 from registry.redaction import redact_uri
 from vae_core.errors import UsageError, VaegenError
 
-HISTORY_LIMIT = 25  # alias events kept on the registered model (MLflow tag values are bounded)
+HISTORY_LIMIT = 25  # alias events kept on the registered model
+# MLflow's SQL stores keep a registered model's tag value in a VARCHAR(5000): PostgreSQL refuses more
+# (SQLite does not check). The history keeps each gate's verdict; the version's promotion tag keeps its details.
+HISTORY_MAX_CHARS = 5_000
 LOCK_STALE_S = 600.0  # a promotion takes seconds; a lock this old belongs to a crashed one
 LOCK_WAIT_S = 60.0
 LOCK_POLL_S = 0.5
@@ -157,10 +160,19 @@ def _record(name: str, alias: str, version: int, kind: str, event: dict[str, Any
     """Store an alias event: a `vaegen.<kind>.<alias>` tag on the version it concerns, the alias's
     history tag (what rollback reads), and both as readable descriptions in the MLflow UI."""
     client().set_model_version_tag(name, str(version), f"{TAG_PREFIX}{kind}.{alias}", json.dumps(event))
-    events = (history(name, alias) + [event])[-HISTORY_LIMIT:]
-    client().set_registered_model_tag(name, f"{TAG_PREFIX}history.{alias}", json.dumps(events))
+    client().set_registered_model_tag(name, f"{TAG_PREFIX}history.{alias}", json.dumps(_bounded_history(history(name, alias), event)))
     describe_version(name, version)
     describe_history(name)
+
+
+def _bounded_history(events: list[dict[str, Any]], event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history with `event` appended: gate verdicts without their details, the oldest events
+    dropped while more than HISTORY_LIMIT or HISTORY_MAX_CHARS of JSON."""
+    compact = {**event, "gates": [{"name": gate["name"], "passed": gate["passed"]} for gate in event.get("gates", [])]}
+    events = (events + [compact])[-HISTORY_LIMIT:]
+    while len(events) > 1 and len(json.dumps(events)) > HISTORY_MAX_CHARS:
+        events = events[1:]
+    return events
 
 
 def describe_history(name: str) -> None:

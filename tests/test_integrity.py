@@ -612,7 +612,7 @@ def test_resuming_a_killed_job_marks_its_run_killed(committed, tmp_path):
     (directory / manifest.MANIFEST).unlink()
     (directory / "part-00003.parquet").unlink()
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("vaegen-datasets").experiment_id
+    experiment = client.get_experiment_by_name(record["lineage"]["experiment"]).experiment_id
     killed = client.create_run(experiment, run_name=directory.name).info.run_id
     spec = spec_from_record(record, directory.name)
     (directory / manifest.PROGRESS).write_text(json.dumps(manifest.progress_record(spec, record["model"], killed)))

@@ -57,6 +57,19 @@ def test_generated_text_is_replaced_and_a_persons_text_is_kept():
     assert descriptions.budget(second) == descriptions.DESCRIPTION_LIMIT - len(PERSON_NOTE) - len(descriptions.GENERATED_END) - 4
 
 
+def test_the_history_tag_fits_a_registered_model_tag_on_sql_stores():
+    from registry.promotion import HISTORY_LIMIT, HISTORY_MAX_CHARS, _bounded_history
+
+    gates = [{"name": f"gate{i}", "passed": True, "detail": "x" * 400, "forceable": False} for i in range(6)]
+    events: list[dict] = []
+    for version in range(1, 40):
+        events = _bounded_history(events, {"action": "promote", "alias": "champion", "version": version,
+                                           "previous_version": version - 1, "reason": "r" * 100, "gates": gates})
+        assert len(json.dumps(events)) <= HISTORY_MAX_CHARS and len(events) <= HISTORY_LIMIT
+    assert events[-1]["version"] == 39 and [event["version"] for event in events] == list(range(40 - len(events), 40))
+    assert events[-1]["gates"] == [{"name": f"gate{i}", "passed": True} for i in range(6)]  # verdicts; details stay on the version
+
+
 def test_history_is_newest_first_and_fits_mlflows_description_limit():
     events = [event(version, version - 1 or None, version) for version in range(1, 26)]
     short = descriptions.history_description("m", {"champion": events[:2]})
@@ -338,7 +351,8 @@ def test_the_ui_reads_the_links_from_a_real_server(mlflow_http, cache_root, tiny
     version = rest(uri, "model-versions/get", name=name, version="1")["model_version"]
     assert version["source"] == f"models:/{model_id}"
     assert "held-out -ELBO" in version["description"]
-    assert "| promote | champion | dora | served over http | PASS loads: " in version["description"]
+    assert "| promote | champion | dora | served over http | PASS safe_artifacts: " in version["description"]
+    assert "PASS loads: " in version["description"]
     registered = rest(uri, "registered-models/get", name=name)["registered_model"]
     assert "| promote | [v1](#/models/vae-lineage-http/versions/1) | - | dora | served over http |" in registered["description"]
 

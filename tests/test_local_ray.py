@@ -70,6 +70,17 @@ def listening_addresses(pids: list[int]) -> set[str]:
     return found
 
 
+def describe(pids: list[int]) -> list[str]:
+    lines = []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            lines.append(f"{pid}: {command[:120]}")
+        except OSError:
+            pass
+    return lines
+
+
 def is_loopback(address: str) -> bool:
     parsed = ipaddress.ip_address(address)
     mapped = getattr(parsed, "ipv4_mapped", None)
@@ -98,7 +109,8 @@ def test_the_private_ray_listens_on_loopback_only_and_stops_without_leftovers():
         driver.stdin.write("\n")
         driver.stdin.flush()
         assert driver.wait(timeout=60) == 0, driver.stderr.read()[-3000:]
-        wait_until(lambda: not tagged_pids(env.tag), 10, "the private Ray's processes to exit")
+        wait_until(lambda: not tagged_pids(env.tag), 10,
+                   f"the private Ray's processes to exit: {describe(tagged_pids(env.tag))}")
         assert time.monotonic() - started < 10
     finally:
         driver.kill()

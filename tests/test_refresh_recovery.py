@@ -120,6 +120,6 @@ def test_a_truncated_old_manifest_is_skipped_and_reported_not_fatal(champion, tm
     third = refresh(root, "--seed-policy", "new", "--keep", "1")
     assert action(second).startswith("refresh: generated") and action(third).startswith("refresh: generated")
     assert f"pruned: {action(second).split()[2]}" in third.stdout  # pruning goes on around it
-    assert f"not pruned: {old}: unreadable manifest at {manifest} (JSONDecodeError)" in third.stderr
+    assert f"not pruned: {old}: unreadable manifest at {manifest} (CorruptRecord)" in third.stderr
     assert manifest.exists() and len(list((root / old).glob("part-*.parquet"))) == N // ROWS_PER_SHARD  # left in place
     assert json.loads((root / LATEST).read_text())["dataset_id"] == action(third).split()[2]

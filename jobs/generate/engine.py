@@ -18,10 +18,13 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import ray
+from ray._private import ray_constants
 from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
 
 from jobs.generate.config import DEFAULT_STALL_TIMEOUT_S, EngineOptions
@@ -78,7 +81,6 @@ def _loopback_only() -> Iterator[None]:
     checks the listening sockets). The variable reaches the processes ray.init spawns; this process reads
     the constant computed at import, so both are set, and restored once the cluster is up.
     """
-    from ray._private import ray_constants
 
     saved_env, saved_constant = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
@@ -105,7 +107,27 @@ def stop_local_ray() -> None:
         return
     ray._private.worker._global_node = None  # ray.shutdown() below then only disconnects this driver
     ray.shutdown()
+    # Worker processes are the raylet's children, not the node's: one still starting up when the raylet
+    # dies notices it only when it next tries to connect, seconds later. They are this cluster's: kill them too.
+    raylets = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, [])
+    workers = [child for info in raylets for child in _children(info.process.pid)]
     node.kill_all_processes(check_alive=False, allow_graceful=False)
+    for pid in workers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc (empty where there is none)."""
+    children = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    # /proc/PID/stat: "pid (comm) state ppid ...", comm may hold spaces and parentheses
+                    if int(Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                        children.append(int(entry))
+    return children
 
 
 def plan_placement(options: EngineOptions, num_shards: int, storage: Storage,
