@@ -34,6 +34,7 @@ from vae_core.errors import UsageError, VaegenError
 
 LATEST = "latest"
 LOCK = ".refresh.lock"
+LOCK_OWNER_TAG = "vaegen.refresh_lock_owner"  # on the refresh run: a refresh taking over a dead lock ends that run
 SEED_POLICIES = ("fixed", "daily", "new")
 DEFAULT_LOCK_TIMEOUT_S = 900.0  # 15 missed heartbeats: a live holder is never taken for dead, a dead one blocks 15 min at most
 HEARTBEAT_FRACTION = 1 / 15  # the holder touches its lock every timeout / 15 (every minute by default)
@@ -291,13 +292,15 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
         return RefreshResult("busy", None, None, [])
     if lock.taken_over:
         log(f"took over {storage.location(LOCK)}: {lock.taken_over}")
+        lineage.end_stale_runs_tagged(lineage.REFRESH_EXPERIMENT, LOCK_OWNER_TAG, str(lock.holder.get("owner")))
     started = time.perf_counter()
     try:
         pinned = models.resolve(config.generate.model)  # once; generation gets the pinned version, alias recorded
         seed = seed_for(config)
         params = {"model": config.generate.model, "resolved_version": pinned.version, "seed_policy": config.seed_policy,
                   "seed": seed, "n": config.generate.n, "out": storage.location(), "keep": config.keep}
-        with lineage.job_run(lineage.REFRESH_EXPERIMENT, f"refresh-{pinned.name}-v{pinned.version}", params) as run:
+        with lineage.job_run(lineage.REFRESH_EXPERIMENT, f"refresh-{pinned.name}-v{pinned.version}", params,
+                             tags={LOCK_OWNER_TAG: lock.token["owner"]}) as run:  # a refresh that takes over ends it
             result = generate(dataclasses.replace(config.generate, model=f"{pinned.name}/{pinned.version}", seed=seed, out=storage.uri, resume=None),
                               log=log, pinned=pinned)
             if not lock.still_held():

@@ -243,3 +243,15 @@ def end_stale_run(run_id: str | None) -> None:
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
     except mlflow.exceptions.MlflowException:  # deleted, or logged to another tracking server: nothing to end here
         pass
+
+
+def end_stale_runs_tagged(experiment: str, key: str, value: str) -> None:
+    """end_stale_run for every RUNNING run of `experiment` tagged key=value (a dead refresh's run, found by its lock)."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    running = client.search_runs([found.experiment_id],
+                                 filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'RUNNING'")
+    for run in running:
+        end_stale_run(run.info.run_id)

@@ -56,6 +56,22 @@ def use_tracking_store(uri: str, root: Path) -> Iterator[TrackingStore]:
             mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_behind() -> Iterator[None]:
+    """A command run in-process (CliRunner) that starts a Ray keeps it, as a library call does; the console
+    script stops it at exit. Stop it after the module, so that no later module meets a Ray on the default
+    ports (Ray's default ports are per machine: a leftover made every later private Ray's actors fail)."""
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            from jobs.generate import engine
+
+            engine.stop_local_ray()
+            ray.shutdown()
+
+
 @pytest.fixture
 def unused_port() -> int:
     return free_port()

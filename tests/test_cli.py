@@ -100,6 +100,7 @@ def test_commands_that_read_the_registry_refuse_a_store_that_does_not_exist(mlfl
     assert_one_line_error(result, 2, f"no MLflow store at {mlflow_sqlite.uri}", "run `vaegen train` first")
     assert not (mlflow_sqlite.root / "mlflow.db").exists()
     assert not (mlflow_sqlite.root / "datasets").exists() or not any((mlflow_sqlite.root / "datasets").iterdir())
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()  # refused before any Ray started
 
 
 @pytest.mark.parametrize(

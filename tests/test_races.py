@@ -360,5 +360,8 @@ def test_refresh_killed_at_random_points_then_rerun_is_consistent(store, zygote,
         assert action == "generated", (trial, rerun.output)  # never "busy" behind the dead one's lock
         state = assert_consistent(root)
         assert state["committed"] <= KEEP, state
+    # A rerun that takes over a dead refresh's lock ends that refresh's MLflow run: none says RUNNING forever.
+    refresh_runs = mlflow.search_runs(experiment_names=["vaegen-refresh"], output_format="list")
+    assert len(refresh_runs) > KILL_TRIALS and [run.info.run_name for run in refresh_runs if run.info.status == "RUNNING"] == []
     report(f"{KILL_TRIALS} refreshes killed at random (seed {KILL_SEED})", store,
            {"killed_while": dict(tally), "reruns_generated": KILL_TRIALS, "end_state": assert_consistent(root)})

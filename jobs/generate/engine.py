@@ -77,7 +77,7 @@ def _loopback_only() -> Iterator[None]:
 
     Ray resolves a node IP of 127.0.0.1 given to ray.init() to the host's routable address, and its
     servers bind that address or all interfaces. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it treats the
-    host as it treats a laptop: node IP 127.0.0.1, every server on loopback (tests/test_engine_local.py
+    host as it treats a laptop: node IP 127.0.0.1, every server on loopback (tests/test_local_ray.py
     checks the listening sockets). The variable reaches the processes ray.init spawns; this process reads
     the constant computed at import, so both are set, and restored once the cluster is up.
     """

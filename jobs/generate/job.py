@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,12 +64,21 @@ def generate(
     """`pinned`: config.model already resolved by the caller (refresh), so the manifest records the alias it came from."""
     storage, resume_id = _output(config)
     storage.check_writable()
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # a store that is not there is a usage error before Ray starts
+        from registry import tracking
+
+        tracking.check_store(os.environ["MLFLOW_TRACKING_URI"])
     # The guard is taken on the registry thread once the dataset id is known, and held to the end; the
     # thread pool is left first, so a plan still running after a failure here has let go of it too.
     with contextlib.ExitStack() as guard, ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread:
         planned = registry_thread.submit(_plan, config, storage, resume_id, pinned, guard)
-        engine.connect()
-        plan = planned.result()
+        started_ray = engine.connect()
+        try:
+            plan = planned.result()
+        except BaseException:
+            if started_ray:  # nothing ran on it: leave no Ray behind a failed start
+                engine.stop_local_ray()
+            raise
         pinned, spec = plan.pinned, plan.spec
         dataset_id = spec.dataset_id
         log(f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
