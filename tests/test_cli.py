@@ -40,7 +40,7 @@ def read_png(path: Path):
 
 
 def test_train_prints_run_and_version(mlflow_sqlite):
-    result = invoke("train", "--epochs", "2", "--hidden", "32,16", "--seed", "5")
+    result = invoke("train", "--arch", "mlp", "--epochs", "2", "--hidden", "32,16", "--seed", "5")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"run_id: [0-9a-f]{32}", lines[0]), lines
@@ -49,7 +49,7 @@ def test_train_prints_run_and_version(mlflow_sqlite):
     assert lines[3] == f"tracking: {mlflow_sqlite.uri}"
     # progress goes to stderr, one line per epoch, results alone on stdout
     assert len(re.findall(r"epoch +\d+/2", result.stderr)) == 2 and "epoch" not in result.stdout
-    second = invoke("train", "--epochs", "1", "--hidden", "16")
+    second = invoke("train", "--arch", "mlp", "--epochs", "1", "--hidden", "16")
     assert second.exit_code == 0, second.output
     assert "registered: vae-decoder/2" in second.stdout
 
@@ -158,7 +158,7 @@ def test_installed_console_script_end_to_end(tmp_path):
         return subprocess.run([str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=300)
 
-    trained = vaegen("train", "--epochs", "3")
+    trained = vaegen("train", "--epochs", "3", "--prior-flow-steps", "50")  # the default architecture, briefly
     assert trained.returncode == 0, trained.stderr
     assert "registered: vae-decoder/1" in trained.stdout
     assert len(re.findall(r"epoch +\d+/3", trained.stderr)) == 3

@@ -122,22 +122,29 @@ def test_plain_generate_beside_the_running_cluster_starts_its_own_ray(readme_clu
     assert drivers == [], f"generate joined the cluster instead of starting its own: {drivers}"
 
 
-@pytest.mark.parametrize("tracking, out, fragment", [
+UNREACHABLE = [  # (MLFLOW_TRACKING_URI in the job's runtime env, --out, the error it must give)
     ("", "/abs/out", "MLFLOW_TRACKING_URI is not set inside this Ray job"),
     ("sqlite:///mlflow.db", "/abs/out", "MLFLOW_TRACKING_URI=sqlite:///mlflow.db is a relative path"),
     (None, "relative-out", "output root 'relative-out' is a relative path"),
-])
-def test_a_job_whose_store_or_output_the_cluster_cannot_reach_fails_in_one_line(readme_cluster, tracking, out, fragment):
+]
+
+
+def test_a_job_whose_store_or_output_the_cluster_cannot_reach_fails_in_one_line(readme_cluster):
     folder, ray_env, _ = readme_cluster
     env = {**shell_env(ray_env), "RAY_AUTH_MODE": "token"}
-    runtime_env = {} if tracking is None else {"env_vars": {"MLFLOW_TRACKING_URI": tracking}}
-    done = subprocess.run([str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", "http://127.0.0.1:8265",
-                           "--runtime-env-json", json.dumps(runtime_env), "--", "generate", "--n", "10", "--out", out],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-    assert done.returncode != 0, done.stdout[-2000:]
-    errors = {line for line in done.stdout.splitlines() if "vaegen: error:" in line}  # Ray echoes the job's log twice
-    assert len(errors) == 1 and fragment in errors.pop(), done.stdout[-3000:]
-    assert "Traceback" not in done.stdout
+    submits = []
+    for tracking, out, _ in UNREACHABLE:  # submitted at once: each waits for its own job only
+        runtime_env = {} if tracking is None else {"env_vars": {"MLFLOW_TRACKING_URI": tracking}}
+        submits.append(subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", "http://127.0.0.1:8265",
+             "--runtime-env-json", json.dumps(runtime_env), "--", "generate", "--n", "10", "--out", out],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for submit, (tracking, out, fragment) in zip(submits, UNREACHABLE):
+        stdout, _ = submit.communicate(timeout=COMMAND_TIMEOUT_S)  # the job's log is on stdout
+        assert submit.returncode != 0, (tracking, out, stdout[-2000:])
+        errors = {line for line in stdout.splitlines() if "vaegen: error:" in line}  # Ray echoes the job's log twice
+        assert len(errors) == 1 and fragment in errors.pop(), (tracking, out, stdout[-3000:])
+        assert "Traceback" not in stdout
     assert not list(folder.glob("**/mlflow.db"))[1:], "an empty store was created"
 
 

@@ -293,7 +293,8 @@ def test_second_node_lost_mid_job_the_job_finishes_on_what_remains(driver, untra
     finished_at = time.monotonic()
     seen["thread"].join(timeout=30)
     assert "lost_at" in seen and seen["parts_before"] <= N // R - 4, seen  # lost with shards still in flight on it
-    assert result.status == "generated" and result.manifest["execution"]["nodes"] == 2
+    # "resumed" when the lost node committed a part before it died: the shard's retry verified and kept it
+    assert result.status in ("generated", "resumed") and result.manifest["execution"]["nodes"] == 2
     ids = pq.read_table(directory, columns=["sample_id"])["sample_id"].to_numpy()
     np.testing.assert_array_equal(ids, np.arange(N))  # every row exactly once
     inspected = invoke("inspect", str(directory), "--deep")

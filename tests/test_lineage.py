@@ -111,6 +111,8 @@ def test_default_run_name_says_what_was_trained(data, expected):
     assert default_run_name(TrainJobConfig(data=data), now) == expected
     conditional = TrainJobConfig(conditional=True, hidden_sizes=(512, 256), latent_dim=16)
     assert default_run_name(conditional, now) == "train-digits-cvae512x256-z16-20261130T101530Z"
+    conv = TrainJobConfig.for_architecture("conv", data="mnist:/data/mnist", conditional=True)
+    assert default_run_name(conv, now) == "train-mnist-cvae-conv32x64-z16-20261130T101530Z"
 
 
 def test_report_folders_are_per_subject_and_never_take_anothers(tmp_path):
