@@ -94,7 +94,7 @@ def main() -> None:
                     result = run(config)
                     metrics = result.quality.metrics
                     report_started = time.perf_counter()
-                    reports.model_report(f"quality-bench/{result.pinned.version}", reports.ReportConfig(out_dir=f"{folder}/again"))
+                    reports.model_report(f"quality-bench/{result.pinned.version}", reports.ReportConfig(root=f"{folder}/again"))
                     report_s = time.perf_counter() - report_started  # the classifier is cached: the report alone
                     row = {"data": source_name, "model": model_name, "architecture": architecture, "conditional": conditional,
                            "params": config.params(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import secrets
 import time
@@ -70,12 +71,19 @@ def generate(
         tracking.check_store(os.environ["MLFLOW_TRACKING_URI"])
     # The guard is taken on the registry thread once the dataset id is known, and held to the end; the
     # thread pool is left first, so a plan still running after a failure here has let go of it too.
-    with contextlib.ExitStack() as guard, ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread:
+    # The workers (killed first on the way out) are started as soon as Ray is up when the shard count is known
+    # without the model (not a --resume): they import torch while this process imports MLflow and resolves.
+    with contextlib.ExitStack() as guard, ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread, \
+            contextlib.ExitStack() as workers:
         planned = registry_thread.submit(_plan, config, storage, resume_id, pinned, guard)
         started_ray = engine.connect()
         try:
+            pool = None
+            if resume_id is None and config.n is not None:
+                pool = workers.enter_context(_worker_pool(config, math.ceil(config.n / config.rows_per_shard), storage, log))
             plan = planned.result()
         except BaseException:
+            workers.close()
             if started_ray:  # nothing ran on it: leave no Ray behind a failed start
                 engine.stop_local_ray()
             raise
@@ -85,14 +93,19 @@ def generate(
             + (" (random: pass --seed to reproduce)" if plan.seed_was_random else ""))
         if plan.committed is not None:
             return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", plan.committed, plan.seed_was_random)
-        placement = engine.plan_placement(config.engine, spec.num_shards, storage, log)
-        with engine.WorkerPool(storage, placement, config.engine.stall_timeout_s) as pool:  # workers import torch meanwhile
-            if on_workers is not None:
-                on_workers(pool.workers)
-            loading = registry_thread.submit(_load, pinned)
-            record = _run(spec, pinned, loading, plan.fresh, storage, placement, pool, log, config.redact_provenance)
+        if pool is None:
+            pool = workers.enter_context(_worker_pool(config, spec.num_shards, storage, log))
+        if on_workers is not None:
+            on_workers(pool.workers)
+        loading = registry_thread.submit(_load, pinned)
+        record = _run(spec, pinned, loading, plan.fresh, storage, pool.placement, pool, log, config.redact_provenance)
     status = "generated" if record["timings"]["shards_reused"] == 0 else "resumed"
     return GenerateResult(dataset_id, storage.location(dataset_id), status, record, plan.seed_was_random)
+
+
+def _worker_pool(config: GenerateConfig, num_shards: int, storage: Storage, log: Callable[[str], None]) -> engine.WorkerPool:
+    placement = engine.plan_placement(config.engine, num_shards, storage, log)
+    return engine.WorkerPool(storage, placement, config.engine.stall_timeout_s)
 
 
 def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, resolved: PinnedModel | None,
