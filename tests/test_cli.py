@@ -185,3 +185,34 @@ def test_every_command_help_shows_examples_that_use_it():
         assert uses, f"`vaegen {name} --help` shows no example of itself:\n{result.stdout}"
     assert "NAME limits the listing to one registered model" in invoke("models", "--help").stdout
     assert "NAME/latest" in invoke("--help").stdout and "NAME/latest" in invoke("sample", "--help").stdout
+
+
+HEAVY_PROBE = """
+import sys
+from jobs.cli import main
+try:
+    main(sys.argv[1:], prog_name="vaegen")
+except SystemExit as done:
+    code = done.code
+print("exit", code, "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+@pytest.mark.slow  # starts a local Ray
+def test_the_driver_never_imports_torch(trained_version, tmp_path):
+    """Commands that do not decode never pay torch's import: usage errors, `models`, and the generate driver
+    (its workers decode)."""
+    from ray_cluster import make_ray_env, stop_tagged
+
+    ray_env = make_ray_env()
+    env = {**os.environ, **ray_env.variables(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        for args, code in ((["generate", "--n", "-5"], 2), (["models"], 0),
+                           (["generate", "--model", "vae-decoder/1", "--n", "1000", "--out", str(tmp_path)], 0)):
+            done = subprocess.run([sys.executable, "-c", HEAVY_PROBE, *args], env=env, capture_output=True, text=True,
+                                  timeout=300)
+            assert done.stderr.strip().splitlines()[-1] == f"exit {code} False", (args, done.stderr[-3000:])
+        assert any(tmp_path.glob("*/_manifest.json"))  # the dataset was committed
+    finally:
+        stop_tagged(ray_env.tag)
