@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 TAG_VARIABLE = "VAEGEN_TEST_RAY_TAG"
-STOP_GRACE_S = 5  # SIGTERM first: raylet and GCS shut their workers down; then SIGKILL what is left
+STOP_GRACE_S = 1  # SIGTERM first: raylet and GCS shut their workers down; then SIGKILL what is left (a test cluster keeps nothing)
 START_TIMEOUT_S = 180  # `ray start` takes ~5 s alone; far longer on a loaded 2-core CI box
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 
