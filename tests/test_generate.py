@@ -29,6 +29,7 @@ import torch
 from click.testing import CliRunner
 
 from jobs.cli import main
+from jobs.generate import engine
 from jobs.generate.engine import EngineOptions
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.parts import PartWriter
@@ -201,6 +202,7 @@ def local_ray_module() -> Iterator[LocalRay]:
         try:
             yield local
         finally:
+            engine.stop_local_ray()  # kill, not Ray's graceful shutdown: nothing on it is kept
             ray.shutdown()
             survivors = stop_tagged(env.tag)
             shutil.rmtree(env.root, ignore_errors=True)
