@@ -22,7 +22,7 @@ import mlflow
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, RunStatus
+from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Param, RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
@@ -171,8 +171,8 @@ def job_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[s
     client = mlflow.MlflowClient()
     run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags=tags or {})
     job = JobRun(client, run.info.run_id, experiment)
-    for key, value in params.items():
-        client.log_param(job.run_id, key, json.dumps(value) if isinstance(value, (list, dict, tuple)) else value)
+    client.log_batch(job.run_id, params=[  # one round trip to a tracking server, not one per parameter
+        Param(key, json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)) for key, value in params.items()])
     try:
         yield job
     except BaseException:

@@ -114,7 +114,7 @@ def ray_jobs(cluster: RayCluster, prefix: str) -> dict[str, str]:
 
 def test_one_ray_job_per_kubernetes_job_whatever_happens_to_its_pods(cluster: RayCluster, tmp_path: Path) -> None:
     job_name, job_uid = "vaegen-refresh-29410560", str(uuid.uuid4())
-    pod = Pod(cluster, tmp_path, job_name, job_uid, sleep_s=12)  # long enough for the replacement pod to find it running
+    pod = Pod(cluster, tmp_path, job_name, job_uid, sleep_s=8)  # long enough for the replacement pod to find it running
 
     # The first pod submits, then dies while following (evicted, node lost): the Ray job goes on.
     first = pod.start()

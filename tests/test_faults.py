@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow  # a two-node Ray cluster, jobs killed in the midd
 MODEL = "vae-decoder/1"
 N, R = 400_000, 25_000  # 16 parts of ~6 MB: a part takes long enough to be caught mid-write
 POISON = 3
-STALL_S = 15.0  # the hung-worker test's --stall-timeout
+STALL_S = 8.0  # the hung-worker test's --stall-timeout
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 SUBPROCESS_TIMEOUT_S = 300
 
