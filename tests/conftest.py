@@ -56,6 +56,15 @@ def use_tracking_store(uri: str, root: Path) -> Iterator[TrackingStore]:
             mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """VAEGEN_CACHE for the module: quality reports train their reference classifier once and share it."""
+    root = tmp_path_factory.mktemp("vaegen-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VAEGEN_CACHE", str(root))
+        yield root
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_ray_left_behind() -> Iterator[None]:
     """A command run in-process (CliRunner) that starts a Ray keeps it, as a library call does; the console

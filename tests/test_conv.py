@@ -10,7 +10,6 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -38,14 +37,6 @@ CONV, COND = "vae-conv", "vae-conv-cond"
 N, SEED, BLOCK_ROWS = 6_000, 23, 1_000  # 1,000-row decode blocks: every worker and shard size meets the same blocks
 # Gate options for tiny test models: gate 3 runs and prints every check, but nothing a 3-epoch model cannot meet.
 LENIENT = ("--min-precision", "0", "--min-class-coverage", "0", "--max-frechet-ratio", "1000", "--min-label-accuracy", "0", "--min-tstr-ratio", "0")
-
-
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("vaegen-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VAEGEN_CACHE", str(root))
-        yield root
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import pytest
@@ -131,15 +130,6 @@ def test_report_folders_are_per_subject_and_never_take_anothers(tmp_path):
 
 
 # ---------------------------------------------------------------- a real SQLite store
-
-
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """VAEGEN_CACHE for the module: the reference classifier is trained once and shared."""
-    root = tmp_path_factory.mktemp("vaegen-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VAEGEN_CACHE", str(root))
-        yield root
 
 
 @dataclasses.dataclass(frozen=True)

@@ -383,15 +383,6 @@ COND_N, COND_SEED, COND_R = 20_000, 23, 5_000
 MIN_HELD_OUT_ACCURACY = 0.7
 
 
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory) -> Any:
-    """VAEGEN_CACHE for the module: quality reports train their reference classifier once."""
-    root = tmp_path_factory.mktemp("vaegen-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VAEGEN_CACHE", str(root))
-        yield root
-
-
 @dataclasses.dataclass(frozen=True)
 class Conditional:
     reference: str  # the registered CVAE, with its quality report

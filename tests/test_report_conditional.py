@@ -9,7 +9,6 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Iterator
 
 import matplotlib.image
 import mlflow
@@ -47,15 +46,6 @@ MIN_LABEL_ACCURACY = 0.85
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """VAEGEN_CACHE for the module: the reference classifier is trained once and shared by every report."""
-    root = tmp_path_factory.mktemp("vaegen-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VAEGEN_CACHE", str(root))
-        yield root
 
 
 @dataclasses.dataclass(frozen=True)
