@@ -163,6 +163,10 @@ def run_mlflow_server(root: Path, backend_store_uri: str, workers: int = 1) -> I
     # Not the tag of a test Ray either (when a module's Ray env is active as the server first starts):
     # that Ray's teardown stops every process carrying its tag, which would take this shared server down.
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_") and key != TAG_VARIABLE}
+    # Webhooks to receivers on loopback (tests/test_webhook.py): MLflow sends only to public https by default,
+    # and caches each event's webhook list for 60 s (a webhook registered mid-session would wait for it).
+    env.update(MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true", MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https",
+               MLFLOW_WEBHOOK_CACHE_TTL="1")
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
