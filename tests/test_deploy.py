@@ -74,9 +74,9 @@ def objects_of_kind(kind: str) -> list[dict[str, Any]]:
     return [doc for _, doc in k8s_objects() if doc["kind"] == kind]
 
 
-def one(kind: str) -> dict[str, Any]:
-    found = objects_of_kind(kind)
-    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [doc for doc in objects_of_kind(kind) if name is None or doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected exactly one {kind}" + (f" named {name}" if name else "") + f", found {len(found)}"
     return found[0]
 
 
@@ -162,7 +162,7 @@ def compose(path: Path = COMPOSE) -> dict[str, Any]:
 def test_deploy_files_exist() -> None:
     expected = ["Dockerfile", "compose.yaml", ".env.example", "RUNBOOK.md", "k8s/namespace.yaml",
                 "k8s/mlflow.yaml", "k8s/raycluster.yaml", "k8s/rayjob-generate.yaml",
-                "k8s/raycronjob-refresh.yaml", "k8s/cronjob-refresh.yaml"]
+                "k8s/raycronjob-refresh.yaml", "k8s/cronjob-refresh.yaml", "k8s/webhook.yaml"]
     missing = [name for name in expected if not (DEPLOY / name).is_file()]
     assert not missing, f"missing under deploy/: {missing}"
 
@@ -459,7 +459,7 @@ def test_env_references_resolve_and_command_variables_are_defined() -> None:
 
 def test_mlflow_server_uses_postgres_and_s3_from_secret_and_configmap() -> None:
     secrets, config_maps = _defined_env()
-    container = one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = one("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
     argv = [*container.get("command", []), *container.get("args", [])]
     assert argv[:2] == ["mlflow", "server"]
     assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in argv
@@ -473,7 +473,7 @@ def test_mlflow_server_uses_postgres_and_s3_from_secret_and_configmap() -> None:
         assert config.get(key), f"ConfigMap lacks {key}"
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set().union(*secrets.values())
     # The tracking URI must reach the Service, and mlflow must accept its Host header.
-    service = one("Service")
+    service = one("Service", "mlflow")
     uri = urlsplit(config["MLFLOW_TRACKING_URI"])
     assert uri.hostname.split(".")[0] == service["metadata"]["name"]
     assert uri.port in [port["port"] for port in service["spec"]["ports"]]
@@ -494,7 +494,7 @@ def _connections_per_replica(workers: int, env: dict[str, str]) -> int:
 
 
 def test_mlflow_deployment_is_consistent_across_workers() -> None:
-    deployment = one("Deployment")
+    deployment = one("Deployment", "mlflow")
     spec = deployment["spec"]["template"]["spec"]
     (init,) = spec["initContainers"]
     server = spec["containers"][0]
@@ -539,7 +539,7 @@ def test_mlflow_flags_used_by_deploy_exist() -> None:
     from click.testing import CliRunner
     from mlflow.cli import cli
 
-    server_flags = {arg.split("=", 1)[0] for arg in one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]}
+    server_flags = {arg.split("=", 1)[0] for arg in one("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]}
     server_flags |= {word for word in " ".join(compose()["services"]["mlflow"]["command"]).split() if word.startswith("--")}
     help_text = CliRunner().invoke(cli, ["server", "--help"]).output
     missing = sorted(flag for flag in server_flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text))
@@ -583,9 +583,9 @@ def test_pickle_deserialization_is_off_in_every_python_process() -> None:
     containers = [(f"{path.name}{where}/{c['name']}", c) for path, doc in k8s_objects()
                   for where, spec in all_pod_specs_in(doc) for c in containers_of(spec)]
     names = sorted({c["name"] for _, c in containers})
-    assert names == ["db-upgrade", "mlflow", "ray-head", "ray-job-submitter", "ray-worker", "submit"], names
-    # 3 Ray clusters x (head, GPU worker), 2 submitters, the CronJob's, mlflow and its db-upgrade.
-    assert len(containers) == 11, [where for where, _ in containers]
+    assert names == ["db-upgrade", "mlflow", "ray-head", "ray-job-submitter", "ray-worker", "submit", "webhook"], names
+    # 3 Ray clusters x (head, GPU worker), 2 submitters, the CronJob's, mlflow and its db-upgrade, the webhook receiver.
+    assert len(containers) == 12, [where for where, _ in containers]
     for where, container in containers:
         assert _effective_env(container).get(variable) == "false", f"{where}: {variable} is not 'false'"
     for path in COMPOSE_FILES:
@@ -694,7 +694,7 @@ def test_compose_ports_bind_loopback_unless_configured(path: Path) -> None:
 
 def test_compose_long_running_services_have_healthchecks() -> None:
     services = compose()["services"]
-    long_running = {"postgres", "minio", "mlflow", "ray-head", "refresh"}
+    long_running = {"postgres", "minio", "mlflow", "ray-head", "refresh", "webhook"}
     assert long_running <= set(services)
     for name, service in services.items():
         one_shot = str(service.get("restart", "no")) == "no"  # bucket creation, the ad-hoc cli
@@ -770,6 +770,7 @@ def test_env_example_documents_every_variable_and_holds_no_secret() -> None:
 # The vaegen command lines in the manifests and the runbook exist, with those flags
 # --------------------------------------------------------------------------------------------
 
+COMMAND_GROUPS = {"webhook"}  # vaegen commands that take a subcommand
 _SEPARATORS = {";", ";;", "&&", "||", "|", "&", "(", ")", "!", "then", "do", "done", "else", "elif", "fi"}
 
 
@@ -795,6 +796,8 @@ def commands_in(text: str) -> set[tuple[str, str | None, tuple[str, ...]]]:
                 nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
                 sub = nxt if re.fullmatch(r"[a-z][a-z-]*", nxt) else None
                 program, start = "vaegen", i + (2 if sub else 1)
+                if sub in COMMAND_GROUPS and start < len(tokens):  # `vaegen webhook serve ...`
+                    sub, start = f"{sub} {tokens[start]}", start + 1
             elif token.rsplit("/", 1)[-1] == "generate" and (
                     i == 0 or previous in _SEPARATORS | {"--", "exec"} or previous.startswith("$")):
                 program, sub, start = "generate", None, i + 1
@@ -804,7 +807,7 @@ def commands_in(text: str) -> set[tuple[str, str | None, tuple[str, ...]]]:
             for arg in tokens[start:]:
                 if arg in _SEPARATORS or arg == "--":
                     break
-                if arg.startswith("--"):
+                if arg.startswith("--") and not any(char.isspace() for char in arg):  # not a quoted value
                     flags.append(arg.split("=", 1)[0])
             if sub or flags or program == "generate":
                 found.add((program, sub, tuple(flags)))
@@ -864,7 +867,7 @@ def _help_text(program: str, sub: str | None) -> str:
 
     runner = CliRunner()
     if program == "vaegen":
-        result = runner.invoke(main, [*([sub] if sub else []), "--help"], prog_name="vaegen")
+        result = runner.invoke(main, [*(sub.split() if sub else []), "--help"], prog_name="vaegen")
         assert result.exit_code == 0, f"`vaegen {sub or ''} --help` failed:\n{result.output}"
         return result.output
     from jobs.cli import generate_main

@@ -190,3 +190,24 @@ def test_only_a_genuine_promotion_starts_a_refresh_and_it_moves_latest(store, mo
     manifest = json.loads((root / latest["dataset_id"] / "_manifest.json").read_text())
     assert (manifest["model"]["name"], manifest["model"]["version"], manifest["n"]) == (model_name, 1, 256)
     assert len([line for line in receiver.lines() if "started `vaegen refresh" in line]) == 1
+
+
+def test_the_deployed_receivers_refresh_arguments_are_accepted_as_serve_would():
+    """deploy/k8s/webhook.yaml and deploy/compose.yaml give `--refresh` a whole refresh command line: it must
+    pass the checks `vaegen webhook serve` makes at start (a typo there is a crash-looping pod)."""
+    import yaml
+
+    from jobs.cli import _refresh_target
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    docs = list(yaml.safe_load_all((deploy / "k8s" / "webhook.yaml").read_text()))
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    k8s_command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    compose_command = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]["webhook"]["command"]
+    compose_refresh = compose_command[compose_command.index("--refresh") + 1]
+    compose_refresh = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", compose_refresh)  # Compose's defaults
+    for command, refresh in ((k8s_command, k8s_command[k8s_command.index("--refresh") + 1]),
+                             (compose_command, compose_refresh)):
+        assert command[:3] == ["vaegen", "webhook", "serve"] and "--ray-address" in command
+        target = _refresh_target(refresh)
+        assert (target.name, target.alias) == ("vae-decoder", "champion"), refresh
