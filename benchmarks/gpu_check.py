@@ -152,7 +152,8 @@ def measure_encode_cpu(model, n: int, scratch: Path) -> dict:
     torch.set_num_threads(1)
     predictor = predictor_for(model, n, "cpu")
     blocks = min(ENCODE_BLOCKS, -(-n // predictor.spec.block_rows))  # a tiny n (the CPU self-test) encodes one block
-    result = load_generate_benchmark().encode_cpu(predictor.spec, predictor, arrow_schema(predictor.spec), scratch, blocks)
+    schema = arrow_schema(predictor.spec)
+    result = load_generate_benchmark().encode_cpu(predictor.spec, predictor, schema, scratch, blocks)
     (scratch / "encode.parquet").unlink()
     rows_per_core_s = n / result["seconds"]
     return {"status": "measured", "rows_measured": result["rows_measured"], "rows_per_s_per_core": rows_per_core_s,
@@ -242,13 +243,14 @@ class Sampler:
                 "process_peak_rss_bytes_max": max(self.peaks.values(), default=None)}
 
 
-def vaegen(*args: str, sampled: bool = False, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, dict]:
+def vaegen(*args: str, sampled: bool = False) -> tuple[subprocess.CompletedProcess, float, dict]:
     """Run `vaegen ARGS` as a user does (the console script beside this Python); (result, wall seconds, samples)."""
     script = Path(sys.executable).parent / "vaegen"
-    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from jobs.cli import vaegen_main; vaegen_main()"]
+    module_call = [sys.executable, "-c", "from jobs.cli import vaegen_main; vaegen_main()"]
+    command = [str(script)] if script.is_file() else module_call
     command += args
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = Sampler(process.pid)
     if sampled:
         sampler.thread.start()
@@ -281,8 +283,8 @@ def measure_generate(reference: str, n: int, device: str, scratch: Path, deep_in
                   "total_bytes": record["total_bytes"], "parts": len(record["files"]), **samples}
         if deep_inspect:
             inspected, inspect_s, _ = vaegen("inspect", str(folder), "--deep")
-            result["inspect_deep"] = ({"status": "passed", "seconds": inspect_s, "stdout_tail": inspected.stdout[-1000:]}
-                                      if inspected.returncode == 0 else failed(inspected))
+            passed = {"status": "passed", "seconds": inspect_s, "stdout_tail": inspected.stdout[-1000:]}
+            result["inspect_deep"] = passed if inspected.returncode == 0 else failed(inspected)
         return result
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -293,8 +295,8 @@ def run_cuda_tests(out: Path) -> dict:
     if missing("pytest"):
         return skipped(missing("pytest"))
     junit = out / JUNIT
-    command = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider",
-               f"--junitxml={junit}"]
+    command = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-q", "-rs",
+               "-p", "no:cacheprovider", f"--junitxml={junit}"]
     started = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     cases = []
@@ -307,7 +309,8 @@ def run_cuda_tests(out: Path) -> dict:
     outcomes = [case["outcome"] for case in cases]
     status = "failed" if completed.returncode not in (0, 5) or {"failure", "error"} & set(outcomes) else "ran"
     return {"status": status, "command": " ".join(command[1:]), "exit_code": completed.returncode,
-            "seconds": time.perf_counter() - started, "counts": {outcome: outcomes.count(outcome) for outcome in set(outcomes)},
+            "seconds": time.perf_counter() - started,
+            "counts": {outcome: outcomes.count(outcome) for outcome in set(outcomes)},
             "cases": cases, "output_tail": completed.stdout[-3000:] if status == "failed" else completed.stdout[-500:]}
 
 

@@ -26,7 +26,8 @@ if [ "${GPU_CHECK_INSTALL:-1}" != 0 ]; then
     [ -d "$VAEGEN_WHEELS" ] || { echo "gpu_check.sh: VAEGEN_WHEELS=$VAEGEN_WHEELS is not a folder" >&2; exit 2; }
     export PIP_NO_INDEX=1 PIP_FIND_LINKS="$(cd "$VAEGEN_WHEELS" && pwd)"
   fi
-  if [ ! -x "$venv/bin/python" ] && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  has_cuda_torch="import torch, sys; sys.exit(not torch.cuda.is_available())"
+  if [ ! -x "$venv/bin/python" ] && python3 -c "$has_cuda_torch" 2>/dev/null; then
     echo "gpu_check.sh: python3's CUDA torch is reused: $venv gets --system-site-packages" >&2
     python3 -m venv --system-site-packages "$venv"
   fi

@@ -37,7 +37,8 @@ def predictor(config: VAEConfig, device: str, dtype: str = "float32") -> Predict
     decoder = VAE(config).decoder
     spec = DatasetSpec("cuda-test", 1, n=N, seed=42, latent_dim=config.latent_dim, sample_shape=config.input_shape,
                        dtype=dtype, block_rows=BLOCK)
-    return Predictor(spec, config.to_dict(), {key: value.numpy() for key, value in decoder.state_dict().items()}, device)
+    state = {key: value.numpy() for key, value in decoder.state_dict().items()}
+    return Predictor(spec, config.to_dict(), state, device)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "uint8"])

@@ -26,8 +26,8 @@ def test_gpu_check_without_cuda_measures_the_cpu_parts_and_records_why_the_cuda_
            "VAEGEN_VENV": str(Path(sys.executable).parents[1])}
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
-    completed = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(out), "--archs", "conv", "--scratch", str(tmp_path)],
-                               capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    command = ["bash", "benchmarks/gpu_check.sh", str(out), "--archs", "conv", "--scratch", str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert sorted(path.name for path in out.iterdir()) == ["cuda_tests.xml", "gpu_check.json"]
     report = json.loads((out / "gpu_check.json").read_text())
