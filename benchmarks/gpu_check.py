@@ -67,9 +67,16 @@ def missing(*modules: str) -> str | None:
             if not torch.cuda.is_available():
                 return (f"CUDA absent: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no GPU "
                         f"(torch.cuda.is_available() is False)")
-        elif importlib.util.find_spec(name) is None:
+        elif not installed(name):
             return f"{name} is not installed here (bash deploy/install.sh installs it)"
     return None
+
+
+def installed(name: str) -> bool:
+    """A regular package of that name is importable (a folder of that name in the working directory, such as
+    Ray's /tmp/ray, makes a namespace package: not the package)."""
+    spec = importlib.util.find_spec(name)
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 def skipped(reason: str) -> dict:
@@ -85,7 +92,7 @@ def environment(scratch: Path) -> dict:
             "torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": cuda,
             "gpus": [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())] if cuda else [],
             "nvidia_smi": subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip() if smi else None,
-            "installed": {name: importlib.util.find_spec(name) is not None for name in ("ray", "mlflow", "pytest")},
+            "installed": {name: installed(name) for name in ("ray", "mlflow", "pytest")},
             "scratch": str(scratch), "scratch_free_bytes": shutil.disk_usage(scratch).free}
 
 
