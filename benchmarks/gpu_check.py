@@ -2,20 +2,19 @@
 
     python benchmarks/gpu_check.py --out DIR [--n 10000000] [--archs mlp,conv] [--scratch DIR]
 
-`benchmarks/gpu_check.sh` installs what it needs first and then runs this. For each of the default MLP
-(2 -> 128 -> 28x28) and the conv recipe (z 16, channels 32 and 64, its 8-layer prior flow), both untrained and
-seeded (throughput does not depend on the weights), it measures at n rows:
+`benchmarks/gpu_check.sh` installs, then runs this. For the default MLP (2 -> 128 -> 28x28) and the conv recipe
+(z 16, channels 32 and 64, 8-layer prior flow), untrained and seeded (the weights do not change the cost), at n rows:
   decode_cuda      decoding alone on the GPU (z drawn beforehand, host-device copies included), at the job's
-                   block of 4,096 rows for n rows, and a grid of larger blocks on a sample; peak GPU memory
+                   block of 4,096 rows for n rows, a grid of larger blocks on a sample, the same with TF32
+                   (what the job's exact float32 costs); peak GPU memory
   encode_cpu       Parquet encoding alone on one core (CPU time for 32 blocks, scaled), the job's bytes
   generate_cuda    `vaegen generate --device cuda` as a user runs it: whole-command and in-job rows/s, GPU
                    utilisation and memory (nvidia-smi), CPU utilisation (/proc/stat), peak memory of the
                    command's process tree; then `vaegen inspect --deep` of the dataset it made
   generate_cpu     the same with --device cpu on the same node
-and runs tests/test_cuda.py (marker `cuda`), recording each test's outcome or skip reason. A part that cannot
-run here is recorded as {"status": "skipped", "reason": ...} (no CUDA, no Ray or MLflow installed), one that
-breaks as {"status": "failed", ...}; the exit code is 1 when anything failed, else 0. Datasets are deleted
-once measured (10M float32 28x28 rows are about 24 GB).
+and runs tests/test_cuda.py (marker `cuda`), recording each test's outcome or skip reason. A part that cannot run
+here is {"status": "skipped", "reason": ...} (no CUDA; no Ray or MLflow), one that breaks {"status": "failed", ...};
+exit code 1 when anything failed. Datasets are deleted once measured (10M float32 28x28 rows: about 24 GB).
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ SEED = 0
 
 
 def load_generate_benchmark():
-    """benchmarks/generate.py (not a package): its encode measurement and /proc readers are reused here."""
+    """benchmarks/generate.py (not a package): its encode measurement and peak-RSS reader are reused here."""
     spec = importlib.util.spec_from_file_location("benchmark_generate", REPO / "benchmarks" / "generate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -73,8 +72,7 @@ def missing(*modules: str) -> str | None:
 
 
 def installed(name: str) -> bool:
-    """A regular package of that name is importable (a folder of that name in the working directory, such as
-    Ray's /tmp/ray, makes a namespace package: not the package)."""
+    """A package, not a namespace one (a folder of that name in the working directory, such as /tmp/ray)."""
     spec = importlib.util.find_spec(name)
     return spec is not None and spec.origin not in (None, "namespace")
 
@@ -146,9 +144,26 @@ def measure_decode_cuda(model, n: int) -> dict:
             for batch in DECODE_GRID]
     started = time.perf_counter()
     main = rows_per_s(block, n)
-    return {"status": "measured", "rows": n, "block_rows": block, "rows_per_s": main,
-            "seconds": time.perf_counter() - started, "grid": grid,
+    seconds = time.perf_counter() - started
+    return {"status": "measured", "rows": n, "block_rows": block, "rows_per_s": main, "seconds": seconds, "grid": grid,
+            "tf32_rows_per_s": tf32_rows_per_s(lambda: rows_per_s(block, min(n, GRID_ROWS))),
             "gpu_peak_memory_bytes": torch.cuda.max_memory_allocated(), "gpu": torch.cuda.get_device_name()}
+
+
+def tf32_rows_per_s(measure) -> float | None:
+    """The same decode with PyTorch's default TF32 convolutions and matmuls: what exact float32 costs
+    (docs/decisions.md, "Devices"). None where torch predates the fp32_precision switches."""
+    import torch
+
+    from jobs.generate.predictor import use_exact_cuda_math
+
+    if not hasattr(torch.backends.cudnn, "conv"):
+        return None
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        return measure()
+    finally:
+        use_exact_cuda_math()
 
 
 def measure_encode_cpu(model, n: int, scratch: Path) -> dict:
@@ -201,24 +216,15 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def rss_bytes(pid: int, field: str = "VmRSS:") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class Sampler:
     """Every POLL_S while a command runs: the node's CPU utilisation, the GPUs' utilisation and memory
-    (nvidia-smi, where there is one), the summed RSS of the command's process tree and each process's peak RSS."""
+    (nvidia-smi, where there is one), and the peak RSS (VmHWM) of each process of the command's tree."""
 
     def __init__(self, root: int):
         self.root, self.stop = root, threading.Event()
-        self.cpu, self.gpu_util, self.gpu_memory, self.tree_rss = [], [], [], []
+        self.cpu, self.gpu_util, self.gpu_memory = [], [], []
         self.peaks: dict[int, int] = {}
+        self.peak_rss_bytes = load_generate_benchmark().peak_rss_bytes
         self.smi = shutil.which("nvidia-smi")
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -228,10 +234,11 @@ class Sampler:
             now = cpu_busy_total()
             self.cpu.append(100.0 * (now[0] - last[0]) / max(1, now[1] - last[1]))
             last = now
-            pids = process_tree(self.root)
-            self.tree_rss.append(sum(rss_bytes(pid) for pid in pids))
-            for pid in pids:
-                self.peaks[pid] = max(self.peaks.get(pid, 0), rss_bytes(pid, "VmHWM:"))
+            for pid in process_tree(self.root):
+                try:
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), self.peak_rss_bytes(pid))
+                except OSError:  # ended meanwhile
+                    continue
             if self.smi:
                 query = [self.smi, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
                 lines = subprocess.run(query, capture_output=True, text=True).stdout.split("\n")
@@ -246,26 +253,23 @@ class Sampler:
         return {"samples": len(self.cpu), "period_s": POLL_S, "cpu_utilisation_percent": stats(self.cpu),
                 "gpu_utilisation_percent": stats(self.gpu_util),
                 "gpu_memory_used_bytes_max": max(self.gpu_memory, default=None),
-                "process_tree_rss_bytes_max": max(self.tree_rss, default=None),
-                "process_peak_rss_bytes_max": max(self.peaks.values(), default=None)}
+                "process_peak_rss_bytes_max": max(self.peaks.values(), default=None),  # the largest process
+                "process_peak_rss_bytes_sum": sum(self.peaks.values()) or None}  # an upper bound (shared pages)
 
 
-def vaegen(*args: str, sampled: bool = False) -> tuple[subprocess.CompletedProcess, float, dict]:
+def vaegen(*args: str) -> tuple[subprocess.CompletedProcess, float, dict]:
     """Run `vaegen ARGS` as a user does (the console script beside this Python); (result, wall seconds, samples)."""
     script = Path(sys.executable).parent / "vaegen"
     module_call = [sys.executable, "-c", "from jobs.cli import vaegen_main; vaegen_main()"]
-    command = [str(script)] if script.is_file() else module_call
-    command += args
+    command = ([str(script)] if script.is_file() else module_call) + list(args)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = Sampler(process.pid)
-    if sampled:
-        sampler.thread.start()
+    sampler.thread.start()
     stdout, stderr = process.communicate()
     seconds = time.perf_counter() - started
-    if sampled:
-        sampler.stop.set()
-        sampler.thread.join()
+    sampler.stop.set()
+    sampler.thread.join()
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), seconds, sampler.summary()
 
 
@@ -278,7 +282,7 @@ def measure_generate(reference: str, n: int, device: str, scratch: Path, deep_in
     """`vaegen generate` of n rows on `device`, sampled while it runs; the dataset is deleted afterwards."""
     out = scratch / f"datasets-{device}"
     generated, seconds, samples = vaegen("generate", "--model", reference, "--n", str(n), "--seed", str(SEED),
-                                         "--out", str(out), "--device", device, sampled=True)
+                                         "--out", str(out), "--device", device)
     try:
         if generated.returncode != 0:
             return failed(generated)
