@@ -15,10 +15,11 @@
 # --system-site-packages so that pip keeps that torch instead of downloading 4 GB of another build.
 # Everything else (the figures, the skip reasons, the JSON) is benchmarks/gpu_check.py's: see its docstring.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-out="${1:-benchmarks/out/gpu_check}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${1:-$repo/benchmarks/out/gpu_check}"  # a relative OUT_DIR is the caller's, made absolute before the cd
 [ $# -gt 0 ] && shift
+mkdir -p "$out" && out="$(cd "$out" && pwd)"
+cd "$repo"
 venv="${VAEGEN_VENV:-.venv}"
 
 if [ "${GPU_CHECK_INSTALL:-1}" != 0 ]; then
@@ -41,5 +42,4 @@ if [ -n "${GPU_CHECK_PYTHON:-}" ]; then  # an interpreter that has the packages 
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 command -v "$python" >/dev/null || { echo "gpu_check.sh: no $python; run without GPU_CHECK_INSTALL=0" >&2; exit 2; }
-mkdir -p "$out"
 PYTHONUNBUFFERED=1 exec "$python" benchmarks/gpu_check.py --out "$out" --n "${GPU_CHECK_N:-10000000}" "$@"
