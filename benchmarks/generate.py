@@ -256,21 +256,25 @@ def scenario_naive(model: str, n: int, dtype: str, layout: str, out: Path) -> di
 
 def scenario_encode(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
     """Parquet encoding alone, on one core: CPU seconds for 32 decoded blocks, scaled to n rows."""
-    import numpy as np
     import torch
-
-    from jobs.generate.parts import parquet_writer, record_batch
 
     torch.set_num_threads(1)
     spec, predictor, schema = job_pieces(model, n, dtype, layout)
-    blocks = 32
+    return encode_cpu(spec, predictor, schema, out)
+
+
+def encode_cpu(spec, predictor, schema, out: Path, blocks: int = 32) -> dict:
+    """CPU seconds to encode `blocks` decoded blocks into one Parquet file on this thread, scaled to spec.n rows
+    (benchmarks/gpu_check.py measures the encode side of a GPU node with it too)."""
+    from jobs.generate.parts import parquet_writer, record_batch
+
     batches = [record_batch(predictor({"sample_id": np.arange(j * spec.block_rows, (j + 1) * spec.block_rows)}), schema)
                for j in range(blocks)]
     started = time.process_time()
     with parquet_writer(str(out / "encode.parquet"), schema, spec) as writer:
         for batch in batches:
             writer.write_batch(batch, row_group_size=spec.block_rows)
-    scale = n / (blocks * spec.block_rows)
+    scale = spec.n / (blocks * spec.block_rows)
     return {"seconds": (time.process_time() - started) * scale, "bytes": (out / "encode.parquet").stat().st_size * scale,
             "rows_measured": blocks * spec.block_rows}
 

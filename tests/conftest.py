@@ -360,10 +360,10 @@ def trained_version(module_sqlite: TrackingStore) -> TrainedVersion:
     return TrainedVersion(module_sqlite, config, run(config))
 
 
-def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0):
+def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0, config=None):
     """A seeded, untrained decoder registered through the path training uses (weights-only, config, tags), in
     the active store: for tests that need a version to decode with and gates to pass, not a good model. Seconds,
-    where training takes tens of seconds on a loaded 2-core box."""
+    where training takes tens of seconds on a loaded 2-core box. `config`: a VAEConfig, default VAEConfig()."""
     import torch
 
     from registry import models
@@ -372,8 +372,8 @@ def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 
     from vae_core.training import TrainResult
 
     torch.manual_seed(0)
-    result = TrainResult(model=VAE(VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1, holdout_size=1,
-                         seconds=0.0)
+    result = TrainResult(model=VAE(config or VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1,
+                         holdout_size=1, seconds=0.0)
     with models.training_run("vaegen-train", "untrained-decoder", {}) as run:
         return run.register(result, name, {})
 
@@ -393,7 +393,7 @@ def module_http(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @contextlib.contextmanager
-def private_local_ray(num_cpus: int = 2) -> Iterator[str]:
+def private_local_ray(num_cpus: int = 2, num_gpus: int | None = None) -> Iterator[str]:
     """An in-process local Ray with a private HOME / temp dir / auth mode (tests/ray_cluster.py), for modules
     whose jobs run in this process and whose `vaegen` subprocesses join it (RAY_ADDRESS = the yielded GCS
     address); ALWAYS shut down and its processes stopped by tag."""
@@ -408,7 +408,7 @@ def private_local_ray(num_cpus: int = 2) -> Iterator[str]:
             patch.setenv(key, value)
         patch.delenv("RAY_ADDRESS", raising=False)
         ray.shutdown()
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.WARNING)
         try:
             yield ray.get_runtime_context().gcs_address
         finally:

@@ -266,6 +266,16 @@ def test_resume_of_a_record_copied_into_another_folder_is_refused(trained_versio
         one_error_line(invoke("generate", "--resume", resume, "--out", str(root)), 2, "is not a plain file or folder name")
 
 
+def test_resume_on_the_other_device_is_refused_naming_its_device(trained_version, local_ray, tmp_path):
+    directory = progress_of(trained_version, tmp_path, UNFINISHED_ID)  # as a killed CUDA run leaves it
+    record = {**json.loads((directory / manifest.PROGRESS).read_text()), "device": "cuda"}
+    (directory / manifest.PROGRESS).write_text(json.dumps(record))
+    result = invoke("generate", "--resume", UNFINISHED_ID, "--out", str(tmp_path), "--device", "cpu")
+    one_error_line(result, 2, "was started on cuda workers and this run would decode on cpu", "--device cuda")
+    assert everything_under(tmp_path) == [UNFINISHED_ID, f"{UNFINISHED_ID}/_progress.json"]
+    assert json.loads((directory / manifest.PROGRESS).read_text()) == record
+
+
 def test_spec_from_record_checks_every_field(trained_version, tmp_path):
     directory = progress_of(trained_version, tmp_path, UNFINISHED_ID)
     record = json.loads((directory / manifest.PROGRESS).read_text())

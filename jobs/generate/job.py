@@ -54,6 +54,7 @@ class Plan:
     seed_was_random: bool
     committed: dict[str, Any] | None  # the manifest when this dataset is committed and kept
     fresh: bool  # no unfinished run of this dataset to continue
+    started_on: str | None = None  # the device of the unfinished run's workers, where its record says
 
 
 def generate(
@@ -95,6 +96,10 @@ def generate(
             return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", plan.committed, plan.seed_was_random)
         if pool is None:
             pool = workers.enter_context(_worker_pool(config, spec.num_shards, storage, log))
+        if plan.started_on not in (None, pool.placement.device):  # one device's bits per dataset (docs/decisions.md)
+            raise UsageError(f"dataset {storage.location(dataset_id)} was started on {plan.started_on} workers and "
+                             f"this run would decode on {pool.placement.device}: CUDA and CPU decodes differ in the "
+                             f"last bits; resume it with --device {plan.started_on}, or pass --overwrite to start it anew")
         if on_workers is not None:
             on_workers(pool.workers)
         loading = registry_thread.submit(_load, pinned)
@@ -157,7 +162,8 @@ def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, resol
     if in_progress is not None:  # its job was killed (we hold the guard): its run would say RUNNING forever
         lineage.end_stale_run(in_progress.get("run_id"))
     storage.check_free_space(dataset_id, spec.estimated_bytes)
-    return Plan(pinned, spec, seed_was_random, None, fresh=in_progress is None)
+    return Plan(pinned, spec, seed_was_random, None, fresh=in_progress is None,
+                started_on=None if in_progress is None else in_progress.get("device"))
 
 
 def _load(pinned: PinnedModel) -> LoadedDecoder:
@@ -188,7 +194,8 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
         log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
             f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
         with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
-            storage.write_json(manifest.progress_record(spec, model_record, run.run_id), dataset_id, manifest.PROGRESS)
+            storage.write_json(manifest.progress_record(spec, model_record, run.run_id, placement.device), dataset_id,
+                               manifest.PROGRESS)
             loaded = loading.result()
             parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part)
             seconds = time.perf_counter() - started

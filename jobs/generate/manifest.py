@@ -49,9 +49,13 @@ def schema_description(schema: pa.Schema) -> list[dict[str, str]]:
 PROVENANCE_REDACTED = "redacted"  # the manifest's `provenance` when names, hosts and locations were left out
 
 
-def progress_record(spec: DatasetSpec, model: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+def progress_record(spec: DatasetSpec, model: dict[str, Any], run_id: str | None = None,
+                    device: str | None = None) -> dict[str, Any]:
+    """`device`: the workers' (cpu or cuda); a resume on the other one is refused, so that every part of a dataset
+    comes from the device its manifest names."""
     return {"format": FORMAT, "dataset_id": spec.dataset_id, "spec": spec.to_dict(),
-            "spec_fingerprint": spec.fingerprint(), "model": model, "started_at": utc_now(), "run_id": run_id}
+            "spec_fingerprint": spec.fingerprint(), "model": model, "started_at": utc_now(), "run_id": run_id,
+            "device": device}
 
 
 def redacted(record: dict[str, Any]) -> dict[str, Any]:

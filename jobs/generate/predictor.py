@@ -24,10 +24,29 @@ def to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     return x.astype(np.dtype(dtype), copy=False)
 
 
+def use_exact_cuda_math() -> None:
+    """Full float32 and deterministic kernels for every CUDA decode in this process (a worker's, inspect's).
+
+    PyTorch convolves on CUDA in TF32 by default (10-bit mantissas: about 1e-3 from the CPU's float32, beyond
+    inspect's 1e-4), and cuDNN may pick transposed-convolution algorithms that add in a varying order, so the
+    same block could decode to other bits on another run or worker. Process-wide flags, set before any decode.
+    """
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: the fp32_precision API (mixing it with allow_tf32 raises)
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 class Predictor:
     def __init__(self, spec: DatasetSpec, config: dict, state: dict[str, np.ndarray], device: str = "cpu"):
         self.spec = spec
         self.device = device
+        if torch.device(device).type == "cuda":
+            use_exact_cuda_math()
         self.decoder = Decoder(VAEConfig.from_dict(config))
         self.decoder.load_state_dict({key: torch.tensor(value) for key, value in state.items()})
         self.decoder.to(device).eval()
