@@ -63,6 +63,10 @@ def generate(
     pinned: PinnedModel | None = None,
 ) -> GenerateResult:
     """`pinned`: config.model already resolved by the caller (refresh), so the manifest records the alias it came from."""
+    if config.recipe_only:
+        from jobs.generate.recipe import generate_recipe
+
+        return generate_recipe(config, log, pinned)
     storage, resume_id = _output(config)
     storage.check_writable()
     if os.environ.get("MLFLOW_TRACKING_URI"):  # a store that is not there is a usage error before Ray starts

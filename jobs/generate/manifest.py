@@ -94,12 +94,21 @@ def build(
     label_counts: dict[str, int] | None,
     redact_provenance: bool = False,
 ) -> dict[str, Any]:
-    from jobs.generate.parts import arrow_schema
-
     parts = sorted(parts, key=lambda part: part.shard)
     assert [part.shard for part in parts] == list(range(spec.num_shards)), "every shard must be committed once"
     assert sum(part.rows for part in parts) == spec.n, "shard rows must add up to n"
-    record = {
+    record = describe(spec, model, lineage, label_counts)
+    record.update(files=[part.to_dict() for part in parts], total_bytes=sum(part.size_bytes for part in parts),
+                  timings=timings, execution=execution)
+    return redacted(record) if redact_provenance else record
+
+
+def describe(spec: DatasetSpec, model: dict[str, Any], lineage: dict[str, Any],
+             label_counts: dict[str, int] | None) -> dict[str, Any]:
+    """The fields every manifest has, stored or recipe-only (jobs/generate/recipe.py), in their order."""
+    from jobs.generate.parts import arrow_schema
+
+    return {
         "format": FORMAT,
         "dataset_id": spec.dataset_id,
         "n": spec.n,
@@ -119,13 +128,12 @@ def build(
         "schema": schema_description(arrow_schema(spec)),
         "model": model,
         "checksum_algorithm": CHECKSUM,
-        "files": [part.to_dict() for part in parts],
-        "total_bytes": sum(part.size_bytes for part in parts),
-        "timings": timings,
-        "execution": execution,
+        "files": [],
+        "total_bytes": 0,
+        "timings": {},
+        "execution": {},
         "lineage": lineage,
         "created_by": {"user": getpass.getuser(), "host": socket.gethostname()},
         "provenance": "recorded",
         "vaegen_version": vaegen_version(),
     }
-    return redacted(record) if redact_provenance else record
