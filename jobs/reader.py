@@ -303,18 +303,18 @@ class RowStream(reader_state.Resumable):
         each epoch's start unless the DataLoader has persistent_workers)."""
         self.epoch = epoch
 
-    def plan(self, slot: int, slots: int) -> list[tuple[int, np.ndarray]]:
+    def plan(self, slot: int, slots: int) -> Iterator[tuple[int, np.ndarray]]:
         """(row group, its rows to read in order) for reader slot `slot` of `slots` this epoch."""
         return self.plan_ranges(reader_state.split_evenly([(0, self.n)], slots)[slot])
 
-    def plan_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, np.ndarray]]:
-        """(row group, its rows to read in order) for position ranges of this epoch's sequence."""
+    def plan_ranges(self, ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
+        """(row group, its rows to read in order) for position ranges of this epoch's sequence, made as they
+        are read: a recipe of 10**9 rows has 244,141 row groups."""
         groups = len(self.row_groups)
         order = np.random.default_rng([self.seed, self.epoch]).permutation(groups) if self.shuffle else np.arange(groups)
         sizes = np.array([self.row_groups[index].rows for index in order], dtype=np.int64)
         ends = np.cumsum(sizes)
         starts = ends - sizes
-        plan = []
         for low, high in ranges:
             for position in range(int(np.searchsorted(ends, low, side="right")), groups):
                 first, last = max(low, int(starts[position])), min(high, int(ends[position]))
@@ -323,14 +323,13 @@ class RowStream(reader_state.Resumable):
                 group = int(order[position])
                 within = (np.random.default_rng([self.seed, self.epoch, group]).permutation(int(sizes[position]))
                           if self.shuffle else np.arange(sizes[position]))
-                plan.append((group, within[first - starts[position]:last - starts[position]]))
-        return plan
+                yield group, within[first - starts[position]:last - starts[position]]
 
     def blocks(self, slot: int, slots: int) -> Iterator[dict[str, np.ndarray]]:
         """This slot's rows as numpy blocks, one per row group it touches; one part open at a time."""
         return self.blocks_of(self.plan(slot, slots))
 
-    def blocks_of(self, plan: list[tuple[int, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    def blocks_of(self, plan: Iterator[tuple[int, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         """The planned rows as numpy blocks, one per (row group, rows); one part open at a time."""
         if self.source == "decode":
             yield from self.decoded.blocks(plan, self.row_groups, self.columns)
