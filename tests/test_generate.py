@@ -51,7 +51,7 @@ BLOCK_ROWS = 4_096  # GenerateConfig's default decode grid
 N, SEED = 50_000, 11  # the end-to-end dataset
 FAULT_N, FAULT_SEED, FAULT_R = 200_000, 7, 4_096  # 49 parts: long enough to be killed in the middle
 SUBPROCESS_TIMEOUT_S = 300
-COMMITTED_FILES = (".huggingface.yaml", "_README.md", "_manifest.json")  # beside the parts: the card, then the manifest
+COMMITTED_FILES = (".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json")  # beside the parts: the card and Croissant, then the manifest
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.generate.card import CARD, HF_YAML
+from jobs.generate.croissant import CROISSANT
 from jobs.generate.manifest import MANIFEST, PROGRESS
 from jobs.generate.recipe import is_recipe, recipe_problems
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
@@ -178,7 +179,7 @@ def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> l
             problems.append(f"{entry['name']}: missing")
         elif size != entry["size_bytes"]:
             problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['size_bytes']}")
-    allowed = {MANIFEST, CARD, HF_YAML, *(entry["name"] for entry in record["files"])}  # the card: jobs/generate/card.py
+    allowed = {MANIFEST, CARD, HF_YAML, CROISSANT, *(entry["name"] for entry in record["files"])}  # the card: jobs/generate/card.py
     for name in sorted(set(listing) - allowed):
         kind = "folder" if listing[name] is None else "file"
         seen = "" if name.startswith((".", "_")) else ": readers would take it for part of the dataset"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from jobs.generate import card, engine, inspect, manifest
+from jobs.generate import card, croissant, engine, inspect, manifest
 from jobs.generate.config import DEFAULT_MODEL, LABEL_POLICIES, GenerateConfig  # noqa: F401 (re-exported)
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
@@ -194,7 +194,10 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
         with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
             storage.write_json(manifest.progress_record(spec, model_record, run.run_id), dataset_id, manifest.PROGRESS)
             loaded = loading.result()
-            parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part)
+            registry = None if redact_provenance else tracking.shown_uri()
+            provenance = manifest.provenance_metadata(manifest.recipe_digest(spec, model_record), model_record, registry)
+            parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part,
+                             manifest.parquet_metadata(provenance))
             seconds = time.perf_counter() - started
             record = manifest.build(
                 spec, model_record, parts,
@@ -205,6 +208,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
                 label_counts=label_counts(spec), redact_provenance=redact_provenance,
             )
             card.write(storage, dataset_id, record, card.from_version_tags(loaded.tags))  # before the commit
+            croissant.write(storage, dataset_id, record)
             storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
             _cleanup(storage, dataset_id)
             run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
