@@ -340,8 +340,9 @@ def _stdout_for_results() -> Any:
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
 @click.option("--overwrite", is_flag=True, help="Replace a committed dataset with the same id.")
 @click.option("--resume", default=None, metavar="DATASET", help="Continue an unfinished dataset (its id under --out, or its path).")
-@click.option("--recipe-only", is_flag=True, help="Write the manifest alone (kilobytes, any --n, no Ray): readers decode "
-                                                  "the rows (open_dataset(DIR).torch(source='decode')).")
+@click.option("--recipe-only", is_flag=True,
+              help="Write the manifest alone (kilobytes, any --n, no Ray): readers decode the rows "
+                   "(open_dataset(DIR).torch(source='decode')).")
 @click.option("--debug", is_flag=True, hidden=True)
 @handle_errors
 def generate(seed, overwrite, resume, recipe_only, debug, **options) -> None:

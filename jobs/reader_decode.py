@@ -39,9 +39,9 @@ class DecodedRows:
         self.config, self.state = registered_weights(record, "decoding on read")
         made_on = record.get("execution", {}).get("device", "cpu")
         if device.split(":")[0] != made_on:
-            warnings.warn(f"decoding on {device}, this dataset was made on {made_on}: x differs from the stored rows in "
-                          "the last bits (the kernels differ); ids, seeds, z and labels are exact", DeviceBitsWarning,
-                          stacklevel=3)
+            warnings.warn(f"decoding on {device}, this dataset was made on {made_on}: x differs from the stored rows "
+                          "in the last bits (the kernels differ); ids, seeds, z and labels are exact",
+                          DeviceBitsWarning, stacklevel=3)
         self._predictor = None
         self._cached: tuple[int, dict[str, np.ndarray]] | None = None  # the last decoded block
 

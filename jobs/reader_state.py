@@ -160,7 +160,8 @@ class Resumable:
         if progress is None or progress["epoch"] != self.epoch:
             slot, slots = self.reader_slot()
             return slot_state(self.identity(), slot, slots, self.ranges(slot, slots), 0)
-        return slot_state(self.identity(), progress["slot"], progress["slots"], progress["assigned"], progress["consumed"])
+        return slot_state(self.identity(), progress["slot"], progress["slots"], progress["assigned"],
+                          progress["consumed"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from state_dict() of the same slot, or from merge_states() of every slot of a run."""

@@ -81,9 +81,11 @@ def write_dataset(root: Path, spec: DatasetSpec, config: VAEConfig, state: dict[
     storage = Storage(str(root))
     dataset_id = spec.dataset_id.removesuffix("-f3") + f"-f{version}"
     if version == 3:
-        provenance = manifest.provenance_metadata(manifest.recipe_digest(spec, model or TINY_MODEL), model or TINY_MODEL,
+        pinned = model or TINY_MODEL
+        provenance = manifest.provenance_metadata(manifest.recipe_digest(spec, pinned), pinned,
                                                   (lineage or TINY_LINEAGE)["tracking_uri"])
-        writer = PartWriter(Predictor(spec, config.to_dict(), state), storage, dataset_id, manifest.parquet_metadata(provenance))
+        metadata = manifest.parquet_metadata(provenance)  # as the job's workers write it
+        writer = PartWriter(Predictor(spec, config.to_dict(), state), storage, dataset_id, metadata)
         parts = [writer(shard) for shard in range(spec.num_shards)]
         storage.delete_dir(dataset_id, "_parts")
     else:

@@ -44,7 +44,8 @@ def decoders(module_sqlite) -> dict[str, Registered]:
     registered = {}
     for kind, config in CONFIGS.items():
         torch.manual_seed(1)
-        result = TrainResult(model=VAE(config), history=[], val_neg_elbo=40.0, train_size=1, holdout_size=1, seconds=0.0)
+        result = TrainResult(model=VAE(config), history=[], val_neg_elbo=40.0, train_size=1, holdout_size=1,
+                             seconds=0.0)
         with models.training_run("vaegen-train", kind, {}) as run:
             pinned = run.register(result, f"dec-{kind}", {})
         registered[kind] = Registered(pinned, models.load_decoder(pinned))
@@ -122,7 +123,8 @@ def test_a_recipe_only_dataset_of_a_billion_rows_is_created_inspected_and_read_i
     expected = stored.to_numpy(["sample_id", "x", "label"])
     for name in ("sample_id", "x", "label"):
         assert np.array_equal(first[name].numpy(), expected[name][:256]), name
-    assert shuffled["sample_id"].min() >= 0 and shuffled["sample_id"].max() < 10**9 and len(set(shuffled["sample_id"].tolist())) == 256
+    ids = shuffled["sample_id"].tolist()
+    assert min(ids) >= 0 and max(ids) < 10**9 and len(set(ids)) == 256
     assert read - started < 60  # seconds, on a loaded 2-core machine (measured: see the printed line)
     again = invoke("generate", "--recipe-only", "--n", str(10**9), "--model", "dec-mlp-cond/1", "--seed", "42",
                    "--out", str(tmp_path))

@@ -31,14 +31,16 @@ def read_resumed(rank: int, world_size: int, port: int, location: str, out: str,
     from jobs.reader import open_dataset
     from jobs.reader_state import merge_states
 
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    address = f"tcp://127.0.0.1:{port}"
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size)
     try:
         dataset = open_dataset(location, verify=False)
         state = None
         if rank < 2:
             stream = dataset.torch(columns=["sample_id"], shuffle=True, seed=2, rank=rank, world_size=2)
             batches = iter(DataLoader(stream, batch_size=20))
-            np.save(Path(out) / f"before-{rank}.npy", np.concatenate([next(batches)["sample_id"].numpy() for _ in range(steps)]))
+            ids = [next(batches)["sample_id"].numpy() for _ in range(steps)]
+            np.save(Path(out) / f"before-{rank}.npy", np.concatenate(ids))
             state = stream.state_dict()
         states = [None] * world_size
         torch.distributed.all_gather_object(states, state)

@@ -168,7 +168,8 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
             ("parts", f"{len(record['files'])} files `{PART_GLOB}`, {record['total_bytes']:,} bytes, "
                       f"{record['compression']} compressed, {record['checksum_algorithm']} checksums in `_manifest.json`"),
             ("format", f"`{record['format']}` (decode block {spec['block_rows']:,} rows)"),
-            ("recipe digest", f"`{provenance['recipe_digest']}` (sha256 of the spec and the pinned version; in every part)"),
+            ("recipe digest", f"`{provenance['recipe_digest']}` (sha256 of the spec and the pinned version; "
+                              "in every part)"),
             ("manifest sha256", f"`{provenance['manifest_sha256']}` (of `_manifest.json`'s bytes)"),
         ]),
         "## Quality\n\n" + _quality_text(quality, location),

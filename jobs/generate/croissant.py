@@ -18,10 +18,12 @@ from jobs.generate.storage import Storage
 CROISSANT = "_croissant.json"
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 CONTEXT = {
-    "@language": "en", "@vocab": "https://schema.org/", "sc": "https://schema.org/", "cr": "http://mlcommons.org/croissant/",
-    "rai": "http://mlcommons.org/croissant/RAI/", "dct": "http://purl.org/dc/terms/",
+    "@language": "en", "@vocab": "https://schema.org/", "sc": "https://schema.org/",
+    "cr": "http://mlcommons.org/croissant/", "rai": "http://mlcommons.org/croissant/RAI/",
+    "dct": "http://purl.org/dc/terms/",
     "vaegen": "https://github.com/vaegen/vaegen#",
-    "citeAs": "cr:citeAs", "column": "cr:column", "conformsTo": "dct:conformsTo", "data": {"@id": "cr:data", "@type": "@json"},
+    "citeAs": "cr:citeAs", "column": "cr:column", "conformsTo": "dct:conformsTo",
+    "data": {"@id": "cr:data", "@type": "@json"},
     "dataType": {"@id": "cr:dataType", "@type": "@vocab"}, "examples": {"@id": "cr:examples", "@type": "@json"},
     "extract": "cr:extract", "field": "cr:field", "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject",
     "fileSet": "cr:fileSet", "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset",
@@ -77,4 +79,5 @@ def write(storage: Storage, dataset_id: str, record: dict[str, Any]) -> None:
     # A dataset written with --redact-provenance is meant for publication: it names no absolute path.
     location = dataset_id if not manifest.has_provenance(record) else storage.location(dataset_id)
     with storage.atomic_writer(dataset_id, CROISSANT) as stream:
-        stream.write(json.dumps(document(record, manifest.record_provenance(record), location), indent=2).encode() + b"\n")
+        text = json.dumps(document(record, manifest.record_provenance(record), location), indent=2)
+        stream.write(text.encode() + b"\n")

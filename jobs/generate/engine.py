@@ -189,7 +189,8 @@ class ShardWorker:
         from jobs.generate.predictor import Predictor  # torch: imported by workers, never by the driver
 
         if self.writer is None or self.writer.spec != spec or self.writer.metadata != (metadata or {}):
-            self.writer = PartWriter(Predictor(spec, config, state, self.device), self.storage, spec.dataset_id, metadata)
+            predictor = Predictor(spec, config, state, self.device)
+            self.writer = PartWriter(predictor, self.storage, spec.dataset_id, metadata)
         return self.writer(shard)
 
 

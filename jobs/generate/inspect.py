@@ -179,7 +179,8 @@ def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> l
             problems.append(f"{entry['name']}: missing")
         elif size != entry["size_bytes"]:
             problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['size_bytes']}")
-    allowed = {MANIFEST, CARD, HF_YAML, CROISSANT, *(entry["name"] for entry in record["files"])}  # the card: jobs/generate/card.py
+    # the card: jobs/generate/card.py; the Croissant file: croissant.py
+    allowed = {MANIFEST, CARD, HF_YAML, CROISSANT, *(entry["name"] for entry in record["files"])}
     for name in sorted(set(listing) - allowed):
         kind = "folder" if listing[name] is None else "file"
         seen = "" if name.startswith((".", "_")) else ": readers would take it for part of the dataset"

@@ -195,7 +195,8 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
             storage.write_json(manifest.progress_record(spec, model_record, run.run_id), dataset_id, manifest.PROGRESS)
             loaded = loading.result()
             registry = None if redact_provenance else tracking.shown_uri()
-            provenance = manifest.provenance_metadata(manifest.recipe_digest(spec, model_record), model_record, registry)
+            digest = manifest.recipe_digest(spec, model_record)
+            provenance = manifest.provenance_metadata(digest, model_record, registry)
             parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part,
                              manifest.parquet_metadata(provenance))
             seconds = time.perf_counter() - started

@@ -141,7 +141,8 @@ class PartWriter:
         self.dataset_id = dataset_id
         self.metadata = metadata or {}  # manifest.parquet_metadata: AI-generated, the generator, the recipe digest
         schema = arrow_schema(self.spec)
-        self.schema = schema.with_metadata({**schema.metadata, **{key.encode(): value.encode() for key, value in self.metadata.items()}})
+        extra = {key.encode(): value.encode() for key, value in self.metadata.items()}
+        self.schema = schema.with_metadata({**schema.metadata, **extra})
 
     def __call__(self, shard: int) -> PartInfo:
         return self.verified(shard) or self.write(shard)

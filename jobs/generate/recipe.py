@@ -74,7 +74,8 @@ def balanced_counts(spec: DatasetSpec) -> dict[str, int] | None:
             if n // len(classes) + (index < n % len(classes))}
 
 
-def generate_recipe(config: GenerateConfig, log: Callable[[str], None], pinned: PinnedModel | None = None) -> GenerateResult:
+def generate_recipe(config: GenerateConfig, log: Callable[[str], None],
+                    pinned: PinnedModel | None = None) -> GenerateResult:
     from jobs.generate.job import GenerateResult, dataset_spec
     from registry import models, tracking
 
@@ -96,7 +97,8 @@ def generate_recipe(config: GenerateConfig, log: Callable[[str], None], pinned: 
             if committed.get("spec_fingerprint") != spec.fingerprint():
                 raise UsageError(f"recipe {storage.location(dataset_id)} is committed with other options; use the same "
                                  "options, another --out, or --overwrite")
-            return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", committed, config.seed is None)
+            return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", committed,
+                                  config.seed is None)
         record = build(spec, dataclasses.asdict(pinned), tracking.shown_uri(), balanced_counts(spec),
                        config.redact_provenance)
         storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit, atomic, and the whole dataset
