@@ -9,7 +9,8 @@ written by the job's own PartWriter (default 4,096-row decode blocks, 65,536-row
 shuffled epoch through `open_dataset(DIR).torch(batch_size=256, ...)` and torch's DataLoader(batch_size=None)
 into a training step (a linear layer on x, Adam): source="stored" reads and decompresses the parts, source="decode" regenerates
 every row from the manifest. Reported: rows/s of the epoch, and the machine's load average, since the figures
-on a shared machine move with it.
+on a shared machine move with it, and rows per CPU second (this process and its DataLoader workers), which
+move less.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -84,16 +86,25 @@ def epoch_rows_per_s(location: str, source: str, workers: int, device: str) -> d
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
     model = torch.nn.Linear(28 * 28, 10)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rows, started = 0, time.perf_counter()
+    rows, started, cpu_started = 0, time.perf_counter(), cpu_s()
     for batch in loader:
         loss = model(batch["x"].flatten(1).float()).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         rows += len(batch["x"])
-    seconds = time.perf_counter() - started
+    # the epoch's end shut the (non-persistent) workers down and reaped them: RUSAGE_CHILDREN holds their CPU time
+    seconds, cpu_seconds = time.perf_counter() - started, cpu_s() - cpu_started
     return {"source": source, "workers": workers, "rows": rows, "seconds": round(seconds, 3),
-            "rows_per_s": round(rows / seconds, 1)}
+            "rows_per_s": round(rows / seconds, 1), "cpu_s": round(cpu_seconds, 3),
+            "rows_per_cpu_s": round(rows / cpu_seconds, 1)}
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (DataLoader workers end with their epoch): on a shared
+    machine, rows per CPU second move less with the load than rows per second."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:

@@ -141,6 +141,8 @@ class Dataset:
 
     @property
     def parts(self) -> list[str]:
+        if self.recipe_only:  # every reader of parts goes through here
+            raise UsageError(f"{self.location} is recipe-only (no parts): read it with torch(source='decode')")
         return [entry["name"] for entry in self.manifest["files"]]
 
     def parquet_file(self, part: str) -> pq.ParquetFile:
@@ -282,8 +284,6 @@ class RowStream(reader_state.Resumable):
             raise UsageError(f"batch_size must be a positive integer or None, got {batch_size}")
         if source not in SOURCES:
             raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-        if source == "stored" and dataset.recipe_only:
-            raise UsageError(f"{dataset.location} is recipe-only (no parts): read it with torch(source='decode')")
         self.source = source
         self.decoded = reader_decode.DecodedRows(dataset.manifest, device) if source == "decode" else None
         self.dataset = dataset

@@ -110,8 +110,9 @@ def test_a_recipe_only_dataset_of_a_billion_rows_is_created_inspected_and_read_i
     assert "counts {'0': 100000000, " in inspected.stdout
     dataset = reader.open_dataset(str(location))
     assert dataset.recipe_only and dataset.n == 10**9
-    with pytest.raises(UsageError, match="is recipe-only .*torch\\(source='decode'\\)"):
-        dataset.torch()
+    for stored_read in (dataset.torch, dataset.to_numpy):
+        with pytest.raises(UsageError, match="is recipe-only .*torch\\(source='decode'\\)"):
+            stored_read()
     first = next(iter(DataLoader(dataset.torch(columns=["sample_id", "x", "label"], source="decode"), batch_size=256)))
     shuffled = next(iter(DataLoader(dataset.torch(columns=["sample_id"], shuffle=True, source="decode", rank=2,
                                                   world_size=8), batch_size=256)))
