@@ -130,3 +130,21 @@ def test_a_recipe_only_dataset_of_a_billion_rows_is_created_inspected_and_read_i
     again = invoke("generate", "--recipe-only", "--n", str(10**9), "--model", "dec-mlp-cond/1", "--seed", "42",
                    "--out", str(tmp_path))
     assert again.exit_code == 0 and "already committed" in again.output
+
+
+def test_a_tampered_recipe_fails_inspect_and_recipe_only_takes_no_resume(decoders, tmp_path):
+    import json
+
+    from jobs.generate.config import GenerateConfig
+
+    made = invoke("generate", "--recipe-only", "--n", "5000", "--model", "dec-mlp/1", "--seed", "3",
+                  "--out", str(tmp_path))
+    assert made.exit_code == 0, made.output
+    location = Path(made.stdout.split("location: ")[1].strip())
+    assert invoke("inspect", str(location)).exit_code == 0
+    record = json.loads((location / "_manifest.json").read_text())
+    (location / "_manifest.json").write_text(json.dumps({**record, "n": 6_000}))  # rows the recipe does not define
+    inspected = invoke("inspect", str(location))
+    assert inspected.exit_code == 1 and "PROBLEM manifest:" in inspected.stdout, inspected.output
+    with pytest.raises(UsageError, match="--recipe-only writes one file at once, there is nothing to --resume"):
+        GenerateConfig(n=None, resume=str(location), recipe_only=True)
