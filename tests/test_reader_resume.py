@@ -110,6 +110,28 @@ def test_a_stateful_dataloader_killed_at_a_random_step_resumes_with_the_same_rem
     np.testing.assert_array_equal(labels, np.array(ids_of(rest)) % 10)  # rows stay whole
 
 
+def test_a_loop_killed_with_sigkill_resumes_from_its_last_checkpoint(labelled, tmp_path):
+    """A real process, 2 DataLoader workers, killed (SIGKILL) at a random step after its checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    steps = random.Random(5).randrange(2, N // 32)
+    checkpoint = tmp_path / "checkpoint.pt"
+    script = Path(__file__).with_name("reader_loop.py")
+    done = subprocess.run([sys.executable, str(script), labelled.location, str(steps), "2", str(checkpoint)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    saved = torch.load(checkpoint, weights_only=True)
+    stream = labelled.torch(columns=["sample_id"], shuffle=True, seed=7)  # a new process would build it so
+    resumed = StatefulDataLoader(stream, batch_size=32, num_workers=2)
+    resumed.load_state_dict(saved["loader"])
+    uninterrupted = labelled.torch(columns=["sample_id"], shuffle=True, seed=7)
+    expected = ids_of(StatefulDataLoader(uninterrupted, batch_size=32, num_workers=2))
+    assert len(saved["seen"]) == steps * 32 and saved["seen"] + ids_of(resumed) == expected
+
+
 def test_two_workers_resumed_as_one_read_every_row_of_the_epoch_once(labelled):
     """A change of DataLoader workers: the slots' states are merged and the rest is split anew."""
     stream = labelled.torch(columns=["sample_id"], shuffle=True, seed=5)
