@@ -340,9 +340,12 @@ def _stdout_for_results() -> Any:
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
 @click.option("--overwrite", is_flag=True, help="Replace a committed dataset with the same id.")
 @click.option("--resume", default=None, metavar="DATASET", help="Continue an unfinished dataset (its id under --out, or its path).")
+@click.option("--recipe-only", is_flag=True,
+              help="Write the manifest alone (kilobytes, any --n, no Ray): readers decode the rows "
+                   "(open_dataset(DIR).torch(source='decode')).")
 @click.option("--debug", is_flag=True, hidden=True)
 @handle_errors
-def generate(seed, overwrite, resume, debug, **options) -> None:
+def generate(seed, overwrite, resume, recipe_only, debug, **options) -> None:
     """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest).
 
     Without RAY_ADDRESS it starts a private Ray on 127.0.0.1; RAY_ADDRESS=auto (or an address)
@@ -356,7 +359,7 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     """
     if resume is not None:
         _refuse_dataset_options_with_resume(click.get_current_context())
-    config = _generate_config(**options, seed=seed, overwrite=overwrite, resume=resume)
+    config = _generate_config(**options, seed=seed, overwrite=overwrite, resume=resume, recipe_only=recipe_only)
     from jobs.generate.job import generate as run_generate  # after the input is checked: it imports Ray
 
     results = _stdout_for_results()
@@ -364,6 +367,9 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     timings = result.manifest["timings"]
     if result.status == "up-to-date":
         _log(f"dataset {result.dataset_id} is already committed; nothing to do")
+    elif result.status == "recipe":
+        _log(f"recipe-only dataset of {result.manifest['n']:,} rows: a manifest, no parts; read it with "
+             "open_dataset(DIR).torch(source='decode')")
     else:
         _log(f"{result.status} {result.manifest['n']:,} rows in {timings['seconds']:.1f} s "
              f"({timings['rows_per_s']:,.0f} rows/s), {result.manifest['total_bytes'] / 1e6:,.1f} MB")
@@ -454,6 +460,9 @@ def inspect_command(dataset, deep) -> None:
         raise VaegenError(f"{len(report.problems)} problem(s) in {report.location}")
     for note in report.notes:
         _log(f"note: {note}")
+    if record.get("recipe_only"):
+        click.echo("verified: recipe-only (a manifest without parts; rows are decoded on read)")
+        return
     click.echo(f"verified: {len(record['files'])} files" + (f", {report.rows_checked_deep:,} rows re-derived, "
                                                              f"x of {report.rows_decoded_deep:,} re-decoded" if deep else ""))
 

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import reader_decode, reader_state
 from jobs.generate.inspect import inspect, open_committed
 from jobs.generate.storage import Storage
 from vae_core.errors import UsageError, VaegenError
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import datasets
 
 COLUMNS = ("sample_id", "seed", "z", "label", "x")
+SOURCES = ("stored", "decode")  # torch(source=...): read the parts, or regenerate rows from the manifest's recipe
 
 
 def x_numpy(column: pa.Array | pa.ChunkedArray, shape: Sequence[int] | None = None,
@@ -133,7 +135,14 @@ class Dataset:
         return bool(self.manifest["labels"])
 
     @property
+    def recipe_only(self) -> bool:
+        """A manifest without parts (`vaegen generate --recipe-only`): rows exist only as torch(source="decode")."""
+        return reader_decode.is_recipe(self.manifest)
+
+    @property
     def parts(self) -> list[str]:
+        if self.recipe_only:  # every reader of parts goes through here
+            raise UsageError(f"{self.location} is recipe-only (no parts): read it with torch(source='decode')")
         return [entry["name"] for entry in self.manifest["files"]]
 
     def parquet_file(self, part: str) -> pq.ParquetFile:
@@ -179,10 +188,12 @@ class Dataset:
         return columns_numpy(self.read(self._columns(columns)), self.sample_shape, self.dtype)
 
     def torch(self, columns: Sequence[str] | None = None, shuffle: bool = False, seed: int = 0,
-              batch_size: int | None = None, rank: int | None = None, world_size: int | None = None) -> "TorchDataset":
-        """A torch IterableDataset over the parts (see TorchDataset); columns default to x and label."""
+              batch_size: int | None = None, rank: int | None = None, world_size: int | None = None,
+              source: str = "stored", device: str = "cpu") -> "TorchDataset":
+        """A torch IterableDataset over the parts (see TorchDataset); columns default to x and label.
+        source="decode" regenerates the rows on `device` from the pinned model the manifest names."""
         names = self._columns(columns if columns is not None else ["x", "label"] if self.has_labels else ["x"])
-        return torch_dataset_class()(self, names, shuffle, seed, batch_size, rank, world_size)
+        return torch_dataset_class()(self, names, shuffle, seed, batch_size, rank, world_size, source, device)
 
     def hf_features(self) -> "datasets.Features":
         """The columns as Hugging Face features; x as Array2D..Array5D (any layout: the reader decodes it)."""
@@ -253,7 +264,7 @@ def torch_rank_and_world_size(rank: int | None, world_size: int | None) -> tuple
     return 0, 1
 
 
-class RowStream:
+class RowStream(reader_state.Resumable):
     """The rows of one epoch, split over distributed ranks and DataLoader workers (TorchDataset
     is this plus torch's IterableDataset base class).
 
@@ -262,13 +273,19 @@ class RowStream:
     (seed, epoch, row group)), laid end to end: n positions. Reader slot s of S (S = ranks x
     workers, s = rank x workers + worker) takes positions [s n / S, (s + 1) n / S): every row once
     per epoch across all of them, shares within one row of each other, and each reader holds one
-    row group at a time.
+    row group at a time. state_dict() / load_state_dict() resume mid-epoch, at the same or another
+    world size (jobs/reader_state.py). With source="decode" the rows are regenerated from the
+    manifest's recipe instead of read (jobs/reader_decode.py), in the same order and split.
     """
 
     def __init__(self, dataset: Dataset, columns: list[str], shuffle: bool, seed: int, batch_size: int | None,
-                 rank: int | None, world_size: int | None):
+                 rank: int | None, world_size: int | None, source: str = "stored", device: str = "cpu"):
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer or None, got {batch_size}")
+        if source not in SOURCES:
+            raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        self.source = source
+        self.decoded = reader_decode.DecodedRows(dataset.manifest, device) if source == "decode" else None
         self.dataset = dataset
         self.columns = columns
         self.shuffle = shuffle
@@ -276,7 +293,9 @@ class RowStream:
         self.batch_size = batch_size  # None: one row at a time (DataLoader batches); else batches (DataLoader(batch_size=None))
         # here, in the training process: DataLoader workers are other processes, outside the process group
         self.rank, self.world_size = torch_rank_and_world_size(rank, world_size)
-        self.row_groups = dataset.row_groups()  # here, once: DataLoader workers get a copy, not a footer read each
+        # here, once: DataLoader workers get a copy, not a footer read each
+        self.row_groups = self.decoded.row_groups() if self.decoded else dataset.row_groups()
+        self.n = sum(group.rows for group in self.row_groups)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -284,30 +303,40 @@ class RowStream:
         each epoch's start unless the DataLoader has persistent_workers)."""
         self.epoch = epoch
 
-    def plan(self, slot: int, slots: int) -> list[tuple[int, np.ndarray]]:
+    def plan(self, slot: int, slots: int) -> Iterator[tuple[int, np.ndarray]]:
         """(row group, its rows to read in order) for reader slot `slot` of `slots` this epoch."""
+        return self.plan_ranges(reader_state.split_evenly([(0, self.n)], slots)[slot])
+
+    def plan_ranges(self, ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
+        """(row group, its rows to read in order) for position ranges of this epoch's sequence, made as they
+        are read: a recipe of 10**9 rows has 244,141 row groups."""
         groups = len(self.row_groups)
         order = np.random.default_rng([self.seed, self.epoch]).permutation(groups) if self.shuffle else np.arange(groups)
         sizes = np.array([self.row_groups[index].rows for index in order], dtype=np.int64)
         ends = np.cumsum(sizes)
-        starts, total = ends - sizes, int(ends[-1])
-        low, high = slot * total // slots, (slot + 1) * total // slots
-        plan = []
-        for position, group in enumerate(order):
-            first, last = max(low, int(starts[position])), min(high, int(ends[position]))
-            if first >= last:
-                continue
-            rows = sizes[position]
-            within = (np.random.default_rng([self.seed, self.epoch, int(group)]).permutation(rows) if self.shuffle
-                      else np.arange(rows))
-            plan.append((int(group), within[first - starts[position]:last - starts[position]]))
-        return plan
+        starts = ends - sizes
+        for low, high in ranges:
+            for position in range(int(np.searchsorted(ends, low, side="right")), groups):
+                first, last = max(low, int(starts[position])), min(high, int(ends[position]))
+                if first >= last:
+                    break
+                group = int(order[position])
+                within = (np.random.default_rng([self.seed, self.epoch, group]).permutation(int(sizes[position]))
+                          if self.shuffle else np.arange(sizes[position]))
+                yield group, within[first - starts[position]:last - starts[position]]
 
     def blocks(self, slot: int, slots: int) -> Iterator[dict[str, np.ndarray]]:
         """This slot's rows as numpy blocks, one per row group it touches; one part open at a time."""
+        return self.blocks_of(self.plan(slot, slots))
+
+    def blocks_of(self, plan: Iterator[tuple[int, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        """The planned rows as numpy blocks, one per (row group, rows); one part open at a time."""
+        if self.source == "decode":
+            yield from self.decoded.blocks(plan, self.row_groups, self.columns)
+            return
         part, parquet = None, None
         try:
-            for group, rows in self.plan(slot, slots):
+            for group, rows in plan:
                 where = self.row_groups[group]
                 if where.part != part:
                     if parquet is not None:
@@ -319,21 +348,35 @@ class RowStream:
             if parquet is not None:
                 parquet.close()
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        import torch
+    def identity(self) -> dict[str, Any]:
+        """What a saved reader state must match to resume this stream (jobs/reader_state.py)."""
+        return {"dataset_id": self.dataset.dataset_id, "n": self.n, "seed": self.seed, "shuffle": self.shuffle,
+                "epoch": self.epoch}
+
+    def reader_slot(self) -> tuple[int, int]:
+        """(slot, slots) of this process: slot = rank x DataLoader workers + worker."""
         from torch.utils.data import get_worker_info
 
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        blocks = self.blocks(self.rank * workers + worker_id, self.world_size * workers)
+        return self.rank * workers + worker_id, self.world_size * workers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import torch
+
+        blocks = self.blocks_of(self.plan_ranges(self.start(*self.reader_slot())))
         for block in (_rebatched(blocks, self.batch_size) if self.batch_size else blocks):
             tensors = {name: torch.from_numpy(values.astype(np.int64) if name == "label" else values)  # losses want int64
                        for name, values in block.items()}
+            rows = len(tensors[self.columns[0]])
             if self.batch_size:
+                self.advance(rows)  # before the yield: a state taken after the batch leaves counts it
                 yield tensors
             else:
-                for row in range(len(tensors[self.columns[0]])):
+                for row in range(rows):
+                    self.advance(1)
                     yield {name: values[row] for name, values in tensors.items()}
+        self.finish()
 
 
 def _rebatched(blocks: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterator[dict[str, np.ndarray]]:

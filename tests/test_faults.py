@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from jobs.cli import main
 from jobs.generate import card, engine
+from jobs.generate.croissant import CROISSANT
 from jobs.generate.manifest import MANIFEST
 from jobs.generate.config import EngineOptions
 from jobs.generate.engine import MAX_SHARD_ATTEMPTS, Placement, WorkerPool
@@ -300,6 +301,6 @@ def test_second_node_lost_mid_job_the_job_finishes_on_what_remains(driver, untra
     inspected = invoke("inspect", str(directory), "--deep")
     assert inspected.exit_code == 0 and f"verified: {N // R} files" in inspected.stdout, inspected.output
     assert sorted(path.name for path in directory.iterdir()) == sorted(
-        [MANIFEST, card.CARD, card.HF_YAML, *(part_name(shard) for shard in range(N // R))])  # nothing left over
+        [MANIFEST, card.CARD, card.HF_YAML, CROISSANT, *(part_name(shard) for shard in range(N // R))])  # nothing left over
     print(f"\n[fault figures] second node lost after {seen['parts_before']} of {N // R} parts: the job finished on "
           f"the head {finished_at - seen['lost_at']:.1f} s later")

@@ -51,7 +51,7 @@ BLOCK_ROWS = 4_096  # GenerateConfig's default decode grid
 N, SEED = 50_000, 11  # the end-to-end dataset
 FAULT_N, FAULT_SEED, FAULT_R = 200_000, 7, 4_096  # 49 parts: long enough to be killed in the middle
 SUBPROCESS_TIMEOUT_S = 300
-COMMITTED_FILES = (".huggingface.yaml", "_README.md", "_manifest.json")  # beside the parts: the card, then the manifest
+COMMITTED_FILES = (".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json")  # beside the parts: the card and Croissant, then the manifest
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 
 
@@ -441,8 +441,12 @@ def test_manifest_and_lineage(datasets, trained_version):
     for entry in record["files"]:
         path = directory / entry["name"]
         assert entry["checksum"] == checksum_file(path) and entry["size_bytes"] == path.stat().st_size
+        metadata = pq.ParquetFile(path).schema_arrow.metadata  # written by the Ray workers (issue 23)
+        assert metadata[b"ai_generated"] == b"true" and metadata[b"vaegen.recipe_digest"].decode() == record["recipe_digest"]
+        assert json.loads(metadata[b"vaegen.generator"])["run_id"] == pinned.run_id
     assert record["total_bytes"] == sum(entry["size_bytes"] for entry in record["files"])
     assert record["timings"]["shards_reused"] == 0
+    assert json.loads((directory / "_croissant.json").read_text())["vaegen:recipe_digest"] == record["recipe_digest"]
     assert [field["name"] for field in record["schema"]] == ["sample_id", "seed", "z", "x"]
 
     run = mlflow.MlflowClient().get_run(record["lineage"]["run_id"])

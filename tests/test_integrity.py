@@ -298,7 +298,7 @@ def inspect_cli(directory: Path, *extra: str):
 @pytest.mark.slow
 def test_inspect_verifies_a_committed_dataset_and_allows_its_card(copy):
     assert sorted(path.name for path in copy.iterdir()) == [
-        ".huggingface.yaml", "_README.md", "_manifest.json", *(f"part-{shard:05d}.parquet" for shard in range(4))]
+        ".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json", *(f"part-{shard:05d}.parquet" for shard in range(4))]
     result = inspect_cli(copy)
     assert result.exit_code == 0, result.output
     assert "verified: 4 files" in result.stdout

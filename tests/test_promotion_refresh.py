@@ -448,7 +448,7 @@ def test_refresh_twice_with_the_same_champion_is_a_no_op_and_logs_runs(trained, 
     assert first.action == "generated" and first.model_version == 1
     dataset = root / first.dataset_id
     assert sorted(path.name for path in dataset.iterdir()) == [
-        ".huggingface.yaml", "_README.md", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        ".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert pq.read_table(dataset).num_rows == N
     before, latest_before = mtimes(dataset), (root / LATEST).read_bytes()
 
@@ -579,7 +579,7 @@ def test_generate_to_s3_commits_reads_back_and_a_failure_leaves_no_manifest(trai
     dataset_id = result.stdout.split("dataset_id: ")[1].split()[0]
     assert f"location: {out}/{dataset_id}" in result.stdout
     assert s3.keys(bucket) == [f"data/{dataset_id}/{name}" for name in (
-        ".huggingface.yaml", "_README.md", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]
+        ".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]
     manifest = json.loads(s3.get(bucket, f"data/{dataset_id}/_manifest.json"))
     assert [entry["rows"] for entry in manifest["files"]] == [2_000, 2_000, 1_000]
     assert manifest["files"][0]["checksum"] == xxhash.xxh3_128(s3.get(bucket, f"data/{dataset_id}/part-00000.parquet")).hexdigest()
@@ -633,4 +633,4 @@ def test_refresh_to_s3_writes_latest_is_idempotent_and_prunes(trained, local_ray
     assert json.loads(s3.get(bucket, "root/latest"))["dataset_id"] == third.dataset_id
     assert not s3.keys(bucket, f"root/{first.dataset_id}/", markers=True)
     assert s3.keys(bucket) == sorted(["root/latest", *[f"root/{third.dataset_id}/{name}" for name in (
-        ".huggingface.yaml", "_README.md", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]])  # no lock, no .tmp
+        ".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]])  # no lock, no .tmp

@@ -20,7 +20,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from jobs import reader
-from jobs.generate import card, manifest
+from jobs.generate import card, croissant, manifest
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.parts import PartInfo, PartWriter, arrow_schema, parquet_writer, record_batch
 from jobs.generate.predictor import Predictor
@@ -81,7 +81,11 @@ def write_dataset(root: Path, spec: DatasetSpec, config: VAEConfig, state: dict[
     storage = Storage(str(root))
     dataset_id = spec.dataset_id.removesuffix("-f3") + f"-f{version}"
     if version == 3:
-        writer = PartWriter(Predictor(spec, config.to_dict(), state), storage, dataset_id)
+        pinned = model or TINY_MODEL
+        provenance = manifest.provenance_metadata(manifest.recipe_digest(spec, pinned), pinned,
+                                                  (lineage or TINY_LINEAGE)["tracking_uri"])
+        metadata = manifest.parquet_metadata(provenance)  # as the job's workers write it
+        writer = PartWriter(Predictor(spec, config.to_dict(), state), storage, dataset_id, metadata)
         parts = [writer(shard) for shard in range(spec.num_shards)]
         storage.delete_dir(dataset_id, "_parts")
     else:
@@ -113,6 +117,7 @@ def write_dataset(root: Path, spec: DatasetSpec, config: VAEConfig, state: dict[
         record["spec"]["format"] = f"vaegen-dataset/{version}"
     else:
         card.write(storage, dataset_id, record, quality)
+        croissant.write(storage, dataset_id, record)
     storage.write_json(record, dataset_id, manifest.MANIFEST)
     return root / dataset_id
 

@@ -19,6 +19,7 @@ import dataclasses
 import json
 from typing import Any
 
+from jobs.generate import manifest
 from jobs.generate.storage import Storage
 
 CARD = "_README.md"
@@ -119,6 +120,8 @@ def hf_header(record: dict[str, Any]) -> str:
         for key, value in feature.items():
             lines.append(f"    {key}: {json.dumps(value)}")
     lines.append(f"  download_size: {record['total_bytes']}")  # no `splits`: datasets wants their size in its own Arrow bytes
+    provenance = manifest.record_provenance(record)  # what the parts' Parquet metadata and _croissant.json say too
+    lines += [f"{key}: {json.dumps(value, sort_keys=True)}" for key, value in provenance.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -129,6 +132,7 @@ def pretty_name(record: dict[str, Any]) -> str:
 
 def card_text(record: dict[str, Any], quality: Quality | None, location: str, header: str) -> str:
     model, lineage, spec = record["model"], record["lineage"], record["spec"]
+    provenance = manifest.record_provenance(record)
     shape = tuple(record["sample_shape"])
     shape_text = "x".join(map(str, shape))
     alias = f" (resolved from `{model['resolved_from']}`)" if model.get("resolved_from") else ""
@@ -139,6 +143,8 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
         f"registered VAE decoder `{model['name']}` version {model['version']}{alias}, by vaegen "
         f"{record['vaegen_version']}. Every row carries the seed it was drawn from: anyone can regenerate it.",
         "## What made it\n\n" + _table([
+            ("AI-generated", "yes: every row was decoded by a generative model (`ai_generated: true` in each part's "
+                             "Parquet metadata, this card's header and `_croissant.json`)"),
             ("model", f"`{model['name']}` version {model['version']}"),
             ("resolved from", f"`{model.get('resolved_from')}`"),
             ("model run", f"`{model['run_id']}`"),
@@ -162,6 +168,9 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
             ("parts", f"{len(record['files'])} files `{PART_GLOB}`, {record['total_bytes']:,} bytes, "
                       f"{record['compression']} compressed, {record['checksum_algorithm']} checksums in `_manifest.json`"),
             ("format", f"`{record['format']}` (decode block {spec['block_rows']:,} rows)"),
+            ("recipe digest", f"`{provenance['recipe_digest']}` (sha256 of the spec and the pinned version; "
+                              "in every part)"),
+            ("manifest sha256", f"`{provenance['manifest_sha256']}` (of `_manifest.json`'s bytes)"),
         ]),
         "## Quality\n\n" + _quality_text(quality, location),
         "## Load it\n\n" + _loading_text(record, location),

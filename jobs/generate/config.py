@@ -52,11 +52,14 @@ class GenerateConfig:
     overwrite: bool = False  # replace a committed dataset with the same id
     resume: str | None = None  # a dataset id under --out, or the dataset's own path/URI
     redact_provenance: bool = False  # leave users, hosts and locations out of the manifest: for datasets to publish
+    recipe_only: bool = False  # write the manifest alone (jobs/generate/recipe.py): rows are decoded on read
 
     def __post_init__(self) -> None:
         if self.n is None and self.resume is None:
             raise UsageError("--n is required: pass the number of samples, e.g. --n 1000000")
         check_sizes(self.n, self.rows_per_shard, self.batch_size)
+        if self.recipe_only and self.resume is not None:
+            raise UsageError("--recipe-only writes one file at once, there is nothing to --resume; drop --resume")
 
     def check_output(self) -> None:
         """Where the run would write, checked without touching it: the command line asks before importing Ray."""

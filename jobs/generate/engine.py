@@ -185,11 +185,12 @@ class ShardWorker:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def write(self, spec: DatasetSpec, config: dict, state: dict, shard: int) -> PartInfo:
+    def write(self, spec: DatasetSpec, config: dict, state: dict, shard: int, metadata: dict | None = None) -> PartInfo:
         from jobs.generate.predictor import Predictor  # torch: imported by workers, never by the driver
 
-        if self.writer is None or self.writer.spec != spec:
-            self.writer = PartWriter(Predictor(spec, config, state, self.device), self.storage, spec.dataset_id)
+        if self.writer is None or self.writer.spec != spec or self.writer.metadata != (metadata or {}):
+            predictor = Predictor(spec, config, state, self.device)
+            self.writer = PartWriter(predictor, self.storage, spec.dataset_id, metadata)
         return self.writer(shard)
 
 
@@ -248,7 +249,7 @@ class WorkerPool:
         self._outstanding.clear()
 
     def run(self, spec: DatasetSpec, config: dict, state: dict, shards: Sequence[int],
-            on_part: Callable[[PartInfo], None]) -> list[PartInfo]:
+            on_part: Callable[[PartInfo], None], metadata: dict[str, str] | None = None) -> list[PartInfo]:
         """Write every shard (a lazy sequence: `range(num_shards)`), each on whichever worker is free.
 
         The weights go into the object store once; each task carries the reference, and Ray
@@ -257,7 +258,7 @@ class WorkerPool:
         behind a slow worker while another sits idle at the end of the job (the idle tail,
         benchmarks/tail.py), and the driver's round trip between two shards costs milliseconds.
         """
-        job = _Job(self, spec, config, ray.put(state), shards)
+        job = _Job(self, spec, config, ray.put(state), shards, metadata)
         while job.unsubmitted or job.retries or job.tasks:
             job.dispatch()
             for ref in job.wait():
@@ -278,8 +279,10 @@ class WorkerPool:
 class _Job:
     """One run of the pool: which shards are where, what failed how often, which workers are down."""
 
-    def __init__(self, pool: WorkerPool, spec: DatasetSpec, config: dict, state_ref: Any, shards: Sequence[int]):
+    def __init__(self, pool: WorkerPool, spec: DatasetSpec, config: dict, state_ref: Any, shards: Sequence[int],
+                 metadata: dict[str, str] | None = None):
         self.pool, self.spec, self.config, self.state_ref = pool, spec, config, state_ref
+        self.metadata = metadata  # Parquet key-value metadata of every part
         self.workers = [_Worker(handle) for handle in pool.workers]
         self.fresh = iter(shards)
         self.unsubmitted = len(shards)
@@ -292,7 +295,7 @@ class _Job:
         self.gone_reason = ""  # why the last worker that cannot come back died
 
     def submit(self, index: int, shard: int, isolated: bool) -> None:
-        ref = self.workers[index].handle.write.remote(self.spec, self.config, self.state_ref, shard)
+        ref = self.workers[index].handle.write.remote(self.spec, self.config, self.state_ref, shard, self.metadata)
         self.tasks[ref] = _Task(shard, index, isolated)
         self.pool._outstanding.add(ref)
         self.workers[index].in_flight += 1

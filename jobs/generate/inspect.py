@@ -23,7 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.generate.card import CARD, HF_YAML
+from jobs.generate.croissant import CROISSANT
 from jobs.generate.manifest import MANIFEST, PROGRESS
+from jobs.generate.recipe import is_recipe, recipe_problems
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
 from vae_core.errors import UsageError, VaegenError
@@ -79,6 +81,10 @@ def ensure_intact(storage: Storage, dataset_id: str, record: dict[str, Any]) -> 
 
 def inspect(location: str, deep: bool = False) -> InspectReport:
     storage, dataset_id, record = open_committed(location)
+    if is_recipe(record):  # no parts: the manifest is the dataset (jobs/generate/recipe.py)
+        problems = recipe_problems(record) or folder_problems(storage.listing(dataset_id), record)
+        notes = ("recipe-only: --deep has no stored rows to compare",) if deep else ()
+        return InspectReport(storage.location(dataset_id), record, problems, 0, notes=notes)
     problems = manifest_problems(record)
     if problems:  # without a consistent manifest there is nothing to check the files against
         return InspectReport(storage.location(dataset_id), record, problems, 0)
@@ -173,7 +179,8 @@ def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> l
             problems.append(f"{entry['name']}: missing")
         elif size != entry["size_bytes"]:
             problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['size_bytes']}")
-    allowed = {MANIFEST, CARD, HF_YAML, *(entry["name"] for entry in record["files"])}  # the card: jobs/generate/card.py
+    # the card: jobs/generate/card.py; the Croissant file: croissant.py
+    allowed = {MANIFEST, CARD, HF_YAML, CROISSANT, *(entry["name"] for entry in record["files"])}
     for name in sorted(set(listing) - allowed):
         kind = "folder" if listing[name] is None else "file"
         seen = "" if name.startswith((".", "_")) else ": readers would take it for part of the dataset"
@@ -226,7 +233,7 @@ def _id_range(metadata: pq.FileMetaData) -> tuple[int | None, int | None]:
 def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
     import torch
 
-    spec = _spec_of(record)
+    spec = spec_of(record)
     predictor, tolerance = _registered_predictor(record, spec)
     notes = () if tolerance is None else (f"made on CUDA, re-decoded on this CPU: x compared within {tolerance} "
                                           "(CPU and CUDA kernels differ in the last bits)",)
@@ -245,7 +252,7 @@ def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
     return InspectReport(storage.location(dataset_id), record, problems, derived, decoded, notes)
 
 
-def _spec_of(record: dict) -> DatasetSpec:
+def spec_of(record: dict) -> DatasetSpec:
     """The spec of any format's manifest (an older format's spec has the same fields that decide x)."""
     fields = {field.name for field in dataclasses.fields(DatasetSpec)}
     values = {key: value for key, value in record["spec"].items() if key in fields}
@@ -260,6 +267,17 @@ def _registered_predictor(record: dict, spec: DatasetSpec) -> tuple[Any, float |
     import torch
 
     from jobs.generate.predictor import Predictor
+
+    config, state = registered_weights(record, "inspect --deep re-decodes x")
+    made_on_cuda = record.get("execution", {}).get("device") == "cuda"
+    device = "cuda" if made_on_cuda and torch.cuda.is_available() else "cpu"
+    tolerance = X_TOLERANCE[spec.dtype] if made_on_cuda and device == "cpu" else None
+    return Predictor(spec, config, state, device), tolerance
+
+
+def registered_weights(record: dict, purpose: str) -> tuple[dict, dict[str, Any]]:
+    """(config, weights) of the decoder a manifest pins, from the registry, without pickle; refused unless
+    the registry's version comes from the run the manifest records."""
     from registry import models, tracking
 
     model = record["model"]
@@ -268,16 +286,13 @@ def _registered_predictor(record: dict, spec: DatasetSpec) -> tuple[Any, float |
         tracking.ensure_reachable()
         pinned = models.resolve(reference)
     except VaegenError as error:
-        raise VaegenError(f"inspect --deep re-decodes x with {reference} from the registry: {error}") from None
+        raise VaegenError(f"{purpose} with {reference} from the registry: {error}") from None
     if pinned.run_id != model["run_id"]:
-        raise VaegenError(f"inspect --deep: {reference} in this registry ({tracking.shown_uri()}) comes from run "
+        raise VaegenError(f"{purpose}: {reference} in this registry ({tracking.shown_uri()}) comes from run "
                           f"{pinned.run_id}, this dataset from run {model['run_id']}; point MLFLOW_TRACKING_URI at "
                           "the registry that made the dataset")
     loaded = models.load_decoder(pinned)
-    made_on_cuda = record.get("execution", {}).get("device") == "cuda"
-    device = "cuda" if made_on_cuda and torch.cuda.is_available() else "cpu"
-    tolerance = X_TOLERANCE[spec.dtype] if made_on_cuda and device == "cpu" else None
-    return Predictor(spec, loaded.config.to_dict(), loaded.state, device), tolerance
+    return loaded.config.to_dict(), loaded.state
 
 
 def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: DatasetSpec, predictor: Any,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from jobs.generate import card, engine, inspect, manifest
+from jobs.generate import card, croissant, engine, inspect, manifest
 from jobs.generate.config import DEFAULT_MODEL, LABEL_POLICIES, GenerateConfig  # noqa: F401 (re-exported)
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
@@ -64,6 +64,10 @@ def generate(
     pinned: PinnedModel | None = None,
 ) -> GenerateResult:
     """`pinned`: config.model already resolved by the caller (refresh), so the manifest records the alias it came from."""
+    if config.recipe_only:
+        from jobs.generate.recipe import generate_recipe
+
+        return generate_recipe(config, log, pinned)
     storage, resume_id = _output(config)
     storage.check_writable()
     if os.environ.get("MLFLOW_TRACKING_URI"):  # a store that is not there is a usage error before Ray starts
@@ -197,7 +201,11 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
             storage.write_json(manifest.progress_record(spec, model_record, run.run_id, placement.device), dataset_id,
                                manifest.PROGRESS)
             loaded = loading.result()
-            parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part)
+            registry = None if redact_provenance else tracking.shown_uri()
+            digest = manifest.recipe_digest(spec, model_record)
+            provenance = manifest.provenance_metadata(digest, model_record, registry)
+            parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part,
+                             manifest.parquet_metadata(provenance))
             seconds = time.perf_counter() - started
             record = manifest.build(
                 spec, model_record, parts,
@@ -208,6 +216,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
                 label_counts=label_counts(spec), redact_provenance=redact_provenance,
             )
             card.write(storage, dataset_id, record, card.from_version_tags(loaded.tags))  # before the commit
+            croissant.write(storage, dataset_id, record)
             storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
             _cleanup(storage, dataset_id)
             run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,

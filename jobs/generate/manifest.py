@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
+import json
 import socket
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -98,12 +100,21 @@ def build(
     label_counts: dict[str, int] | None,
     redact_provenance: bool = False,
 ) -> dict[str, Any]:
-    from jobs.generate.parts import arrow_schema
-
     parts = sorted(parts, key=lambda part: part.shard)
     assert [part.shard for part in parts] == list(range(spec.num_shards)), "every shard must be committed once"
     assert sum(part.rows for part in parts) == spec.n, "shard rows must add up to n"
-    record = {
+    record = describe(spec, model, lineage, label_counts)
+    record.update(files=[part.to_dict() for part in parts], total_bytes=sum(part.size_bytes for part in parts),
+                  timings=timings, execution=execution)
+    return redacted(record) if redact_provenance else record
+
+
+def describe(spec: DatasetSpec, model: dict[str, Any], lineage: dict[str, Any],
+             label_counts: dict[str, int] | None) -> dict[str, Any]:
+    """The fields every manifest has, stored or recipe-only (jobs/generate/recipe.py), in their order."""
+    from jobs.generate.parts import arrow_schema
+
+    return {
         "format": FORMAT,
         "dataset_id": spec.dataset_id,
         "n": spec.n,
@@ -122,14 +133,57 @@ def build(
         "spec_fingerprint": spec.fingerprint(),
         "schema": schema_description(arrow_schema(spec)),
         "model": model,
+        "recipe_digest": recipe_digest(spec, model),
         "checksum_algorithm": CHECKSUM,
-        "files": [part.to_dict() for part in parts],
-        "total_bytes": sum(part.size_bytes for part in parts),
-        "timings": timings,
-        "execution": execution,
+        "files": [],
+        "total_bytes": 0,
+        "timings": {},
+        "execution": {},
         "lineage": lineage,
         "created_by": {"user": getpass.getuser(), "host": socket.gethostname()},
         "provenance": "recorded",
         "vaegen_version": vaegen_version(),
     }
-    return redacted(record) if redact_provenance else record
+
+
+def recipe_digest(spec: DatasetSpec, model: dict[str, Any]) -> str:
+    """sha256 of what defines every row (the spec and the pinned version), known before any part is written:
+    the parts carry it, since they cannot carry the digest of the manifest that commits their checksums."""
+    return _digest(spec.to_dict(), model)
+
+
+def _digest(spec: dict[str, Any], model: dict[str, Any]) -> str:
+    recipe = {"spec": spec, "model": {key: model[key] for key in ("name", "version", "run_id")}}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def manifest_digest(record: dict[str, Any]) -> str:
+    """sha256 of `_manifest.json`'s bytes as Storage.write_json writes this record."""
+    return hashlib.sha256(json_bytes(record)).hexdigest()
+
+
+def json_bytes(record: dict[str, Any]) -> bytes:
+    from jobs.generate.storage import json_bytes as encode
+
+    return encode(record)
+
+
+def provenance_metadata(digest: str, model: dict[str, Any], registry: str | None) -> dict[str, Any]:
+    """What every part, the card and the Croissant file say about where the rows come from: AI-generated,
+    by which registered model (registry None when provenance is redacted), with which seed scheme, and the
+    recipe digest."""
+    generator = {"model": model["name"], "version": model["version"], "run_id": model["run_id"], "registry": registry}
+    return {"ai_generated": True, "generator": generator, "seed_scheme": SEED_SCHEME, "recipe_digest": digest}
+
+
+def parquet_metadata(provenance: dict[str, Any]) -> dict[str, str]:
+    """provenance_metadata as Parquet key-value metadata (strings; JSON for the generator)."""
+    return {"ai_generated": "true", "vaegen.generator": json.dumps(provenance["generator"], sort_keys=True),
+            "vaegen.seed_scheme": provenance["seed_scheme"], "vaegen.recipe_digest": provenance["recipe_digest"]}
+
+
+def record_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """provenance_metadata of a record about to be committed (or committed), plus the manifest's own digest."""
+    registry = record["lineage"].get("tracking_uri") if has_provenance(record) else None
+    digest = record.get("recipe_digest") or _digest(record["spec"], record["model"])
+    return {**provenance_metadata(digest, record["model"], registry), "manifest_sha256": manifest_digest(record)}

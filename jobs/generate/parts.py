@@ -134,12 +134,15 @@ def parquet_writer(where: Any, schema: pa.Schema, spec: DatasetSpec) -> pq.Parqu
 class PartWriter:
     """Writes (or, on a resume, verifies) the part file of one shard."""
 
-    def __init__(self, predictor: Predictor, storage: Storage, dataset_id: str):
+    def __init__(self, predictor: Predictor, storage: Storage, dataset_id: str, metadata: dict[str, str] | None = None):
         self.predictor = predictor
         self.spec = predictor.spec
         self.storage = storage
         self.dataset_id = dataset_id
-        self.schema = arrow_schema(self.spec)
+        self.metadata = metadata or {}  # manifest.parquet_metadata: AI-generated, the generator, the recipe digest
+        schema = arrow_schema(self.spec)
+        extra = {key.encode(): value.encode() for key, value in self.metadata.items()}
+        self.schema = schema.with_metadata({**schema.metadata, **extra})
 
     def __call__(self, shard: int) -> PartInfo:
         return self.verified(shard) or self.write(shard)

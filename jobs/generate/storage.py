@@ -234,7 +234,7 @@ class Storage:
 
     def write_json(self, data: dict, *names: str) -> None:
         with self.atomic_writer(*names) as stream:
-            stream.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+            stream.write(json_bytes(data))
 
     def delete(self, *names: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -353,3 +353,8 @@ def storage_from_env(out: str | None) -> Storage:
 
     return Storage(output_root(out))
 
+
+
+def json_bytes(data: dict) -> bytes:
+    """How Storage.write_json encodes a record (manifest digests are of these bytes)."""
+    return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
