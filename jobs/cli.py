@@ -223,10 +223,9 @@ def sample(model_ref, n, seed, out) -> None:
         raise UsageError(f"--n must be a positive integer, got {n}")
     tracking.ensure_reachable()
     loaded = models.load_decoder(models.resolve(model_ref))
-    images, _ = draw_images(loaded.build(), n, seed)
-    columns = loaded.config.num_classes or None
-    title = f"{loaded.pinned.name}/{loaded.pinned.version}, seed {seed}"
-    path = plots.save(plots.image_grid(images, columns, title), out)
+    images, labels = draw_images(loaded.build(), n, seed)
+    title = f"{loaded.pinned.name}/{loaded.pinned.version}, seed {seed}" + ("" if labels is None else ", a row per class")
+    path = plots.save(plots.image_grid(*plots.class_rows(images, labels), title), out)
     click.echo(str(path))
 
 
@@ -268,12 +267,16 @@ def list_models(name) -> None:
                        f"by {event['by']}: {event['reason']}")
 
 
-def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def _generate_options(n_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options shared by `generate` and `refresh`: what to generate and where it runs."""
+    return functools.partial(_add_generate_options, n_help=n_help)
+
+
+def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[..., Any]:
     options = [
         click.option("--model", "model_ref", default="vae-decoder@champion", show_default=True,
                      help="NAME@ALIAS, NAME/VERSION, NAME/latest, models:/..., runs:/... (resolved once, then pinned)."),
-        click.option("--n", type=int, default=None, help="Number of samples (required, except with --resume)."),
+        click.option("--n", type=int, default=None, help=n_help),
         click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
         click.option("--layout", type=click.Choice(["tensor", "binary"]), default="tensor", show_default=True,
@@ -336,7 +339,7 @@ def _stdout_for_results() -> Any:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@_generate_options
+@_generate_options("Number of samples (required, except with --resume).")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
 @click.option("--overwrite", is_flag=True, help="Replace a committed dataset with the same id.")
 @click.option("--resume", default=None, metavar="DATASET", help="Continue an unfinished dataset (its id under --out, or its path).")
@@ -543,7 +546,7 @@ def rollback(name, alias, reason, by) -> None:
 
 
 @main.command()
-@_generate_options
+@_generate_options("Number of samples (required).")
 @click.option("--keep", type=int, default=3, show_default=True, help="Newest committed datasets kept under --out (plus the one `latest` names, if older).")
 @click.option("--seed-policy", type=click.Choice(["fixed", "daily", "new"]), default="fixed", show_default=True,
               help="fixed: new data only when the promoted version changes; daily: a seed per UTC day; new: every run.")

@@ -124,12 +124,18 @@ def _path_segment(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: np.ndarray, title: str,
-           out: Path, real_histogram: list[float]) -> tuple[Path, Path]:
+def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: tuple[np.ndarray, np.ndarray | None],
+           title: str, out: Path, real_histogram: list[float]) -> tuple[Path, Path]:
+    """samples: the generated (images, labels or None); the page previews one row per class of labelled ones."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "report.json"
     json_path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
-    png_path = plots.save(plots.quality_figure(samples, images, metrics, real_histogram, title), out / "report.png")
+    generated, labels = samples
+    if labels is None:
+        generated = generated[: plots.PREVIEW_COLUMNS**2]
+    preview, columns = plots.class_rows(generated, labels, plots.PREVIEW_COLUMNS)
+    figure = plots.quality_figure(preview, images, metrics, real_histogram, title, columns)
+    png_path = plots.save(figure, out / "report.png")
     return json_path, png_path
 
 
@@ -153,7 +159,7 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
     metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
     metrics.update({"model": loaded.pinned.to_dict(), "report_seed": config.seed, "n": config.n, "subject": "model"})
     title = f"{loaded.pinned.name}/{loaded.pinned.version}: {config.n:,} samples, report seed {config.seed}"
-    json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)
+    json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
     run_id = loaded.pinned.run_id
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
     models.record_quality(loaded.pinned, headline(metrics))
@@ -184,7 +190,7 @@ def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
     metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
     title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
-    json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)
+    json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
     figures = headline(metrics)
     run_id = lineage.log_dataset_quality(record, figures)
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")

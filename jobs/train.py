@@ -112,10 +112,9 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
 
         result = train(dataset, model_config, config.train, on_epoch=record)
         decoder = result.model.decoder
-        images, _ = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
-        columns = model_config.num_classes or None
+        images, labels = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
         figures = {
-            "plots/samples.png": plots.image_grid(images, columns, "samples, seed 0"),
+            "plots/samples.png": plots.image_grid(*plots.class_rows(images, labels), "samples, seed 0"),
             "plots/loss_curves.png": plots.loss_curves(result.history),
         }
         manifold = manifold_images(decoder)
