@@ -168,13 +168,7 @@ def train(data, architecture, epochs, steps, batch_size, learning_rate, lr_sched
         report=report,
     )
 
-    of_epochs = "" if config.train.steps else f"/{config.train.epochs}"
-
-    def progress(metrics) -> None:
-        click.echo(f"epoch {metrics.epoch:>3}{of_epochs}  train {metrics.train_loss:8.3f}  "
-                   f"held-out {metrics.val_loss:8.3f} nats  ({metrics.seconds:.2f} s)", err=True)
-
-    result = train_job.run(config, on_epoch=progress)
+    result = train_job.run(config)  # progress (steps, epochs, losses, ETA) on stderr
     click.echo(f"run_id: {result.pinned.run_id}")
     click.echo(f"registered: {result.pinned.name}/{result.pinned.version}")
     click.echo(f"held-out negative ELBO: {result.val_neg_elbo:.3f} nats per sample")
@@ -242,28 +236,28 @@ def list_models(name) -> None:
       vaegen models
       vaegen models vae-decoder
     """
-    from registry import models, tracking
+    from registry import descriptions, models, tracking
 
     tracking.ensure_reachable()
     summaries = models.list_versions(name)
     if not summaries:
         click.echo("no registered models; run `vaegen train` first", err=True)
         return
-    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'kind':<18} data")
+    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'shape':<7} {'z':>3}  {'kind':<18} "
+               f"{'data':<20} architecture; training")
     for summary in summaries:
-        kind = "unconditional"
-        if summary.tags.get("conditional") == "true":
-            classes = json.loads(summary.tags.get("config", "{}")).get("num_classes", 0)
-            kind = f"conditional 0..{classes - 1}"
+        facts = {**descriptions.model_facts(json.loads(summary.tags.get("config", "{}")), {}), **summary.tags}
+        kind = facts["conditioning"].replace("class-conditional", "conditional")
         click.echo(
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
-            f"{summary.tags.get('val_neg_elbo', '-'):>9}  {kind:<18} {summary.tags.get('data_source', '-')}"
+            f"{summary.tags.get('val_neg_elbo', '-'):>9}  {facts['input_shape']:<7} {facts['latent_dim']:>3}  {kind:<18} "
+            f"{summary.tags.get('data_source', '-'):<20} {facts['architecture']}; {facts['training_budget']}"
         )
     for model_name, alias, events in models.alias_histories(name):
         click.echo(f"\nhistory of {model_name}@{alias}:")
         for event in events:
             previous = "-" if event["previous_version"] is None else f"v{event['previous_version']}"
-            click.echo(f"  {event['at']}  {event['action']:<8} {previous} -> v{event['version']}  "
+            click.echo(f"  {event['at']}  {descriptions.action_text(event):<8} {previous} -> v{event['version']}  "
                        f"by {event['by']}: {event['reason']}")
 
 
@@ -467,6 +461,9 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--reason", required=True, help="Why this version should serve; recorded on the version.")
 @click.option("--by", default=None, help="Who promotes [default: the OS user].")
 @click.option("--force", is_flag=True, help="Promote even if a gate cannot compare (never past a failing gate).")
+@click.option("--allow-schema-change", is_flag=True,
+              help="Promote a version whose sample shape or conditioning differs from the alias holder's: the data "
+                   "`generate` and `refresh` write from the alias changes with it (the schema gate says how).")
 @click.option("--elbo-tolerance", type=float, default=0.5, show_default=True, help="Allowed held-out -ELBO regression, nats.")
 @click.option("--to-model", default=None, help="Copy the version into this registered model first, and promote the copy.")
 @click.option("--to-tracking-uri", default=None, help="With --to-model: the registry to copy into (e.g. prod's server).")
@@ -482,7 +479,7 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--min-tstr-ratio", type=float, default=0.8, show_default=True,
               help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.")
 @handle_errors
-def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision,
+def promote(reference, alias, reason, by, force, allow_schema_change, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision,
             min_class_coverage, renamed_min_coverage, max_memorisation, max_frechet_ratio, min_label_accuracy,
             min_tstr_ratio) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result.
@@ -510,6 +507,7 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tr
     thresholds = promotion.QualityThresholds(min_precision, min_class_coverage, max_memorisation, min_label_accuracy,
                                              max_frechet_ratio, min_tstr_ratio)
     config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
+                                       allow_schema_change=allow_schema_change,
                                        elbo_tolerance_nats=elbo_tolerance, quality=thresholds if quality_gate else None)
     result = promotion.promote(reference, config)
     for gate in result.gates:

@@ -23,6 +23,7 @@ import torch
 
 from jobs import plots, reader
 from jobs.generate import card, manifest
+from jobs.progress import Progress
 from jobs.sample import draw_images
 from registry import lineage, models
 from registry.models import LoadedDecoder
@@ -139,12 +140,19 @@ def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: tupl
     return json_path, png_path
 
 
+def _progress() -> Progress:
+    """The report's stages: samples, the reference classifier, then quality_report's own."""
+    return Progress(2 + len(quality.REPORT_STAGES), "quality report", unit="stages", log_interval_s=0)
+
+
 def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None,
-             config: ReportConfig) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
+             config: ReportConfig, progress: Progress) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
     train, holdout = reference_split(loaded, config.data)
     classifier, info, weights_path = classifier_for(train, config)
+    progress.advance(1, "reference classifier ready")
     metrics, images = quality.quality_report(classifier, train.images, train.labels, holdout.images, holdout.labels,
-                                             generated.astype(np.float32), config.quality, generated_labels)
+                                             generated.astype(np.float32), config.quality, generated_labels,
+                                             on_stage=lambda stage: progress.advance(1, f"{stage} done"))
     metrics["classifier"] = info
     metrics["data_source"] = config.data or loaded.tags.get("data_source")
     real_histogram = np.bincount(train.labels, minlength=info["num_classes"]) / len(train.labels)
@@ -155,8 +163,10 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
     loaded = models.load_decoder(models.resolve(reference))
     name, version = loaded.pinned.name, loaded.pinned.version
     out = report_folder(config, Path(_path_segment(name), f"v{version}"), f"model {name}/{version}")
-    generated, labels = draw_images(loaded.build(), config.n, config.seed)
-    metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
+    with _progress() as progress:
+        generated, labels = draw_images(loaded.build(), config.n, config.seed)
+        progress.advance(1, f"{config.n:,} samples decoded")
+        metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config, progress)
     metrics.update({"model": loaded.pinned.to_dict(), "report_seed": config.seed, "n": config.n, "subject": "model"})
     title = f"{loaded.pinned.name}/{loaded.pinned.version}: {config.n:,} samples, report seed {config.seed}"
     json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
@@ -182,12 +192,14 @@ def read_samples(dataset: reader.Dataset, n: int) -> tuple[np.ndarray, np.ndarra
 def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     dataset = reader.open_dataset(location, verify=False)
     record = dataset.manifest
-    generated, labels = read_samples(dataset, config.n)
     dataset_id = record["dataset_id"]
     out = report_folder(config, Path("datasets", dataset_id), f"dataset {dataset_id}")
     model = record["model"]
     loaded = models.load_decoder(models.resolve(f"{model['name']}/{model['version']}"))
-    metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
+    with _progress() as progress:
+        generated, labels = read_samples(dataset, config.n)
+        progress.advance(1, f"{len(generated):,} rows read")
+        metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config, progress)
     metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
     title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
     json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)

@@ -356,10 +356,10 @@ def trained_version(module_sqlite: TrackingStore) -> TrainedVersion:
     return TrainedVersion(module_sqlite, config, run(config))
 
 
-def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0):
+def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0, config=None):
     """A seeded, untrained decoder registered through the path training uses (weights-only, config, tags), in
     the active store: for tests that need a version to decode with and gates to pass, not a good model. Seconds,
-    where training takes tens of seconds on a loaded 2-core box."""
+    where training takes tens of seconds on a loaded 2-core box. `config`: a VAEConfig [default: VAEConfig()]."""
     import torch
 
     from registry import models
@@ -368,7 +368,7 @@ def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 
     from vae_core.training import TrainResult
 
     torch.manual_seed(0)
-    result = TrainResult(model=VAE(VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1, holdout_size=1,
+    result = TrainResult(model=VAE(config or VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1, holdout_size=1,
                          seconds=0.0)
     with models.training_run("vaegen-train", "untrained-decoder", {}) as run:
         return run.register(result, name, {})

@@ -26,6 +26,7 @@ from jobs.generate.card import CARD, HF_YAML
 from jobs.generate.manifest import MANIFEST, PROGRESS
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
+from jobs.progress import Progress
 from vae_core.errors import UsageError, VaegenError
 
 DEEP_BLOCKS_PER_PART = 3  # decode blocks re-decoded per part on --deep: its first, middle and last
@@ -237,12 +238,14 @@ def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as CPU workers decode: the same kernels, so the same bits
     try:
-        for entry in record["files"]:
-            with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
-                found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance)
-            problems += found
-            derived += entry["rows"]
-            decoded += rows_decoded
+        with Progress(record["n"], f"inspect --deep {dataset_id}") as progress:
+            for entry in record["files"]:
+                with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
+                    found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance)
+                problems += found
+                derived += entry["rows"]
+                decoded += rows_decoded
+                progress.advance(entry["rows"], f"{entry['name']} checked")
     finally:
         torch.set_num_threads(threads)
     return InspectReport(storage.location(dataset_id), record, problems, derived, decoded, notes)

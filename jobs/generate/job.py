@@ -185,7 +185,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
     params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
               "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
     started_at, started = manifest.utc_now(), time.perf_counter()
-    progress = Progress(spec.n, dataset_id)
+    progress = Progress(spec.n, f"generate {dataset_id}")
     reused = 0
 
     def on_part(info: PartInfo) -> None:
