@@ -218,7 +218,8 @@ def sample(model_ref, n, seed, out) -> None:
     tracking.ensure_reachable()
     loaded = models.load_decoder(models.resolve(model_ref))
     images, labels = draw_images(loaded.build(), n, seed)
-    title = f"{loaded.pinned.name}/{loaded.pinned.version}, seed {seed}" + ("" if labels is None else ", a row per class")
+    title = f"{loaded.pinned.name}/{loaded.pinned.version}, seed {seed}"
+    title += "" if labels is None else ", a row per class"
     path = plots.save(plots.image_grid(*plots.class_rows(images, labels), title), out)
     click.echo(str(path))
 
@@ -250,7 +251,8 @@ def list_models(name) -> None:
         kind = facts["conditioning"].replace("class-conditional", "conditional")
         click.echo(
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
-            f"{summary.tags.get('val_neg_elbo', '-'):>9}  {facts['input_shape']:<7} {facts['latent_dim']:>3}  {kind:<18} "
+            f"{summary.tags.get('val_neg_elbo', '-'):>9}  {facts['input_shape']:<7} {facts['latent_dim']:>3}  "
+            f"{kind:<18} "
             f"{summary.tags.get('data_source', '-'):<20} {facts['architecture']}; {facts['training_budget']}"
         )
     for model_name, alias, events in models.alias_histories(name):
@@ -479,9 +481,9 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--min-tstr-ratio", type=float, default=0.8, show_default=True,
               help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.")
 @handle_errors
-def promote(reference, alias, reason, by, force, allow_schema_change, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision,
-            min_class_coverage, renamed_min_coverage, max_memorisation, max_frechet_ratio, min_label_accuracy,
-            min_tstr_ratio) -> None:
+def promote(reference, alias, reason, by, force, allow_schema_change, elbo_tolerance, to_model, to_tracking_uri,
+            quality_gate, min_precision, min_class_coverage, renamed_min_coverage, max_memorisation, max_frechet_ratio,
+            min_label_accuracy, min_tstr_ratio) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result.
 
     \b

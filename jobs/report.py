@@ -145,8 +145,8 @@ def _progress() -> Progress:
     return Progress(2 + len(quality.REPORT_STAGES), "quality report", unit="stages", log_interval_s=0)
 
 
-def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None,
-             config: ReportConfig, progress: Progress) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
+def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None, config: ReportConfig,
+             progress: Progress) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
     train, holdout = reference_split(loaded, config.data)
     classifier, info, weights_path = classifier_for(train, config)
     progress.advance(1, "reference classifier ready")

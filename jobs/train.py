@@ -144,7 +144,8 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
                 if on_epoch is not None:
                     on_epoch(metrics)
 
-            result = train(dataset, model_config, config.train, on_epoch=record, on_prior_flow_step=progress.prior_flow_step)
+            result = train(dataset, model_config, config.train, on_epoch=record,
+                           on_prior_flow_step=progress.prior_flow_step)
         decoder = result.model.decoder
         images, labels = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
         figures = {

@@ -78,7 +78,9 @@ def action_text(event: dict[str, Any]) -> str:
     forced = event.get("forced")
     if not forced:
         return event["action"]
-    return f"{event['action']}(forced: {', '.join(forced)})" if isinstance(forced, list) else f"{event['action']}(--force)"
+    if not isinstance(forced, list):  # older records: a bool, True whenever --force was given
+        return f"{event['action']}(--force)"
+    return f"{event['action']}(forced: {', '.join(forced)})"
 
 
 def gates_text(gates: list[dict[str, Any]], details: bool = True) -> str:
@@ -112,7 +114,8 @@ def model_facts(config: dict[str, Any], params: dict[str, str]) -> dict[str, str
     architecture = config.get("architecture", "mlp")
     hidden = config.get("hidden_sizes") or ()
     if architecture == "conv":
-        layers = f"conv, channels {_sizes(config.get('conv_channels'))}" + (f", dense {_sizes(hidden)}" if hidden else "")
+        layers = f"conv, channels {_sizes(config.get('conv_channels'))}"
+        layers += f", dense {_sizes(hidden)}" if hidden else ""
     else:
         layers = f"MLP, hidden {_sizes(hidden)}"
     flow_layers = int(config.get("prior_flow_layers") or 0)
@@ -209,7 +212,8 @@ def history_description(name: str, histories: dict[str, list[dict[str, Any]]], l
 
     for index, (_, _, alias, event) in enumerate(newest_first):
         previous = "-" if event.get("previous_version") is None else f"v{event['previous_version']}"
-        tables[alias].append((event["at"], action_text(event), f"[v{event['version']}]({version_link(name, event['version'])})",
+        link = f"[v{event['version']}]({version_link(name, event['version'])})"
+        tables[alias].append((event["at"], action_text(event), link,
                               previous, event.get("by", ""), event.get("reason", ""), gates_text(event.get("gates", []), False)))
         if len(render(len(newest_first) - index - 1)) > limit:
             tables[alias].pop()

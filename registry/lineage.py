@@ -218,8 +218,8 @@ def dataset_run(dataset_id: str, fingerprint: str, model: "PinnedModel", params:
     def describe(manifest: dict[str, Any] | None = None, location: str | None = None) -> str:
         return descriptions.dataset_run_description(dataset_id, model.to_dict(), model_run, model_id, manifest, location)
 
-    tags = {RUN_KIND_TAG: "dataset", "vaegen.dataset_id": dataset_id, "vaegen.model_name": model.name, "vaegen.model_version": str(model.version),
-            MLFLOW_RUN_NOTE: describe()}
+    tags = {RUN_KIND_TAG: "dataset", "vaegen.dataset_id": dataset_id, "vaegen.model_name": model.name,
+            "vaegen.model_version": str(model.version), MLFLOW_RUN_NOTE: describe()}
     with job_run(_model_experiment(client, model_id), dataset_id, params, tags) as run:
         run.model_id, run.data, run.describe = model_id, DataRef(dataset_id, fingerprint), describe
         if model_id:

@@ -368,8 +368,8 @@ def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 
     from vae_core.training import TrainResult
 
     torch.manual_seed(0)
-    result = TrainResult(model=VAE(config or VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1, holdout_size=1,
-                         seconds=0.0)
+    result = TrainResult(model=VAE(config or VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1,
+                         holdout_size=1, seconds=0.0)
     with models.training_run("vaegen-train", "untrained-decoder", {}) as run:
         return run.register(result, name, {})
 

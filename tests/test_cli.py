@@ -50,8 +50,8 @@ def test_train_prints_run_and_version(mlflow_sqlite):
     # progress goes to stderr (off a terminal: a line at the start, every 10 s and at the end, with the total and
     # the ETA or time taken), results alone on stdout
     assert "train: 0/24 steps" in result.stderr, result.stderr
-    assert re.search(r"train: 24/24 steps, [\d.,]+ steps/s, done in [\d.]+ s; epoch 2/2, train [\d.]+, held-out [\d.]+ nats",
-                     result.stderr), result.stderr
+    done = r"train: 24/24 steps, [\d.,]+ steps/s, done in [\d.]+ s; epoch 2/2, train [\d.]+, held-out [\d.]+ nats"
+    assert re.search(done, result.stderr), result.stderr
     assert "epoch" not in result.stdout and "steps" not in result.stdout
     second = invoke("train", "--arch", "mlp", "--epochs", "1", "--hidden", "16")
     assert second.exit_code == 0, second.output
@@ -169,7 +169,8 @@ def test_installed_console_script_end_to_end(tmp_path):
     assert "registered: vae-decoder/1" in trained.stdout
     assert re.search(r"train: 36/36 steps, .*; epoch 3/3", trained.stderr), trained.stderr  # digits: 12 steps an epoch
     assert re.search(r"prior flow fit: 50/50 steps, .*done in", trained.stderr), trained.stderr
-    assert re.search(r"quality report: 6/6 stages, .*done in .*; per-class figures done", trained.stderr), trained.stderr
+    report_done = r"quality report: 6/6 stages, .*done in .*; per-class figures done"
+    assert re.search(report_done, trained.stderr), trained.stderr
     assert (tmp_path / "mlflow.db").is_file()
     assert (tmp_path / "mlruns").is_dir() and any((tmp_path / "mlruns").rglob("weights.npz"))
 

@@ -39,7 +39,8 @@ COMMAND_TIMEOUT_S = 600
 def readme_blocks() -> list[tuple[str, str, str]]:
     """Every fenced code block of README.md as (the heading it sits under, its language, its text)."""
     blocks, heading = [], ""
-    for match in re.finditer(r"^(#{1,4} [^\n]*)$|^```(\w*)\n(.*?)^```$", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL):
+    pattern = re.compile(r"^(#{1,4} [^\n]*)$|^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+    for match in pattern.finditer((ROOT / "README.md").read_text()):
         if match.group(1):
             heading = match.group(1)
         else:

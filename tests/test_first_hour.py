@@ -98,11 +98,13 @@ def test_model_facts_and_description_state_each_recipe(architecture, conditional
     expected = {
         "conv": {"architecture": "conv, channels 32,64, RealNVP prior flow of 8 couplings", "latent_dim": "16",
                  "training_budget": "3000 steps of 128, cosine schedule; prior flow 1000 steps"},
-        "mlp": {"architecture": "MLP, hidden 128", "latent_dim": "2", "training_budget": "50 epochs of 128, constant schedule"},
+        "mlp": {"architecture": "MLP, hidden 128", "latent_dim": "2",
+                "training_budget": "50 epochs of 128, constant schedule"},
     }[architecture]
     assert facts == {**expected, "input_shape": "8x8", "recipe": f"--arch {architecture}",
                      "conditioning": "class-conditional (10 classes)" if conditional else "unconditional"}
-    text = descriptions.version_description("m", 1, {"config": model_config.to_json()}, {"params": config.params()}, None)
+    tags, run = {"config": model_config.to_json()}, {"params": config.params()}
+    text = descriptions.version_description("m", 1, tags, run, None)
     assert text.startswith(("Class-conditional (10 classes)" if conditional else "Unconditional")
                            + f" VAE decoder ({expected['architecture']}), 8x8 samples, latent {expected['latent_dim']}")
     assert f"| training budget | {expected['training_budget']} |" in text
@@ -121,8 +123,9 @@ def test_a_forced_promotion_says_so_and_past_which_gates():
     assert descriptions.action_text({"action": "promote", "forced": ["held_out_elbo", "quality"]}) == \
         "promote(forced: held_out_elbo, quality)"
     assert descriptions.action_text({"action": "promote", "forced": True}) == "promote(--force)"  # older records
-    text = descriptions.history_description("m", {"champion": [
-        {"action": "promote", "version": 2, "previous_version": 1, "at": "2026-12-02T10:00:00Z", "forced": ["quality"]}]})
+    event = {"action": "promote", "version": 2, "previous_version": 1, "at": "2026-12-02T10:00:00Z",
+             "forced": ["quality"]}
+    text = descriptions.history_description("m", {"champion": [event]})
     assert "| promote(forced: quality) | [v2]" in text
 
 
@@ -182,7 +185,8 @@ def test_promotion_keeps_the_alias_data_shape_unless_told_by_name(two_shapes):
     assert allowed.exit_code == 0, allowed.output
     assert "(allowed by --allow-schema-change)" in allowed.stdout
     listing = invoke("models", "vae-decoder")
-    assert re.search(r"vae-decoder +2 +champion +\S+ +28x28 +2 +conditional \(10 classes\)", listing.stdout), listing.stdout
+    row = r"vae-decoder +2 +champion +\S+ +28x28 +2 +conditional \(10 classes\)"
+    assert re.search(row, listing.stdout), listing.stdout
 
 
 def test_training_and_dataset_runs_are_tagged_and_experiments_open_as_model_training(two_shapes):

@@ -89,7 +89,8 @@ def test_history_is_newest_first_and_fits_mlflows_description_limit():
 def test_version_description_of_a_bare_version_says_how_to_get_a_report():
     config = {"latent_dim": 16, "hidden_sizes": [512], "input_shape": [28, 28], "conditional": True, "num_classes": 10}
     text = descriptions.version_description("m", 3, {"config": json.dumps(config)}, {}, None)
-    assert text.splitlines()[0] == "Class-conditional (10 classes) VAE decoder (MLP, hidden 512), 28x28 samples, latent 16."
+    first = "Class-conditional (10 classes) VAE decoder (MLP, hidden 512), 28x28 samples, latent 16."
+    assert text.splitlines()[0] == first
     assert "| sample shape | 28x28 |" in text and "no report yet (`vaegen report --model m/3`)" in text
     assert "logged model" not in text and "Promotions" not in text
 

@@ -37,7 +37,8 @@ NOT_RUN = {  # (heading, language) -> why no test runs it (the lead decides whet
                                               "timed by hand on a fresh clone, see the issue's closing note",
     ("## Tests: one command", "bash"): "it is the test suite itself (.ci/run runs it)",
     ("## Commands", "bash"): "a reference of every command with placeholder data, registries and buckets "
-                             "(mnist:/data/mnist, https://mlflow.prod.example, s3://bucket); each command has CLI tests",
+                             "(mnist:/data/mnist, https://mlflow.prod.example, s3://bucket); "
+                             "each command has CLI tests",
 }
 PROCESS_TIMEOUT_S = 420  # imports torch, Ray, datasets, polars, DuckDB and starts a local Ray; minutes under load
 

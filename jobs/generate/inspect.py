@@ -58,8 +58,8 @@ def open_committed(location: str) -> tuple[Storage, str, dict]:
     record = storage.read_json(dataset_id, MANIFEST)  # unparsable: CorruptRecord, "corrupt manifest at PATH"
     if record is None:
         if not storage.exists(dataset_id):
-            raise UsageError(f"dataset {storage.location(dataset_id)} not found: check the path (a dataset is the folder "
-                             f"that holds {MANIFEST}, under generate's --out)")
+            raise UsageError(f"dataset {storage.location(dataset_id)} not found: check the path "
+                             f"(a dataset is the folder that holds {MANIFEST}, under generate's --out)")
         state = "an unfinished dataset (rerun its generate command to resume)" if storage.exists(dataset_id, PROGRESS) else "no dataset"
         raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: it is {state}")
     broken = structure_problems(record)

@@ -2,8 +2,8 @@
 
 Start-up: the reference is resolved first (a typo is reported before Ray starts); the rest of the
 registry's work (the dataset's guard, what is on disk, reading the weights) runs on a helper thread
-while this thread starts or joins Ray and the workers import torch. Ray's start stays on the calling thread because the processes it spawns die with the
-thread that spawned them.
+while this thread starts or joins Ray and the workers import torch. Ray's start stays on the calling
+thread because the processes it spawns die with the thread that spawned them.
 """
 
 from __future__ import annotations
@@ -237,8 +237,8 @@ def dataset_spec(config: GenerateConfig, pinned: PinnedModel, model_config: VAEC
     if model_config.conditional:
         label_policy, classes = parse_labels(config.labels, model_config.num_classes)
     elif config.labels != GenerateConfig.labels:  # the default, balanced, means nothing here and is accepted
-        raise UsageError(f"--labels {config.labels}: {pinned.name}/{pinned.version} is unconditional (it draws no labels); "
-                         "drop --labels, or use a version trained with --conditional")
+        raise UsageError(f"--labels {config.labels}: {pinned.name}/{pinned.version} is unconditional "
+                         "(it draws no labels); drop --labels, or use a version trained with --conditional")
     return DatasetSpec(
         model_name=pinned.name, model_version=pinned.version, n=config.n, seed=seed,
         latent_dim=model_config.latent_dim, sample_shape=tuple(model_config.input_shape), dtype=config.dtype,
