@@ -111,8 +111,9 @@ class TrainingProgress:
                 progress.close()
 
     def epoch(self, metrics: EpochMetrics) -> None:
-        if self.training is None:
+        if self.training is None:  # the budget is known once the first epoch reports it; its time counts too
             self.training = Progress(metrics.total_steps, "train", unit="steps")
+            self.training.started -= metrics.seconds
         self.training.advance(metrics.step - self.training.count,
                               f"epoch {metrics.epoch}/{metrics.total_epochs}, train {metrics.train_loss:.3f}, "
                               f"held-out {metrics.val_loss:.3f} nats")

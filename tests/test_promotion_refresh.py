@@ -282,7 +282,8 @@ def test_promote_with_passing_gates_records_who_when_why_and_models_shows_it(tra
     assert record["by"] == "bob" and record["reason"] == "retrained"
     assert record["previous_version"] == 1 and record["version"] == 2 and record["forced"] == []
     assert abs(dt.datetime.fromisoformat(record["at"]) - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
-    assert [(gate["name"], gate["passed"]) for gate in record["gates"]] == [("safe_artifacts", True), ("loads", True), ("held_out_elbo", True)]
+    gates = [("safe_artifacts", True), ("loads", True), ("schema", True), ("held_out_elbo", True)]
+    assert [(gate["name"], gate["passed"]) for gate in record["gates"]] == gates
     assert json.loads(version_tags(name, 1)[PROMOTION_TAG])["previous_version"] is None
 
     listing = invoke("models", name)

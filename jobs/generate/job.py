@@ -72,7 +72,7 @@ def generate(
     # The guard is taken on the registry thread once the dataset id is known, and held to the end; the
     # thread pool is left first, so a plan still running after a failure here has let go of it too.
     # The workers (killed first on the way out) are started as soon as Ray is up when the shard count is known
-    # without the model (not a --resume): they import torch while this process imports MLflow and resolves.
+    # without the model (not a --resume): they import torch while this process takes the guard and reads the weights.
     with contextlib.ExitStack() as guard, ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread, \
             contextlib.ExitStack() as workers:
         resolving = registry_thread.submit(_resolve, config, storage, resume_id, pinned)
