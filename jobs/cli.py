@@ -244,7 +244,7 @@ def list_models(name) -> None:
     if not summaries:
         click.echo("no registered models; run `vaegen train` first", err=True)
         return
-    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'shape':<7} {'z':>3}  {'kind':<18} "
+    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'shape':<7} {'z':>3}  {'kind':<24} "
                f"{'data':<20} architecture; training")
     for summary in summaries:
         facts = {**descriptions.model_facts(json.loads(summary.tags.get("config", "{}")), {}), **summary.tags}
@@ -252,7 +252,7 @@ def list_models(name) -> None:
         click.echo(
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
             f"{summary.tags.get('val_neg_elbo', '-'):>9}  {facts['input_shape']:<7} {facts['latent_dim']:>3}  "
-            f"{kind:<18} "
+            f"{kind:<24} "
             f"{summary.tags.get('data_source', '-'):<20} {facts['architecture']}; {facts['training_budget']}"
         )
     for model_name, alias, events in models.alias_histories(name):
