@@ -1,6 +1,8 @@
 """Latency of whole commands, run as a user runs them: `vaegen ...` in a fresh process, median of 5.
 
-    python benchmarks/latency.py [--runs 5] [--out benchmarks/results/latency.json]
+    python benchmarks/latency.py [--runs 5] [--out benchmarks/results/latency.json] [--no-cluster]
+
+--no-cluster skips the scenarios on a `ray start` cluster (generate_joined, generate_1m, inspect_1m).
 
 Set-up (not timed): one SQLite store with 20 versions of the quick start's digits model
 (`vae-decoder`, the newest is `champion`) and one 28x28 decoder (`bench-decoder`, as in
@@ -9,6 +11,8 @@ temp dir and ports, stopped by PID; tests/ray_cluster.py).
 Scenarios and the budgets of issue 11:
   models          `vaegen models` on the 20-version store                        <= 1.5 s
   usage_error     `vaegen generate --n -5` (no --out)                            <= 0.5 s
+  model_typo      `vaegen generate --model vae-decodr@champion --n 1000 --out local`: the
+                  unknown model reported (exit 2) before any Ray starts (issue 22)   <= 1 s
   generate_local  `vaegen generate --n 1000`, starting its own local Ray         <= 8 s
   generate_joined the same with RAY_ADDRESS naming the running cluster           <= 4 s
                   (both: the process exits within 1 s of its last line)
@@ -40,7 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 VERSIONS = 20
-BUDGETS_S = {"models": 1.5, "usage_error": 0.5, "generate_local": 8.0, "generate_joined": 4.0, "inspect_1m": 2.0}
+BUDGETS_S = {"models": 1.5, "usage_error": 0.5, "model_typo": 1.0, "generate_local": 8.0, "generate_joined": 4.0,
+             "inspect_1m": 2.0}
 EXIT_LAG_BUDGET_S = 1.0
 RATIO_BUDGET = 1.3  # generate_1m: whole command / in-job time
 STAGES = {"resolved": "model ", "placed": " shards of ", "written": "generated "}  # stderr line prefixes/fragments
@@ -102,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latency.json"))
+    parser.add_argument("--no-cluster", action="store_true", help="skip generate_joined, generate_1m and inspect_1m")
     args = parser.parse_args()
     ray_cluster = load("ray_cluster", REPO / "tests" / "ray_cluster.py")
 
@@ -137,28 +143,33 @@ def main() -> None:
         usage = [timed([VAEGEN, "generate", "--n", "-5"], store, own) for _ in range(args.runs)]
         assert all(run["returncode"] == 2 for run in usage), usage[0]
         scenarios["usage_error"] = usage
+        typo_command = [VAEGEN, "generate", "--model", "vae-decodr@champion", "--n", "1000", "--out", "local"]
+        typo = [timed(typo_command, store, own) for _ in range(args.runs)]
+        assert all(run["returncode"] == 2 and "vae-decodr" in " ".join(run["stderr_tail"]) for run in typo), typo[0]
+        scenarios["model_typo"] = typo
         repeat("generate_local", lambda i: [VAEGEN, "generate", "--n", "1000", "--seed", str(100 + i), "--out", "local"], own)
-
-        cluster.start()
-        joined = {**base, **cluster.env.variables(), "RAY_ADDRESS": cluster.gcs_address}
-        repeat("generate_joined", lambda i: [VAEGEN, "generate", "--n", "1000", "--seed", str(200 + i), "--out", "joined"], joined)
-        big = []
-        for index in range(args.runs):
-            out = store / "big"
-            shutil.rmtree(out, ignore_errors=True)  # 2.4 GB a run: keep one at a time
-            run = timed([VAEGEN, "generate", "--model", "bench-decoder/1", "--n", "1000000", "--seed", str(300 + index),
-                         "--out", str(out)], store, joined)
-            if run["returncode"] != 0:
-                raise SystemExit(f"generate_1m failed: {run['stderr_tail']}")
-            dataset = out / run["stdout"][0].split(": ", 1)[1]
-            run["job_s"] = json.loads((dataset / "_manifest.json").read_text())["timings"]["seconds"]
-            run["ratio"] = round(run["whole_s"] / run["job_s"], 3)
-            big.append(run)
-            print(f"generate_1m {index + 1}/{args.runs}: {run['whole_s']:.2f} s, job {run['job_s']:.2f} s", file=sys.stderr)
-        scenarios["generate_1m"] = big
-        timed([VAEGEN, "inspect", str(dataset)], store, own)  # reads the 2.4 GB into the page cache
-        repeat("inspect_1m", lambda _: [VAEGEN, "inspect", str(dataset)], own)
-
+        if not args.no_cluster:
+            cluster.start()
+            joined = {**base, **cluster.env.variables(), "RAY_ADDRESS": cluster.gcs_address}
+            repeat("generate_joined",
+                   lambda i: [VAEGEN, "generate", "--n", "1000", "--seed", str(200 + i), "--out", "joined"], joined)
+            big = []
+            for index in range(args.runs):
+                out = store / "big"
+                shutil.rmtree(out, ignore_errors=True)  # 2.4 GB a run: keep one at a time
+                run = timed([VAEGEN, "generate", "--model", "bench-decoder/1", "--n", "1000000",
+                             "--seed", str(300 + index), "--out", str(out)], store, joined)
+                if run["returncode"] != 0:
+                    raise SystemExit(f"generate_1m failed: {run['stderr_tail']}")
+                dataset = out / run["stdout"][0].split(": ", 1)[1]
+                run["job_s"] = json.loads((dataset / "_manifest.json").read_text())["timings"]["seconds"]
+                run["ratio"] = round(run["whole_s"] / run["job_s"], 3)
+                big.append(run)
+                print(f"generate_1m {index + 1}/{args.runs}: {run['whole_s']:.2f} s, job {run['job_s']:.2f} s",
+                      file=sys.stderr)
+            scenarios["generate_1m"] = big
+            timed([VAEGEN, "inspect", str(dataset)], store, own)  # reads the 2.4 GB into the page cache
+            repeat("inspect_1m", lambda _: [VAEGEN, "inspect", str(dataset)], own)
         report = {}
         for name, runs in scenarios.items():
             entry = {"whole_s": summary(runs), "exit_after_last_line_s": summary(runs, "exit_after_last_line_s")}

@@ -168,13 +168,7 @@ def train(data, architecture, epochs, steps, batch_size, learning_rate, lr_sched
         report=report,
     )
 
-    of_epochs = "" if config.train.steps else f"/{config.train.epochs}"
-
-    def progress(metrics) -> None:
-        click.echo(f"epoch {metrics.epoch:>3}{of_epochs}  train {metrics.train_loss:8.3f}  "
-                   f"held-out {metrics.val_loss:8.3f} nats  ({metrics.seconds:.2f} s)", err=True)
-
-    result = train_job.run(config, on_epoch=progress)
+    result = train_job.run(config)  # progress (steps, epochs, losses, ETA) on stderr
     click.echo(f"run_id: {result.pinned.run_id}")
     click.echo(f"registered: {result.pinned.name}/{result.pinned.version}")
     click.echo(f"held-out negative ELBO: {result.val_neg_elbo:.3f} nats per sample")
@@ -223,10 +217,10 @@ def sample(model_ref, n, seed, out) -> None:
         raise UsageError(f"--n must be a positive integer, got {n}")
     tracking.ensure_reachable()
     loaded = models.load_decoder(models.resolve(model_ref))
-    images, _ = draw_images(loaded.build(), n, seed)
-    columns = loaded.config.num_classes or None
+    images, labels = draw_images(loaded.build(), n, seed)
     title = f"{loaded.pinned.name}/{loaded.pinned.version}, seed {seed}"
-    path = plots.save(plots.image_grid(images, columns, title), out)
+    title += "" if labels is None else ", a row per class"
+    path = plots.save(plots.image_grid(*plots.class_rows(images, labels), title), out)
     click.echo(str(path))
 
 
@@ -243,37 +237,42 @@ def list_models(name) -> None:
       vaegen models
       vaegen models vae-decoder
     """
-    from registry import models, tracking
+    from registry import descriptions, models, tracking
 
     tracking.ensure_reachable()
     summaries = models.list_versions(name)
     if not summaries:
         click.echo("no registered models; run `vaegen train` first", err=True)
         return
-    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'kind':<18} data")
+    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'shape':<7} {'z':>3}  {'kind':<24} "
+               f"{'data':<20} architecture; training")
     for summary in summaries:
-        kind = "unconditional"
-        if summary.tags.get("conditional") == "true":
-            classes = json.loads(summary.tags.get("config", "{}")).get("num_classes", 0)
-            kind = f"conditional 0..{classes - 1}"
+        facts = {**descriptions.model_facts(json.loads(summary.tags.get("config", "{}")), {}), **summary.tags}
+        kind = facts["conditioning"].replace("class-conditional", "conditional")
         click.echo(
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
-            f"{summary.tags.get('val_neg_elbo', '-'):>9}  {kind:<18} {summary.tags.get('data_source', '-')}"
+            f"{summary.tags.get('val_neg_elbo', '-'):>9}  {facts['input_shape']:<7} {facts['latent_dim']:>3}  "
+            f"{kind:<24} "
+            f"{summary.tags.get('data_source', '-'):<20} {facts['architecture']}; {facts['training_budget']}"
         )
     for model_name, alias, events in models.alias_histories(name):
         click.echo(f"\nhistory of {model_name}@{alias}:")
         for event in events:
             previous = "-" if event["previous_version"] is None else f"v{event['previous_version']}"
-            click.echo(f"  {event['at']}  {event['action']:<8} {previous} -> v{event['version']}  "
+            click.echo(f"  {event['at']}  {descriptions.action_text(event):<8} {previous} -> v{event['version']}  "
                        f"by {event['by']}: {event['reason']}")
 
 
-def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def _generate_options(n_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options shared by `generate` and `refresh`: what to generate and where it runs."""
+    return functools.partial(_add_generate_options, n_help=n_help)
+
+
+def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[..., Any]:
     options = [
         click.option("--model", "model_ref", default="vae-decoder@champion", show_default=True,
                      help="NAME@ALIAS, NAME/VERSION, NAME/latest, models:/..., runs:/... (resolved once, then pinned)."),
-        click.option("--n", type=int, default=None, help="Number of samples (required, except with --resume)."),
+        click.option("--n", type=int, default=None, help=n_help),
         click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
         click.option("--layout", type=click.Choice(["tensor", "binary"]), default="tensor", show_default=True,
@@ -336,7 +335,7 @@ def _stdout_for_results() -> Any:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@_generate_options
+@_generate_options("Number of samples (required, except with --resume).")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
 @click.option("--overwrite", is_flag=True, help="Replace a committed dataset with the same id.")
 @click.option("--resume", default=None, metavar="DATASET", help="Continue an unfinished dataset (its id under --out, or its path).")
@@ -473,6 +472,9 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--reason", required=True, help="Why this version should serve; recorded on the version.")
 @click.option("--by", default=None, help="Who promotes [default: the OS user].")
 @click.option("--force", is_flag=True, help="Promote even if a gate cannot compare (never past a failing gate).")
+@click.option("--allow-schema-change", is_flag=True,
+              help="Promote a version whose sample shape or conditioning differs from the alias holder's: the data "
+                   "`generate` and `refresh` write from the alias changes with it (the schema gate says how).")
 @click.option("--elbo-tolerance", type=float, default=0.5, show_default=True, help="Allowed held-out -ELBO regression, nats.")
 @click.option("--to-model", default=None, help="Copy the version into this registered model first, and promote the copy.")
 @click.option("--to-tracking-uri", default=None, help="With --to-model: the registry to copy into (e.g. prod's server).")
@@ -488,9 +490,9 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--min-tstr-ratio", type=float, default=0.8, show_default=True,
               help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.")
 @handle_errors
-def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tracking_uri, quality_gate, min_precision,
-            min_class_coverage, renamed_min_coverage, max_memorisation, max_frechet_ratio, min_label_accuracy,
-            min_tstr_ratio) -> None:
+def promote(reference, alias, reason, by, force, allow_schema_change, elbo_tolerance, to_model, to_tracking_uri,
+            quality_gate, min_precision, min_class_coverage, renamed_min_coverage, max_memorisation, max_frechet_ratio,
+            min_label_accuracy, min_tstr_ratio) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result.
 
     \b
@@ -516,6 +518,7 @@ def promote(reference, alias, reason, by, force, elbo_tolerance, to_model, to_tr
     thresholds = promotion.QualityThresholds(min_precision, min_class_coverage, max_memorisation, min_label_accuracy,
                                              max_frechet_ratio, min_tstr_ratio)
     config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
+                                       allow_schema_change=allow_schema_change,
                                        elbo_tolerance_nats=elbo_tolerance, quality=thresholds if quality_gate else None)
     result = promotion.promote(reference, config)
     for gate in result.gates:
@@ -552,7 +555,7 @@ def rollback(name, alias, reason, by) -> None:
 
 
 @main.command()
-@_generate_options
+@_generate_options("Number of samples (required).")
 @click.option("--keep", type=int, default=3, show_default=True, help="Newest committed datasets kept under --out (plus the one `latest` names, if older).")
 @click.option("--seed-policy", type=click.Choice(["fixed", "daily", "new"]), default="fixed", show_default=True,
               help="fixed: new data only when the promoted version changes; daily: a seed per UTC day; new: every run.")

@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 
 from vae_core.training import EpochMetrics  # noqa: E402
 
+PREVIEW_COLUMNS = 8  # a report's sample preview: 8 x 8 unlabelled samples, or 8 of each class, one row per class
+
 
 def tile(images: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
     """(N, H, W) -> one mosaic with `gap`-pixel grey separators; empty cells stay black."""
@@ -24,6 +26,20 @@ def tile(images: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
         top, left = row * (height + gap), column * (width + gap)
         mosaic[top : top + height, left : left + width] = images[index] if index < count else 0.0
     return mosaic
+
+
+def class_rows(images: np.ndarray, labels: np.ndarray | None, columns: int | None = None) -> tuple[np.ndarray, int]:
+    """(images to tile, columns): for labelled samples one row per class present, its first `columns` samples
+    [default: as many as the largest class has], blank cells after a short class's last; unlabelled samples as
+    they come, `columns` per row [default: a square]."""
+    if labels is None:
+        columns = columns or math.ceil(math.sqrt(len(images)))
+        return images, columns
+    per_class = [images[labels == label] for label in np.unique(labels)]
+    columns = columns or max(len(chosen) for chosen in per_class)
+    blank = np.zeros((columns, *images.shape[1:]), dtype=images.dtype)
+    rows = [np.concatenate([chosen[:columns], blank[: max(columns - len(chosen), 0)]]) for chosen in per_class]
+    return np.concatenate(rows), columns
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, title: str | None = None) -> plt.Figure:
@@ -63,12 +79,12 @@ def close(figure: plt.Figure) -> None:
 
 
 def quality_figure(samples: np.ndarray, images: dict[str, np.ndarray], metrics: dict, real_histogram: list[float],
-                   title: str) -> plt.Figure:
+                   title: str, columns: int = PREVIEW_COLUMNS) -> plt.Figure:
     """One page: samples, mean/std images real vs generated, class histograms, the metric table."""
     figure = plt.figure(figsize=(12, 7))
     grid = figure.add_gridspec(2, 4)
     axes = figure.add_subplot(grid[:, 0])
-    axes.imshow(tile(samples, 8), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes.imshow(tile(samples, columns), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     axes.set_title("generated samples")
     axes.axis("off")
     for column, (key, label) in enumerate([("mean", "mean"), ("std", "std")], start=1):

@@ -30,6 +30,7 @@ from vae_core.errors import UsageError, VaegenError
 
 if TYPE_CHECKING:
     import datasets
+    import ray.data
 
 COLUMNS = ("sample_id", "seed", "z", "label", "x")
 SOURCES = ("stored", "decode")  # torch(source=...): read the parts, or regenerate rows from the manifest's recipe
@@ -73,6 +74,20 @@ def shaped_x(batch: pa.Table) -> pa.Table:
     chunks = [pa.FixedShapeTensorArray.from_numpy_ndarray(_x_view(chunk, shape, dtype)) for chunk in batch.column(index).chunks]
     column = pa.chunked_array(chunks) if chunks else batch.column(index)
     return batch.set_column(index, pa.field("x", column.type, nullable=False, metadata=field.metadata), column)
+
+
+def ray_dataset(location: str, **read_options: Any) -> "ray.data.Dataset":
+    """A dataset folder as a Ray Dataset whose batches hold x as (B, *shape) arrays (shaped_x).
+
+    Ray is reached as `vaegen generate` reaches it (jobs.generate.engine.connect): RAY_ADDRESS when set,
+    else a private local Ray. A plain ray.data.read_parquet would join whatever /tmp/ray/ray_current_cluster
+    names, and hangs when a killed cluster left that file behind."""
+    import ray.data
+
+    from jobs.generate import engine
+
+    engine.connect()
+    return ray.data.read_parquet(location, **read_options).map_batches(shaped_x, batch_format="pyarrow")
 
 
 def nested_x(column: pa.ChunkedArray, shape: Sequence[int], dtype: str) -> pa.ChunkedArray:

@@ -23,6 +23,7 @@ import torch
 
 from jobs import plots, reader
 from jobs.generate import card, manifest
+from jobs.progress import Progress
 from jobs.sample import draw_images
 from registry import lineage, models
 from registry.models import LoadedDecoder
@@ -124,21 +125,34 @@ def _path_segment(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: np.ndarray, title: str,
-           out: Path, real_histogram: list[float]) -> tuple[Path, Path]:
+def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: tuple[np.ndarray, np.ndarray | None],
+           title: str, out: Path, real_histogram: list[float]) -> tuple[Path, Path]:
+    """samples: the generated (images, labels or None); the page previews one row per class of labelled ones."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "report.json"
     json_path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
-    png_path = plots.save(plots.quality_figure(samples, images, metrics, real_histogram, title), out / "report.png")
+    generated, labels = samples
+    if labels is None:
+        generated = generated[: plots.PREVIEW_COLUMNS**2]
+    preview, columns = plots.class_rows(generated, labels, plots.PREVIEW_COLUMNS)
+    figure = plots.quality_figure(preview, images, metrics, real_histogram, title, columns)
+    png_path = plots.save(figure, out / "report.png")
     return json_path, png_path
 
 
-def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None,
-             config: ReportConfig) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
+def _progress() -> Progress:
+    """The report's stages: samples, the reference classifier, then quality_report's own."""
+    return Progress(2 + len(quality.REPORT_STAGES), "quality report", unit="stages", log_interval_s=0)
+
+
+def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None, config: ReportConfig,
+             progress: Progress) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
     train, holdout = reference_split(loaded, config.data)
     classifier, info, weights_path = classifier_for(train, config)
+    progress.advance(1, "reference classifier ready")
     metrics, images = quality.quality_report(classifier, train.images, train.labels, holdout.images, holdout.labels,
-                                             generated.astype(np.float32), config.quality, generated_labels)
+                                             generated.astype(np.float32), config.quality, generated_labels,
+                                             on_stage=lambda stage: progress.advance(1, f"{stage} done"))
     metrics["classifier"] = info
     metrics["data_source"] = config.data or loaded.tags.get("data_source")
     real_histogram = np.bincount(train.labels, minlength=info["num_classes"]) / len(train.labels)
@@ -149,11 +163,13 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
     loaded = models.load_decoder(models.resolve(reference))
     name, version = loaded.pinned.name, loaded.pinned.version
     out = report_folder(config, Path(_path_segment(name), f"v{version}"), f"model {name}/{version}")
-    generated, labels = draw_images(loaded.build(), config.n, config.seed)
-    metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
+    with _progress() as progress:
+        generated, labels = draw_images(loaded.build(), config.n, config.seed)
+        progress.advance(1, f"{config.n:,} samples decoded")
+        metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config, progress)
     metrics.update({"model": loaded.pinned.to_dict(), "report_seed": config.seed, "n": config.n, "subject": "model"})
     title = f"{loaded.pinned.name}/{loaded.pinned.version}: {config.n:,} samples, report seed {config.seed}"
-    json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)
+    json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
     run_id = loaded.pinned.run_id
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
     models.record_quality(loaded.pinned, headline(metrics))
@@ -176,15 +192,17 @@ def read_samples(dataset: reader.Dataset, n: int) -> tuple[np.ndarray, np.ndarra
 def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     dataset = reader.open_dataset(location, verify=False)
     record = dataset.manifest
-    generated, labels = read_samples(dataset, config.n)
     dataset_id = record["dataset_id"]
     out = report_folder(config, Path("datasets", dataset_id), f"dataset {dataset_id}")
     model = record["model"]
     loaded = models.load_decoder(models.resolve(f"{model['name']}/{model['version']}"))
-    metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
+    with _progress() as progress:
+        generated, labels = read_samples(dataset, config.n)
+        progress.advance(1, f"{len(generated):,} rows read")
+        metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config, progress)
     metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
     title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
-    json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)
+    json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
     figures = headline(metrics)
     run_id = lineage.log_dataset_quality(record, figures)
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")

@@ -12,8 +12,9 @@ from typing import Any, Callable
 import torch
 
 from jobs import plots
+from jobs.progress import Progress
 from jobs.sample import MANIFOLD_POINTS_PER_SIDE, draw_images, manifold_images
-from registry import models, tracking
+from registry import descriptions, models, tracking
 from registry.models import PinnedModel, flatten_params
 from vae_core import data as data_sources
 from vae_core.config import RECIPES, TrainConfig
@@ -94,6 +95,37 @@ class TrainJobResult:
     quality_skipped: str | None = None  # why not, e.g. an unlabelled data source
 
 
+class TrainingProgress:
+    """The training's progress (steps, with the epoch and its losses), then the prior flow's fit (steps)."""
+
+    def __init__(self) -> None:
+        self.training: Progress | None = None
+        self.flow: Progress | None = None
+
+    def __enter__(self) -> "TrainingProgress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for progress in (self.training, self.flow):
+            if progress is not None:
+                progress.close()
+
+    def epoch(self, metrics: EpochMetrics) -> None:
+        if self.training is None:  # the budget is known once the first epoch reports it; its time counts too
+            self.training = Progress(metrics.total_steps, "train", unit="steps")
+            self.training.started -= metrics.seconds
+        self.training.advance(metrics.step - self.training.count,
+                              f"epoch {metrics.epoch}/{metrics.total_epochs}, train {metrics.train_loss:.3f}, "
+                              f"held-out {metrics.val_loss:.3f} nats")
+
+    def prior_flow_step(self, step: int, steps: int) -> None:
+        if self.flow is None:
+            if self.training is not None:
+                self.training.close()
+            self.flow = Progress(steps, "prior flow fit", unit="steps")
+        self.flow.advance(step - self.flow.count)
+
+
 def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainJobResult:
     uri = tracking.ensure_reachable(create=True)  # the one command that may start a new local store
     dataset = data_sources.load(config.data)
@@ -105,17 +137,20 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
     with models.training_run(config.experiment, config.run_name or default_run_name(config), params) as training_run:
         training_run.log_training_data(config.data, data_sha256)
 
-        def record(metrics: EpochMetrics) -> None:
-            training_run.log_epoch(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics)
+        with TrainingProgress() as progress:
 
-        result = train(dataset, model_config, config.train, on_epoch=record)
+            def record(metrics: EpochMetrics) -> None:
+                training_run.log_epoch(metrics)
+                progress.epoch(metrics)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+
+            result = train(dataset, model_config, config.train, on_epoch=record,
+                           on_prior_flow_step=progress.prior_flow_step)
         decoder = result.model.decoder
-        images, _ = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
-        columns = model_config.num_classes or None
+        images, labels = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
         figures = {
-            "plots/samples.png": plots.image_grid(images, columns, "samples, seed 0"),
+            "plots/samples.png": plots.image_grid(*plots.class_rows(images, labels), "samples, seed 0"),
             "plots/loss_curves.png": plots.loss_curves(result.history),
         }
         manifold = manifold_images(decoder)
@@ -126,6 +161,7 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
             plots.close(figure)  # pyplot keeps every figure alive until closed: a leak per run in a long process
         training_run.log_dict([dataclasses.asdict(metrics) for metrics in result.history], "history.json")
         data_tags = {
+            **descriptions.model_facts(model_config.to_dict(), config.params()),
             "data_source": config.data,
             "data_sha256": data_sha256,
             "holdout_fraction": str(config.train.holdout_fraction),

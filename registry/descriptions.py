@@ -14,9 +14,14 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from vae_core.config import RECIPES
+
 GENERATED_END = "<!-- vaegen: the text above is generated from the vaegen.* tags and replaced; write yours below -->"
 SHA_CHARS = 12  # of a sha256 shown in prose; the full value is in the tags
 DESCRIPTION_LIMIT = 5_000  # characters: the description columns of MLflow's SQL stores are VARCHAR(5000)
+# The recipe fields a `vaegen train` flag changes; a version's recipe names those that differ from its --arch's
+RECIPE_FLAGS = {"latent_dim": "--latent-dim", "hidden_sizes": "--hidden", "conv_channels": "--channels",
+                "prior_flow_layers": "--prior-flow"}
 VERSION_EVENTS_SHOWN = 4  # promotions and rollbacks of one version, newest; the tags keep them all
 
 
@@ -68,9 +73,69 @@ def _number(value: Any) -> str:
         return str(value)
 
 
+def action_text(event: dict[str, Any]) -> str:
+    """'promote', 'rollback', or 'promote(forced: held_out_elbo)' for a promotion --force took past those gates."""
+    forced = event.get("forced")
+    if not forced:
+        return event["action"]
+    if not isinstance(forced, list):  # older records: a bool, True whenever --force was given
+        return f"{event['action']}(--force)"
+    return f"{event['action']}(forced: {', '.join(forced)})"
+
+
 def gates_text(gates: list[dict[str, Any]], details: bool = True) -> str:
     return "; ".join(f"{'PASS' if gate['passed'] else 'FAIL'} {gate['name']}" + (f": {gate['detail']}" if details else "")
                      for gate in gates) or "-"
+
+
+def _sizes(values: Any, separator: str = ",") -> str:
+    return separator.join(str(value) for value in values or ()) or "none"
+
+
+def _training_budget(params: dict[str, str]) -> str:
+    """'3000 steps of 128, cosine schedule; prior flow 1000 steps' from the training run's train.* params."""
+    steps, epochs = params.get("train.steps"), params.get("train.epochs")
+    if steps not in (None, "None", ""):
+        budget = f"{steps} steps"
+    elif epochs is not None:
+        budget = f"{epochs} epochs"
+    else:
+        return "not recorded"
+    budget += f" of {params['train.batch_size']}" if "train.batch_size" in params else ""
+    budget += f", {params['train.lr_schedule']} schedule" if "train.lr_schedule" in params else ""
+    if params.get("prior_flow_layers", "0") != "0" and "train.prior_flow_steps" in params:
+        budget += f"; prior flow {params['train.prior_flow_steps']} steps"
+    return budget
+
+
+def model_facts(config: dict[str, Any], params: dict[str, str]) -> dict[str, str]:
+    """What a person must know of a version before using it, from its config.json and its training run's params:
+    architecture, input_shape, latent_dim, conditioning, recipe, training_budget (vaegen.* tags and descriptions)."""
+    architecture = config.get("architecture", "mlp")
+    hidden = config.get("hidden_sizes") or ()
+    if architecture == "conv":
+        layers = f"conv, channels {_sizes(config.get('conv_channels'))}"
+        layers += f", dense {_sizes(hidden)}" if hidden else ""
+    else:
+        layers = f"MLP, hidden {_sizes(hidden)}"
+    flow_layers = int(config.get("prior_flow_layers") or 0)
+    if flow_layers:
+        layers += f", RealNVP prior flow of {flow_layers} couplings"
+    classes = int(config.get("num_classes") or 0)
+    defaults = RECIPES.get(architecture, {})
+    given = {field: tuple(value) if isinstance(value, list) else value for field, value in config.items()}
+    changed = [f"{flag} {_sizes(given[field]) if isinstance(given[field], tuple) else given[field]}"
+               for field, flag in RECIPE_FLAGS.items() if field in given and field in defaults
+               and given[field] != defaults[field]]
+    recipe = " ".join([f"--arch {architecture}", *changed])
+    return {
+        "architecture": layers,
+        "input_shape": _sizes(config.get("input_shape"), "x"),
+        "latent_dim": str(config.get("latent_dim")),
+        "conditioning": f"class-conditional ({classes} classes)" if classes else "unconditional",
+        "recipe": recipe,
+        "training_budget": _training_budget(params),
+    }
 
 
 def version_description(name: str, version: int, tags: dict[str, str], run: dict[str, Any],
@@ -79,8 +144,9 @@ def version_description(name: str, version: int, tags: dict[str, str], run: dict
     run's name, run_id, experiment_id and params."""
     config = json.loads(tags.get("config", "{}"))
     params = run.get("params", {})
-    kind = f"Class-conditional ({config.get('num_classes')} classes)" if config.get("conditional") else "Unconditional"
-    summary = f"{kind} VAE decoder, latent {config.get('latent_dim')}, hidden {config.get('hidden_sizes')}"
+    facts = model_facts(config, params)
+    summary = (f"{facts['conditioning'].capitalize()} VAE decoder ({facts['architecture']}), "
+               f"{facts['input_shape']} samples, latent {facts['latent_dim']}")
     if "data_source" in tags:
         summary += f", trained on {tags['data_source']}"
     if "val_neg_elbo" in tags:
@@ -94,11 +160,13 @@ def version_description(name: str, version: int, tags: dict[str, str], run: dict
         rows.append(("split", f"{int(tags.get('train_size', 0)):,} train / {int(tags['holdout_size']):,} held out "
                               f"(the last {fraction:.0%} of the source)"))
     if config:
-        rows.append(("config", f"latent_dim {config.get('latent_dim')}, hidden {config.get('hidden_sizes')}, "
-                               f"output {'x'.join(str(size) for size in config.get('input_shape', []))}"))
-    train_keys = ("epochs", "batch_size", "learning_rate", "seed")
-    if any(f"train.{key}" in params for key in train_keys):
-        rows.append(("training", ", ".join(f"{key} {params[f'train.{key}']}" for key in train_keys if f"train.{key}" in params)))
+        rows += [("architecture", facts["architecture"]), ("sample shape", facts["input_shape"]),
+                 ("latent", facts["latent_dim"]), ("conditioning", facts["conditioning"])]
+    if params:
+        rows += [("recipe", f"`vaegen train {facts['recipe']}`"), ("training budget", facts["training_budget"])]
+        settings = [f"{key} {params[f'train.{key}']}" for key in ("learning_rate", "seed") if f"train.{key}" in params]
+        if settings:
+            rows.append(("training", ", ".join(settings)))
     if "val_neg_elbo" in tags:
         rows.append(("held-out -ELBO", f"{float(tags['val_neg_elbo']):.3f} nats per sample"))
     if run.get("run_id"):
@@ -118,7 +186,7 @@ def version_description(name: str, version: int, tags: dict[str, str], run: dict
     events = sorted((json.loads(value) for key, value in tags.items() if key.startswith(("promotion.", "rolled_back."))),
                     key=lambda event: (event["at"], event["action"] == "rollback"), reverse=True)[:VERSION_EVENTS_SHOWN]
     if events:
-        rows = [(event["at"], event["action"], event["alias"], event.get("by", ""), event.get("reason", ""),
+        rows = [(event["at"], action_text(event), event["alias"], event.get("by", ""), event.get("reason", ""),
                  gates_text(event.get("gates", []))) for event in events]
         lines += ["**Promotions** (the latest per alias)", "", table(("at (UTC)", "action", "alias", "by", "reason", "gates"), rows)]
     return "\n".join(lines)
@@ -144,7 +212,8 @@ def history_description(name: str, histories: dict[str, list[dict[str, Any]]], l
 
     for index, (_, _, alias, event) in enumerate(newest_first):
         previous = "-" if event.get("previous_version") is None else f"v{event['previous_version']}"
-        tables[alias].append((event["at"], event["action"], f"[v{event['version']}]({version_link(name, event['version'])})",
+        link = f"[v{event['version']}]({version_link(name, event['version'])})"
+        tables[alias].append((event["at"], action_text(event), link,
                               previous, event.get("by", ""), event.get("reason", ""), gates_text(event.get("gates", []), False)))
         if len(render(len(newest_first) - index - 1)) > limit:
             tables[alias].pop()

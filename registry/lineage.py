@@ -155,14 +155,26 @@ class JobRun:
             self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, self.describe(manifest, location))
 
 
+# MLflow 3.17's UI opens an experiment in its GenAI view unless the experiment says it holds model training.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+RUN_KIND_TAG = "vaegen.kind"  # "training" or "dataset": the two kinds of run share the model's experiment
+
+
 def _experiment_id(client: mlflow.MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        experiment_id = client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent job
         return client.get_experiment_by_name(name).experiment_id
+    return experiment_id
+
+
+def mark_model_training(experiment: mlflow.entities.Experiment) -> None:
+    """Tag an experiment vaegen writes to as model training (its UI view), unless someone set its kind already."""
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
 
 
 @contextlib.contextmanager
@@ -206,8 +218,8 @@ def dataset_run(dataset_id: str, fingerprint: str, model: "PinnedModel", params:
     def describe(manifest: dict[str, Any] | None = None, location: str | None = None) -> str:
         return descriptions.dataset_run_description(dataset_id, model.to_dict(), model_run, model_id, manifest, location)
 
-    tags = {"vaegen.dataset_id": dataset_id, "vaegen.model_name": model.name, "vaegen.model_version": str(model.version),
-            MLFLOW_RUN_NOTE: describe()}
+    tags = {RUN_KIND_TAG: "dataset", "vaegen.dataset_id": dataset_id, "vaegen.model_name": model.name,
+            "vaegen.model_version": str(model.version), MLFLOW_RUN_NOTE: describe()}
     with job_run(_model_experiment(client, model_id), dataset_id, params, tags) as run:
         run.model_id, run.data, run.describe = model_id, DataRef(dataset_id, fingerprint), describe
         if model_id:

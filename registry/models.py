@@ -191,8 +191,8 @@ def record_quality(pinned: PinnedModel, figures: dict[str, float]) -> None:
 
 @contextlib.contextmanager
 def training_run(experiment: str, run_name: str | None, params: dict[str, str]) -> Iterator[TrainingRun]:
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name) as run:
+    lineage.mark_model_training(mlflow.set_experiment(experiment))
+    with mlflow.start_run(run_name=run_name, tags={lineage.RUN_KIND_TAG: "training"}) as run:
         mlflow.log_params(params)
         yield TrainingRun(run)
 

@@ -61,6 +61,9 @@ class PromotionConfig:
     force: bool = False  # promote even when the ELBO or quality gate has nothing to compare with; never past a failure
     probe_rows: int = 256  # decoded by the load gate: seed-scheme rows 0..255 of dataset seed 0
     quality: "QualityThresholds | None" = None  # None skips gate 3; the CLI passes the defaults
+    # What generate and refresh write from the alias (x's shape, a label column) changes only when asked by name:
+    # --force, meant for "nothing to compare with", never does it.
+    allow_schema_change: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +275,28 @@ def gate_loads(candidate: LoadedDecoder, probe_rows: int) -> GateResult:
     return GateResult("loads", True, f"weights-only load; {probe_rows} probe samples finite, in [0, 1], shape {expected[1:]}")
 
 
+def _data_kind(loaded: LoadedDecoder) -> str:
+    shape = "x".join(map(str, loaded.config.input_shape))
+    classes = loaded.config.num_classes
+    return f"{shape} samples " + (f"with a label column (classes 0..{classes - 1})" if classes else "without labels")
+
+
+def gate_schema(candidate: LoadedDecoder, holder: LoadedDecoder | None, alias: str, allowed: bool) -> GateResult:
+    """Gate: the alias keeps the data it serves; a version with another sample shape or conditioning needs
+    --allow-schema-change, and the detail says what `generate` and `refresh` from the alias would write instead."""
+    if holder is None:
+        return GateResult("schema", True, f"no current holder; {_data_kind(candidate)}")
+    before, after = _data_kind(holder), _data_kind(candidate)
+    if before == after:
+        return GateResult("schema", True, f"same as v{holder.pinned.version}: {after}")
+    change = (f"`generate`/`refresh` from {candidate.pinned.name}@{alias} would write {after} "
+              f"instead of v{holder.pinned.version}'s {before}")
+    if allowed:
+        return GateResult("schema", True, f"{change} (allowed by --allow-schema-change)")
+    return GateResult("schema", False, f"{change}; pass --allow-schema-change if readers of that data expect it, "
+                                       "or register the version under another name")
+
+
 def gate_elbo(candidate: LoadedDecoder, holder: LoadedDecoder | None, tolerance_nats: float) -> GateResult:
     """Gate 2: held-out -ELBO not worse than the holder's by more than the tolerance, on the same data and split."""
     if holder is None:
@@ -351,7 +376,9 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
             return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, [safety], False)
         candidate = load_decoder(pinned)
         holder = load_decoder(holder_pin) if holder_pin is not None else None
-        gates = [safety, gate_loads(candidate, config.probe_rows), gate_elbo(candidate, holder, config.elbo_tolerance_nats)]
+        gates = [safety, gate_loads(candidate, config.probe_rows),
+                 gate_schema(candidate, holder, config.alias, config.allow_schema_change),
+                 gate_elbo(candidate, holder, config.elbo_tolerance_nats)]
         if config.quality is not None:
             gates.append(gate_quality(candidate, config.quality))
         blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.forceable)]
@@ -361,7 +388,9 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
         lock.confirm()
         client().set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
         record = {"action": "promote", "alias": config.alias, "version": pinned.version, "previous_version": previous,
-                  "at": _now(), "by": config.by, "reason": config.reason, "forced": config.force,
+                  # the gates --force took it past (each had nothing to compare with); [] when none
+                  "at": _now(), "by": config.by, "reason": config.reason,
+                  "forced": [gate.name for gate in gates if not gate.passed],
                   "gates": [gate.to_dict() for gate in gates]}
         _record(pinned.name, config.alias, pinned.version, "promotion", record)
     return PromotionResult(pinned, config.alias, previous, gates, True)

@@ -47,8 +47,12 @@ def test_train_prints_run_and_version(mlflow_sqlite):
     assert lines[1] == "registered: vae-decoder/1"
     assert re.fullmatch(r"held-out negative ELBO: \d+\.\d{3} nats per sample", lines[2]), lines
     assert lines[3] == f"tracking: {mlflow_sqlite.uri}"
-    # progress goes to stderr, one line per epoch, results alone on stdout
-    assert len(re.findall(r"epoch +\d+/2", result.stderr)) == 2 and "epoch" not in result.stdout
+    # progress goes to stderr (off a terminal: a line at the start, every 10 s and at the end, with the total and
+    # the ETA or time taken), results alone on stdout
+    assert "train: 0/24 steps" in result.stderr, result.stderr
+    done = r"train: 24/24 steps, [\d.,]+ steps/s, done in [\d.]+ s; epoch 2/2, train [\d.]+, held-out [\d.]+ nats"
+    assert re.search(done, result.stderr), result.stderr
+    assert "epoch" not in result.stdout and "steps" not in result.stdout
     second = invoke("train", "--arch", "mlp", "--epochs", "1", "--hidden", "16")
     assert second.exit_code == 0, second.output
     assert "registered: vae-decoder/2" in second.stdout
@@ -78,8 +82,10 @@ def test_models_lists_the_version(trained_version):
     header, *rows = result.stdout.split("\n\n")[0].splitlines()  # the version table comes first
     assert header.split()[:2] == ["model", "version"]
     assert len(rows) == 1
-    name, version, aliases, elbo, kind, data = rows[0].split()
-    assert (name, version, aliases, kind, data) == ("vae-decoder", "1", "-", "unconditional", "digits")
+    name, version, aliases, elbo, shape, latent, kind, data, architecture = rows[0].split(maxsplit=8)
+    assert (name, version, aliases, shape, latent, kind, data) == ("vae-decoder", "1", "-", "8x8", "2", "unconditional",
+                                                                   "digits")
+    assert architecture == "MLP, hidden 128; 2 epochs of 128, constant schedule"  # the tiny config's budget
     assert float(elbo) == pytest.approx(trained_version.result.val_neg_elbo, abs=1e-5)
 
 
@@ -161,7 +167,10 @@ def test_installed_console_script_end_to_end(tmp_path):
     trained = vaegen("train", "--epochs", "3", "--prior-flow-steps", "50")  # the default architecture, briefly
     assert trained.returncode == 0, trained.stderr
     assert "registered: vae-decoder/1" in trained.stdout
-    assert len(re.findall(r"epoch +\d+/3", trained.stderr)) == 3
+    assert re.search(r"train: 36/36 steps, .*; epoch 3/3", trained.stderr), trained.stderr  # digits: 12 steps an epoch
+    assert re.search(r"prior flow fit: 50/50 steps, .*done in", trained.stderr), trained.stderr
+    report_done = r"quality report: 6/6 stages, .*done in .*; per-class figures done"
+    assert re.search(report_done, trained.stderr), trained.stderr
     assert (tmp_path / "mlflow.db").is_file()
     assert (tmp_path / "mlruns").is_dir() and any((tmp_path / "mlruns").rglob("weights.npz"))
 

@@ -36,12 +36,23 @@ PORTS_WAIT_S = 180  # another Ray on this machine (a concurrent test run) may ho
 COMMAND_TIMEOUT_S = 600
 
 
-def readme_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index(SECTION):]
-    match = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
-    assert match, f"no bash block under {SECTION!r} in README.md"
-    return match.group(1)
+def readme_blocks() -> list[tuple[str, str, str]]:
+    """Every fenced code block of README.md as (the heading it sits under, its language, its text)."""
+    blocks, heading = [], ""
+    pattern = re.compile(r"^(#{1,4} [^\n]*)$|^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+    for match in pattern.finditer((ROOT / "README.md").read_text()):
+        if match.group(1):
+            heading = match.group(1)
+        else:
+            blocks.append((heading, match.group(2), match.group(3)))
+    return blocks
+
+
+def readme_block(section: str = SECTION, language: str = "bash") -> str:
+    """The first block of `language` under the heading `section`."""
+    found = [text for heading, kind, text in readme_blocks() if heading == section and kind == language]
+    assert found, f"no {language} block under {section!r} in README.md"
+    return found[0]
 
 
 def port_is_free(port: int) -> bool:

@@ -468,6 +468,7 @@ def test_inspect_deep_passes_then_fails_on_a_corrupted_part(datasets, tmp_path):
     assert f"dataset: {dataset_id(N, SEED)}" in result.stdout
     # every row's seed and z; x for the first, middle and last decode block of each part (3 x 12,288 + 848 rows)
     assert "verified: 4 files, 50,000 rows re-derived, x of 37,712 re-decoded" in result.stdout
+    assert f"inspect --deep {directory.name}: 50,000/50,000 rows, " in result.stderr, result.stderr  # progress
 
     copy = tmp_path / "root" / directory.name
     shutil.copytree(directory, copy)

@@ -89,8 +89,9 @@ def test_history_is_newest_first_and_fits_mlflows_description_limit():
 def test_version_description_of_a_bare_version_says_how_to_get_a_report():
     config = {"latent_dim": 16, "hidden_sizes": [512], "input_shape": [28, 28], "conditional": True, "num_classes": 10}
     text = descriptions.version_description("m", 3, {"config": json.dumps(config)}, {}, None)
-    assert text.splitlines()[0] == "Class-conditional (10 classes) VAE decoder, latent 16, hidden [512]."
-    assert "output 28x28" in text and "no report yet (`vaegen report --model m/3`)" in text
+    first = "Class-conditional (10 classes) VAE decoder (MLP, hidden 512), 28x28 samples, latent 16."
+    assert text.splitlines()[0] == first
+    assert "| sample shape | 28x28 |" in text and "no report yet (`vaegen report --model m/3`)" in text
     assert "logged model" not in text and "Promotions" not in text
 
 
@@ -199,11 +200,11 @@ def test_version_description_summarises_data_config_loss_quality_and_gates(promo
     version = client.get_model_version(NAME, "1")
     text, tags = version.description, version.tags
     first_line = text.splitlines()[0]
-    assert first_line == (f"Unconditional VAE decoder, latent 2, hidden [128], trained on digits; "
+    assert first_line == (f"Unconditional VAE decoder (MLP, hidden 128), 8x8 samples, latent 2, trained on digits; "
                           f"held-out -ELBO {promoted.v1.val_neg_elbo:.3f} nats.")
     assert f"`digits`, sha256 `{tags['vaegen.data_sha256'][:12]}…`" in text
     assert f"{int(tags['vaegen.train_size']):,} train / {int(tags['vaegen.holdout_size']):,} held out" in text
-    assert "latent_dim 2, hidden [128], output 8x8" in text and "epochs 2, batch_size 128" in text
+    assert "| sample shape | 8x8 |" in text and "| training budget | 2 epochs of 128, constant schedule |" in text
     training_run = client.get_run(promoted.v1.pinned.run_id)
     assert f"[{training_run.info.run_name}](#/experiments/{training_run.info.experiment_id}/runs/{training_run.info.run_id})" in text
     model_id = logged_model_id(NAME, 1)

@@ -66,5 +66,5 @@ def test_models_shows_conditional_classes(mlflow_sqlite, tiny_train_config):
     result = invoke("models")
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line.strip()}
-    assert "conditional 0..9" in rows["cvae"]
-    assert "unconditional" in rows["plain"] and "conditional 0" not in rows["plain"]
+    assert "conditional (10 classes)" in rows["cvae"]
+    assert "unconditional" in rows["plain"] and "conditional (" not in rows["plain"]

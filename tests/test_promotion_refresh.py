@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -279,9 +280,10 @@ def test_promote_with_passing_gates_records_who_when_why_and_models_shows_it(tra
     assert models.resolve(f"{name}@champion").version == 2
     record = json.loads(version_tags(name, 2)[PROMOTION_TAG])
     assert record["by"] == "bob" and record["reason"] == "retrained"
-    assert record["previous_version"] == 1 and record["version"] == 2 and record["forced"] is False
+    assert record["previous_version"] == 1 and record["version"] == 2 and record["forced"] == []
     assert abs(dt.datetime.fromisoformat(record["at"]) - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
-    assert [(gate["name"], gate["passed"]) for gate in record["gates"]] == [("safe_artifacts", True), ("loads", True), ("held_out_elbo", True)]
+    gates = [("safe_artifacts", True), ("loads", True), ("schema", True), ("held_out_elbo", True)]
+    assert [(gate["name"], gate["passed"]) for gate in record["gates"]] == gates
     assert json.loads(version_tags(name, 1)[PROMOTION_TAG])["previous_version"] is None
 
     listing = invoke("models", name)
@@ -340,7 +342,9 @@ def test_other_training_data_cannot_compare_unless_forced(trained):
     assert forced.exit_code == 0, forced.output
     assert alias_version(name) == 2
     record = json.loads(version_tags(name, 2)[PROMOTION_TAG])
-    assert record["forced"] is True and record["previous_version"] == 1
+    assert record["forced"] == ["held_out_elbo"] and record["previous_version"] == 1
+    listing = invoke("models", name)  # the history says it was forced, and past which gate
+    assert re.search(r"promote\(forced: held_out_elbo\) +v1 -> v2", listing.stdout), listing.stdout
 
 
 def test_rollback_restores_the_previous_holder_and_is_recorded(trained):

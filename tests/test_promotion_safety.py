@@ -177,4 +177,5 @@ def test_force_overrides_only_a_comparison_with_nothing_to_compare(trained_versi
     assert not blocked.promoted and not quality.passed and quality.forceable
     forced = promotion.promote(f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias="forced", reason="x", quality=thresholds,
                                                                                     force=True))
-    assert forced.promoted and [gate.name for gate in forced.gates] == ["safe_artifacts", "loads", "held_out_elbo", "quality"]
+    gates = ["safe_artifacts", "loads", "schema", "held_out_elbo", "quality"]
+    assert forced.promoted and [gate.name for gate in forced.gates] == gates

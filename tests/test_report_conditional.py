@@ -377,6 +377,6 @@ def test_pyfunc_decodes_like_our_loader_and_models_shows_the_kind(trained, no_pi
 
     listing = invoke("models")
     assert listing.exit_code == 0, listing.output
-    kinds = {line.split()[0]: line.split()[4] for line in listing.stdout.splitlines()
+    kinds = {line.split()[0]: line.split()[6] for line in listing.stdout.splitlines()
              if line.split() and line.split()[0] in (GOOD, RAW, COND)}
     assert kinds == {GOOD: "unconditional", RAW: "unconditional", COND: "conditional"}, listing.stdout

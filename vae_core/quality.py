@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.linalg
@@ -25,6 +25,8 @@ from vae_core.errors import UsageError
 # Rows of a probability matrix must sum to 1; softmax in float32 is off by about 1e-7, so this admits it.
 _PROBABILITY_SUM_TOLERANCE = 1e-4
 _MIN_SAMPLES_FOR_COVARIANCE = 2
+# What quality_report reports done, in order: its callers show them as progress.
+REPORT_STAGES = ("features", "precision, recall, closest records", "TSTR", "per-class figures")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,8 +522,10 @@ def quality_report(
     generated_images: np.ndarray,
     config: QualityConfig = QualityConfig(),
     generated_labels: np.ndarray | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Compare generated images with the real training set; returns (metrics, images).
+    """Compare generated images with the real training set; returns (metrics, images). on_stage gets the name of
+    each of REPORT_STAGES as it is done (TSTR's also for an unconditional report, where it costs nothing).
 
     metrics is JSON-serialisable (floats, ints, lists; None where a class has too few samples). Each `*_floor`
     is the same metric for real held-out images against the training set: what a perfect generator reaches
@@ -549,6 +553,8 @@ def quality_report(
     heldout_feats, heldout_probs = _embed_and_classify(classifier, heldout_images, batch_size)
     generated_feats, generated_probs = _embed_and_classify(classifier, generated_images, batch_size)
     rng = np.random.default_rng(config.seed)
+    done = on_stage or (lambda stage: None)
+    done(REPORT_STAGES[0])
 
     precision, recall, density, coverage, knn_generated_count = _balanced_precision_recall(
         train_feats, generated_feats, config, rng, with_density=True)
@@ -566,12 +572,16 @@ def quality_report(
     )
     memorisation, memorisation_threshold = _memorisation(heldout_distance, generated_distance,
                                                          config.memorisation_percentile)
+    done(REPORT_STAGES[1])
     trtr = float(np.mean(heldout_probs.argmax(axis=1) == heldout_labels))
     # TSTR trains on as many generated rows as TRTR had real ones, so the two differ only in where the rows come
     # from; drawn at random (an RNG of its own leaves the other metrics' draws alone): rows sorted by label, or
     # cycling through the classes, would lose whole classes to a prefix or a stride.
     tstr_rows = np.sort(np.random.default_rng(config.seed).choice(
         len(generated_images), size=min(len(train_images), len(generated_images)), replace=False))
+    tstr = None if generated_labels is None else tstr_accuracy(
+        generated_images[tstr_rows], generated_labels[tstr_rows], heldout_images, heldout_labels, num_classes, config)
+    done(REPORT_STAGES[2])
     metrics: dict[str, Any] = {
         "frechet_distance": frechet_distance(generated_feats, train_feats, config.frechet_eps),
         "frechet_floor": frechet_distance(heldout_feats, train_feats, config.frechet_eps),
@@ -586,8 +596,7 @@ def quality_report(
         **labels,
         "classifier_heldout_accuracy": trtr,
         # TSTR needs labelled generated rows (a conditional model's); TRTR is the reference classifier's accuracy.
-        "tstr_accuracy": None if generated_labels is None else tstr_accuracy(
-            generated_images[tstr_rows], generated_labels[tstr_rows], heldout_images, heldout_labels, num_classes, config),
+        "tstr_accuracy": tstr,
         "trtr_accuracy": trtr,
         "memorisation_share": memorisation,
         "memorisation_threshold": memorisation_threshold,
@@ -619,6 +628,7 @@ def quality_report(
         metrics["per_class_grouping"] = "predicted"
     generated_mean, generated_std = pixel_stats(generated_images)
     real_mean, real_std = pixel_stats(train_images)
+    done(REPORT_STAGES[3])
     images = {"generated_mean": generated_mean, "generated_std": generated_std,
               "real_mean": real_mean, "real_std": real_std}
     return metrics, images

@@ -28,6 +28,9 @@ class EpochMetrics:
     train_loss: float  # mean -ELBO per sample over the epoch's batches, nats
     val_loss: float  # mean -ELBO per sample on the held-out split, nats
     seconds: float
+    step: int = 0  # optimizer steps done so far, this epoch's included
+    total_steps: int = 0  # the whole budget: steps, or epochs x steps per epoch
+    total_epochs: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +104,8 @@ def _posterior(model: VAE, data: Dataset) -> tuple[torch.Tensor, torch.Tensor, t
     return torch.cat([mu for mu, _ in parts]), torch.cat([logvar for _, logvar in parts]), labels
 
 
-def fit_prior_flow(model: VAE, data: Dataset, train_config: TrainConfig) -> float:
+def fit_prior_flow(model: VAE, data: Dataset, train_config: TrainConfig,
+                   on_step: Callable[[int, int], None] | None = None) -> float:
     """Fit the decoder's prior flow by maximum likelihood to the aggregate posterior of the training images
     (fresh draws z ~ q(z | x) on every pass), the encoder and decoder frozen, for prior_flow_steps steps;
     returns the mean -log p(z) of the last pass, nats."""
@@ -122,6 +126,8 @@ def fit_prior_flow(model: VAE, data: Dataset, train_config: TrainConfig) -> floa
             optimizer.step()
             scheduler.step()
             total, seen, step = total + float(loss.detach()) * len(index), seen + len(index), step + 1
+            if on_step is not None:
+                on_step(step, train_config.prior_flow_steps)
     flow.eval()
     return total / seen
 
@@ -131,7 +137,10 @@ def train(
     model_config: VAEConfig,
     train_config: TrainConfig,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_prior_flow_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
+    """on_epoch gets each epoch's metrics (with the steps done and the budget); on_prior_flow_step (step, steps)
+    each step of the prior flow's fit."""
     started = time.perf_counter()
     train_set, holdout_set = data.split(train_config.holdout_fraction)
     torch.manual_seed(train_config.seed)
@@ -149,7 +158,8 @@ def train(
     labels = None if train_set.labels is None or not model_config.conditional else torch.from_numpy(train_set.labels)
     history: list[EpochMetrics] = []
     step = 0
-    for epoch in range(1, -(-total_steps // steps_per_epoch) + 1):  # the last pass stops at total_steps
+    total_epochs = -(-total_steps // steps_per_epoch)
+    for epoch in range(1, total_epochs + 1):  # the last pass stops at total_steps
         epoch_started = time.perf_counter()
         model.train()
         order = torch.randperm(len(images), generator=generator)
@@ -170,13 +180,16 @@ def train(
             train_loss=total / seen,
             val_loss=evaluate(model, holdout_set, train_config.seed),
             seconds=time.perf_counter() - epoch_started,
+            step=step,
+            total_steps=total_steps,
+            total_epochs=total_epochs,
         )
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
     val_neg_elbo = history[-1].val_loss
     if flow is not None:
-        fit_prior_flow(model, train_set, train_config)
+        fit_prior_flow(model, train_set, train_config, on_prior_flow_step)
         val_neg_elbo = evaluate(model, holdout_set, train_config.seed, with_prior_flow=True)
     model.eval()
     return TrainResult(

@@ -25,6 +25,7 @@ from jobs.generate.storage import Storage
 CARD = "_README.md"
 HF_YAML = ".huggingface.yaml"
 PART_GLOB = "part-*.parquet"
+DESIGN_DOC = "docs/DESIGN.md"  # in the vaegen repository: the contracts a card cites (seed scheme, dataset layout)
 QUALITY_TAG_PREFIX = "quality."  # the model version's quality figures, as registry.models.LoadedDecoder.tags names them
 # Hugging Face's size buckets (n<1K, 1K<n<10K, ...), for the Hub's size filter
 SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -158,7 +159,7 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
             ("rows (n)", f"{record['n']:,}"),
             ("dataset seed", str(record["dataset_seed"])),
             ("seed scheme", f"`{record['seed_scheme']}`: row i's latent is a pure function of (dataset seed, sample_id) "
-                            "(vaegen DESIGN.md, contract 1)"),
+                            f"(vaegen `{DESIGN_DOC}`, contract 1)"),
             ("x", f"{shape_text} {record['dtype']}" + (" = round(255 x) of the decoder's [0, 1] output"
                                                         if record["dtype"] == "uint8" else "")
              + (", one fixed-size binary value per row (C order)" if record["layout"] == "binary"

@@ -28,6 +28,7 @@ from jobs.generate.manifest import MANIFEST, PROGRESS
 from jobs.generate.recipe import is_recipe, recipe_problems
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
+from jobs.progress import Progress
 from vae_core.errors import UsageError, VaegenError
 
 DEEP_BLOCKS_PER_PART = 3  # decode blocks re-decoded per part on --deep: its first, middle and last
@@ -58,6 +59,9 @@ def open_committed(location: str) -> tuple[Storage, str, dict]:
     storage = Storage(parent or ".")
     record = storage.read_json(dataset_id, MANIFEST)  # unparsable: CorruptRecord, "corrupt manifest at PATH"
     if record is None:
+        if not storage.exists(dataset_id):
+            raise UsageError(f"dataset {storage.location(dataset_id)} not found: check the path "
+                             f"(a dataset is the folder that holds {MANIFEST}, under generate's --out)")
         state = "an unfinished dataset (rerun its generate command to resume)" if storage.exists(dataset_id, PROGRESS) else "no dataset"
         raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: it is {state}")
     broken = structure_problems(record)
@@ -241,12 +245,14 @@ def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as CPU workers decode: the same kernels, so the same bits
     try:
-        for entry in record["files"]:
-            with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
-                found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance)
-            problems += found
-            derived += entry["rows"]
-            decoded += rows_decoded
+        with Progress(record["n"], f"inspect --deep {dataset_id}") as progress:
+            for entry in record["files"]:
+                with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
+                    found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance)
+                problems += found
+                derived += entry["rows"]
+                decoded += rows_decoded
+                progress.advance(entry["rows"], f"{entry['name']} checked")
     finally:
         torch.set_num_threads(threads)
     return InspectReport(storage.location(dataset_id), record, problems, derived, decoded, notes)

@@ -1,9 +1,9 @@
 """The generation job as a recipe: resolve once, plan, write shards on Ray, commit the manifest, log lineage.
 
-Start-up overlaps: the registry's work (importing mlflow, resolving the reference, reading the
-weights) runs on a helper thread while this thread starts or joins Ray and the workers import
-torch. Ray's start stays on the calling thread because the processes it spawns die with the
-thread that spawned them.
+Start-up: the reference is resolved first (a typo is reported before Ray starts); the rest of the
+registry's work (the dataset's guard, what is on disk, reading the weights) runs on a helper thread
+while this thread starts or joins Ray and the workers import torch. Ray's start stays on the calling
+thread because the processes it spawns die with the thread that spawned them.
 """
 
 from __future__ import annotations
@@ -77,10 +77,12 @@ def generate(
     # The guard is taken on the registry thread once the dataset id is known, and held to the end; the
     # thread pool is left first, so a plan still running after a failure here has let go of it too.
     # The workers (killed first on the way out) are started as soon as Ray is up when the shard count is known
-    # without the model (not a --resume): they import torch while this process imports MLflow and resolves.
+    # without the model (not a --resume): they import torch while this process takes the guard and reads the weights.
     with contextlib.ExitStack() as guard, ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread, \
             contextlib.ExitStack() as workers:
-        planned = registry_thread.submit(_plan, config, storage, resume_id, pinned, guard)
+        resolving = registry_thread.submit(_resolve, config, storage, resume_id, pinned)
+        planned = registry_thread.submit(_plan, config, storage, resolving, guard)
+        resolving.result()  # a wrong model reference is reported before Ray starts, not after (seconds)
         started_ray = engine.connect()
         try:
             pool = None
@@ -117,11 +119,10 @@ def _worker_pool(config: GenerateConfig, num_shards: int, storage: Storage, log:
     return engine.WorkerPool(storage, placement, config.engine.stall_timeout_s)
 
 
-def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, resolved: PinnedModel | None,
-          guard: contextlib.ExitStack) -> Plan:
-    """The registry's part of the start-up: resolve once, define the dataset, take its writer guard, look at
-    what is on disk."""
-    from registry import lineage, models, tracking
+def _resolve(config: GenerateConfig, storage: Storage, resume_id: str | None,
+             resolved: PinnedModel | None) -> tuple[PinnedModel, DatasetSpec, bool]:
+    """Resolve the reference once and define the dataset: (pinned version, spec, whether the seed was drawn here)."""
+    from registry import models, tracking
 
     tracking.ensure_reachable()
     if resume_id is not None:
@@ -141,6 +142,14 @@ def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, resol
         seed_was_random = config.seed is None
         seed = secrets.randbits(32) if seed_was_random else config.seed
         spec = dataset_spec(config, pinned, models.version_config(pinned), seed)
+    return pinned, spec, seed_was_random
+
+
+def _plan(config: GenerateConfig, storage: Storage, resolving: Future, guard: contextlib.ExitStack) -> Plan:
+    """The rest of the registry's part of the start-up: take the dataset's writer guard, look at what is on disk."""
+    from registry import lineage
+
+    pinned, spec, seed_was_random = resolving.result()
     dataset_id = spec.dataset_id
     guard.enter_context(storage.writer_guard(dataset_id))  # one writer per dataset: a second run is refused, naming this one
     if config.overwrite:  # before parsing anything there: a corrupt manifest is what --overwrite repairs
@@ -186,7 +195,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
     params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
               "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
     started_at, started = manifest.utc_now(), time.perf_counter()
-    progress = Progress(spec.n, dataset_id)
+    progress = Progress(spec.n, f"generate {dataset_id}")
     reused = 0
 
     def on_part(info: PartInfo) -> None:
@@ -243,6 +252,9 @@ def dataset_spec(config: GenerateConfig, pinned: PinnedModel, model_config: VAEC
     label_policy, classes = None, ()
     if model_config.conditional:
         label_policy, classes = parse_labels(config.labels, model_config.num_classes)
+    elif config.labels != GenerateConfig.labels:  # the default, balanced, means nothing here and is accepted
+        raise UsageError(f"--labels {config.labels}: {pinned.name}/{pinned.version} is unconditional "
+                         "(it draws no labels); drop --labels, or use a version trained with --conditional")
     return DatasetSpec(
         model_name=pinned.name, model_version=pinned.version, n=config.n, seed=seed,
         latent_dim=model_config.latent_dim, sample_shape=tuple(model_config.input_shape), dtype=config.dtype,
