@@ -61,8 +61,7 @@ def ray_address(module_postgres) -> Iterator[str]:
         yield address
 
 
-def test_the_whole_flow_on_postgresql(postgres, module_postgres, ray_address, tmp_path, monkeypatch):
-    monkeypatch.setenv("VAEGEN_CACHE", str(tmp_path / "cache"))
+def test_the_whole_flow_on_postgresql(postgres, module_postgres, ray_address, tmp_path):
     trained = ok("train", "--arch", "mlp", "--epochs", "2", "--register-as", NAME, "--no-report")
     assert line(trained.stdout, "registered: ") == f"registered: {NAME}/1"
     assert line(trained.stdout, "tracking: ") == f"tracking: {module_postgres.uri}"
