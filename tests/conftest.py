@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from ray_cluster import TAG_VARIABLE, free_port  # tests/ is on sys.path (rootdir conftest)
+from ray_cluster import TAG_VARIABLE, RayEnv, free_port, make_ray_env, stop_tagged  # tests/ is on sys.path (rootdir conftest)
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
@@ -486,6 +486,53 @@ def module_http(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) ->
     """Like mlflow_http, shared by one test module: expensive setup (training) once, on the shared server."""
     with use_tracking_store(mlflow_server, tmp_path_factory.mktemp("mlflow-http")) as store:
         yield store
+
+
+class LocalRay:
+    """A local Ray with 2 CPUs, private HOME / temp dir / auth mode; (re)started on demand."""
+
+    def __init__(self, env: RayEnv):
+        self.env = env
+
+    def ensure(self) -> None:
+        import logging
+
+        import ray
+
+        if ray.is_initialized() and os.environ.get("RAY_ADDRESS") is None:
+            return
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def local_ray_module() -> Iterator[LocalRay]:
+    """A LocalRay for the module (its env active, started by ensure()); killed and its processes stopped by tag."""
+    import ray
+
+    from jobs.generate import engine
+
+    env = make_ray_env()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.variables().items():
+            patch.setenv(key, value)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        local = LocalRay(env)
+        try:
+            yield local
+        finally:
+            engine.stop_local_ray()  # kill, not Ray's graceful shutdown: nothing on it is kept
+            ray.shutdown()
+            survivors = stop_tagged(env.tag)
+            shutil.rmtree(env.root, ignore_errors=True)
+    assert not survivors, f"local Ray processes survived ray.shutdown(): {survivors}"
+
+
+@pytest.fixture
+def local_ray(local_ray_module: LocalRay) -> LocalRay:
+    """The module's local Ray, (re)started if a test left it stopped or joined another cluster."""
+    local_ray_module.ensure()
+    return local_ray_module
 
 
 @contextlib.contextmanager
