@@ -15,10 +15,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
-from ray_cluster import TAG_VARIABLE, free_port  # tests/ is on sys.path (rootdir conftest)
+from ray_cluster import TAG_VARIABLE, RayEnv, free_port, make_ray_env, stop_tagged  # tests/ is on sys.path (rootdir conftest)
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
@@ -27,6 +27,7 @@ POSTGRES_START_TIMEOUT_S = 60  # initdb + start take ~3 s here
 POSTGRES_STOP_TIMEOUT_S = 10  # fast shutdown (SIGINT) of an idle test cluster takes well under a second
 POSTGRES_OS_USER = "postgres"  # postgres refuses to run as root; the package creates this user
 MLFLOW_POSTGRES_WORKERS = 2  # as in production: the lock and the history must hold across server processes
+STORE_TEXT_MAX_BYTES = 1 << 20  # copy_store rewrites paths in files up to this size (MLmodel, meta files)
 TINY_EPOCHS = 2  # enough to train, register and plot; the loss still falls between the two epochs
 
 
@@ -56,13 +57,71 @@ def use_tracking_store(uri: str, root: Path) -> Iterator[TrackingStore]:
             mlflow.set_tracking_uri(None)
 
 
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """VAEGEN_CACHE for the module: quality reports train their reference classifier once and share it."""
+@dataclasses.dataclass
+class MigratedTemplate:
+    """One SQLite database migrated by MLflow's own code, copied (SQLite's backup API) into every fresh SQLite
+    store that this process opens instead of running its ~40 alembic migrations again (seconds each time on a
+    loaded 2-core box). The copy holds exactly what the migrations leave (tables, indexes, alembic_version), no
+    rows: MLflow still creates the Default experiment itself, under the new store's own artifact root."""
+
+    path: Path
+    migrate: Callable[[Any], None]  # mlflow.store.db.utils._initialize_tables, the real one
+
+    def initialize(self, engine) -> None:
+        import sqlite3
+
+        import sqlalchemy
+
+        if engine.url.get_backend_name() != "sqlite" or engine.url.database in (None, "", ":memory:"):
+            self.migrate(engine)
+            return
+        if not self.path.exists():
+            scratch = self.path.with_suffix(".tmp")
+            scratch.unlink(missing_ok=True)
+            template_engine = sqlalchemy.create_engine(f"sqlite:///{scratch}")
+            try:
+                self.migrate(template_engine)
+            finally:
+                template_engine.dispose()
+            scratch.rename(self.path)
+        source = sqlite3.connect(self.path)
+        target = engine.raw_connection()
+        try:
+            source.backup(target.driver_connection)
+        finally:
+            target.close()
+            source.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigratedTemplate]:
+    """Fresh SQLite stores opened in this process start from one migrated template (MigratedTemplate); stores
+    that `vaegen` subprocesses or `mlflow server` create migrate as usual."""
+    import mlflow.store.db.utils as db_utils
+    import mlflow.store.model_registry.sqlalchemy_store as registry_store
+
+    template = MigratedTemplate(tmp_path_factory.mktemp("sqlite-template") / "migrated.db", db_utils._initialize_tables)
+    with pytest.MonkeyPatch.context() as patch:
+        # The registry store imported the function by name: both references go to the template.
+        patch.setattr(db_utils, "_initialize_tables", template.initialize)
+        patch.setattr(registry_store, "_initialize_tables", template.initialize)
+        yield template
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """VAEGEN_CACHE for the whole session, never ~/.cache: quality reports train their reference classifier once
+    per session and share it (a test about the cache itself points VAEGEN_CACHE at its own empty folder)."""
     root = tmp_path_factory.mktemp("vaegen-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VAEGEN_CACHE", str(root))
         yield root
+
+
+@pytest.fixture(scope="module")
+def cache_root(session_cache: Path) -> Path:
+    """The session's VAEGEN_CACHE (session_cache), under the name modules already use."""
+    return session_cache
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -351,13 +410,54 @@ class TrainedVersion:
     result: object  # jobs.train.TrainJobResult; result.pinned is the registered version
 
 
-@pytest.fixture(scope="module")
-def trained_version(module_sqlite: TrackingStore) -> TrainedVersion:
-    """One tiny model trained on digits and registered as version 1 in this module's SQLite store."""
+def copy_store(source: Path, target: Path) -> None:
+    """Copy a SQLite store's folder (mlflow.db, mlruns/, report/) into target, every absolute path that names
+    source (artifact locations in the database, `artifact_path` in MLmodel files) rewritten to name target."""
+    import sqlite3
+
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    old, new = f"{source}/", f"{target}/"
+    for path in target.rglob("*"):
+        if path.is_file() and path.name != "mlflow.db" and path.stat().st_size < STORE_TEXT_MAX_BYTES:
+            content = path.read_bytes()
+            if old.encode() in content:
+                path.write_bytes(content.replace(old.encode(), new.encode()))
+    with contextlib.closing(sqlite3.connect(target / "mlflow.db")) as database, database:
+        tables = [row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in [row[1] for row in database.execute(f'PRAGMA table_info("{table}")')]:
+                database.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                 f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0', (old, new, old))
+
+
+@pytest.fixture(scope="session")
+def session_trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedVersion:
+    """The tiny model of trained_version (with its quality report), trained once per session in its own store;
+    trained_version copies that store into each module's."""
     from jobs.train import run
 
-    config = _tiny_train_config()
-    return TrainedVersion(module_sqlite, config, run(config))
+    root = tmp_path_factory.mktemp("trained-store")
+    with use_tracking_store(sqlite_uri(root), root) as store:
+        config = _tiny_train_config()
+        return TrainedVersion(store, config, run(config))
+
+
+@pytest.fixture(scope="module")
+def trained_version(module_sqlite: TrackingStore, request: pytest.FixtureRequest) -> TrainedVersion:
+    """One tiny model trained on digits and registered as version 1 (with its quality report) in this module's
+    SQLite store: a copy of the session's (session_trained), or trained here if the store was used already."""
+    from jobs.train import run
+
+    if (module_sqlite.root / "mlflow.db").exists():
+        config = _tiny_train_config()
+        return TrainedVersion(module_sqlite, config, run(config))
+    trained = request.getfixturevalue("session_trained")
+    copy_store(trained.store.root, module_sqlite.root)
+    pinned = trained.result.pinned
+    source = pinned.source.replace(f"{trained.store.root}/", f"{module_sqlite.root}/")
+    result = dataclasses.replace(trained.result, tracking_uri=module_sqlite.uri,
+                                 pinned=dataclasses.replace(pinned, source=source))
+    return TrainedVersion(module_sqlite, trained.config, result)
 
 
 def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0, config=None):
@@ -390,6 +490,53 @@ def module_http(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) ->
     """Like mlflow_http, shared by one test module: expensive setup (training) once, on the shared server."""
     with use_tracking_store(mlflow_server, tmp_path_factory.mktemp("mlflow-http")) as store:
         yield store
+
+
+class LocalRay:
+    """A local Ray with 2 CPUs, private HOME / temp dir / auth mode; (re)started on demand."""
+
+    def __init__(self, env: RayEnv):
+        self.env = env
+
+    def ensure(self) -> None:
+        import logging
+
+        import ray
+
+        if ray.is_initialized() and os.environ.get("RAY_ADDRESS") is None:
+            return
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def local_ray_module() -> Iterator[LocalRay]:
+    """A LocalRay for the module (its env active, started by ensure()); killed and its processes stopped by tag."""
+    import ray
+
+    from jobs.generate import engine
+
+    env = make_ray_env()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.variables().items():
+            patch.setenv(key, value)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        local = LocalRay(env)
+        try:
+            yield local
+        finally:
+            engine.stop_local_ray()  # kill, not Ray's graceful shutdown: nothing on it is kept
+            ray.shutdown()
+            survivors = stop_tagged(env.tag)
+            shutil.rmtree(env.root, ignore_errors=True)
+    assert not survivors, f"local Ray processes survived ray.shutdown(): {survivors}"
+
+
+@pytest.fixture
+def local_ray(local_ray_module: LocalRay) -> LocalRay:
+    """The module's local Ray, (re)started if a test left it stopped or joined another cluster."""
+    local_ray_module.ensure()
+    return local_ray_module
 
 
 @contextlib.contextmanager

@@ -15,10 +15,7 @@ from click.testing import CliRunner
 
 from jobs.cli import main
 from vae_core.errors import UsageError
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
+from helpers import invoke
 
 
 def assert_one_line_error(result, exit_code: int, *fragments: str) -> str:

@@ -30,8 +30,7 @@ from vae_core.model import VAE
 from vae_core.sampling import block_ranges
 from vae_core.training import TrainResult
 
-from test_generate import assert_one_error_line, invoke, local_ray, local_ray_module, part_hashes  # noqa: F401 (fixtures)
-from test_report_conditional import generate_dataset, read_rows
+from helpers import assert_one_error_line, generate_dataset, invoke, part_hashes, read_rows
 
 CONV, COND = "vae-conv", "vae-conv-cond"
 N, SEED, BLOCK_ROWS = 6_000, 23, 1_000  # 1,000-row decode blocks: every worker and shard size meets the same blocks

@@ -21,9 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
-from click.testing import CliRunner
 
-from jobs.cli import main
 from jobs.generate import card, engine
 from jobs.generate.croissant import CROISSANT
 from jobs.generate.manifest import MANIFEST
@@ -35,6 +33,7 @@ from jobs.generate.storage import Storage
 from ray_cluster import ray_cluster, tagged_pids, wait_until
 from registry import models
 from vae_core.errors import VaegenError
+from helpers import invoke
 
 pytestmark = pytest.mark.slow  # a two-node Ray cluster, jobs killed in the middle
 
@@ -51,15 +50,6 @@ SUBPROCESS_TIMEOUT_S = 300
 
 def dataset_id(seed: int) -> str:
     return f"vae-decoder-v1-n{N}-seed{seed}-float32-f{FORMAT.rsplit('/', 1)[1]}"
-
-
-def invoke(*args: str):
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def config(out: Path, seed: int, **engine_options: Any) -> GenerateConfig:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import signal
@@ -24,12 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-import xxhash
 import torch
-from click.testing import CliRunner
 
-from jobs.cli import main
-from jobs.generate import engine
 from jobs.generate.engine import EngineOptions
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.parts import PartWriter
@@ -45,6 +40,7 @@ from vae_core.sampling import block_ranges
 from vae_core.training import TrainResult
 
 from ray_cluster import RayEnv, make_ray_env, ray_cluster, stop_tagged, wait_until  # tests/ is on sys.path (rootdir conftest)
+from helpers import assert_one_error_line, checksum_file, invoke, part_hashes, x_from_arrow
 
 MODEL = "vae-decoder/1"
 BLOCK_ROWS = 4_096  # GenerateConfig's default decode grid
@@ -62,26 +58,6 @@ def dataset_id(n: int, seed: int, name: str = "vae-decoder", version: int = 1, d
     return f"{name}-v{version}-n{n}-seed{seed}-{dtype}-f3"
 
 
-def x_from_arrow(column) -> np.ndarray:
-    """x as format 3 stores it (nested fixed-size lists, one level per dimension), read with
-    pyarrow alone: every level's size from the type, then the flat values."""
-    array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    sizes = []
-    while pa.types.is_fixed_size_list(array.type):
-        sizes.append(array.type.list_size)
-        array = array.flatten()
-    return array.to_numpy().reshape(-1, *sizes)
-
-
-def checksum_file(path: Path) -> str:
-    """The manifest's checksum (xxh3-128), computed independently of vaegen."""
-    return xxhash.xxh3_128(path.read_bytes()).hexdigest()
-
-
-def part_hashes(directory: Path) -> dict[str, str]:
-    return {path.name: checksum_file(path) for path in sorted(directory.glob("part-*.parquet"))}
-
-
 def as_json(record: dict) -> dict:
     """A record as it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(record))
@@ -94,28 +70,6 @@ def mtimes(directory: Path) -> dict[str, int]:
 def dataset_leftovers(root: Path) -> list[Path]:
     """Anything a reader could take for (part of) a dataset."""
     return sorted([*root.rglob("*.parquet"), *root.rglob("_manifest.json")]) if root.exists() else []
-
-
-def invoke(*args: str):
-    """`vaegen ARGS` in-process; the command's os.environ defaults (tracking.configure_environment) are undone."""
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def assert_one_error_line(result, exit_code: int, *fragments: str) -> str:
-    """Exit code, and exactly one `vaegen: error:` line, the last one on stderr; no traceback."""
-    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("vaegen: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def run_generate(root: Path, n: int = N, seed: int = SEED, rows_per_shard: int = 16_384, num_workers: int | None = None,
@@ -176,43 +130,6 @@ def reference(trained_version) -> Callable[[int, int], Expected]:
         return cache[n, seed]
 
     return expected
-
-
-class LocalRay:
-    """A local Ray with 2 CPUs, private HOME / temp dir / auth mode; (re)started on demand."""
-
-    def __init__(self, env: RayEnv):
-        self.env = env
-
-    def ensure(self) -> None:
-        if ray.is_initialized() and os.environ.get("RAY_ADDRESS") is None:
-            return
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def local_ray_module() -> Iterator[LocalRay]:
-    env = make_ray_env()
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.variables().items():
-            patch.setenv(key, value)
-        patch.delenv("RAY_ADDRESS", raising=False)
-        local = LocalRay(env)
-        try:
-            yield local
-        finally:
-            engine.stop_local_ray()  # kill, not Ray's graceful shutdown: nothing on it is kept
-            ray.shutdown()
-            survivors = stop_tagged(env.tag)
-            shutil.rmtree(env.root, ignore_errors=True)
-    assert not survivors, f"local Ray processes survived ray.shutdown(): {survivors}"
-
-
-@pytest.fixture
-def local_ray(local_ray_module: LocalRay) -> LocalRay:
-    local_ray_module.ensure()
-    return local_ray_module
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
@@ -21,15 +20,11 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import xxhash
-from click.testing import CliRunner
 
-from jobs.cli import main
 from jobs.generate import manifest
 from jobs.generate.engine import EngineOptions
 from jobs.generate.inspect import _flat_values, inspect
@@ -42,7 +37,8 @@ from registry import models
 from registry.redaction import has_credentials, redact_text, redact_uri
 from vae_core.errors import UsageError
 
-from ray_cluster import free_port, make_ray_env, stop_tagged, wait_until  # tests/ is on sys.path (rootdir conftest)
+from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
+from helpers import assert_one_error_line, invoke, part_hashes
 
 MODEL = "vae-decoder/1"
 N, R, SEED = 20_000, 5_000, 3  # 4 parts; on the default 4,096-row decode grid --deep re-decodes every row's x
@@ -51,28 +47,6 @@ UNFINISHED_ID = f"vae-decoder-v1-n1000-seed1-float32-f{FORMAT_VERSION}"  # progr
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def invoke(*args: str):
-    """`vaegen ARGS` in-process; the command's os.environ defaults (tracking.configure_environment) are undone."""
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def one_error_line(result, exit_code: int, *fragments: str) -> str:
-    """Exit code, and exactly one `vaegen: error:` line, the last one on stderr; no traceback."""
-    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("vaegen: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def config(root: Path | str, n: int = N, seed: int = SEED, **options: Any) -> GenerateConfig:
@@ -84,10 +58,6 @@ def config(root: Path | str, n: int = N, seed: int = SEED, **options: Any) -> Ge
 def generate_args(root: Path | str, *extra: str, n: int = N, seed: int = SEED) -> list[str]:
     return ["generate", "--model", MODEL, "--n", str(n), "--seed", str(seed), "--rows-per-shard", str(R),
             "--out", str(root), *extra]
-
-
-def part_hashes(directory: Path) -> dict[str, str]:
-    return {path.name: xxhash.xxh3_128(path.read_bytes()).hexdigest() for path in sorted(directory.glob("part-*.parquet"))}
 
 
 def edit_manifest(directory: Path, change) -> dict:
@@ -106,28 +76,9 @@ def everything_under(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A local Ray with 2 CPUs and a private HOME / temp dir, stopped by tag (tests/ray_cluster.py). Also for
-    refusals: `generate` joins (or starts) Ray while the registry thread plans, so a refusal comes after that."""
-    env = make_ray_env()
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.variables().items():
-            patch.setenv(key, value)
-        patch.delenv("RAY_ADDRESS", raising=False)
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-            survivors = stop_tagged(env.tag)
-            shutil.rmtree(env.root, ignore_errors=True)
-    assert not survivors, survivors
-
-
-@pytest.fixture(scope="module")
-def committed(trained_version, local_ray, tmp_path_factory) -> GenerateResult:
+def committed(trained_version, local_ray_module, tmp_path_factory) -> GenerateResult:
     """One committed dataset of 4 parts; tests work on copies of it."""
+    local_ray_module.ensure()
     result = generate(config(tmp_path_factory.mktemp("committed")))
     assert result.status == "generated"
     return result
@@ -179,7 +130,7 @@ def test_an_object_store_root_with_credentials_is_refused_without_showing_them(t
     message = str(refused.value)
     assert "S3cretKey" not in message and "***" in message and "AWS_ACCESS_KEY_ID" in message
     result = invoke("generate", "--model", MODEL, "--n", "10", "--out", root)
-    one_error_line(result, 2, "carries credentials")
+    assert_one_error_line(result, 2, "carries credentials")
     assert "S3cretKey" not in result.output
 
 
@@ -251,7 +202,7 @@ def test_resume_of_a_record_whose_model_name_escapes_the_root_is_refused(trained
     progress_of(trained_version, root, "fake", model_name="../../escaped")
     before = everything_under(tmp_path)
     result = invoke("generate", "--resume", "fake", "--out", str(root))
-    one_error_line(result, 2, "the record in 'fake' is refused", "cannot name a dataset folder")
+    assert_one_error_line(result, 2, "the record in 'fake' is refused", "cannot name a dataset folder")
     assert everything_under(tmp_path) == before  # nothing written anywhere, inside the root or out of it
     assert not list(tmp_path.parent.glob("**/escaped*"))
 
@@ -260,10 +211,10 @@ def test_resume_of_a_record_copied_into_another_folder_is_refused(trained_versio
     root = tmp_path / "ROOT"
     progress_of(trained_version, root, "fake")
     result = invoke("generate", "--resume", str(root / "fake"))
-    one_error_line(result, 2, f"describes dataset '{UNFINISHED_ID}', not 'fake'")
+    assert_one_error_line(result, 2, f"describes dataset '{UNFINISHED_ID}', not 'fake'")
     assert everything_under(root) == ["fake", "fake/_progress.json"]
     for resume in ("..", str(root / "..")):
-        one_error_line(invoke("generate", "--resume", resume, "--out", str(root)), 2, "is not a plain file or folder name")
+        assert_one_error_line(invoke("generate", "--resume", resume, "--out", str(root)), 2, "is not a plain file or folder name")
 
 
 def test_resume_on_the_other_device_is_refused_naming_its_device(trained_version, local_ray, tmp_path):
@@ -310,7 +261,7 @@ def test_inspect_refuses_an_edited_n(copy):
     result = inspect_cli(copy)
     assert "PROBLEM manifest: n = 30000 but its spec says 20000" in result.stdout, result.stdout
     assert "PROBLEM manifest: n = 30,000 but its files hold 20,000 rows" in result.stdout
-    one_error_line(result, 1, "problem(s)")
+    assert_one_error_line(result, 1, "problem(s)")
 
 
 @pytest.mark.slow
@@ -319,7 +270,7 @@ def test_inspect_refuses_a_dropped_files_entry(copy):
     result = inspect_cli(copy)
     assert "PROBLEM manifest: n = 20,000 but its files hold 15,000 rows" in result.stdout, result.stdout
     assert "missing part-00002.parquet" in result.stdout
-    one_error_line(result, 1, "problem(s)")
+    assert_one_error_line(result, 1, "problem(s)")
 
 
 @pytest.mark.slow
@@ -342,7 +293,7 @@ def test_inspect_refuses_a_stray_copy_of_a_part(copy):
     result = inspect_cli(copy)
     assert ("PROBLEM part-00099.parquet: unexpected file, not in the manifest: readers would take it for part of "
             "the dataset") in result.stdout, result.stdout
-    one_error_line(result, 1, "1 problem(s)")
+    assert_one_error_line(result, 1, "1 problem(s)")
 
 
 @pytest.mark.slow
@@ -363,12 +314,12 @@ def test_inspect_of_a_truncated_manifest_is_one_line(copy):
     path = copy / manifest.MANIFEST
     path.write_bytes(path.read_bytes()[:100])
     result = inspect_cli(copy)
-    one_error_line(result, 1, f"corrupt manifest at {path}: not valid JSON")
+    assert_one_error_line(result, 1, f"corrupt manifest at {path}: not valid JSON")
     assert "JSONDecodeError" not in result.output
     path.write_text("[1, 2]")
-    one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: a JSON list, not an object")
+    assert_one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: a JSON list, not an object")
     path.write_text('{"n": 20000}')
-    one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: field 'format' is missing or not a JSON string")
+    assert_one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: field 'format' is missing or not a JSON string")
 
 
 @pytest.mark.slow
@@ -418,7 +369,7 @@ def test_inspect_deep_re_decodes_x_and_catches_a_consistent_forgery(copy):
     deep = inspect_cli(copy, "--deep")
     assert ("PROBLEM part-00001.parquet: row 1234 (sample id 6234): x differs from what vae-decoder/1 decodes"
             in deep.stdout), deep.stdout
-    one_error_line(deep, 1, "1 problem(s)")
+    assert_one_error_line(deep, 1, "1 problem(s)")
 
 
 @pytest.mark.slow
@@ -433,7 +384,7 @@ def test_inspect_deep_with_an_unreachable_tracking_server_is_one_line(copy, monk
         result = inspect_cli(copy, "--deep")
     finally:
         mlflow.set_tracking_uri(previous)
-    one_error_line(result, 1, "inspect --deep re-decodes x with vae-decoder/1 from the registry: cannot reach the MLflow "
+    assert_one_error_line(result, 1, "inspect --deep re-decodes x with vae-decoder/1 from the registry: cannot reach the MLflow "
                               "tracking server at http://***@127.0.0.1")
     assert "S3cretPW" not in result.output
 
@@ -452,7 +403,7 @@ def test_generate_into_a_damaged_dataset_is_refused_and_overwrite_repairs_it(com
         part.write_bytes(part.read_bytes()[:1000])
     result = invoke(*generate_args(copy.parent))
     detail = "part-00001.parquet: missing" if damage == "missing" else "part-00001.parquet: 1000 bytes, manifest says"
-    one_error_line(result, 1, f"dataset {copy} is committed but damaged: {detail}", "regenerate it with --overwrite")
+    assert_one_error_line(result, 1, f"dataset {copy} is committed but damaged: {detail}", "regenerate it with --overwrite")
     assert "already committed" not in result.output
     repaired = invoke(*generate_args(copy.parent, "--overwrite"))
     assert repaired.exit_code == 0, repaired.output
@@ -463,7 +414,7 @@ def test_generate_into_a_damaged_dataset_is_refused_and_overwrite_repairs_it(com
 def test_a_truncated_manifest_is_one_line_and_overwrite_repairs_it(committed, copy):
     path = copy / manifest.MANIFEST
     path.write_bytes(path.read_bytes()[:200])
-    one_error_line(invoke(*generate_args(copy.parent)), 1, f"corrupt manifest at {path}")
+    assert_one_error_line(invoke(*generate_args(copy.parent)), 1, f"corrupt manifest at {path}")
     repaired = invoke(*generate_args(copy.parent, "--overwrite"))
     assert repaired.exit_code == 0, repaired.output
     assert part_hashes(copy) == part_hashes(Path(committed.location)) and inspect(str(copy)).ok
@@ -495,7 +446,7 @@ def test_two_generate_runs_of_one_dataset_at_once(trained_version, local_ray, tm
         proceed.set()
         thread.join(180)
     assert f"being written by another vaegen run (pid {os.getpid()} on {socket.gethostname()}" in str(busy.value)
-    one_error_line(cli, 1, "is being written by another vaegen run", f"pid {os.getpid()}")
+    assert_one_error_line(cli, 1, "is being written by another vaegen run", f"pid {os.getpid()}")
     assert "error" not in outcome, outcome
     directory = Path(outcome["result"].location)
     assert outcome["result"].status == "generated" and inspect(str(directory)).ok
@@ -584,7 +535,7 @@ def test_the_writer_guard_on_an_object_store(moto_s3):
 def test_unbounded_plans_are_one_line_usage_errors_and_leave_no_folder(trained_version, tmp_path, n, extra, fragment):
     out = tmp_path / "out"
     result = invoke("generate", "--model", MODEL, "--n", str(n), "--out", str(out), *extra)
-    one_error_line(result, 2, fragment)
+    assert_one_error_line(result, 2, fragment)
     assert "MemoryError" not in result.output and not out.exists()
 
 
@@ -655,7 +606,7 @@ def test_provenance_is_recorded_and_can_be_left_out(committed, local_ray, tmp_pa
     copy_root = tmp_path / "again"
     shutil.copytree(committed.location, copy_root / directory.name)
     refused = invoke(*generate_args(copy_root, "--redact-provenance"))
-    one_error_line(refused, 2, "is committed with provenance", "add --overwrite")
+    assert_one_error_line(refused, 2, "is committed with provenance", "add --overwrite")
 
 
 # ---------------------------------------------------------------- refresh with a `#` in --out

@@ -25,7 +25,7 @@ from registry.promotion import PromotionConfig, promote, rollback
 from vae_core import data as data_sources
 from vae_core.errors import UsageError
 
-from test_generate import assert_one_error_line, invoke, local_ray, local_ray_module  # noqa: F401 (fixtures)
+from helpers import assert_one_error_line, invoke
 
 NAME = "vae-lineage"
 ANY_ELBO = 1e9  # gate 2 off in effect: these tiny models differ by seed, the test is about what gets recorded

@@ -6,33 +6,21 @@ command goes through the CLI; what the server stored is read back from PostgreSQ
 from __future__ import annotations
 
 import json
-import os
 from typing import Iterator
 
 import mlflow
 import pytest
-from click.testing import CliRunner
 
 from conftest import Postgres, private_local_ray
-from jobs.cli import main
 from registry import promotion
 from registry.models import LOCK_MARK
+from helpers import invoke
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server, an mlflow server and a Ray
 
 NAME = "vae-pg"
 N, ROWS_PER_SHARD = 3_000, 1_000
 REPORT_N = 1_000  # generated samples the report compares with the digits
-
-
-def invoke(*args: str):
-    """`vaegen ARGS` in-process; the command's os.environ defaults (tracking.configure_environment) are undone."""
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def ok(*args: str):
@@ -61,8 +49,7 @@ def ray_address(module_postgres) -> Iterator[str]:
         yield address
 
 
-def test_the_whole_flow_on_postgresql(postgres, module_postgres, ray_address, tmp_path, monkeypatch):
-    monkeypatch.setenv("VAEGEN_CACHE", str(tmp_path / "cache"))
+def test_the_whole_flow_on_postgresql(postgres, module_postgres, ray_address, tmp_path):
     trained = ok("train", "--arch", "mlp", "--epochs", "2", "--register-as", NAME, "--no-report")
     assert line(trained.stdout, "registered: ") == f"registered: {NAME}/1"
     assert line(trained.stdout, "tracking: ") == f"tracking: {module_postgres.uri}"

@@ -7,16 +7,11 @@ import json
 
 import mlflow
 import numpy as np
-from click.testing import CliRunner
 
-from jobs.cli import main
 from jobs.train import run
 from registry import models
 from vae_core import sampling
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
+from helpers import invoke
 
 
 def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pickle, tmp_path, monkeypatch):

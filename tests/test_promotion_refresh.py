@@ -11,10 +11,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -29,11 +27,8 @@ import xxhash
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
-from click.testing import CliRunner
 
-from jobs.cli import main
 from jobs.generate.engine import EngineOptions
 from jobs.generate.job import GenerateConfig
 from jobs.refresh import LATEST, LOCK, RefreshConfig, RefreshResult, refresh
@@ -47,7 +42,9 @@ from vae_core.errors import VaegenError
 from vae_core.model import VAE
 from vae_core.training import TrainResult
 
-from ray_cluster import free_port, make_ray_env, stop_tagged  # tests/ is on sys.path (rootdir conftest)
+import helpers
+from conftest import private_local_ray
+from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 
 pytestmark = pytest.mark.slow  # real mlflow server, real Ray, real (moto) S3 throughout
 
@@ -63,16 +60,11 @@ PROMOTION_TAG = f"{TAG_PREFIX}promotion.champion"
 
 
 def invoke(*args: str):
-    """`vaegen ARGS` in-process; the command's os.environ defaults (tracking.configure_environment) are undone.
-    `promote` runs without gate 3 (quality, tests/test_quality.py): tiny test models are not meant to pass it."""
-    saved = dict(os.environ)
+    """helpers.invoke; `promote` runs without gate 3 (quality, tests/test_quality.py): tiny test models are not
+    meant to pass it."""
     if args[0] == "promote":
         args = (*args, "--no-quality-gate")
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return helpers.invoke(*args)
 
 
 def refresh_line(stdout: str) -> str:
@@ -244,22 +236,10 @@ def s3() -> Iterator[S3]:
 
 @pytest.fixture(scope="module")
 def local_ray(module_http, s3) -> Iterator[str]:
-    """A local Ray (2 CPUs) with a private HOME / temp dir (tests/ray_cluster.py), started after the AWS_*
-    variables are set so that its workers reach the moto S3; yields its GCS address for other drivers."""
-    env = make_ray_env()
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.variables().items():
-            patch.setenv(key, value)
-        patch.delenv("RAY_ADDRESS", raising=False)
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-        try:
-            yield ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
-            survivors = stop_tagged(env.tag)
-            shutil.rmtree(env.root, ignore_errors=True)
-    assert not survivors, f"local Ray processes survived ray.shutdown(): {survivors}"
+    """A private local Ray (conftest.private_local_ray), started after the AWS_* variables are set so that its
+    workers reach the moto S3; yields its GCS address for other drivers."""
+    with private_local_ray() as address:
+        yield address
 
 
 # ---------------------------------------------------------------- promotion

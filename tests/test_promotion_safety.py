@@ -18,11 +18,10 @@ from typing import Callable
 import mlflow
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from jobs.cli import main
 from registry import promotion
 from registry.models import MODEL_ARTIFACT, TAG_PREFIX, resolve
+from helpers import invoke
 
 MODEL_NAME = "vae-decoder"
 COPIED_TAGS = ("config", "val_neg_elbo", "latent_dim", "conditional", "data_sha256", "holdout_fraction")
@@ -36,15 +35,6 @@ class Payload:
 
     def __reduce__(self):
         return exec, (f"open({str(self.marker)!r}, 'w').write('payload ran')",)
-
-
-def invoke(*args: str):
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def register_doctored(trained_version, folder: Path, doctor: Callable[[Path], None]) -> int:

@@ -27,10 +27,9 @@ from typing import Any, Iterator
 
 import mlflow
 import pytest
-from click.testing import CliRunner
 
+from helpers import invoke
 from conftest import TrackingStore, private_local_ray, register_untrained_decoder, sqlite_uri, use_tracking_store
-from jobs.cli import main
 from jobs.generate import card
 from jobs.generate.inspect import inspect
 from jobs.generate.croissant import CROISSANT
@@ -141,15 +140,6 @@ class Zygote:
                 child.kill()
         self.process.stdin.close()
         self.process.wait(timeout=30)
-
-
-def invoke(*args: str):
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -33,7 +33,7 @@ from vae_core.errors import UsageError, VaegenError
 from vae_core.model import Decoder
 from vae_core.sampling import block_ranges
 
-from test_generate import invoke, local_ray_module, x_from_arrow  # noqa: F401 (a fixture)
+from helpers import invoke, x_from_arrow
 
 TINY_MODEL = {"name": "tiny", "version": 3, "run_id": "0123456789abcdef", "source": "models:/m-0123",
               "resolved_from": "tiny@champion", "alias": "champion"}

@@ -5,36 +5,24 @@ them, as a proxy in front of it would not), a real local Ray for `generate`."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from typing import Iterator
 
 import mlflow
 import pytest
-from click.testing import CliRunner
 
 from conftest import TrackingStore, use_tracking_store
-from jobs.cli import main
 from jobs.generate.spec import FORMAT_VERSION
 from registry.models import TAG_PREFIX
-from test_integrity import local_ray  # noqa: F401  (a module-scoped fixture: a private local Ray)
 
 from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
+from helpers import invoke
 
 SOURCE_PASSWORD, TARGET_PASSWORD = "S3cretPW", "TargetPW"
 
 
 def with_credentials(uri: str, user: str, password: str) -> str:
     return uri.replace("http://", f"http://{user}:{password}@", 1)
-
-
-def invoke(*args: str):
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def assert_no_secret(*texts: str) -> None:

@@ -17,25 +17,15 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from click.testing import CliRunner
 
 from conftest import private_local_ray
-from jobs.cli import main
 from jobs.generate.storage import Storage
 from jobs.refresh import LATEST, LOCK, RefreshLock
 from registry import promotion
+from helpers import invoke
 
 MODEL = "vae-decoder@champion"
 N, ROWS_PER_SHARD = 2_000, 1_000
-
-
-def invoke(*args: str):
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def refresh(root: Path, *extra: str):

@@ -19,8 +19,7 @@ import torch
 from mlflow import MlflowClient
 
 from jobs import report as reports
-from jobs.generate.engine import EngineOptions
-from jobs.generate.job import GenerateConfig, GenerateResult, generate, label_counts
+from jobs.generate.job import GenerateResult, label_counts
 from jobs.generate.predictor import Predictor
 from jobs.generate.spec import DatasetSpec
 from jobs.sample import draw_images
@@ -30,7 +29,7 @@ from vae_core import quality, sampling, seeds
 from vae_core.config import TrainConfig, VAEConfig
 from vae_core.model import Decoder
 
-from test_generate import assert_one_error_line, invoke, local_ray, local_ray_module, part_hashes, x_from_arrow  # noqa: F401 (fixtures)
+from helpers import assert_one_error_line, generate_dataset, invoke, part_hashes, read_rows
 
 GOOD, RAW, COND, UNLABELLED = "vae-good", "vae-raw", "vae-cond", "vae-unlabelled"
 GOOD_EPOCHS = 50  # TrainConfig's default: a properly trained digits model (README: precision ~0.71)
@@ -69,13 +68,6 @@ def trained(module_sqlite, cache_root) -> Trained:
     )
 
 
-def generate_dataset(root: Path, model: str, n: int, seed: int, rows_per_shard: int,
-                     num_workers: int | None = None, **options) -> GenerateResult:
-    config = GenerateConfig(n=n, model=model, out=str(root), seed=seed, rows_per_shard=rows_per_shard,
-                            engine=EngineOptions(num_workers=num_workers), **options)
-    return generate(config)
-
-
 @dataclasses.dataclass(frozen=True)
 class Generated:
     good_float32: GenerateResult
@@ -94,15 +86,6 @@ def generated(trained, local_ray_module, tmp_path_factory) -> Generated:
         cond_one_worker=generate_dataset(root / "one", f"{COND}/1", COND_N, COND_SEED, COND_R, num_workers=1),
         cond_two_workers=generate_dataset(root / "two", f"{COND}/1", COND_N, COND_SEED, COND_R, num_workers=2),
     )
-
-
-def read_rows(location: str) -> dict[str, np.ndarray]:
-    table = pq.read_table(location)
-    rows = {name: table[name].combine_chunks() for name in table.column_names}
-    out = {name: column.to_numpy() for name, column in rows.items() if name not in ("z", "x")}
-    out["z"] = rows["z"].flatten().to_numpy().reshape(table.num_rows, -1)
-    out["x"] = x_from_arrow(rows["x"])
-    return out
 
 
 def quality_artifacts(run_id: str) -> set[str]:

@@ -1,0 +1,78 @@
+"""Helpers shared by test modules (fixtures live in conftest.py): run `vaegen` in-process, check its one-line
+errors, read a dataset's rows back with pyarrow alone. No test module imports another."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+from click.testing import CliRunner
+
+
+def invoke(*args: str):
+    """`vaegen ARGS` in-process; the command's os.environ defaults (tracking.configure_environment) are undone."""
+    from jobs.cli import main
+
+    saved = dict(os.environ)
+    try:
+        return CliRunner().invoke(main, list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def assert_one_error_line(result, exit_code: int, *fragments: str) -> str:
+    """Exit code, and exactly one `vaegen: error:` line, the last one on stderr; no traceback."""
+    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("vaegen: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def x_from_arrow(column) -> np.ndarray:
+    """x as format 3 stores it (nested fixed-size lists, one level per dimension), read with
+    pyarrow alone: every level's size from the type, then the flat values."""
+    array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    sizes = []
+    while pa.types.is_fixed_size_list(array.type):
+        sizes.append(array.type.list_size)
+        array = array.flatten()
+    return array.to_numpy().reshape(-1, *sizes)
+
+
+def checksum_file(path: Path) -> str:
+    """The manifest's checksum (xxh3-128), computed independently of vaegen."""
+    return xxhash.xxh3_128(path.read_bytes()).hexdigest()
+
+
+def part_hashes(directory: Path) -> dict[str, str]:
+    return {path.name: checksum_file(path) for path in sorted(directory.glob("part-*.parquet"))}
+
+
+def read_rows(location: str) -> dict[str, np.ndarray]:
+    """Every column of a dataset as numpy arrays, read by pyarrow: z as (n, latent_dim), x with its shape."""
+    table = pq.read_table(location)
+    rows = {name: table[name].combine_chunks() for name in table.column_names}
+    out = {name: column.to_numpy() for name, column in rows.items() if name not in ("z", "x")}
+    out["z"] = rows["z"].flatten().to_numpy().reshape(table.num_rows, -1)
+    out["x"] = x_from_arrow(rows["x"])
+    return out
+
+
+def generate_dataset(root: Path, model: str, n: int, seed: int, rows_per_shard: int,
+                     num_workers: int | None = None, **options):
+    """The library call behind `vaegen generate`, on the Ray this process has (or starts)."""
+    from jobs.generate.engine import EngineOptions
+    from jobs.generate.job import GenerateConfig, generate
+
+    config = GenerateConfig(n=n, model=model, out=str(root), seed=seed, rows_per_shard=rows_per_shard,
+                            engine=EngineOptions(num_workers=num_workers), **options)
+    return generate(config)
