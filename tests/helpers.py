@@ -4,6 +4,7 @@ errors, read a dataset's rows back with pyarrow alone. No test module imports an
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,25 @@ def generate_dataset(root: Path, model: str, n: int, seed: int, rows_per_shard: 
     config = GenerateConfig(n=n, model=model, out=str(root), seed=seed, rows_per_shard=rows_per_shard,
                             engine=EngineOptions(num_workers=num_workers), **options)
     return generate(config)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_blocks() -> list[tuple[str, str, str]]:
+    """Every fenced code block of README.md as (the heading it sits under, its language, its text)."""
+    blocks, heading = [], ""
+    pattern = re.compile(r"^(#{1,4} [^\n]*)$|^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+    for match in pattern.finditer(README.read_text()):
+        if match.group(1):
+            heading = match.group(1)
+        else:
+            blocks.append((heading, match.group(2), match.group(3)))
+    return blocks
+
+
+def readme_block(section: str, language: str = "bash") -> str:
+    """The first block of `language` under the heading `section`."""
+    found = [text for heading, kind, text in readme_blocks() if heading == section and kind == language]
+    assert found, f"no {language} block under {section!r} in README.md"
+    return found[0]

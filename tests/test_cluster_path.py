@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -25,6 +24,7 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import readme_block
 from ray_cluster import RayEnv, make_ray_env, stop_tagged, tagged_pids, wait_until
 
 pytestmark = pytest.mark.slow  # a real `ray start` cluster and `ray job submit`
@@ -34,25 +34,6 @@ SECTION = "## Run on a Ray cluster"
 DEFAULT_PORTS = (6379, 8265, 10001, 52365)  # GCS, dashboard, Ray client, dashboard agent: the README uses the defaults
 PORTS_WAIT_S = 180  # another Ray on this machine (a concurrent test run) may hold them for a while
 COMMAND_TIMEOUT_S = 600
-
-
-def readme_blocks() -> list[tuple[str, str, str]]:
-    """Every fenced code block of README.md as (the heading it sits under, its language, its text)."""
-    blocks, heading = [], ""
-    pattern = re.compile(r"^(#{1,4} [^\n]*)$|^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-    for match in pattern.finditer((ROOT / "README.md").read_text()):
-        if match.group(1):
-            heading = match.group(1)
-        else:
-            blocks.append((heading, match.group(2), match.group(3)))
-    return blocks
-
-
-def readme_block(section: str = SECTION, language: str = "bash") -> str:
-    """The first block of `language` under the heading `section`."""
-    found = [text for heading, kind, text in readme_blocks() if heading == section and kind == language]
-    assert found, f"no {language} block under {section!r} in README.md"
-    return found[0]
 
 
 def port_is_free(port: int) -> bool:
@@ -89,7 +70,7 @@ def readme_cluster(tmp_path_factory) -> Iterator[tuple[Path, RayEnv, subprocess.
     quick_start_folder(folder)
     ray_env = make_ray_env()
     try:
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block()], cwd=folder, env=shell_env(ray_env),
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block(SECTION)], cwd=folder, env=shell_env(ray_env),
                               capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
         yield folder, ray_env, done
     finally:

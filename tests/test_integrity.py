@@ -222,7 +222,7 @@ def test_resume_on_the_other_device_is_refused_naming_its_device(trained_version
     record = {**json.loads((directory / manifest.PROGRESS).read_text()), "device": "cuda"}
     (directory / manifest.PROGRESS).write_text(json.dumps(record))
     result = invoke("generate", "--resume", UNFINISHED_ID, "--out", str(tmp_path), "--device", "cpu")
-    one_error_line(result, 2, "was started on cuda workers and this run would decode on cpu", "--device cuda")
+    assert_one_error_line(result, 2, "was started on cuda workers and this run would decode on cpu", "--device cuda")
     assert everything_under(tmp_path) == [UNFINISHED_ID, f"{UNFINISHED_ID}/_progress.json"]
     assert json.loads((directory / manifest.PROGRESS).read_text()) == record
 

@@ -11,11 +11,16 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import yaml
+from tiny_datasets import (
+    TINY_LINEAGE,
+    TINY_MODEL,
+    labelled_spec,
+    tiny_decoder,
+    write_dataset,
+)
 
 from jobs import reader
 from jobs.generate import card, croissant, manifest
-
-from test_reader import TINY_LINEAGE, TINY_MODEL, labelled_spec, tiny_decoder, write_dataset
 
 
 def test_parts_card_and_croissant_say_the_rows_are_ai_generated_and_by_what(tmp_path):

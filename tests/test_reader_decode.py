@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import invoke
+from tiny_datasets import write_dataset
 from torch.utils.data import DataLoader
 
 from jobs import reader
@@ -20,9 +22,6 @@ from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
 from vae_core.model import VAE
 from vae_core.training import TrainResult
-
-from test_generate import invoke
-from test_reader import write_dataset
 
 CONFIGS = {
     "mlp": VAEConfig(),

@@ -5,12 +5,13 @@ SQLite MLflow store, with torchdata's StatefulDataLoader and 2 worker processes;
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import readme_block
+from tiny_datasets import write_dataset
 
 from jobs.generate.spec import DatasetSpec
 from registry import models
@@ -18,18 +19,9 @@ from vae_core.config import VAEConfig
 from vae_core.model import VAE
 from vae_core.training import TrainResult
 
-from test_reader import write_dataset
-
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Training on a vaegen dataset"
 N = 2_000
-
-
-def readme_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"```python\n(.*?)```", text[text.index(SECTION):], re.DOTALL)
-    assert match, f"no python block under {SECTION!r} in README.md"
-    return match.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,7 @@ def conditional_dataset(module_sqlite, tmp_path_factory) -> Path:
 def test_the_readme_training_block_runs_verbatim_and_keeps_its_promises(conditional_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope = {"DIR": str(conditional_dataset)}
-    exec(compile(readme_block(), "README.md", "exec"), scope)  # noqa: S102 (the README's own lines)
+    exec(compile(readme_block(SECTION, "python"), "README.md", "exec"), scope)  # noqa: S102 (the README's own lines)
     assert (tmp_path / "checkpoint.pt").exists()
     uninterrupted = np.concatenate([batch["sample_id"].numpy() for batch in scope["loader"]()])
     seen, rest = (np.concatenate([ids.numpy() for ids in scope[name]]) for name in ("seen", "rest"))

@@ -9,7 +9,6 @@ The cluster block runs in tests/test_cluster_path.py, whose extraction helper th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +17,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import readme_blocks
 from ray_cluster import free_port, make_ray_env, stop_tagged
-from test_cluster_path import readme_blocks
+from tiny_datasets import labelled_spec, write_dataset
 
 from jobs.generate import card
-from test_reader import labelled_spec, write_dataset
 from vae_core.config import VAEConfig
 from vae_core.model import Decoder
 
@@ -30,6 +29,7 @@ READER_SECTION = "## Reading a dataset"
 RUN_BY = {  # (heading, language) -> the test that runs its blocks verbatim
     ("## Run on a Ray cluster", "bash"): "tests/test_cluster_path.py::test_readme_cluster_lines_run_verbatim",
     (READER_SECTION, "python"): "tests/test_readme.py::test_reader_lines_run_verbatim_beside_a_stale_ray_address",
+    ("## Training on a vaegen dataset", "python"): "tests/test_reader_training.py",
 }
 NOT_RUN = {  # (heading, language) -> why no test runs it (the lead decides whether that is acceptable)
     ("# vaegen", ""): "a diagram, not code",
@@ -39,6 +39,10 @@ NOT_RUN = {  # (heading, language) -> why no test runs it (the lead decides whet
     ("## Commands", "bash"): "a reference of every command with placeholder data, registries and buckets "
                              "(mnist:/data/mnist, https://mlflow.prod.example, s3://bucket); "
                              "each command has CLI tests",
+    ("### GPU check: `bash benchmarks/gpu_check.sh`", "bash"): "needs a GPU node and n = 10,000,000; "
+        "tests/test_gpu_check.py runs the same script with CUDA absent at a small n",
+    ("### Refresh on promotion", "bash"): "starts an `mlflow server` and a receiver in the background; "
+        "tests/test_webhook.py runs the same commands (serve, register, promote) against the session's server",
 }
 PROCESS_TIMEOUT_S = 420  # imports torch, Ray, datasets, polars, DuckDB and starts a local Ray; minutes under load
 
