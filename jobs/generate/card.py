@@ -16,6 +16,7 @@ quality figures, `vaegen report --dataset` calls it again with the dataset's own
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 from typing import Any
 
@@ -131,20 +132,20 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
     model, lineage, spec = record["model"], record["lineage"], record["spec"]
     shape = tuple(record["sample_shape"])
     shape_text = "x".join(map(str, shape))
-    alias = f" (resolved from `{model['resolved_from']}`)" if model.get("resolved_from") else ""
+    alias = f" (resolved from {_code(model['resolved_from'])})" if model.get("resolved_from") else ""
     sections = [
         f"---\n{header}---",
-        f"# {record['dataset_id']}",
+        f"# {_code(record['dataset_id'])}",
         f"{record['n']:,} synthetic samples ({shape_text}, {record['dtype']}) decoded from latent draws of the "
-        f"registered VAE decoder `{model['name']}` version {model['version']}{alias}, by vaegen "
+        f"registered VAE decoder {_code(model['name'])} version {model['version']}{alias}, by vaegen "
         f"{record['vaegen_version']}. Every row carries the seed it was drawn from: anyone can regenerate it.",
         "## What made it\n\n" + _table([
-            ("model", f"`{model['name']}` version {model['version']}"),
-            ("resolved from", f"`{model.get('resolved_from')}`"),
-            ("model run", f"`{model['run_id']}`"),
-            ("model source", f"`{model.get('source')}`"),
-            ("tracking server", f"`{lineage.get('tracking_uri')}`"),
-            ("dataset run", f"`{lineage.get('run_id')}` (experiment `{lineage.get('experiment')}`)"),
+            ("model", f"{_code(model['name'])} version {model['version']}"),
+            ("resolved from", _code(model.get("resolved_from"))),
+            ("model run", _code(model["run_id"])),
+            ("model source", _code(model.get("source"))),
+            ("tracking server", _code(lineage.get("tracking_uri"))),
+            ("dataset run", f"{_code(lineage.get('run_id'))} (experiment {_code(lineage.get('experiment'))})"),
             ("generated", f"{record['timings'].get('finished_at')} on {record['execution'].get('num_workers')} "
                           f"{record['execution'].get('device')} worker(s), {record['timings'].get('seconds')} s"),
         ]),
@@ -166,11 +167,24 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
         "## Quality\n\n" + _quality_text(quality, location),
         "## Load it\n\n" + _loading_text(record, location),
         "## Verify it\n\n"
-        f"`vaegen inspect {location} --deep` checks every part's checksum and row count against `_manifest.json` and "
+        f"{_code(f'vaegen inspect {location} --deep')} checks every part's checksum and row count against `_manifest.json` and "
         "re-derives seeds, latents and labels of sampled rows. `_manifest.json` is the commit: a folder without it is "
         "not a dataset.",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _code(value: Any) -> str:
+    """A value that came from outside vaegen (a model name, a reference, a URI, a path) as inline code that
+    neither Markdown nor HTML can read as anything else: one line, and where it holds a character that could
+    close the code span, open a tag or split a table cell, an HTML `<code>` element with those escaped."""
+    text = " ".join(str(value).split())
+    if not any(character in text for character in "`<>&|\\"):  # a code span shows anything else as it is
+        return f"`{text}`"
+    escaped = html.escape(text, quote=True)
+    for character in "`|\\*_[]":
+        escaped = escaped.replace(character, f"&#{ord(character)};")
+    return f"<code>{escaped}</code>"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:

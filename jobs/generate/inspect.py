@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from jobs.generate.card import CARD, HF_YAML
 from jobs.generate.manifest import MANIFEST, PROGRESS
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
-from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
+from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage, split_location
 from vae_core.errors import UsageError, VaegenError
 
 DEEP_BLOCKS_PER_PART = 3  # decode blocks re-decoded per part on --deep: its first, middle and last
@@ -52,8 +52,8 @@ class InspectReport:
 
 def open_committed(location: str) -> tuple[Storage, str, dict]:
     """(storage of the parent, dataset id, manifest) of a committed dataset; anything else is a one-line error."""
-    parent, _, dataset_id = location.rstrip("/").rpartition("/")
-    storage = Storage(parent or ".")
+    parent, dataset_id = split_location(location)
+    storage = Storage(parent)
     record = storage.read_json(dataset_id, MANIFEST)  # unparsable: CorruptRecord, "corrupt manifest at PATH"
     if record is None:
         state = "an unfinished dataset (rerun its generate command to resume)" if storage.exists(dataset_id, PROGRESS) else "no dataset"
