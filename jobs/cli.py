@@ -59,9 +59,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             _fail(" ".join(str(error).split()), error.exit_code)
-        except Terminated:
-            _fail("terminated (SIGTERM); rerun the same command to resume", EXIT_TERMINATED)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
+            if _terminated(error):
+                _fail("terminated (SIGTERM); rerun the same command to resume", EXIT_TERMINATED)
             _fail("interrupted; rerun the same command to resume", EXIT_INTERRUPTED)
         except BrokenPipeError:  # `vaegen models | head`: the reader left; say nothing more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -392,7 +392,7 @@ def _console(command: click.Command) -> Callable[[], None]:
             _say_error(f"{error.format_message().rstrip('.')}{hint}")
             code = EXIT_USAGE
         except click.exceptions.Abort as error:  # Ctrl-C or SIGTERM outside a command (parsing, importing)
-            terminated = isinstance(error.__cause__, Terminated)
+            terminated = _terminated(error.__cause__)
             _say_error("terminated (SIGTERM)" if terminated else "aborted")
             code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         except click.ClickException as error:
@@ -405,11 +405,21 @@ def _console(command: click.Command) -> Callable[[], None]:
     return run
 
 
+_SIGTERM_RECEIVED: list[bool] = []  # set once the handler ran: Ray's blocking calls re-raise a plain KeyboardInterrupt
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, once: the way out then runs as for
     Ctrl-C (locks released, runs ended KILLED, one line, exit 143); a second SIGTERM does not cut it short."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _SIGTERM_RECEIVED.append(True)
     raise Terminated()
+
+
+def _terminated(error: BaseException | None) -> bool:
+    """Whether an interruption came from SIGTERM: ray.wait and ray.get turn the handler's Terminated into a
+    plain KeyboardInterrupt, so the handler's record counts too."""
+    return isinstance(error, Terminated) or bool(_SIGTERM_RECEIVED)
 
 
 def _exit(code: int) -> None:

@@ -201,8 +201,9 @@ def _labels_text(labels: dict[str, Any] | None) -> str:
 
 def _quality_text(quality: Quality | None, location: str) -> str:
     if quality is None:
-        return ("No quality report was known when this card was written. `vaegen report --dataset "
-                f"{location}` measures these rows against the real data and rewrites this card with its figures.")
+        return ("No quality report was known when this card was written. "
+                f"{_code(f'vaegen report --dataset {location}')} measures these rows against the real data and "
+                "rewrites this card with its figures.")
     rows = [(name, f"{value:.4g}", QUALITY_MEANINGS.get(name, "")) for name, value in quality.figures.items()]
     table = "\n".join(["| figure | value | meaning |", "| --- | ---: | --- |",
                        *[f"| {name} | {value} | {meaning} |" for name, value, meaning in rows]])

@@ -13,11 +13,12 @@ import contextlib
 import datetime as dt
 import json
 import os
-import uuid
+import stat
 import threading
+import uuid
 from typing import Any, Iterator
 
-from jobs.generate.storage import DatasetBusy, Storage, check_name
+from jobs.generate.storage import DatasetBusy, NotRegularFile, Storage, check_name
 from registry import holders
 from vae_core.errors import UsageError
 
@@ -176,7 +177,10 @@ def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
     import fcntl
 
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # a FIFO or device put there: never a lock
+            os.close(descriptor)
+            raise NotRegularFile(f"{path} is not a regular file; it cannot be a vaegen lock: remove it")
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
