@@ -28,7 +28,8 @@ def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]
             record = storage.read_json(name, MANIFEST)
             finished_at = str(record["timings"]["finished_at"])
         except (OSError, ValueError, KeyError, TypeError, VaegenError) as error:
-            unreadable.append(f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} ({type(error).__name__})")
+            where = storage.location(name, MANIFEST)
+            unreadable.append(f"{name}: unreadable manifest at {where} ({type(error).__name__})")
             continue
         found.append((finished_at, name, record))
     return [(name, record) for _, name, record in sorted(found)], unreadable

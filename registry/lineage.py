@@ -252,7 +252,8 @@ def end_stale_runs_tagged(experiment: str, key: str, value: str) -> None:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return
-    running = filters.search_equal(lambda **options: client.search_runs([found.experiment_id], **options), f"tags.`{key}`",
-                                   value, lambda run: run.data.tags.get(key), extra="attributes.status = 'RUNNING'")
+    search = lambda **options: client.search_runs([found.experiment_id], **options)  # noqa: E731
+    running = filters.search_equal(search, f"tags.`{key}`", value, lambda run: run.data.tags.get(key),
+                                   extra="attributes.status = 'RUNNING'")
     for run in running:
         end_stale_run(run.info.run_id)

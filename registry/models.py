@@ -216,7 +216,8 @@ def resolve(reference: str) -> PinnedModel:
                          f"run, runs:/RUN_ID/{MODEL_ARTIFACT}; {REF_HELP}")
     if runs_match:
         run_id = runs_match["run_id"]
-        versions = filters.search_equal(mlflow_client.search_model_versions, "run_id", run_id, lambda found: found.run_id)
+        versions = filters.search_equal(mlflow_client.search_model_versions, "run_id", run_id,
+                                        lambda found: found.run_id)
         if not versions:
             raise UsageError(f"run {run_id} has no registered model version; register it or pass NAME/VERSION")
         latest = max(versions, key=lambda version: int(version.version))

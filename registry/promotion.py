@@ -127,7 +127,8 @@ def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WA
             if time.monotonic() > deadline:
                 raise VaegenError(f"{name}@{alias} is held by another promotion: {_describe_lock(holder)}; "
                                   f"waited {wait_s:g} s. Retry later; if that promotion crashed, delete the registered "
-                                  f"model {lock!r} (it is taken over after {stale_s:g} s anyway, at once on the host where it ran)") from None
+                                  f"model {lock!r} (it is taken over after {stale_s:g} s anyway, at once on the host "
+                                  "where it ran)") from None
             time.sleep(LOCK_POLL_S)
     try:
         yield AliasLock(lock, tags)

@@ -85,7 +85,8 @@ def test_inspect_of_a_manifest_that_is_a_fifo_or_a_device_is_one_line_not_a_hang
     else:
         (folder / "_manifest.json").symlink_to("/dev/zero")
     done = vaegen("inspect", str(folder))
-    one_error_line(done, 1, str(folder / "_manifest.json"), "FIFO" if kind == "fifo" else "device", "not a regular file")
+    kind_shown = "FIFO" if kind == "fifo" else "device"
+    one_error_line(done, 1, str(folder / "_manifest.json"), kind_shown, "not a regular file")
 
 
 def test_refresh_skips_a_fifo_manifest_and_finishes_a_killed_prune(untrained_version, ray_address, tmp_path):
@@ -152,8 +153,8 @@ def moto_s3() -> Iterator[str]:
         with pytest.MonkeyPatch.context() as patch:
             for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
                 patch.delenv(key, raising=False)
-            for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}.items():
+            for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION":
+                               "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}.items():
                 patch.setenv(key, value)
             boto3.client("s3").create_bucket(Bucket="hostile")
             yield "s3://hostile"
@@ -267,7 +268,8 @@ def test_sigterm_before_ray_starts_is_one_line_and_exit_143(tmp_path):
         silent.listen()
         process = subprocess.Popen([VAEGEN, "generate", "--model", MODEL, "--n", "10", "--out", str(tmp_path / "out")],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{silent.getsockname()[1]}"})
+                                   env={**os.environ,
+                                        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{silent.getsockname()[1]}"})
         wait_until(lambda: signals_caught(process.pid) & (1 << (signal.SIGTERM - 1)), TIMEOUT_S, "a SIGTERM handler")
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=TIMEOUT_S)
@@ -335,7 +337,8 @@ def test_an_out_inside_a_committed_dataset_is_refused(untrained_version, tmp_pat
     for out in (dataset, dataset / "nested" / "deeper"):
         done = vaegen("generate", "--model", MODEL, "--n", "10", "--out", str(out), cwd=untrained_version.root)
         one_error_line(done, 2, f"output root {out} is inside the committed dataset {dataset}")
-    assert sorted(path.name for path in dataset.iterdir()) == ["_manifest.json"] + [f"part-{i:05d}.parquet" for i in range(3)]
+    parts = [f"part-{index:05d}.parquet" for index in range(3)]
+    assert sorted(path.name for path in dataset.iterdir()) == ["_manifest.json", *parts]  # untouched
 
 
 def test_absolute_paths_stay_absolute(untrained_version, ray_address, tmp_path):
@@ -389,7 +392,8 @@ def test_a_version_whose_config_and_weights_disagree_fails_once_and_is_not_resum
         run = client.create_run(client.get_experiment_by_name("vaegen-train").experiment_id)
         client.log_artifacts(run.info.run_id, str(local), "decoder")
         client.set_terminated(run.info.run_id)
-    version = client.create_model_version("vae-decoder", f"{run.info.artifact_uri}/decoder", run_id=run.info.run_id).version
+    source = f"{run.info.artifact_uri}/decoder"
+    version = client.create_model_version("vae-decoder", source, run_id=run.info.run_id).version
     root = tmp_path / "out"
     done = vaegen("generate", "--model", f"vae-decoder/{version}", "--n", "4000", "--rows-per-shard", "1000",
                   "--seed", "1", "--out", str(root), cwd=untrained_version.root, RAY_ADDRESS=ray_address)

@@ -167,7 +167,8 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
         "## Quality\n\n" + _quality_text(quality, location),
         "## Load it\n\n" + _loading_text(record, location),
         "## Verify it\n\n"
-        f"{_code(f'vaegen inspect {location} --deep')} checks every part's checksum and row count against `_manifest.json` and "
+        f"{_code(f'vaegen inspect {location} --deep')} checks every part's checksum and row count against "
+        "`_manifest.json` and "
         "re-derives seeds, latents and labels of sampled rows. `_manifest.json` is the commit: a folder without it is "
         "not a dataset.",
     ]

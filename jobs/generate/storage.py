@@ -196,7 +196,8 @@ class Storage:
             if self.fs.get_file_info(f"{folder}/{MANIFEST}").type != pafs.FileType.NotFound:
                 shown = folder if self.is_local else redact_uri(f"{self.fs.type_name}://{folder}")
                 raise UsageError(f"output root {self.location()} is inside the committed dataset {shown} (it holds "
-                                 f"{MANIFEST}); writing there would damage it: choose an --out outside it, e.g. its parent")
+                                 f"{MANIFEST}); writing there would damage it: choose an --out outside it, e.g. "
+                                 "its parent")
             folder = folder.rpartition("/")[0]
 
     def _missing_local_folders(self) -> list[Path]:
