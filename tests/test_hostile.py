@@ -26,7 +26,7 @@ import pytest
 
 from conftest import private_local_ray
 from jobs.generate.storage import DatasetBusy, Storage
-from jobs.prune import committed_datasets, finish_pruning
+from jobs.prune import committed_datasets, finish_pruning, prune
 from jobs.refresh import LOCK, RefreshLock
 from ray_cluster import free_port, make_ray_env, stop_tagged, wait_until
 
@@ -227,6 +227,17 @@ def test_two_takers_of_a_dead_holders_record_on_an_object_store_never_both_enter
             done.wait()
 
     assert race(10, acquire) == [1] * 10
+
+
+def test_prune_on_an_object_store_marks_first_and_a_later_prune_finishes_a_killed_one(moto_s3):
+    storage = Storage(f"{moto_s3}/prune")
+    for name, day in (("old", "01"), ("new", "02")):
+        storage.write_json({"timings": {"finished_at": f"2026-01-{day}"}}, name, "_manifest.json")
+        storage.write_json({}, name, "part-00000.parquet")
+    storage.write_json({}, "killed", "part-00000.parquet")  # what a prune killed after its commit went leaves:
+    storage.write_json({"dataset_id": "killed"}, ".pruned.killed")  # no manifest, and the marker naming it
+    assert prune(storage, keep=1, protected="new") == (["old"], [])
+    assert storage.list() == ["new"]
 
 
 # ---------------------------------------------------------------- the promotion lock
