@@ -1,6 +1,7 @@
 """The `vaegen` command line: thin click wrappers over library functions.
 
-Exit codes, in one place: 0 ok, 1 the job failed, 2 usage error (bad input), 130 interrupted.
+Exit codes, in one place: 0 ok, 1 the job failed, 2 usage error (bad input), 130 interrupted (SIGINT),
+143 terminated (SIGTERM).
 `refresh` exits 0 with `refresh: busy` when a live refresh holds the root's lock: that one reports.
 Results go to stdout; progress and diagnostics to stderr; a traceback only with --debug.
 """
@@ -12,14 +13,15 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable
 
 import click
 
-from vae_core.errors import UsageError, VaegenError
+from vae_core.errors import Terminated, UsageError, VaegenError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 128 + signal.SIGTERM
 
 
 def _say_error(message: str) -> None:
@@ -57,7 +59,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             _fail(" ".join(str(error).split()), error.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
+            if _terminated(error):
+                _fail("terminated (SIGTERM); rerun the same command to resume", EXIT_TERMINATED)
             _fail("interrupted; rerun the same command to resume", EXIT_INTERRUPTED)
         except BrokenPipeError:  # `vaegen models | head`: the reader left; say nothing more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -385,15 +389,17 @@ def _console(command: click.Command) -> Callable[[], None]:
 
     def run() -> None:
         code = EXIT_OK
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             command.main(standalone_mode=False)
         except click.UsageError as error:
             hint = f"; see `{error.ctx.command_path} --help`" if error.ctx is not None else ""
             _say_error(f"{error.format_message().rstrip('.')}{hint}")
             code = EXIT_USAGE
-        except click.exceptions.Abort:
-            _say_error("aborted")
-            code = EXIT_INTERRUPTED
+        except click.exceptions.Abort as error:  # Ctrl-C or SIGTERM outside a command (parsing, importing)
+            terminated = _terminated(error.__cause__)
+            _say_error("terminated (SIGTERM)" if terminated else "aborted")
+            code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         except click.ClickException as error:
             _say_error(error.format_message())
             code = error.exit_code
@@ -402,6 +408,23 @@ def _console(command: click.Command) -> Callable[[], None]:
         _exit(code)
 
     return run
+
+
+_SIGTERM_RECEIVED: list[bool] = []  # set once the handler ran: Ray's blocking calls re-raise a plain KeyboardInterrupt
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, once: the way out then runs as for
+    Ctrl-C (locks released, runs ended KILLED, one line, exit 143); a second SIGTERM does not cut it short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _SIGTERM_RECEIVED.append(True)
+    raise Terminated()
+
+
+def _terminated(error: BaseException | None) -> bool:
+    """Whether an interruption came from SIGTERM: ray.wait and ray.get turn the handler's Terminated into a
+    plain KeyboardInterrupt, so the handler's record counts too."""
+    return isinstance(error, Terminated) or bool(_SIGTERM_RECEIVED)
 
 
 def _exit(code: int) -> None:
@@ -416,7 +439,7 @@ def _exit(code: int) -> None:
         engine.stop_local_ray()
     mlflow = sys.modules.get("mlflow")
     if mlflow is not None and mlflow.active_run() is not None:
-        mlflow.end_run("FINISHED" if code == EXIT_OK else "FAILED")
+        mlflow.end_run({EXIT_OK: "FINISHED", EXIT_INTERRUPTED: "KILLED", EXIT_TERMINATED: "KILLED"}.get(code, "FAILED"))
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -2,12 +2,13 @@
 committed yet, move `ROOT/latest`, prune old datasets. Safe to run from cron every minute.
 
 Concurrency: `ROOT/.refresh.lock` names its holder (host, boot, pid) and is created atomically
-(a hard link on local disk, which fails if the name exists, NFS included; on object stores,
-which pyarrow gives no create-if-absent for, a write then read-back check). The holder touches
+(jobs.generate.locks.create_exclusive: a hard link on local disk, a conditional PutObject on
+S3). The holder touches
 it every HEARTBEAT_FRACTION of `lock_timeout_s`. Another refresh that finds it exits 0 "busy",
 unless its holder is dead: on the same host a pid that is gone (or reused) is dead at once;
 from another host, a lock whose heartbeat is older than `lock_timeout_s` is. A stale lock is
-moved aside atomically before it is replaced, so two refreshes cannot both take it over.
+moved aside atomically (local) or overwritten only if unchanged (S3, `If-Match`) before it is
+replaced, so two refreshes cannot both take it over.
 """
 
 from __future__ import annotations
@@ -19,20 +20,19 @@ import hashlib
 import json
 import os
 import secrets
-import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Callable
 
+from jobs.generate import locks
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate.storage import Storage, storage_from_env
-from registry import lineage, models, tracking
+from jobs.prune import LATEST, prune
+from registry import holders, lineage, models, tracking
 from vae_core.errors import UsageError, VaegenError
 
-LATEST = "latest"
 LOCK = ".refresh.lock"
 LOCK_OWNER_TAG = "vaegen.refresh_lock_owner"  # on the refresh run: a refresh taking over a dead lock ends that run
 SEED_POLICIES = ("fixed", "daily", "new")
@@ -76,64 +76,43 @@ def seed_for(config: RefreshConfig) -> int:
     return int.from_bytes(hashlib.sha256(f"{config.seed}:{day}".encode()).digest()[:4], "big")
 
 
-def _boot_id() -> str:
-    """Distinguishes two boots of one host: a pid from before a reboot names nobody."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None if it is gone or a zombie.
-    With the pid it names one process: a pid reused by another process has another start time."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _owner_alive(pid: int, start: str | None) -> bool:
-    """`start`: the holder's recorded start time; None in a lock written without it (then the pid alone counts)."""
-    if Path("/proc/self/stat").exists():
-        current = _process_start(pid)
-        return current is not None and start in (None, current)
-    try:  # no /proc: signal 0 says whether the pid exists
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 class RefreshLock:
     """ROOT/.refresh.lock: who holds it, and a heartbeat (the file's mtime) while they do."""
 
     def __init__(self, storage: Storage, timeout_s: float):
         self.storage = storage
         self.timeout_s = timeout_s
-        pid = os.getpid()
-        self.token = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "boot_id": _boot_id(), "pid": pid,
-                      "pid_start": _process_start(pid), "acquired_at": time.time()}
+        self.token = {"owner": uuid.uuid4().hex, **holders.this_process(), "acquired_at": time.time()}
         self.holder: dict[str, Any] = {}  # after a failed acquire(): what the lock said about its holder
         self.taken_over: str | None = None  # why a dead holder's lock was replaced, if it was
+        self._data = json.dumps(self.token).encode()
+        self._tag: str | None = None  # object stores: the version of the lock last read (its ETag)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     def acquire(self) -> bool:
+        self.storage.fs.create_dir(self.storage.root, recursive=True)  # check_writable() leaves no folder behind
         for _ in range(3):  # a lock found stale is moved aside, then the create is tried again
-            if self._create():
-                self._heartbeat = threading.Thread(target=self._beat, name="refresh-lock-heartbeat", daemon=True)
-                self._heartbeat.start()
-                return True
+            if locks.create_exclusive(self.storage, self._data, LOCK):
+                return self._held()
             self.holder = self._read()
             reason = self._stale_reason(self.holder)
-            if reason is None or not self._move_aside(self.holder):
+            if reason is None:
+                return False
+            if not self.storage.is_local:  # replace exactly the stale version: of two takers, one wins
+                if not locks.replace_if(self.storage, self._data, self._tag, LOCK):
+                    return False
+                self.taken_over = reason
+                return self._held()
+            if not self._move_aside(self.holder):
                 return False
             self.taken_over = reason
         return False
+
+    def _held(self) -> bool:
+        self._heartbeat = threading.Thread(target=self._beat, name="refresh-lock-heartbeat", daemon=True)
+        self._heartbeat.start()
+        return True
 
     def still_held(self) -> bool:
         return self._read().get("owner") == self.token["owner"]
@@ -143,7 +122,10 @@ class RefreshLock:
         if self._heartbeat is not None:
             self._heartbeat.join()
         if self.still_held():
-            self.storage.delete(LOCK)
+            if self.storage.is_local:
+                self.storage.delete(LOCK)
+            else:
+                locks.delete_if(self.storage, self._tag, LOCK)
 
     def describe_holder(self) -> str:
         held = self.holder
@@ -155,9 +137,10 @@ class RefreshLock:
     def _read(self) -> dict[str, Any]:
         """The lock's record, with its mtime as `heartbeat_at`; {} if absent or unreadable."""
         try:
-            record = json.loads(self.storage.read_bytes(LOCK))
+            raw, self._tag = locks.read_versioned(self.storage, LOCK)
+            record = json.loads(raw if raw is not None else b"{}")
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
-        except (OSError, ValueError):  # gone meanwhile, or half-written by a crashed object-store writer
+        except (OSError, ValueError, VaegenError):  # gone meanwhile, half-written, or not a regular file
             return {}
         if not isinstance(record, dict):
             return {}
@@ -167,9 +150,9 @@ class RefreshLock:
 
     def _stale_reason(self, held: dict[str, Any]) -> str | None:
         """Why the holder is dead, or None while it may be alive."""
-        if held.get("host") == self.token["host"] and held.get("boot_id") == self.token["boot_id"] and "pid" in held:
-            if not _owner_alive(int(held["pid"]), held.get("pid_start")):
-                return f"its holder, pid {held['pid']} on this host, is gone"
+        dead = holders.dead_reason(held)
+        if dead is not None:
+            return dead
         last_s = held.get("heartbeat_at", held.get("acquired_at"))
         if last_s is None:  # unreadable: judge by the file's age alone
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
@@ -178,41 +161,17 @@ class RefreshLock:
             return f"no heartbeat from {held.get('host', 'its holder')} for over {self.timeout_s:g} s (--lock-timeout)"
         return None
 
-    def _create(self) -> bool:
-        data = json.dumps(self.token).encode()
-        self.storage.fs.create_dir(self.storage.root, recursive=True)  # check_writable() leaves no folder behind
-        if self.storage.is_local:
-            temporary = self.storage.path(f"{LOCK}.{self.token['owner']}.tmp")
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-            try:
-                os.link(temporary, self.storage.path(LOCK))  # atomic: fails if the lock exists
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(temporary)
-        if self.storage.exists(LOCK):
-            return False
-        with self.storage.fs.open_output_stream(self.storage.path(LOCK)) as stream:
-            stream.write(data)
-        return self.still_held()
-
     def _move_aside(self, stale: dict[str, Any]) -> bool:
-        """Remove the stale lock, unless another refresh replaced it meanwhile; True if it is gone."""
-        if not self.storage.is_local:
-            if self._read().get("owner") != stale.get("owner"):
-                return False
-            self.storage.delete(LOCK)
-            return True
-        aside = self.storage.path(f"{LOCK}.stale-{self.token['owner']}")
+        """Local roots: remove the stale lock, unless another refresh replaced it meanwhile; True if it is gone."""
+        aside_name = f"{LOCK}.stale-{self.token['owner']}"
+        aside = self.storage.path(aside_name)
         try:
             os.rename(self.storage.path(LOCK), aside)  # atomic: of two takers, one moves it
         except FileNotFoundError:
             return True  # another taker moved it: try to create ours
         try:
-            moved = json.loads(Path(aside).read_bytes())
-        except (OSError, ValueError):
+            moved = json.loads(self.storage.read_bytes(aside_name))
+        except (OSError, ValueError, VaegenError):
             moved = {}
         if moved.get("owner") != stale.get("owner"):  # a fresh lock, taken meanwhile: put it back
             with contextlib.suppress(FileExistsError):
@@ -228,26 +187,8 @@ class RefreshLock:
             with contextlib.suppress(OSError):
                 if self.storage.is_local:
                     os.utime(self.storage.path(LOCK))
-                elif self.still_held():
-                    with self.storage.fs.open_output_stream(self.storage.path(LOCK)) as stream:
-                        stream.write(json.dumps(self.token).encode())
-
-
-def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """(id, manifest) of every committed dataset under the root, oldest first; and "ID: why" of
-    each folder whose manifest exists but cannot be read (truncated, edited): never pruned blindly."""
-    found, unreadable = [], []
-    for name in storage.list():
-        if name.startswith((".", "_")) or name == LATEST or not storage.exists(name, MANIFEST):
-            continue
-        try:
-            record = storage.read_json(name, MANIFEST)
-            finished_at = str(record["timings"]["finished_at"])
-        except (OSError, ValueError, KeyError, TypeError, VaegenError) as error:
-            unreadable.append(f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} ({type(error).__name__})")
-            continue
-        found.append((finished_at, name, record))
-    return [(name, record) for _, name, record in sorted(found)], unreadable
+                elif self.still_held():  # a conditional write: never over a lock taken over meanwhile
+                    locks.replace_if(self.storage, self._data, self._tag, LOCK)
 
 
 def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -268,18 +209,6 @@ def latest_dataset(storage: Storage) -> str | None:
         return (storage.read_json(LATEST) or {}).get("dataset_id")
     except (OSError, ValueError, AttributeError, VaegenError):
         return None
-
-
-def prune(storage: Storage, keep: int, protected: str) -> tuple[list[str], list[str]]:
-    """Delete committed datasets beyond the newest `keep`, never `protected`, unfinished or unreadable
-    ones; returns (pruned ids, "ID: why" of the unreadable ones, left in place)."""
-    committed, unreadable = committed_datasets(storage)
-    datasets = [dataset_id for dataset_id, _ in committed]
-    doomed = [dataset_id for dataset_id in datasets[: max(0, len(datasets) - keep)] if dataset_id != protected]
-    for dataset_id in doomed:
-        storage.delete(dataset_id, MANIFEST)  # uncommit first: a reader never sees a half-deleted dataset
-        storage.delete_dir(dataset_id)
-    return doomed, unreadable
 
 
 def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: None) -> RefreshResult:

@@ -27,7 +27,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from registry import descriptions
+from registry import descriptions, filters
 
 if TYPE_CHECKING:
     from registry.models import PinnedModel
@@ -179,7 +179,7 @@ def mark_model_training(experiment: mlflow.entities.Experiment) -> None:
 
 @contextlib.contextmanager
 def job_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> Iterator[JobRun]:
-    """A run around a job; it ends FINISHED, or FAILED (re-raising) if the job raises."""
+    """A run around a job; it ends FINISHED, KILLED if interrupted (Ctrl-C, SIGTERM), or FAILED if the job raises."""
     client = mlflow.MlflowClient()
     run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags=tags or {})
     job = JobRun(client, run.info.run_id, experiment)
@@ -187,8 +187,9 @@ def job_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[s
         Param(key, json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)) for key, value in params.items()])
     try:
         yield job
-    except BaseException:
-        client.set_terminated(job.run_id, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as error:
+        status = RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED
+        client.set_terminated(job.run_id, RunStatus.to_string(status))
         raise
     client.set_terminated(job.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
@@ -263,7 +264,8 @@ def end_stale_runs_tagged(experiment: str, key: str, value: str) -> None:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return
-    running = client.search_runs([found.experiment_id],
-                                 filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'RUNNING'")
+    search = lambda **options: client.search_runs([found.experiment_id], **options)  # noqa: E731
+    running = filters.search_equal(search, f"tags.`{key}`", value, lambda run: run.data.tags.get(key),
+                                   extra="attributes.status = 'RUNNING'")
     for run in running:
         end_stale_run(run.info.run_id)

@@ -18,7 +18,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 import vae_core
-from registry import descriptions, lineage
+from registry import descriptions, filters, lineage
 from registry.redaction import redact_uri
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
@@ -198,7 +198,9 @@ def training_run(experiment: str, run_name: str | None, params: dict[str, str]) 
 
 
 _MODELS_URI = re.compile(r"^models:/(?P<rest>.+)$")
-_RUNS_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-zA-Z]+)(/.*)?$")
+# Only what vaegen logs: a run id (MLflow's are 32 hex digits) and the decoder it logged. Anything else would
+# reach the manifest, the dataset card and the MLflow UI as the reference the dataset was "resolved from".
+_RUNS_URI = re.compile(rf"^runs:/(?P<run_id>[0-9a-zA-Z]{{1,64}})/{MODEL_ARTIFACT}/?\Z")
 
 
 def _unknown_model_error(name: str) -> UsageError:
@@ -209,9 +211,13 @@ def resolve(reference: str) -> PinnedModel:
     """Turn any model reference into one pinned version; unknown names, versions or aliases are UsageErrors."""
     mlflow_client = client()
     runs_match = _RUNS_URI.match(reference)
+    if reference.startswith("runs:") and not runs_match:
+        raise UsageError(f"model reference {reference!r}: a runs:/ reference names the model vaegen logs in a training "
+                         f"run, runs:/RUN_ID/{MODEL_ARTIFACT}; {REF_HELP}")
     if runs_match:
         run_id = runs_match["run_id"]
-        versions = mlflow_client.search_model_versions(f"run_id = '{run_id}'")
+        versions = filters.search_equal(mlflow_client.search_model_versions, "run_id", run_id,
+                                        lambda found: found.run_id)
         if not versions:
             raise UsageError(f"run {run_id} has no registered model version; register it or pass NAME/VERSION")
         latest = max(versions, key=lambda version: int(version.version))
@@ -230,7 +236,7 @@ def resolve(reference: str) -> PinnedModel:
         name, version_text = body.rsplit("/", 1)
         _check_model_exists(mlflow_client, name)
         if version_text == "latest":
-            versions = mlflow_client.search_model_versions(f"name = '{name}'")
+            versions = _versions_of(mlflow_client, name)
             if not versions:
                 raise UsageError(f"model {name!r} has no versions yet; run `vaegen train` first")
             version_text = str(max(int(version.version) for version in versions))
@@ -242,6 +248,10 @@ def resolve(reference: str) -> PinnedModel:
             raise UsageError(f"model {name!r} has no version {version_text}; run `vaegen models` to list versions") from None
         return PinnedModel(name, int(version.version), version.run_id, version.source, reference)
     raise UsageError(f"model reference {reference!r} names no version or alias; {REF_HELP}")
+
+
+def _versions_of(mlflow_client: mlflow.MlflowClient, name: str) -> list[Any]:
+    return filters.search_equal(mlflow_client.search_model_versions, "name", name, lambda found: found.name)
 
 
 def _check_model_exists(mlflow_client: mlflow.MlflowClient, name: str) -> None:
@@ -291,7 +301,7 @@ def list_versions(name: str | None = None) -> list[VersionSummary]:
         aliases: dict[int, list[str]] = {}
         for alias, version_text in mlflow_client.get_registered_model(model_name).aliases.items():
             aliases.setdefault(int(version_text), []).append(alias)
-        for version in mlflow_client.search_model_versions(f"name = '{model_name}'"):
+        for version in _versions_of(mlflow_client, model_name):
             summaries.append(
                 VersionSummary(
                     name=version.name,

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from registry import descriptions
+from registry import descriptions, holders
 from registry.models import (LOCK_MARK, MODEL_ARTIFACT, TAG_PREFIX, LoadedDecoder, PinnedModel, client, describe_version,
                              load_decoder, resolve)
 from registry.redaction import redact_uri
@@ -35,7 +35,8 @@ HISTORY_LIMIT = 25  # alias events kept on the registered model
 # MLflow's SQL stores keep a registered model's tag value in a VARCHAR(5000): PostgreSQL refuses more
 # (SQLite does not check). The history keeps each gate's verdict; the version's promotion tag keeps its details.
 HISTORY_MAX_CHARS = 5_000
-LOCK_STALE_S = 600.0  # a promotion takes seconds; a lock this old belongs to a crashed one
+LOCK_STALE_S = 600.0  # a promotion takes seconds; a lock this old belongs to a crashed one (a dead pid here: at once)
+LOCK_HOLDER_TAG = "vaegen.lock_holder"  # registry.holders.this_process() of the holder, as JSON
 LOCK_WAIT_S = 60.0
 LOCK_POLL_S = 0.5
 COPY_EXPERIMENT = "vaegen-copies"  # the runs holding versions copied in from another registry
@@ -106,7 +107,8 @@ def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WA
     lock = _lock_name(name, alias)
     owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
     tags = {"vaegen.lock_owner": owner, "vaegen.lock_purpose": purpose or "promotion",
-            "vaegen.lock_token": uuid.uuid4().hex, "vaegen.lock_since": str(time.time())}
+            "vaegen.lock_token": uuid.uuid4().hex, "vaegen.lock_since": str(time.time()),
+            LOCK_HOLDER_TAG: json.dumps(holders.this_process())}
     deadline = time.monotonic() + wait_s
     holder: dict[str, str] = {}
     while True:
@@ -122,13 +124,14 @@ def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WA
                 holder = mlflow_client.get_registered_model(lock).tags
                 if holder.get("vaegen.lock_token") == tags["vaegen.lock_token"]:
                     break  # our create went through; its answer was lost and the request retried
-                if time.time() - float(holder.get("vaegen.lock_since", "0")) > stale_s:
+                if _lock_is_stale(holder, stale_s):
                     mlflow_client.delete_registered_model(lock)  # a crashed promotion's lock
                     continue
             if time.monotonic() > deadline:
                 raise VaegenError(f"{name}@{alias} is held by another promotion: {_describe_lock(holder)}; "
                                   f"waited {wait_s:g} s. Retry later; if that promotion crashed, delete the registered "
-                                  f"model {lock!r} (it is taken over after {stale_s:g} s anyway)") from None
+                                  f"model {lock!r} (it is taken over after {stale_s:g} s anyway, at once on the host "
+                                  "where it ran)") from None
             time.sleep(LOCK_POLL_S)
     try:
         yield AliasLock(lock, tags)
@@ -136,6 +139,22 @@ def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WA
         with contextlib.suppress(MlflowException):
             if mlflow_client.get_registered_model(lock).tags.get("vaegen.lock_token") == tags["vaegen.lock_token"]:
                 mlflow_client.delete_registered_model(lock)
+
+
+def _lock_is_stale(tags: dict[str, str], stale_s: float) -> bool:
+    """A lock whose holder is gone from this host (killed with -9 or SIGTERM) is stale at once, as the
+    refresh lock is; any other once it is `stale_s` old."""
+    try:
+        held = json.loads(tags.get(LOCK_HOLDER_TAG, "{}"))
+    except ValueError:
+        held = {}
+    if holders.dead_reason(held) is not None:
+        return True
+    try:
+        since = float(tags.get("vaegen.lock_since", "0"))
+    except ValueError:
+        since = 0.0
+    return time.time() - since > stale_s
 
 
 def _describe_lock(tags: dict[str, str]) -> str:

@@ -13,5 +13,18 @@ class UsageError(VaegenError):
     exit_code = 2
 
 
-class NonFiniteOutput(VaegenError):
+class BrokenVersion(VaegenError):
+    """A model version that fails the same way every time it is loaded or run: retrying or resuming cannot help."""
+
+
+class NonFiniteOutput(BrokenVersion):
     """The decoder produced NaN or inf: a broken version, not a transient failure."""
+
+
+class IncompatibleWeights(BrokenVersion):
+    """A version whose weights do not fit the network its config describes (hand-edited or mixed-up files)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Kubernetes stopping a pod, `ray job stop`, a scheduler's timeout): handled as Ctrl-C is,
+    so every lock is released and every run is ended on the way out, then exit 143."""

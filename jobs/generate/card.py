@@ -16,6 +16,7 @@ quality figures, `vaegen report --dataset` calls it again with the dataset's own
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 from typing import Any
 
@@ -136,22 +137,22 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
     provenance = manifest.record_provenance(record)
     shape = tuple(record["sample_shape"])
     shape_text = "x".join(map(str, shape))
-    alias = f" (resolved from `{model['resolved_from']}`)" if model.get("resolved_from") else ""
+    alias = f" (resolved from {_code(model['resolved_from'])})" if model.get("resolved_from") else ""
     sections = [
         f"---\n{header}---",
-        f"# {record['dataset_id']}",
+        f"# {_code(record['dataset_id'])}",
         f"{record['n']:,} synthetic samples ({shape_text}, {record['dtype']}) decoded from latent draws of the "
-        f"registered VAE decoder `{model['name']}` version {model['version']}{alias}, by vaegen "
+        f"registered VAE decoder {_code(model['name'])} version {model['version']}{alias}, by vaegen "
         f"{record['vaegen_version']}. Every row carries the seed it was drawn from: anyone can regenerate it.",
         "## What made it\n\n" + _table([
             ("AI-generated", "yes: every row was decoded by a generative model (`ai_generated: true` in each part's "
                              "Parquet metadata, this card's header and `_croissant.json`)"),
-            ("model", f"`{model['name']}` version {model['version']}"),
-            ("resolved from", f"`{model.get('resolved_from')}`"),
-            ("model run", f"`{model['run_id']}`"),
-            ("model source", f"`{model.get('source')}`"),
-            ("tracking server", f"`{lineage.get('tracking_uri')}`"),
-            ("dataset run", f"`{lineage.get('run_id')}` (experiment `{lineage.get('experiment')}`)"),
+            ("model", f"{_code(model['name'])} version {model['version']}"),
+            ("resolved from", _code(model.get("resolved_from"))),
+            ("model run", _code(model["run_id"])),
+            ("model source", _code(model.get("source"))),
+            ("tracking server", _code(lineage.get("tracking_uri"))),
+            ("dataset run", f"{_code(lineage.get('run_id'))} (experiment {_code(lineage.get('experiment'))})"),
             ("generated", f"{record['timings'].get('finished_at')} on {record['execution'].get('num_workers')} "
                           f"{record['execution'].get('device')} worker(s), {record['timings'].get('seconds')} s"),
         ]),
@@ -176,11 +177,25 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
         "## Quality\n\n" + _quality_text(quality, location),
         "## Load it\n\n" + _loading_text(record, location),
         "## Verify it\n\n"
-        f"`vaegen inspect {location} --deep` checks every part's checksum and row count against `_manifest.json` and "
+        f"{_code(f'vaegen inspect {location} --deep')} checks every part's checksum and row count against "
+        "`_manifest.json` and "
         "re-derives seeds, latents and labels of sampled rows. `_manifest.json` is the commit: a folder without it is "
         "not a dataset.",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _code(value: Any) -> str:
+    """A value that came from outside vaegen (a model name, a reference, a URI, a path) as inline code that
+    neither Markdown nor HTML can read as anything else: one line, and where it holds a character that could
+    close the code span, open a tag or split a table cell, an HTML `<code>` element with those escaped."""
+    text = " ".join(str(value).split())
+    if not any(character in text for character in "`<>&|\\"):  # a code span shows anything else as it is
+        return f"`{text}`"
+    escaped = html.escape(text, quote=True)
+    for character in "`|\\*_[]":
+        escaped = escaped.replace(character, f"&#{ord(character)};")
+    return f"<code>{escaped}</code>"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -197,8 +212,9 @@ def _labels_text(labels: dict[str, Any] | None) -> str:
 
 def _quality_text(quality: Quality | None, location: str) -> str:
     if quality is None:
-        return ("No quality report was known when this card was written. `vaegen report --dataset "
-                f"{location}` measures these rows against the real data and rewrites this card with its figures.")
+        return ("No quality report was known when this card was written. "
+                f"{_code(f'vaegen report --dataset {location}')} measures these rows against the real data and "
+                "rewrites this card with its figures.")
     rows = [(name, f"{value:.4g}", QUALITY_MEANINGS.get(name, "")) for name, value in quality.figures.items()]
     table = "\n".join(["| figure | value | meaning |", "| --- | ---: | --- |",
                        *[f"| {name} | {value} | {meaning} |" for name, value, meaning in rows]])

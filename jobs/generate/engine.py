@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -60,15 +61,49 @@ def connect() -> bool:
     """
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
-        return False
-    # Ray's own default (token authentication on, ~/.ray/auth_token written) stays; its notice about it on
-    # every job is noise here (README, "Run on a Ray cluster", says what it means for `ray start`).
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    with _loopback_only():
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    with _own_sigterm():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(logging_level=logging.WARNING, log_to_driver=True)
+            return False
+        # Ray's own default (token authentication on, ~/.ray/auth_token written) stays; its notice about it on
+        # every job is noise here (README, "Run on a Ray cluster", says what it means for `ray start`).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        with _loopback_only(), _free_ports_only():
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     return True
+
+
+@contextlib.contextmanager
+def _own_sigterm() -> Iterator[None]:
+    """Keep the process's SIGTERM handler across ray.init, which replaces it twice: with `sys.exit(15)` in
+    Python, then with the core worker's C++ handler that dumps every thread's stack. The command line's
+    handler (jobs.cli) ends a job as Ctrl-C does: one line, exit 143, locks released, runs marked KILLED."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    saved = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if saved is not None:  # None: a handler not installed from Python; nothing to restore
+            signal.signal(signal.SIGTERM, saved)
+
+
+@contextlib.contextmanager
+def _free_ports_only() -> Iterator[None]:
+    """Make the private Ray take free ports only. ray.init() asks the OS for free ports for everything but
+    the dashboard agent, which gets Ray's default 52365: a `ray start --head` begun while the job runs
+    then comes up without a job agent ("No available agent to submit job"). Port 0 lets the OS choose
+    (Ray's Node treats 0 as "pick one", as it does for the other agents' ports)."""
+    original = ray._private.parameter.RayParams
+
+    def free_ports(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("dashboard_agent_listen_port", 0)
+        return original(*args, **kwargs)
+
+    ray._private.parameter.RayParams = free_ports
+    try:
+        yield
+    finally:
+        ray._private.parameter.RayParams = original
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from jobs.generate.croissant import CROISSANT
 from jobs.generate.manifest import MANIFEST, PROGRESS
 from jobs.generate.recipe import is_recipe, recipe_problems
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
-from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
+from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage, split_location
 from jobs.progress import Progress
 from vae_core.errors import UsageError, VaegenError
 
@@ -55,8 +55,8 @@ class InspectReport:
 
 def open_committed(location: str) -> tuple[Storage, str, dict]:
     """(storage of the parent, dataset id, manifest) of a committed dataset; anything else is a one-line error."""
-    parent, _, dataset_id = location.rstrip("/").rpartition("/")
-    storage = Storage(parent or ".")
+    parent, dataset_id = split_location(location)
+    storage = Storage(parent)
     record = storage.read_json(dataset_id, MANIFEST)  # unparsable: CorruptRecord, "corrupt manifest at PATH"
     if record is None:
         if not storage.exists(dataset_id):

@@ -23,10 +23,10 @@ from jobs.generate import card, croissant, engine, inspect, manifest
 from jobs.generate.config import DEFAULT_MODEL, LABEL_POLICIES, GenerateConfig  # noqa: F401 (re-exported)
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
-from jobs.generate.storage import Storage, storage_from_env
+from jobs.generate.storage import Storage, split_location, storage_from_env
 from jobs.progress import Progress
 from vae_core import sampling
-from vae_core.errors import NonFiniteOutput, UsageError
+from vae_core.errors import BrokenVersion, UsageError
 from vae_core.seeds import row_seeds
 
 if TYPE_CHECKING:  # mlflow is imported on the registry thread, never at import time
@@ -231,8 +231,8 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
             run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
                              "total_bytes": record["total_bytes"], "shards_reused": reused})
             run.log_dataset(record, storage.location(dataset_id))
-    except NonFiniteOutput:
-        if fresh:  # a broken decoder can never complete this dataset: leave nothing behind
+    except BrokenVersion:
+        if fresh:  # a broken version (NaN output, weights that do not fit) never completes this dataset: leave nothing
             storage.delete_dir(dataset_id)
         raise
     finally:
@@ -243,7 +243,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
 def _output(config: GenerateConfig) -> tuple[Storage, str | None]:
     """The output root, and the dataset id to resume if --resume names one (an id or a path/URI)."""
     if config.resume and "/" in config.resume.rstrip("/"):
-        parent, _, dataset_id = config.resume.rstrip("/").rpartition("/")
+        parent, dataset_id = split_location(config.resume)
         return Storage(parent), dataset_id
     return storage_from_env(config.out), config.resume
 

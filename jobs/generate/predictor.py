@@ -12,7 +12,7 @@ import torch
 from jobs.generate.spec import DatasetSpec
 from vae_core import sampling
 from vae_core.config import VAEConfig
-from vae_core.errors import NonFiniteOutput
+from vae_core.errors import IncompatibleWeights, NonFiniteOutput
 from vae_core.model import Decoder
 
 
@@ -47,8 +47,15 @@ class Predictor:
         self.device = device
         if torch.device(device).type == "cuda":
             use_exact_cuda_math()
-        self.decoder = Decoder(VAEConfig.from_dict(config))
-        self.decoder.load_state_dict({key: torch.tensor(value) for key, value in state.items()})
+        try:
+            self.decoder = Decoder(VAEConfig.from_dict(config))
+            self.decoder.load_state_dict({key: torch.tensor(value) for key, value in state.items()})
+        except (RuntimeError, ValueError, TypeError, KeyError) as error:  # load_state_dict: missing keys, wrong shapes
+            first = str(error).strip().splitlines()[-1][:300] if str(error).strip() else type(error).__name__
+            raise IncompatibleWeights(
+                f"model {spec.model_name}/{spec.model_version} does not load: its config.json and weights.npz "
+                f"disagree ({' '.join(first.split())}); this version is broken and the dataset cannot be resumed: "
+                "retrain it or pick another version") from None
         self.decoder.to(device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

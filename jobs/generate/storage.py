@@ -13,13 +13,11 @@ at a time (`writer_guard`).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import getpass
 import json
 import mmap
 import os
 import shutil
-import socket
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,6 +69,38 @@ class CorruptRecord(VaegenError):
 
 class DatasetBusy(VaegenError):
     """Another run holds a dataset's writer guard."""
+
+
+class NotRegularFile(VaegenError):
+    """A record or part name that is a FIFO, a device, a socket or a folder: never read as data."""
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of `path`, refused unless it is a regular file. The one way vaegen opens a
+    local record or part: a FIFO named `_manifest.json` would block `open` or `read` forever, and a device
+    would feed a reader without end. O_NONBLOCK makes the open of a FIFO return at once; fstat then looks
+    at what was opened, not at what the name pointed to a moment before."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "FIFO" if stat.S_ISFIFO(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
+                "folder" if stat.S_ISDIR(mode) else "socket" if stat.S_ISSOCK(mode) else "special file"
+            raise NotRegularFile(f"{path} is a {kind}, not a regular file; vaegen reads records and parts only from "
+                                 "regular files: remove it, or regenerate the dataset (generate --overwrite)")
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """(root, name) of a dataset's path or URI: `/X` is X under `/` (never under the current folder), a bare
+    `X` is X under `.`, `s3://b/p/X` is X under `s3://b/p`."""
+    trimmed = location.rstrip("/") or location
+    parent, slash, name = trimmed.rpartition("/")
+    return (parent or slash or ".", name)
 
 
 def check_name(name: str) -> str:
@@ -141,6 +171,7 @@ class Storage:
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.File:
             raise UsageError(f"output root {self.location()} is a file; point --out at a directory")
+        self.check_outside_datasets()
         created = self._missing_local_folders()
         try:
             self.fs.create_dir(self.root, recursive=True)
@@ -154,6 +185,20 @@ class Storage:
             for folder in reversed(created):  # deepest first; rmdir removes only empty folders, so never another run's
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+    def check_outside_datasets(self) -> None:
+        """Refuse a root inside a committed dataset (the root itself or any folder above it holds a manifest):
+        every dataset or lock written there would damage the dataset it is in."""
+        from jobs.generate.manifest import MANIFEST
+
+        folder = self.root.rstrip("/")
+        while folder and "/" in folder:
+            if self.fs.get_file_info(f"{folder}/{MANIFEST}").type != pafs.FileType.NotFound:
+                shown = folder if self.is_local else redact_uri(f"{self.fs.type_name}://{folder}")
+                raise UsageError(f"output root {self.location()} is inside the committed dataset {shown} (it holds "
+                                 f"{MANIFEST}); writing there would damage it: choose an --out outside it, e.g. "
+                                 "its parent")
+            folder = folder.rpartition("/")[0]
 
     def _missing_local_folders(self) -> list[Path]:
         """The local root and those of its parents that do not exist yet, outermost first."""
@@ -172,6 +217,9 @@ class Storage:
         return self.fs.get_file_info(self.path(*names)).size
 
     def read_bytes(self, *names: str) -> bytes:
+        if self.is_local:
+            with open(open_regular(self.path(*names)), "rb") as handle:
+                return handle.read()
         with self.fs.open_input_stream(self.path(*names)) as stream:
             return stream.read()
 
@@ -195,7 +243,7 @@ class Storage:
         """CHECKSUM of a file's bytes; a local file is hashed from the page cache without copies."""
         digest = xxhash.xxh3_128()
         if self.is_local:
-            with open(self.path(*names), "rb") as handle:
+            with open(open_regular(self.path(*names)), "rb") as handle:
                 if os.fstat(handle.fileno()).st_size:
                     with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                         digest.update(mapped)
@@ -246,105 +294,11 @@ class Storage:
             self.fs.delete_dir(path)
 
 
-    @contextlib.contextmanager
-    def writer_guard(self, dataset_id: str) -> Iterator[None]:
-        """Hold `ROOT/.<dataset id>.lock` while writing a dataset: a second writer is refused, naming the holder.
+    def writer_guard(self, dataset_id: str) -> contextlib.AbstractContextManager[None]:
+        """Hold `ROOT/.<dataset id>.lock` while writing a dataset (jobs.generate.locks.writer_guard)."""
+        from jobs.generate import locks
 
-        Local roots use an flock, which the kernel drops when its process dies (kill -9 included),
-        so a dead holder never blocks. Object stores have no locks: a JSON record, written then
-        read back; a record whose process is gone from this host is taken over, one from another
-        host must be deleted by hand if its run died (the message names it).
-        """
-        name = f".{check_name(dataset_id)}.lock"
-        holder = {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
-                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "token": uuid.uuid4().hex}
-        created = self._missing_local_folders()
-        self.fs.create_dir(self.root, recursive=True)
-        try:
-            if self.is_local:
-                with _flocked(self.path(name), holder, lambda held: self._busy(dataset_id, name, held)):
-                    yield
-            else:
-                with self._lock_record(dataset_id, name, holder):
-                    yield
-        finally:
-            for folder in reversed(created):  # as check_writable: a refused or failed run leaves no empty root
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-
-    @contextlib.contextmanager
-    def _lock_record(self, dataset_id: str, name: str, holder: dict) -> Iterator[None]:
-        held = self._read_lock(name)
-        if held is not None and not (held.get("host") == holder["host"] and not _alive(held.get("pid"))):
-            raise self._busy(dataset_id, name, held)
-        self.write_json(holder, name)
-        if (self._read_lock(name) or {}).get("token") != holder["token"]:  # another writer won the race
-            raise self._busy(dataset_id, name, self._read_lock(name))
-        try:
-            yield
-        finally:
-            if (self._read_lock(name) or {}).get("token") == holder["token"]:
-                self.delete(name)
-
-    def _read_lock(self, name: str) -> dict | None:
-        try:
-            return self.read_json(name)
-        except CorruptRecord:  # half-written by a racing writer: held by someone unknown
-            return {}
-
-    def _busy(self, dataset_id: str, name: str, held: dict | None) -> DatasetBusy:
-        held = held or {}
-        who = (f"pid {held.get('pid', '?')} on {held.get('host', '?')}, user {held.get('user', '?')}, "
-               f"since {held.get('since', '?')}")
-        hint = "" if self.is_local else f"; if that run is dead, delete {self.location(name)}"
-        return DatasetBusy(f"dataset {self.location(dataset_id)} is being written by another vaegen run ({who}); "
-                           f"wait for it to finish and rerun (the dataset will then be committed){hint}")
-
-
-@contextlib.contextmanager
-def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
-    import fcntl
-
-    while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                held = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
-            except ValueError:
-                held = {}
-            os.close(descriptor)
-            raise busy(held) from None
-        # The previous holder unlinks the file before unlocking it: if it did so between our
-        # open and our flock, we hold a lock on a file nobody else will open. Start again.
-        try:
-            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            break
-        os.close(descriptor)
-    try:
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(descriptor)
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+        return locks.writer_guard(self, dataset_id)
 
 
 def storage_from_env(out: str | None) -> Storage:
