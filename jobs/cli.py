@@ -7,6 +7,7 @@ Results go to stdout; progress and diagnostics to stderr; a traceback only with 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
@@ -254,12 +255,15 @@ def list_models(name) -> None:
     for summary in summaries:
         kind = "unconditional"
         if summary.tags.get("conditional") == "true":
-            classes = json.loads(summary.tags.get("config", "{}")).get("num_classes", 0)
-            kind = f"conditional 0..{classes - 1}"
+            with contextlib.suppress(ValueError, TypeError, AttributeError):  # a hand-edited tag lists as "unconditional"
+                kind = f"conditional 0..{int(json.loads(summary.tags.get('config', '{}')).get('num_classes', 0)) - 1}"
         click.echo(
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
             f"{summary.tags.get('val_neg_elbo', '-'):>9}  {kind:<18} {summary.tags.get('data_source', '-')}"
         )
+        refusal = models.version_refusal(models.PinnedModel(summary.name, summary.version, summary.run_id, "", ""))
+        if refusal is not None:
+            click.echo(f"{'':<24} {'':>7}  REFUSED: not vaegen's own model code ({refusal}); never loaded or promoted")
     for model_name, alias, events in models.alias_histories(name):
         click.echo(f"\nhistory of {model_name}@{alias}:")
         for event in events:

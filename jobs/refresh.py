@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.manifest import MANIFEST, utc_now
-from jobs.generate.storage import Storage, storage_from_env
+from jobs.generate.storage import MAX_LOCK_BYTES, Storage, check_name, parse_lock, storage_from_env
 from registry import lineage, models, tracking
 from vae_core.errors import UsageError, VaegenError
 
@@ -155,11 +156,9 @@ class RefreshLock:
     def _read(self) -> dict[str, Any]:
         """The lock's record, with its mtime as `heartbeat_at`; {} if absent or unreadable."""
         try:
-            record = json.loads(self.storage.read_bytes(LOCK))
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
-        except (OSError, ValueError):  # gone meanwhile, or half-written by a crashed object-store writer
-            return {}
-        if not isinstance(record, dict):
+            record = parse_lock(self.storage.read_bytes(LOCK)) if (info.size or 0) <= MAX_LOCK_BYTES else {}
+        except OSError:  # gone meanwhile; half-written by a crashed object-store writer: parse_lock gives {}
             return {}
         if info.mtime is not None:
             record["heartbeat_at"] = info.mtime.timestamp()
@@ -167,11 +166,12 @@ class RefreshLock:
 
     def _stale_reason(self, held: dict[str, Any]) -> str | None:
         """Why the holder is dead, or None while it may be alive."""
-        if held.get("host") == self.token["host"] and held.get("boot_id") == self.token["boot_id"] and "pid" in held:
-            if not _owner_alive(int(held["pid"]), held.get("pid_start")):
+        if held.get("host") == self.token["host"] and held.get("boot_id") == self.token["boot_id"] \
+                and isinstance(held.get("pid"), int) and held["pid"] > 0:
+            if not _owner_alive(held["pid"], held.get("pid_start")):
                 return f"its holder, pid {held['pid']} on this host, is gone"
         last_s = held.get("heartbeat_at", held.get("acquired_at"))
-        if last_s is None:  # unreadable: judge by the file's age alone
+        if not isinstance(last_s, (int, float)) or not math.isfinite(last_s):  # unreadable: judge by the file's age alone
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
             last_s = info.mtime.timestamp() if info.mtime is not None else 0.0
         if time.time() - last_s > self.timeout_s:
@@ -211,8 +211,9 @@ class RefreshLock:
         except FileNotFoundError:
             return True  # another taker moved it: try to create ours
         try:
-            moved = json.loads(Path(aside).read_bytes())
-        except (OSError, ValueError):
+            with open(aside, "rb") as handle:
+                moved = parse_lock(handle.read(MAX_LOCK_BYTES + 1))
+        except OSError:
             moved = {}
         if moved.get("owner") != stale.get("owner"):  # a fresh lock, taken meanwhile: put it back
             with contextlib.suppress(FileExistsError):
@@ -265,7 +266,8 @@ def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any]) -> di
 def latest_dataset(storage: Storage) -> str | None:
     """The id `latest` names; None if there is no pointer or it cannot be read (it is rewritten then)."""
     try:
-        return (storage.read_json(LATEST) or {}).get("dataset_id")
+        dataset_id = (storage.read_json(LATEST) or {}).get("dataset_id")
+        return check_name(dataset_id) if isinstance(dataset_id, str) else None
     except (OSError, ValueError, AttributeError, VaegenError):
         return None
 

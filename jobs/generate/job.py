@@ -119,8 +119,8 @@ def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, resol
         record = storage.read_json(resume_id, manifest.PROGRESS) or storage.read_json(resume_id, manifest.MANIFEST)
         if record is None:
             raise UsageError(f"--resume {config.resume}: no dataset in progress at {storage.location(resume_id)}")
-        if record["format"] != FORMAT:
-            raise UsageError(f"--resume {config.resume}: started by another vaegen version (format {record['format']}, "
+        if record.get("format") != FORMAT:
+            raise UsageError(f"--resume {config.resume}: started by another vaegen version (format {str(record.get('format'))[:40]}, "
                              f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume")
         spec = spec_from_record(record, resume_id)  # refused unless it names exactly this folder and its model
         pinned, seed_was_random = models.PinnedModel(**record["model"]), False
@@ -149,13 +149,13 @@ def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, resol
         manifest.check_provenance(committed, config.redact_provenance, storage.location(dataset_id))
         return Plan(pinned, spec, seed_was_random, committed, fresh=False)
     in_progress = storage.read_json(dataset_id, manifest.PROGRESS)
-    if in_progress is not None and in_progress["spec_fingerprint"] != spec.fingerprint():
+    if in_progress is not None and in_progress.get("spec_fingerprint") != spec.fingerprint():
         raise UsageError(
             f"an unfinished dataset with other options is at {storage.location(dataset_id)}; "
             f"rerun with its options (`--resume {dataset_id}`) or pass --overwrite"
         )
     if in_progress is not None:  # its job was killed (we hold the guard): its run would say RUNNING forever
-        lineage.end_stale_run(in_progress.get("run_id"))
+        lineage.end_stale_run(manifest.recorded_run_id(storage, dataset_id))
     storage.check_free_space(dataset_id, spec.estimated_bytes)
     return Plan(pinned, spec, seed_was_random, None, fresh=in_progress is None)
 
@@ -187,9 +187,9 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
     try:
         log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
             f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
+        loaded = loading.result()  # before anything is written: a refused version (registry.artifacts) leaves nothing
         with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
             storage.write_json(manifest.progress_record(spec, model_record, run.run_id), dataset_id, manifest.PROGRESS)
-            loaded = loading.result()
             parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part)
             seconds = time.perf_counter() - started
             record = manifest.build(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import re
 import socket
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # parts imports the decoder (torch); `vaegen inspect` reads m
     from jobs.generate.parts import PartInfo
 
 MANIFEST = "_manifest.json"
+RUN_ID = re.compile(r"[0-9a-zA-Z]{1,64}")  # an MLflow run id, as a record may name one
 PROGRESS = "_progress.json"
 
 
@@ -75,13 +77,29 @@ def check_provenance(committed: dict[str, Any], redact_provenance: bool, locatio
                          "--redact-provenance applies when a dataset is written: add --overwrite to rewrite it without")
 
 
+SIDECAR_FIELDS = {"first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str, "spec_fingerprint": str}
+MAX_CHECKSUM_CHARS = 128
+
+
+def sidecar_matches(sidecar: dict[str, Any], fingerprint: str, shard_range: tuple[int, int]) -> bool:
+    """A part's sidecar (written after the part) vouches for it only if it is whole and names this spec and shard;
+    anything else (edited, half-written, another spec's) means the part is written again."""
+    if not all(isinstance(sidecar.get(key), kind) and not isinstance(sidecar.get(key), bool)
+               for key, kind in SIDECAR_FIELDS.items()):
+        return False
+    start, stop = shard_range
+    return (sidecar["spec_fingerprint"] == fingerprint and (sidecar["first_sample_id"], sidecar["rows"]) == (start, stop - start)
+            and sidecar["size_bytes"] >= 0 and len(sidecar["checksum"]) <= MAX_CHECKSUM_CHARS)
+
+
 def recorded_run_id(storage: Storage, dataset_id: str) -> str | None:
     """The MLflow run that an unfinished dataset's `_progress.json` names; None if none or unreadable."""
     try:
         record = storage.read_json(dataset_id, PROGRESS)
     except CorruptRecord:
         return None
-    return None if record is None else record.get("run_id")
+    run_id = None if record is None else record.get("run_id")
+    return run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
 
 
 def build(

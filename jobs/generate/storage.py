@@ -34,6 +34,9 @@ HASH_CHUNK_BYTES = 8 << 20  # 8 MiB reads when verifying checksums
 # Checksums of part files. sha256 (1.2 GB/s here) cost ~15% of a float32 job's CPU; xxh3-128
 # (9.5 GB/s) detects corruption as well and is a `pip install xxhash` away for any reader.
 CHECKSUM = "xxh3_128"
+MAX_LOCK_BYTES = 4_096  # a lock or lease record: a few short fields
+MAX_LOCK_FIELD_CHARS = 256
+MAX_RECORD_BYTES = 32 << 20  # a manifest of 100,000 parts is ~20 MB; a record larger than this is not vaegen's
 
 
 class HashingStream:
@@ -179,12 +182,16 @@ class Storage:
         """The parsed record, None if absent; unparsable (truncated, edited) is a one-line CorruptRecord."""
         if not self.exists(*names):
             return None
-        try:
-            record = json.loads(self.read_bytes(*names))
-        except (ValueError, UnicodeDecodeError) as error:
-            record, reason = None, f"not valid JSON ({' '.join(str(error).split())})"
+        size = self.size(*names)
+        if size > MAX_RECORD_BYTES:  # bounded before it is read: a record's size is an allocation
+            record, reason = None, f"{size:,} bytes, more than the {MAX_RECORD_BYTES:,} a record may have"
         else:
-            reason = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+            try:
+                record = json.loads(self.read_bytes(*names))
+            except (ValueError, UnicodeDecodeError, RecursionError) as error:
+                record, reason = None, f"not valid JSON ({' '.join(str(error).split())[:200]})"
+            else:
+                reason = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
         if reason is not None:
             what = names[-1].removeprefix("_").removesuffix(".json")
             raise CorruptRecord(f"corrupt {what} at {self.location(*names)}: {reason}; "
@@ -288,9 +295,10 @@ class Storage:
 
     def _read_lock(self, name: str) -> dict | None:
         try:
-            return self.read_json(name)
+            record = self.read_json(name)
         except CorruptRecord:  # half-written by a racing writer: held by someone unknown
             return {}
+        return None if record is None else lock_fields(record)
 
     def _busy(self, dataset_id: str, name: str, held: dict | None) -> DatasetBusy:
         held = held or {}
@@ -310,10 +318,7 @@ def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                held = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
-            except ValueError:
-                held = {}
+            held = parse_lock(os.pread(descriptor, MAX_LOCK_BYTES, 0))
             os.close(descriptor)
             raise busy(held) from None
         # The previous holder unlinks the file before unlocking it: if it did so between our
@@ -333,6 +338,26 @@ def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(descriptor)
+
+
+def lock_fields(record: Any) -> dict[str, Any]:
+    """The scalar fields of a lock or lease record (numbers, strings of at most MAX_LOCK_FIELD_CHARS); the rest is
+    dropped, so a hand-edited record can neither crash its reader nor flood the message that names its holder."""
+    if not isinstance(record, dict):
+        return {}
+    return {key: value for key, value in record.items() if isinstance(key, str) and len(key) <= MAX_LOCK_FIELD_CHARS
+            and ((isinstance(value, (int, float)) and not isinstance(value, bool))
+                 or (isinstance(value, str) and len(value) <= MAX_LOCK_FIELD_CHARS and value.isprintable()))}
+
+
+def parse_lock(data: bytes) -> dict[str, Any]:
+    """A lock record's fields from its bytes; {} when they are not a JSON object of at most MAX_LOCK_BYTES."""
+    if len(data) > MAX_LOCK_BYTES:
+        return {}
+    try:
+        return lock_fields(json.loads(data or b"{}"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
 
 
 def _alive(pid: Any) -> bool:
