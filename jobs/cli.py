@@ -444,14 +444,16 @@ def inspect_command(dataset, deep) -> None:
 
     report = inspect(dataset, deep=deep)
     record = report.manifest
-    model = record["model"]
+    model, labels, lineage = record["model"], record.get("labels") or {}, record["lineage"]
+    field = lambda mapping, key: str(mapping.get(key, "?"))[:200]  # noqa: E731 - a hand-edited manifest may lack any
     click.echo(f"dataset: {record['dataset_id']} at {report.location}")
-    click.echo(f"model: {model['name']}/{model['version']} (resolved from {model['resolved_from']}), run {model['run_id']}")
+    click.echo(f"model: {model['name']}/{model['version']} (resolved from {field(model, 'resolved_from')}), run {model['run_id']}")
     click.echo(f"rows: {record['n']:,} in {len(record['files'])} files, {record['total_bytes'] / 1e6:,.1f} MB, "
-               f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} ({record['seed_scheme']})")
-    if record["labels"]:
-        click.echo(f"labels: {record['labels']['policy']} over {record['labels']['classes']}, counts {record['labels']['counts']}")
-    click.echo(f"lineage: MLflow run {record['lineage']['run_id']} at {redact_uri(record['lineage']['tracking_uri'] or 'a redacted tracking URI')}")
+               f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} ({field(record, 'seed_scheme')})")
+    if labels:
+        click.echo(f"labels: {field(labels, 'policy')} over {field(labels, 'classes')}, counts {field(labels, 'counts')}")
+    click.echo(f"lineage: MLflow run {field(lineage, 'run_id')} at "
+               f"{redact_uri(str(lineage.get('tracking_uri') or 'a redacted tracking URI'))}")
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}")
     if not report.ok:
