@@ -255,7 +255,7 @@ def list_models(name) -> None:
     for summary in summaries:
         kind = "unconditional"
         if summary.tags.get("conditional") == "true":
-            with contextlib.suppress(ValueError, TypeError, AttributeError):  # a hand-edited tag lists as "unconditional"
+            with contextlib.suppress(ValueError, TypeError, AttributeError):  # a hand-edited tag: "unconditional"
                 kind = f"conditional 0..{int(json.loads(summary.tags.get('config', '{}')).get('num_classes', 0)) - 1}"
         click.echo(
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
@@ -447,11 +447,14 @@ def inspect_command(dataset, deep) -> None:
     model, labels, lineage = record["model"], record.get("labels") or {}, record["lineage"]
     field = lambda mapping, key: str(mapping.get(key, "?"))[:200]  # noqa: E731 - a hand-edited manifest may lack any
     click.echo(f"dataset: {record['dataset_id']} at {report.location}")
-    click.echo(f"model: {model['name']}/{model['version']} (resolved from {field(model, 'resolved_from')}), run {model['run_id']}")
+    click.echo(f"model: {model['name']}/{model['version']} (resolved from {field(model, 'resolved_from')}), "
+               f"run {model['run_id']}")
     click.echo(f"rows: {record['n']:,} in {len(record['files'])} files, {record['total_bytes'] / 1e6:,.1f} MB, "
-               f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} ({field(record, 'seed_scheme')})")
+               f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} "
+               f"({field(record, 'seed_scheme')})")
     if labels:
-        click.echo(f"labels: {field(labels, 'policy')} over {field(labels, 'classes')}, counts {field(labels, 'counts')}")
+        click.echo(f"labels: {field(labels, 'policy')} over {field(labels, 'classes')}, "
+                   f"counts {field(labels, 'counts')}")
     click.echo(f"lineage: MLflow run {field(lineage, 'run_id')} at "
                f"{redact_uri(str(lineage.get('tracking_uri') or 'a redacted tracking URI'))}")
     for problem in report.problems:

@@ -188,7 +188,8 @@ def weights_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str | N
 def _member_problem(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple[int, ...]) -> str | None:
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         return f"compression method {info.compress_type}, not stored or deflated"
-    if info.file_size > RATIO_CHECKED_ABOVE_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+    ratio_limit_bytes = MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+    if info.file_size > max(RATIO_CHECKED_ABOVE_BYTES, ratio_limit_bytes):
         return (f"declares {info.file_size:,} bytes from {info.compress_size:,} compressed (more than "
                 f"{MAX_COMPRESSION_RATIO}x: a decompression bomb)")
     with archive.open(info) as member:

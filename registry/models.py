@@ -282,7 +282,11 @@ def version_config(pinned: PinnedModel) -> VAEConfig:
 def version_refusal(pinned: PinnedModel) -> str | None:
     """Why vaegen refuses to load this version (foreign code, pickle), or None; downloads it."""
     with tempfile.TemporaryDirectory() as folder:
-        return artifacts.unsafe_reason(Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder)))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder))
+        except (MlflowException, OSError) as error:  # refused, not listed as fine: nothing unverified ever loads
+            return f"its artifacts cannot be downloaded ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
+        return artifacts.unsafe_reason(local)
 
 
 def load_decoder(pinned: PinnedModel) -> LoadedDecoder:

@@ -122,6 +122,20 @@ def test_foreign_code_with_copied_tags_is_refused_by_promote_forced_or_not_by_sa
     assert not marker.exists()
 
 
+def test_generate_refuses_foreign_code_before_writing_anything(untrained_version, tmp_path):
+    from conftest import private_local_ray
+
+    marker = tmp_path / "FOREIGN-CODE-RAN"
+    version = register_by_hand(tmp_path / "artifacts", os_system_code(marker))
+    out = tmp_path / "out"
+    with private_local_ray():
+        result = invoke("generate", "--model", f"{MODEL}/{version}", "--n", "10", "--seed", "0", "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert f"{MODEL}/{version} is refused: code file pyfunc_decoder.py differs" in one_error_line(result)
+    assert not list(out.rglob("*")) if out.exists() else True  # no folder, no progress record, no lock left
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(("doctor", "fragment"), [
     (edit_config(hidden_sizes=[50_000, 50_000]), "each of hidden_sizes must be an integer in [1, 16,384]"),
     (edit_config(latent_dim=10**9), "latent_dim must be an integer in [1, 4,096]"),

@@ -14,7 +14,6 @@ footer once, and imports neither torch nor MLflow; only `deep` does.
 from __future__ import annotations
 
 import dataclasses
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,10 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.generate.card import CARD, HF_YAML
-from jobs.generate.manifest import MANIFEST, PROGRESS
-from jobs.generate.spec import FORMAT, MAX_N, MAX_SHARDS, DatasetSpec, part_name, spec_from_record
+from jobs.generate.manifest import MANIFEST, PROGRESS, bound_problems
+from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
-from vae_core.config import MAX_CLASSES, MAX_INPUT_RANK, MAX_INPUT_VALUES, MAX_LATENT_DIM
 from vae_core.errors import UsageError, VaegenError
 
 DEEP_BLOCKS_PER_PART = 3  # decode blocks re-decoded per part on --deep: its first, middle and last
@@ -34,7 +32,6 @@ DEEP_BLOCKS_PER_PART = 3  # decode blocks re-decoded per part on --deep: its fir
 # hashed straight from the page cache (mmap) and xxhash holds the GIL: threads only added
 # contention there (measured on 1M float32 rows, 16 parts: 0.55 s with one, 0.63-0.78 s with four).
 REMOTE_CHECK_THREADS = 4
-MAX_RECORD_STRING = 4_096  # the longest string a manifest may hold (ids, names, URIs, checksums)
 X_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "uint8": 1}  # only for CUDA-made datasets checked on a CPU
 
 
@@ -125,41 +122,6 @@ def structure_problems(record: dict[str, Any]) -> list[str]:
     for index, entry in enumerate(record["files"]):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(key), kind) for key, kind in FILE_FIELDS.items()):
             return [f"files[{index}] lacks one of {', '.join(FILE_FIELDS)}"]
-    return []
-
-
-def bound_problems(record: dict[str, Any]) -> list[str]:
-    """Every size a manifest of any format states, bounded before anything is built from it (issue 20: a
-    hand-edited n = 10**12 at one row per shard made inspect list a trillion part names)."""
-    n, rows_per_shard, shape = record["n"], record["rows_per_shard"], record["sample_shape"]
-    if not 1 <= n <= MAX_N or rows_per_shard < 1:
-        return [f"n = {n} and rows_per_shard = {rows_per_shard} must be positive, n at most 2**63 - 1"]
-    shards = -(-n // rows_per_shard)
-    if shards > MAX_SHARDS or len(record["files"]) > MAX_SHARDS:
-        return [f"n = {n:,} at rows_per_shard = {rows_per_shard:,} makes {shards:,} parts and files[] lists "
-                f"{len(record['files']):,}; a dataset has at most {MAX_SHARDS:,}"]
-    if not 1 <= record["latent_dim"] <= MAX_LATENT_DIM or not 1 <= len(shape) <= MAX_INPUT_RANK or not all(
-            isinstance(size, int) and 1 <= size <= MAX_INPUT_VALUES for size in shape) or math.prod(shape) > MAX_INPUT_VALUES:
-        return [f"latent_dim {record['latent_dim']} / sample_shape {str(shape)[:60]} exceed vaegen's caps "
-                f"(latent_dim {MAX_LATENT_DIM:,}, {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values)"]
-    labels = record.get("labels") or {}
-    for key in ("classes", "counts"):
-        if not isinstance(labels.get(key) or [], (list, dict)) or len(labels.get(key) or []) > MAX_CLASSES:
-            return [f"labels.{key} must be a list or object of at most {MAX_CLASSES:,} entries"]
-    return _long_strings(record)
-
-
-def _long_strings(record: dict[str, Any]) -> list[str]:
-    """Strings longer than MAX_RECORD_STRING anywhere in the record, walked without recursion."""
-    pending: list[Any] = [record]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            pending += list(value.keys()) + list(value.values())
-        elif isinstance(value, list):
-            pending += value
-        elif isinstance(value, str) and len(value) > MAX_RECORD_STRING:
-            return [f"a string of {len(value):,} characters ({value[:20]!r}...); at most {MAX_RECORD_STRING:,}"]
     return []
 
 

@@ -26,7 +26,7 @@ from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, storage_from_env
 from jobs.progress import Progress
 from vae_core import sampling
-from vae_core.errors import NonFiniteOutput, UsageError
+from vae_core.errors import NonFiniteOutput, UsageError, VaegenError
 from vae_core.seeds import row_seeds
 
 if TYPE_CHECKING:  # mlflow is imported on the registry thread, never at import time
@@ -120,7 +120,8 @@ def _plan(config: GenerateConfig, storage: Storage, resume_id: str | None, resol
         if record is None:
             raise UsageError(f"--resume {config.resume}: no dataset in progress at {storage.location(resume_id)}")
         if record.get("format") != FORMAT:
-            raise UsageError(f"--resume {config.resume}: started by another vaegen version (format {str(record.get('format'))[:40]}, "
+            raise UsageError(f"--resume {config.resume}: started by another vaegen version "
+                             f"(format {str(record.get('format'))[:40]}, "
                              f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume")
         spec = spec_from_record(record, resume_id)  # refused unless it names exactly this folder and its model
         pinned, seed_was_random = models.PinnedModel(**record["model"]), False
@@ -188,6 +189,10 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
         log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
             f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
         loaded = loading.result()  # before anything is written: a refused version (registry.artifacts) leaves nothing
+        planned_from = (spec.latent_dim, spec.sample_shape, spec.num_classes)
+        if (loaded.config.latent_dim, tuple(loaded.config.input_shape), loaded.config.num_classes) != planned_from:
+            raise VaegenError(f"{pinned.name}/{pinned.version} is refused: its vaegen.config tag (latent_dim, shape, "
+                              f"classes {planned_from}) disagrees with its config.json; register it with `vaegen train`")
         with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
             storage.write_json(manifest.progress_record(spec, model_record, run.run_id), dataset_id, manifest.PROGRESS)
             parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part)

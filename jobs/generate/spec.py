@@ -109,7 +109,8 @@ class DatasetSpec:
                 or not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in shape) \
                 or math.prod(shape) > MAX_INPUT_VALUES or not 1 <= self.latent_dim <= MAX_LATENT_DIM:
             raise UsageError(f"sample shape {str(shape)[:60]} / latent_dim {self.latent_dim} are not a decoder's "
-                             f"(at most {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values, latent_dim {MAX_LATENT_DIM:,})")
+                             f"(at most {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values, "
+                             f"latent_dim {MAX_LATENT_DIM:,})")
         if not 0 <= self.num_classes <= MAX_CLASSES:
             raise UsageError(f"num_classes must lie in [0, {MAX_CLASSES:,}], got {self.num_classes:,}")
         if not isinstance(classes, tuple) or len(classes) > self.num_classes or not all(
