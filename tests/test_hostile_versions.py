@@ -131,7 +131,10 @@ def test_generate_refuses_foreign_code_before_writing_anything(untrained_version
     with private_local_ray():
         result = invoke("generate", "--model", f"{MODEL}/{version}", "--n", "10", "--seed", "0", "--out", str(out))
     assert result.exit_code == 1, result.output
-    assert f"{MODEL}/{version} is refused: code file pyfunc_decoder.py differs" in one_error_line(result)
+    lines = result.stderr.strip().splitlines()  # progress lines first (diagnostics go to stderr), then the one error
+    assert [line for line in lines if line.startswith("vaegen: error: ")] == lines[-1:], result.stderr[-2000:]
+    assert f"{MODEL}/{version} is refused: code file pyfunc_decoder.py differs" in lines[-1]
+    assert "Traceback" not in result.stderr
     assert not list(out.rglob("*")) if out.exists() else True  # no folder, no progress record, no lock left
     assert not marker.exists()
 
