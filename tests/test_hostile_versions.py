@@ -227,3 +227,30 @@ def test_hand_edited_manifests_are_refused_in_one_line_within_a_memory_cap(tmp_p
     lines = process.stderr.strip().splitlines()
     assert process.returncode == 1 and len(lines) == 1 and lines[0].startswith("vaegen: error: "), process.stderr[-2000:]
     assert fragment in process.stdout + lines[0] and seconds < QUICK_S  # the summary and PROBLEM lines go to stdout
+
+
+def test_code_is_accepted_only_byte_for_byte_as_installed_or_as_a_listed_release(tmp_path, monkeypatch):
+    from registry import artifacts
+
+    installed = artifacts.installed_code()
+    sources = {artifacts.PYFUNC_FILE: ROOT / "registry" / "pyfunc_decoder.py"}
+    sources.update({name: ROOT / name.removeprefix("code/") for name in installed if name.startswith("code/")})
+    for name, source in sources.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(source.read_bytes())
+    files = sorted(sources)
+    assert artifacts.code_problem(tmp_path, files) is None
+    (tmp_path / "code/vae_core/seeds.py").write_bytes(sources["code/vae_core/seeds.py"].read_bytes() + b"\n")
+    assert "code file code/vae_core/seeds.py differs from vaegen's own" in artifacts.code_problem(tmp_path, files)
+    release = tmp_path / "released.json"  # an earlier release's seeds.py: that exact file is vaegen's own too
+    digest = artifacts._sha256(tmp_path / "code/vae_core/seeds.py")
+    release.write_text(json.dumps({"0.0.9": {"code/vae_core/seeds.py": digest}}))
+    monkeypatch.setattr(artifacts, "RELEASED_CODE", release)
+    artifacts.known_code.cache_clear()
+    try:
+        assert artifacts.code_problem(tmp_path, files) is None
+        (tmp_path / "code/vae_core/helper.py").write_text("import os\n")
+        assert "code file code/vae_core/helper.py is not one of vaegen's" in artifacts.code_problem(
+            tmp_path, files + ["code/vae_core/helper.py"])
+    finally:
+        artifacts.known_code.cache_clear()
