@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 import vae_core
-from vae_core.config import MAX_PARAMETERS, VAEConfig
+from vae_core.config import MAX_PARAMETERS, VAEConfig, decoder_state_shapes
 from vae_core.errors import VaegenError
 
 # What vaegen's pickle-free models-from-code pyfunc consists of (registry.models.TrainingRun._log_pyfunc).
@@ -206,9 +206,7 @@ def _member_problem(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tupl
 
 def read_weights(path: Path, config: VAEConfig) -> dict[str, np.ndarray]:
     """The decoder's state as numpy arrays, after weights_problem found nothing; never unpickles."""
-    from vae_core.model import parameter_shapes
-
-    problem = weights_problem(path, parameter_shapes(config))
+    problem = weights_problem(path, decoder_state_shapes(config))
     if problem is not None:
         raise RefusedVersion(problem)
     with np.load(path, allow_pickle=False) as weights:

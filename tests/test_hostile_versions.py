@@ -254,3 +254,20 @@ def test_code_is_accepted_only_byte_for_byte_as_installed_or_as_a_listed_release
             tmp_path, files + ["code/vae_core/helper.py"])
     finally:
         artifacts.known_code.cache_clear()
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"hidden_sizes": [32, 16], "latent_dim": 5, "num_classes": 3, "class_prior": [0.3, 0.3, 0.4], "prior_flow_layers": 3,
+     "prior_flow_hidden": 7},
+    {"architecture": "conv", "conv_channels": [8, 16], "hidden_sizes": [20], "input_shape": [3, 28, 28],
+     "prior_flow_layers": 2, "num_classes": 3, "class_prior": [0.3, 0.3, 0.4]},
+    {"architecture": "conv", "conv_channels": [4], "hidden_sizes": [], "input_shape": [9, 7]},
+], ids=["mlp", "mlp-conditional-flow", "conv-conditional-flow", "conv-odd-sides"])
+def test_the_shapes_checked_before_loading_are_the_real_modules(fields):
+    from vae_core.config import VAEConfig, decoder_state_shapes
+    from vae_core.model import Decoder
+
+    config = VAEConfig.from_dict(fields)
+    real = {key: tuple(value.shape) for key, value in Decoder(config).state_dict().items()}
+    assert decoder_state_shapes(config) == real

@@ -171,6 +171,37 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
                          f"got {_short(value)}")
 
 
+def _mlp_shapes(prefix: str, sizes: list[int]) -> dict[str, tuple[int, ...]]:
+    """vae_core.model._mlp's parameters: Linear layers at even indices (a ReLU between each two)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"{prefix}{2 * index}.weight"], shapes[f"{prefix}{2 * index}.bias"] = (size_out, size_in), (size_out,)
+    return shapes
+
+
+def decoder_state_shapes(config: VAEConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of `Decoder(config).state_dict()`, computed without torch or any allocation, so that a registered
+    config is checked against its weights before a module exists (registry.artifacts; tests/test_hostile_versions.py
+    compares this with the real module for every architecture)."""
+    conditioned = config.latent_dim + config.num_classes
+    if config.architecture == "conv":
+        (small_height, small_width), channels = config.conv_sides[-1], [config.image_channels, *config.conv_channels]
+        shapes = _mlp_shapes("net.fc.0.", [conditioned, *config.hidden_sizes, channels[-1] * small_height * small_width])
+        for position, index in enumerate(range(len(config.conv_channels), 0, -1)):
+            layer = f"net.up.{2 * position}."  # transposed convolutions with a ReLU between each two
+            shapes[layer + "weight"] = (channels[index], channels[index - 1], CONV_KERNEL, CONV_KERNEL)
+            shapes[layer + "bias"] = (channels[index - 1],)
+    else:
+        shapes = _mlp_shapes("net.", [conditioned, *config.hidden_sizes, config.input_dim])
+    if config.prior_flow_layers:
+        shapes["prior_flow.shift"] = shapes["prior_flow.log_scale"] = (config.latent_dim,)
+        hidden = config.prior_flow_hidden
+        for layer in range(config.prior_flow_layers):
+            sizes = [conditioned, hidden, hidden, 2 * config.latent_dim]
+            shapes.update(_mlp_shapes(f"prior_flow.couplings.{layer}.net.", sizes))
+    return shapes
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50  # digits (1,437 train images) still improve past 30 epochs; 50 take ~3 s on 2 cores

@@ -201,14 +201,6 @@ class Decoder(nn.Module):
         return self.logits(z, labels).sigmoid_().view(-1, *self.config.input_shape)
 
 
-def parameter_shapes(config: VAEConfig) -> dict[str, tuple[int, ...]]:
-    """The decoder's state dict as shapes, from the config alone: built on PyTorch's meta device, which
-    allocates no storage, so a registered config can be checked against its weights before anything exists."""
-    with torch.device("meta"):
-        decoder = Decoder(config)
-    return {key: tuple(value.shape) for key, value in decoder.state_dict().items()}
-
-
 class VAE(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
