@@ -173,6 +173,12 @@ def test_copied_evidence_tags_are_not_evidence(untrained_version, tmp_path):
     result = invoke("promote", f"{MODEL}/{version}", "--alias", "held", "--reason", "copied tags")
     assert result.exit_code == 1
     assert f"no held-out -ELBO sealed by vaegen for v{version}'s artifacts" in result.stdout, result.stdout
+    # A report seals its own figures, and carries over only what was validly sealed before: never the copied ELBO.
+    models.record_quality(copied, {"precision": 0.9})
+    models.record_quality(models.load_decoder(models.resolve(f"{MODEL}/1")), {"precision": 0.8})
+    assert models.load_decoder(models.resolve(f"{MODEL}/{version}")).evidence == {"quality.precision": "0.9"}
+    assert models.load_decoder(models.resolve(f"{MODEL}/1")).evidence == {
+        "val_neg_elbo": "40.000000", "quality.precision": "0.8"}
 
 
 def test_the_seal_binds_artifacts_values_and_key(monkeypatch):
