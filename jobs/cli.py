@@ -251,7 +251,11 @@ def list_models(name) -> None:
     click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'shape':<7} {'z':>3}  {'kind':<24} "
                f"{'data':<20} architecture; training")
     for summary in summaries:
-        facts = {**descriptions.model_facts(json.loads(summary.tags.get("config", "{}")), {}), **summary.tags}
+        try:
+            config = json.loads(summary.tags.get("config", "{}"))
+            facts = {**descriptions.model_facts(config if isinstance(config, dict) else {}, {}), **summary.tags}
+        except (ValueError, TypeError, AttributeError):  # a hand-edited config tag: the listing goes on
+            facts = {**descriptions.model_facts({}, {}), **summary.tags}
         kind = facts["conditioning"].replace("class-conditional", "conditional")
         click.echo(
             f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
@@ -259,6 +263,9 @@ def list_models(name) -> None:
             f"{kind:<24} "
             f"{summary.tags.get('data_source', '-'):<20} {facts['architecture']}; {facts['training_budget']}"
         )
+        refusal = models.version_refusal(models.PinnedModel(summary.name, summary.version, summary.run_id, "", ""))
+        if refusal is not None:
+            click.echo(f"{'':<24} {'':>7}  REFUSED: not vaegen's own model code ({refusal}); never loaded or promoted")
     for model_name, alias, events in models.alias_histories(name):
         click.echo(f"\nhistory of {model_name}@{alias}:")
         for event in events:
@@ -468,14 +475,19 @@ def inspect_command(dataset, deep) -> None:
 
     report = inspect(dataset, deep=deep)
     record = report.manifest
-    model = record["model"]
+    model, labels, lineage = record["model"], record.get("labels") or {}, record["lineage"]
+    field = lambda mapping, key: str(mapping.get(key, "?"))[:200]  # noqa: E731 - a hand-edited manifest may lack any
     click.echo(f"dataset: {record['dataset_id']} at {report.location}")
-    click.echo(f"model: {model['name']}/{model['version']} (resolved from {model['resolved_from']}), run {model['run_id']}")
+    click.echo(f"model: {model['name']}/{model['version']} (resolved from {field(model, 'resolved_from')}), "
+               f"run {model['run_id']}")
     click.echo(f"rows: {record['n']:,} in {len(record['files'])} files, {record['total_bytes'] / 1e6:,.1f} MB, "
-               f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} ({record['seed_scheme']})")
-    if record["labels"]:
-        click.echo(f"labels: {record['labels']['policy']} over {record['labels']['classes']}, counts {record['labels']['counts']}")
-    click.echo(f"lineage: MLflow run {record['lineage']['run_id']} at {redact_uri(record['lineage']['tracking_uri'] or 'a redacted tracking URI')}")
+               f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} "
+               f"({field(record, 'seed_scheme')})")
+    if labels:
+        click.echo(f"labels: {field(labels, 'policy')} over {field(labels, 'classes')}, "
+                   f"counts {field(labels, 'counts')}")
+    click.echo(f"lineage: MLflow run {field(lineage, 'run_id')} at "
+               f"{redact_uri(str(lineage.get('tracking_uri') or 'a redacted tracking URI'))}")
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}")
     if not report.ok:

@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import secrets
 import threading
@@ -28,7 +29,7 @@ from typing import Any, Callable
 from jobs.generate import locks
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.manifest import MANIFEST, utc_now
-from jobs.generate.storage import Storage, storage_from_env
+from jobs.generate.storage import MAX_LOCK_BYTES, Storage, check_name, parse_lock, storage_from_env
 from jobs.prune import LATEST, prune
 from registry import holders, lineage, models, tracking
 from vae_core.errors import UsageError, VaegenError
@@ -138,11 +139,11 @@ class RefreshLock:
         """The lock's record, with its mtime as `heartbeat_at`; {} if absent or unreadable."""
         try:
             raw, self._tag = locks.read_versioned(self.storage, LOCK)
-            record = json.loads(raw if raw is not None else b"{}")
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
-        except (OSError, ValueError, VaegenError):  # gone meanwhile, half-written, or not a regular file
+        except (OSError, VaegenError):  # gone meanwhile, or not a regular file
             return {}
-        if not isinstance(record, dict):
+        record = parse_lock(raw) if raw is not None and (info.size or 0) <= MAX_LOCK_BYTES else {}
+        if not record:  # absent, half-written, oversized or not a record of short fields
             return {}
         if info.mtime is not None:
             record["heartbeat_at"] = info.mtime.timestamp()
@@ -154,7 +155,7 @@ class RefreshLock:
         if dead is not None:
             return dead
         last_s = held.get("heartbeat_at", held.get("acquired_at"))
-        if last_s is None:  # unreadable: judge by the file's age alone
+        if not isinstance(last_s, (int, float)) or not math.isfinite(last_s):  # unreadable: judge by the file's age alone
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
             last_s = info.mtime.timestamp() if info.mtime is not None else 0.0
         if time.time() - last_s > self.timeout_s:
@@ -170,8 +171,8 @@ class RefreshLock:
         except FileNotFoundError:
             return True  # another taker moved it: try to create ours
         try:
-            moved = json.loads(self.storage.read_bytes(aside_name))
-        except (OSError, ValueError, VaegenError):
+            moved = parse_lock(self.storage.read_bytes(aside_name))
+        except (OSError, VaegenError):
             moved = {}
         if moved.get("owner") != stale.get("owner"):  # a fresh lock, taken meanwhile: put it back
             with contextlib.suppress(FileExistsError):
@@ -206,7 +207,8 @@ def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any]) -> di
 def latest_dataset(storage: Storage) -> str | None:
     """The id `latest` names; None if there is no pointer or it cannot be read (it is rewritten then)."""
     try:
-        return (storage.read_json(LATEST) or {}).get("dataset_id")
+        dataset_id = (storage.read_json(LATEST) or {}).get("dataset_id")
+        return check_name(dataset_id) if isinstance(dataset_id, str) else None
     except (OSError, ValueError, AttributeError, VaegenError):
         return None
 

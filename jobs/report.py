@@ -172,7 +172,7 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
     json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
     run_id = loaded.pinned.run_id
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
-    models.record_quality(loaded.pinned, headline(metrics))
+    models.record_quality(loaded, headline(metrics))
     return ReportResult(metrics, json_path, png_path, run_id)
 
 

@@ -18,7 +18,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 import vae_core
-from registry import descriptions, filters, lineage
+from registry import artifacts, descriptions, evidence, filters, lineage
 from registry.redaction import redact_uri
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
@@ -63,6 +63,12 @@ class LoadedDecoder:
     config: VAEConfig
     state: dict[str, np.ndarray]
     tags: dict[str, str]
+    artifacts_sha256: str = ""  # of config.json and weights.npz: what the evidence seal is bound to
+
+    @property
+    def evidence(self) -> dict[str, str]:
+        """The gate evidence tags vaegen sealed for these very artifacts; copied or edited ones are left out."""
+        return evidence.sealed_evidence(self.artifacts_sha256, self.tags)
 
     def build(self, device: str = "cpu") -> Decoder:
         import torch
@@ -148,6 +154,7 @@ class TrainingRun:
             state = {key: value.detach().cpu().numpy() for key, value in result.model.decoder.state_dict().items()}
             np.savez(weights_path, **state)
             config_path.write_text(config.to_json())
+            artifacts_sha256 = evidence.artifacts_digest(config_path, weights_path)
             info = self._log_pyfunc(config, weights_path, config_path, model_name)
         # After the model exists, so the logged model's page shows them against the training data.
         lineage.log_linked_metrics(self.run_id, {"val_neg_elbo": result.val_neg_elbo, "train_seconds": result.seconds,
@@ -162,6 +169,7 @@ class TrainingRun:
             "train_size": str(result.train_size),
             **data_tags,
         }
+        tags[evidence.SEAL_TAG] = evidence.seal(artifacts_sha256, tags)
         pinned = PinnedModel(model_name, version, self.run_id, client().get_model_version(model_name, str(version)).source,
                              resolved_from=f"{model_name}/{version}")
         set_version_tags(pinned, tags)
@@ -180,10 +188,17 @@ def describe_version(name: str, version: int) -> None:
     mlflow_client.update_model_version(name, str(version), descriptions.replace_generated(model_version.description, body))
 
 
-def record_quality(pinned: PinnedModel, figures: dict[str, float]) -> None:
+def record_quality(loaded: LoadedDecoder, figures: dict[str, float]) -> None:
     """A model report's headline figures: version tags (promotion gate 3 reads them), metrics of the
-    training run that also name the logged model (sortable and comparable in the UI), the description."""
-    set_version_tags(pinned, {f"quality.{key}": f"{value:.6g}" for key, value in figures.items()})
+    training run that also name the logged model (sortable and comparable in the UI), the description.
+    The seal is renewed over the new figures and whatever evidence was validly sealed before, nothing else."""
+    pinned = loaded.pinned
+    quality = {f"quality.{key}": f"{value:.6g}" for key, value in figures.items()}
+    current = {key.removeprefix(TAG_PREFIX): value
+               for key, value in client().get_model_version(pinned.name, str(pinned.version)).tags.items()}
+    kept = {key: value for key, value in evidence.sealed_evidence(loaded.artifacts_sha256, current).items()
+            if not key.startswith("quality.")}
+    set_version_tags(pinned, {**quality, evidence.SEAL_TAG: evidence.seal(loaded.artifacts_sha256, {**kept, **quality})})
     model_id = lineage.logged_model_id(client().get_model_version(pinned.name, str(pinned.version)))
     lineage.log_linked_metrics(pinned.run_id, {f"quality.{key}": value for key, value in figures.items()}, model_id)
     describe_version(pinned.name, pinned.version)
@@ -262,24 +277,50 @@ def _check_model_exists(mlflow_client: mlflow.MlflowClient, name: str) -> None:
 
 
 def version_config(pinned: PinnedModel) -> VAEConfig:
-    """The config that rebuilds a version, from its tag (no download); else from its artifacts."""
+    """The config that plans a dataset, from its tag (no download); else from its artifacts. Bounded by
+    VAEConfig's caps either way; the config that builds the decoder is always the artifact (load_decoder)."""
     tag = client().get_model_version(pinned.name, str(pinned.version)).tags.get(TAG_PREFIX + "config")
-    return VAEConfig.from_dict(json.loads(tag)) if tag else load_decoder(pinned).config
+    if not tag:
+        return load_decoder(pinned).config
+    try:
+        return VAEConfig.from_dict(json.loads(tag))
+    except (ValueError, RecursionError, UsageError) as error:
+        raise artifacts.RefusedVersion(f"{pinned.name}/{pinned.version} is refused: its {TAG_PREFIX}config tag: "
+                                       f"{' '.join(str(error).split())[:200]}") from None
+
+
+def version_refusal(pinned: PinnedModel) -> str | None:
+    """Why vaegen refuses to load this version (foreign code, pickle), or None; downloads it."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder))
+        except (MlflowException, OSError) as error:  # refused, not listed as fine: nothing unverified ever loads
+            return f"its artifacts cannot be downloaded ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
+        return artifacts.unsafe_reason(local)
 
 
 def load_decoder(pinned: PinnedModel) -> LoadedDecoder:
-    """Read config.json and weights.npz of a pinned version; never executes code from the registry."""
+    """Read config.json and weights.npz of a pinned version, after checking that its code is vaegen's own and
+    that its weights are exactly what its config implies (registry.artifacts); never executes registry code."""
     with tempfile.TemporaryDirectory() as folder:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder))
-        config = VAEConfig.from_dict(json.loads((local / "artifacts" / "config.json").read_text()))
-        with np.load(local / "artifacts" / "weights.npz", allow_pickle=False) as weights:
-            state = {key: weights[key].copy() for key in weights.files}
+        config_path, weights_path = (local / path for path in artifacts.WEIGHT_ARTIFACTS.values())
+        try:
+            reason = artifacts.unsafe_reason(local)
+            if reason is not None:
+                raise artifacts.RefusedVersion(f"{reason} (only vaegen's own pickle-free code is ever loaded)")
+            config = artifacts.read_config(config_path)
+            state = artifacts.read_weights(weights_path, config)
+        except artifacts.RefusedVersion as error:
+            raise artifacts.RefusedVersion(f"{pinned.name}/{pinned.version} is refused: {error}; "
+                                           "register it with `vaegen train`") from None
+        artifacts_sha256 = evidence.artifacts_digest(config_path, weights_path)
     tags = {
         key.removeprefix(TAG_PREFIX): value
         for key, value in client().get_model_version(pinned.name, str(pinned.version)).tags.items()
         if key.startswith(TAG_PREFIX)
     }
-    return LoadedDecoder(pinned, config, state, tags)
+    return LoadedDecoder(pinned, config, state, tags, artifacts_sha256)
 
 
 @dataclasses.dataclass(frozen=True)

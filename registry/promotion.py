@@ -19,7 +19,6 @@ import socket
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
@@ -27,7 +26,8 @@ from mlflow.exceptions import MlflowException
 
 from registry import descriptions, holders
 from registry.models import (LOCK_MARK, MODEL_ARTIFACT, TAG_PREFIX, LoadedDecoder, PinnedModel, client, describe_version,
-                             load_decoder, resolve)
+                             load_decoder, resolve, version_refusal)
+from registry.artifacts import RefusedVersion
 from registry.redaction import redact_uri
 from vae_core.errors import UsageError, VaegenError
 
@@ -206,72 +206,14 @@ def describe_history(name: str) -> None:
     client().update_registered_model(name, descriptions.replace_generated(model.description, body))
 
 
-# What vaegen's pickle-free models-from-code pyfunc consists of (registry.models.TrainingRun._log_pyfunc).
-# Everything else is refused: MLflow 3.17 unpickles a `python_model` (cloudpickle) by default, and
-# other flavors' loaders (pytorch, sklearn, ...) unpickle their data files.
-ENV_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
-             "serving_input_example.json", "registered_model_meta", "uv.lock", "pyproject.toml", ".python-version"}
-WEIGHT_ARTIFACTS = {"config": "artifacts/config.json", "weights": "artifacts/weights.npz"}
-CODE_LOADERS = ("mlflow.pyfunc.loaders.code_model", "mlflow.pyfunc.model")
-CODE_DIR = "code"
-
-
 def gate_artifacts(pinned: PinnedModel) -> GateResult:
-    """Gate 0, safety: the version is vaegen's models-from-code pyfunc and nothing else, so that neither
-    vaegen nor a generic `mlflow.pyfunc.load_model` of the alias can be made to unpickle anything."""
-    with tempfile.TemporaryDirectory() as folder:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder))
-        files = sorted(str(path.relative_to(local)) for path in local.rglob("*") if not path.is_dir())
-        reason = _unsafe_mlmodel(local / "MLmodel")
-        if reason is None:
-            flavor = _pyfunc_flavor(local / "MLmodel")
-            code_file = Path(flavor["model_code_path"]).name
-            allowed = ENV_FILES | set(WEIGHT_ARTIFACTS.values()) | {code_file}
-            unexpected = [name for name in files if name not in allowed
-                          and not (name.startswith(CODE_DIR + "/") and name.endswith(".py"))]
-            if unexpected:
-                reason = f"unexpected artifact(s) {', '.join(unexpected[:5])}: only weights.npz, config.json and code are allowed"
+    """Gate 0, safety: the version is vaegen's models-from-code pyfunc and nothing else, its code byte-identical to
+    vaegen's own (registry.artifacts), so that neither vaegen nor a generic `mlflow.pyfunc.load_model` of the alias
+    can be made to unpickle or run anything else. Never forceable."""
+    reason = version_refusal(pinned)
     if reason is not None:
-        return GateResult("safe_artifacts", False, f"refused: {reason} (loading it could run pickled code)")
-    return GateResult("safe_artifacts", True, "pickle-free: models-from-code pyfunc, weights.npz + config.json, .py code only")
-
-
-def _pyfunc_flavor(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text())["flavors"]["python_function"]
-
-
-def _unsafe_mlmodel(path: Path) -> str | None:
-    """Why an MLmodel file could make MLflow unpickle, or None if it is vaegen's models-from-code pyfunc."""
-    import yaml
-
-    if not path.is_file():
-        return "no MLmodel file"
-    try:
-        model = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        return f"MLmodel is not plain YAML ({type(error).__name__})"
-    flavors = model.get("flavors") if isinstance(model, dict) else None
-    if not isinstance(flavors, dict) or set(flavors) != {"python_function"}:
-        return f"flavors {sorted(flavors) if isinstance(flavors, dict) else flavors}, not only python_function"
-    flavor = flavors["python_function"]
-    if not isinstance(flavor, dict):
-        return "python_function flavor is not a mapping"
-    if flavor.get("loader_module") not in CODE_LOADERS:
-        return f"pyfunc loader {flavor.get('loader_module')!r}, not models-from-code"
-    if "python_model" in flavor or "model_code_path" not in flavor:
-        return f"pyfunc python_model {flavor.get('python_model')!r} is a cloudpickle file, not code"
-    if not str(flavor["model_code_path"]).endswith(".py"):
-        return f"model code {flavor['model_code_path']!r} is not a .py file"
-    if "data" in flavor or "compression" in flavor:
-        return "pyfunc flavor carries serialized data"
-    artifacts = {name: (info or {}).get("path") for name, info in (flavor.get("artifacts") or {}).items()}
-    if artifacts != WEIGHT_ARTIFACTS:
-        return f"pyfunc artifacts {artifacts}, not exactly {WEIGHT_ARTIFACTS}"
-    if flavor.get("code") not in (None, CODE_DIR):
-        return f"code folder {flavor.get('code')!r}, not {CODE_DIR!r}"
-    return None
+        return GateResult("safe_artifacts", False, f"refused: {reason} (loading it could run code that is not vaegen's)")
+    return GateResult("safe_artifacts", True, "vaegen's own code, byte for byte; weights.npz + config.json; no pickle")
 
 
 def gate_loads(candidate: LoadedDecoder, probe_rows: int) -> GateResult:
@@ -320,13 +262,23 @@ def gate_elbo(candidate: LoadedDecoder, holder: LoadedDecoder | None, tolerance_
     """Gate 2: held-out -ELBO not worse than the holder's by more than the tolerance, on the same data and split."""
     if holder is None:
         return GateResult("held_out_elbo", True, "no current holder to compare with")
+    unsealed = [f"v{loaded.pinned.version}" for loaded in (candidate, holder) if "val_neg_elbo" not in loaded.evidence]
+    if unsealed:
+        return GateResult("held_out_elbo", False,
+                          f"cannot compare with {holder.pinned.name}/{holder.pinned.version}: no held-out -ELBO sealed by "
+                          f"vaegen for {' and '.join(unsealed)}'s artifacts (copied, edited or hand-registered tags are "
+                          "not evidence; use --force to promote anyway)", forceable=True)
+    ours_tags, theirs_tags = candidate.evidence, holder.evidence
     keys = ("data_sha256", "holdout_fraction")
-    mismatched = [key for key in keys if candidate.tags.get(key) != holder.tags.get(key)]
-    if mismatched or "val_neg_elbo" not in candidate.tags or "val_neg_elbo" not in holder.tags:
+    mismatched = [key for key in keys if ours_tags.get(key) != theirs_tags.get(key)]
+    if mismatched:
         return GateResult("held_out_elbo", False,
                           f"cannot compare with {holder.pinned.name}/{holder.pinned.version}: different "
-                          f"{', '.join(mismatched) or 'metrics'} (use --force to promote anyway)", forceable=True)
-    ours, theirs = float(candidate.tags["val_neg_elbo"]), float(holder.tags["val_neg_elbo"])
+                          f"{', '.join(mismatched)} (use --force to promote anyway)", forceable=True)
+    try:
+        ours, theirs = float(ours_tags["val_neg_elbo"]), float(theirs_tags["val_neg_elbo"])
+    except ValueError:
+        return GateResult("held_out_elbo", False, "a held-out -ELBO tag is not a number")
     passed = ours <= theirs + tolerance_nats
     return GateResult("held_out_elbo", passed,
                       f"{ours:.3f} vs {theirs:.3f} nats (v{holder.pinned.version}), tolerance {tolerance_nats:g}")
@@ -350,10 +302,16 @@ class QualityThresholds:
 
 def gate_quality(candidate: LoadedDecoder, thresholds: QualityThresholds) -> GateResult:
     """Gate 3: the quality report's metrics, as stored on the version by `vaegen report` / `vaegen train`."""
-    metrics = {key.removeprefix("quality."): float(value) for key, value in candidate.tags.items() if key.startswith("quality.")}
     rerun = f"`vaegen report --model {candidate.pinned.name}/{candidate.pinned.version}`"
+    try:
+        metrics = {key.removeprefix("quality."): float(value) for key, value in candidate.evidence.items()
+                   if key.startswith("quality.")}
+    except ValueError:
+        return GateResult("quality", False, f"a quality tag of v{candidate.pinned.version} is not a number; run {rerun}")
     if not metrics:
-        return GateResult("quality", False, f"cannot compare: no quality report on v{candidate.pinned.version}; run {rerun}",
+        unsealed = any(key.startswith("quality.") for key in candidate.tags)
+        why = "its quality tags are not sealed by vaegen for its artifacts" if unsealed else "no quality report"
+        return GateResult("quality", False, f"cannot compare: {why} on v{candidate.pinned.version}; run {rerun}",
                           forceable=True)
     if "class_coverage" not in metrics:
         # Reports before class_coverage stored the class share as quality.coverage, the name k-NN coverage has now:
@@ -393,17 +351,24 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
         safety = gate_artifacts(pinned)
         if not safety.passed:  # nothing else is looked at, and --force does not apply
             return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, [safety], False)
-        candidate = load_decoder(pinned)
-        holder = load_decoder(holder_pin) if holder_pin is not None else None
+        previous = None if holder_pin is None else holder_pin.version
+        try:  # sizes before allocations: a config or weights.npz that does not add up stops here
+            candidate = load_decoder(pinned)
+        except RefusedVersion as error:
+            return PromotionResult(pinned, config.alias, previous, [safety, GateResult("loads", False, str(error))], False)
+        try:
+            holder = load_decoder(holder_pin) if holder_pin is not None else None
+            elbo = gate_elbo(candidate, holder, config.elbo_tolerance_nats)
+        except RefusedVersion as error:
+            holder = None
+            elbo = GateResult("held_out_elbo", False, f"cannot compare with the holder: {error}", forceable=True)
         gates = [safety, gate_loads(candidate, config.probe_rows),
-                 gate_schema(candidate, holder, config.alias, config.allow_schema_change),
-                 gate_elbo(candidate, holder, config.elbo_tolerance_nats)]
+                 gate_schema(candidate, holder, config.alias, config.allow_schema_change), elbo]
         if config.quality is not None:
             gates.append(gate_quality(candidate, config.quality))
         blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.forceable)]
         if blocking:
-            return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False)
-        previous = None if holder_pin is None else holder_pin.version
+            return PromotionResult(pinned, config.alias, previous, gates, False)
         lock.confirm()
         client().set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
         record = {"action": "promote", "alias": config.alias, "version": pinned.version, "previous_version": previous,

@@ -22,7 +22,7 @@ from jobs import report as reports
 from jobs.generate import manifest
 from jobs.generate.spec import part_name
 from jobs.train import TrainJobConfig, TrainJobResult, run
-from registry import models, promotion
+from registry import evidence, models, promotion
 from registry.models import TrainingRun
 from vae_core import seeds
 from vae_core.config import VAEConfig
@@ -154,6 +154,7 @@ def test_a_report_from_before_class_coverage_is_refused_by_the_gate_not_reread(t
     older_tags = {key: value for key, value in loaded.tags.items()
                   if key.startswith("quality.") and key not in ("quality.class_coverage", "quality.coverage")}
     older_tags["quality.coverage"] = "1.0"  # what an older report stored there: the class share
+    older_tags[evidence.SEAL_TAG] = evidence.seal(loaded.artifacts_sha256, older_tags)  # as vaegen sealed that report
     gate = promotion.gate_quality(dataclasses.replace(loaded, tags=older_tags), promotion.QualityThresholds())
     assert not gate.passed
     assert gate.detail.startswith("cannot compare") and "predates class_coverage" in gate.detail

@@ -26,6 +26,17 @@ RECIPES: dict[str, dict] = {
 }
 
 
+# Caps on what a config may ask for (README "Limits"): a config.json arrives from the registry, where anyone with
+# write access can put one, so every size it implies is bounded before any tensor or module is built from it.
+MAX_LATENT_DIM = 4_096
+MAX_HIDDEN_LAYERS, MAX_HIDDEN_SIZE = 16, 16_384
+MAX_CONV_LAYERS, MAX_CONV_CHANNELS = 8, 4_096
+MAX_FLOW_LAYERS, MAX_FLOW_HIDDEN = 64, 8_192
+MAX_CLASSES = 32_768  # a dataset's label column is int16
+MAX_INPUT_RANK, MAX_INPUT_VALUES = 4, 1 << 24  # a sample: at most 4 axes and 16,777,216 values (a 4096x4096 image)
+MAX_PARAMETERS = 250_000_000  # 1 GB of float32 decoder weights
+
+
 def conv_side(side: int) -> int:
     """A side after one conv layer: floor((side + 2 * padding - kernel) / stride) + 1 = floor(side / 2)."""
     return (side + 2 * CONV_PADDING - CONV_KERNEL) // CONV_STRIDE + 1
@@ -46,6 +57,7 @@ class VAEConfig:
     prior_flow_hidden: int = 256  # width of each coupling's two hidden layers
 
     def __post_init__(self) -> None:
+        self._check_types_and_caps()
         if self.architecture not in ARCHITECTURES:
             raise UsageError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if self.prior_flow_layers < 0 or self.prior_flow_hidden < 1:
@@ -92,6 +104,30 @@ class VAEConfig:
             sides.append((conv_side(height), conv_side(width)))
         return sides  # type: ignore[return-value]
 
+    def _check_types_and_caps(self) -> None:
+        """Every field of the right JSON type and within the caps, before any other check computes with it."""
+        integers = {"latent_dim": (1, MAX_LATENT_DIM), "num_classes": (0, MAX_CLASSES),
+                    "prior_flow_layers": (0, MAX_FLOW_LAYERS), "prior_flow_hidden": (1, MAX_FLOW_HIDDEN)}
+        lists = {"input_shape": (MAX_INPUT_RANK, MAX_INPUT_VALUES), "hidden_sizes": (MAX_HIDDEN_LAYERS, MAX_HIDDEN_SIZE),
+                 "conv_channels": (MAX_CONV_LAYERS, MAX_CONV_CHANNELS)}
+        for name, (low, high) in integers.items():
+            _check_int(name, getattr(self, name), low, high)
+        for name, (most_entries, high) in lists.items():
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) > most_entries:
+                raise UsageError(f"{name} must be a list of at most {most_entries} integers, got {_short(values)}")
+            for value in values:
+                _check_int(f"each of {name}", value, 1, high)
+        if math.prod(self.input_shape) > MAX_INPUT_VALUES:
+            raise UsageError(f"input_shape {self.input_shape} has {math.prod(self.input_shape):,} values per sample, "
+                             f"more than the {MAX_INPUT_VALUES:,} vaegen allows")
+        if not isinstance(self.class_prior, tuple) or len(self.class_prior) > MAX_CLASSES or not all(
+                isinstance(value, (int, float)) and not isinstance(value, bool) for value in self.class_prior):
+            raise UsageError(f"class_prior must be a list of at most {MAX_CLASSES:,} numbers, got {_short(self.class_prior)}")
+        for name in ("architecture", "pixel_semantics"):
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name} must be a string, got {_short(getattr(self, name))}")
+
     def _check_conv(self) -> None:
         if len(self.input_shape) not in (2, 3):
             raise UsageError(f"architecture conv needs images of shape (H, W) or (C, H, W), got {self.input_shape}; "
@@ -114,12 +150,56 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VAEConfig":
+        if not isinstance(data, dict):
+            raise UsageError(f"a VAEConfig must be a JSON object, got {_short(data)}")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"unknown VAEConfig fields {unknown}; this vaegen knows {sorted(known)}")
         tuples = {"input_shape", "hidden_sizes", "class_prior", "conv_channels"}
-        return cls(**{key: tuple(value) if key in tuples else value for key, value in data.items()})
+        return cls(**{key: tuple(value) if key in tuples and isinstance(value, list) else value for key, value in data.items()})
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise UsageError(f"{name} must be an integer in [{low}, {high:,}] (vaegen's cap, README \"Limits\"), "
+                         f"got {_short(value)}")
+
+
+def _mlp_shapes(prefix: str, sizes: list[int]) -> dict[str, tuple[int, ...]]:
+    """vae_core.model._mlp's parameters: Linear layers at even indices (a ReLU between each two)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"{prefix}{2 * index}.weight"], shapes[f"{prefix}{2 * index}.bias"] = (size_out, size_in), (size_out,)
+    return shapes
+
+
+def decoder_state_shapes(config: VAEConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of `Decoder(config).state_dict()`, computed without torch or any allocation, so that a registered
+    config is checked against its weights before a module exists (registry.artifacts; tests/test_hostile_versions.py
+    compares this with the real module for every architecture)."""
+    conditioned = config.latent_dim + config.num_classes
+    if config.architecture == "conv":
+        (small_height, small_width), channels = config.conv_sides[-1], [config.image_channels, *config.conv_channels]
+        shapes = _mlp_shapes("net.fc.0.", [conditioned, *config.hidden_sizes, channels[-1] * small_height * small_width])
+        for position, index in enumerate(range(len(config.conv_channels), 0, -1)):
+            layer = f"net.up.{2 * position}."  # transposed convolutions with a ReLU between each two
+            shapes[layer + "weight"] = (channels[index], channels[index - 1], CONV_KERNEL, CONV_KERNEL)
+            shapes[layer + "bias"] = (channels[index - 1],)
+    else:
+        shapes = _mlp_shapes("net.", [conditioned, *config.hidden_sizes, config.input_dim])
+    if config.prior_flow_layers:
+        shapes["prior_flow.shift"] = shapes["prior_flow.log_scale"] = (config.latent_dim,)
+        hidden = config.prior_flow_hidden
+        for layer in range(config.prior_flow_layers):
+            sizes = [conditioned, hidden, hidden, 2 * config.latent_dim]
+            shapes.update(_mlp_shapes(f"prior_flow.couplings.{layer}.net.", sizes))
+    return shapes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,6 @@ footer once, and imports neither torch nor MLflow; only `deep` does.
 from __future__ import annotations
 
 import dataclasses
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,7 +23,7 @@ import pyarrow.parquet as pq
 
 from jobs.generate.card import CARD, HF_YAML
 from jobs.generate.croissant import CROISSANT
-from jobs.generate.manifest import MANIFEST, PROGRESS
+from jobs.generate.manifest import MANIFEST, PROGRESS, bound_problems
 from jobs.generate.recipe import is_recipe, recipe_problems
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage, split_location
@@ -127,6 +126,9 @@ def structure_problems(record: dict[str, Any]) -> list[str]:
                  for key, kind in MODEL_FIELDS.items() if not isinstance(record["model"].get(key), kind)]
     if problems:
         return problems
+    problems = bound_problems(record)
+    if problems:
+        return problems
     for index, entry in enumerate(record["files"]):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(key), kind) for key, kind in FILE_FIELDS.items()):
             return [f"files[{index}] lacks one of {', '.join(FILE_FIELDS)}"]
@@ -151,12 +153,10 @@ def manifest_problems(record: dict[str, Any]) -> list[str]:
         problems += [f"manifest: {key} = {record[key]!r} but its spec says {value!r}"
                      for key, value in top_level.items() if record[key] != value]
     n, rows_per_shard = record["n"], record["rows_per_shard"]
-    if n < 1 or rows_per_shard < 1:
-        return problems + [f"manifest: n = {n} and rows_per_shard = {rows_per_shard} must be positive"]
     listed_rows = sum(entry["rows"] for entry in files)
     if listed_rows != n:
         problems.append(f"manifest: n = {n:,} but its files hold {listed_rows:,} rows")
-    expected = [part_name(shard) for shard in range(math.ceil(n / rows_per_shard))]
+    expected = [part_name(shard) for shard in range(-(-n // rows_per_shard))]
     names = [entry["name"] for entry in files]
     if names != expected:
         absent = sorted(set(expected) - set(names))
@@ -263,7 +263,8 @@ def spec_of(record: dict) -> DatasetSpec:
     fields = {field.name for field in dataclasses.fields(DatasetSpec)}
     values = {key: value for key, value in record["spec"].items() if key in fields}
     for key in ("sample_shape", "label_classes", "class_prior"):
-        values[key] = tuple(values.get(key, ()))
+        value = values.get(key, ())
+        values[key] = tuple(value) if isinstance(value, list) else value
     return DatasetSpec(**values)
 
 

@@ -26,7 +26,7 @@ from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, split_location, storage_from_env
 from jobs.progress import Progress
 from vae_core import sampling
-from vae_core.errors import BrokenVersion, UsageError
+from vae_core.errors import BrokenVersion, UsageError, VaegenError
 from vae_core.seeds import row_seeds
 
 if TYPE_CHECKING:  # mlflow is imported on the registry thread, never at import time
@@ -129,8 +129,9 @@ def _resolve(config: GenerateConfig, storage: Storage, resume_id: str | None,
         record = storage.read_json(resume_id, manifest.PROGRESS) or storage.read_json(resume_id, manifest.MANIFEST)
         if record is None:
             raise UsageError(f"--resume {config.resume}: no dataset in progress at {storage.location(resume_id)}")
-        if record["format"] != FORMAT:
-            raise UsageError(f"--resume {config.resume}: started by another vaegen version (format {record['format']}, "
+        if record.get("format") != FORMAT:
+            raise UsageError(f"--resume {config.resume}: started by another vaegen version "
+                             f"(format {str(record.get('format'))[:40]}, "
                              f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume")
         spec = spec_from_record(record, resume_id)  # refused unless it names exactly this folder and its model
         pinned, seed_was_random = models.PinnedModel(**record["model"]), False
@@ -167,13 +168,13 @@ def _plan(config: GenerateConfig, storage: Storage, resolving: Future, guard: co
         manifest.check_provenance(committed, config.redact_provenance, storage.location(dataset_id))
         return Plan(pinned, spec, seed_was_random, committed, fresh=False)
     in_progress = storage.read_json(dataset_id, manifest.PROGRESS)
-    if in_progress is not None and in_progress["spec_fingerprint"] != spec.fingerprint():
+    if in_progress is not None and in_progress.get("spec_fingerprint") != spec.fingerprint():
         raise UsageError(
             f"an unfinished dataset with other options is at {storage.location(dataset_id)}; "
             f"rerun with its options (`--resume {dataset_id}`) or pass --overwrite"
         )
     if in_progress is not None:  # its job was killed (we hold the guard): its run would say RUNNING forever
-        lineage.end_stale_run(in_progress.get("run_id"))
+        lineage.end_stale_run(manifest.recorded_run_id(storage, dataset_id))
     storage.check_free_space(dataset_id, spec.estimated_bytes)
     return Plan(pinned, spec, seed_was_random, None, fresh=in_progress is None,
                 started_on=None if in_progress is None else in_progress.get("device"))
@@ -206,10 +207,14 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
     try:
         log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
             f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
+        loaded = loading.result()  # before anything is written: a refused version (registry.artifacts) leaves nothing
+        planned_from = (spec.latent_dim, spec.sample_shape, spec.num_classes)
+        if (loaded.config.latent_dim, tuple(loaded.config.input_shape), loaded.config.num_classes) != planned_from:
+            raise VaegenError(f"{pinned.name}/{pinned.version} is refused: its vaegen.config tag (latent_dim, shape, "
+                              f"classes {planned_from}) disagrees with its config.json; register it with `vaegen train`")
         with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
             storage.write_json(manifest.progress_record(spec, model_record, run.run_id, placement.device), dataset_id,
                                manifest.PROGRESS)
-            loaded = loading.result()
             registry = None if redact_provenance else tracking.shown_uri()
             digest = manifest.recipe_digest(spec, model_record)
             provenance = manifest.provenance_metadata(digest, model_record, registry)

@@ -18,7 +18,7 @@ import threading
 import uuid
 from typing import Any, Iterator
 
-from jobs.generate.storage import DatasetBusy, NotRegularFile, Storage, check_name
+from jobs.generate.storage import MAX_LOCK_BYTES, DatasetBusy, NotRegularFile, Storage, check_name, parse_lock
 from registry import holders
 from vae_core.errors import UsageError
 
@@ -164,12 +164,8 @@ def _busy(storage: Storage, dataset_id: str, name: str, held: dict | None) -> Da
 
 
 def _parsed_record(raw: bytes | None) -> dict:
-    """A lock record's fields; {} for an absent or unreadable one (held by someone unknown)."""
-    try:
-        record = json.loads(raw) if raw is not None else {}
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
+    """A lock record's bounded fields (storage.parse_lock); {} for an absent or unreadable one (held by someone unknown)."""
+    return {} if raw is None else parse_lock(raw)
 
 
 @contextlib.contextmanager
@@ -184,10 +180,7 @@ def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                held = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
-            except ValueError:
-                held = {}
+            held = parse_lock(os.pread(descriptor, MAX_LOCK_BYTES, 0))
             os.close(descriptor)
             raise busy(held) from None
         # The previous holder unlinks the file before unlocking it: if it did so between our

@@ -15,12 +15,15 @@ import datetime as dt
 import getpass
 import hashlib
 import json
+import math
+import re
 import socket
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from jobs.generate.spec import FORMAT, DatasetSpec
+from jobs.generate.spec import FORMAT, MAX_N, MAX_SHARDS, DatasetSpec
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
+from vae_core.config import MAX_CLASSES, MAX_INPUT_RANK, MAX_INPUT_VALUES, MAX_LATENT_DIM
 from vae_core.errors import UsageError
 from vae_core.seeds import SEED_SCHEME
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:  # parts imports the decoder (torch); `vaegen inspect` reads m
     from jobs.generate.parts import PartInfo
 
 MANIFEST = "_manifest.json"
+RUN_ID = re.compile(r"[0-9a-zA-Z]{1,64}")  # an MLflow run id, as a record may name one
 PROGRESS = "_progress.json"
 
 
@@ -81,13 +85,69 @@ def check_provenance(committed: dict[str, Any], redact_provenance: bool, locatio
                          "--redact-provenance applies when a dataset is written: add --overwrite to rewrite it without")
 
 
+MAX_RECORD_STRING = 4_096  # the longest string a manifest may hold (ids, names, URIs, checksums)
+
+
+def bound_problems(record: dict[str, Any]) -> list[str]:
+    """Every size a manifest of any format states, bounded before anything is built from it (issue 20: a
+    hand-edited n = 10**12 at one row per shard made inspect list a trillion part names)."""
+    n, rows_per_shard, shape = record["n"], record["rows_per_shard"], record["sample_shape"]
+    if not 1 <= n <= MAX_N or rows_per_shard < 1:
+        return [f"n = {n} and rows_per_shard = {rows_per_shard} must be positive, n at most 2**63 - 1"]
+    shards = -(-n // rows_per_shard)
+    if shards > MAX_SHARDS or len(record["files"]) > MAX_SHARDS:
+        return [f"n = {n:,} at rows_per_shard = {rows_per_shard:,} makes {shards:,} parts and files[] lists "
+                f"{len(record['files']):,}; a dataset has at most {MAX_SHARDS:,}"]
+    if not 1 <= record["latent_dim"] <= MAX_LATENT_DIM or not 1 <= len(shape) <= MAX_INPUT_RANK or not all(
+            isinstance(size, int) and 1 <= size <= MAX_INPUT_VALUES for size in shape) \
+            or math.prod(shape) > MAX_INPUT_VALUES:
+        return [f"latent_dim {record['latent_dim']} / sample_shape {str(shape)[:60]} exceed vaegen's caps "
+                f"(latent_dim {MAX_LATENT_DIM:,}, {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values)"]
+    labels = record.get("labels") or {}
+    for key in ("classes", "counts"):
+        if not isinstance(labels.get(key) or [], (list, dict)) or len(labels.get(key) or []) > MAX_CLASSES:
+            return [f"labels.{key} must be a list or object of at most {MAX_CLASSES:,} entries"]
+    return _long_strings(record)
+
+
+def _long_strings(record: dict[str, Any]) -> list[str]:
+    """Strings longer than MAX_RECORD_STRING anywhere in the record, walked without recursion."""
+    pending: list[Any] = [record]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending += list(value.keys()) + list(value.values())
+        elif isinstance(value, list):
+            pending += value
+        elif isinstance(value, str) and len(value) > MAX_RECORD_STRING:
+            return [f"a string of {len(value):,} characters ({value[:20]!r}...); at most {MAX_RECORD_STRING:,}"]
+    return []
+
+
+SIDECAR_FIELDS = {"first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str, "spec_fingerprint": str}
+MAX_CHECKSUM_CHARS = 128
+
+
+def sidecar_matches(sidecar: dict[str, Any], fingerprint: str, shard_range: tuple[int, int]) -> bool:
+    """A part's sidecar (written after the part) vouches for it only if it is whole and names this spec and shard;
+    anything else (edited, half-written, another spec's) means the part is written again."""
+    if not all(isinstance(sidecar.get(key), kind) and not isinstance(sidecar.get(key), bool)
+               for key, kind in SIDECAR_FIELDS.items()):
+        return False
+    start, stop = shard_range
+    return (sidecar["spec_fingerprint"] == fingerprint
+            and (sidecar["first_sample_id"], sidecar["rows"]) == (start, stop - start)
+            and sidecar["size_bytes"] >= 0 and len(sidecar["checksum"]) <= MAX_CHECKSUM_CHARS)
+
+
 def recorded_run_id(storage: Storage, dataset_id: str) -> str | None:
     """The MLflow run that an unfinished dataset's `_progress.json` names; None if none or unreadable."""
     try:
         record = storage.read_json(dataset_id, PROGRESS)
     except CorruptRecord:
         return None
-    return None if record is None else record.get("run_id")
+    run_id = None if record is None else record.get("run_id")
+    return run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
 
 
 def build(

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.generate.manifest import sidecar_matches
 from jobs.generate.spec import FORMAT_VERSION, DatasetSpec, part_name
 from jobs.generate.storage import Storage
 from vae_core.sampling import block_ranges
@@ -151,7 +152,7 @@ class PartWriter:
         """The existing part if its sidecar matches this spec and its bytes still hash the same."""
         name = part_name(shard)
         sidecar = self.storage.read_json(self.dataset_id, SIDECAR_DIR, name + ".json")
-        if sidecar is None or sidecar.get("spec_fingerprint") != self.spec.fingerprint():
+        if sidecar is None or not sidecar_matches(sidecar, self.spec.fingerprint(), self.spec.shard_range(shard)):
             return None
         if not self.storage.exists(self.dataset_id, name) or self.storage.size(self.dataset_id, name) != sidecar["size_bytes"]:
             return None

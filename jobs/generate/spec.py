@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any
 
+from vae_core.config import MAX_CLASSES, MAX_INPUT_RANK, MAX_INPUT_VALUES, MAX_LATENT_DIM
 from vae_core.errors import UsageError
 from vae_core.seeds import MAX_SEED, SEED_SCHEME
 
@@ -97,10 +98,30 @@ class DatasetSpec:
             raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.compression not in COMPRESSIONS:
             raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
-        if not self.sample_shape or not all(isinstance(size, int) and size >= 1 for size in self.sample_shape) \
-                or self.latent_dim < 1:
-            raise UsageError(f"sample shape {self.sample_shape} / latent_dim {self.latent_dim} are not a decoder's")
+        self._check_model_sizes()
         self._check_plan()
+
+    def _check_model_sizes(self) -> None:
+        """What the model contributes, within vae_core.config's caps: a spec read back from a record on disk is
+        bounded before anything (a label list, a decode block) is built from it."""
+        shape, classes, prior = self.sample_shape, self.label_classes, self.class_prior
+        if not isinstance(shape, tuple) or not 1 <= len(shape) <= MAX_INPUT_RANK \
+                or not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in shape) \
+                or math.prod(shape) > MAX_INPUT_VALUES or not 1 <= self.latent_dim <= MAX_LATENT_DIM:
+            raise UsageError(f"sample shape {str(shape)[:60]} / latent_dim {self.latent_dim} are not a decoder's "
+                             f"(at most {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values, "
+                             f"latent_dim {MAX_LATENT_DIM:,})")
+        if not 0 <= self.num_classes <= MAX_CLASSES:
+            raise UsageError(f"num_classes must lie in [0, {MAX_CLASSES:,}], got {self.num_classes:,}")
+        if not isinstance(classes, tuple) or len(classes) > self.num_classes or not all(
+                isinstance(label, int) and not isinstance(label, bool) and 0 <= label < self.num_classes for label in classes):
+            raise UsageError(f"label classes {str(classes)[:60]} must be at most num_classes = {self.num_classes} "
+                             f"integers in 0..{self.num_classes - 1}")
+        if not isinstance(prior, tuple) or len(prior) not in (0, self.num_classes) or not all(
+                isinstance(value, (int, float)) and not isinstance(value, bool) for value in prior):
+            raise UsageError(f"class prior {str(prior)[:60]} must be num_classes = {self.num_classes} numbers")
+        if self.label_policy not in (None, "balanced", "prior") or (self.label_policy is None) != (self.num_classes == 0):
+            raise UsageError(f"label policy {str(self.label_policy)[:40]!r} does not fit num_classes = {self.num_classes}")
 
     def _check_plan(self) -> None:
         """Bounds that keep a plan runnable: every limit names the option that reaches it."""
@@ -162,7 +183,7 @@ def spec_from_record(record: dict[str, Any], dataset_id: str) -> DatasetSpec:
     try:
         fields = {key: value for key, value in record["spec"].items() if key not in ("format", "seed_scheme")}
         for key in ("sample_shape", "label_classes", "class_prior"):
-            fields[key] = tuple(fields[key])
+            fields[key] = tuple(fields[key]) if isinstance(fields[key], list) else fields[key]
         spec = DatasetSpec(**fields)
         model = record["model"]
         recorded_id, fingerprint = record["dataset_id"], record["spec_fingerprint"]
