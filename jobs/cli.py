@@ -654,7 +654,13 @@ def report(model_ref, dataset, n, data, out_dir) -> None:
 
 @main.group()
 def webhook() -> None:
-    """Refresh on promotion: receive MLflow's alias webhooks (`serve`), create the webhook (`register`)."""
+    """Refresh on promotion: receive MLflow's alias webhooks (`serve`), create the webhook (`register`).
+
+    \b
+    Examples:
+      vaegen webhook serve --refresh "--model vae-decoder@champion --n 1000000 --out ./datasets"
+      vaegen webhook register --url http://127.0.0.1:8090/
+    """
 
 
 WEBHOOK_SECRET_HELP = "Environment variable holding the webhook's shared secret (at least 16 characters)."
