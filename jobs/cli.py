@@ -243,13 +243,16 @@ def list_models(name) -> None:
       vaegen models
       vaegen models vae-decoder
     """
-    from registry import models, tracking
+    from registry import models, promotion, tracking
 
     tracking.ensure_reachable()
     summaries = models.list_versions(name)
     if not summaries:
         click.echo("no registered models; run `vaegen train` first", err=True)
         return
+    histories = {(model_name, alias): events for model_name, alias, events in models.alias_histories(name)}
+    ungated = [promotion.ungated_reason(summary.name, alias, summary.version, histories.get((summary.name, alias), []))
+               for summary in summaries for alias in summary.aliases]
     click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'kind':<18} data")
     for summary in summaries:
         kind = "unconditional"
@@ -257,7 +260,7 @@ def list_models(name) -> None:
             classes = json.loads(summary.tags.get("config", "{}")).get("num_classes", 0)
             kind = f"conditional 0..{classes - 1}"
         click.echo(
-            f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
+            f"{summary.name:<24} {summary.version:>7}  {','.join(_alias_marks(summary, histories)) or '-':<20} "
             f"{summary.tags.get('val_neg_elbo', '-'):>9}  {kind:<18} {summary.tags.get('data_source', '-')}"
         )
     for model_name, alias, events in models.alias_histories(name):
@@ -266,6 +269,17 @@ def list_models(name) -> None:
             previous = "-" if event["previous_version"] is None else f"v{event['previous_version']}"
             click.echo(f"  {event['at']}  {event['action']:<8} {previous} -> v{event['version']}  "
                        f"by {event['by']}: {event['reason']}")
+    for reason in filter(None, ungated):
+        click.echo(f"\nUNGATED: {reason}; generate and refresh refuse it without --allow-ungated")
+
+
+def _alias_marks(summary: Any, histories: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    """The version's aliases, each one that `vaegen promote` did not set marked `(ungated)`."""
+    from registry import promotion
+
+    return [alias + ("(ungated)" if promotion.ungated_reason(summary.name, alias, summary.version,
+                                                             histories.get((summary.name, alias), [])) else "")
+            for alias in summary.aliases]
 
 
 def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -285,6 +299,8 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--labels", default="balanced", show_default=True, help="Conditional models: balanced | prior | 3,5,..."),
         click.option("--shared-fs", is_flag=True, help="A local --out is a filesystem shared by every Ray node."),
+        click.option("--allow-ungated", is_flag=True,
+                     help="Use an alias holder that `vaegen promote` did not put there (recorded in the manifest, card, run)."),
         click.option("--redact-provenance", is_flag=True,
                      help="Leave users, hosts and absolute locations out of the manifest (for datasets you publish)."),
         click.option("--stall-timeout", type=float, default=600.0, show_default=True,
@@ -295,13 +311,35 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _audit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The publish audit's options, shared by `refresh` and `generate --publish`."""
+    options = [
+        click.option("--no-audit", is_flag=True, help="Publish without the audit (recorded as skipped beside the manifest, "
+                                                      "in the card and in the dataset's run)."),
+        click.option("--audit-rows", type=int, default=2_000, show_default=True,
+                     help="Rows whose quality figures the audit compares with the model version's report."),
+        click.option("--audit-tolerance", multiple=True, metavar="FIGURE=VALUE",
+                     help="Allowed absolute difference of a quality figure [defaults: precision=0.15, density=0.3, "
+                          "mean_confidence=0.1, label_accuracy=0.05]; repeatable."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _audit_config(no_audit: bool, audit_rows: int, audit_tolerance: tuple[str, ...]):
+    from jobs.audit import AuditConfig, parse_tolerances  # light: no torch, no MLflow
+
+    return AuditConfig(enabled=not no_audit, quality_rows=audit_rows, tolerances=parse_tolerances(audit_tolerance))
+
+
 def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_shard, batch_size, num_workers, device,
-                     labels, shared_fs, stall_timeout, **extra):
+                     labels, shared_fs, stall_timeout, allow_ungated, **extra):
     from jobs.generate.config import EngineOptions, GenerateConfig  # light: checks input before anything heavy
 
     config = GenerateConfig(
         n=n, model=model_ref, out=out, dtype=dtype, layout=layout, compression=compression,
-        rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels,
+        rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels, allow_ungated=allow_ungated,
         engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs, stall_timeout_s=stall_timeout),
         **extra,
     )
@@ -340,9 +378,11 @@ def _stdout_for_results() -> Any:
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
 @click.option("--overwrite", is_flag=True, help="Replace a committed dataset with the same id.")
 @click.option("--resume", default=None, metavar="DATASET", help="Continue an unfinished dataset (its id under --out, or its path).")
+@click.option("--publish", is_flag=True, help="Audit the committed dataset, then point OUT/latest at it (as refresh does).")
+@_audit_options
 @click.option("--debug", is_flag=True, hidden=True)
 @handle_errors
-def generate(seed, overwrite, resume, debug, **options) -> None:
+def generate(seed, overwrite, resume, publish, no_audit, audit_rows, audit_tolerance, debug, **options) -> None:
     """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest).
 
     Without RAY_ADDRESS it starts a private Ray on 127.0.0.1; RAY_ADDRESS=auto (or an address)
@@ -356,11 +396,25 @@ def generate(seed, overwrite, resume, debug, **options) -> None:
     """
     if resume is not None:
         _refuse_dataset_options_with_resume(click.get_current_context())
+    context = click.get_current_context()
+    audit_flags = [flag for name, flag in (("no_audit", "--no-audit"), ("audit_rows", "--audit-rows"),
+                                           ("audit_tolerance", "--audit-tolerance"))
+                   if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if audit_flags and not publish:
+        raise UsageError(f"{', '.join(audit_flags)} set(s) the audit before publishing: add --publish, or drop them")
+    audit_config = _audit_config(no_audit, audit_rows, audit_tolerance)
     config = _generate_config(**options, seed=seed, overwrite=overwrite, resume=resume)
     from jobs.generate.job import generate as run_generate  # after the input is checked: it imports Ray
 
     results = _stdout_for_results()
     result = run_generate(config, log=_log)
+    if publish:
+        from jobs.generate.storage import Storage
+        from jobs.refresh import publish_generated
+
+        parent = result.location.rstrip("/").rpartition("/")[0]
+        verdict = publish_generated(Storage(parent), result.dataset_id, result.manifest, audit_config, _log)
+        click.echo(f"published: {result.dataset_id} (audit {verdict['verdict']})", file=results)
     timings = result.manifest["timings"]
     if result.status == "up-to-date":
         _log(f"dataset {result.dataset_id} is already committed; nothing to do")
@@ -456,6 +510,11 @@ def inspect_command(dataset, deep) -> None:
         _log(f"note: {note}")
     click.echo(f"verified: {len(record['files'])} files" + (f", {report.rows_checked_deep:,} rows re-derived, "
                                                              f"x of {report.rows_decoded_deep:,} re-decoded" if deep else ""))
+    from jobs import audit
+    from jobs.generate.storage import Storage
+
+    parent, _, dataset_id = report.location.rstrip("/").rpartition("/")
+    click.echo(f"audit: {audit.summary(audit.read_record(Storage(parent or '.'), dataset_id))}")
 
 
 @main.command()
@@ -550,8 +609,9 @@ def rollback(name, alias, reason, by) -> None:
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="The fixed seed / base of the daily seed.")
 @click.option("--lock-timeout", type=float, default=900.0, show_default=True,
               help="A lock whose holder's heartbeat is this many seconds old is stale (a dead holder on this host: at once).")
+@_audit_options
 @handle_errors
-def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
+def refresh(keep, seed_policy, seed, lock_timeout, no_audit, audit_rows, audit_tolerance, **options) -> None:
     """Rebuild the dataset when the promoted version changes; move ROOT/latest; prune old datasets.
 
     \b
@@ -559,18 +619,21 @@ def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
       vaegen refresh --n 1000000 --out ./datasets
       vaegen refresh --model vae-decoder@champion --n 1000000 --out s3://bucket/synthetic --keep 3
     """
+    audit_config = _audit_config(no_audit, audit_rows, audit_tolerance)
     generate_config = _generate_config(**options)
     from jobs.refresh import RefreshConfig  # after the input is checked: it imports Ray
     from jobs.refresh import refresh as run_refresh
 
     config = RefreshConfig(generate=generate_config, keep=keep, seed_policy=seed_policy, seed=seed,
-                           lock_timeout_s=lock_timeout)
+                           lock_timeout_s=lock_timeout, audit_config=audit_config)
     results = _stdout_for_results()
     result = run_refresh(config, log=_log)
     click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""),
                file=results)
     for dataset_id in result.pruned:
         click.echo(f"pruned: {dataset_id}", file=results)
+    for dataset_id, why in result.kept.items():
+        click.echo(f"kept: {dataset_id} ({why})", file=results)
 
 
 @main.command()

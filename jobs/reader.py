@@ -227,9 +227,9 @@ def _hf_rows(dataset: Dataset, parts: list[str]) -> Iterator[dict[str, Any]]:
 def open_dataset(location: str, verify: bool = True, deep: bool = False) -> Dataset:
     """A committed dataset by path or URI (s3://...). `verify` checks every part's size, checksum
     and row count against the manifest (reads every byte once); `deep` also re-derives sampled rows."""
-    storage, dataset_id, record = open_committed(location)
+    storage, dataset_id, record = open_committed(location)  # ROOT@latest and ROOT@vN resolve here, once
     if verify:
-        report = inspect(location, deep=deep)
+        report = inspect(storage.location(dataset_id), deep=deep)
         if not report.ok:
             raise VaegenError(f"{report.location} does not match its manifest ({report.problems[0]}"
                               + (f", and {len(report.problems) - 1} more" if len(report.problems) > 1 else "")

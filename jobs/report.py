@@ -133,7 +133,7 @@ def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: np.n
     return json_path, png_path
 
 
-def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None,
+def compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None,
              config: ReportConfig) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
     train, holdout = reference_split(loaded, config.data)
     classifier, info, weights_path = classifier_for(train, config)
@@ -150,7 +150,7 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
     name, version = loaded.pinned.name, loaded.pinned.version
     out = report_folder(config, Path(_path_segment(name), f"v{version}"), f"model {name}/{version}")
     generated, labels = draw_images(loaded.build(), config.n, config.seed)
-    metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
+    metrics, images, real_histogram, weights_path = compare(loaded, generated, labels, config)
     metrics.update({"model": loaded.pinned.to_dict(), "report_seed": config.seed, "n": config.n, "subject": "model"})
     title = f"{loaded.pinned.name}/{loaded.pinned.version}: {config.n:,} samples, report seed {config.seed}"
     json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)
@@ -181,7 +181,7 @@ def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     out = report_folder(config, Path("datasets", dataset_id), f"dataset {dataset_id}")
     model = record["model"]
     loaded = models.load_decoder(models.resolve(f"{model['name']}/{model['version']}"))
-    metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config)
+    metrics, images, real_histogram, weights_path = compare(loaded, generated, labels, config)
     metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
     title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
     json_path, png_path = _write(metrics, images, generated[:64], title, out, real_histogram)

@@ -208,6 +208,8 @@ def dataset_run(dataset_id: str, fingerprint: str, model: "PinnedModel", params:
 
     tags = {"vaegen.dataset_id": dataset_id, "vaegen.model_name": model.name, "vaegen.model_version": str(model.version),
             MLFLOW_RUN_NOTE: describe()}
+    if getattr(model, "alias_gate", None):  # an alias's holder: gated by `vaegen promote`, or used with --allow-ungated
+        tags["vaegen.alias_gate"] = model.alias_gate
     with job_run(_model_experiment(client, model_id), dataset_id, params, tags) as run:
         run.model_id, run.data, run.describe = model_id, DataRef(dataset_id, fingerprint), describe
         if model_id:
@@ -222,6 +224,27 @@ def log_dataset_quality(manifest: dict[str, Any], figures: dict[str, float]) -> 
     model_id = logged_model_id(mlflow.MlflowClient().get_model_version(model["name"], str(model["version"])))
     log_linked_metrics(run_id, {f"quality.{key}": value for key, value in figures.items()}, model_id,
                        DataRef(manifest["dataset_id"], manifest["spec_fingerprint"]))
+    return run_id
+
+
+def log_dataset_audit(manifest: dict[str, Any], audit: dict[str, Any]) -> str | None:
+    """The publish audit's verdict on the dataset's run: tags (verdict, each check), the compared figures as
+    metrics, the record as `audit/_audit.json`; the run id, None when the dataset names no run."""
+    run_id = (manifest.get("lineage") or {}).get("run_id")
+    if not run_id:
+        return None
+    client = mlflow.MlflowClient()
+    tags = {"vaegen.audit": audit["verdict"], "vaegen.audit.at": audit["audited_at"]}
+    tags.update({f"vaegen.audit.{check['name']}": check["status"] for check in audit["checks"]})
+    if audit.get("reason"):
+        tags["vaegen.audit.reason"] = audit["reason"]
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    metrics = {f"audit.{check['name']}.{figure}": entry["value"]
+               for check in audit["checks"] for figure, entry in check.get("figures", {}).items()}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.log_text(run_id, json.dumps(audit, indent=2, sort_keys=True), "audit/_audit.json")
     return run_id
 
 

@@ -52,6 +52,7 @@ class GenerateConfig:
     overwrite: bool = False  # replace a committed dataset with the same id
     resume: str | None = None  # a dataset id under --out, or the dataset's own path/URI
     redact_provenance: bool = False  # leave users, hosts and locations out of the manifest: for datasets to publish
+    allow_ungated: bool = False  # use an alias holder that vaegen promote did not put there (recorded)
 
     def __post_init__(self) -> None:
         if self.n is None and self.resume is None:

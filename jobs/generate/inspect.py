@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.generate.card import CARD, HF_YAML
-from jobs.generate.manifest import MANIFEST, PROGRESS
+from jobs.generate.manifest import AUDIT, MANIFEST, PROGRESS
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
 from vae_core.errors import UsageError, VaegenError
@@ -51,8 +51,11 @@ class InspectReport:
 
 
 def open_committed(location: str) -> tuple[Storage, str, dict]:
-    """(storage of the parent, dataset id, manifest) of a committed dataset; anything else is a one-line error."""
-    parent, _, dataset_id = location.rstrip("/").rpartition("/")
+    """(storage of the parent, dataset id, manifest) of a committed dataset (a folder, or ROOT@latest / ROOT@vN,
+    jobs/generate/published.py); anything else is a one-line error."""
+    from jobs.generate.published import resolve
+
+    parent, _, dataset_id = resolve(location).rstrip("/").rpartition("/")
     storage = Storage(parent or ".")
     record = storage.read_json(dataset_id, MANIFEST)  # unparsable: CorruptRecord, "corrupt manifest at PATH"
     if record is None:
@@ -77,7 +80,9 @@ def ensure_intact(storage: Storage, dataset_id: str, record: dict[str, Any]) -> 
                              "`vaegen inspect` lists every problem; regenerate it with --overwrite")
 
 
-def inspect(location: str, deep: bool = False) -> InspectReport:
+def inspect(location: str, deep: bool = False, sample_seed: int | None = None) -> InspectReport:
+    """`sample_seed`: deep re-decodes one decode block per part chosen from this seed (the publish audit's
+    sample) instead of each part's first, middle and last block."""
     storage, dataset_id, record = open_committed(location)
     problems = manifest_problems(record)
     if problems:  # without a consistent manifest there is nothing to check the files against
@@ -91,7 +96,7 @@ def inspect(location: str, deep: bool = False) -> InspectReport:
         for found in pool.map(lambda entry: _part_problems(storage, dataset_id, entry, record), entries):
             problems += found
     if deep and not problems:
-        return _deep(storage, dataset_id, record)
+        return _deep(storage, dataset_id, record, sample_seed)
     return InspectReport(storage.location(dataset_id), record, problems, 0)
 
 
@@ -173,7 +178,8 @@ def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> l
             problems.append(f"{entry['name']}: missing")
         elif size != entry["size_bytes"]:
             problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['size_bytes']}")
-    allowed = {MANIFEST, CARD, HF_YAML, *(entry["name"] for entry in record["files"])}  # the card: jobs/generate/card.py
+    # the card: jobs/generate/card.py; the publish audit's verdict: jobs/audit.py
+    allowed = {MANIFEST, CARD, HF_YAML, AUDIT, *(entry["name"] for entry in record["files"])}
     for name in sorted(set(listing) - allowed):
         kind = "folder" if listing[name] is None else "file"
         seen = "" if name.startswith((".", "_")) else ": readers would take it for part of the dataset"
@@ -223,7 +229,7 @@ def _id_range(metadata: pq.FileMetaData) -> tuple[int | None, int | None]:
 # ---------------------------------------------------------------- --deep: re-derive and re-decode
 
 
-def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
+def _deep(storage: Storage, dataset_id: str, record: dict, sample_seed: int | None = None) -> InspectReport:
     import torch
 
     spec = _spec_of(record)
@@ -236,7 +242,8 @@ def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
     try:
         for entry in record["files"]:
             with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
-                found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance)
+                found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance,
+                                                  sample_seed)
             problems += found
             derived += entry["rows"]
             decoded += rows_decoded
@@ -281,7 +288,7 @@ def _registered_predictor(record: dict, spec: DatasetSpec) -> tuple[Any, float |
 
 
 def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: DatasetSpec, predictor: Any,
-                tolerance: float | None) -> tuple[list[str], int]:
+                tolerance: float | None, sample_seed: int | None = None) -> tuple[list[str], int]:
     from vae_core import sampling
 
     name, first, rows = entry["name"], entry["first_sample_id"], entry["rows"]
@@ -303,7 +310,7 @@ def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: Datase
         if not np.array_equal(stored_labels, labels):
             return [f"{name}: row {_first_difference(stored_labels, labels)}: label differs from contract 1b"], 0
     decoded = 0
-    for block_start, block_stop in _deep_blocks(first, first + rows, spec.block_rows):
+    for block_start, block_stop in _deep_blocks(first, first + rows, spec.block_rows, sample_seed):
         block = predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})  # whole block: same bits
         low, high = max(first, block_start), min(first + rows, block_stop)
         expected = block["x"][low - block_start: high - block_start].reshape(high - low, -1)
@@ -316,11 +323,14 @@ def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: Datase
     return [], decoded
 
 
-def _deep_blocks(start: int, stop: int, block_rows: int) -> list[tuple[int, int]]:
-    """The first, middle and last of the decode blocks (vae_core.sampling's grid) that cover [start, stop)."""
+def _deep_blocks(start: int, stop: int, block_rows: int, sample_seed: int | None = None) -> list[tuple[int, int]]:
+    """The first, middle and last of the decode blocks (vae_core.sampling's grid) that cover [start, stop);
+    with `sample_seed`, one of them drawn from (seed, start): the same block on every audit of this part."""
     from vae_core.sampling import block_ranges
 
     blocks = block_ranges(start, stop, block_rows)
+    if sample_seed is not None:
+        return [blocks[int(np.random.default_rng([sample_seed, start]).integers(len(blocks)))]]
     picks = sorted({0, len(blocks) // 2, len(blocks) - 1})[:DEEP_BLOCKS_PER_PART]
     return [blocks[index] for index in picks]
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # parts imports the decoder (torch); `vaegen inspect` reads m
 
 MANIFEST = "_manifest.json"
 PROGRESS = "_progress.json"
+AUDIT = "_audit.json"  # the publish audit's verdict, beside the manifest (jobs/audit.py); written after the commit
 
 
 def vaegen_version() -> str:

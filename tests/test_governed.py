@@ -1,0 +1,227 @@
+"""Governed datasets (issue 21): the audit before publish, through the CLI, on a real SQLite registry with a
+trained version and its quality report, a real local Ray, real Parquet; and the pure selection rules."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import xxhash
+from click.testing import CliRunner
+
+from conftest import private_local_ray, register_untrained_decoder
+from jobs import audit
+from jobs.cli import main
+from jobs.generate.card import CARD
+from jobs.generate.manifest import AUDIT, MANIFEST
+from jobs.refresh import LATEST, select_for_pruning
+from registry import promotion
+from vae_core.errors import UsageError
+
+N, ROWS_PER_SHARD = 3_000, 1_000  # 3 parts, each one decode block: the audit re-decodes all of every part
+COMMON = ("--n", str(N), "--rows-per-shard", str(ROWS_PER_SHARD), "--num-workers", "1")
+
+
+def invoke(*args: str):
+    saved = dict(os.environ)
+    try:
+        return CliRunner().invoke(main, list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def latest_id(root: Path) -> str | None:
+    return json.loads((root / LATEST).read_text())["dataset_id"] if (root / LATEST).exists() else None
+
+
+def line(stdout: str, prefix: str) -> str:
+    return next(text for text in stdout.splitlines() if text.startswith(prefix))
+
+
+@pytest.fixture(scope="module")
+def champion(trained_version, cache_root) -> Iterator[str]:
+    """The module's trained version (with its quality report) promoted to champion, and a local Ray."""
+    name = trained_version.result.pinned.name
+    promotion.promote(f"{name}/{trained_version.result.pinned.version}",
+                      promotion.PromotionConfig(reason="serve", by="tester", quality=None))
+    with private_local_ray():
+        yield name
+
+
+@pytest.fixture(scope="module")
+def collapsed(champion) -> str:
+    """A version whose report claims the champion's quality but which decodes noise: an untrained decoder
+    carrying the champion's data source and quality figures."""
+    client = mlflow.MlflowClient()
+    pinned = register_untrained_decoder("vae-collapsed")
+    good = client.get_model_version(champion, "1").tags
+    for key, value in good.items():
+        if key.startswith("vaegen.quality.") or key in ("vaegen.data_source", "vaegen.holdout_fraction"):
+            client.set_model_version_tag(pinned.name, str(pinned.version), key, value)
+    return f"{pinned.name}/{pinned.version}"
+
+
+def refresh(root: Path, *extra: str):
+    return invoke("refresh", "--model", "vae-decoder@champion", *COMMON, "--out", str(root), *extra)
+
+
+@pytest.mark.slow  # a trained model and its report, a local Ray
+def test_refresh_audits_before_publishing_and_records_the_verdict_everywhere(champion, tmp_path):
+    root = tmp_path / "out"
+    result = refresh(root)
+    assert result.exit_code == 0, result.output
+    dataset_id = line(result.stdout, "refresh: generated").split()[2]
+    assert latest_id(root) == dataset_id
+    record = json.loads((root / dataset_id / AUDIT).read_text())
+    statuses = {check["name"]: check["status"] for check in record["checks"]}
+    assert record["verdict"] == "pass" and record["format"] == "vaegen-audit/1", record
+    assert statuses == {"integrity": "pass", "deep": "pass", "quality_vs_version": "pass",
+                        "quality_vs_latest": "skipped"}, record
+    figures = next(check for check in record["checks"] if check["name"] == "quality_vs_version")["figures"]
+    assert set(figures) >= {"precision", "density", "mean_confidence"}
+    assert all(abs(entry["value"] - entry["reference"]) <= entry["tolerance"] for entry in figures.values())
+    assert json.loads((root / LATEST).read_text())["audit"]["verdict"] == "pass"
+    assert "## Audit before publish" in (root / dataset_id / CARD).read_text()
+    run_id = json.loads((root / dataset_id / MANIFEST).read_text())["lineage"]["run_id"]
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    assert tags["vaegen.audit"] == "pass" and tags["vaegen.audit.deep"] == "pass"
+
+    inspected = invoke("inspect", str(root / dataset_id))  # the record beside the manifest is part of the dataset
+    assert inspected.exit_code == 0, inspected.output
+    assert "audit: PASS" in inspected.stdout
+
+
+def alter_part_consistently(folder: Path, name: str) -> None:
+    """Rewrite one part with every x inverted, and its size and checksum in the manifest to match."""
+    path = folder / name
+    table = pq.read_table(path)
+    x = table.column("x").combine_chunks()
+    flat = x.flatten().flatten()
+    inverted = pa.array(1.0 - flat.to_numpy(), type=flat.type)
+    rebuilt = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(inverted, x.type.value_type.list_size),
+                                                x.type.list_size)
+    table = table.set_column(table.schema.get_field_index("x"), table.schema.field("x"), rebuilt.cast(x.type))
+    pq.write_table(table, path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entry = next(entry for entry in manifest["files"] if entry["name"] == name)
+    entry["size_bytes"] = path.stat().st_size
+    entry["checksum"] = xxhash.xxh3_128(path.read_bytes()).hexdigest()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_failed_audits_keep_latest_exit_1_naming_the_check_and_are_not_pruned(champion, collapsed, tmp_path):
+    root = tmp_path / "out"
+    assert refresh(root).exit_code == 0
+    published = latest_id(root)
+
+    # A part altered consistently with its checksum: inspect passes, the audit's re-decoding does not.
+    made = invoke("generate", "--model", f"{champion}@champion", *COMMON, "--seed", "7", "--out", str(root))
+    assert made.exit_code == 0, made.output
+    altered = line(made.stdout, "dataset_id:").split()[1]
+    alter_part_consistently(root / altered, "part-00001.parquet")
+    assert invoke("inspect", str(root / altered)).exit_code == 0
+    result = invoke("generate", "--model", f"{champion}@champion", *COMMON, "--seed", "7", "--out", str(root), "--publish")
+    assert result.exit_code == 1, result.output
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"vaegen: error: audit of {altered} failed, deep: part-00001.parquet"), error
+    assert f"`latest` still names {published}" in error
+    assert latest_id(root) == published
+    assert json.loads((root / altered / AUDIT).read_text())["failed_check"] == "deep"
+
+    # A version whose quality collapsed against its own report.
+    result = invoke("generate", "--model", collapsed, *COMMON, "--seed", "0", "--out", str(root), "--publish")
+    assert result.exit_code == 1, result.output
+    assert "failed, quality_vs_version: against the report of vae-collapsed/1: " in result.stderr, result.stderr[-600:]
+    assert latest_id(root) == published
+
+    # Neither is pruned while nothing newer is published; both are said to be kept, and why.
+    result = refresh(root, "--keep", "1")
+    assert result.exit_code == 0, result.output
+    assert f"kept: {altered} (unpublished, newer than `latest`)" in result.stdout
+    assert f"kept: {published} (`latest` names it)" in result.stdout
+    assert (root / altered / MANIFEST).exists() and latest_id(root) == published
+
+    # --no-audit publishes anyway and says so in the record.
+    result = invoke("generate", "--model", collapsed, *COMMON, "--seed", "0", "--out", str(root), "--publish",
+                    "--no-audit")
+    assert result.exit_code == 0, result.output
+    skipped = latest_id(root)
+    assert skipped != published and "published: " in result.stdout
+    assert json.loads((root / skipped / AUDIT).read_text())["reason"] == "--no-audit"
+    assert "Skipped (--no-audit)" in (root / skipped / CARD).read_text()
+
+
+def test_audit_options_are_checked_before_anything_runs(tmp_path):
+    result = invoke("generate", "--n", "10", "--out", str(tmp_path), "--no-audit")
+    assert result.exit_code == 2 and "--no-audit set(s) the audit before publishing: add --publish" in result.stderr
+    with pytest.raises(UsageError, match="NAME must be one of precision"):
+        audit.parse_tolerances(("fid=3",))
+    with pytest.raises(UsageError, match="VALUE must be a number"):
+        audit.parse_tolerances(("precision=high",))
+    assert dict(audit.parse_tolerances(("precision=0.2",)))["precision"] == 0.2
+
+
+def test_prune_selection_keeps_the_newest_the_published_and_what_is_newer_than_it():
+    datasets = ["a", "b", "c", "d", "e"]  # oldest first
+    doomed, kept = select_for_pruning(datasets, keep=1, published="b")
+    assert doomed == ["a"]
+    assert kept == {"e": "one of the newest 1 (--keep)", "b": "`latest` names it",
+                    "c": "unpublished, newer than `latest`", "d": "unpublished, newer than `latest`"}
+    assert select_for_pruning(datasets, keep=2, published="e")[0] == ["a", "b", "c"]
+    assert select_for_pruning(datasets, keep=2, published=None)[0] == ["a", "b", "c"]
+
+
+def test_figures_compare_within_tolerance_and_name_what_is_outside():
+    config = audit.AuditConfig()
+    passed = audit._compare_figures("q", {"precision": 0.7, "density": 0.9}, {"precision": 0.75, "density": 1.0},
+                                    config, "the report")
+    assert passed.status == "pass" and passed.figures["precision"]["tolerance"] == 0.15
+    failed = audit._compare_figures("q", {"precision": 0.1}, {"precision": 0.75}, config, "the report")
+    assert failed.status == "fail" and "precision 0.100 vs 0.750 (tolerance 0.15)" in failed.detail
+    assert audit._compare_figures("q", {"precision": 0.1}, None, config, "the report").status == "skipped"
+
+
+@pytest.mark.slow
+def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(champion, tmp_path):
+    client = mlflow.MlflowClient()
+    for _ in range(2):
+        register_untrained_decoder("vae-gov")
+    promotion.promote("vae-gov/1", promotion.PromotionConfig(reason="serve", by="tester", quality=None))
+    client.set_registered_model_alias("vae-gov", "champion", "2")  # as the MLflow UI or a script would
+    root = tmp_path / "out"
+    for command in ("generate", "refresh"):
+        result = invoke(command, "--model", "vae-gov@champion", *COMMON, "--seed", "0", "--out", str(root))
+        assert result.exit_code == 1, result.output
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith("vaegen: error: refused: vae-gov@champion names version 2, set outside `vaegen "
+                                "promote`"), error
+        assert "last record for the alias is a promote to v1 by tester" in error
+        assert "`vaegen promote vae-gov/2 --alias champion --reason ...`, or pass --allow-ungated" in error
+    assert not root.exists() or not any(root.iterdir())
+
+    listed = invoke("models", "vae-gov")
+    assert listed.exit_code == 0 and "champion(ungated)" in listed.stdout and "UNGATED: vae-gov@champion" in listed.stdout
+
+    allowed = invoke("generate", "--model", "vae-gov@champion", *COMMON, "--seed", "0", "--out", str(root),
+                     "--allow-ungated")
+    assert allowed.exit_code == 0, allowed.output
+    dataset = root / line(allowed.stdout, "dataset_id:").split()[1]
+    manifest = json.loads((dataset / MANIFEST).read_text())
+    assert manifest["model"]["alias_gate"] == "ungated (--allow-ungated)"
+    assert "alias gate: ungated (--allow-ungated)" in (dataset / CARD).read_text()
+    assert client.get_run(manifest["lineage"]["run_id"]).data.tags["vaegen.alias_gate"] == "ungated (--allow-ungated)"
+
+    promoted = invoke("promote", "vae-gov/2", "--reason", "gate it", "--force", "--no-quality-gate")
+    assert promoted.exit_code == 0 and "promoted: vae-gov@champion -> version 2 (was 1)" in promoted.stdout, promoted.output
+    refreshed = invoke("refresh", "--model", "vae-gov@champion", *COMMON, "--out", str(root), "--no-audit")
+    assert refreshed.exit_code == 0, refreshed.output
+    assert "champion(ungated)" not in invoke("models", "vae-gov").stdout
