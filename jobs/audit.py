@@ -124,7 +124,11 @@ def _quality_checks(storage: Storage, dataset_id: str, manifest: dict[str, Any],
 
     model = manifest["model"]
     loaded = models.load_decoder(models.resolve(f"{model['name']}/{model['version']}"))
-    dataset = reader.open_dataset(storage.location(dataset_id), verify=False)
+    version_quality = card.from_version_tags(loaded.tags)
+    if version_quality is None:  # then `latest`, if of the same version, was not measured either
+        reason = f"{model['name']}/{model['version']} has no quality report (`vaegen report --model` makes one)"
+        return [Check("quality_vs_version", "skipped", reason), Check("quality_vs_latest", "skipped", reason)]
+    dataset = reader.open_dataset(storage.location(dataset_id), verify=False, lease=False)
     generated, labels = reports.read_samples(dataset, config.quality_rows)
     try:
         metrics, *_ = reports.compare(loaded, generated, labels, reports.ReportConfig(n=len(generated)))
@@ -132,9 +136,8 @@ def _quality_checks(storage: Storage, dataset_id: str, manifest: dict[str, Any],
         reason = f"cannot measure quality: {error}"
         return [Check("quality_vs_version", "skipped", reason), Check("quality_vs_latest", "skipped", reason)]
     figures = {name: float(metrics[name]) for name, _ in config.tolerances if isinstance(metrics.get(name), (int, float))}
-    version_quality = card.from_version_tags(loaded.tags)
-    checks = [_compare_figures("quality_vs_version", figures, version_quality.figures if version_quality else None,
-                               config, f"the report of {model['name']}/{model['version']}")]
+    checks = [_compare_figures("quality_vs_version", figures, version_quality.figures, config,
+                               f"the report of {model['name']}/{model['version']}")]
     checks.append(_against_latest(storage, latest_id, manifest, figures, config))
     return checks
 

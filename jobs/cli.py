@@ -637,6 +637,36 @@ def refresh(keep, seed_policy, seed, lock_timeout, no_audit, audit_rows, audit_t
 
 
 @main.command()
+@click.argument("dataset", metavar="ROOT/DATASET_ID")
+@click.argument("name")
+@click.option("--delete", is_flag=True, help="Remove tag NAME (DATASET must be the one it names).")
+@click.option("--by", default=None, help="Who tags [default: the OS user].")
+@handle_errors
+def tag(dataset, name, delete, by) -> None:
+    """Tag a committed dataset: prune never deletes it, and ROOT@NAME opens it. Retagging moves NAME atomically.
+
+    \b
+    Examples:
+      vaegen tag ./datasets/vae-decoder-v7-n1000000-seed42-float32-f3 paper-2026
+      vaegen tag s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f3 paper-2026 --delete
+    """
+    from jobs.generate import holds
+    from jobs.generate.storage import Storage
+
+    root, _, dataset_id = dataset.rstrip("/").rpartition("/")
+    if not root or not dataset_id:
+        raise UsageError(f"{dataset!r}: give the dataset as ROOT/DATASET_ID, e.g. ./datasets/vae-decoder-v1-n1000-seed0-float32-f3")
+    storage = Storage(root)
+    if delete:
+        holds.delete_tag(storage, name, dataset_id)
+        click.echo(f"deleted tag {name} (was {dataset_id})")
+        return
+    previous = holds.set_tag(storage, dataset_id, name, by or getpass.getuser())
+    moved = f" (moved from {previous['dataset_id']})" if previous and previous["dataset_id"] != dataset_id else ""
+    click.echo(f"tagged: {storage.location()}@{name} -> {dataset_id}{moved}")
+
+
+@main.command()
 @click.option("--model", "model_ref", default=None, help="Report on a model version: fresh samples from the report seed.")
 @click.option("--dataset", default=None, help="Report on a committed dataset (its path or URI).")
 @click.option("--n", type=int, default=10_000, show_default=True, help="Generated samples compared with the real data.")

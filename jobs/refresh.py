@@ -27,10 +27,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jobs import audit
-from jobs.generate import card
+from jobs.generate import card, holds
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate.published import LATEST, committed_datasets, latest_dataset
+from jobs.liveness import boot_id as _boot_id
+from jobs.liveness import owner_alive as _owner_alive
+from jobs.liveness import process_start as _process_start
 from jobs.generate.storage import Storage, storage_from_env
 from registry import lineage, models, promotion, tracking
 from vae_core.errors import UsageError, VaegenError
@@ -78,38 +81,6 @@ def seed_for(config: RefreshConfig) -> int:
         return secrets.randbits(32)
     day = (config.today or dt.datetime.now(dt.timezone.utc).date()).isoformat()
     return int.from_bytes(hashlib.sha256(f"{config.seed}:{day}".encode()).digest()[:4], "big")
-
-
-def _boot_id() -> str:
-    """Distinguishes two boots of one host: a pid from before a reboot names nobody."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None if it is gone or a zombie.
-    With the pid it names one process: a pid reused by another process has another start time."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _owner_alive(pid: int, start: str | None) -> bool:
-    """`start`: the holder's recorded start time; None in a lock written without it (then the pid alone counts)."""
-    if Path("/proc/self/stat").exists():
-        current = _process_start(pid)
-        return current is not None and start in (None, current)
-    try:  # no /proc: signal 0 says whether the pid exists
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 class RefreshLock:
@@ -296,11 +267,12 @@ def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any], verdi
     return pointer
 
 
-def select_for_pruning(datasets: list[str], keep: int, published: str | None) -> tuple[list[str], dict[str, str]]:
+def select_for_pruning(datasets: list[str], keep: int, published: str | None,
+                       held: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """Which committed datasets (oldest first) prune deletes, and why it keeps each of the others: the newest
-    `keep`, the published one, and every one committed after it (unpublished: a failed audit stays until a
-    newer dataset publishes)."""
-    kept: dict[str, str] = {}
+    `keep`, the published one, every one committed after it (unpublished: a failed audit stays until a
+    newer dataset publishes), and every one `held` names (tagged or leased: jobs/generate/holds.py)."""
+    kept: dict[str, str] = {dataset_id: why for dataset_id, why in (held or {}).items() if dataset_id in datasets}
     for dataset_id in datasets[max(0, len(datasets) - keep):]:
         kept[dataset_id] = f"one of the newest {keep} (--keep)"
     if published in datasets:
@@ -314,7 +286,7 @@ def prune(storage: Storage, keep: int, protected: str) -> tuple[list[str], list[
     """Delete the committed datasets select_for_pruning dooms (`protected`: the published one); never unfinished
     or unreadable ones. Returns (pruned ids, "ID: why" of the unreadable ones, left in place, {kept id: why})."""
     committed, unreadable = committed_datasets(storage)
-    doomed, kept = select_for_pruning([dataset_id for dataset_id, _ in committed], keep, protected)
+    doomed, kept = select_for_pruning([dataset_id for dataset_id, _ in committed], keep, protected, holds.holds(storage))
     for dataset_id in doomed:
         storage.delete(dataset_id, MANIFEST)  # uncommit first: a reader never sees a half-deleted dataset
         storage.delete_dir(dataset_id)

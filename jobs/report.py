@@ -174,7 +174,7 @@ def read_samples(dataset: reader.Dataset, n: int) -> tuple[np.ndarray, np.ndarra
 
 
 def dataset_report(location: str, config: ReportConfig) -> ReportResult:
-    dataset = reader.open_dataset(location, verify=False)
+    dataset = reader.open_dataset(location, verify=False, lease=False)  # reads a few thousand rows, then done
     record = dataset.manifest
     generated, labels = read_samples(dataset, config.n)
     dataset_id = record["dataset_id"]

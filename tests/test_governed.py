@@ -21,6 +21,7 @@ from jobs import audit
 from jobs.cli import main
 from jobs.generate.card import CARD
 from jobs.generate.manifest import AUDIT, MANIFEST
+from jobs.reader import open_dataset
 from jobs.refresh import LATEST, select_for_pruning
 from registry import promotion
 from vae_core.errors import UsageError
@@ -47,7 +48,7 @@ def line(stdout: str, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def champion(trained_version, cache_root) -> Iterator[str]:
+def champion(cache_root, trained_version) -> Iterator[str]:  # the cache first: the report and the audit share it
     """The module's trained version (with its quality report) promoted to champion, and a local Ray."""
     name = trained_version.result.pinned.name
     promotion.promote(f"{name}/{trained_version.result.pinned.version}",
@@ -97,6 +98,17 @@ def test_refresh_audits_before_publishing_and_records_the_verdict_everywhere(cha
     inspected = invoke("inspect", str(root / dataset_id))  # the record beside the manifest is part of the dataset
     assert inspected.exit_code == 0, inspected.output
     assert "audit: PASS" in inspected.stdout
+
+    # Consumers name it by reference; what was resolved is printed / returned.
+    for reference in ("latest", "v1"):
+        by_reference = invoke("inspect", f"{root}@{reference}")
+        assert by_reference.exit_code == 0, by_reference.output
+        assert f"dataset: {dataset_id} at {root / dataset_id}" in by_reference.stdout
+    opened = open_dataset(f"{root}@latest")
+    assert opened.dataset_id == dataset_id
+    np.testing.assert_array_equal(opened.to_numpy()["x"], open_dataset(str(root / dataset_id), verify=False).to_numpy()["x"])
+    unknown = invoke("inspect", f"{root}@v9")
+    assert unknown.exit_code == 2 and "no published dataset of model version 9" in unknown.stderr
 
 
 def alter_part_consistently(folder: Path, name: str) -> None:

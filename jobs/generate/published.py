@@ -2,8 +2,8 @@
 
 `ROOT/latest` (a JSON pointer written by `refresh` and `generate --publish` after the audit) names the
 published dataset. A consumer may name a dataset by its folder or by a reference on the root:
-`ROOT@latest` (what the pointer names now) or `ROOT@vN` (the newest published dataset of model version N:
-committed, with an audit record that passed or was skipped with --no-audit). Resolution returns the
+`ROOT@latest` (what the pointer names now), `ROOT@vN` (the newest published dataset of model version N:
+committed, with an audit record that passed or was skipped with --no-audit), or `ROOT@TAG` (`vaegen tag`). Resolution returns the
 dataset's own folder, so a run can pin the dataset id it read.
 """
 
@@ -71,7 +71,13 @@ def resolve(location: str) -> str:
         return storage.location(dataset_id)
     match = VERSION_REFERENCE.fullmatch(reference)
     if match is None:
-        raise UsageError(f"{location}: unknown reference {reference!r}; use ROOT@latest or ROOT@vN (a model version)")
+        from jobs.generate.holds import tags
+
+        tagged = tags(storage).get(reference)
+        if tagged is None:
+            raise UsageError(f"{location}: no tag {reference!r} under {storage.location()}; use ROOT@latest, ROOT@vN "
+                             "(a model version) or ROOT@TAG (`vaegen datasets ROOT` lists the tags)")
+        return storage.location(tagged["dataset_id"])
     version, named = int(match["version"]), latest_dataset(storage)
     published = [dataset_id for dataset_id, record in committed_datasets(storage)[0]
                  if record.get("model", {}).get("version") == version
