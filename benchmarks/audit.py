@@ -40,8 +40,9 @@ def measure(model: str, n: int, dtype: str, out: Path) -> dict:
     started = time.perf_counter()
     inspect(storage.location(result.dataset_id), deep=True, sample_seed=audit.AUDIT_SEED)  # the first two checks alone
     inspect_s = time.perf_counter() - started
-    return {"n": n, "dtype": dtype, "dataset_bytes": result.manifest["total_bytes"], "generation_s": round(generation_s, 3),
-            "audit_s": round(audit_s, 3), "audit_share_of_generation": round(audit_s / generation_s, 4),
+    return {"n": n, "dtype": dtype, "dataset_bytes": result.manifest["total_bytes"],
+            "generation_s": round(generation_s, 3), "audit_s": round(audit_s, 3),
+            "audit_share_of_generation": round(audit_s / generation_s, 4),
             "inspect_and_deep_s_rerun": round(inspect_s, 3), "verdict": record["verdict"],
             "checks": {check["name"]: check["status"] for check in record["checks"]}}
 
@@ -60,7 +61,8 @@ def main() -> None:
         from jobs import report
 
         model = bench.setup_model(store)
-        report.model_report(model, report.ReportConfig(root=str(store / "report")))  # the figures the audit compares with
+        # the figures the audit compares with
+        report.model_report(model, report.ReportConfig(root=str(store / "report")))
         bench.warm_up_imports()
         runs = []
         for n in args.n:
@@ -70,7 +72,8 @@ def main() -> None:
 
             shutil.rmtree(store / f"out-{n}")
     load = os.getloadavg()
-    result = {"runs": runs, "machine": {"cpus": os.cpu_count(), "load_average_1_5_15": [round(value, 2) for value in load]},
+    machine = {"cpus": os.cpu_count(), "load_average_1_5_15": [round(value, 2) for value in load]}
+    result = {"runs": runs, "machine": machine,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

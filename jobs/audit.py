@@ -56,7 +56,8 @@ def parse_tolerances(items: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     for item in items:
         name, _, value = item.partition("=")
         if name not in tolerances:
-            raise UsageError(f"--audit-tolerance {item!r}: NAME must be one of {', '.join(tolerances)}, e.g. precision=0.1")
+            raise UsageError(f"--audit-tolerance {item!r}: NAME must be one of {', '.join(tolerances)}, "
+                             "e.g. precision=0.1")
         try:
             tolerances[name] = float(value)
         except ValueError:
@@ -104,13 +105,15 @@ def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str
         failed = "deep" if report.rows_checked_deep else "integrity"
         checks = [Check(failed, "fail", f"{report.problems[0]}{more}")]
     else:
+        deep = (f"{report.rows_checked_deep:,} rows re-derived, x of {report.rows_decoded_deep:,} re-decoded "
+                f"(one block per part, seed {config.sample_seed})")
         checks = [Check("integrity", "pass", f"{len(manifest['files'])} parts: sizes, checksums, row counts, ids"),
-                  Check("deep", "pass", f"{report.rows_checked_deep:,} rows re-derived, x of "
-                                        f"{report.rows_decoded_deep:,} re-decoded (one block per part, seed {config.sample_seed})")]
+                  Check("deep", "pass", deep)]
         checks += _quality_checks(storage, dataset_id, manifest, config, latest_id)
     failed_checks = [check for check in checks if check.status == "fail"]
     return {"format": AUDIT_FORMAT, "dataset_id": dataset_id, "manifest_sha256": manifest_sha256(storage, dataset_id),
-            "verdict": "fail" if failed_checks else "pass", "failed_check": failed_checks[0].name if failed_checks else None,
+            "verdict": "fail" if failed_checks else "pass",
+            "failed_check": failed_checks[0].name if failed_checks else None,
             "audited_at": utc_now(), "seconds": round(time.perf_counter() - started, 3), "config": config.to_dict(),
             "checks": [dataclasses.asdict(check) for check in checks]}
 
@@ -135,7 +138,8 @@ def _quality_checks(storage: Storage, dataset_id: str, manifest: dict[str, Any],
     except UsageError as error:  # no training data source to compare with, or it has no labels
         reason = f"cannot measure quality: {error}"
         return [Check("quality_vs_version", "skipped", reason), Check("quality_vs_latest", "skipped", reason)]
-    figures = {name: float(metrics[name]) for name, _ in config.tolerances if isinstance(metrics.get(name), (int, float))}
+    figures = {name: float(metrics[name]) for name, _ in config.tolerances
+               if isinstance(metrics.get(name), (int, float))}
     checks = [_compare_figures("quality_vs_version", figures, version_quality.figures, config,
                                f"the report of {model['name']}/{model['version']}")]
     checks.append(_against_latest(storage, latest_id, manifest, figures, config))
@@ -169,7 +173,8 @@ def _compare_figures(name: str, figures: dict[str, float], reference: dict[str, 
     compared = {key: {"value": round(figures[key], 6), "reference": round(reference[key], 6), "tolerance": tolerance}
                 for key, tolerance in config.tolerances if key in figures and key in reference}
     if not compared:
-        return Check(name, "skipped", f"{against} shares none of the audited figures {', '.join(dict(config.tolerances))}")
+        return Check(name, "skipped",
+                     f"{against} shares none of the audited figures {', '.join(dict(config.tolerances))}")
     outside = [f"{key} {entry['value']:.3f} vs {entry['reference']:.3f} (tolerance {entry['tolerance']:g})"
                for key, entry in compared.items() if abs(entry["value"] - entry["reference"]) > entry["tolerance"]]
     if outside:

@@ -1,6 +1,7 @@
 """The `vaegen` command line: thin click wrappers over library functions.
 
-Exit codes, in one place: 0 ok, 1 the job failed, 2 usage error (bad input), 130 interrupted.
+Exit codes, in one place: 0 ok, 1 the job failed, 2 usage error (bad input), 3 `status`: not current,
+130 interrupted.
 `refresh` exits 0 with `refresh: busy` when a live refresh holds the root's lock: that one reports.
 Results go to stdout; progress and diagnostics to stderr; a traceback only with --debug.
 """
@@ -20,6 +21,7 @@ import click
 from vae_core.errors import UsageError, VaegenError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_STALE = 3  # `vaegen status`: the published data is not current
 
 
 def _say_error(message: str) -> None:
@@ -300,7 +302,8 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--labels", default="balanced", show_default=True, help="Conditional models: balanced | prior | 3,5,..."),
         click.option("--shared-fs", is_flag=True, help="A local --out is a filesystem shared by every Ray node."),
         click.option("--allow-ungated", is_flag=True,
-                     help="Use an alias holder that `vaegen promote` did not put there (recorded in the manifest, card, run)."),
+                     help="Use an alias holder that `vaegen promote` did not put there (recorded in the manifest, "
+                          "card, run)."),
         click.option("--redact-provenance", is_flag=True,
                      help="Leave users, hosts and absolute locations out of the manifest (for datasets you publish)."),
         click.option("--stall-timeout", type=float, default=600.0, show_default=True,
@@ -314,8 +317,9 @@ def _generate_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _audit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The publish audit's options, shared by `refresh` and `generate --publish`."""
     options = [
-        click.option("--no-audit", is_flag=True, help="Publish without the audit (recorded as skipped beside the manifest, "
-                                                      "in the card and in the dataset's run)."),
+        click.option("--no-audit", is_flag=True,
+                     help="Publish without the audit (recorded as skipped beside the manifest, in the card and in the "
+                          "dataset's run)."),
         click.option("--audit-rows", type=int, default=2_000, show_default=True,
                      help="Rows whose quality figures the audit compares with the model version's report."),
         click.option("--audit-tolerance", multiple=True, metavar="FIGURE=VALUE",
@@ -378,7 +382,8 @@ def _stdout_for_results() -> Any:
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
 @click.option("--overwrite", is_flag=True, help="Replace a committed dataset with the same id.")
 @click.option("--resume", default=None, metavar="DATASET", help="Continue an unfinished dataset (its id under --out, or its path).")
-@click.option("--publish", is_flag=True, help="Audit the committed dataset, then point OUT/latest at it (as refresh does).")
+@click.option("--publish", is_flag=True,
+              help="Audit the committed dataset, then point OUT/latest at it (as refresh does).")
 @_audit_options
 @click.option("--debug", is_flag=True, hidden=True)
 @handle_errors
@@ -636,6 +641,69 @@ def refresh(keep, seed_policy, seed, lock_timeout, no_audit, audit_rows, audit_t
         click.echo(f"kept: {dataset_id} ({why})", file=results)
 
 
+@main.command(name="status")
+@click.argument("root")
+@click.option("--model", "model_ref", default=None,
+              help="NAME@ALIAS that refresh follows: is `latest` made from its holder?")
+@click.option("--max-lag", default=None,
+              help="How long a moved alias (or, without --model, `latest`) may wait unpublished: 90s, 15m, 6h, 1d "
+                   "[default: 0 with --model, no limit without].")
+@click.option("--json", "as_json", is_flag=True, help="The state as one JSON object on stdout, for machines.")
+@handle_errors
+def status_command(root, model_ref, max_lag, as_json) -> None:
+    """Is the published data current? Exit 0 current, 3 stale (or the alias moved and nothing published it), 1 error.
+
+    \b
+    Examples:
+      vaegen status ./datasets --model vae-decoder@champion --max-lag 1h
+      vaegen status s3://bucket/synthetic --max-lag 2d --json
+    """
+    from jobs import status
+
+    if model_ref is not None:
+        from registry import tracking
+
+        tracking.ensure_reachable()
+    state = status.status(root, model_ref, None if max_lag is None else status.parse_duration(max_lag))
+    if as_json:
+        click.echo(json.dumps(state, indent=2, default=str))
+    else:
+        for text in status.lines(state):
+            click.echo(text)
+    if state["stale"]:
+        sys.exit(EXIT_STALE)
+
+
+@main.command()
+@click.argument("root")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list on stdout, for machines.")
+@handle_errors
+def datasets(root, as_json) -> None:
+    """List the datasets under an output root: id, model version, rows, size, state, audit verdict.
+
+    \b
+    Examples:
+      vaegen datasets ./datasets
+      vaegen datasets s3://bucket/synthetic --json
+    """
+    from jobs.generate.published import listing
+    from jobs.generate.storage import Storage
+
+    storage = Storage(root)
+    if not storage.exists():
+        raise UsageError(f"output root {storage.location()} does not exist; pass the --out of a generate or refresh")
+    rows = listing(storage)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'dataset':<52} {'version':>7} {'rows':>11} {'MB':>9}  {'audit':<8} state")
+    for row in rows:
+        size = "-" if row["bytes"] is None else f"{row['bytes'] / 1e6:,.1f}"
+        count = "-" if row["n"] is None else f"{row['n']:,}"
+        click.echo(f"{row['dataset_id']:<52} {row['model_version'] if row['model_version'] is not None else '-':>7} "
+                   f"{count:>11} {size:>9}  {row['audit']:<8} {', '.join(row['states']) or '-'}")
+
+
 @main.command()
 @click.argument("dataset", metavar="ROOT/DATASET_ID")
 @click.argument("name")
@@ -655,7 +723,8 @@ def tag(dataset, name, delete, by) -> None:
 
     root, _, dataset_id = dataset.rstrip("/").rpartition("/")
     if not root or not dataset_id:
-        raise UsageError(f"{dataset!r}: give the dataset as ROOT/DATASET_ID, e.g. ./datasets/vae-decoder-v1-n1000-seed0-float32-f3")
+        raise UsageError(f"{dataset!r}: give the dataset as ROOT/DATASET_ID, "
+                         "e.g. ./datasets/vae-decoder-v1-n1000-seed0-float32-f3")
     storage = Storage(root)
     if delete:
         holds.delete_tag(storage, name, dataset_id)

@@ -29,6 +29,7 @@ from jobs.generate.holds import DEFAULT_LEASE_TIMEOUT_S, Lease
 from jobs.generate.inspect import inspect, open_committed
 from jobs.generate.manifest import MANIFEST
 from jobs.generate.storage import Storage
+from registry import tracking
 from vae_core.errors import UsageError, VaegenError
 
 if TYPE_CHECKING:
@@ -241,12 +242,13 @@ def _hf_rows(dataset: Dataset, parts: list[str]) -> Iterator[dict[str, Any]]:
 
 
 def open_dataset(location: str, verify: bool = True, deep: bool = False, lease: bool = True,
-                 lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S) -> Dataset:
+                 lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S, log_to_mlflow: bool | None = None) -> Dataset:
     """A committed dataset by path or URI (s3://...), or ROOT@latest / ROOT@vN / ROOT@TAG (resolved once: the
     returned dataset_id says which). `verify` checks every part's size, checksum and row count against the
     manifest (reads every byte once); `deep` also re-derives sampled rows. `lease` holds the dataset against
     `refresh --keep` until close() (or `with`, or the process's end); a root this process cannot write to is
-    read without one, with a warning."""
+    read without one, with a warning. `log_to_mlflow`: log the dataset as an input (context "training") of the
+    active MLflow run; None (default) does when a run is active, True also starts one, False never logs."""
     storage, dataset_id, record = open_committed(location)
     held = _take_lease(storage, dataset_id, lease_timeout_s) if lease else None
     try:
@@ -255,6 +257,10 @@ def open_dataset(location: str, verify: bool = True, deep: bool = False, lease: 
         if held is not None:
             held.release()
         raise
+    if log_to_mlflow or (log_to_mlflow is None and tracking.active_run_id() is not None):
+        from registry import lineage  # imports mlflow: only for a run that consumes the dataset
+
+        lineage.log_consumed_dataset(record, storage.location(dataset_id))
     return Dataset(storage.location(dataset_id), record, storage, dataset_id, held)
 
 

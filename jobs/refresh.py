@@ -217,8 +217,6 @@ def publish(storage: Storage, dataset_id: str, record: dict[str, Any], config: a
     """Audit the committed dataset (or reuse this commit's verdict under the same settings), record the verdict
     beside the manifest, in the card and in the dataset's run, then move `latest` to it unless the audit failed.
     Call it holding the root's refresh lock. Returns the audit record."""
-    from registry import lineage
-
     published = latest_dataset(storage)
     if not config.enabled:
         verdict = audit.skipped_record(storage, dataset_id, "--no-audit")
@@ -246,15 +244,16 @@ def publish_generated(storage: Storage, dataset_id: str, record: dict[str, Any],
     """`generate --publish`: publish() under the root's refresh lock, so that it never races a refresh."""
     lock = RefreshLock(storage, DEFAULT_LOCK_TIMEOUT_S)
     if not lock.acquire():
-        raise VaegenError(f"a refresh holds {storage.location(LOCK)} ({lock.describe_holder()}); {dataset_id} is committed "
-                          "but not published: rerun this command once that refresh has ended")
+        raise VaegenError(f"a refresh holds {storage.location(LOCK)} ({lock.describe_holder()}); {dataset_id} is "
+                          "committed but not published: rerun this command once that refresh has ended")
     try:
         return publish(storage, dataset_id, record, config, log)
     finally:
         lock.release()
 
 
-def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any], verdict: dict[str, Any] | None = None) -> dict[str, Any]:
+def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any],
+                verdict: dict[str, Any] | None = None) -> dict[str, Any]:
     pointer = {
         "audit": None if verdict is None else {"verdict": verdict["verdict"], "audited_at": verdict["audited_at"]},
         "dataset_id": dataset_id,
@@ -286,7 +285,8 @@ def prune(storage: Storage, keep: int, protected: str) -> tuple[list[str], list[
     """Delete the committed datasets select_for_pruning dooms (`protected`: the published one); never unfinished
     or unreadable ones. Returns (pruned ids, "ID: why" of the unreadable ones, left in place, {kept id: why})."""
     committed, unreadable = committed_datasets(storage)
-    doomed, kept = select_for_pruning([dataset_id for dataset_id, _ in committed], keep, protected, holds.holds(storage))
+    datasets = [dataset_id for dataset_id, _ in committed]
+    doomed, kept = select_for_pruning(datasets, keep, protected, holds.holds(storage))
     for dataset_id in doomed:
         storage.delete(dataset_id, MANIFEST)  # uncommit first: a reader never sees a half-deleted dataset
         storage.delete_dir(dataset_id)

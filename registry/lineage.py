@@ -146,13 +146,27 @@ class JobRun:
             path = Path(folder, "manifest.json")
             path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
             self.client.log_artifact(self.run_id, str(path))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
-            source = resolve_dataset_source(location)
-        dataset = MetaDataset(source=source, name=manifest["dataset_id"], digest=manifest["spec_fingerprint"])
-        self.client.log_inputs(self.run_id, [_dataset_input(dataset, "generated")])
+        self.client.log_inputs(self.run_id, [_dataset_input(_manifest_dataset(manifest, location), "generated")])
         if self.describe is not None:
             self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, self.describe(manifest, location))
+
+
+def _manifest_dataset(manifest: dict[str, Any], location: str) -> MetaDataset:
+    """A committed dataset as MLflow names it, the same for its dataset run and for every run that consumes it:
+    name = dataset id, digest = the manifest's spec fingerprint."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+        source = resolve_dataset_source(location)
+    return MetaDataset(source=source, name=manifest["dataset_id"], digest=manifest["spec_fingerprint"])
+
+
+def log_consumed_dataset(manifest: dict[str, Any], location: str) -> str:
+    """The dataset as an input (context "training") of the active run, or of a new one if none is active;
+    the run's id. The UI then shows dataset -> consuming run beside model -> dataset run."""
+    dataset = _manifest_dataset(manifest, location)
+    run = mlflow.active_run() or mlflow.start_run(run_name=f"consume-{manifest['dataset_id']}")
+    mlflow.MlflowClient().log_inputs(run.info.run_id, [_dataset_input(dataset, "training")])
+    return run.info.run_id
 
 
 def _experiment_id(client: mlflow.MlflowClient, name: str) -> str:

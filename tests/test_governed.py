@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -19,10 +21,12 @@ from click.testing import CliRunner
 from conftest import private_local_ray, register_untrained_decoder
 from jobs import audit
 from jobs.cli import main
+from jobs.generate import holds
 from jobs.generate.card import CARD
 from jobs.generate.manifest import AUDIT, MANIFEST
 from jobs.reader import open_dataset
 from jobs.refresh import LATEST, select_for_pruning
+from jobs.status import parse_duration
 from registry import promotion
 from vae_core.errors import UsageError
 
@@ -48,13 +52,26 @@ def line(stdout: str, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def champion(cache_root, trained_version) -> Iterator[str]:  # the cache first: the report and the audit share it
-    """The module's trained version (with its quality report) promoted to champion, and a local Ray."""
+def local_ray(module_sqlite) -> Iterator[str]:
+    with private_local_ray() as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def champion(cache_root, trained_version, local_ray) -> str:  # the cache first: the report and the audit share it
+    """The module's trained version (with its quality report) promoted to champion."""
     name = trained_version.result.pinned.name
     promotion.promote(f"{name}/{trained_version.result.pinned.version}",
                       promotion.PromotionConfig(reason="serve", by="tester", quality=None))
-    with private_local_ray():
-        yield name
+    return name
+
+
+@pytest.fixture(scope="module")
+def plain_champion(local_ray) -> str:
+    """An untrained decoder without a report promoted to vae-plain@champion: for tests that need no quality."""
+    register_untrained_decoder("vae-plain")
+    promotion.promote("vae-plain/1", promotion.PromotionConfig(reason="serve", by="tester", quality=None))
+    return "vae-plain@champion"
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +87,8 @@ def collapsed(champion) -> str:
     return f"{pinned.name}/{pinned.version}"
 
 
-def refresh(root: Path, *extra: str):
-    return invoke("refresh", "--model", "vae-decoder@champion", *COMMON, "--out", str(root), *extra)
+def refresh(root: Path, *extra: str, model: str = "vae-decoder@champion"):
+    return invoke("refresh", "--model", model, *COMMON, "--out", str(root), *extra)
 
 
 @pytest.mark.slow  # a trained model and its report, a local Ray
@@ -106,9 +123,19 @@ def test_refresh_audits_before_publishing_and_records_the_verdict_everywhere(cha
         assert f"dataset: {dataset_id} at {root / dataset_id}" in by_reference.stdout
     opened = open_dataset(f"{root}@latest")
     assert opened.dataset_id == dataset_id
-    np.testing.assert_array_equal(opened.to_numpy()["x"], open_dataset(str(root / dataset_id), verify=False).to_numpy()["x"])
+    by_folder = open_dataset(str(root / dataset_id), verify=False)
+    np.testing.assert_array_equal(opened.to_numpy()["x"], by_folder.to_numpy()["x"])
     unknown = invoke("inspect", f"{root}@v9")
     assert unknown.exit_code == 2 and "no published dataset of model version 9" in unknown.stderr
+
+    # A run that reads it gets it as an input, named and digested as the dataset's own run logs it.
+    fingerprint = json.loads((root / dataset_id / MANIFEST).read_text())["spec_fingerprint"]
+    with mlflow.start_run(run_name="consumer") as consumer:
+        open_dataset(f"{root}@latest", verify=False).close()
+        open_dataset(f"{root}@latest", verify=False, log_to_mlflow=False).close()
+    inputs = mlflow.MlflowClient().get_run(consumer.info.run_id).inputs.dataset_inputs
+    assert [(item.dataset.name, item.dataset.digest) for item in inputs] == [(dataset_id, fingerprint)]
+    assert {(tag.key, tag.value) for tag in inputs[0].tags} == {("mlflow.data.context", "training")}
 
 
 def alter_part_consistently(folder: Path, name: str) -> None:
@@ -118,8 +145,8 @@ def alter_part_consistently(folder: Path, name: str) -> None:
     x = table.column("x").combine_chunks()
     flat = x.flatten().flatten()
     inverted = pa.array(1.0 - flat.to_numpy(), type=flat.type)
-    rebuilt = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(inverted, x.type.value_type.list_size),
-                                                x.type.list_size)
+    rows = pa.FixedSizeListArray.from_arrays(inverted, x.type.value_type.list_size)
+    rebuilt = pa.FixedSizeListArray.from_arrays(rows, x.type.list_size)
     table = table.set_column(table.schema.get_field_index("x"), table.schema.field("x"), rebuilt.cast(x.type))
     pq.write_table(table, path)
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -141,7 +168,8 @@ def test_failed_audits_keep_latest_exit_1_naming_the_check_and_are_not_pruned(ch
     altered = line(made.stdout, "dataset_id:").split()[1]
     alter_part_consistently(root / altered, "part-00001.parquet")
     assert invoke("inspect", str(root / altered)).exit_code == 0
-    result = invoke("generate", "--model", f"{champion}@champion", *COMMON, "--seed", "7", "--out", str(root), "--publish")
+    result = invoke("generate", "--model", f"{champion}@champion", *COMMON, "--seed", "7", "--out", str(root),
+                    "--publish")
     assert result.exit_code == 1, result.output
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(f"vaegen: error: audit of {altered} failed, deep: part-00001.parquet"), error
@@ -180,6 +208,10 @@ def test_audit_options_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(UsageError, match="VALUE must be a number"):
         audit.parse_tolerances(("precision=high",))
     assert dict(audit.parse_tolerances(("precision=0.2",)))["precision"] == 0.2
+    assert [parse_duration(text) for text in ("90", "90s", "15m", "6h", "1.5d")] == [90, 90, 900, 21_600, 129_600]
+    result = invoke("status", str(tmp_path), "--max-lag", "soon")
+    assert result.exit_code == 2 and "--max-lag must be a duration like 90s" in result.stderr
+    assert invoke("datasets", str(tmp_path / "nowhere")).exit_code == 2
 
 
 def test_prune_selection_keeps_the_newest_the_published_and_what_is_newer_than_it():
@@ -203,7 +235,7 @@ def test_figures_compare_within_tolerance_and_name_what_is_outside():
 
 
 @pytest.mark.slow
-def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(champion, tmp_path):
+def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(local_ray, tmp_path):
     client = mlflow.MlflowClient()
     for _ in range(2):
         register_untrained_decoder("vae-gov")
@@ -221,7 +253,8 @@ def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(cha
     assert not root.exists() or not any(root.iterdir())
 
     listed = invoke("models", "vae-gov")
-    assert listed.exit_code == 0 and "champion(ungated)" in listed.stdout and "UNGATED: vae-gov@champion" in listed.stdout
+    assert listed.exit_code == 0 and "champion(ungated)" in listed.stdout
+    assert "UNGATED: vae-gov@champion" in listed.stdout
 
     allowed = invoke("generate", "--model", "vae-gov@champion", *COMMON, "--seed", "0", "--out", str(root),
                      "--allow-ungated")
@@ -233,7 +266,81 @@ def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(cha
     assert client.get_run(manifest["lineage"]["run_id"]).data.tags["vaegen.alias_gate"] == "ungated (--allow-ungated)"
 
     promoted = invoke("promote", "vae-gov/2", "--reason", "gate it", "--force", "--no-quality-gate")
-    assert promoted.exit_code == 0 and "promoted: vae-gov@champion -> version 2 (was 1)" in promoted.stdout, promoted.output
+    assert "promoted: vae-gov@champion -> version 2 (was 1)" in promoted.stdout, promoted.output
+    status = invoke("status", str(root), "--model", "vae-gov@champion", "--json")
+    assert status.exit_code == 3 and json.loads(status.stdout)["alias"]["gated"], status.output  # nothing published
     refreshed = invoke("refresh", "--model", "vae-gov@champion", *COMMON, "--out", str(root), "--no-audit")
     assert refreshed.exit_code == 0, refreshed.output
     assert "champion(ungated)" not in invoke("models", "vae-gov").stdout
+
+    # `vaegen status`: current after the refresh, stale once the alias moves, current again after the next one.
+    assert invoke("status", str(root), "--model", "vae-gov@champion", "--max-lag", "0s").exit_code == 0
+    moved = invoke("promote", "vae-gov/1", "--reason", "back", "--force", "--no-quality-gate")
+    assert moved.exit_code == 0, moved.output
+    stale = invoke("status", str(root), "--model", "vae-gov@champion", "--max-lag", "0s")
+    assert stale.exit_code == 3, stale.output
+    assert ("STALE: vae-gov@champion is version 1, `latest` was made from version 2: no refresh has published it"
+            in stale.stdout), stale.stdout
+    assert invoke("status", str(root), "--model", "vae-gov@champion", "--max-lag", "1h").exit_code == 0
+    assert invoke("refresh", "--model", "vae-gov@champion", *COMMON, "--out", str(root), "--no-audit").exit_code == 0
+    current = invoke("status", str(root), "--model", "vae-gov@champion", "--max-lag", "0s")
+    assert current.exit_code == 0 and current.stdout.strip().endswith("current"), current.output
+
+
+READER = """
+import sys, time
+from jobs.reader import open_dataset
+data = open_dataset(sys.argv[1], verify=False)
+print("open", data.dataset_id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_tagged_and_leased_datasets_survive_keep_1_and_a_killed_readers_lease_does_not(plain_champion, tmp_path):
+    root = tmp_path / "out"
+    older = []
+    for seed in ("1", "2"):  # committed, never published, older than what refresh publishes next
+        made = invoke("generate", "--model", plain_champion, *COMMON, "--seed", seed, "--out", str(root))
+        assert made.exit_code == 0, made.output
+        older.append(line(made.stdout, "dataset_id:").split()[1])
+    leased, tagged = older
+    assert refresh(root, "--no-audit", model=plain_champion).exit_code == 0
+    tag = invoke("tag", str(root / tagged), "paper")
+    assert tag.exit_code == 0 and f"tagged: {root}@paper -> {tagged}" in tag.stdout, tag.output
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(root / leased)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().split() == ["open", leased]
+        for seed in ("0", "5"):  # up to date, then a new dataset published: both prune with --keep 1
+            result = refresh(root, "--keep", "1", "--seed", seed, "--no-audit", model=plain_champion)
+            assert result.exit_code == 0, result.output
+            assert f"kept: {tagged} (tagged paper)" in result.stdout
+            assert f"kept: {leased} (leased by pid {reader.pid} on " in result.stdout
+        assert "pruned: " in result.stdout  # the seed-0 dataset, neither newest nor held
+        listed = invoke("datasets", str(root))
+        assert "tagged paper" in line(listed.stdout, tagged) and "leased x1" in line(listed.stdout, leased)
+        with open_dataset(f"{root}@paper") as by_tag:
+            assert by_tag.dataset_id == tagged
+            np.testing.assert_array_equal(by_tag.to_numpy()["z"], open_dataset(str(root / tagged)).to_numpy()["z"])
+    finally:
+        reader.kill()  # kill -9: no atexit, the lease stays behind
+        reader.wait()
+    result = refresh(root, "--keep", "1", "--seed", "5", "--no-audit", model=plain_champion)
+    assert f"pruned: {leased}" in result.stdout, result.output  # its reader is gone from this host: at once
+    assert invoke("tag", str(root / tagged), "paper", "--delete").exit_code == 0
+    assert f"pruned: {tagged}" in refresh(root, "--keep", "1", "--seed", "5", "--no-audit", model=plain_champion).stdout
+
+
+def test_a_lease_from_another_host_protects_until_its_heartbeat_is_older_than_its_timeout():
+    now = 1_000_000.0
+    record = {"host": "another-host", "pid": 1, "heartbeat_at": now - 100, "timeout_s": 300}
+    assert holds.lease_state(record, now) is None
+    assert "no heartbeat from another-host for 400 s" in holds.lease_state(record, now + 300)
+
+
+def test_tag_names_exclude_references_and_nonsense(tmp_path):
+    for bad in ("latest", "v3", "-x", "a/b", ""):
+        with pytest.raises(UsageError, match="tag name"):
+            holds.check_tag_name(bad)
+    result = invoke("tag", str(tmp_path / "no-such-dataset"), "paper")
+    assert result.exit_code == 2 and "is not a committed dataset" in result.stderr

@@ -96,7 +96,8 @@ def record_audit(storage: Storage, dataset_id: str, audit: dict[str, Any]) -> No
 
 def _audit_text(audit: dict[str, Any]) -> str:
     if audit.get("verdict") == "skipped":
-        return f"{AUDIT_HEADING}\n\nSkipped ({audit.get('reason')}), {audit.get('audited_at')}: nothing checked these rows before publication."
+        return (f"{AUDIT_HEADING}\n\nSkipped ({audit.get('reason')}), {audit.get('audited_at')}: nothing checked "
+                "these rows before publication.")
     rows = [(check["name"], check["status"], check["detail"].replace("|", "/")) for check in audit.get("checks", [])]
     table = "\n".join(["| check | result | detail |", "| --- | --- | --- |",
                        *[f"| {name} | {status} | {detail} |" for name, status, detail in rows]])

@@ -78,7 +78,8 @@ def delete_tag(storage: Storage, name: str, dataset_id: str) -> None:
     """Remove tag `name`, which must name `dataset_id` (so a tag moved meanwhile by someone else is not lost)."""
     previous = _read(storage, TAGS, f"{check_tag_name(name)}.json")
     if previous is None:
-        raise UsageError(f"no tag {name!r} under {storage.location()}; `vaegen datasets {storage.location()}` lists them")
+        raise UsageError(f"no tag {name!r} under {storage.location()}; "
+                         f"`vaegen datasets {storage.location()}` lists them")
     if previous["dataset_id"] != dataset_id:
         raise UsageError(f"tag {name!r} names {previous['dataset_id']}, not {dataset_id}; nothing deleted")
     storage.delete(TAGS, f"{name}.json")
@@ -147,5 +148,6 @@ def holds(storage: Storage) -> dict[str, str]:
         held.setdefault(record["dataset_id"], []).append(f"tagged {name}")
     for _, record, stale in leases(storage):
         if stale is None:
-            held.setdefault(record["dataset_id"], []).append(f"leased by pid {record.get('pid')} on {record.get('host')}")
+            reader = f"leased by pid {record.get('pid')} on {record.get('host')}"
+            held.setdefault(record["dataset_id"], []).append(reader)
     return {dataset_id: ", ".join(reasons) for dataset_id, reasons in held.items()}

@@ -3,8 +3,8 @@
 `ROOT/latest` (a JSON pointer written by `refresh` and `generate --publish` after the audit) names the
 published dataset. A consumer may name a dataset by its folder or by a reference on the root:
 `ROOT@latest` (what the pointer names now), `ROOT@vN` (the newest published dataset of model version N:
-committed, with an audit record that passed or was skipped with --no-audit), or `ROOT@TAG` (`vaegen tag`). Resolution returns the
-dataset's own folder, so a run can pin the dataset id it read.
+committed, with an audit record that passed or was skipped with --no-audit), or `ROOT@TAG` (`vaegen tag`).
+Resolution returns the dataset's own folder, so a run can pin the dataset id it read.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]
             record = storage.read_json(name, MANIFEST)
             finished_at = str(record["timings"]["finished_at"])
         except (OSError, ValueError, KeyError, TypeError, VaegenError) as error:
-            unreadable.append(f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} ({type(error).__name__})")
+            unreadable.append(f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} "
+                              f"({type(error).__name__})")
             continue
         found.append((finished_at, name, record))
     return [(name, record) for _, name, record in sorted(found)], unreadable
@@ -88,8 +89,41 @@ def resolve(location: str) -> str:
 
 
 def _was_published(storage: Storage, dataset_id: str) -> bool:
+    return (_read_audit(storage, dataset_id) or {}).get("verdict") in ("pass", "skipped")
+
+
+def listing(storage: Storage) -> list[dict[str, Any]]:
+    """Every dataset folder under the root, oldest committed first, then the unfinished ones: id, model version,
+    n, bytes, states (published, tagged NAME, leased, unpublished, unfinished, unreadable) and audit verdict."""
+    from jobs.generate.holds import leases, tags
+    from jobs.generate.manifest import PROGRESS
+
+    committed, unreadable = committed_datasets(storage)
+    named, tag_records = latest_dataset(storage), tags(storage)
+    live = [record["dataset_id"] for _, record, stale in leases(storage) if stale is None]
+    rows = []
+    for dataset_id, record in committed:
+        audit_record = _read_audit(storage, dataset_id)
+        states = (["published"] if dataset_id == named else [])
+        states += [f"tagged {name}" for name, tag in sorted(tag_records.items()) if tag["dataset_id"] == dataset_id]
+        states += [f"leased x{live.count(dataset_id)}"] if dataset_id in live else []
+        if audit_record and audit_record.get("verdict") == "fail":
+            states.append("unpublished")
+        rows.append({"dataset_id": dataset_id, "model_version": record.get("model", {}).get("version"),
+                     "n": record.get("n"), "bytes": record.get("total_bytes"), "states": states,
+                     "audit": (audit_record or {}).get("verdict", "none")})
+    rows += [{"dataset_id": problem.split(":", 1)[0], "model_version": None, "n": None, "bytes": None,
+              "states": ["unreadable"], "audit": "none"} for problem in unreadable]
+    for name in storage.list():
+        if not name.startswith((".", "_")) and name != LATEST and storage.exists(name, PROGRESS) \
+                and not storage.exists(name, MANIFEST):
+            rows.append({"dataset_id": name, "model_version": None, "n": None, "bytes": None, "states": ["unfinished"],
+                         "audit": "none"})
+    return rows
+
+
+def _read_audit(storage: Storage, dataset_id: str) -> dict[str, Any] | None:
     try:
-        record = storage.read_json(dataset_id, AUDIT) or {}
+        return storage.read_json(dataset_id, AUDIT)
     except (OSError, VaegenError):
-        return False
-    return record.get("verdict") in ("pass", "skipped")
+        return None
