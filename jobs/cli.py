@@ -507,6 +507,11 @@ def inspect_command(dataset, deep) -> None:
     if record["labels"]:
         click.echo(f"labels: {record['labels']['policy']} over {record['labels']['classes']}, counts {record['labels']['counts']}")
     click.echo(f"lineage: MLflow run {record['lineage']['run_id']} at {redact_uri(record['lineage']['tracking_uri'] or 'a redacted tracking URI')}")
+    from jobs import audit
+    from jobs.generate.storage import Storage
+
+    parent, _, dataset_id = report.location.rstrip("/").rpartition("/")
+    click.echo(f"audit: {audit.summary(audit.read_record(Storage(parent or '.'), dataset_id))}")  # before publishing
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}")
     if not report.ok:
@@ -515,11 +520,6 @@ def inspect_command(dataset, deep) -> None:
         _log(f"note: {note}")
     click.echo(f"verified: {len(record['files'])} files" + (f", {report.rows_checked_deep:,} rows re-derived, "
                                                              f"x of {report.rows_decoded_deep:,} re-decoded" if deep else ""))
-    from jobs import audit
-    from jobs.generate.storage import Storage
-
-    parent, _, dataset_id = report.location.rstrip("/").rpartition("/")
-    click.echo(f"audit: {audit.summary(audit.read_record(Storage(parent or '.'), dataset_id))}")
 
 
 @main.command()
