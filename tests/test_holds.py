@@ -68,8 +68,9 @@ def test_a_lease_protects_until_released_and_a_killed_readers_lease_stops_at_onc
     assert holds.holds(storage) == {"a": f"leased by pid {lease.record['pid']} on {lease.record['host']}"}
     lease.release()
     assert holds.holds(storage) == {}
-    script = ("import os, signal, sys; from jobs.generate.storage import Storage; from jobs.generate.holds import Lease; "
-              "Lease(Storage(sys.argv[1]), 'b'); os.kill(os.getpid(), signal.SIGKILL)")
+    script = ("import os, signal, sys; from jobs.generate.storage import Storage; "
+              "from jobs.generate.holds import Lease; Lease(Storage(sys.argv[1]), 'b'); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
     done = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr
     [(_, record, stale)] = holds.leases(storage)  # the record survived kill -9, whole
