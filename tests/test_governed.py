@@ -321,7 +321,7 @@ def test_tagged_and_leased_datasets_survive_keep_1_and_a_killed_readers_lease_do
         assert "tagged paper" in line(listed.stdout, tagged) and "leased x1" in line(listed.stdout, leased)
         with open_dataset(f"{root}@paper") as by_tag:
             assert by_tag.dataset_id == tagged
-            by_folder = open_dataset(str(root / tagged), lease=False).to_numpy()["z"]  # this process holds no lease on it
+            by_folder = open_dataset(str(root / tagged), lease=False).to_numpy()["z"]  # no lease held by this process
             np.testing.assert_array_equal(by_tag.to_numpy()["z"], by_folder)
     finally:
         reader.kill()  # kill -9: no atexit, the lease stays behind
