@@ -46,8 +46,9 @@ def test_readme_publishing_lines_run_verbatim(tmp_path):
     assert f"tagged: {tmp_path / 'published'}@first-release -> {dataset_id}" in done.stdout
     assert f"{dataset_id} 20000" in done.stdout  # open_dataset('published@first-release') says which dataset it read
     assert "audit: PASS" in done.stdout
-    listed = next(text for text in done.stdout.splitlines() if text.startswith(dataset_id + " "))
-    assert "published, tagged first-release" in listed and " pass " in listed
-    assert "alias: vae-decoder@champion -> version 1 (gated by vaegen promote), latest was made from it" in done.stdout
-    assert "\ncurrent\n" in done.stdout
+    listed = [text for text in done.stdout.splitlines() if text.startswith(dataset_id + " ") and " pass " in text]
+    assert listed and listed[0].endswith("published, tagged first-release"), done.stdout  # `vaegen datasets`
+    assert ("alias: vae-decoder@champion -> version 1 (gated by vaegen promote), latest was made from it"
+            in done.stdout), done.stdout
+    assert "\ncurrent\n" in done.stdout, done.stdout
     assert "champion(ungated)" not in done.stdout and "champion" in done.stdout
