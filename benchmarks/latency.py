@@ -96,7 +96,9 @@ def setup_store(store: Path, env: dict[str, str]) -> None:
             "from jobs.train import TrainJobConfig, run\nfrom vae_core.config import TrainConfig\n"
             f"for seed in range({VERSIONS}):\n"
             "    result = run(TrainJobConfig(train=TrainConfig(epochs=1, seed=seed), report=False))\n"
-            "mlflow.MlflowClient().set_registered_model_alias('vae-decoder', 'champion', str(result.pinned.version))\n"
+            "from registry import promotion  # generate refuses an alias set outside vaegen promote\n"
+            "promotion.promote(f'vae-decoder/{result.pinned.version}', promotion.PromotionConfig(reason='bench', "
+            "by='bench', quality=None, force=True))\n"
             f"bench.setup_model(__import__('pathlib').Path({str(store)!r}))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=store, env=env, capture_output=True, text=True)
     if done.returncode != 0:

@@ -1,7 +1,7 @@
 """The `vaegen` command line: thin click wrappers over library functions.
 
-Exit codes, in one place: 0 ok, 1 the job failed, 2 usage error (bad input), 130 interrupted (SIGINT),
-143 terminated (SIGTERM).
+Exit codes, in one place: 0 ok, 1 the job failed, 2 usage error (bad input), 3 `status`: not current,
+130 interrupted (SIGINT), 143 terminated (SIGTERM).
 `refresh` exits 0 with `refresh: busy` when a live refresh holds the root's lock: that one reports.
 Results go to stdout; progress and diagnostics to stderr; a traceback only with --debug.
 """
@@ -22,6 +22,7 @@ import click
 from vae_core.errors import Terminated, UsageError, VaegenError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 128 + signal.SIGTERM
+EXIT_STALE = 3  # `vaegen status`: the published data is not current
 
 
 def _say_error(message: str) -> None:
@@ -241,13 +242,16 @@ def list_models(name) -> None:
       vaegen models
       vaegen models vae-decoder
     """
-    from registry import descriptions, models, tracking
+    from registry import descriptions, models, promotion, tracking
 
     tracking.ensure_reachable()
     summaries = models.list_versions(name)
     if not summaries:
         click.echo("no registered models; run `vaegen train` first", err=True)
         return
+    histories = {(model_name, alias): events for model_name, alias, events in models.alias_histories(name)}
+    ungated = [promotion.ungated_reason(summary.name, alias, summary.version, histories.get((summary.name, alias), []))
+               for summary in summaries for alias in summary.aliases]
     click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'shape':<7} {'z':>3}  {'kind':<24} "
                f"{'data':<20} architecture; training")
     for summary in summaries:
@@ -258,7 +262,7 @@ def list_models(name) -> None:
             facts = {**descriptions.model_facts({}, {}), **summary.tags}
         kind = facts["conditioning"].replace("class-conditional", "conditional")
         click.echo(
-            f"{summary.name:<24} {summary.version:>7}  {','.join(summary.aliases) or '-':<20} "
+            f"{summary.name:<24} {summary.version:>7}  {','.join(_alias_marks(summary, histories)) or '-':<20} "
             f"{summary.tags.get('val_neg_elbo', '-'):>9}  {facts['input_shape']:<7} {facts['latent_dim']:>3}  "
             f"{kind:<24} "
             f"{summary.tags.get('data_source', '-'):<20} {facts['architecture']}; {facts['training_budget']}"
@@ -266,12 +270,23 @@ def list_models(name) -> None:
         refusal = models.version_refusal(models.PinnedModel(summary.name, summary.version, summary.run_id, "", ""))
         if refusal is not None:
             click.echo(f"{'':<24} {'':>7}  REFUSED: not vaegen's own model code ({refusal}); never loaded or promoted")
-    for model_name, alias, events in models.alias_histories(name):
+    for (model_name, alias), events in histories.items():
         click.echo(f"\nhistory of {model_name}@{alias}:")
         for event in events:
             previous = "-" if event["previous_version"] is None else f"v{event['previous_version']}"
             click.echo(f"  {event['at']}  {descriptions.action_text(event):<8} {previous} -> v{event['version']}  "
                        f"by {event['by']}: {event['reason']}")
+    for reason in filter(None, ungated):
+        click.echo(f"\nUNGATED: {reason}; generate and refresh refuse it without --allow-ungated")
+
+
+def _alias_marks(summary: Any, histories: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    """The version's aliases, each one that `vaegen promote` did not set marked `(ungated)`."""
+    from registry import promotion
+
+    return [alias + ("(ungated)" if promotion.ungated_reason(summary.name, alias, summary.version,
+                                                             histories.get((summary.name, alias), [])) else "")
+            for alias in summary.aliases]
 
 
 def _generate_options(n_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -295,6 +310,9 @@ def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--labels", default="balanced", show_default=True, help="Conditional models: balanced | prior | 3,5,..."),
         click.option("--shared-fs", is_flag=True, help="A local --out is a filesystem shared by every Ray node."),
+        click.option("--allow-ungated", is_flag=True,
+                     help="Use an alias holder that `vaegen promote` did not put there (recorded in the manifest, "
+                          "card, run)."),
         click.option("--redact-provenance", is_flag=True,
                      help="Leave users, hosts and absolute locations out of the manifest (for datasets you publish)."),
         click.option("--stall-timeout", type=float, default=600.0, show_default=True,
@@ -305,13 +323,36 @@ def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[
     return command
 
 
+def _audit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The publish audit's options, shared by `refresh` and `generate --publish`."""
+    options = [
+        click.option("--no-audit", is_flag=True,
+                     help="Publish without the audit (recorded as skipped beside the manifest, in the card and in the "
+                          "dataset's run)."),
+        click.option("--audit-rows", type=int, default=2_000, show_default=True,
+                     help="Rows whose quality figures the audit compares with the model version's report."),
+        click.option("--audit-tolerance", multiple=True, metavar="FIGURE=VALUE",
+                     help="Allowed absolute difference of a quality figure [defaults: precision=0.15, density=0.3, "
+                          "mean_confidence=0.1, label_accuracy=0.05]; repeatable."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _audit_config(no_audit: bool, audit_rows: int, audit_tolerance: tuple[str, ...]):
+    from jobs.audit import AuditConfig, parse_tolerances  # light: no torch, no MLflow
+
+    return AuditConfig(enabled=not no_audit, quality_rows=audit_rows, tolerances=parse_tolerances(audit_tolerance))
+
+
 def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_shard, batch_size, num_workers, device,
-                     labels, shared_fs, stall_timeout, **extra):
+                     labels, shared_fs, stall_timeout, allow_ungated, **extra):
     from jobs.generate.config import EngineOptions, GenerateConfig  # light: checks input before anything heavy
 
     config = GenerateConfig(
         n=n, model=model_ref, out=out, dtype=dtype, layout=layout, compression=compression,
-        rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels,
+        rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels, allow_ungated=allow_ungated,
         engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs, stall_timeout_s=stall_timeout),
         **extra,
     )
@@ -353,9 +394,13 @@ def _stdout_for_results() -> Any:
 @click.option("--recipe-only", is_flag=True,
               help="Write the manifest alone (kilobytes, any --n, no Ray): readers decode the rows "
                    "(open_dataset(DIR).torch(source='decode')).")
+@click.option("--publish", is_flag=True,
+              help="Audit the committed dataset, then point OUT/latest at it (as refresh does).")
+@_audit_options
 @click.option("--debug", is_flag=True, hidden=True)
 @handle_errors
-def generate(seed, overwrite, resume, recipe_only, debug, **options) -> None:
+def generate(seed, overwrite, resume, recipe_only, publish, no_audit, audit_rows, audit_tolerance, debug,
+             **options) -> None:
     """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest).
 
     Without RAY_ADDRESS it starts a private Ray on 127.0.0.1; RAY_ADDRESS=auto (or an address)
@@ -369,11 +414,27 @@ def generate(seed, overwrite, resume, recipe_only, debug, **options) -> None:
     """
     if resume is not None:
         _refuse_dataset_options_with_resume(click.get_current_context())
+    context = click.get_current_context()
+    audit_flags = [flag for name, flag in (("no_audit", "--no-audit"), ("audit_rows", "--audit-rows"),
+                                           ("audit_tolerance", "--audit-tolerance"))
+                   if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if audit_flags and not publish:
+        raise UsageError(f"{', '.join(audit_flags)} set(s) the audit before publishing: add --publish, or drop them")
+    audit_config = _audit_config(no_audit, audit_rows, audit_tolerance)
+    if publish and recipe_only:
+        raise UsageError("--publish audits stored rows and --recipe-only stores none: drop one of them")
     config = _generate_config(**options, seed=seed, overwrite=overwrite, resume=resume, recipe_only=recipe_only)
     from jobs.generate.job import generate as run_generate  # after the input is checked: it imports Ray
 
     results = _stdout_for_results()
     result = run_generate(config, log=_log)
+    if publish:
+        from jobs.generate.storage import Storage
+        from jobs.refresh import publish_generated
+
+        parent = result.location.rstrip("/").rpartition("/")[0]
+        verdict = publish_generated(Storage(parent), result.dataset_id, result.manifest, audit_config, _log)
+        click.echo(f"published: {result.dataset_id} (audit {verdict['verdict']})", file=results)
     timings = result.manifest["timings"]
     if result.status == "up-to-date":
         _log(f"dataset {result.dataset_id} is already committed; nothing to do")
@@ -488,6 +549,11 @@ def inspect_command(dataset, deep) -> None:
                    f"counts {field(labels, 'counts')}")
     click.echo(f"lineage: MLflow run {field(lineage, 'run_id')} at "
                f"{redact_uri(str(lineage.get('tracking_uri') or 'a redacted tracking URI'))}")
+    from jobs import audit
+    from jobs.generate.storage import Storage
+
+    parent, _, dataset_id = report.location.rstrip("/").rpartition("/")
+    click.echo(f"audit: {audit.summary(audit.read_record(Storage(parent or '.'), dataset_id))}")  # before publishing
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}")
     if not report.ok:
@@ -597,8 +663,9 @@ def rollback(name, alias, reason, by) -> None:
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="The fixed seed / base of the daily seed.")
 @click.option("--lock-timeout", type=float, default=900.0, show_default=True,
               help="A lock whose holder's heartbeat is this many seconds old is stale (a dead holder on this host: at once).")
+@_audit_options
 @handle_errors
-def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
+def refresh(keep, seed_policy, seed, lock_timeout, no_audit, audit_rows, audit_tolerance, **options) -> None:
     """Rebuild the dataset when the promoted version changes; move ROOT/latest; prune old datasets.
 
     \b
@@ -606,18 +673,115 @@ def refresh(keep, seed_policy, seed, lock_timeout, **options) -> None:
       vaegen refresh --n 1000000 --out ./datasets
       vaegen refresh --model vae-decoder@champion --n 1000000 --out s3://bucket/synthetic --keep 3
     """
+    audit_config = _audit_config(no_audit, audit_rows, audit_tolerance)
     generate_config = _generate_config(**options)
     from jobs.refresh import RefreshConfig  # after the input is checked: it imports Ray
     from jobs.refresh import refresh as run_refresh
 
     config = RefreshConfig(generate=generate_config, keep=keep, seed_policy=seed_policy, seed=seed,
-                           lock_timeout_s=lock_timeout)
+                           lock_timeout_s=lock_timeout, audit_config=audit_config)
     results = _stdout_for_results()
     result = run_refresh(config, log=_log)
     click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""),
                file=results)
     for dataset_id in result.pruned:
         click.echo(f"pruned: {dataset_id}", file=results)
+    for dataset_id, why in result.kept.items():
+        click.echo(f"kept: {dataset_id} ({why})", file=results)
+
+
+@main.command(name="status")
+@click.argument("root")
+@click.option("--model", "model_ref", default=None,
+              help="NAME@ALIAS that refresh follows: is `latest` made from its holder?")
+@click.option("--max-lag", default=None,
+              help="How long a moved alias (or, without --model, `latest`) may wait unpublished: 90s, 15m, 6h, 1d "
+                   "[default: 0 with --model, no limit without].")
+@click.option("--json", "as_json", is_flag=True, help="The state as one JSON object on stdout, for machines.")
+@handle_errors
+def status_command(root, model_ref, max_lag, as_json) -> None:
+    """Is the published data current? Exit 0 current, 3 stale (or the alias moved and nothing published it), 1 error.
+
+    \b
+    Examples:
+      vaegen status ./datasets --model vae-decoder@champion --max-lag 1h
+      vaegen status s3://bucket/synthetic --max-lag 2d --json
+    """
+    from jobs import status
+
+    if model_ref is not None:
+        from registry import tracking
+
+        tracking.ensure_reachable()
+    state = status.status(root, model_ref, None if max_lag is None else status.parse_duration(max_lag))
+    if as_json:
+        click.echo(json.dumps(state, indent=2, default=str))
+    else:
+        for text in status.lines(state):
+            click.echo(text)
+    if state["stale"]:
+        sys.exit(EXIT_STALE)
+
+
+@main.command()
+@click.argument("root")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list on stdout, for machines.")
+@handle_errors
+def datasets(root, as_json) -> None:
+    """List the datasets under an output root: id, model version, rows, size, state, audit verdict.
+
+    \b
+    Examples:
+      vaegen datasets ./datasets
+      vaegen datasets s3://bucket/synthetic --json
+    """
+    from jobs.generate.published import listing
+    from jobs.generate.storage import Storage
+
+    storage = Storage(root)
+    if not storage.exists():
+        raise UsageError(f"output root {storage.location()} does not exist; pass the --out of a generate or refresh")
+    rows = listing(storage)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'dataset':<52} {'version':>7} {'rows':>11} {'MB':>9}  {'audit':<8} state")
+    for row in rows:
+        size = "-" if row["bytes"] is None else f"{row['bytes'] / 1e6:,.1f}"
+        count = "-" if row["n"] is None else f"{row['n']:,}"
+        click.echo(f"{row['dataset_id']:<52} {row['model_version'] if row['model_version'] is not None else '-':>7} "
+                   f"{count:>11} {size:>9}  {row['audit']:<8} {', '.join(row['states']) or '-'}")
+
+
+@main.command()
+@click.argument("dataset", metavar="ROOT/DATASET_ID")
+@click.argument("name")
+@click.option("--delete", is_flag=True, help="Remove tag NAME (DATASET must be the one it names).")
+@click.option("--by", default=None, help="Who tags [default: the OS user].")
+@handle_errors
+def tag(dataset, name, delete, by) -> None:
+    """Tag a committed dataset: prune never deletes it, and ROOT@NAME opens it. Retagging moves NAME atomically.
+
+    \b
+    Examples:
+      vaegen tag ./datasets/vae-decoder-v7-n1000000-seed42-float32-f3 paper-2026
+      vaegen tag s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f3 paper-2026 --delete
+    """
+    from jobs.generate import holds
+    from jobs.generate.storage import Storage
+
+    root, _, dataset_id = dataset.rstrip("/").rpartition("/")
+    if not root or not dataset_id:
+        raise UsageError(f"{dataset!r}: give the dataset as ROOT/DATASET_ID, "
+                         "e.g. ./datasets/vae-decoder-v1-n1000-seed0-float32-f3")
+    storage = Storage(root)
+    if delete:
+        holds.delete_tag(storage, name, dataset_id)
+        click.echo(f"deleted tag {name} (was {dataset_id})")
+        return
+    previous = holds.set_tag(storage, dataset_id, name, by or getpass.getuser())
+    moved = f" (moved from {previous['dataset_id']})" if previous and previous["dataset_id"] != dataset_id else ""
+    click.echo(f"tagged: {storage.location()}@{name} -> {dataset_id}{moved}")
 
 
 @main.command()

@@ -7,43 +7,41 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
 
 from jobs.generate.manifest import MANIFEST, utc_now
+from jobs.generate import holds
+from jobs.generate.published import committed_datasets
 from jobs.generate.storage import Storage
 from vae_core.errors import VaegenError
 
-LATEST = "latest"  # the pointer refresh moves (jobs.refresh): never a dataset
 PRUNED = ".pruned."  # a dataset being pruned: `.pruned.ID.TOKEN` (local folder) or `.pruned.ID` (object-store marker)
 
 
-def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """(id, manifest) of every committed dataset under the root, oldest first; and "ID: why" of
-    each folder whose manifest exists but cannot be read (truncated, edited): never pruned blindly."""
-    found, unreadable = [], []
-    for name in storage.list():
-        if name.startswith((".", "_")) or name == LATEST or not storage.exists(name, MANIFEST):
-            continue
-        try:
-            record = storage.read_json(name, MANIFEST)
-            finished_at = str(record["timings"]["finished_at"])
-        except (OSError, ValueError, KeyError, TypeError, VaegenError) as error:
-            where = storage.location(name, MANIFEST)
-            unreadable.append(f"{name}: unreadable manifest at {where} ({type(error).__name__})")
-            continue
-        found.append((finished_at, name, record))
-    return [(name, record) for _, name, record in sorted(found)], unreadable
+def select_for_pruning(datasets: list[str], keep: int, published: str | None,
+                       held: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Which committed datasets (oldest first) prune deletes, and why it keeps each of the others: the newest
+    `keep`, the published one, every one committed after it (unpublished: a failed audit stays until a
+    newer dataset publishes), and every one `held` names (tagged or leased: jobs/generate/holds.py)."""
+    kept: dict[str, str] = {dataset_id: why for dataset_id, why in (held or {}).items() if dataset_id in datasets}
+    for dataset_id in datasets[max(0, len(datasets) - keep):]:
+        kept[dataset_id] = f"one of the newest {keep} (--keep)"
+    if published in datasets:
+        kept[published] = "`latest` names it"
+        for dataset_id in datasets[datasets.index(published) + 1:]:
+            kept.setdefault(dataset_id, "unpublished, newer than `latest`")
+    return [dataset_id for dataset_id in datasets if dataset_id not in kept], kept
 
 
-def prune(storage: Storage, keep: int, protected: str) -> tuple[list[str], list[str]]:
-    """Delete committed datasets beyond the newest `keep`, never `protected`, unfinished or unreadable
-    ones; returns (pruned ids, "ID: why" of those left in place: unreadable, or not deleted)."""
+def prune(storage: Storage, keep: int, protected: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """Delete the committed datasets select_for_pruning dooms (`protected`: the published one); never unfinished,
+    unreadable, tagged or leased ones. Returns (pruned ids, "ID: why" of those left in place: unreadable, or not
+    deleted, {kept id: why})."""
     committed, unreadable = committed_datasets(storage)
     datasets = [dataset_id for dataset_id, _ in committed]
-    doomed = [dataset_id for dataset_id in datasets[: max(0, len(datasets) - keep)] if dataset_id != protected]
+    doomed, kept = select_for_pruning(datasets, keep, protected, holds.holds(storage))
     for dataset_id in doomed:
         retire(storage, dataset_id)
-    return doomed, unreadable + finish_pruning(storage)
+    return doomed, unreadable + finish_pruning(storage), kept
 
 
 def retire(storage: Storage, dataset_id: str) -> None:

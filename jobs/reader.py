@@ -15,8 +15,10 @@ Importing this module imports pyarrow and numpy only; torch and datasets where t
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
@@ -24,8 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import reader_decode, reader_state
+from jobs.generate.holds import DEFAULT_LEASE_TIMEOUT_S, Lease
 from jobs.generate.inspect import inspect, open_committed
+from jobs.generate.manifest import MANIFEST
 from jobs.generate.storage import Storage
+from registry import tracking
 from vae_core.errors import UsageError, VaegenError
 
 if TYPE_CHECKING:
@@ -132,6 +137,18 @@ class Dataset:
     manifest: dict[str, Any]
     storage: Storage  # of the dataset's parent folder (local or a pyarrow filesystem URI)
     dataset_id: str
+    lease: Any = dataclasses.field(default=None, compare=False, repr=False)  # jobs.generate.holds.Lease, or None
+
+    def close(self) -> None:
+        """Release the lease (prune may then delete the dataset); reading after it still works, unprotected."""
+        if self.lease is not None:
+            self.lease.release()
+
+    def __enter__(self) -> "Dataset":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     @property
     def n(self) -> int:
@@ -250,17 +267,50 @@ def _hf_rows(dataset: Dataset, parts: list[str]) -> Iterator[dict[str, Any]]:
             yield {name: block[name][row] for name in names}
 
 
-def open_dataset(location: str, verify: bool = True, deep: bool = False) -> Dataset:
-    """A committed dataset by path or URI (s3://...). `verify` checks every part's size, checksum
-    and row count against the manifest (reads every byte once); `deep` also re-derives sampled rows."""
+def open_dataset(location: str, verify: bool = True, deep: bool = False, lease: bool = True,
+                 lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S, log_to_mlflow: bool | None = None) -> Dataset:
+    """A committed dataset by path or URI (s3://...), or ROOT@latest / ROOT@vN / ROOT@TAG (resolved once: the
+    returned dataset_id says which). `verify` checks every part's size, checksum and row count against the
+    manifest (reads every byte once); `deep` also re-derives sampled rows. `lease` holds the dataset against
+    `refresh --keep` until close() (or `with`, or the process's end); a root this process cannot write to is
+    read without one, with a warning. `log_to_mlflow`: log the dataset as an input (context "training") of the
+    active MLflow run; None (default) does when a run is active, True also starts one, False never logs."""
     storage, dataset_id, record = open_committed(location)
+    held = _take_lease(storage, dataset_id, lease_timeout_s) if lease else None
+    try:
+        _verify(location, storage, dataset_id, verify, deep)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    if log_to_mlflow or (log_to_mlflow is None and tracking.active_run_id() is not None):
+        from registry import lineage  # imports mlflow: only for a run that consumes the dataset
+
+        lineage.log_consumed_dataset(record, storage.location(dataset_id))
+    return Dataset(storage.location(dataset_id), record, storage, dataset_id, held)
+
+
+def _take_lease(storage: Storage, dataset_id: str, timeout_s: float) -> Lease | None:
+    try:
+        held = Lease(storage, dataset_id, timeout_s)
+    except OSError as error:
+        warnings.warn(f"reading {storage.location(dataset_id)} without a lease (prune may delete it meanwhile): "
+                      f"cannot write under {storage.location()}: {error}", stacklevel=3)
+        return None
+    atexit.register(held.release)
+    if not storage.exists(dataset_id, MANIFEST):  # pruned between resolving and leasing
+        held.release()
+        raise VaegenError(f"{storage.location(dataset_id)} was pruned while it was being opened; open it again")
+    return held
+
+
+def _verify(location: str, storage: Storage, dataset_id: str, verify: bool, deep: bool) -> None:
     if verify:
-        report = inspect(location, deep=deep)
+        report = inspect(storage.location(dataset_id), deep=deep)
         if not report.ok:
             raise VaegenError(f"{report.location} does not match its manifest ({report.problems[0]}"
                               + (f", and {len(report.problems) - 1} more" if len(report.problems) > 1 else "")
                               + f"); `vaegen inspect {location}` lists every problem")
-    return Dataset(storage.location(dataset_id), record, storage, dataset_id)
 
 
 def torch_rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -26,12 +26,14 @@ import time
 import uuid
 from typing import Any, Callable
 
-from jobs.generate import locks
+from jobs import audit
+from jobs.generate import card, locks
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.manifest import MANIFEST, utc_now
-from jobs.generate.storage import MAX_LOCK_BYTES, Storage, check_name, parse_lock, storage_from_env
-from jobs.prune import LATEST, prune
-from registry import holders, lineage, models, tracking
+from jobs.generate.published import LATEST, latest_dataset
+from jobs.generate.storage import MAX_LOCK_BYTES, Storage, parse_lock, storage_from_env
+from jobs.prune import prune
+from registry import holders, lineage, models, promotion, tracking
 from vae_core.errors import UsageError, VaegenError
 
 LOCK = ".refresh.lock"
@@ -49,6 +51,7 @@ class RefreshConfig:
     seed: int = 0  # the fixed seed, and the base of the daily one
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # without a heartbeat for this long, a lock from another host is stale
     today: dt.date | None = None  # the date the daily policy uses; None = today (UTC)
+    audit_config: audit.AuditConfig = audit.AuditConfig()  # checks a new dataset passes before `latest` names it
 
     def __post_init__(self) -> None:
         if self.keep < 1:
@@ -66,6 +69,7 @@ class RefreshResult:
     model_version: int | None
     pruned: list[str]
     unreadable: list[str] = dataclasses.field(default_factory=list)  # "ID: why" of datasets prune could not judge
+    kept: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> why prune kept it
 
 
 def seed_for(config: RefreshConfig) -> int:
@@ -192,8 +196,54 @@ class RefreshLock:
                     locks.replace_if(self.storage, self._data, self._tag, LOCK)
 
 
-def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any]) -> dict[str, Any]:
+class AuditFailed(VaegenError):
+    """The new dataset failed its audit: committed, not published."""
+
+
+def publish(storage: Storage, dataset_id: str, record: dict[str, Any], config: audit.AuditConfig,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """Audit the committed dataset (or reuse this commit's verdict under the same settings), record the verdict
+    beside the manifest, in the card and in the dataset's run, then move `latest` to it unless the audit failed.
+    Call it holding the root's refresh lock. Returns the audit record."""
+    published = latest_dataset(storage)
+    if not config.enabled:
+        verdict = audit.skipped_record(storage, dataset_id, "--no-audit")
+    else:
+        verdict = audit.read_record(storage, dataset_id)
+        if verdict is None or verdict["verdict"] == "skipped" or verdict.get("config") != config.to_dict():
+            log(f"auditing {dataset_id} before publishing it")
+            verdict = audit.audit(storage, dataset_id, config, published)
+        else:
+            log(f"{dataset_id} was audited at {verdict['audited_at']} with these settings: {verdict['verdict']}")
+    audit.write_record(storage, verdict)
+    card.record_audit(storage, dataset_id, verdict)
+    lineage.log_dataset_audit(record, verdict)
+    log(f"audit: {audit.summary(verdict)}")
+    if verdict["verdict"] == "fail":
+        raise AuditFailed(f"audit of {dataset_id} failed, {audit.failure_line(verdict)}; it stays committed but "
+                          f"unpublished and `latest` still names {published or 'nothing'}; see "
+                          f"{storage.location(dataset_id, audit.AUDIT)}, or publish it anyway with --no-audit")
+    move_latest(storage, dataset_id, record, verdict)
+    return verdict
+
+
+def publish_generated(storage: Storage, dataset_id: str, record: dict[str, Any], config: audit.AuditConfig,
+                      log: Callable[[str], None]) -> dict[str, Any]:
+    """`generate --publish`: publish() under the root's refresh lock, so that it never races a refresh."""
+    lock = RefreshLock(storage, DEFAULT_LOCK_TIMEOUT_S)
+    if not lock.acquire():
+        raise VaegenError(f"a refresh holds {storage.location(LOCK)} ({lock.describe_holder()}); {dataset_id} is "
+                          "committed but not published: rerun this command once that refresh has ended")
+    try:
+        return publish(storage, dataset_id, record, config, log)
+    finally:
+        lock.release()
+
+
+def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any],
+                verdict: dict[str, Any] | None = None) -> dict[str, Any]:
     pointer = {
+        "audit": None if verdict is None else {"verdict": verdict["verdict"], "audited_at": verdict["audited_at"]},
         "dataset_id": dataset_id,
         "location": storage.location(dataset_id),
         "model": {"name": record["model"]["name"], "version": record["model"]["version"]},
@@ -202,15 +252,6 @@ def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any]) -> di
     }
     storage.write_json(pointer, LATEST)
     return pointer
-
-
-def latest_dataset(storage: Storage) -> str | None:
-    """The id `latest` names; None if there is no pointer or it cannot be read (it is rewritten then)."""
-    try:
-        dataset_id = (storage.read_json(LATEST) or {}).get("dataset_id")
-        return check_name(dataset_id) if isinstance(dataset_id, str) else None
-    except (OSError, ValueError, AttributeError, VaegenError):
-        return None
 
 
 def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: None) -> RefreshResult:
@@ -226,7 +267,8 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
         lineage.end_stale_runs_tagged(lineage.REFRESH_EXPERIMENT, LOCK_OWNER_TAG, str(lock.holder.get("owner")))
     started = time.perf_counter()
     try:
-        pinned = models.resolve(config.generate.model)  # once; generation gets the pinned version, alias recorded
+        # once; generation gets the pinned version, alias recorded; an alias must hold what `vaegen promote` put there
+        pinned = promotion.gate_alias(models.resolve(config.generate.model), config.generate.allow_ungated)
         seed = seed_for(config)
         params = {"model": config.generate.model, "resolved_version": pinned.version, "seed_policy": config.seed_policy,
                   "seed": seed, "n": config.generate.n, "out": storage.location(), "keep": config.keep}
@@ -245,8 +287,13 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
             else:
                 action = "up-to-date"
             if action != "up-to-date":
-                move_latest(storage, result.dataset_id, result.manifest)
-            pruned, unreadable = prune(storage, config.keep, protected=result.dataset_id)
+                try:
+                    verdict = publish(storage, result.dataset_id, result.manifest, config.audit_config, log)
+                except AuditFailed:
+                    run.set_tags({"vaegen.action": "audit-failed", "vaegen.dataset_id": result.dataset_id})
+                    raise
+                run.set_tags({"vaegen.audit": verdict["verdict"]})
+            pruned, unreadable, kept = prune(storage, config.keep, protected=result.dataset_id)
             for problem in unreadable:
                 log(f"not pruned: {problem}; repair or delete it by hand")
             run.log_metrics({"seconds": time.perf_counter() - started, "pruned": len(pruned),
@@ -254,4 +301,4 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
             run.set_tags({"vaegen.action": action, "vaegen.dataset_id": result.dataset_id})
     finally:
         lock.release()
-    return RefreshResult(action, result.dataset_id, pinned.version, pruned, unreadable)
+    return RefreshResult(action, result.dataset_id, pinned.version, pruned, unreadable, kept)

@@ -145,8 +145,10 @@ def _progress() -> Progress:
     return Progress(2 + len(quality.REPORT_STAGES), "quality report", unit="stages", log_interval_s=0)
 
 
-def _compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None, config: ReportConfig,
-             progress: Progress) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
+def compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None, config: ReportConfig,
+            progress: Progress | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
+    """Quality figures of `generated` against the version's real data (report, and the publish audit's sample)."""
+    progress = progress or _progress()
     train, holdout = reference_split(loaded, config.data)
     classifier, info, weights_path = classifier_for(train, config)
     progress.advance(1, "reference classifier ready")
@@ -166,7 +168,7 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
     with _progress() as progress:
         generated, labels = draw_images(loaded.build(), config.n, config.seed)
         progress.advance(1, f"{config.n:,} samples decoded")
-        metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config, progress)
+        metrics, images, real_histogram, weights_path = compare(loaded, generated, labels, config, progress)
     metrics.update({"model": loaded.pinned.to_dict(), "report_seed": config.seed, "n": config.n, "subject": "model"})
     title = f"{loaded.pinned.name}/{loaded.pinned.version}: {config.n:,} samples, report seed {config.seed}"
     json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
@@ -190,7 +192,7 @@ def read_samples(dataset: reader.Dataset, n: int) -> tuple[np.ndarray, np.ndarra
 
 
 def dataset_report(location: str, config: ReportConfig) -> ReportResult:
-    dataset = reader.open_dataset(location, verify=False)
+    dataset = reader.open_dataset(location, verify=False, lease=False)  # reads a few thousand rows, then done
     record = dataset.manifest
     dataset_id = record["dataset_id"]
     out = report_folder(config, Path("datasets", dataset_id), f"dataset {dataset_id}")
@@ -199,7 +201,7 @@ def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     with _progress() as progress:
         generated, labels = read_samples(dataset, config.n)
         progress.advance(1, f"{len(generated):,} rows read")
-        metrics, images, real_histogram, weights_path = _compare(loaded, generated, labels, config, progress)
+        metrics, images, real_histogram, weights_path = compare(loaded, generated, labels, config, progress)
     metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
     title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
     json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)

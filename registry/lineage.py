@@ -146,11 +146,7 @@ class JobRun:
             path = Path(folder, "manifest.json")
             path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
             self.client.log_artifact(self.run_id, str(path))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
-            source = resolve_dataset_source(location)
-        dataset = MetaDataset(source=source, name=manifest["dataset_id"], digest=manifest["spec_fingerprint"])
-        self.client.log_inputs(self.run_id, [_dataset_input(dataset, "generated")])
+        self.client.log_inputs(self.run_id, [_dataset_input(_manifest_dataset(manifest, location), "generated")])
         if self.describe is not None:
             self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, self.describe(manifest, location))
 
@@ -158,6 +154,24 @@ class JobRun:
 # MLflow 3.17's UI opens an experiment in its GenAI view unless the experiment says it holds model training.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 RUN_KIND_TAG = "vaegen.kind"  # "training" or "dataset": the two kinds of run share the model's experiment
+
+
+def _manifest_dataset(manifest: dict[str, Any], location: str) -> MetaDataset:
+    """A committed dataset as MLflow names it, the same for its dataset run and for every run that consumes it:
+    name = dataset id, digest = the manifest's spec fingerprint."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+        source = resolve_dataset_source(location)
+    return MetaDataset(source=source, name=manifest["dataset_id"], digest=manifest["spec_fingerprint"])
+
+
+def log_consumed_dataset(manifest: dict[str, Any], location: str) -> str:
+    """The dataset as an input (context "training") of the active run, or of a new one if none is active;
+    the run's id. The UI then shows dataset -> consuming run beside model -> dataset run."""
+    dataset = _manifest_dataset(manifest, location)
+    run = mlflow.active_run() or mlflow.start_run(run_name=f"consume-{manifest['dataset_id']}")
+    mlflow.MlflowClient().log_inputs(run.info.run_id, [_dataset_input(dataset, "training")])
+    return run.info.run_id
 
 
 def _experiment_id(client: mlflow.MlflowClient, name: str) -> str:
@@ -221,6 +235,8 @@ def dataset_run(dataset_id: str, fingerprint: str, model: "PinnedModel", params:
 
     tags = {RUN_KIND_TAG: "dataset", "vaegen.dataset_id": dataset_id, "vaegen.model_name": model.name,
             "vaegen.model_version": str(model.version), MLFLOW_RUN_NOTE: describe()}
+    if getattr(model, "alias_gate", None):  # an alias's holder: gated by `vaegen promote`, or used with --allow-ungated
+        tags["vaegen.alias_gate"] = model.alias_gate
     with job_run(_model_experiment(client, model_id), dataset_id, params, tags) as run:
         run.model_id, run.data, run.describe = model_id, DataRef(dataset_id, fingerprint), describe
         if model_id:
@@ -235,6 +251,27 @@ def log_dataset_quality(manifest: dict[str, Any], figures: dict[str, float]) -> 
     model_id = logged_model_id(mlflow.MlflowClient().get_model_version(model["name"], str(model["version"])))
     log_linked_metrics(run_id, {f"quality.{key}": value for key, value in figures.items()}, model_id,
                        DataRef(manifest["dataset_id"], manifest["spec_fingerprint"]))
+    return run_id
+
+
+def log_dataset_audit(manifest: dict[str, Any], audit: dict[str, Any]) -> str | None:
+    """The publish audit's verdict on the dataset's run: tags (verdict, each check), the compared figures as
+    metrics, the record as `audit/_audit.json`; the run id, None when the dataset names no run."""
+    run_id = (manifest.get("lineage") or {}).get("run_id")
+    if not run_id:
+        return None
+    client = mlflow.MlflowClient()
+    tags = {"vaegen.audit": audit["verdict"], "vaegen.audit.at": audit["audited_at"]}
+    tags.update({f"vaegen.audit.{check['name']}": check["status"] for check in audit["checks"]})
+    if audit.get("reason"):
+        tags["vaegen.audit.reason"] = audit["reason"]
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    metrics = {f"audit.{check['name']}.{figure}": entry["value"]
+               for check in audit["checks"] for figure, entry in check.get("figures", {}).items()}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.log_text(run_id, json.dumps(audit, indent=2, sort_keys=True), "audit/_audit.json")
     return run_id
 
 

@@ -46,6 +46,7 @@ class PinnedModel:
     source: str
     resolved_from: str  # the reference the user gave, e.g. "vae-decoder@champion"
     alias: str | None = None
+    alias_gate: str | None = None  # for an alias: "promoted" (vaegen's passing record) or "ungated (--allow-ungated)"
 
     @property
     def uri(self) -> str:

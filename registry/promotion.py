@@ -166,6 +166,38 @@ def _describe_lock(tags: dict[str, str]) -> str:
             f"since {started} ({time.time() - since:,.0f} s ago)")
 
 
+class UngatedAlias(VaegenError):
+    """An alias holder that vaegen's gates did not put there."""
+
+
+def ungated_reason(name: str, alias: str, version: int, events: list[dict[str, Any]] | None = None) -> str | None:
+    """None when vaegen's last record for the alias (written under the promotion lock, after the gates passed)
+    names this version; else what is known about how the alias got there, one clause."""
+    events = history(name, alias) if events is None else events
+    last = events[-1] if events else None
+    if last is not None and int(last["version"]) == version and last.get("action") in ("promote", "rollback"):
+        return None
+    known = ("vaegen has no promotion record for the alias" if last is None else
+             f"vaegen's last record for the alias is a {last.get('action')} to v{last['version']} by {last.get('by')} "
+             f"at {last.get('at')}")
+    return (f"{name}@{alias} names version {version}, set outside `vaegen promote` (by MLflow's UI or API, which "
+            f"record no author); {known}")
+
+
+def gate_alias(pinned: PinnedModel, allow_ungated: bool) -> PinnedModel:
+    """The pinned alias holder, marked gated; an ungated one is refused unless allowed, and then marked so."""
+    if pinned.alias is None:
+        return pinned
+    reason = ungated_reason(pinned.name, pinned.alias, pinned.version)
+    if reason is None:
+        return dataclasses.replace(pinned, alias_gate="promoted")
+    if not allow_ungated:
+        raise UngatedAlias(f"refused: {reason}; gate it with `vaegen promote {pinned.name}/{pinned.version} --alias "
+                           f"{pinned.alias} --reason ...`, or pass --allow-ungated to use it anyway (recorded in the "
+                           "manifest, the card and the dataset's run)")
+    return dataclasses.replace(pinned, alias_gate="ungated (--allow-ungated)")
+
+
 def current_holder(name: str, alias: str) -> PinnedModel | None:
     try:
         return resolve(f"{name}@{alias}")
@@ -345,7 +377,10 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
     pinned = resolve(reference)
     with alias_lock(pinned.name, config.alias, purpose=f"promote v{pinned.version}") as lock:
         holder_pin = current_holder(pinned.name, config.alias)
-        if holder_pin is not None and holder_pin.version == pinned.version:
+        events = history(pinned.name, config.alias)
+        holds_ungated = holder_pin is not None and holder_pin.version == pinned.version and \
+            ungated_reason(pinned.name, config.alias, pinned.version, events) is not None
+        if holder_pin is not None and holder_pin.version == pinned.version and not holds_ungated:
             return PromotionResult(pinned, config.alias, holder_pin.version,
                                    [GateResult("already_holder", True, f"{pinned.name}@{config.alias} is already v{pinned.version}")], False)
         safety = gate_artifacts(pinned)
@@ -368,7 +403,10 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
             gates.append(gate_quality(candidate, config.quality))
         blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.forceable)]
         if blocking:
-            return PromotionResult(pinned, config.alias, previous, gates, False)
+            return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False)
+        previous = None if holder_pin is None else holder_pin.version
+        if holds_ungated:  # gating the version an alias was moved to by hand: rollback returns to the last gated one
+            previous = events[-1]["version"] if events else None
         lock.confirm()
         client().set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
         record = {"action": "promote", "alias": config.alias, "version": pinned.version, "previous_version": previous,

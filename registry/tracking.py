@@ -118,3 +118,12 @@ def use(uri: str) -> None:
 
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+
+
+def active_run_id() -> str | None:
+    """The active MLflow run of this process, without importing mlflow (no import: no run can be active)."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    run = mlflow.active_run() if mlflow is not None else None
+    return run.info.run_id if run is not None else None

@@ -45,8 +45,9 @@ def quick_start_folder(root: Path) -> None:
     """What the quick start leaves: ./mlflow.db with vae-decoder v1 as champion, and .venv."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_"))}
     code = ("from jobs.train import TrainJobConfig, run; from vae_core.config import TrainConfig; import mlflow; "
-            "r = run(TrainJobConfig(train=TrainConfig(epochs=2), report=False)); "
-            "mlflow.MlflowClient().set_registered_model_alias(r.pinned.name, 'champion', str(r.pinned.version))")
+            "r = run(TrainJobConfig(train=TrainConfig(epochs=2), report=False)); from registry import promotion; "
+            "promotion.promote(f'{r.pinned.name}/{r.pinned.version}', "
+            "promotion.PromotionConfig(reason='quickstart', by='tester', quality=None))")
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (root / ".venv").symlink_to(sys.prefix)

@@ -236,7 +236,7 @@ def test_prune_on_an_object_store_marks_first_and_a_later_prune_finishes_a_kille
         storage.write_json({}, name, "part-00000.parquet")
     storage.write_json({}, "killed", "part-00000.parquet")  # what a prune killed after its commit went leaves:
     storage.write_json({"dataset_id": "killed"}, ".pruned.killed")  # no manifest, and the marker naming it
-    assert prune(storage, keep=1, protected="new") == (["old"], [])
+    assert prune(storage, keep=1, protected="new")[:2] == (["old"], [])
     assert storage.list() == ["new"]
 
 

@@ -18,15 +18,19 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import re
 from typing import Any
 
 from jobs.generate import manifest
+from jobs.generate.manifest import AUDIT
 from jobs.generate.storage import Storage
+from vae_core.errors import VaegenError
 
 CARD = "_README.md"
 HF_YAML = ".huggingface.yaml"
 PART_GLOB = "part-*.parquet"
 DESIGN_DOC = "docs/DESIGN.md"  # in the vaegen repository: the contracts a card cites (seed scheme, dataset layout)
+AUDIT_HEADING = "## Audit before publish"
 QUALITY_TAG_PREFIX = "quality."  # the model version's quality figures, as registry.models.LoadedDecoder.tags names them
 # Hugging Face's size buckets (n<1K, 1K<n<10K, ...), for the Hub's size filter
 SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -72,7 +76,36 @@ def write(storage: Storage, dataset_id: str, record: dict[str, Any], quality: Qu
     with storage.atomic_writer(dataset_id, HF_YAML) as stream:
         stream.write(header.encode())
     with storage.atomic_writer(dataset_id, CARD) as stream:
-        stream.write(card_text(record, quality, location, header).encode())
+        stream.write(card_text(record, quality, location, header, _audit_record(storage, dataset_id)).encode())
+
+
+def _audit_record(storage: Storage, dataset_id: str) -> dict[str, Any] | None:
+    try:
+        return storage.read_json(dataset_id, AUDIT)
+    except (OSError, VaegenError):
+        return None
+
+
+def record_audit(storage: Storage, dataset_id: str, audit: dict[str, Any]) -> None:
+    """Put the publish audit's verdict into an existing card (atomically), keeping the rest as it is."""
+    if not storage.exists(dataset_id, CARD):
+        return
+    text = re.sub(rf"\n\n{AUDIT_HEADING}\n.*?(?=\n\n## |\Z)", "", storage.read_bytes(dataset_id, CARD).decode(),
+                  flags=re.S)
+    text = text.replace("\n\n## Load it\n", f"\n\n{_audit_text(audit)}\n\n## Load it\n", 1)
+    with storage.atomic_writer(dataset_id, CARD) as stream:
+        stream.write(text.encode())
+
+
+def _audit_text(audit: dict[str, Any]) -> str:
+    if audit.get("verdict") == "skipped":
+        return (f"{AUDIT_HEADING}\n\nSkipped ({audit.get('reason')}), {audit.get('audited_at')}: nothing checked "
+                "these rows before publication.")
+    rows = [(check["name"], check["status"], check["detail"].replace("|", "/")) for check in audit.get("checks", [])]
+    table = "\n".join(["| check | result | detail |", "| --- | --- | --- |",
+                       *[f"| {name} | {status} | {detail} |" for name, status, detail in rows]])
+    return (f"{AUDIT_HEADING}\n\nVerdict: **{audit.get('verdict')}** ({audit.get('audited_at')}; `_audit.json` holds "
+            f"every figure and tolerance).\n\n{table}")
 
 
 def has_card(record: dict[str, Any]) -> bool:
@@ -132,7 +165,8 @@ def pretty_name(record: dict[str, Any]) -> str:
     return f"{model['name']} v{model['version']}: {record['n']:,} synthetic samples, seed {record['dataset_seed']}, {record['dtype']}"
 
 
-def card_text(record: dict[str, Any], quality: Quality | None, location: str, header: str) -> str:
+def card_text(record: dict[str, Any], quality: Quality | None, location: str, header: str,
+              audit: dict[str, Any] | None = None) -> str:
     model, lineage, spec = record["model"], record["lineage"], record["spec"]
     provenance = manifest.record_provenance(record)
     shape = tuple(record["sample_shape"])
@@ -148,7 +182,8 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
             ("AI-generated", "yes: every row was decoded by a generative model (`ai_generated: true` in each part's "
                              "Parquet metadata, this card's header and `_croissant.json`)"),
             ("model", f"{_code(model['name'])} version {model['version']}"),
-            ("resolved from", _code(model.get("resolved_from"))),
+            ("resolved from", _code(model.get("resolved_from"))
+                              + (f", alias gate: {_code(model['alias_gate'])}" if model.get("alias_gate") else "")),
             ("model run", _code(model["run_id"])),
             ("model source", _code(model.get("source"))),
             ("tracking server", _code(lineage.get("tracking_uri"))),
@@ -175,6 +210,7 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
             ("manifest sha256", f"`{provenance['manifest_sha256']}` (of `_manifest.json`'s bytes)"),
         ]),
         "## Quality\n\n" + _quality_text(quality, location),
+        *([_audit_text(audit)] if audit else []),
         "## Load it\n\n" + _loading_text(record, location),
         "## Verify it\n\n"
         f"{_code(f'vaegen inspect {location} --deep')} checks every part's checksum and row count against "

@@ -53,6 +53,7 @@ class GenerateConfig:
     resume: str | None = None  # a dataset id under --out, or the dataset's own path/URI
     redact_provenance: bool = False  # leave users, hosts and locations out of the manifest: for datasets to publish
     recipe_only: bool = False  # write the manifest alone (jobs/generate/recipe.py): rows are decoded on read
+    allow_ungated: bool = False  # use an alias holder that vaegen promote did not put there (recorded)
 
     def __post_init__(self) -> None:
         if self.n is None and self.resume is None:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from jobs.generate.card import CARD, HF_YAML
 from jobs.generate.croissant import CROISSANT
-from jobs.generate.manifest import MANIFEST, PROGRESS, bound_problems
+from jobs.generate.manifest import AUDIT, MANIFEST, PROGRESS, bound_problems
 from jobs.generate.recipe import is_recipe, recipe_problems
 from jobs.generate.spec import FORMAT, DatasetSpec, part_name, spec_from_record
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage, split_location
@@ -53,8 +53,11 @@ class InspectReport:
 
 
 def open_committed(location: str) -> tuple[Storage, str, dict]:
-    """(storage of the parent, dataset id, manifest) of a committed dataset; anything else is a one-line error."""
-    parent, dataset_id = split_location(location)
+    """(storage of the parent, dataset id, manifest) of a committed dataset (a folder, or ROOT@latest / ROOT@vN /
+    ROOT@TAG, jobs/generate/published.py); anything else is a one-line error."""
+    from jobs.generate.published import resolve
+
+    parent, dataset_id = split_location(resolve(location))
     storage = Storage(parent)
     record = storage.read_json(dataset_id, MANIFEST)  # unparsable: CorruptRecord, "corrupt manifest at PATH"
     if record is None:
@@ -82,7 +85,9 @@ def ensure_intact(storage: Storage, dataset_id: str, record: dict[str, Any]) -> 
                              "`vaegen inspect` lists every problem; regenerate it with --overwrite")
 
 
-def inspect(location: str, deep: bool = False) -> InspectReport:
+def inspect(location: str, deep: bool = False, sample_seed: int | None = None) -> InspectReport:
+    """`sample_seed`: deep re-decodes one decode block per part chosen from this seed (the publish audit's
+    sample) instead of each part's first, middle and last block."""
     storage, dataset_id, record = open_committed(location)
     if is_recipe(record):  # no parts: the manifest is the dataset (jobs/generate/recipe.py)
         problems = recipe_problems(record) or folder_problems(storage.listing(dataset_id), record)
@@ -100,7 +105,7 @@ def inspect(location: str, deep: bool = False) -> InspectReport:
         for found in pool.map(lambda entry: _part_problems(storage, dataset_id, entry, record), entries):
             problems += found
     if deep and not problems:
-        return _deep(storage, dataset_id, record)
+        return _deep(storage, dataset_id, record, sample_seed)
     return InspectReport(storage.location(dataset_id), record, problems, 0)
 
 
@@ -183,8 +188,8 @@ def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> l
             problems.append(f"{entry['name']}: missing")
         elif size != entry["size_bytes"]:
             problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['size_bytes']}")
-    # the card: jobs/generate/card.py; the Croissant file: croissant.py
-    allowed = {MANIFEST, CARD, HF_YAML, CROISSANT, *(entry["name"] for entry in record["files"])}
+    # the card: jobs/generate/card.py; the Croissant file: croissant.py; the publish audit's verdict: jobs/audit.py
+    allowed = {MANIFEST, CARD, HF_YAML, CROISSANT, AUDIT, *(entry["name"] for entry in record["files"])}
     for name in sorted(set(listing) - allowed):
         kind = "folder" if listing[name] is None else "file"
         seen = "" if name.startswith((".", "_")) else ": readers would take it for part of the dataset"
@@ -234,7 +239,7 @@ def _id_range(metadata: pq.FileMetaData) -> tuple[int | None, int | None]:
 # ---------------------------------------------------------------- --deep: re-derive and re-decode
 
 
-def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
+def _deep(storage: Storage, dataset_id: str, record: dict, sample_seed: int | None = None) -> InspectReport:
     import torch
 
     spec = spec_of(record)
@@ -248,7 +253,8 @@ def _deep(storage: Storage, dataset_id: str, record: dict) -> InspectReport:
         with Progress(record["n"], f"inspect --deep {dataset_id}") as progress:
             for entry in record["files"]:
                 with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
-                    found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance)
+                    found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance,
+                                                      sample_seed)
                 problems += found
                 derived += entry["rows"]
                 decoded += rows_decoded
@@ -303,7 +309,7 @@ def registered_weights(record: dict, purpose: str) -> tuple[dict, dict[str, Any]
 
 
 def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: DatasetSpec, predictor: Any,
-                tolerance: float | None) -> tuple[list[str], int]:
+                tolerance: float | None, sample_seed: int | None = None) -> tuple[list[str], int]:
     from vae_core import sampling
 
     name, first, rows = entry["name"], entry["first_sample_id"], entry["rows"]
@@ -325,7 +331,7 @@ def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: Datase
         if not np.array_equal(stored_labels, labels):
             return [f"{name}: row {_first_difference(stored_labels, labels)}: label differs from contract 1b"], 0
     decoded = 0
-    for block_start, block_stop in _deep_blocks(first, first + rows, spec.block_rows):
+    for block_start, block_stop in _deep_blocks(first, first + rows, spec.block_rows, sample_seed):
         block = predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})  # whole block: same bits
         low, high = max(first, block_start), min(first + rows, block_stop)
         expected = block["x"][low - block_start: high - block_start].reshape(high - low, -1)
@@ -338,11 +344,14 @@ def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: Datase
     return [], decoded
 
 
-def _deep_blocks(start: int, stop: int, block_rows: int) -> list[tuple[int, int]]:
-    """The first, middle and last of the decode blocks (vae_core.sampling's grid) that cover [start, stop)."""
+def _deep_blocks(start: int, stop: int, block_rows: int, sample_seed: int | None = None) -> list[tuple[int, int]]:
+    """The first, middle and last of the decode blocks (vae_core.sampling's grid) that cover [start, stop);
+    with `sample_seed`, one of them drawn from (seed, start): the same block on every audit of this part."""
     from vae_core.sampling import block_ranges
 
     blocks = block_ranges(start, stop, block_rows)
+    if sample_seed is not None:
+        return [blocks[int(np.random.default_rng([sample_seed, start]).integers(len(blocks)))]]
     picks = sorted({0, len(blocks) // 2, len(blocks) - 1})[:DEEP_BLOCKS_PER_PART]
     return [blocks[index] for index in picks]
 

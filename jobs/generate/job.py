@@ -139,7 +139,10 @@ def _resolve(config: GenerateConfig, storage: Storage, resume_id: str | None,
             raise UsageError(f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
                              "drop --n to resume it as it is")
     else:
-        pinned = resolved or models.resolve(config.model)  # once: a promotion during the job changes nothing in it
+        from registry import promotion
+
+        # once: a promotion during the job changes nothing in it; an alias must hold what `vaegen promote` put there
+        pinned = resolved or promotion.gate_alias(models.resolve(config.model), config.allow_ungated)
         seed_was_random = config.seed is None
         seed = secrets.randbits(32) if seed_was_random else config.seed
         spec = dataset_spec(config, pinned, models.version_config(pinned), seed)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # parts imports the decoder (torch); `vaegen inspect` reads m
 MANIFEST = "_manifest.json"
 RUN_ID = re.compile(r"[0-9a-zA-Z]{1,64}")  # an MLflow run id, as a record may name one
 PROGRESS = "_progress.json"
+AUDIT = "_audit.json"  # the publish audit's verdict, beside the manifest (jobs/audit.py); written after the commit
 
 
 def vaegen_version() -> str:

@@ -1,0 +1,154 @@
+"""What keeps a committed dataset from being pruned besides `--keep`: tags and reader leases.
+
+Both are small JSON records under the root, in folders readers skip (a leading '.'), each written whole
+with `Storage.write_json` (a temp file, then a move: atomic on local disks; one PUT on object stores):
+- `ROOT/.tags/NAME.json` (format `vaegen-tag/1`): {tag, dataset_id, manifest_sha256, by, at}. Moving a
+  tag is rewriting its one record. A tagged dataset is never pruned.
+- `ROOT/.leases/DATASET_ID.UUID.json` (format `vaegen-lease/1`): {dataset_id, host, boot_id, pid,
+  pid_start, started_at, heartbeat_at, timeout_s}. `open_dataset` takes one and rewrites it every
+  timeout / HEARTBEAT_DIVISOR while the reader holds it. A lease protects its dataset until it is
+  released, its process is gone from this host, or its heartbeat is older than its timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+from jobs.generate.manifest import MANIFEST, utc_now
+from jobs.generate.storage import Storage
+from registry import holders
+from vae_core.errors import UsageError, VaegenError
+
+TAGS, LEASES = ".tags", ".leases"
+TAG_FORMAT, LEASE_FORMAT = "vaegen-tag/1", "vaegen-lease/1"
+TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,99}")
+RESERVED_TAG = re.compile(r"latest|v[0-9]+")  # ROOT@latest and ROOT@vN mean something else
+DEFAULT_LEASE_TIMEOUT_S = 900.0  # as the refresh lock: a live reader is never taken for dead, a dead one holds 15 min
+HEARTBEAT_DIVISOR = 15
+
+
+def check_tag_name(name: str) -> str:
+    if not TAG_NAME.fullmatch(name) or RESERVED_TAG.fullmatch(name):
+        raise UsageError(f"tag name {name!r}: use a letter then letters, digits, '.', '_' or '-' (not 'latest' or "
+                         "vN, which name the published dataset and a model version's), e.g. paper-2026")
+    return name
+
+
+def _read(storage: Storage, *names: str) -> dict[str, Any] | None:
+    try:
+        return storage.read_json(*names)
+    except (OSError, VaegenError):
+        return None
+
+
+def tags(storage: Storage) -> dict[str, dict[str, Any]]:
+    """{tag name: its record} of every readable tag under the root."""
+    found = {}
+    for name in storage.list(TAGS):
+        if name.endswith(".json") and not name.startswith("."):
+            record = _read(storage, TAGS, name)
+            if record is not None and record.get("format") == TAG_FORMAT:
+                found[name.removesuffix(".json")] = record
+    return found
+
+
+def set_tag(storage: Storage, dataset_id: str, name: str, by: str) -> dict[str, Any] | None:
+    """Point tag `name` at a committed dataset (atomically, moving it if it named another); the previous record."""
+    check_tag_name(name)
+    manifest = storage.read_bytes(dataset_id, MANIFEST) if storage.exists(dataset_id, MANIFEST) else None
+    if manifest is None:
+        raise UsageError(f"{storage.location(dataset_id)} is not a committed dataset (no {MANIFEST}); tag a dataset "
+                         "that `vaegen datasets` or `vaegen inspect` shows")
+    previous = _read(storage, TAGS, f"{name}.json")
+    record = {"format": TAG_FORMAT, "tag": name, "dataset_id": dataset_id, "by": by, "at": utc_now(),
+              "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+    storage.write_json(record, TAGS, f"{name}.json")
+    if not storage.exists(dataset_id, MANIFEST):  # pruned between our check and our write: say so, keep no tag
+        storage.delete(TAGS, f"{name}.json")
+        raise VaegenError(f"{storage.location(dataset_id)} was pruned while it was being tagged; tag another dataset")
+    return previous
+
+
+def delete_tag(storage: Storage, name: str, dataset_id: str) -> None:
+    """Remove tag `name`, which must name `dataset_id` (so a tag moved meanwhile by someone else is not lost)."""
+    previous = _read(storage, TAGS, f"{check_tag_name(name)}.json")
+    if previous is None:
+        raise UsageError(f"no tag {name!r} under {storage.location()}; "
+                         f"`vaegen datasets {storage.location()}` lists them")
+    if previous["dataset_id"] != dataset_id:
+        raise UsageError(f"tag {name!r} names {previous['dataset_id']}, not {dataset_id}; nothing deleted")
+    storage.delete(TAGS, f"{name}.json")
+
+
+class Lease:
+    """A reader's hold on one dataset, with a heartbeat thread; release() (or the process's end) lets go."""
+
+    def __init__(self, storage: Storage, dataset_id: str, timeout_s: float = DEFAULT_LEASE_TIMEOUT_S):
+        self.storage, self.dataset_id = storage, dataset_id
+        self.name = f"{dataset_id}.{uuid.uuid4().hex}.json"
+        now = time.time()
+        self.record = {"format": LEASE_FORMAT, "dataset_id": dataset_id, **holders.this_process(),
+                       "started_at": now, "heartbeat_at": now, "timeout_s": timeout_s}
+        self._stop = threading.Event()
+        storage.write_json(self.record, LEASES, self.name)
+        self._thread = threading.Thread(target=self._beat, name="vaegen-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.record["timeout_s"] / HEARTBEAT_DIVISOR):
+            self.record["heartbeat_at"] = time.time()
+            try:
+                self.storage.write_json(self.record, LEASES, self.name)
+            except OSError:  # a transient store error: the next beat tries again, well within the timeout
+                pass
+
+    def release(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self.storage.delete(LEASES, self.name)
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy in a DataLoader worker holds nothing: the parent does
+        return {"dataset_id": self.dataset_id, "name": self.name, "record": self.record}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, storage=None, _stop=threading.Event(), _thread=None)
+        self._stop.set()
+
+
+def lease_state(record: dict[str, Any], now: float) -> str | None:
+    """None while the lease protects its dataset; else why it does not any more."""
+    dead = holders.dead_reason(record)
+    if dead is not None:
+        return dead.replace("its holder", "its reader")
+    age_s = now - float(record.get("heartbeat_at", 0))
+    if age_s > float(record.get("timeout_s", DEFAULT_LEASE_TIMEOUT_S)):
+        return f"no heartbeat from {record.get('host')} for {age_s:,.0f} s (over its {record.get('timeout_s')} s)"
+    return None
+
+
+def leases(storage: Storage) -> list[tuple[str, dict[str, Any], str | None]]:
+    """(record name, record, why it is stale or None) of every readable lease under the root."""
+    now, found = time.time(), []
+    for name in storage.list(LEASES):
+        if name.endswith(".json") and not name.startswith("."):
+            record = _read(storage, LEASES, name)
+            if record is not None and record.get("format") == LEASE_FORMAT:
+                found.append((name, record, lease_state(record, now)))
+    return found
+
+
+def holds(storage: Storage) -> dict[str, str]:
+    """{dataset id: why it must not be pruned} from the tags and the live leases."""
+    held: dict[str, list[str]] = {}
+    for name, record in sorted(tags(storage).items()):
+        held.setdefault(record["dataset_id"], []).append(f"tagged {name}")
+    for _, record, stale in leases(storage):
+        if stale is None:
+            reader = f"leased by pid {record.get('pid')} on {record.get('host')}"
+            held.setdefault(record["dataset_id"], []).append(reader)
+    return {dataset_id: ", ".join(reasons) for dataset_id, reasons in held.items()}

@@ -1,0 +1,130 @@
+"""What an output root publishes, and how a consumer names it.
+
+`ROOT/latest` (a JSON pointer written by `refresh` and `generate --publish` after the audit) names the
+published dataset. A consumer may name a dataset by its folder or by a reference on the root:
+`ROOT@latest` (what the pointer names now), `ROOT@vN` (the newest published dataset of model version N:
+committed, with an audit record that passed or was skipped with --no-audit), or `ROOT@TAG` (`vaegen tag`).
+Resolution returns the dataset's own folder, so a run can pin the dataset id it read.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from jobs.generate.manifest import AUDIT, MANIFEST
+from jobs.generate.storage import Storage, check_name
+from vae_core.errors import UsageError, VaegenError
+
+LATEST = "latest"
+VERSION_REFERENCE = re.compile(r"v(?P<version>[0-9]+)")
+
+
+def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """(id, manifest) of every committed dataset under the root, oldest first; and "ID: why" of
+    each folder whose manifest exists but cannot be read (truncated, edited): never pruned blindly."""
+    found, unreadable = [], []
+    for name in storage.list():
+        if name.startswith((".", "_")) or name == LATEST or not storage.exists(name, MANIFEST):
+            continue
+        try:
+            record = storage.read_json(name, MANIFEST)
+            finished_at = str(record["timings"]["finished_at"])
+        except (OSError, ValueError, KeyError, TypeError, VaegenError) as error:
+            unreadable.append(f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} "
+                              f"({type(error).__name__})")
+            continue
+        found.append((finished_at, name, record))
+    return [(name, record) for _, name, record in sorted(found)], unreadable
+
+
+def latest_dataset(storage: Storage) -> str | None:
+    """The id `latest` names; None if there is no pointer or it cannot be read (it is rewritten then)."""
+    try:
+        dataset_id = (storage.read_json(LATEST) or {}).get("dataset_id")
+        return check_name(dataset_id) if isinstance(dataset_id, str) else None
+    except (OSError, ValueError, AttributeError, VaegenError):
+        return None
+
+
+def split_reference(location: str) -> tuple[str, str] | None:
+    """(root, reference) of `ROOT@REF`; None for a plain folder (including one whose name holds an '@')."""
+    root, separator, reference = location.rstrip("/").rpartition("@")
+    if not separator or not root or "/" in reference:
+        return None
+    parent, _, name = location.rstrip("/").rpartition("/")
+    if Storage(parent or ".").exists(name):  # a folder really named like that wins
+        return None
+    return root, reference
+
+
+def resolve(location: str) -> str:
+    """The dataset folder that `location` names: itself, or what `ROOT@latest` / `ROOT@vN` names now."""
+    parts = split_reference(location)
+    if parts is None:
+        return location
+    root, reference = parts
+    storage = Storage(root)
+    if reference == LATEST:
+        dataset_id = latest_dataset(storage)
+        if dataset_id is None:
+            raise UsageError(f"{storage.location()} has no readable `latest`: nothing is published there yet "
+                             "(`vaegen refresh` or `vaegen generate --publish` publishes)")
+        return storage.location(dataset_id)
+    match = VERSION_REFERENCE.fullmatch(reference)
+    if match is None:
+        from jobs.generate.holds import tags
+
+        tagged = tags(storage).get(reference)
+        if tagged is None:
+            raise UsageError(f"{location}: no tag {reference!r} under {storage.location()}; use ROOT@latest, ROOT@vN "
+                             "(a model version) or ROOT@TAG (`vaegen datasets ROOT` lists the tags)")
+        return storage.location(tagged["dataset_id"])
+    version, named = int(match["version"]), latest_dataset(storage)
+    published = [dataset_id for dataset_id, record in committed_datasets(storage)[0]
+                 if record.get("model", {}).get("version") == version
+                 and (dataset_id == named or _was_published(storage, dataset_id))]
+    if not published:
+        raise UsageError(f"{location}: no published dataset of model version {version} under {storage.location()}")
+    return storage.location(published[-1])
+
+
+def _was_published(storage: Storage, dataset_id: str) -> bool:
+    return (_read_audit(storage, dataset_id) or {}).get("verdict") in ("pass", "skipped")
+
+
+def listing(storage: Storage) -> list[dict[str, Any]]:
+    """Every dataset folder under the root, oldest committed first, then the unfinished ones: id, model version,
+    n, bytes, states (published, tagged NAME, leased, unpublished, unfinished, unreadable) and audit verdict."""
+    from jobs.generate.holds import leases, tags
+    from jobs.generate.manifest import PROGRESS
+
+    committed, unreadable = committed_datasets(storage)
+    named, tag_records = latest_dataset(storage), tags(storage)
+    live = [record["dataset_id"] for _, record, stale in leases(storage) if stale is None]
+    rows = []
+    for dataset_id, record in committed:
+        audit_record = _read_audit(storage, dataset_id)
+        states = (["published"] if dataset_id == named else [])
+        states += [f"tagged {name}" for name, tag in sorted(tag_records.items()) if tag["dataset_id"] == dataset_id]
+        states += [f"leased x{live.count(dataset_id)}"] if dataset_id in live else []
+        if audit_record and audit_record.get("verdict") == "fail":
+            states.append("unpublished")
+        rows.append({"dataset_id": dataset_id, "model_version": record.get("model", {}).get("version"),
+                     "n": record.get("n"), "bytes": record.get("total_bytes"), "states": states,
+                     "audit": (audit_record or {}).get("verdict", "none")})
+    rows += [{"dataset_id": problem.split(":", 1)[0], "model_version": None, "n": None, "bytes": None,
+              "states": ["unreadable"], "audit": "none"} for problem in unreadable]
+    for name in storage.list():
+        if not name.startswith((".", "_")) and name != LATEST and storage.exists(name, PROGRESS) \
+                and not storage.exists(name, MANIFEST):
+            rows.append({"dataset_id": name, "model_version": None, "n": None, "bytes": None, "states": ["unfinished"],
+                         "audit": "none"})
+    return rows
+
+
+def _read_audit(storage: Storage, dataset_id: str) -> dict[str, Any] | None:
+    try:
+        return storage.read_json(dataset_id, AUDIT)
+    except (OSError, VaegenError):
+        return None
