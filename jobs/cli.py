@@ -852,9 +852,10 @@ def _refresh_target(text: str):
             params = dict(ctx.params)
     except click.UsageError as error:
         raise UsageError(f"--refresh {text!r}: {error.format_message()}") from None
-    for refresh_only in ("keep", "seed_policy", "seed", "lock_timeout"):
-        params.pop(refresh_only)
+    refresh_only = {name: params.pop(name) for name in ("keep", "seed_policy", "seed", "lock_timeout", "no_audit",
+                                                        "audit_rows", "audit_tolerance")}
     try:
+        _audit_config(refresh_only["no_audit"], refresh_only["audit_rows"], refresh_only["audit_tolerance"])
         _generate_config(**params)
         return RefreshTarget(args, *watched_alias(params["model_ref"]))
     except UsageError as error:

@@ -22,6 +22,7 @@ import numpy as np
 
 from jobs.generate import inspect, manifest
 from jobs.generate.spec import DatasetSpec, spec_from_record
+from jobs.generate import locks
 from jobs.generate.storage import Storage, check_name, parse_lock
 from registry import artifacts
 from vae_core.errors import VaegenError
@@ -166,7 +167,7 @@ class Fuzzer:
 
     def lock(self, data: bytes) -> str:
         held = parse_lock(data)
-        message = str(self.storage._busy(SPEC.dataset_id, ".x.lock", held))
+        message = str(locks._busy(self.storage, SPEC.dataset_id, ".x.lock", held))
         if "\n" in message or len(message) > 2_000:
             raise AssertionError(f"busy message of {len(message)} characters or several lines")
         return "ok"

@@ -4,6 +4,8 @@ errors, read a dataset's rows back with pyarrow alone. No test module imports an
 from __future__ import annotations
 
 import os
+import sys
+import subprocess
 import re
 from pathlib import Path
 
@@ -99,3 +101,23 @@ def readme_block(section: str, language: str = "bash") -> str:
     found = [text for heading, kind, text in readme_blocks() if heading == section and kind == language]
     assert found, f"no {language} block under {section!r} in README.md"
     return found[0]
+
+
+def quick_start_folder(root: Path) -> None:
+    """What the quick start leaves: ./mlflow.db with vae-decoder v1 as champion, and .venv."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_"))}
+    code = ("from jobs.train import TrainJobConfig, run; from vae_core.config import TrainConfig; import mlflow; "
+            "r = run(TrainJobConfig(train=TrainConfig(epochs=2), report=False)); from registry import promotion; "
+            "promotion.promote(f'{r.pinned.name}/{r.pinned.version}', "
+            "promotion.PromotionConfig(reason='quickstart', by='tester', quality=None))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (root / ".venv").symlink_to(sys.prefix)
+
+
+def shell_env(ray_env) -> dict[str, str]:
+    """A shell as a new user has it: no MLflow or Ray variables, a private HOME and Ray temp dir."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_", "VAEGEN_"))}
+    variables = ray_env.variables()
+    del variables["RAY_AUTH_MODE"]  # the README decides the auth mode itself
+    return {**base, **variables}

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import readme_block
+from helpers import quick_start_folder, readme_block, shell_env
 from ray_cluster import RayEnv, make_ray_env, stop_tagged, tagged_pids, wait_until
 
 pytestmark = pytest.mark.slow  # a real `ray start` cluster and `ray job submit`
@@ -39,26 +39,6 @@ COMMAND_TIMEOUT_S = 600
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def quick_start_folder(root: Path) -> None:
-    """What the quick start leaves: ./mlflow.db with vae-decoder v1 as champion, and .venv."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_"))}
-    code = ("from jobs.train import TrainJobConfig, run; from vae_core.config import TrainConfig; import mlflow; "
-            "r = run(TrainJobConfig(train=TrainConfig(epochs=2), report=False)); from registry import promotion; "
-            "promotion.promote(f'{r.pinned.name}/{r.pinned.version}', "
-            "promotion.PromotionConfig(reason='quickstart', by='tester', quality=None))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (root / ".venv").symlink_to(sys.prefix)
-
-
-def shell_env(ray_env: RayEnv) -> dict[str, str]:
-    """A shell as a new user has it: no MLflow or Ray variables, a private HOME and Ray temp dir."""
-    base = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_", "VAEGEN_"))}
-    variables = ray_env.variables()
-    del variables["RAY_AUTH_MODE"]  # the README decides the auth mode itself
-    return {**base, **variables}
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ RUN_BY = {  # (heading, language) -> the test that runs its blocks verbatim
     ("## Run on a Ray cluster", "bash"): "tests/test_cluster_path.py::test_readme_cluster_lines_run_verbatim",
     (READER_SECTION, "python"): "tests/test_readme.py::test_reader_lines_run_verbatim_beside_a_stale_ray_address",
     ("## Training on a vaegen dataset", "python"): "tests/test_reader_training.py",
+    ("## Publishing and consuming datasets", "bash"): "tests/test_readme_publishing.py",
 }
 NOT_RUN = {  # (heading, language) -> why no test runs it (the lead decides whether that is acceptable)
     ("# vaegen", ""): "a diagram, not code",

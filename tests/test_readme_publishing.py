@@ -5,14 +5,13 @@ and Ray temp dir; the Ray processes its `vaegen refresh` starts are stopped by t
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from ray_cluster import make_ray_env, stop_tagged
-from test_cluster_path import quick_start_folder, shell_env
+from helpers import quick_start_folder, readme_block, shell_env
 
 pytestmark = pytest.mark.slow  # a trained model, `vaegen` processes, a private Ray
 
@@ -21,18 +20,11 @@ SECTION = "## Publishing and consuming datasets"
 COMMAND_TIMEOUT_S = 600
 
 
-def readme_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"```bash\n(.*?)```", text[text.index(SECTION):], re.DOTALL)
-    assert match, f"no bash block under {SECTION!r} in README.md"
-    return match.group(1)
-
-
 def test_readme_publishing_lines_run_verbatim(tmp_path):
     quick_start_folder(tmp_path)
     ray_env = make_ray_env()
     try:
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block()], cwd=tmp_path,
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block(SECTION)], cwd=tmp_path,
                               env=shell_env(ray_env), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
     finally:
         survivors = stop_tagged(ray_env.tag)

@@ -230,8 +230,8 @@ class Storage:
         """The parsed record, None if absent; unparsable (truncated, edited) is a one-line CorruptRecord."""
         if not self.exists(*names):
             return None
-        size = self.size(*names)
-        if size > MAX_RECORD_BYTES:  # bounded before it is read: a record's size is an allocation
+        size = self.size(*names)  # None for what is not a regular file: read_bytes refuses it (NotRegularFile)
+        if size is not None and size > MAX_RECORD_BYTES:  # bounded before it is read: a record's size is an allocation
             record, reason = None, f"{size:,} bytes, more than the {MAX_RECORD_BYTES:,} a record may have"
         else:
             try:
