@@ -268,6 +268,36 @@ def test_a_promotion_killed_with_its_lock_held_blocks_no_later_one(untrained_ver
 # ---------------------------------------------------------------- SIGTERM
 
 
+LOCK_AND_TERMINATE = """
+import os, signal, time
+from jobs import cli
+from registry import promotion
+signal.signal(signal.SIGTERM, cli._terminate)  # the console script's handler
+try:
+    with promotion.alias_lock("vae-decoder", "termed", purpose="terminated"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+except KeyboardInterrupt as error:
+    raise SystemExit(143 if cli._terminated(error) else 1)
+"""
+
+
+def test_a_promotion_terminated_with_its_lock_held_releases_it(untrained_version):
+    """SIGTERM (Kubernetes stopping a pod) while a promotion holds its alias lock: the lock goes with it."""
+    done = subprocess.run([sys.executable, "-c", LOCK_AND_TERMINATE], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, cwd=untrained_version.root)
+    assert done.returncode == 143, done.stderr
+    names = [model.name for model in mlflow.MlflowClient().search_registered_models()]
+    assert "vae-decoder.vaegen-lock.termed" not in names, names
+    started = time.monotonic()
+    promoted = vaegen("promote", MODEL, "--alias", "termed", "--reason", "after a SIGTERM", "--no-quality-gate",
+                      cwd=untrained_version.root)
+    assert promoted.returncode == 0, promoted.stderr
+    assert time.monotonic() - started < 60
+
+
+
+
 def signals_caught(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
