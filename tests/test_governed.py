@@ -263,7 +263,7 @@ def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(loc
     dataset = root / line(allowed.stdout, "dataset_id:").split()[1]
     manifest = json.loads((dataset / MANIFEST).read_text())
     assert manifest["model"]["alias_gate"] == "ungated (--allow-ungated)"
-    assert "alias gate: ungated (--allow-ungated)" in (dataset / CARD).read_text()
+    assert "alias gate: `ungated (--allow-ungated)`" in (dataset / CARD).read_text()  # escaped as code (issue 20)
     assert client.get_run(manifest["lineage"]["run_id"]).data.tags["vaegen.alias_gate"] == "ungated (--allow-ungated)"
 
     promoted = invoke("promote", "vae-gov/2", "--reason", "gate it", "--force", "--no-quality-gate")
