@@ -432,7 +432,8 @@ def test_refresh_twice_with_the_same_champion_is_a_no_op_and_logs_runs(trained, 
     assert first.action == "generated" and first.model_version == 1
     dataset = root / first.dataset_id
     assert sorted(path.name for path in dataset.iterdir()) == [
-        ".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        ".huggingface.yaml", "_README.md", "_audit.json", "_croissant.json", "_manifest.json", "part-00000.parquet",
+        "part-00001.parquet", "part-00002.parquet"]
     assert pq.read_table(dataset).num_rows == N
     before, latest_before = mtimes(dataset), (root / LATEST).read_bytes()
 
@@ -482,7 +483,9 @@ def test_refresh_follows_promotions_and_rollbacks_and_prunes(trained, local_ray,
     back = refresh(refresh_config(model, str(root), keep=2))
     assert (back.action, back.dataset_id, back.model_version) == ("pointer-moved", old.dataset_id, 1)
     assert_latest_is(old, 1)
-    assert mtimes(root / old.dataset_id) == old_mtimes  # moved back, not regenerated
+    republished = ("_audit.json", "_README.md")  # publishing audits again and records the verdict in the card
+    assert ({key: value for key, value in mtimes(root / old.dataset_id).items() if key not in republished}
+            == {key: value for key, value in old_mtimes.items() if key not in republished})  # moved back, not regenerated
 
     promote(f"{name}/2", reason="v2 again")
     pruning = invoke(*refresh_args(model, str(root), "--keep", "1"))
@@ -617,4 +620,5 @@ def test_refresh_to_s3_writes_latest_is_idempotent_and_prunes(trained, local_ray
     assert json.loads(s3.get(bucket, "root/latest"))["dataset_id"] == third.dataset_id
     assert not s3.keys(bucket, f"root/{first.dataset_id}/", markers=True)
     assert s3.keys(bucket) == sorted(["root/latest", *[f"root/{third.dataset_id}/{name}" for name in (
-        ".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]])  # no lock, no .tmp
+        ".huggingface.yaml", "_README.md", "_audit.json", "_croissant.json", "_manifest.json", "part-00000.parquet",
+        "part-00001.parquet", "part-00002.parquet")]])  # no lock, no .tmp
