@@ -151,9 +151,9 @@ def _lock_is_stale(tags: dict[str, str], stale_s: float) -> bool:
     if holders.dead_reason(held) is not None:
         return True
     try:
-        since = float(tags.get("vaegen.lock_since", "0"))
-    except ValueError:
-        since = 0.0
+        since = float(tags["vaegen.lock_since"])
+    except (KeyError, ValueError):  # read between its creation and its tags (a server with several workers): live
+        return False
     return time.time() - since > stale_s
 
 

@@ -33,7 +33,7 @@ from conftest import TrackingStore, private_local_ray, register_untrained_decode
 from jobs.generate import card
 from jobs.generate.inspect import inspect
 from jobs.generate.croissant import CROISSANT
-from jobs.generate.manifest import MANIFEST
+from jobs.generate.manifest import AUDIT, MANIFEST
 from jobs.refresh import LATEST, LOCK
 from ray_cluster import wait_until
 from registry import promotion
@@ -269,7 +269,7 @@ def assert_consistent(root: Path) -> dict[str, Any]:
         result = inspect(str(root / dataset_id))
         assert result.ok, (dataset_id, result.problems)
         assert not [path.name for path in (root / dataset_id).iterdir() if path.name.startswith((".", "_"))
-                    and path.name not in (MANIFEST, card.CARD, card.HF_YAML, CROISSANT)], dataset_id  # no temporary left
+                    and path.name not in (MANIFEST, card.CARD, card.HF_YAML, CROISSANT, AUDIT)], dataset_id  # no temporary left
     unfinished = [path.name for path in root.iterdir() if path.is_dir() and not (path / "_manifest.json").exists()]
     return {"committed": len(committed(root)), "unfinished": len(unfinished)}
 
