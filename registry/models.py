@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -136,16 +137,23 @@ class TrainingRun:
     def _log_pyfunc(config: VAEConfig, weights_path: Path, config_path: Path, model_name: str) -> Any:
         import torch
 
-        return mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(PYFUNC_CODE),
-            artifacts={"weights": str(weights_path), "config": str(config_path)},
-            code_paths=[str(Path(vae_core.__file__).parent)],
-            signature=signature_for(config),
-            input_example=_input_example(config),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
-            registered_model_name=model_name,
-        )
+        # MLflow imports the model's code from its staging folder to check the input example; with bytecode
+        # writing on (Python's default) that leaves __pycache__/*.pyc among the artifacts, which gate 0 refuses
+        # (a .pyc is code nobody can review). Nothing is written while the version is logged.
+        dont_write_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+        try:
+            return mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(PYFUNC_CODE),
+                artifacts={"weights": str(weights_path), "config": str(config_path)},
+                code_paths=[str(Path(vae_core.__file__).parent)],
+                signature=signature_for(config),
+                input_example=_input_example(config),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+                registered_model_name=model_name,
+            )
+        finally:
+            sys.dont_write_bytecode = dont_write_bytecode
 
     def register(self, result: TrainResult, model_name: str, data_tags: dict[str, str]) -> PinnedModel:
         """Log the decoder (weights + config, pickle-free) and register it as a new version."""

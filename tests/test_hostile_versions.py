@@ -277,3 +277,26 @@ def test_the_shapes_checked_before_loading_are_the_real_modules(fields):
     config = VAEConfig.from_dict(fields)
     real = {key: tuple(value.shape) for key, value in Decoder(config).state_dict().items()}
     assert decoder_state_shapes(config) == real
+
+
+REGISTER_WITH_BYTECODE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from conftest import register_untrained_decoder
+from registry import models
+pinned = register_untrained_decoder("bytecode-check")
+print("REFUSAL", models.version_refusal(pinned))
+"""
+
+
+def test_a_version_logged_where_python_writes_bytecode_passes_its_own_gate(tmp_path):
+    """A user's Python writes __pycache__ (PYTHONDONTWRITEBYTECODE unset): MLflow imports the model's code while
+    logging it, and the .pyc it left among the artifacts made every fresh `vaegen train` refuse its own version."""
+    env = {key: value for key, value in os.environ.items()
+           if key != "PYTHONDONTWRITEBYTECODE" and not key.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    done = subprocess.run([sys.executable, "-c", REGISTER_WITH_BYTECODE, str(Path(__file__).parent)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "REFUSAL None" in done.stdout, done.stdout
+    assert not list(tmp_path.rglob("*.pyc")), list(tmp_path.rglob("*.pyc"))
