@@ -4,7 +4,6 @@ trained version and its quality report, a real local Ray, real Parquet; and the 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import xxhash
-from click.testing import CliRunner
 
 from conftest import private_local_ray, register_untrained_decoder
 from jobs import audit
-from jobs.cli import main
+from helpers import invoke
 from jobs.generate import holds
 from jobs.generate.card import CARD
 from jobs.generate.manifest import AUDIT, MANIFEST
@@ -33,15 +31,6 @@ from vae_core.errors import UsageError
 
 N, ROWS_PER_SHARD = 3_000, 1_000  # 3 parts, each one decode block: the audit re-decodes all of every part
 COMMON = ("--n", str(N), "--rows-per-shard", str(ROWS_PER_SHARD), "--num-workers", "1")
-
-
-def invoke(*args: str):
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def latest_id(root: Path) -> str | None:

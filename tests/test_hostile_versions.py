@@ -18,24 +18,14 @@ from typing import Callable
 import mlflow
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from jobs.cli import main
+from helpers import invoke
 from registry import evidence, models, promotion
 from registry.models import MODEL_ARTIFACT, TAG_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "vae-decoder"
 QUICK_S = 30.0  # a refusal on a loaded 2-core machine, download included; before the fix these ran for minutes or OOMed
-
-
-def invoke(*args: str):
-    saved = dict(os.environ)
-    try:
-        return CliRunner().invoke(main, list(args))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def one_error_line(result) -> str:
