@@ -30,6 +30,23 @@ MLFLOW_POSTGRES_WORKERS = 2  # as in production: the lock and the history must h
 STORE_TEXT_MAX_BYTES = 1 << 20  # copy_store rewrites paths in files up to this size (MLmodel, meta files)
 TINY_EPOCHS = 2  # enough to train, register and plot; the loss still falls between the two epochs
 
+# The suite runs on two pytest-xdist workers, one test module per worker at a time (pyproject's addopts:
+# module fixtures are built once). Modules start in collection order: the longest go first, so that the run
+# does not end on one worker still busy with a long module. The longest, as `--durations` measured them.
+SLOWEST_MODULES_FIRST = (
+    "test_races.py", "test_promotion_refresh.py", "test_report_conditional.py", "test_governed.py",
+    "test_deploy_refresh.py", "test_cluster_path.py", "test_generate.py", "test_promotion_copy.py",
+    "test_conv.py", "test_gpu_check.py", "test_redaction.py", "test_refresh_recovery.py", "test_postgres.py",
+    "test_webhook.py", "test_readme_publishing.py", "test_faults.py", "test_readme.py", "test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest modules first (SLOWEST_MODULES_FIRST), every other module after them in its usual order."""
+    rank = {name: index for index, name in enumerate(SLOWEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order in a module
+
+
 
 @dataclasses.dataclass(frozen=True)
 class TrackingStore:

@@ -33,12 +33,15 @@ RUN_TIMEOUT_S = 240  # one pod's whole run: a few `ray job` calls of 2-4 s each 
 RECORDER = """
 import pathlib, sys, time
 log, seconds = pathlib.Path(sys.argv[1]), float(sys.argv[2])
+release = log.with_suffix(".release")  # the test lets a job end early by creating it
 def note(word):
     with log.open("a") as handle:
         handle.write(word + "\\n")
 note("started")
 try:
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not release.exists():
+        time.sleep(0.05)
 except KeyboardInterrupt:  # what vaegen does on SIGINT: clean up, exit non-zero
     note("interrupted")
     sys.exit(130)
@@ -93,9 +96,15 @@ class Pod:
         return subprocess.run(self.argv, env=self.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
     def start(self) -> subprocess.Popen[str]:
-        out = (self.tmp_path / f"pod-{uuid.uuid4().hex[:6]}.out").open("w")
-        return subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        """The pod in the background; its output goes to self.output."""
+        self.output = self.tmp_path / f"pod-{uuid.uuid4().hex[:6]}.out"
+        with self.output.open("w") as out:
+            return subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)
+
+    def release(self) -> None:
+        """Let the recording Ray job finish now (it sleeps up to sleep_s otherwise)."""
+        self.log.with_suffix(".release").touch()
 
     def events(self) -> list[str]:
         return self.log.read_text().split() if self.log.exists() else []
@@ -114,7 +123,8 @@ def ray_jobs(cluster: RayCluster, prefix: str) -> dict[str, str]:
 
 def test_one_ray_job_per_kubernetes_job_whatever_happens_to_its_pods(cluster: RayCluster, tmp_path: Path) -> None:
     job_name, job_uid = "vaegen-refresh-29410560", str(uuid.uuid4())
-    pod = Pod(cluster, tmp_path, job_name, job_uid, sleep_s=8)  # long enough for the replacement pod to find it running
+    # Runs until released: the replacement pod must find it running however slowly that pod starts.
+    pod = Pod(cluster, tmp_path, job_name, job_uid, sleep_s=RUN_TIMEOUT_S)
 
     # The first pod submits, then dies while following (evicted, node lost): the Ray job goes on.
     first = pod.start()
@@ -123,9 +133,12 @@ def test_one_ray_job_per_kubernetes_job_whatever_happens_to_its_pods(cluster: Ra
     first.wait(timeout=30)
 
     # Its replacement finds the job running and follows it to the end instead of submitting again.
-    second = pod.run()
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert f"Ray job {pod.submission_id} exists (RUNNING)" in second.stdout, second.stdout
+    second = pod.start()
+    wait_until(lambda: "exists (" in pod.output.read_text() or second.poll() is not None, RUN_TIMEOUT_S,
+               "the replacement pod to find the Ray job")
+    pod.release()
+    assert second.wait(timeout=RUN_TIMEOUT_S) == 0, pod.output.read_text()
+    assert f"Ray job {pod.submission_id} exists (RUNNING)" in pod.output.read_text(), pod.output.read_text()
     assert pod.events() == ["started", "finished"]
 
     # A pod of the same Job after success: exit 0, nothing submitted.
