@@ -39,9 +39,19 @@ def prune(storage: Storage, keep: int, protected: str) -> tuple[list[str], list[
     committed, unreadable = committed_datasets(storage)
     datasets = [dataset_id for dataset_id, _ in committed]
     doomed, kept = select_for_pruning(datasets, keep, protected, holds.holds(storage))
+    # Announce, then read the holds again: a reader that leased a doomed dataset after the first read is
+    # seen now, or sees the notice and opens nothing (holds.py explains why one of the two always happens).
+    holds.announce_retirement(storage, doomed)
+    held_now = holds.holds(storage)
+    pruned = []
     for dataset_id in doomed:
-        retire(storage, dataset_id)
-    return doomed, unreadable + finish_pruning(storage), kept
+        if dataset_id in held_now:
+            kept[dataset_id] = held_now[dataset_id]
+        else:
+            retire(storage, dataset_id)
+            pruned.append(dataset_id)
+        holds.withdraw_retirement(storage, dataset_id)
+    return pruned, unreadable + finish_pruning(storage), kept
 
 
 def retire(storage: Storage, dataset_id: str) -> None:
@@ -60,7 +70,8 @@ def retire(storage: Storage, dataset_id: str) -> None:
 
 
 def finish_pruning(storage: Storage) -> list[str]:
-    """Delete what killed prunes left (`.pruned.*`); "NAME: why" of each that could not be deleted."""
+    """Delete what killed prunes left (`.pruned.*`, stale notices); "NAME: why" of each that could not be deleted."""
+    holds.clear_stale_notices(storage)
     problems = []
     for name in storage.list():
         if name.startswith(PRUNED):

@@ -26,9 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import reader_decode, reader_state
-from jobs.generate.holds import DEFAULT_LEASE_TIMEOUT_S, Lease
+from jobs.generate.holds import DEFAULT_LEASE_TIMEOUT_S, Lease, retirement_pending
 from jobs.generate.inspect import inspect, open_committed
-from jobs.generate.manifest import MANIFEST
 from jobs.generate.storage import Storage
 from registry import tracking
 from vae_core.errors import UsageError, VaegenError
@@ -298,7 +297,7 @@ def _take_lease(storage: Storage, dataset_id: str, timeout_s: float) -> Lease | 
                       f"cannot write under {storage.location()}: {error}", stacklevel=3)
         return None
     atexit.register(held.release)
-    if not storage.exists(dataset_id, MANIFEST):  # pruned between resolving and leasing
+    if retirement_pending(storage, dataset_id):  # pruned, or being pruned, between resolving and leasing
         held.release()
         raise VaegenError(f"{storage.location(dataset_id)} was pruned while it was being opened; open it again")
     return held

@@ -263,6 +263,29 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
 
 
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 and a free port, AWS_* variables pointing pyarrow and boto3 at it, for one
+    module; yields a fresh bucket's URI."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+                patch.delenv(key, raising=False)
+            for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}.items():
+                patch.setenv(key, value)
+            boto3.client("s3").create_bucket(Bucket="vaegen-test")
+            yield "s3://vaegen-test"
+    finally:
+        server.stop()
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 

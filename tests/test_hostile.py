@@ -28,7 +28,7 @@ from conftest import private_local_ray
 from jobs.generate.storage import DatasetBusy, Storage
 from jobs.prune import committed_datasets, finish_pruning, prune
 from jobs.refresh import LOCK, RefreshLock
-from ray_cluster import free_port, make_ray_env, stop_tagged, wait_until
+from ray_cluster import make_ray_env, stop_tagged, wait_until
 
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 TIMEOUT_S = 300  # a hang fails the test instead of hanging the suite; a loaded 2-core box needs room
@@ -138,28 +138,6 @@ def test_a_prune_killed_midway_leaves_no_dataset_folder_without_a_manifest(tmp_p
 
 
 # ---------------------------------------------------------------- object-store writer guard (moto S3)
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    """moto's S3 on 127.0.0.1; AWS_* variables point pyarrow and boto3 at it; yields a bucket's URI."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-                patch.delenv(key, raising=False)
-            for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION":
-                               "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}.items():
-                patch.setenv(key, value)
-            boto3.client("s3").create_bucket(Bucket="hostile")
-            yield "s3://hostile"
-    finally:
-        server.stop()
 
 
 def race(pairs: int, attempt) -> list[int]:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -481,29 +481,6 @@ def test_a_writer_guard_of_a_killed_process_does_not_block(tmp_path):
             holder.kill()
         holder.wait(30)
     assert not (tmp_path / ".some-dataset.lock").exists()
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    """moto's S3 on 127.0.0.1; AWS_* variables point pyarrow at it; yields a fresh bucket's URI prefix."""
-    from moto.server import ThreadedMotoServer
-
-    import boto3
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-                patch.delenv(key, raising=False)
-            for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}.items():
-                patch.setenv(key, value)
-            boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="guards")
-            yield "s3://guards"
-    finally:
-        server.stop()
 
 
 def test_the_writer_guard_on_an_object_store(moto_s3):

@@ -8,6 +8,12 @@ with `Storage.write_json` (a temp file, then a move: atomic on local disks; one 
   pid_start, started_at, heartbeat_at, timeout_s}. `open_dataset` takes one and rewrites it every
   timeout / HEARTBEAT_DIVISOR while the reader holds it. A lease protects its dataset until it is
   released, its process is gone from this host, or its heartbeat is older than its timeout.
+- `ROOT/.retiring/DATASET_ID.json` (format `vaegen-retiring/1`): a prune's notice that it is about to delete
+  a dataset, written BEFORE it reads the tags and leases; a reader or tagger writes its lease or tag BEFORE it
+  looks for the notice. On a store where each write is seen by every later read (local disks, S3), one of the
+  two always sees the other: the prune finds the lease and keeps the dataset, or the reader finds the notice
+  and opens nothing (`retirement_pending`). A notice whose prune is gone (killed) or older than
+  RETIRING_TIMEOUT_S does not count, and the next prune removes it.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from registry import holders
 from vae_core.errors import UsageError, VaegenError
 
 TAGS, LEASES = ".tags", ".leases"
-TAG_FORMAT, LEASE_FORMAT = "vaegen-tag/1", "vaegen-lease/1"
+RETIRING = ".retiring"
+TAG_FORMAT, LEASE_FORMAT, RETIRING_FORMAT = "vaegen-tag/1", "vaegen-lease/1", "vaegen-retiring/1"
 TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,99}")
 RESERVED_TAG = re.compile(r"latest|v[0-9]+")  # ROOT@latest and ROOT@vN mean something else
 DEFAULT_LEASE_TIMEOUT_S = 900.0  # as the refresh lock: a live reader is never taken for dead, a dead one holds 15 min
 HEARTBEAT_DIVISOR = 15
+RETIRING_TIMEOUT_S = 600.0  # a notice lives from before the holds are read until the manifest is gone: seconds
 
 
 def check_tag_name(name: str) -> str:
@@ -68,7 +76,7 @@ def set_tag(storage: Storage, dataset_id: str, name: str, by: str) -> dict[str, 
     record = {"format": TAG_FORMAT, "tag": name, "dataset_id": dataset_id, "by": by, "at": utc_now(),
               "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
     storage.write_json(record, TAGS, f"{name}.json")
-    if not storage.exists(dataset_id, MANIFEST):  # pruned between our check and our write: say so, keep no tag
+    if retirement_pending(storage, dataset_id):  # being pruned (it read the holds before our write): keep no tag
         storage.delete(TAGS, f"{name}.json")
         raise VaegenError(f"{storage.location(dataset_id)} was pruned while it was being tagged; tag another dataset")
     return previous
@@ -152,3 +160,39 @@ def holds(storage: Storage) -> dict[str, str]:
             reader = f"leased by pid {record.get('pid')} on {record.get('host')}"
             held.setdefault(record["dataset_id"], []).append(reader)
     return {dataset_id: ", ".join(reasons) for dataset_id, reasons in held.items()}
+
+
+def announce_retirement(storage: Storage, dataset_ids: list[str]) -> None:
+    """A prune's notice, per dataset, that it is about to delete it: written before it reads the holds."""
+    record = {"format": RETIRING_FORMAT, **holders.this_process(), "since": time.time()}
+    for dataset_id in dataset_ids:
+        storage.write_json({**record, "dataset_id": dataset_id}, RETIRING, f"{dataset_id}.json")
+
+
+def withdraw_retirement(storage: Storage, dataset_id: str) -> None:
+    storage.delete(RETIRING, f"{dataset_id}.json")
+
+
+def _notice_counts(record: dict[str, Any] | None, now: float) -> bool:
+    """Whether a notice still stands: its prune may be alive and it is younger than RETIRING_TIMEOUT_S."""
+    if record is None or record.get("format") != RETIRING_FORMAT or holders.dead_reason(record) is not None:
+        return False
+    return now - float(record.get("since", 0)) <= RETIRING_TIMEOUT_S
+
+
+def retirement_pending(storage: Storage, dataset_id: str) -> bool:
+    """Whether a reader or tagger must leave `dataset_id` alone: it is uncommitted, or a live prune announced it.
+    Call it AFTER writing the lease or tag (see the module's docstring for why that order is safe)."""
+    if not storage.exists(dataset_id, MANIFEST):
+        return True
+    return _notice_counts(_read(storage, RETIRING, f"{dataset_id}.json"), time.time())
+
+
+def clear_stale_notices(storage: Storage) -> None:
+    """Remove the notices of killed prunes and of datasets already gone (what a killed prune left)."""
+    now = time.time()
+    for name in storage.list(RETIRING):
+        if name.endswith(".json") and not name.startswith("."):
+            record = _read(storage, RETIRING, name)
+            if not _notice_counts(record, now) or not storage.exists(name.removesuffix(".json"), MANIFEST):
+                storage.delete(RETIRING, name)

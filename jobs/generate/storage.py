@@ -236,6 +236,8 @@ class Storage:
         else:
             try:
                 record = json.loads(self.read_bytes(*names))
+            except FileNotFoundError:  # deleted since exists() (a prune, a released lease): absent after all
+                return None
             except (ValueError, UnicodeDecodeError, RecursionError) as error:
                 record, reason = None, f"not valid JSON ({' '.join(str(error).split())[:200]})"
             else:
