@@ -73,7 +73,7 @@ def watched(cluster: RayCluster, tmp_path_factory) -> dict:
     block = readme_block(SECTION)
     shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=folder, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    during, output = [], io.StringIO()
+    during, output, names = [], io.StringIO(), set()
     logs_before_commit = ""
     try:
         deadline = time.monotonic() + JOB_TIMEOUT_S
@@ -83,6 +83,7 @@ def watched(cluster: RayCluster, tmp_path_factory) -> dict:
                 samples = scrape(cluster.metrics_port)
             except OSError:  # the agent restarting its HTTP server, a loaded box: the next poll tries again
                 continue
+            names.update(name for name, _ in samples)
             if not (directory / "_manifest.json").exists():  # checked after the scrape: it was taken before the commit
                 during.append(samples)
                 logs_before_commit = job_logs(cluster, "watched-1") or logs_before_commit
@@ -93,7 +94,7 @@ def watched(cluster: RayCluster, tmp_path_factory) -> dict:
             shell.wait()
     manifest = json.loads((directory / "_manifest.json").read_text()) if (directory / "_manifest.json").exists() else None
     return {"returncode": shell.returncode, "output": output.getvalue(), "during": during, "manifest": manifest,
-            "logs_before_commit": logs_before_commit}
+            "logs_before_commit": logs_before_commit, "names": names}
 
 
 def job_logs(cluster: RayCluster, submission_id: str) -> str:
@@ -164,9 +165,10 @@ def test_every_dashboard_query_names_a_metric_the_code_or_ray_emits(watched, clu
     assert named >= {metric.exported for metric in metrics.METRICS.values() if metric.kind != "histogram"}
     ours = {name for name in named if "vaegen" in name}
     assert ours <= metrics.exported_names(), ours - metrics.exported_names()
-    scraped = {name for name, _ in scrape(cluster.metrics_port)}
+    scraped = watched["names"] | {name for name, _ in scrape(cluster.metrics_port)}
     ray_own = named - ours
-    # Ray's node metrics, as this Ray exports them; GPU ones only where a GPU is, so those from Ray's reporter's source
+    # Ray's node metrics as this Ray exports them (gauges: each shows in the scrapes after the agent's report, every 5 s);
+    # GPU ones only where a GPU is, so those from Ray's reporter's source
     reporter = Path(ray.__file__).parent.joinpath("dashboard", "modules", "reporter", "reporter_agent.py").read_text()
     gpu = {name for name in ray_own if "gpu" in name}
     assert ray_own - gpu and ray_own - gpu <= scraped, ray_own - gpu - scraped

@@ -312,6 +312,8 @@ class WorkerPool:
                 self._outstanding.discard(ref)
                 info = job.collect(ref)
                 if info is not None:
+                    if monitor is not None:
+                        monitor.part(info.rows, info.size_bytes)
                     on_part(info)
         finished = time.monotonic()
         self.idle_tail_s = sum(finished - worker.last_done_s for worker in job.workers

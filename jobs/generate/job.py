@@ -207,7 +207,6 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
     def on_part(info: PartInfo) -> None:
         nonlocal reused
         reused += info.reused
-        monitor.part(info.rows, info.size_bytes)
 
     try:
         log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
