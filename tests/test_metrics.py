@@ -22,8 +22,9 @@ from typing import Iterator
 import pytest
 import ray
 from conftest import register_untrained_decoder
+from helpers import metric_value as value
 from helpers import readme_block
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import scrape_metrics as scrape
 from ray_cluster import RayCluster, ray_cluster, wait_until
 
 from jobs import metrics
@@ -39,21 +40,6 @@ N = 500_000  # what the README block generates: 8 parts of 65,536 28x28 rows, se
 DATASET = "vae-decoder-v1-n500000-seed0-uint8-f3"
 JOB_TIMEOUT_S = 300
 REPORT_INTERVAL_MS = "500"  # Ray's metrics report interval (RAY_metrics_report_interval_ms), 10 s by default
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset], float]:
-    """Every sample on the node's metrics endpoint: (name, labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    """The sum over the series of `name` whose labels include `labels` (one per process that recorded it)."""
-    found = [v for (sample, sample_labels), v in samples.items()
-             if sample == name and set(labels.items()) <= set(sample_labels)]
-    return sum(found) if found else None
 
 
 @pytest.fixture(scope="module")
