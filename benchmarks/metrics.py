@@ -7,8 +7,9 @@ with random weights (decode cost is a trained one's), on a local Ray with 2 CPUs
 running (so the recorded points are exported, as on a cluster). Each run writes a fresh dataset into a temporary
 folder through WorkerPool.run with a JobMonitor, the path `vaegen generate` takes; worker start-up is excluded.
 "on": the driver and the workers record every metric (jobs/metrics.py); "off": `metrics=False`, nothing recorded.
-A warm-up run (off) comes first and is not counted. Runs alternate on/off/off/on..., so that load changing on a shared box hits both alike. At the end the metrics
-port is scraped: the rows counter must equal n times the "on" runs (the metrics were really exported).
+A warm-up run (off) comes first and is not counted. Runs alternate on/off/off/on..., so that load changing on a
+shared box hits both alike. At the end the metrics port is scraped: the rows counter must equal n times the "on"
+runs (the metrics were really exported).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def run_once(export: bool, spec, config: dict, state: dict, root: Path) -> dict:
     from jobs.generate.storage import Storage
 
     placement = Placement("cpu", 2, 1.0, 0.0, 1, 1)
-    with tempfile.TemporaryDirectory(dir=root) as out, WorkerPool(Storage(out), placement, export_metrics=export) as pool:
+    with tempfile.TemporaryDirectory(dir=root) as out, \
+            WorkerPool(Storage(out), placement, export_metrics=export) as pool:
         ray.get([worker.pid.remote() for worker in pool.workers])  # started: start-up is not timed
         monitor = metrics.JobMonitor(spec.n, f"generate {spec.dataset_id}",
                                      metrics.labels_of(spec.dataset_id, spec.model_name, spec.model_version),
@@ -76,7 +78,8 @@ def main() -> None:
     config, state = decoder_state()
     spec = DatasetSpec(model_name="bench-decoder", model_version=1, n=args.n, seed=42, latent_dim=2,
                        sample_shape=(28, 28), rows_per_shard=65_536)
-    order = [export for repeat in range(args.repeats) for export in ((True, False) if repeat % 2 == 0 else (False, True))]
+    order = [export for repeat in range(args.repeats)
+             for export in ((True, False) if repeat % 2 == 0 else (False, True))]
     results = []
     with tempfile.TemporaryDirectory(prefix="vaegen-metrics-") as folder:
         os.environ.update({"RAY_TMPDIR": folder, "HOME": folder, "RAY_AUTH_MODE": "disabled",

@@ -138,7 +138,17 @@ def record_lock_takeover(model_name: str, model_version: int | str) -> None:
     record("vaegen_lock_takeovers", 1, labels_of("", model_name, model_version))
 
 
-class JobMonitor:
+class Unmonitored:
+    """What the engine reports to when nobody listens (a benchmark's or a test's bare WorkerPool.run)."""
+
+    def part(self, rows: int, size_bytes: int) -> None: ...
+    def shard_retried(self) -> None: ...
+    def worker_lost(self) -> None: ...
+    def worker_restarted(self) -> None: ...
+    def tick(self, in_flight: int, workers_alive: int) -> None: ...
+
+
+class JobMonitor(Unmonitored):
     """The driver's numbers of one generate job: what it exports, and what its stderr progress lines say.
 
     The engine reports events (a part committed, a shard retried, a worker lost or back) and calls `tick` at

@@ -136,7 +136,8 @@ def scrape_metrics(port: int) -> dict[tuple[str, frozenset], float]:
 
 
 def metric_value(samples: dict, name: str, **labels: str) -> float | None:
-    """The sum over the series of `name` whose labels include `labels` (one per process that recorded it); None: none."""
+    """The sum over the series of `name` whose labels include `labels` (one per process that recorded it);
+    None where there is none."""
     found = [value for (sample, sample_labels), value in samples.items()
              if sample == name and set(labels.items()) <= set(sample_labels)]
     return sum(found) if found else None

@@ -44,7 +44,7 @@ REPORT_INTERVAL_MS = "500"  # Ray's metrics report interval (RAY_metrics_report_
 
 @pytest.fixture(scope="module")
 def cluster(module_sqlite) -> Iterator[RayCluster]:
-    register_untrained_decoder(config=VAEConfig(input_shape=(28, 28)))  # vae-decoder/1: decodes as fast as a trained one
+    register_untrained_decoder(config=VAEConfig(input_shape=(28, 28)))  # vae-decoder/1: random weights, real cost
     environment = {"RAY_metrics_report_interval_ms": REPORT_INTERVAL_MS, "MLFLOW_TRACKING_URI": module_sqlite.uri}
     with ray_cluster(head_cpus=2, worker_node_cpus=(), extra_env=environment) as started:
         yield started
@@ -55,7 +55,8 @@ def watched(cluster: RayCluster, tmp_path_factory) -> dict:
     """README's block run verbatim in bash, with the test scraping the metrics port while the job runs."""
     folder = tmp_path_factory.mktemp("watch")
     directory = folder / "datasets" / DATASET
-    env = cluster.env.environ(RAY_DASHBOARD=cluster.dashboard_url, RAY_METRICS=f"http://127.0.0.1:{cluster.metrics_port}")
+    metrics_url = f"http://127.0.0.1:{cluster.metrics_port}"
+    env = cluster.env.environ(RAY_DASHBOARD=cluster.dashboard_url, RAY_METRICS=metrics_url)
     block = readme_block(SECTION)
     shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=folder, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -78,7 +79,8 @@ def watched(cluster: RayCluster, tmp_path_factory) -> dict:
         if shell.poll() is None:
             shell.kill()
             shell.wait()
-    manifest = json.loads((directory / "_manifest.json").read_text()) if (directory / "_manifest.json").exists() else None
+    committed = directory / "_manifest.json"
+    manifest = json.loads(committed.read_text()) if committed.exists() else None
     return {"returncode": shell.returncode, "output": output.getvalue(), "during": during, "manifest": manifest,
             "logs_before_commit": logs_before_commit, "names": names}
 
@@ -98,7 +100,8 @@ def test_readme_block_shows_progress_and_metrics_of_a_submitted_job(watched):
     output = watched["output"]
     # the progress lines, in the job's log: rows, rows/s, ETA or time taken, workers alive, retries
     prefix = f"generate {DATASET}: "
-    assert re.search(re.escape(prefix) + r"0/500,000 rows, 0 rows/s, ETA unknown; 0/2 workers alive, 0 retries", output), output[-3000:]
+    first = re.escape(prefix) + r"0/500,000 rows, 0 rows/s, ETA unknown; 0/2 workers alive, 0 retries"
+    assert re.search(first, output), output[-3000:]
     done = re.escape(prefix) + r"500,000/500,000 rows, [\d,]+ rows/s, done in [\d.]+ s; 2/2 workers alive, 0 retries"
     assert re.search(done, output), output[-3000:]
     # printed and flushed while the job ran: the job's log had the first line before the manifest existed
@@ -141,7 +144,8 @@ def test_every_dashboard_query_names_a_metric_the_code_or_ray_emits(watched, clu
     for panel in panels:
         position = panel["gridPos"]
         assert position["w"] > 0 and position["h"] > 0 and position["x"] + position["w"] <= 24, panel["title"]
-        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"} and panel["targets"], panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
         assert len({target["refId"] for target in panel["targets"]}) == len(panel["targets"])
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
@@ -153,8 +157,8 @@ def test_every_dashboard_query_names_a_metric_the_code_or_ray_emits(watched, clu
     assert ours <= metrics.exported_names(), ours - metrics.exported_names()
     scraped = watched["names"] | {name for name, _ in scrape(cluster.metrics_port)}
     ray_own = named - ours
-    # Ray's node metrics as this Ray exports them (gauges: each shows in the scrapes after the agent's report, every 5 s);
-    # GPU ones only where a GPU is, so those from Ray's reporter's source
+    # Ray's node metrics as this Ray exports them (gauges: each shows in the scrapes after the agent's report,
+    # every 5 s); GPU ones only where a GPU is, so those from Ray's reporter's source
     reporter = Path(ray.__file__).parent.joinpath("dashboard", "modules", "reporter", "reporter_agent.py").read_text()
     gpu = {name for name in ray_own if "gpu" in name}
     assert ray_own - gpu and ray_own - gpu <= scraped, ray_own - gpu - scraped

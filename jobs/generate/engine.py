@@ -293,7 +293,7 @@ class WorkerPool:
 
     def run(self, spec: DatasetSpec, config: dict, state: dict, shards: Sequence[int],
             on_part: Callable[[PartInfo], None], metadata: dict[str, str] | None = None,
-            monitor: metrics.JobMonitor | None = None) -> list[PartInfo]:
+            monitor: metrics.Unmonitored = metrics.Unmonitored()) -> list[PartInfo]:
         """Write every shard (a lazy sequence: `range(num_shards)`), each on whichever worker is free.
 
         The weights go into the object store once; each task carries the reference, and Ray
@@ -306,14 +306,12 @@ class WorkerPool:
         job = _Job(self, spec, config, ray.put(state), shards, metadata, monitor)
         while job.unsubmitted or job.retries or job.tasks:
             job.dispatch()
-            if monitor is not None:
-                monitor.tick(len(job.tasks), sum(worker.alive for worker in job.workers))
+            monitor.tick(len(job.tasks), sum(worker.alive for worker in job.workers))
             for ref in job.wait():
                 self._outstanding.discard(ref)
                 info = job.collect(ref)
                 if info is not None:
-                    if monitor is not None:
-                        monitor.part(info.rows, info.size_bytes)
+                    monitor.part(info.rows, info.size_bytes)
                     on_part(info)
         finished = time.monotonic()
         self.idle_tail_s = sum(finished - worker.last_done_s for worker in job.workers
@@ -329,7 +327,7 @@ class _Job:
     """One run of the pool: which shards are where, what failed how often, which workers are down."""
 
     def __init__(self, pool: WorkerPool, spec: DatasetSpec, config: dict, state_ref: Any, shards: Sequence[int],
-                 metadata: dict[str, str] | None = None, monitor: metrics.JobMonitor | None = None):
+                 metadata: dict[str, str] | None = None, monitor: metrics.Unmonitored = metrics.Unmonitored()):
         self.pool, self.spec, self.config, self.state_ref = pool, spec, config, state_ref
         self.monitor = monitor
         self.metadata = metadata  # Parquet key-value metadata of every part
@@ -409,7 +407,7 @@ class _Job:
             worker = self.workers[self.pings.pop(ref)]
             try:
                 ray.get(ref, timeout=0)
-                if worker.was_up and self.monitor is not None:
+                if worker.was_up:
                     self.monitor.worker_restarted()
                 worker.alive, worker.was_up, worker.next_ping_s = True, True, 0.0
             except ActorDiedError as error:  # gone for good (its constructor raised, it was killed): never asked again
@@ -431,8 +429,7 @@ class _Job:
             reason = f"its worker died ({type(error).__name__})"
             if worker.alive:
                 worker.alive, worker.next_ping_s = False, time.monotonic()
-                if self.monitor is not None:
-                    self.monitor.worker_lost()
+                self.monitor.worker_lost()
         except RayError as error:  # the result was lost with its node's object store, ...
             reason = type(error).__name__
         else:
@@ -444,8 +441,7 @@ class _Job:
             raise VaegenError(f"shard {task.shard} failed {self.attempts[task.shard]} times, last: {' '.join(reason.split())}; "
                               f"{self.pool.resume_hint(self.spec, len(self.done))}")
         self.retries.append(task.shard)
-        if self.monitor is not None:
-            self.monitor.shard_retried()
+        self.monitor.shard_retried()
         return None
 
     def stalled(self) -> VaegenError:

@@ -200,8 +200,8 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
               "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
     started_at, started = manifest.utc_now(), time.perf_counter()
     # one count of rows, parts, retries and workers for the progress lines and the metrics
-    monitor = metrics.JobMonitor(spec.n, f"generate {dataset_id}", metrics.labels_of(dataset_id, pinned.name, pinned.version),
-                                 placement.num_workers, export_metrics)
+    labels = metrics.labels_of(dataset_id, pinned.name, pinned.version)
+    monitor = metrics.JobMonitor(spec.n, f"generate {dataset_id}", labels, placement.num_workers, export_metrics)
     reused = 0
 
     def on_part(info: PartInfo) -> None:
