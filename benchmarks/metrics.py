@@ -55,6 +55,24 @@ def run_once(export: bool, spec, config: dict, state: dict, root: Path) -> dict:
             "parts": len(parts), "load_average_1m": os.getloadavg()[0]}
 
 
+def per_call_us(calls: int) -> dict[str, float]:
+    """Microseconds one record() costs the calling process, per kind: the A/B above drowns in a shared box's noise,
+    this does not. A job makes ~5 calls per part (3 counters on the driver, 2 histograms on a worker) and ~5 gauge
+    sets per second of the driver."""
+    from jobs import metrics
+
+    labels = metrics.labels_of("bench", "bench-decoder", 1)
+    costs = {}
+    for kind, name in (("counter", "vaegen_rows_written"), ("gauge", "vaegen_shards_in_flight"),
+                       ("histogram", "vaegen_decode_seconds")):
+        metrics.record(name, 1.0, labels)  # the recorder is made on first use: not timed
+        started = time.perf_counter()
+        for _ in range(calls):
+            metrics.record(name, 1.0, labels)
+        costs[kind] = 1e6 * (time.perf_counter() - started) / calls
+    return costs
+
+
 def exported_rows(port: int, dataset_id: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -68,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2_000_000)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, on and off")
+    parser.add_argument("--calls", type=int, default=20_000, help="record() calls timed per kind")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "metrics.json"))
     args = parser.parse_args()
 
@@ -95,6 +114,7 @@ def main() -> None:
                 results.append(result)
                 print(f"metrics {result['metrics']:3} {result['seconds']:7.2f} s  {result['rows_per_s']:9,.0f} rows/s  "
                       f"load {result['load_average_1m']:.2f}", file=sys.stderr, flush=True)
+            calls_us = per_call_us(args.calls)
             time.sleep(3)  # one report interval and more: the last points reach the agent
             exported = exported_rows(port, spec.dataset_id)
         finally:
@@ -103,7 +123,11 @@ def main() -> None:
     off = [r["seconds"] for r in results if r["metrics"] == "off"]
     summary = {"median_seconds_on": statistics.median(on), "median_seconds_off": statistics.median(off),
                "cost_percent": 100 * (statistics.median(on) / statistics.median(off) - 1),
-               "rows_exported": exported, "rows_expected": args.n * len(on)}
+               "rows_exported": exported, "rows_expected": args.n * len(on), "record_call_us": calls_us}
+    calls_per_job = 5 * spec.num_shards + 5 * statistics.median(off)  # per part, and gauges once a second
+    summary["record_calls_per_job"] = round(calls_per_job)
+    summary["record_cost_percent_of_job"] = (100 * calls_per_job * max(calls_us.values()) / 1e6
+                                             / statistics.median(off))
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_average_at_end": os.getloadavg()},
               "n": args.n, "warm_up": warm_up, "results": results, "summary": summary,
