@@ -14,6 +14,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -184,3 +185,34 @@ def test_progress_and_metrics_read_the_same_numbers():
     assert monitor.progress.eta_s() == 0.0 and monitor.progress.count == 100
     bare = Progress(10, "x", stream=io.StringIO())
     assert bare.eta_s() is None and bare.rate() == 0.0
+
+
+REFRESH_DRIVER = """
+import ray
+from jobs import metrics
+ray.init()
+model = {"name": "vae-decoder", "version": 1}
+metrics.record_lock_takeover("vae-decoder", 1)
+metrics.record_audit("d-refresh", model, "pass")
+metrics.record_published("d-refresh", model)
+"""
+
+
+def test_refresh_metrics_reach_the_metrics_port(cluster, watched, tmp_path):
+    """What refresh and publish record, from a driver of the cluster: valid names and labels, exported on exit."""
+    env = cluster.env.environ(RAY_ADDRESS=cluster.gcs_address, PYTHONPATH=str(ROOT))
+    before = time.time()
+    done = subprocess.run([sys.executable, "-c", REFRESH_DRIVER], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr[-3000:]
+
+    def exported() -> dict | None:
+        samples = scrape(cluster.metrics_port)
+        return samples if value(samples, "ray_vaegen_refresh_last_publish_timestamp_seconds") else None
+
+    samples = wait_until(exported, 30, "the refresh metrics", interval_s=0.25)
+    model = {"model_name": "vae-decoder", "model_version": "1"}
+    assert value(samples, "ray_vaegen_audit_verdicts_total", dataset_id="d-refresh", verdict="pass", **model) == 1
+    assert value(samples, "ray_vaegen_lock_takeovers_total", dataset_id="", **model) == 1
+    published = value(samples, "ray_vaegen_refresh_last_publish_timestamp_seconds", dataset_id="d-refresh", **model)
+    assert before <= published <= time.time()
