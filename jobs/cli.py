@@ -505,6 +505,8 @@ def _exit(code: int) -> None:
         from jobs.generate import engine
 
         engine.stop_local_ray()
+        if ray.is_initialized():  # a cluster's driver: disconnecting sends its last metric points (jobs/metrics.py)
+            ray.shutdown()
     mlflow = sys.modules.get("mlflow")
     if mlflow is not None and mlflow.active_run() is not None:
         mlflow.end_run({EXIT_OK: "FINISHED", EXIT_INTERRUPTED: "KILLED", EXIT_TERMINATED: "KILLED"}.get(code, "FAILED"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 from tqdm import tqdm
 
@@ -14,13 +14,15 @@ LOG_INTERVAL_S = 10.0  # often enough to see a job move in `ray job logs`, rare 
 
 class Progress:
     """`total` units of work named `description`. Off a terminal it logs a line when it starts, then at most every
-    `log_interval_s` (0: at every advance), and when done; `note` (an epoch's losses, a stage's name) rides along."""
+    `log_interval_s` (0: at every advance), and when done; `note` (an epoch's losses, a stage's name) rides along,
+    else what the `note` callable says (a job's workers alive and retries, jobs.metrics.JobMonitor)."""
 
     def __init__(self, total: int, description: str, unit: str = "rows", stream: TextIO | None = None,
-                 log_interval_s: float = LOG_INTERVAL_S):
+                 log_interval_s: float = LOG_INTERVAL_S, note: Callable[[], str] | None = None):
         self.stream = stream or sys.stderr
         self.total, self.description, self.unit = total, description, unit
         self.log_interval_s = log_interval_s
+        self.default_note = note
         self.count = 0
         self.started = self.last_log = time.perf_counter()
         is_terminal = getattr(self.stream, "isatty", lambda: False)()
@@ -37,6 +39,8 @@ class Progress:
 
     def advance(self, count: int = 1, note: str | None = None) -> None:
         self.count += count
+        if note is None and self.default_note is not None:
+            note = self.default_note()
         if self.bar is not None:
             if note:
                 self.bar.set_postfix_str(note, refresh=False)
@@ -47,12 +51,25 @@ class Progress:
             self.last_log = now
             self._log(note)
 
-    def _log(self, note: str | None) -> None:
+    def rate(self) -> float:
+        """Units per second since the start."""
         elapsed = time.perf_counter() - self.started
-        rate = self.count / elapsed if elapsed > 0 else 0.0
-        eta = f"ETA {(self.total - self.count) / rate:,.0f} s" if rate > 0 else "ETA unknown"
+        return self.count / elapsed if elapsed > 0 else 0.0
+
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far; None before the first unit."""
+        rate = self.rate()
         if self.count >= self.total:
-            eta = f"done in {elapsed:,.1f} s"
+            return 0.0
+        return (self.total - self.count) / rate if rate > 0 else None
+
+    def _log(self, note: str | None) -> None:
+        if note is None and self.default_note is not None:
+            note = self.default_note()
+        rate, eta_s = self.rate(), self.eta_s()
+        eta = f"ETA {eta_s:,.0f} s" if eta_s is not None else "ETA unknown"
+        if self.count >= self.total:
+            eta = f"done in {time.perf_counter() - self.started:,.1f} s"
         rate_text = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
         line = (f"{self.description}: {self.count:,}/{self.total:,} {self.unit}, {rate_text} {self.unit}/s, {eta}"
                 + (f"; {note}" if note else ""))

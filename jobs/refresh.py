@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from jobs import audit
+from jobs import audit, metrics
 from jobs.generate import card, locks
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.manifest import MANIFEST, utc_now
@@ -219,11 +219,13 @@ def publish(storage: Storage, dataset_id: str, record: dict[str, Any], config: a
     card.record_audit(storage, dataset_id, verdict)
     lineage.log_dataset_audit(record, verdict)
     log(f"audit: {audit.summary(verdict)}")
+    metrics.record_audit(dataset_id, record["model"], verdict["verdict"])
     if verdict["verdict"] == "fail":
         raise AuditFailed(f"audit of {dataset_id} failed, {audit.failure_line(verdict)}; it stays committed but "
                           f"unpublished and `latest` still names {published or 'nothing'}; see "
                           f"{storage.location(dataset_id, audit.AUDIT)}, or publish it anyway with --no-audit")
     move_latest(storage, dataset_id, record, verdict)
+    metrics.record_published(dataset_id, record["model"])
     return verdict
 
 
@@ -269,6 +271,8 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
     try:
         # once; generation gets the pinned version, alias recorded; an alias must hold what `vaegen promote` put there
         pinned = promotion.gate_alias(models.resolve(config.generate.model), config.generate.allow_ungated)
+        if lock.taken_over:
+            metrics.record_lock_takeover(pinned.name, pinned.version)
         seed = seed_for(config)
         params = {"model": config.generate.model, "resolved_version": pinned.version, "seed_policy": config.seed_policy,
                   "seed": seed, "n": config.generate.n, "out": storage.location(), "keep": config.keep}

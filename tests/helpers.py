@@ -121,3 +121,23 @@ def shell_env(ray_env) -> dict[str, str]:
     variables = ray_env.variables()
     del variables["RAY_AUTH_MODE"]  # the README decides the auth mode itself
     return {**base, **variables}
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, frozenset], float]:
+    """Every sample a Ray node's metrics export port serves, parsed by prometheus_client: (name, labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def metric_value(samples: dict, name: str, **labels: str) -> float | None:
+    """The sum over the series of `name` whose labels include `labels` (one per process that recorded it);
+    None where there is none."""
+    found = [value for (sample, sample_labels), value in samples.items()
+             if sample == name and set(labels.items()) <= set(sample_labels)]
+    return sum(found) if found else None

@@ -131,6 +131,8 @@ class RayCluster:
     worker_node_cpus: tuple[int, ...] = (1,)
     gcs_port: int = dataclasses.field(default_factory=free_port)
     dashboard_port: int = dataclasses.field(default_factory=free_port)
+    metrics_port: int = dataclasses.field(default_factory=free_port)  # the head's --metrics-export-port
+    extra_env: dict[str, str] = dataclasses.field(default_factory=dict)  # for the Ray processes (RAY_* settings)
     log: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -141,15 +143,18 @@ class RayCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _node_ports(self) -> list[str]:
+    def _node_ports(self, metrics_port: int | None = None) -> list[str]:
         """Every fixed-default port moved to a free one: two nodes (and other runs) share this host."""
-        options = ["--node-manager-port", "--object-manager-port", "--metrics-export-port",
+        options = ["--node-manager-port", "--object-manager-port",
                    "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port"]
-        return [part for option in options for part in (option, str(free_port()))]
+        ports = [part for option in options for part in (option, str(free_port()))]
+        return [*ports, "--metrics-export-port", str(metrics_port or free_port())]
 
-    def _ray_start(self, arguments: list[str]) -> None:
-        command = [RAY_BIN, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *arguments, *self._node_ports()]
-        done = subprocess.run(command, env=self.env.environ(), capture_output=True, text=True, timeout=START_TIMEOUT_S,
+    def _ray_start(self, arguments: list[str], metrics_port: int | None = None) -> None:
+        command = [RAY_BIN, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *arguments,
+                   *self._node_ports(metrics_port)]
+        done = subprocess.run(command, env=self.env.environ(**self.extra_env), capture_output=True, text=True,
+                              timeout=START_TIMEOUT_S,
                               start_new_session=True, cwd=self.env.root)
         self.log.append(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
         if done.returncode != 0:
@@ -160,7 +165,7 @@ class RayCluster:
             "--head", "--port", str(self.gcs_port), "--num-cpus", str(self.head_cpus),
             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.env.temp_dir),
-        ])
+        ], self.metrics_port)
         for cpus in self.worker_node_cpus:
             self._ray_start(["--address", self.gcs_address, "--num-cpus", str(cpus)])
         wait_until(lambda: len(self.alive_nodes()) == 1 + len(self.worker_node_cpus), START_TIMEOUT_S, "every node alive")
@@ -178,9 +183,10 @@ class RayCluster:
 
 
 @contextlib.contextmanager
-def ray_cluster(head_cpus: int = 1, worker_node_cpus: tuple[int, ...] = (1,)) -> Iterator[RayCluster]:
+def ray_cluster(head_cpus: int = 1, worker_node_cpus: tuple[int, ...] = (1,),
+                extra_env: dict[str, str] | None = None) -> Iterator[RayCluster]:
     """Start a cluster; ALWAYS stop its processes (by pid) and remove its files afterwards."""
-    cluster = RayCluster(make_ray_env(), head_cpus, worker_node_cpus)
+    cluster = RayCluster(make_ray_env(), head_cpus, worker_node_cpus, extra_env=extra_env or {})
     try:
         cluster.start()
         yield cluster

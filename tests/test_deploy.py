@@ -50,6 +50,8 @@ K8S_FILES = sorted(K8S.glob("*.yaml"))
 NAMESPACE = "vaegen"
 RAY_API = "ray.io/v1"
 RAY_KINDS = {"RayCluster", "RayJob", "RayCronJob"}
+MONITORING_API = "monitoring.coreos.com/v1"  # the Prometheus Operator's PodMonitor: no schema in kubernetes_validate
+GRAFANA = DEPLOY / "grafana"
 LOOPBACK_DEFAULT = "${BIND_ADDRESS:-127.0.0.1}"
 # The oldest Kubernetes minor we support (CronJob timeZone is GA since 1.27) and the newest
 # one kubernetes_validate ships schemas for.
@@ -162,7 +164,8 @@ def compose(path: Path = COMPOSE) -> dict[str, Any]:
 def test_deploy_files_exist() -> None:
     expected = ["Dockerfile", "compose.yaml", ".env.example", "RUNBOOK.md", "k8s/namespace.yaml",
                 "k8s/mlflow.yaml", "k8s/raycluster.yaml", "k8s/rayjob-generate.yaml",
-                "k8s/raycronjob-refresh.yaml", "k8s/cronjob-refresh.yaml", "k8s/webhook.yaml"]
+                "k8s/raycronjob-refresh.yaml", "k8s/cronjob-refresh.yaml", "k8s/webhook.yaml", "k8s/podmonitor.yaml",
+                "grafana/prometheus-scrape.yaml", "grafana/vaegen-dashboard.json"]
     missing = [name for name in expected if not (DEPLOY / name).is_file()]
     assert not missing, f"missing under deploy/: {missing}"
 
@@ -180,6 +183,8 @@ def test_manifest_starts_with_the_command_that_applies_it(path: Path) -> None:
     if path == DOCKERFILE:
         expected = "# Build: docker build -f deploy/Dockerfile "
         assert first.startswith(expected), f"{rel(path)}: first line must start with {expected!r}"
+    elif path.parent == GRAFANA:
+        assert first.startswith("# Use: "), f"{rel(path)}: first line must say how to use it, is {first!r}"
     elif path.parent == K8S:
         expected = f"# Apply: kubectl apply -f {rel(path)}"
         assert first == expected, f"{rel(path)}: first line must be {expected!r}, is {first!r}"
@@ -192,7 +197,8 @@ def test_manifest_starts_with_the_command_that_applies_it(path: Path) -> None:
 # Kubernetes: core objects against the official schemas, KubeRay objects field by field
 # --------------------------------------------------------------------------------------------
 
-CORE_OBJECTS = collect(lambda: [(path, doc) for path, doc in k8s_objects() if doc["apiVersion"] != RAY_API], [])
+CORE_OBJECTS = collect(lambda: [(path, doc) for path, doc in k8s_objects()
+                                 if doc["apiVersion"] not in (RAY_API, MONITORING_API)], [])
 
 
 def assert_valid(doc: dict[str, Any], version: str, what: str) -> None:
@@ -214,7 +220,7 @@ def test_core_objects_validate_against_kubernetes_schema(path: Path, doc: dict[s
 def test_only_known_kinds_and_everything_in_the_vaegen_namespace() -> None:
     core = {"Namespace", "Secret", "ConfigMap", "Deployment", "Service", "CronJob"}
     for path, doc in k8s_objects():
-        assert doc["kind"] in core | RAY_KINDS, f"{path.name}: unexpected kind {doc['kind']}"
+        assert doc["kind"] in core | RAY_KINDS | {"PodMonitor"}, f"{path.name}: unexpected kind {doc['kind']}"
         if doc["apiVersion"].startswith("ray.io"):
             assert doc["apiVersion"] == RAY_API, f"{path.name}: KubeRay objects use {RAY_API}"
         if doc["kind"] == "Namespace":
@@ -239,6 +245,28 @@ def test_pod_templates_inside_kuberay_objects_validate(version: str) -> None:
         assert_valid(wrapped, version, f"{where} submitter pod template")
         assert template["spec"]["restartPolicy"] == "Never", f"{where}: a Job's pod template must not restart Always"
         assert "command" not in template["spec"]["containers"][0], f"{where}: KubeRay fills in the submit command"
+
+
+def test_prometheus_scrapes_the_metrics_port_of_every_ray_pod() -> None:
+    """The PodMonitor (Prometheus Operator) and the plain scrape config select the RayCluster's pods by KubeRay's
+    ray.io/cluster label and name a container port that the head and every worker group declare."""
+    cluster = one("RayCluster")
+    monitor = one("PodMonitor")
+    assert monitor["apiVersion"] == MONITORING_API
+    assert monitor["spec"]["selector"]["matchLabels"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    templates = [cluster["spec"]["headGroupSpec"]["template"]]
+    templates += [group["template"] for group in cluster["spec"]["workerGroupSpecs"]]
+    for template in templates:
+        ports = {port["name"]: port["containerPort"] for port in template["spec"]["containers"][0]["ports"]}
+        assert ports.get(endpoint["port"]) == 8080, ports  # KubeRay's --metrics-export-port
+    (job,) = load_docs(GRAFANA / "prometheus-scrape.yaml")[0]["scrape_configs"]
+    keep = {rule["source_labels"][0]: rule["regex"] for rule in job["relabel_configs"] if rule.get("action") == "keep"}
+    assert keep == {"__meta_kubernetes_pod_label_ray_io_cluster": cluster["metadata"]["name"],
+                    "__meta_kubernetes_pod_container_port_name": endpoint["port"]}
+    assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": [NAMESPACE]}}]
 
 
 KUBERAY_OBJECTS = collect(lambda: [(path, doc) for path, doc in k8s_objects() if doc["apiVersion"] == RAY_API], [])

@@ -33,7 +33,7 @@ from jobs.generate.storage import Storage
 from ray_cluster import ray_cluster, tagged_pids, wait_until
 from registry import models
 from vae_core.errors import VaegenError
-from helpers import invoke
+from helpers import invoke, metric_value, scrape_metrics
 
 pytestmark = pytest.mark.slow  # a two-node Ray cluster, jobs killed in the middle
 
@@ -162,6 +162,16 @@ def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, 
     assert "retries remaining" not in stderr, stderr[-3000:]  # the driver retries, not Ray
     assert len(killer.kills) == MAX_SHARD_ATTEMPTS, killer.kills  # it was tried 3 times, and stopped there
     assert not (directory / part_name(POISON)).exists() and not (directory / "_manifest.json").exists()
+    # the driver's metrics, flushed as it exits: 2 retries, 3 workers lost (each attempt killed its worker)
+    labels = {"dataset_id": dataset_id(1), "model_name": "vae-decoder", "model_version": "1"}
+
+    def exported() -> dict | None:
+        samples = scrape_metrics(cluster.metrics_port)
+        return samples if metric_value(samples, "ray_vaegen_workers_lost_total", **labels) else None
+
+    samples = wait_until(exported, 30, "the job's metrics", interval_s=0.5)
+    assert metric_value(samples, "ray_vaegen_shards_retried_total", **labels) == MAX_SHARD_ATTEMPTS - 1
+    assert metric_value(samples, "ray_vaegen_workers_lost_total", **labels) == MAX_SHARD_ATTEMPTS
 
     # Only the poison shard's attempts cost worker restarts: none for the other shards, none beyond.
     from ray.util.state import list_actors, list_jobs

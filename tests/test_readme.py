@@ -31,6 +31,7 @@ RUN_BY = {  # (heading, language) -> the test that runs its blocks verbatim
     (READER_SECTION, "python"): "tests/test_readme.py::test_reader_lines_run_verbatim_beside_a_stale_ray_address",
     ("## Training on a vaegen dataset", "python"): "tests/test_reader_training.py",
     ("## Publishing and consuming datasets", "bash"): "tests/test_readme_publishing.py",
+    ("## Watching a job", "bash"): "tests/test_metrics.py::test_readme_block_shows_progress_and_metrics_of_a_submitted_job",
 }
 NOT_RUN = {  # (heading, language) -> why no test runs it (the lead decides whether that is acceptable)
     ("# vaegen", ""): "a diagram, not code",

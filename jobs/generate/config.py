@@ -25,6 +25,7 @@ class EngineOptions:
     device: str = "auto"  # auto: CUDA when the cluster has GPUs
     shared_fs: bool = False  # a local --out is visible to every node (NFS, a mounted volume)
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # covers worker start-up and a node's replacement by an autoscaler
+    metrics: bool = True  # export Prometheus metrics through Ray's metrics agent (jobs/metrics.py); off: to measure their cost
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

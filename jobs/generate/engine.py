@@ -28,6 +28,7 @@ import ray
 from ray._private import ray_constants
 from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
 
+from jobs import metrics
 from jobs.generate.config import DEFAULT_STALL_TIMEOUT_S, EngineOptions
 from jobs.generate.parts import PartInfo, PartWriter
 from jobs.generate.spec import DatasetSpec
@@ -206,12 +207,13 @@ class ShardWorker:
     each shard task brings the spec and the weights' object-store reference, so a restarted
     worker needs nothing from its constructor. The decoder is built once per dataset."""
 
-    def __init__(self, storage_uri: str, device: str, threads: int):
+    def __init__(self, storage_uri: str, device: str, threads: int, export_metrics: bool = True):
         import torch
 
         torch.set_num_threads(threads)
         self.storage = Storage(storage_uri)
         self.device = device
+        self.export_metrics = export_metrics
         self.writer: PartWriter | None = None
 
     def pid(self) -> int:
@@ -226,7 +228,11 @@ class ShardWorker:
         if self.writer is None or self.writer.spec != spec or self.writer.metadata != (metadata or {}):
             predictor = Predictor(spec, config, state, self.device)
             self.writer = PartWriter(predictor, self.storage, spec.dataset_id, metadata)
-        return self.writer(shard)
+        info = self.writer(shard)
+        if self.export_metrics and not info.reused:
+            metrics.record_part_timings(metrics.labels_of(spec.dataset_id, spec.model_name, spec.model_version),
+                                        info.decode_s, info.encode_s)
+        return info
 
 
 @dataclasses.dataclass
@@ -235,6 +241,7 @@ class _Worker:
 
     handle: Any
     alive: bool = False  # True once it answered a ping: at start-up, and again after Ray restarted it
+    was_up: bool = False  # it answered a ping once: coming back after that is a restart
     next_ping_s: float = dataclasses.field(default_factory=time.monotonic)  # while down: when to ask (0: never)
     in_flight: int = 0
     last_done_s: float | None = None  # when its last shard finished (time.monotonic)
@@ -258,7 +265,8 @@ class WorkerPool:
     no shard finishes for `stall_timeout_s` fails with a line that says how to resume.
     """
 
-    def __init__(self, storage: Storage, placement: Placement, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
+    def __init__(self, storage: Storage, placement: Placement, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+                 export_metrics: bool = True):
         self.placement = placement
         self.storage = storage
         self.stall_timeout_s = stall_timeout_s
@@ -269,7 +277,7 @@ class WorkerPool:
             max_task_retries=0,
             max_concurrency=placement.threads_per_worker,
         )
-        self.workers = [worker_class.remote(storage.uri, placement.device, placement.threads_per_worker)
+        self.workers = [worker_class.remote(storage.uri, placement.device, placement.threads_per_worker, export_metrics)
                         for _ in range(placement.num_workers)]
         self.idle_tail_s = 0.0  # after run(): summed over live workers, the time from their last shard to the job's end
         self._outstanding: set[Any] = set()  # refs not collected yet: drained on exit so that no error goes unhandled
@@ -284,7 +292,8 @@ class WorkerPool:
         self._outstanding.clear()
 
     def run(self, spec: DatasetSpec, config: dict, state: dict, shards: Sequence[int],
-            on_part: Callable[[PartInfo], None], metadata: dict[str, str] | None = None) -> list[PartInfo]:
+            on_part: Callable[[PartInfo], None], metadata: dict[str, str] | None = None,
+            monitor: metrics.Unmonitored = metrics.Unmonitored()) -> list[PartInfo]:
         """Write every shard (a lazy sequence: `range(num_shards)`), each on whichever worker is free.
 
         The weights go into the object store once; each task carries the reference, and Ray
@@ -292,14 +301,17 @@ class WorkerPool:
         shards it runs at once (`threads_per_worker`), none queued: a queued shard can wait
         behind a slow worker while another sits idle at the end of the job (the idle tail,
         benchmarks/tail.py), and the driver's round trip between two shards costs milliseconds.
+        `monitor` hears of every committed part, retry, lost and restarted worker, and of each poll.
         """
-        job = _Job(self, spec, config, ray.put(state), shards, metadata)
+        job = _Job(self, spec, config, ray.put(state), shards, metadata, monitor)
         while job.unsubmitted or job.retries or job.tasks:
             job.dispatch()
+            monitor.tick(len(job.tasks), sum(worker.alive for worker in job.workers))
             for ref in job.wait():
                 self._outstanding.discard(ref)
                 info = job.collect(ref)
                 if info is not None:
+                    monitor.part(info.rows, info.size_bytes)
                     on_part(info)
         finished = time.monotonic()
         self.idle_tail_s = sum(finished - worker.last_done_s for worker in job.workers
@@ -315,8 +327,9 @@ class _Job:
     """One run of the pool: which shards are where, what failed how often, which workers are down."""
 
     def __init__(self, pool: WorkerPool, spec: DatasetSpec, config: dict, state_ref: Any, shards: Sequence[int],
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, monitor: metrics.Unmonitored = metrics.Unmonitored()):
         self.pool, self.spec, self.config, self.state_ref = pool, spec, config, state_ref
+        self.monitor = monitor
         self.metadata = metadata  # Parquet key-value metadata of every part
         self.workers = [_Worker(handle) for handle in pool.workers]
         self.fresh = iter(shards)
@@ -394,7 +407,9 @@ class _Job:
             worker = self.workers[self.pings.pop(ref)]
             try:
                 ray.get(ref, timeout=0)
-                worker.alive, worker.next_ping_s = True, 0.0
+                if worker.was_up:
+                    self.monitor.worker_restarted()
+                worker.alive, worker.was_up, worker.next_ping_s = True, True, 0.0
             except ActorDiedError as error:  # gone for good (its constructor raised, it was killed): never asked again
                 worker.next_ping_s = 0.0
                 self.gone_reason = " ".join(str(error).split())[:500]
@@ -414,6 +429,7 @@ class _Job:
             reason = f"its worker died ({type(error).__name__})"
             if worker.alive:
                 worker.alive, worker.next_ping_s = False, time.monotonic()
+                self.monitor.worker_lost()
         except RayError as error:  # the result was lost with its node's object store, ...
             reason = type(error).__name__
         else:
@@ -425,6 +441,7 @@ class _Job:
             raise VaegenError(f"shard {task.shard} failed {self.attempts[task.shard]} times, last: {' '.join(reason.split())}; "
                               f"{self.pool.resume_hint(self.spec, len(self.done))}")
         self.retries.append(task.shard)
+        self.monitor.shard_retried()
         return None
 
     def stalled(self) -> VaegenError:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from jobs import metrics
 from jobs.generate import card, croissant, engine, inspect, manifest
 from jobs.generate.config import DEFAULT_MODEL, LABEL_POLICIES, GenerateConfig  # noqa: F401 (re-exported)
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, split_location, storage_from_env
-from jobs.progress import Progress
 from vae_core import sampling
 from vae_core.errors import BrokenVersion, UsageError, VaegenError
 from vae_core.seeds import row_seeds
@@ -109,14 +109,14 @@ def generate(
         if on_workers is not None:
             on_workers(pool.workers)
         loading = registry_thread.submit(_load, pinned)
-        record = _run(spec, pinned, loading, plan.fresh, storage, pool.placement, pool, log, config.redact_provenance)
+        record = _run(spec, pinned, loading, plan.fresh, storage, pool, log, config.redact_provenance, config.engine.metrics)
     status = "generated" if record["timings"]["shards_reused"] == 0 else "resumed"
     return GenerateResult(dataset_id, storage.location(dataset_id), status, record, plan.seed_was_random)
 
 
 def _worker_pool(config: GenerateConfig, num_shards: int, storage: Storage, log: Callable[[str], None]) -> engine.WorkerPool:
     placement = engine.plan_placement(config.engine, num_shards, storage, log)
-    return engine.WorkerPool(storage, placement, config.engine.stall_timeout_s)
+    return engine.WorkerPool(storage, placement, config.engine.stall_timeout_s, config.engine.metrics)
 
 
 def _resolve(config: GenerateConfig, storage: Storage, resume_id: str | None,
@@ -189,23 +189,24 @@ def _load(pinned: PinnedModel) -> LoadedDecoder:
     return models.load_decoder(pinned)  # the weights, read once, here on the driver
 
 
-def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, storage: Storage, placement: engine.Placement,
-         pool: engine.WorkerPool, log: Callable[[str], None], redact_provenance: bool) -> dict[str, Any]:
+def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, storage: Storage, pool: engine.WorkerPool,
+         log: Callable[[str], None], redact_provenance: bool, export_metrics: bool) -> dict[str, Any]:
     """Write every shard, commit the manifest, log the lineage run; returns the manifest."""
     from registry import lineage, tracking
 
-    dataset_id = spec.dataset_id
+    dataset_id, placement = spec.dataset_id, pool.placement
     model_record = dataclasses.asdict(pinned)
     params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
               "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
     started_at, started = manifest.utc_now(), time.perf_counter()
-    progress = Progress(spec.n, f"generate {dataset_id}")
+    # one count of rows, parts, retries and workers for the progress lines and the metrics
+    labels = metrics.labels_of(dataset_id, pinned.name, pinned.version)
+    monitor = metrics.JobMonitor(spec.n, f"generate {dataset_id}", labels, placement.num_workers, export_metrics)
     reused = 0
 
     def on_part(info: PartInfo) -> None:
         nonlocal reused
         reused += info.reused
-        progress.advance(info.rows)
 
     try:
         log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
@@ -222,7 +223,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
             digest = manifest.recipe_digest(spec, model_record)
             provenance = manifest.provenance_metadata(digest, model_record, registry)
             parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part,
-                             manifest.parquet_metadata(provenance))
+                             manifest.parquet_metadata(provenance), monitor)
             seconds = time.perf_counter() - started
             record = manifest.build(
                 spec, model_record, parts,
@@ -244,7 +245,7 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
             storage.delete_dir(dataset_id)
         raise
     finally:
-        progress.close()
+        monitor.close()
     return record
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +38,13 @@ class PartInfo:
     size_bytes: int
     checksum: str  # storage.CHECKSUM of the file's bytes
     reused: bool = False  # True when a resume verified an existing part instead of writing it
+    decode_s: float = dataclasses.field(default=0.0, compare=False)  # time spent decoding its rows (metrics only)
+    encode_s: float = dataclasses.field(default=0.0, compare=False)  # time spent encoding its Parquet (metrics only)
 
     def to_dict(self) -> dict:
-        return {key: value for key, value in dataclasses.asdict(self).items() if key != "reused"}
+        """What the manifest and the sidecar record: the file, not how long it took."""
+        return {key: value for key, value in dataclasses.asdict(self).items()
+                if key not in ("reused", "decode_s", "encode_s")}
 
 
 def x_type(spec: DatasetSpec, format_version: int = FORMAT_VERSION) -> pa.DataType:
@@ -164,20 +169,30 @@ class PartWriter:
         spec = self.spec
         start, stop = spec.shard_range(shard)
         name = part_name(shard)
+        decode_s, encode_s = 0.0, [0.0]  # per block, not per row: two clock reads each
+
+        def encode(batch: pa.RecordBatch) -> None:
+            began = time.perf_counter()
+            writer.write_batch(batch, row_group_size=spec.block_rows)
+            encode_s[0] += time.perf_counter() - began
+
         with self.storage.atomic_writer(self.dataset_id, name) as stream:
             with parquet_writer(stream, self.schema, spec) as writer, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool:
                 pending: Future | None = None
                 for block_start, block_stop in block_ranges(start, stop, spec.block_rows):
+                    began = time.perf_counter()
                     rows = self.predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})
                     keep = slice(max(start, block_start) - block_start, min(stop, block_stop) - block_start)
                     batch = record_batch({key: value[keep] for key, value in rows.items()}, self.schema)
+                    decode_s += time.perf_counter() - began
                     if pending is not None:
                         pending.result()  # at most one block encoding while the next decodes
-                    pending = pool.submit(writer.write_batch, batch, row_group_size=spec.block_rows)
+                    pending = pool.submit(encode, batch)
                 if pending is not None:
                     pending.result()
-        info = PartInfo(shard, name, start, stop - start, stream.size_bytes, stream.digest.hexdigest())
+        info = PartInfo(shard, name, start, stop - start, stream.size_bytes, stream.digest.hexdigest(),
+                        decode_s=decode_s, encode_s=encode_s[0])
         self.storage.write_json(
             {**info.to_dict(), "spec_fingerprint": spec.fingerprint()}, self.dataset_id, SIDECAR_DIR, name + ".json"
         )
