@@ -34,10 +34,10 @@ TINY_EPOCHS = 2  # enough to train, register and plot; the loss still falls betw
 # module fixtures are built once). Modules start in collection order: the longest go first, so that the run
 # does not end on one worker still busy with a long module. The longest, as `--durations` measured them.
 SLOWEST_MODULES_FIRST = (
-    "test_races.py", "test_promotion_refresh.py", "test_report_conditional.py", "test_governed.py",
+    "test_races.py", "test_metrics.py", "test_promotion_refresh.py", "test_report_conditional.py", "test_governed.py",
     "test_deploy_refresh.py", "test_cluster_path.py", "test_generate.py", "test_promotion_copy.py",
     "test_conv.py", "test_gpu_check.py", "test_redaction.py", "test_refresh_recovery.py", "test_postgres.py",
-    "test_webhook.py", "test_readme_publishing.py", "test_faults.py", "test_readme.py", "test_cli.py",
+    "test_webhook.py", "test_readme_publishing.py", "test_faults.py", "test_readme.py", "test_cli.py", "test_prune_races.py",
 )
 
 
