@@ -29,6 +29,7 @@ from jobs import reader_decode, reader_state
 from jobs.generate.holds import DEFAULT_LEASE_TIMEOUT_S, Lease, retirement_pending
 from jobs.generate.inspect import inspect, open_committed
 from jobs.generate.storage import Storage
+from jobs.reader_state import RowGroup
 from registry import tracking
 from vae_core.errors import UsageError, VaegenError
 
@@ -119,13 +120,6 @@ def columns_numpy(table: pa.Table, shape: Sequence[int], dtype: str) -> dict[str
         else:
             out[name] = np.concatenate([chunk.to_numpy() for chunk in column.chunks])
     return out
-
-
-@dataclasses.dataclass(frozen=True)
-class RowGroup:
-    part: str  # the part file's name
-    index: int  # its row group in that file
-    rows: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from jobs.generate.recipe import is_recipe  # noqa: F401 (re-exported for the reader)
 from jobs.generate.spec import DatasetSpec, part_name
+from jobs.reader_state import RowGroup
 from vae_core.sampling import block_ranges
-
-if TYPE_CHECKING:
-    from jobs.reader import RowGroup
-
 
 class DeviceBitsWarning(UserWarning):
     """Rows decoded on a device whose kernels differ from the one that made the dataset."""
@@ -79,7 +76,6 @@ class DecodedRows:
 def spec_row_groups(spec: DatasetSpec) -> list[RowGroup]:
     """Row groups in sample id order: shard k's ids cut at every multiple of block_rows (PartWriter's grid).
     Cached: 10**9 rows make 244,141 of them, about a second to list."""
-    from jobs.reader import RowGroup
 
     groups = []
     for shard in range(spec.num_shards):

@@ -17,9 +17,20 @@ imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, Sequence
 
 from vae_core.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class RowGroup:
+    """One row group of one part: the unit an epoch's order is made of."""
+
+    part: str  # the part file's name
+    index: int  # its row group in that file
+    rows: int
+
 
 STATE_FORMAT = "vaegen-reader-state/1"
 Ranges = list[tuple[int, int]]  # half-open [start, stop) position ranges in the epoch's canonical sequence

@@ -15,7 +15,8 @@ from jobs import plots
 from jobs.progress import Progress
 from jobs.sample import MANIFOLD_POINTS_PER_SIDE, draw_images, manifold_images
 from registry import descriptions, models, tracking
-from registry.models import PinnedModel, flatten_params
+from registry.models import flatten_params
+from registry.pinned import PinnedModel
 from vae_core import data as data_sources
 from vae_core.config import RECIPES, TrainConfig
 from vae_core.errors import UsageError

@@ -16,7 +16,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import mlflow
 from mlflow.data.dataset_source import DatasetSource
@@ -28,9 +28,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from registry import descriptions, filters
+from registry.pinned import PinnedModel
 
-if TYPE_CHECKING:
-    from registry.models import PinnedModel
 
 DATASETS_EXPERIMENT = "vaegen-datasets"  # dataset runs of versions without a logged model here
 REFRESH_EXPERIMENT = "vaegen-refresh"

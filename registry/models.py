@@ -20,6 +20,7 @@ from mlflow.types import Schema, TensorSpec
 
 import vae_core
 from registry import artifacts, descriptions, evidence, filters, lineage
+from registry.pinned import PinnedModel
 from registry.redaction import redact_uri
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
@@ -35,26 +36,6 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_decoder.py")
 TAG_PREFIX = "vaegen."
 LOCK_MARK = ".vaegen-lock."  # promotion locks are registered models with this in their name
 REF_HELP = "use NAME@ALIAS, NAME/VERSION, NAME/latest, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/decoder"
-
-
-@dataclasses.dataclass(frozen=True)
-class PinnedModel:
-    """One registered version, resolved once: everything downstream names this, never an alias."""
-
-    name: str
-    version: int
-    run_id: str
-    source: str
-    resolved_from: str  # the reference the user gave, e.g. "vae-decoder@champion"
-    alias: str | None = None
-    alias_gate: str | None = None  # for an alias: "promoted" (vaegen's passing record) or "ungated (--allow-ungated)"
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

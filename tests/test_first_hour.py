@@ -25,7 +25,7 @@ from jobs.generate.job import GenerateConfig, dataset_spec
 from jobs.progress import Progress
 from jobs.train import TrainJobConfig
 from registry import descriptions, lineage
-from registry.models import PinnedModel
+from registry.pinned import PinnedModel
 from vae_core import data as data_sources
 from vae_core.config import RECIPES, VAEConfig
 from vae_core.errors import UsageError

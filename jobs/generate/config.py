@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING, Any
 
-from jobs.generate.spec import check_sizes
+from jobs.generate.spec import DatasetSpec, check_sizes
 from registry.tracking import RAY_JOB_MARKER
 from vae_core.errors import UsageError
+
+if TYPE_CHECKING:
+    from registry.pinned import PinnedModel
+    from vae_core.config import VAEConfig
 
 DEFAULT_MODEL = "vae-decoder@champion"
 DEVICES = ("auto", "cpu", "cuda")
@@ -85,3 +90,43 @@ def checked_root(root: str) -> str:
         raise UsageError(f"output root {root!r} is a relative path, which inside a Ray job means Ray's temporary "
                          "copy of the working directory; pass an absolute path shared by the nodes, or s3://bucket/prefix")
     return root
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateResult:
+    dataset_id: str
+    location: str
+    status: str  # "generated" | "resumed" | "up-to-date"
+    manifest: dict[str, Any]
+    seed_was_random: bool = False
+
+
+def dataset_spec(config: GenerateConfig, pinned: PinnedModel, model_config: VAEConfig, seed: int) -> DatasetSpec:
+    label_policy, classes = None, ()
+    if model_config.conditional:
+        label_policy, classes = parse_labels(config.labels, model_config.num_classes)
+    elif config.labels != GenerateConfig.labels:  # the default, balanced, means nothing here and is accepted
+        raise UsageError(f"--labels {config.labels}: {pinned.name}/{pinned.version} is unconditional "
+                         "(it draws no labels); drop --labels, or use a version trained with --conditional")
+    return DatasetSpec(
+        model_name=pinned.name, model_version=pinned.version, n=config.n, seed=seed,
+        latent_dim=model_config.latent_dim, sample_shape=tuple(model_config.input_shape), dtype=config.dtype,
+        layout=config.layout, compression=config.compression,
+        compression_level=config.compression_level if config.compression in ("zstd", "gzip") else None,
+        rows_per_shard=config.rows_per_shard, block_rows=config.batch_size,
+        num_classes=model_config.num_classes, label_policy=label_policy, label_classes=classes,
+        class_prior=tuple(model_config.class_prior),
+    )
+
+
+def parse_labels(text: str, num_classes: int) -> tuple[str, tuple[int, ...]]:
+    """`balanced` (all classes), `prior`, or a comma-separated subset, balanced over it (contract 1b)."""
+    if text in LABEL_POLICIES:
+        return text, tuple(range(num_classes))
+    try:
+        classes = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        classes = ()
+    if not classes or classes[0] < 0 or classes[-1] >= num_classes:
+        raise UsageError(f"--labels must be balanced, prior or classes in 0..{num_classes - 1} like 3,5; got {text!r}")
+    return "balanced", classes

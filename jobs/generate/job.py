@@ -21,7 +21,12 @@ import numpy as np
 
 from jobs import metrics
 from jobs.generate import card, croissant, engine, inspect, manifest
-from jobs.generate.config import DEFAULT_MODEL, LABEL_POLICIES, GenerateConfig  # noqa: F401 (re-exported)
+from jobs.generate.config import (  # noqa: F401 (GenerateConfig, GenerateResult, dataset_spec: re-exported)
+    DEFAULT_MODEL,
+    GenerateConfig,
+    GenerateResult,
+    dataset_spec,
+)
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, split_location, storage_from_env
@@ -30,19 +35,10 @@ from vae_core.errors import BrokenVersion, UsageError, VaegenError
 from vae_core.seeds import row_seeds
 
 if TYPE_CHECKING:  # mlflow is imported on the registry thread, never at import time
-    from registry.models import LoadedDecoder, PinnedModel
-    from vae_core.config import VAEConfig
+    from registry.models import LoadedDecoder
+    from registry.pinned import PinnedModel
 
 LABEL_COUNT_CHUNK_ROWS = 1 << 20  # prior labels are re-derived on the driver in chunks this size
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerateResult:
-    dataset_id: str
-    location: str
-    status: str  # "generated" | "resumed" | "up-to-date"
-    manifest: dict[str, Any]
-    seed_was_random: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,37 +251,6 @@ def _output(config: GenerateConfig) -> tuple[Storage, str | None]:
         parent, dataset_id = split_location(config.resume)
         return Storage(parent), dataset_id
     return storage_from_env(config.out), config.resume
-
-
-def dataset_spec(config: GenerateConfig, pinned: PinnedModel, model_config: VAEConfig, seed: int) -> DatasetSpec:
-    label_policy, classes = None, ()
-    if model_config.conditional:
-        label_policy, classes = parse_labels(config.labels, model_config.num_classes)
-    elif config.labels != GenerateConfig.labels:  # the default, balanced, means nothing here and is accepted
-        raise UsageError(f"--labels {config.labels}: {pinned.name}/{pinned.version} is unconditional "
-                         "(it draws no labels); drop --labels, or use a version trained with --conditional")
-    return DatasetSpec(
-        model_name=pinned.name, model_version=pinned.version, n=config.n, seed=seed,
-        latent_dim=model_config.latent_dim, sample_shape=tuple(model_config.input_shape), dtype=config.dtype,
-        layout=config.layout, compression=config.compression,
-        compression_level=config.compression_level if config.compression in ("zstd", "gzip") else None,
-        rows_per_shard=config.rows_per_shard, block_rows=config.batch_size,
-        num_classes=model_config.num_classes, label_policy=label_policy, label_classes=classes,
-        class_prior=tuple(model_config.class_prior),
-    )
-
-
-def parse_labels(text: str, num_classes: int) -> tuple[str, tuple[int, ...]]:
-    """`balanced` (all classes), `prior`, or a comma-separated subset, balanced over it (contract 1b)."""
-    if text in LABEL_POLICIES:
-        return text, tuple(range(num_classes))
-    try:
-        classes = tuple(sorted({int(part) for part in text.split(",")}))
-    except ValueError:
-        classes = ()
-    if not classes or classes[0] < 0 or classes[-1] >= num_classes:
-        raise UsageError(f"--labels must be balanced, prior or classes in 0..{num_classes - 1} like 3,5; got {text!r}")
-    return "balanced", classes
 
 
 def label_counts(spec: DatasetSpec) -> dict[str, int] | None:

@@ -125,22 +125,6 @@ def _long_strings(record: dict[str, Any]) -> list[str]:
     return []
 
 
-SIDECAR_FIELDS = {"first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str, "spec_fingerprint": str}
-MAX_CHECKSUM_CHARS = 128
-
-
-def sidecar_matches(sidecar: dict[str, Any], fingerprint: str, shard_range: tuple[int, int]) -> bool:
-    """A part's sidecar (written after the part) vouches for it only if it is whole and names this spec and shard;
-    anything else (edited, half-written, another spec's) means the part is written again."""
-    if not all(isinstance(sidecar.get(key), kind) and not isinstance(sidecar.get(key), bool)
-               for key, kind in SIDECAR_FIELDS.items()):
-        return False
-    start, stop = shard_range
-    return (sidecar["spec_fingerprint"] == fingerprint
-            and (sidecar["first_sample_id"], sidecar["rows"]) == (start, stop - start)
-            and sidecar["size_bytes"] >= 0 and len(sidecar["checksum"]) <= MAX_CHECKSUM_CHARS)
-
-
 def recorded_run_id(storage: Storage, dataset_id: str) -> str | None:
     """The MLflow run that an unfinished dataset's `_progress.json` names; None if none or unreadable."""
     try:

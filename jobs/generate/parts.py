@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.generate.manifest import sidecar_matches
 from jobs.generate.spec import FORMAT_VERSION, DatasetSpec, part_name
 from jobs.generate.storage import Storage
 from vae_core.sampling import block_ranges
@@ -27,6 +26,22 @@ if TYPE_CHECKING:  # the driver never builds a predictor: it must not import tor
     from jobs.generate.predictor import Predictor
 
 SIDECAR_DIR = "_parts"  # readers skip names starting with "_" or "."
+
+
+SIDECAR_FIELDS = {"first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str, "spec_fingerprint": str}
+MAX_CHECKSUM_CHARS = 128
+
+
+def sidecar_matches(sidecar: dict[str, Any], fingerprint: str, shard_range: tuple[int, int]) -> bool:
+    """A part's sidecar (written after the part) vouches for it only if it is whole and names this spec and shard;
+    anything else (edited, half-written, another spec's) means the part is written again."""
+    if not all(isinstance(sidecar.get(key), kind) and not isinstance(sidecar.get(key), bool)
+               for key, kind in SIDECAR_FIELDS.items()):
+        return False
+    start, stop = shard_range
+    return (sidecar["spec_fingerprint"] == fingerprint
+            and (sidecar["first_sample_id"], sidecar["rows"]) == (start, stop - start)
+            and sidecar["size_bytes"] >= 0 and len(sidecar["checksum"]) <= MAX_CHECKSUM_CHARS)
 
 
 @dataclasses.dataclass(frozen=True)

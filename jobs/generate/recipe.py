@@ -17,14 +17,13 @@ import secrets
 from typing import TYPE_CHECKING, Any, Callable
 
 from jobs.generate import manifest
+from jobs.generate.config import GenerateConfig, GenerateResult, dataset_spec
 from jobs.generate.spec import DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, storage_from_env
 from vae_core.errors import UsageError
 
 if TYPE_CHECKING:
-    from jobs.generate.config import GenerateConfig
-    from jobs.generate.job import GenerateResult
-    from registry.models import PinnedModel
+    from registry.pinned import PinnedModel
 
 RECIPE_FORMAT = "vaegen-recipe/1"  # a manifest without parts; its spec's own format says what parts would be
 RECIPE_SUFFIX = "-recipe"
@@ -76,7 +75,6 @@ def balanced_counts(spec: DatasetSpec) -> dict[str, int] | None:
 
 def generate_recipe(config: GenerateConfig, log: Callable[[str], None],
                     pinned: PinnedModel | None = None) -> GenerateResult:
-    from jobs.generate.job import GenerateResult, dataset_spec
     from registry import models, tracking
 
     storage: Storage = storage_from_env(config.out)
