@@ -61,11 +61,17 @@ def measure(model: str, n: int, dtype: str, out: Path) -> dict:
     started = time.perf_counter()
     inspect(storage.location(result.dataset_id), deep=True, sample_seed=audit.AUDIT_SEED)  # the first two checks alone
     inspect_s = time.perf_counter() - started
-    return {"n": n, "dtype": dtype, "dataset_bytes": result.manifest["total_bytes"],
-            "generation_s": round(generation_s, 3), "audit_s": round(audit_s, 3),
-            "audit_share_of_generation": round(audit_s / generation_s, 4),
-            "inspect_and_deep_s_rerun": round(inspect_s, 3), "verdict": record["verdict"],
-            "checks": {check["name"]: check["status"] for check in record["checks"]}}
+    return {
+        "n": n,
+        "dtype": dtype,
+        "dataset_bytes": result.manifest["total_bytes"],
+        "generation_s": round(generation_s, 3),
+        "audit_s": round(audit_s, 3),
+        "audit_share_of_generation": round(audit_s / generation_s, 4),
+        "inspect_and_deep_s_rerun": round(inspect_s, 3),
+        "verdict": record["verdict"],
+        "checks": {check["name"]: check["status"] for check in record["checks"]},
+    }
 
 
 def main() -> None:
@@ -98,8 +104,7 @@ def main() -> None:
             shutil.rmtree(store / f"out-{n}")
     load = os.getloadavg()
     machine = {"cpus": os.cpu_count(), "load_average_1_5_15": [round(value, 2) for value in load]}
-    result = {"runs": runs, "machine": machine,
-              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result = {"runs": runs, "machine": machine, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out or HERE / "results" / ("audit_untrained.json" if args.untrained else "audit.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -64,18 +64,24 @@ def measure(model: str, n: int, dtype: str, repeats: int, out: Path) -> dict:
     result = {"dtype": dtype, "n": n, "rows_measured": measured_rows, "repeats": repeats}
     for version in FORMATS:
         result[f"format{version}"] = {
-            "seconds_min": min(seconds[version]), "seconds_median": statistics.median(seconds[version]),
-            "seconds_all": seconds[version], "bytes_per_row": size_bytes[version] / measured_rows,
+            "seconds_min": min(seconds[version]),
+            "seconds_median": statistics.median(seconds[version]),
+            "seconds_all": seconds[version],
+            "bytes_per_row": size_bytes[version] / measured_rows,
             "x_type": str(schemas[version].field("x").type),
         }
     before, after = result["format2"], result["format3"]
     result["ratio_seconds_min"] = after["seconds_min"] / before["seconds_min"]
     result["ratio_seconds_median"] = after["seconds_median"] / before["seconds_median"]
     result["ratio_bytes"] = after["bytes_per_row"] / before["bytes_per_row"]
-    print(f"{dtype:8} format 2 {before['seconds_min']:6.2f} s ({before['bytes_per_row']:7.1f} B/row)  "
-          f"format 3 {after['seconds_min']:6.2f} s ({after['bytes_per_row']:7.1f} B/row)  "
-          f"time x{result['ratio_seconds_min']:.3f} (median x{result['ratio_seconds_median']:.3f})  "
-          f"size x{result['ratio_bytes']:.4f}", file=sys.stderr, flush=True)
+    print(
+        f"{dtype:8} format 2 {before['seconds_min']:6.2f} s ({before['bytes_per_row']:7.1f} B/row)  "
+        f"format 3 {after['seconds_min']:6.2f} s ({after['bytes_per_row']:7.1f} B/row)  "
+        f"time x{result['ratio_seconds_min']:.3f} (median x{result['ratio_seconds_median']:.3f})  "
+        f"size x{result['ratio_bytes']:.4f}",
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
@@ -94,13 +100,30 @@ def main() -> None:
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         model = setup_model(store)
         results = [measure(model, args.n, dtype, args.repeats, store) for dtype in args.dtypes.split(",")]
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                          "load_average_1m": os.getloadavg()[0]},
-              "model": model, "results": results, "command": "python benchmarks/encode_formats.py " + " ".join(sys.argv[1:])}
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_1m": os.getloadavg()[0],
+        },
+        "model": model,
+        "results": results,
+        "command": "python benchmarks/encode_formats.py " + " ".join(sys.argv[1:]),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({result["dtype"]: {key: round(result[key], 4) for key in ("ratio_seconds_min", "ratio_seconds_median", "ratio_bytes")}
-                      for result in results}, indent=2))
+    print(
+        json.dumps(
+            {
+                result["dtype"]: {
+                    key: round(result[key], 4) for key in ("ratio_seconds_min", "ratio_seconds_median", "ratio_bytes")
+                }
+                for result in results
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ class WorkerMemoryPoller:
                 try:
                     title = (entry / "cmdline").read_bytes().split(b"\0")[0]
                     if title.startswith(b"ray::"):
-                        self.peaks[int(entry.name)] = max(self.peaks.get(int(entry.name), 0), peak_rss_bytes(entry.name))
+                        self.peaks[int(entry.name)] = max(
+                            self.peaks.get(int(entry.name), 0), peak_rss_bytes(entry.name)
+                        )
                         self.cpu_s[int(entry.name)] = process_cpu_s(entry.name)
                 except (OSError, ValueError):
                     continue
@@ -166,8 +168,11 @@ def scenario_floor(model: str, n: int, dtype: str, layout: str, out: Path) -> di
             writer.write_batch(record_batch(predictor({"sample_id": ids}), schema), row_group_size=spec.block_rows)
         writer.close()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "cpu_s": time.process_time() - cpu_started,
-            "bytes": sum(path.stat().st_size for path in out.glob("*.parquet"))}
+    return {
+        "seconds": seconds,
+        "cpu_s": time.process_time() - cpu_started,
+        "bytes": sum(path.stat().st_size for path in out.glob("*.parquet")),
+    }
 
 
 def scenario_vaegen(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
@@ -192,15 +197,24 @@ def scenario_vaegen(model: str, n: int, dtype: str, layout: str, out: Path) -> d
 
     with WorkerMemoryPoller() as poller:
         started, cpu_started = time.perf_counter(), time.process_time()
-        result = generate(GenerateConfig(n=n, model=model, out=str(out), seed=42, dtype=dtype, layout=layout),
-                          on_workers=time_worker_start_up)
+        result = generate(
+            GenerateConfig(n=n, model=model, out=str(out), seed=42, dtype=dtype, layout=layout),
+            on_workers=time_worker_start_up,
+        )
         seconds = time.perf_counter() - started
     # The driver's CPU and the job's shard workers' (start-up included: a per-job cost), last read while they ran;
     # other `ray::` processes on the machine (Ray's own daemons, other users' clusters) are not counted.
     cpu_s = time.process_time() - cpu_started + sum(poller.cpu_s.get(pid, 0.0) for pid in ready.get("pids", []))
-    return {"seconds": seconds, "cpu_s": cpu_s, "ray_start_s": ray_start_s, "workers_ready_s": ready.get("seconds"),
-            "bytes": result.manifest["total_bytes"], "job_seconds_in_manifest": result.manifest["timings"]["seconds"],
-            "worker_peak_rss_bytes": poller.max_peak, "workers": result.manifest["execution"]["num_workers"]}
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "ray_start_s": ray_start_s,
+        "workers_ready_s": ready.get("seconds"),
+        "bytes": result.manifest["total_bytes"],
+        "job_seconds_in_manifest": result.manifest["timings"]["seconds"],
+        "worker_peak_rss_bytes": poller.max_peak,
+        "workers": result.manifest["execution"]["num_workers"],
+    }
 
 
 def scenario_raydata(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
@@ -268,15 +282,20 @@ def encode_cpu(spec, predictor, schema, out: Path, blocks: int = 32) -> dict:
     (benchmarks/gpu_check.py measures the encode side of a GPU node with it too)."""
     from jobs.generate.parts import parquet_writer, record_batch
 
-    batches = [record_batch(predictor({"sample_id": np.arange(j * spec.block_rows, (j + 1) * spec.block_rows)}), schema)
-               for j in range(blocks)]
+    batches = [
+        record_batch(predictor({"sample_id": np.arange(j * spec.block_rows, (j + 1) * spec.block_rows)}), schema)
+        for j in range(blocks)
+    ]
     started = time.process_time()
     with parquet_writer(str(out / "encode.parquet"), schema, spec) as writer:
         for batch in batches:
             writer.write_batch(batch, row_group_size=spec.block_rows)
     scale = spec.n / (blocks * spec.block_rows)
-    return {"seconds": (time.process_time() - started) * scale, "bytes": (out / "encode.parquet").stat().st_size * scale,
-            "rows_measured": blocks * spec.block_rows}
+    return {
+        "seconds": (time.process_time() - started) * scale,
+        "bytes": (out / "encode.parquet").stat().st_size * scale,
+        "rows_measured": blocks * spec.block_rows,
+    }
 
 
 DECODE_THREADS = (1, 2)
@@ -303,8 +322,14 @@ def scenario_decode(model: str, n: int, dtype: str, layout: str, out: Path) -> d
             for start in range(0, DECODE_ROWS, batch):
                 sampling.decode(decoder, z[start : start + batch])
             seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
-            grid.append({"threads": threads, "batch": batch, "rows_per_s": DECODE_ROWS / seconds,
-                         "cpu_s_per_million": cpu_s * 1e6 / DECODE_ROWS})
+            grid.append(
+                {
+                    "threads": threads,
+                    "batch": batch,
+                    "rows_per_s": DECODE_ROWS / seconds,
+                    "cpu_s_per_million": cpu_s * 1e6 / DECODE_ROWS,
+                }
+            )
     best = max(grid, key=lambda entry: entry["rows_per_s"])
     return {"seconds": n / best["rows_per_s"], "grid": grid, "best": best}
 
@@ -323,8 +348,9 @@ def setup_conv_model(store: Path) -> str:
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     dataset = mnist_or_upscaled_digits()
     recipe = TrainJobConfig.for_architecture("conv")
-    config = model_config_for(dataset, recipe.latent_dim, recipe.hidden_sizes, False, "conv", recipe.conv_channels,
-                              recipe.prior_flow_layers)
+    config = model_config_for(
+        dataset, recipe.latent_dim, recipe.hidden_sizes, False, "conv", recipe.conv_channels, recipe.prior_flow_layers
+    )
     result = train(dataset, config, dataclasses.replace(recipe.train, steps=None, epochs=1, prior_flow_steps=32))
     with models.training_run("benchmark", "benchmark-conv", {"data": dataset.source}) as run:
         pinned = run.register(result, "bench-conv-decoder", {"data_source": dataset.source})
@@ -337,8 +363,10 @@ def decode_bound(args: argparse.Namespace) -> None:
         store = Path(folder)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
         model = setup_conv_model(store)
-        results = [run_scenario(store, model, scenario, args.n_conv, "float32", "tensor")
-                   for scenario in ("decode", "encode", "floor", "vaegen")]
+        results = [
+            run_scenario(store, model, scenario, args.n_conv, "float32", "tensor")
+            for scenario in ("decode", "encode", "floor", "vaegen")
+        ]
     by = {result["scenario"]: result for result in results}
     per_million = lambda result: result["cpu_s"] * 1e6 / result["n"]  # noqa: E731
     decode_cpu = by["decode"]["best"]["cpu_s_per_million"]
@@ -347,22 +375,35 @@ def decode_bound(args: argparse.Namespace) -> None:
         "decode_best": by["decode"]["best"],
         "decode_cpu_s_per_million": decode_cpu,
         "encode_cpu_s_per_million": encode_cpu,
-        "floor_rows_per_s": by["floor"]["rows_per_s"], "floor_cpu_s_per_million": per_million(by["floor"]),
-        "vaegen_rows_per_s": by["vaegen"]["rows_per_s"], "vaegen_cpu_s_per_million": per_million(by["vaegen"]),
+        "floor_rows_per_s": by["floor"]["rows_per_s"],
+        "floor_cpu_s_per_million": per_million(by["floor"]),
+        "vaegen_rows_per_s": by["vaegen"]["rows_per_s"],
+        "vaegen_cpu_s_per_million": per_million(by["vaegen"]),
         "vaegen_vs_floor": by["vaegen"]["rows_per_s"] / by["floor"]["rows_per_s"],
         # With decoding moved to a GPU, the CPUs only encode: the most a GPU can buy on these CPUs.
         "cpu_share_spent_decoding": decode_cpu / (decode_cpu + encode_cpu),
         "gpu_speedup_bound": (decode_cpu + encode_cpu) / encode_cpu,
     }
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "model": model, "results": results, "summary": summary,
-              "command": "python benchmarks/generate.py " + " ".join(sys.argv[1:])}
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "model": model,
+        "results": results,
+        "summary": summary,
+        "command": "python benchmarks/generate.py " + " ".join(sys.argv[1:]),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(summary, indent=2))
 
 
-SCENARIOS = {"decode": scenario_decode, "encode": scenario_encode, "floor": scenario_floor, "vaegen": scenario_vaegen, "raydata": scenario_raydata, "naive": scenario_naive}
+SCENARIOS = {
+    "decode": scenario_decode,
+    "encode": scenario_encode,
+    "floor": scenario_floor,
+    "vaegen": scenario_vaegen,
+    "raydata": scenario_raydata,
+    "naive": scenario_naive,
+}
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -377,20 +418,36 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 def run_scenario(store: Path, model: str, scenario: str, n: int, dtype: str, layout: str) -> dict:
-    command = [sys.executable, __file__, "--child", scenario, "--store", str(store), "--model", model,
-               "--n", str(n), "--dtype", dtype, "--layout", layout]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        scenario,
+        "--store",
+        str(store),
+        "--model",
+        model,
+        "--n",
+        str(n),
+        "--dtype",
+        dtype,
+        "--layout",
+        layout,
+    ]
     env = {**os.environ, "RAY_ADDRESS": "", "HOME": str(store), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.pop("RAY_ADDRESS")
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=store)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     if completed.returncode != 0 or not lines:
         raise SystemExit(f"scenario {scenario} failed:\n{completed.stderr[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    result.update({"scenario": scenario, "n": n, "dtype": dtype, "layout": layout,
-                   "rows_per_s": n / result["seconds"]})
-    print(f"{scenario:8} {dtype:8} {layout:7} n={n:>9,}  {result['seconds']:8.2f} s  {result['rows_per_s']:>10,.0f} rows/s  "
-          f"driver {result['driver_peak_rss_bytes'] / 2**20:6.0f} MiB  workers {result.get('worker_peak_rss_bytes', 0) / 2**20:6.0f} MiB",
-          file=sys.stderr, flush=True)
+    result = json.loads(lines[-1][len("RESULT ") :])
+    result.update({"scenario": scenario, "n": n, "dtype": dtype, "layout": layout, "rows_per_s": n / result["seconds"]})
+    print(
+        f"{scenario:8} {dtype:8} {layout:7} n={n:>9,}  {result['seconds']:8.2f} s  {result['rows_per_s']:>10,.0f} rows/s  "
+        f"driver {result['driver_peak_rss_bytes'] / 2**20:6.0f} MiB  workers {result.get('worker_peak_rss_bytes', 0) / 2**20:6.0f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
@@ -398,8 +455,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--n-large", type=int, default=4_000_000, help="second size for the flat-memory check")
-    parser.add_argument("--out", default=None, help="[default: benchmarks/out/generate.json, or generate_conv.json "
-                                                    "with --decode-bound]")
+    parser.add_argument(
+        "--out", default=None, help="[default: benchmarks/out/generate.json, or generate_conv.json with --decode-bound]"
+    )
     parser.add_argument("--decode-bound", action="store_true", help="only the conv decoder's decode-bound scenarios")
     parser.add_argument("--n-conv", type=int, default=200_000, help="rows of the decode-bound floor and vaegen runs")
     parser.add_argument("--child", choices=sorted(SCENARIOS))
@@ -434,24 +492,33 @@ def main() -> None:
     vaegen = by[("vaegen", "float32", "tensor", args.n)]
     large = by[("vaegen", "float32", "tensor", args.n_large)]
     ratios = {
-        f"vaegen_vs_floor_{dtype}_{layout}": by[("vaegen", dtype, layout, args.n)]["rows_per_s"] / by[("floor", dtype, layout, args.n)]["rows_per_s"]
-        for dtype in ("float32", "uint8") for layout in ("tensor", "binary")
+        f"vaegen_vs_floor_{dtype}_{layout}": by[("vaegen", dtype, layout, args.n)]["rows_per_s"]
+        / by[("floor", dtype, layout, args.n)]["rows_per_s"]
+        for dtype in ("float32", "uint8")
+        for layout in ("tensor", "binary")
     }
-    ratios["vaegen_vs_raydata_float32_tensor"] = vaegen["rows_per_s"] / by[("raydata", "float32", "tensor", args.n)]["rows_per_s"]
-    ratios["vaegen_vs_naive_float32"] = vaegen["rows_per_s"] / by[("naive", "float32", "tensor", NAIVE_ROWS)]["rows_per_s"]
+    ratios["vaegen_vs_raydata_float32_tensor"] = (
+        vaegen["rows_per_s"] / by[("raydata", "float32", "tensor", args.n)]["rows_per_s"]
+    )
+    ratios["vaegen_vs_naive_float32"] = (
+        vaegen["rows_per_s"] / by[("naive", "float32", "tensor", NAIVE_ROWS)]["rows_per_s"]
+    )
     # Per-job fixed costs (vaegen: workers importing torch, the lineage run, the manifest) cancel
     # out of the extra rows' time: the marginal throughput is the steady-state one.
     floor_large = by[("floor", "float32", "tensor", args.n_large)]
     extra = args.n_large - args.n
-    ratios["vaegen_vs_floor_float32_tensor_marginal"] = (
-        (extra / (large["seconds"] - vaegen["seconds"]))
-        / (extra / (floor_large["seconds"] - by[("floor", "float32", "tensor", args.n)]["seconds"]))
+    ratios["vaegen_vs_floor_float32_tensor_marginal"] = (extra / (large["seconds"] - vaegen["seconds"])) / (
+        extra / (floor_large["seconds"] - by[("floor", "float32", "tensor", args.n)]["seconds"])
     )
     ratios["driver_peak_rss_large_over_small"] = large["driver_peak_rss_bytes"] / vaegen["driver_peak_rss_bytes"]
     ratios["worker_peak_rss_large_over_small"] = large["worker_peak_rss_bytes"] / vaegen["worker_peak_rss_bytes"]
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "model": model, "results": results, "ratios": ratios,
-              "command": "python benchmarks/generate.py " + " ".join(sys.argv[1:])}
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "model": model,
+        "results": results,
+        "ratios": ratios,
+        "command": "python benchmarks/generate.py " + " ".join(sys.argv[1:]),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(ratios, indent=2))

@@ -64,8 +64,10 @@ def missing(*modules: str) -> str | None:
             import torch
 
             if not torch.cuda.is_available():
-                return (f"CUDA absent: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no GPU "
-                        f"(torch.cuda.is_available() is False)")
+                return (
+                    f"CUDA absent: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no GPU "
+                    f"(torch.cuda.is_available() is False)"
+                )
         elif not installed(name):
             return f"{name} is not installed here (bash deploy/install.sh installs it)"
     return None
@@ -86,12 +88,19 @@ def environment(scratch: Path) -> dict:
 
     cuda = torch.cuda.is_available()
     smi = shutil.which("nvidia-smi")
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": cuda,
-            "gpus": [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())] if cuda else [],
-            "nvidia_smi": subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip() if smi else None,
-            "installed": {name: installed(name) for name in ("ray", "mlflow", "pytest")},
-            "scratch": str(scratch), "scratch_free_bytes": shutil.disk_usage(scratch).free}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": cuda,
+        "gpus": [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())] if cuda else [],
+        "nvidia_smi": subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip() if smi else None,
+        "installed": {name: installed(name) for name in ("ray", "mlflow", "pytest")},
+        "scratch": str(scratch),
+        "scratch_free_bytes": shutil.disk_usage(scratch).free,
+    }
 
 
 def untrained_model(arch: str):
@@ -102,9 +111,14 @@ def untrained_model(arch: str):
     from vae_core.model import VAE
 
     recipe = RECIPES[arch]
-    config = VAEConfig(input_shape=SAMPLE_SHAPE, latent_dim=recipe["latent_dim"], hidden_sizes=recipe["hidden_sizes"],
-                       architecture=arch, conv_channels=recipe["conv_channels"],
-                       prior_flow_layers=recipe["prior_flow_layers"])
+    config = VAEConfig(
+        input_shape=SAMPLE_SHAPE,
+        latent_dim=recipe["latent_dim"],
+        hidden_sizes=recipe["hidden_sizes"],
+        architecture=arch,
+        conv_channels=recipe["conv_channels"],
+        prior_flow_layers=recipe["prior_flow_layers"],
+    )
     torch.manual_seed(SEED)
     return VAE(config)
 
@@ -114,8 +128,14 @@ def predictor_for(model, n: int, device: str):
     from jobs.generate.spec import DatasetSpec
 
     config = model.decoder.config
-    spec = DatasetSpec(model_name=f"gpu-check-{config.architecture}", model_version=1, n=n, seed=SEED,
-                       latent_dim=config.latent_dim, sample_shape=tuple(config.input_shape))
+    spec = DatasetSpec(
+        model_name=f"gpu-check-{config.architecture}",
+        model_version=1,
+        n=n,
+        seed=SEED,
+        latent_dim=config.latent_dim,
+        sample_shape=tuple(config.input_shape),
+    )
     state = {key: value.numpy() for key, value in model.decoder.state_dict().items()}
     return Predictor(spec, config.to_dict(), state, device)
 
@@ -136,18 +156,28 @@ def measure_decode_cuda(model, n: int) -> dict:
         started = time.perf_counter()
         for done in range(0, rows, batch):
             first = (done // batch) % (len(z) // batch) * batch
-            sampling.decode(predictor.decoder, z[first:first + min(batch, rows - done)], device="cuda")
+            sampling.decode(predictor.decoder, z[first : first + min(batch, rows - done)], device="cuda")
         return rows / (time.perf_counter() - started)  # decode returns host arrays: the GPU work is done
 
     torch.cuda.reset_peak_memory_stats()
-    grid = [{"block_rows": batch, "rows": min(n, GRID_ROWS), "rows_per_s": rows_per_s(batch, min(n, GRID_ROWS))}
-            for batch in DECODE_GRID]
+    grid = [
+        {"block_rows": batch, "rows": min(n, GRID_ROWS), "rows_per_s": rows_per_s(batch, min(n, GRID_ROWS))}
+        for batch in DECODE_GRID
+    ]
     started = time.perf_counter()
     main = rows_per_s(block, n)
     seconds = time.perf_counter() - started
-    return {"status": "measured", "rows": n, "block_rows": block, "rows_per_s": main, "seconds": seconds, "grid": grid,
-            "tf32_rows_per_s": tf32_rows_per_s(lambda: rows_per_s(block, min(n, GRID_ROWS))),
-            "gpu_peak_memory_bytes": torch.cuda.max_memory_allocated(), "gpu": torch.cuda.get_device_name()}
+    return {
+        "status": "measured",
+        "rows": n,
+        "block_rows": block,
+        "rows_per_s": main,
+        "seconds": seconds,
+        "grid": grid,
+        "tf32_rows_per_s": tf32_rows_per_s(lambda: rows_per_s(block, min(n, GRID_ROWS))),
+        "gpu_peak_memory_bytes": torch.cuda.max_memory_allocated(),
+        "gpu": torch.cuda.get_device_name(),
+    }
 
 
 def tf32_rows_per_s(measure) -> float | None:
@@ -178,8 +208,13 @@ def measure_encode_cpu(model, n: int, scratch: Path) -> dict:
     result = load_generate_benchmark().encode_cpu(predictor.spec, predictor, schema, scratch, blocks)
     (scratch / "encode.parquet").unlink()
     rows_per_core_s = n / result["seconds"]
-    return {"status": "measured", "rows_measured": result["rows_measured"], "rows_per_s_per_core": rows_per_core_s,
-            "rows_per_s_all_cores_bound": rows_per_core_s * os.cpu_count(), "bytes_per_row": result["bytes"] / n}
+    return {
+        "status": "measured",
+        "rows_measured": result["rows_measured"],
+        "rows_per_s_per_core": rows_per_core_s,
+        "rows_per_s_all_cores_bound": rows_per_core_s * os.cpu_count(),
+        "bytes_per_row": result["bytes"] / n,
+    }
 
 
 def register(model) -> str:
@@ -250,11 +285,15 @@ class Sampler:
         def stats(values: list[float]) -> dict | None:
             return {"mean": float(np.mean(values)), "max": float(np.max(values))} if values else None
 
-        return {"samples": len(self.cpu), "period_s": POLL_S, "cpu_utilisation_percent": stats(self.cpu),
-                "gpu_utilisation_percent": stats(self.gpu_util),
-                "gpu_memory_used_bytes_max": max(self.gpu_memory, default=None),
-                "process_peak_rss_bytes_max": max(self.peaks.values(), default=None),  # the largest process
-                "process_peak_rss_bytes_sum": sum(self.peaks.values()) or None}  # an upper bound (shared pages)
+        return {
+            "samples": len(self.cpu),
+            "period_s": POLL_S,
+            "cpu_utilisation_percent": stats(self.cpu),
+            "gpu_utilisation_percent": stats(self.gpu_util),
+            "gpu_memory_used_bytes_max": max(self.gpu_memory, default=None),
+            "process_peak_rss_bytes_max": max(self.peaks.values(), default=None),  # the largest process
+            "process_peak_rss_bytes_sum": sum(self.peaks.values()) or None,
+        }  # an upper bound (shared pages)
 
 
 def vaegen(*args: str) -> tuple[subprocess.CompletedProcess, float, dict]:
@@ -274,24 +313,38 @@ def vaegen(*args: str) -> tuple[subprocess.CompletedProcess, float, dict]:
 
 
 def failed(completed: subprocess.CompletedProcess) -> dict:
-    return {"status": "failed", "command": " ".join(completed.args[1:]), "exit_code": completed.returncode,
-            "stderr_tail": completed.stderr[-2000:]}
+    return {
+        "status": "failed",
+        "command": " ".join(completed.args[1:]),
+        "exit_code": completed.returncode,
+        "stderr_tail": completed.stderr[-2000:],
+    }
 
 
 def measure_generate(reference: str, n: int, device: str, scratch: Path, deep_inspect: bool) -> dict:
     """`vaegen generate` of n rows on `device`, sampled while it runs; the dataset is deleted afterwards."""
     out = scratch / f"datasets-{device}"
-    generated, seconds, samples = vaegen("generate", "--model", reference, "--n", str(n), "--seed", str(SEED),
-                                         "--out", str(out), "--device", device)
+    generated, seconds, samples = vaegen(
+        "generate", "--model", reference, "--n", str(n), "--seed", str(SEED), "--out", str(out), "--device", device
+    )
     try:
         if generated.returncode != 0:
             return failed(generated)
         (folder,) = [path for path in out.iterdir() if (path / "_manifest.json").is_file()]
         record = json.loads((folder / "_manifest.json").read_text())
-        result = {"status": "measured", "command": " ".join(generated.args[1:]), "rows": n, "seconds": seconds,
-                  "rows_per_s": n / seconds, "job_seconds": record["timings"]["seconds"],
-                  "job_rows_per_s": record["timings"]["rows_per_s"], "execution": record["execution"],
-                  "total_bytes": record["total_bytes"], "parts": len(record["files"]), **samples}
+        result = {
+            "status": "measured",
+            "command": " ".join(generated.args[1:]),
+            "rows": n,
+            "seconds": seconds,
+            "rows_per_s": n / seconds,
+            "job_seconds": record["timings"]["seconds"],
+            "job_rows_per_s": record["timings"]["rows_per_s"],
+            "execution": record["execution"],
+            "total_bytes": record["total_bytes"],
+            "parts": len(record["files"]),
+            **samples,
+        }
         if deep_inspect:
             inspected, inspect_s, _ = vaegen("inspect", str(folder), "--deep")
             passed = {"status": "passed", "seconds": inspect_s, "stdout_tail": inspected.stdout[-1000:]}
@@ -306,23 +359,44 @@ def run_cuda_tests(out: Path) -> dict:
     if missing("pytest"):
         return skipped(missing("pytest"))
     junit = out / JUNIT
-    command = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-q", "-rs",
-               "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/test_cuda.py",
+        "-m",
+        "cuda",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+    ]
     started = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     cases = []
     if junit.is_file():
         for case in ElementTree.parse(junit).getroot().iter("testcase"):
             outcome = next((child for child in case if child.tag in ("skipped", "failure", "error")), None)
-            cases.append({"name": case.get("name"), "seconds": float(case.get("time", 0)),
-                          "outcome": "passed" if outcome is None else outcome.tag,
-                          "message": None if outcome is None else outcome.get("message")})
+            cases.append(
+                {
+                    "name": case.get("name"),
+                    "seconds": float(case.get("time", 0)),
+                    "outcome": "passed" if outcome is None else outcome.tag,
+                    "message": None if outcome is None else outcome.get("message"),
+                }
+            )
     outcomes = [case["outcome"] for case in cases]
     status = "failed" if completed.returncode not in (0, 5) or {"failure", "error"} & set(outcomes) else "ran"
-    return {"status": status, "command": " ".join(command[1:]), "exit_code": completed.returncode,
-            "seconds": time.perf_counter() - started,
-            "counts": {outcome: outcomes.count(outcome) for outcome in set(outcomes)},
-            "cases": cases, "output_tail": completed.stdout[-3000:] if status == "failed" else completed.stdout[-500:]}
+    return {
+        "status": status,
+        "command": " ".join(command[1:]),
+        "exit_code": completed.returncode,
+        "seconds": time.perf_counter() - started,
+        "counts": {outcome: outcomes.count(outcome) for outcome in set(outcomes)},
+        "cases": cases,
+        "output_tail": completed.stdout[-3000:] if status == "failed" else completed.stdout[-500:],
+    }
 
 
 def attempt(measure, *args) -> dict:
@@ -330,8 +404,11 @@ def attempt(measure, *args) -> dict:
     try:
         return measure(*args)
     except Exception as error:  # noqa: BLE001 (anything: the report says what, the exit code that it failed)
-        return {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                "traceback_tail": traceback.format_exc()[-2000:]}
+        return {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback_tail": traceback.format_exc()[-2000:],
+        }
 
 
 def check_model(arch: str, n: int, scratch: Path, reference: str | None, why_no_jobs: str | None) -> dict:
@@ -339,14 +416,17 @@ def check_model(arch: str, n: int, scratch: Path, reference: str | None, why_no_
     model = untrained_model(arch)
     no_cuda = missing("cuda")
     print(f"gpu_check: {arch}: decode on the GPU, encode on one core", file=sys.stderr, flush=True)
-    result = {"config": model.decoder.config.to_dict(),
-              "decode_cuda": skipped(no_cuda) if no_cuda else attempt(measure_decode_cuda, model, n),
-              "encode_cpu": attempt(measure_encode_cpu, model, n, scratch)}
+    result = {
+        "config": model.decoder.config.to_dict(),
+        "decode_cuda": skipped(no_cuda) if no_cuda else attempt(measure_decode_cuda, model, n),
+        "encode_cpu": attempt(measure_encode_cpu, model, n, scratch),
+    }
     for device in ("cuda", "cpu"):
         reason = why_no_jobs or (no_cuda if device == "cuda" else None)
         print(f"gpu_check: {arch}: vaegen generate --device {device} --n {n:,}", file=sys.stderr, flush=True)
-        result[f"generate_{device}"] = (skipped(reason) if reason else
-                                        attempt(measure_generate, reference, n, device, scratch, device == "cuda"))
+        result[f"generate_{device}"] = (
+            skipped(reason) if reason else attempt(measure_generate, reference, n, device, scratch, device == "cuda")
+        )
     decode, encode = result["decode_cuda"], result["encode_cpu"]
     if decode["status"] == "measured":  # which side of a GPU node binds: its GPU's decode or its cores' encode
         result["decode_over_encode_all_cores"] = decode["rows_per_s"] / encode["rows_per_s_all_cores_bound"]
@@ -357,8 +437,11 @@ def statuses(report: dict) -> list[str]:
     found = [report["tests"]["status"]]
     for result in report["models"].values():
         found += [value["status"] for value in result.values() if isinstance(value, dict) and "status" in value]
-        found += [result[key]["inspect_deep"]["status"] for key in ("generate_cuda", "generate_cpu")
-                  if "inspect_deep" in result[key]]
+        found += [
+            result[key]["inspect_deep"]["status"]
+            for key in ("generate_cuda", "generate_cpu")
+            if "inspect_deep" in result[key]
+        ]
     return found
 
 
@@ -378,8 +461,12 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vaegen-gpu-check-", dir=args.scratch) as folder:
         scratch = Path(folder)
-        report = {"command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]), "n": args.n,
-                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "environment": environment(scratch)}
+        report = {
+            "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
+            "n": args.n,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "environment": environment(scratch),
+        }
         print("gpu_check: tests/test_cuda.py", file=sys.stderr, flush=True)
         report["tests"], report["models"] = skipped("--skip-tests") if args.skip_tests else run_cuda_tests(out), {}
         save(report, out, started)

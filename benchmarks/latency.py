@@ -44,8 +44,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 VERSIONS = 20
-BUDGETS_S = {"models": 1.5, "usage_error": 0.5, "model_typo": 1.0, "generate_local": 8.0, "generate_joined": 4.0,
-             "inspect_1m": 2.0}
+BUDGETS_S = {
+    "models": 1.5,
+    "usage_error": 0.5,
+    "model_typo": 1.0,
+    "generate_local": 8.0,
+    "generate_joined": 4.0,
+    "inspect_1m": 2.0,
+}
 EXIT_LAG_BUDGET_S = 1.0
 RATIO_BUDGET = 1.3  # generate_1m: whole command / in-job time
 STAGES = {"resolved": "model ", "placed": " shards of ", "written": "generated "}  # stderr line prefixes/fragments
@@ -69,8 +75,10 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
         for line in stream:
             lines.append((time.monotonic() - started, name, line.rstrip("\n")))
 
-    readers = [threading.Thread(target=read, args=(process.stdout, "stdout")),
-               threading.Thread(target=read, args=(process.stderr, "stderr"))]
+    readers = [
+        threading.Thread(target=read, args=(process.stdout, "stdout")),
+        threading.Thread(target=read, args=(process.stderr, "stderr")),
+    ]
     for reader in readers:
         reader.start()
     code = process.wait()
@@ -78,12 +86,19 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
     for reader in readers:
         reader.join()
     last_line_s = max((at for at, _, _ in lines), default=whole_s)
-    stages = {name: next((at for at, stream, text in lines if stream == "stderr" and fragment in text), None)
-              for name, fragment in STAGES.items()}
-    return {"returncode": code, "whole_s": round(whole_s, 3), "last_line_s": round(last_line_s, 3),
-            "exit_after_last_line_s": round(whole_s - last_line_s, 3), "stages_s": stages,
-            "stdout": [text for _, stream, text in lines if stream == "stdout"],
-            "stderr_tail": [text for _, stream, text in lines if stream == "stderr"][-3:]}
+    stages = {
+        name: next((at for at, stream, text in lines if stream == "stderr" and fragment in text), None)
+        for name, fragment in STAGES.items()
+    }
+    return {
+        "returncode": code,
+        "whole_s": round(whole_s, 3),
+        "last_line_s": round(last_line_s, 3),
+        "exit_after_last_line_s": round(whole_s - last_line_s, 3),
+        "stages_s": stages,
+        "stdout": [text for _, stream, text in lines if stream == "stdout"],
+        "stderr_tail": [text for _, stream, text in lines if stream == "stderr"][-3:],
+    }
 
 
 def summary(runs: list[dict], key: str = "whole_s") -> dict:
@@ -92,14 +107,16 @@ def summary(runs: list[dict], key: str = "whole_s") -> dict:
 
 
 def setup_store(store: Path, env: dict[str, str]) -> None:
-    code = (f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import mlflow; import generate as bench\n"
-            "from jobs.train import TrainJobConfig, run\nfrom vae_core.config import TrainConfig\n"
-            f"for seed in range({VERSIONS}):\n"
-            "    result = run(TrainJobConfig(train=TrainConfig(epochs=1, seed=seed), report=False))\n"
-            "from registry import promotion  # generate refuses an alias set outside vaegen promote\n"
-            "promotion.promote(f'vae-decoder/{result.pinned.version}', promotion.PromotionConfig(reason='bench', "
-            "by='bench', quality=None, force=True))\n"
-            f"bench.setup_model(__import__('pathlib').Path({str(store)!r}))\n")
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import mlflow; import generate as bench\n"
+        "from jobs.train import TrainJobConfig, run\nfrom vae_core.config import TrainConfig\n"
+        f"for seed in range({VERSIONS}):\n"
+        "    result = run(TrainJobConfig(train=TrainConfig(epochs=1, seed=seed), report=False))\n"
+        "from registry import promotion  # generate refuses an alias set outside vaegen promote\n"
+        "promotion.promote(f'vae-decoder/{result.pinned.version}', promotion.PromotionConfig(reason='bench', "
+        "by='bench', quality=None, force=True))\n"
+        f"bench.setup_model(__import__('pathlib').Path({str(store)!r}))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=store, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"set-up failed:\n{done.stderr[-3000:]}")
@@ -118,9 +135,13 @@ def main() -> None:
     store.mkdir()
     base = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_", "VAEGEN_"))}
     base["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-                     "budgets_s": BUDGETS_S, "exit_after_last_line_budget_s": EXIT_LAG_BUDGET_S,
-                     "ratio_budget": RATIO_BUDGET, "runs": args.runs}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "budgets_s": BUDGETS_S,
+        "exit_after_last_line_budget_s": EXIT_LAG_BUDGET_S,
+        "ratio_budget": RATIO_BUDGET,
+        "runs": args.runs,
+    }
     started = time.monotonic()
     local_env = ray_cluster.make_ray_env()  # the commands' own local Rays: private temp dir, stopped by tag
     cluster = ray_cluster.RayCluster(ray_cluster.make_ray_env(), head_cpus=2, worker_node_cpus=())
@@ -149,26 +170,49 @@ def main() -> None:
         typo = [timed(typo_command, store, own) for _ in range(args.runs)]
         assert all(run["returncode"] == 2 and "vae-decodr" in " ".join(run["stderr_tail"]) for run in typo), typo[0]
         scenarios["model_typo"] = typo
-        repeat("generate_local", lambda i: [VAEGEN, "generate", "--n", "1000", "--seed", str(100 + i), "--out", "local"], own)
+        repeat(
+            "generate_local",
+            lambda i: [VAEGEN, "generate", "--n", "1000", "--seed", str(100 + i), "--out", "local"],
+            own,
+        )
         if not args.no_cluster:
             cluster.start()
             joined = {**base, **cluster.env.variables(), "RAY_ADDRESS": cluster.gcs_address}
-            repeat("generate_joined",
-                   lambda i: [VAEGEN, "generate", "--n", "1000", "--seed", str(200 + i), "--out", "joined"], joined)
+            repeat(
+                "generate_joined",
+                lambda i: [VAEGEN, "generate", "--n", "1000", "--seed", str(200 + i), "--out", "joined"],
+                joined,
+            )
             big = []
             for index in range(args.runs):
                 out = store / "big"
                 shutil.rmtree(out, ignore_errors=True)  # 2.4 GB a run: keep one at a time
-                run = timed([VAEGEN, "generate", "--model", "bench-decoder/1", "--n", "1000000",
-                             "--seed", str(300 + index), "--out", str(out)], store, joined)
+                run = timed(
+                    [
+                        VAEGEN,
+                        "generate",
+                        "--model",
+                        "bench-decoder/1",
+                        "--n",
+                        "1000000",
+                        "--seed",
+                        str(300 + index),
+                        "--out",
+                        str(out),
+                    ],
+                    store,
+                    joined,
+                )
                 if run["returncode"] != 0:
                     raise SystemExit(f"generate_1m failed: {run['stderr_tail']}")
                 dataset = out / run["stdout"][0].split(": ", 1)[1]
                 run["job_s"] = json.loads((dataset / "_manifest.json").read_text())["timings"]["seconds"]
                 run["ratio"] = round(run["whole_s"] / run["job_s"], 3)
                 big.append(run)
-                print(f"generate_1m {index + 1}/{args.runs}: {run['whole_s']:.2f} s, job {run['job_s']:.2f} s",
-                      file=sys.stderr)
+                print(
+                    f"generate_1m {index + 1}/{args.runs}: {run['whole_s']:.2f} s, job {run['job_s']:.2f} s",
+                    file=sys.stderr,
+                )
             scenarios["generate_1m"] = big
             timed([VAEGEN, "inspect", str(dataset)], store, own)  # reads the 2.4 GB into the page cache
             repeat("inspect_1m", lambda _: [VAEGEN, "inspect", str(dataset)], own)
@@ -176,8 +220,11 @@ def main() -> None:
         for name, runs in scenarios.items():
             entry = {"whole_s": summary(runs), "exit_after_last_line_s": summary(runs, "exit_after_last_line_s")}
             if name.startswith("generate"):
-                entry["stages_s_median"] = {stage: round(statistics.median([run["stages_s"][stage] for run in runs]), 3)
-                                            for stage in STAGES if all(run["stages_s"][stage] is not None for run in runs)}
+                entry["stages_s_median"] = {
+                    stage: round(statistics.median([run["stages_s"][stage] for run in runs]), 3)
+                    for stage in STAGES
+                    if all(run["stages_s"][stage] is not None for run in runs)
+                }
             if name in BUDGETS_S:
                 entry["budget_s"] = BUDGETS_S[name]
                 entry["met"] = entry["whole_s"]["median"] <= BUDGETS_S[name]
@@ -189,8 +236,10 @@ def main() -> None:
                 entry["exit_met"] = entry["exit_after_last_line_s"]["median"] <= EXIT_LAG_BUDGET_S
             report[name] = entry
         results["scenarios"] = report
-        results["raw"] = {name: [{key: value for key, value in run.items() if key not in ("stdout",)} for run in runs]
-                          for name, runs in scenarios.items()}
+        results["raw"] = {
+            name: [{key: value for key, value in run.items() if key not in ("stdout",)} for run in runs]
+            for name, runs in scenarios.items()
+        }
     finally:
         cluster.stop()
         ray_cluster.stop_tagged(local_env.tag)
@@ -202,8 +251,10 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     for name, entry in results["scenarios"].items():
         extra = f", ratio {entry['ratio']['median']}" if "ratio" in entry else ""
-        print(f"{name:<16} median {entry['whole_s']['median']:6.2f} s{extra}  "
-              f"exit lag {entry['exit_after_last_line_s']['median']:.2f} s  met={entry.get('met')}")
+        print(
+            f"{name:<16} median {entry['whole_s']['median']:6.2f} s{extra}  "
+            f"exit lag {entry['exit_after_last_line_s']['median']:.2f} s  met={entry.get('met')}"
+        )
     print(f"wrote {args.out}")
 
 

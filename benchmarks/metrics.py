@@ -41,18 +41,29 @@ def run_once(export: bool, spec, config: dict, state: dict, root: Path) -> dict:
     from jobs.generate.storage import Storage
 
     placement = Placement("cpu", 2, 1.0, 0.0, 1, 1)
-    with tempfile.TemporaryDirectory(dir=root) as out, \
-            WorkerPool(Storage(out), placement, export_metrics=export) as pool:
+    with (
+        tempfile.TemporaryDirectory(dir=root) as out,
+        WorkerPool(Storage(out), placement, export_metrics=export) as pool,
+    ):
         ray.get([worker.pid.remote() for worker in pool.workers])  # started: start-up is not timed
-        monitor = metrics.JobMonitor(spec.n, f"generate {spec.dataset_id}",
-                                     metrics.labels_of(spec.dataset_id, spec.model_name, spec.model_version),
-                                     placement.num_workers, export)
+        monitor = metrics.JobMonitor(
+            spec.n,
+            f"generate {spec.dataset_id}",
+            metrics.labels_of(spec.dataset_id, spec.model_name, spec.model_version),
+            placement.num_workers,
+            export,
+        )
         started = time.perf_counter()
         parts = pool.run(spec, config, state, range(spec.num_shards), lambda info: None, monitor=monitor)
         seconds = time.perf_counter() - started
         monitor.close()
-    return {"metrics": "on" if export else "off", "seconds": seconds, "rows_per_s": spec.n / seconds,
-            "parts": len(parts), "load_average_1m": os.getloadavg()[0]}
+    return {
+        "metrics": "on" if export else "off",
+        "seconds": seconds,
+        "rows_per_s": spec.n / seconds,
+        "parts": len(parts),
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def per_call_us(calls: int) -> dict[str, float]:
@@ -63,8 +74,11 @@ def per_call_us(calls: int) -> dict[str, float]:
 
     labels = metrics.labels_of("bench", "bench-decoder", 1)
     costs = {}
-    for kind, name in (("counter", "vaegen_rows_written"), ("gauge", "vaegen_shards_in_flight"),
-                       ("histogram", "vaegen_decode_seconds")):
+    for kind, name in (
+        ("counter", "vaegen_rows_written"),
+        ("gauge", "vaegen_shards_in_flight"),
+        ("histogram", "vaegen_decode_seconds"),
+    ):
         metrics.record(name, 1.0, labels)  # the recorder is made on first use: not timed
         started = time.perf_counter()
         for _ in range(calls):
@@ -78,8 +92,12 @@ def exported_rows(port: int, dataset_id: str) -> float:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         families = text_string_to_metric_families(response.read().decode())
-    return sum(sample.value for family in families for sample in family.samples
-               if sample.name == "ray_vaegen_rows_written_total" and sample.labels.get("dataset_id") == dataset_id)
+    return sum(
+        sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name == "ray_vaegen_rows_written_total" and sample.labels.get("dataset_id") == dataset_id
+    )
 
 
 def main() -> None:
@@ -95,16 +113,36 @@ def main() -> None:
     from jobs.generate.spec import DatasetSpec
 
     config, state = decoder_state()
-    spec = DatasetSpec(model_name="bench-decoder", model_version=1, n=args.n, seed=42, latent_dim=2,
-                       sample_shape=(28, 28), rows_per_shard=65_536)
-    order = [export for repeat in range(args.repeats)
-             for export in ((True, False) if repeat % 2 == 0 else (False, True))]
+    spec = DatasetSpec(
+        model_name="bench-decoder",
+        model_version=1,
+        n=args.n,
+        seed=42,
+        latent_dim=2,
+        sample_shape=(28, 28),
+        rows_per_shard=65_536,
+    )
+    order = [
+        export for repeat in range(args.repeats) for export in ((True, False) if repeat % 2 == 0 else (False, True))
+    ]
     results = []
     with tempfile.TemporaryDirectory(prefix="vaegen-metrics-") as folder:
-        os.environ.update({"RAY_TMPDIR": folder, "HOME": folder, "RAY_AUTH_MODE": "disabled",
-                           "RAY_USAGE_STATS_ENABLED": "0", "RAY_metrics_report_interval_ms": "1000"})
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
-                 _temp_dir=str(Path(folder) / "ray"))
+        os.environ.update(
+            {
+                "RAY_TMPDIR": folder,
+                "HOME": folder,
+                "RAY_AUTH_MODE": "disabled",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_metrics_report_interval_ms": "1000",
+            }
+        )
+        ray.init(
+            num_cpus=2,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            logging_level=logging.WARNING,
+            _temp_dir=str(Path(folder) / "ray"),
+        )
         try:
             port = ray._private.worker._global_node.metrics_export_port
             warm_up = run_once(False, spec, config, state, Path(folder))  # first-run effects (page cache): not counted
@@ -112,8 +150,12 @@ def main() -> None:
             for export in order:
                 result = run_once(export, spec, config, state, Path(folder))
                 results.append(result)
-                print(f"metrics {result['metrics']:3} {result['seconds']:7.2f} s  {result['rows_per_s']:9,.0f} rows/s  "
-                      f"load {result['load_average_1m']:.2f}", file=sys.stderr, flush=True)
+                print(
+                    f"metrics {result['metrics']:3} {result['seconds']:7.2f} s  {result['rows_per_s']:9,.0f} rows/s  "
+                    f"load {result['load_average_1m']:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             calls_us = per_call_us(args.calls)
             time.sleep(3)  # one report interval and more: the last points reach the agent
             exported = exported_rows(port, spec.dataset_id)
@@ -121,17 +163,30 @@ def main() -> None:
             ray.shutdown()
     on = [r["seconds"] for r in results if r["metrics"] == "on"]
     off = [r["seconds"] for r in results if r["metrics"] == "off"]
-    summary = {"median_seconds_on": statistics.median(on), "median_seconds_off": statistics.median(off),
-               "cost_percent": 100 * (statistics.median(on) / statistics.median(off) - 1),
-               "rows_exported": exported, "rows_expected": args.n * len(on), "record_call_us": calls_us}
+    summary = {
+        "median_seconds_on": statistics.median(on),
+        "median_seconds_off": statistics.median(off),
+        "cost_percent": 100 * (statistics.median(on) / statistics.median(off) - 1),
+        "rows_exported": exported,
+        "rows_expected": args.n * len(on),
+        "record_call_us": calls_us,
+    }
     calls_per_job = 5 * spec.num_shards + 5 * statistics.median(off)  # per part, and gauges once a second
     summary["record_calls_per_job"] = round(calls_per_job)
-    summary["record_cost_percent_of_job"] = (100 * calls_per_job * max(calls_us.values()) / 1e6
-                                             / statistics.median(off))
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                          "load_average_at_end": os.getloadavg()},
-              "n": args.n, "warm_up": warm_up, "results": results, "summary": summary,
-              "command": "python benchmarks/metrics.py " + " ".join(sys.argv[1:])}
+    summary["record_cost_percent_of_job"] = 100 * calls_per_job * max(calls_us.values()) / 1e6 / statistics.median(off)
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg(),
+        },
+        "n": args.n,
+        "warm_up": warm_up,
+        "results": results,
+        "summary": summary,
+        "command": "python benchmarks/metrics.py " + " ".join(sys.argv[1:]),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(summary, indent=2))

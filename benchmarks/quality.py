@@ -31,9 +31,24 @@ MODELS = (
     ("larger MLP + prior flow", "mlp", {"latent_dim": 16, "hidden_sizes": (512,), "prior_flow_layers": 8}),
     ("conv + prior flow (`vaegen train` default)", "conv", {}),
 )
-KEYS = ("frechet_distance", "frechet_floor", "precision", "precision_floor", "recall", "recall_floor", "density",
-        "density_floor", "coverage", "coverage_floor", "class_coverage", "memorisation_share", "dcr_ratio",
-        "label_accuracy", "tstr_accuracy", "trtr_accuracy")
+KEYS = (
+    "frechet_distance",
+    "frechet_floor",
+    "precision",
+    "precision_floor",
+    "recall",
+    "recall_floor",
+    "density",
+    "density_floor",
+    "coverage",
+    "coverage_floor",
+    "class_coverage",
+    "memorisation_share",
+    "dcr_ratio",
+    "label_accuracy",
+    "tstr_accuracy",
+    "trtr_accuracy",
+)
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -41,9 +56,11 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| data | model | kind | held-out -ELBO | Fréchet (floor) | precision (floor) | recall (floor) | "
-             "density (floor) | coverage (floor) | label acc. | TSTR (TRTR) | memorised | DCR ratio | train s |",
-             "|" + " --- |" * 3 + " ---: |" * 11]
+    lines = [
+        "| data | model | kind | held-out -ELBO | Fréchet (floor) | precision (floor) | recall (floor) | "
+        "density (floor) | coverage (floor) | label acc. | TSTR (TRTR) | memorised | DCR ratio | train s |",
+        "|" + " --- |" * 3 + " ---: |" * 11,
+    ]
     for row in rows:
         lines.append(
             f"| {row['data']} | {row['model']} | {'conditional' if row['conditional'] else 'unconditional'} | "
@@ -51,15 +68,20 @@ def markdown(rows: list[dict]) -> str:
             f"{fmt(row['precision'])} ({fmt(row['precision_floor'])}) | {fmt(row['recall'])} ({fmt(row['recall_floor'])}) | "
             f"{fmt(row['density'])} ({fmt(row['density_floor'])}) | {fmt(row['coverage'])} ({fmt(row['coverage_floor'])}) | "
             f"{fmt(row['label_accuracy'])} | {fmt(row['tstr_accuracy'])} ({fmt(row['trtr_accuracy'])}) | "
-            f"{fmt(row['memorisation_share'], 2)} | {fmt(row['dcr_ratio'])} | {row['train_s']:.0f} |")
+            f"{fmt(row['memorisation_share'], 2)} | {fmt(row['dcr_ratio'])} | {row['train_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads [default: one per CPU]")
-    parser.add_argument("--only", choices=sorted({architecture for _, architecture, _ in MODELS}), default=None,
-                        help="only the models of one architecture")
+    parser.add_argument(
+        "--only",
+        choices=sorted({architecture for _, architecture, _ in MODELS}),
+        default=None,
+        help="only the models of one architecture",
+    )
     parser.add_argument("--data", choices=["digits", "mnist"], default=None, help="only one data source")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "quality.json"))
     args = parser.parse_args()
@@ -88,32 +110,64 @@ def main() -> None:
                 if args.only and architecture != args.only:
                     continue
                 for conditional in (False, True):
-                    config = TrainJobConfig.for_architecture(architecture, data=source, conditional=conditional,
-                                                             register_as="quality-bench", report_dir=f"{folder}/report",
-                                                             **overrides)
+                    config = TrainJobConfig.for_architecture(
+                        architecture,
+                        data=source,
+                        conditional=conditional,
+                        register_as="quality-bench",
+                        report_dir=f"{folder}/report",
+                        **overrides,
+                    )
                     result = run(config)
                     metrics = result.quality.metrics
                     report_started = time.perf_counter()
-                    reports.model_report(f"quality-bench/{result.pinned.version}", reports.ReportConfig(root=f"{folder}/again"))
+                    reports.model_report(
+                        f"quality-bench/{result.pinned.version}", reports.ReportConfig(root=f"{folder}/again")
+                    )
                     report_s = time.perf_counter() - report_started  # the classifier is cached: the report alone
-                    row = {"data": source_name, "model": model_name, "architecture": architecture, "conditional": conditional,
-                           "params": config.params(),
-                           "held_out_neg_elbo": result.val_neg_elbo, "train_s": result.train_seconds, "report_10k_s": report_s,
-                           **{key: metrics.get(key) for key in KEYS},
-                           "per_class_frechet": metrics.get("per_class_frechet_distance"),
-                           "per_class_frechet_floor": metrics.get("per_class_frechet_floor")}
+                    row = {
+                        "data": source_name,
+                        "model": model_name,
+                        "architecture": architecture,
+                        "conditional": conditional,
+                        "params": config.params(),
+                        "held_out_neg_elbo": result.val_neg_elbo,
+                        "train_s": result.train_seconds,
+                        "report_10k_s": report_s,
+                        **{key: metrics.get(key) for key in KEYS},
+                        "per_class_frechet": metrics.get("per_class_frechet_distance"),
+                        "per_class_frechet_floor": metrics.get("per_class_frechet_floor"),
+                    }
                     rows.append(row)
-                    print(json.dumps({key: value for key, value in row.items() if not key.startswith("per_class")}),
-                          file=sys.stderr, flush=True)
+                    print(
+                        json.dumps({key: value for key, value in row.items() if not key.startswith("per_class")}),
+                        file=sys.stderr,
+                        flush=True,
+                    )
     total_s = time.perf_counter() - started
     table = markdown(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
-        "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]), "torch_threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "total_s": total_s, "rows": rows, "table": table}, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
+                "torch_threads": args.threads,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                },
+                "total_s": total_s,
+                "rows": rows,
+                "table": table,
+            },
+            indent=2,
+        )
+    )
     print(table)
-    print(f"\n{len(rows)} models trained and reported in {total_s:.0f} s on {args.threads} torch threads", file=sys.stderr)
+    print(
+        f"\n{len(rows)} models trained and reported in {total_s:.0f} s on {args.threads} torch threads", file=sys.stderr
+    )
 
 
 if __name__ == "__main__":

@@ -42,9 +42,14 @@ def register_recipes() -> dict:
     registered = {}
     for architecture, recipe in RECIPES.items():
         torch.manual_seed(0)
-        config = VAEConfig(input_shape=(28, 28), latent_dim=recipe["latent_dim"], hidden_sizes=recipe["hidden_sizes"],
-                           architecture=architecture, conv_channels=recipe["conv_channels"],
-                           prior_flow_layers=recipe["prior_flow_layers"])
+        config = VAEConfig(
+            input_shape=(28, 28),
+            latent_dim=recipe["latent_dim"],
+            hidden_sizes=recipe["hidden_sizes"],
+            architecture=architecture,
+            conv_channels=recipe["conv_channels"],
+            prior_flow_layers=recipe["prior_flow_layers"],
+        )
         result = TrainResult(model=VAE(config), history=[], val_neg_elbo=0.0, train_size=1, holdout_size=1, seconds=0.0)
         with models.training_run("benchmark", f"reader-{architecture}", {}) as run:
             pinned = run.register(result, f"bench-reader-{architecture}", {})
@@ -61,14 +66,27 @@ def write_dataset(root: Path, pinned, loaded, n: int) -> str:
     from jobs.generate.storage import Storage
 
     config = loaded.config
-    spec = DatasetSpec(model_name=pinned.name, model_version=pinned.version, n=n, seed=0, latent_dim=config.latent_dim,
-                       sample_shape=tuple(config.input_shape))
+    spec = DatasetSpec(
+        model_name=pinned.name,
+        model_version=pinned.version,
+        n=n,
+        seed=0,
+        latent_dim=config.latent_dim,
+        sample_shape=tuple(config.input_shape),
+    )
     storage = Storage(str(root))
     writer = PartWriter(Predictor(spec, config.to_dict(), loaded.state), storage, spec.dataset_id)
     parts = [writer(shard) for shard in range(spec.num_shards)]
     storage.delete_dir(spec.dataset_id, "_parts")
-    record = manifest.build(spec, dataclasses.asdict(pinned), parts, timings={}, lineage={"tracking_uri": None},
-                            execution={"device": "cpu"}, label_counts=None)
+    record = manifest.build(
+        spec,
+        dataclasses.asdict(pinned),
+        parts,
+        timings={},
+        lineage={"tracking_uri": None},
+        execution={"device": "cpu"},
+        label_counts=None,
+    )
     storage.write_json(record, spec.dataset_id, manifest.MANIFEST)
     return storage.location(spec.dataset_id)
 
@@ -95,9 +113,15 @@ def epoch_rows_per_s(location: str, source: str, workers: int, device: str) -> d
         rows += len(batch["x"])
     # the epoch's end shut the (non-persistent) workers down and reaped them: RUSAGE_CHILDREN holds their CPU time
     seconds, cpu_seconds = time.perf_counter() - started, cpu_s() - cpu_started
-    return {"source": source, "workers": workers, "rows": rows, "seconds": round(seconds, 3),
-            "rows_per_s": round(rows / seconds, 1), "cpu_s": round(cpu_seconds, 3),
-            "rows_per_cpu_s": round(rows / cpu_seconds, 1)}
+    return {
+        "source": source,
+        "workers": workers,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(rows / seconds, 1),
+        "cpu_s": round(cpu_seconds, 3),
+        "rows_per_cpu_s": round(rows / cpu_seconds, 1),
+    }
 
 
 def cpu_s() -> float:
@@ -126,9 +150,16 @@ def main() -> None:
                     result = {"architecture": architecture, **epoch_rows_per_s(location, source, workers, args.device)}
                     print(json.dumps(result), file=sys.stderr)
                     results.append(result)
-    report = {"n": args.n, "batch_rows": BATCH_ROWS, "device": args.device, "cpus": os.cpu_count(),
-              "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "machine": platform.platform(), "results": results}
+    report = {
+        "n": args.n,
+        "batch_rows": BATCH_ROWS,
+        "device": args.device,
+        "cpus": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "machine": platform.platform(),
+        "results": results,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

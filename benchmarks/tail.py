@@ -121,8 +121,13 @@ def run_once(policy: str, slow_worker: bool, spec, config: dict, state: dict, ro
                 throttle.stop.set()
                 throttle.join()
     seconds = finished - started
-    return {"policy": policy, "setting": "slow-worker" if slow_worker else "uniform", "seconds": seconds,
-            "idle_tail_s": idle_tail_s, "idle_tail_share": idle_tail_s / (seconds * workers)}
+    return {
+        "policy": policy,
+        "setting": "slow-worker" if slow_worker else "uniform",
+        "seconds": seconds,
+        "idle_tail_s": idle_tail_s,
+        "idle_tail_share": idle_tail_s / (seconds * workers),
+    }
 
 
 def main() -> None:
@@ -142,34 +147,61 @@ def main() -> None:
     from jobs.generate.spec import DatasetSpec
 
     config, state = decoder_state()
-    spec = DatasetSpec(model_name="bench-decoder", model_version=1, n=args.shards * args.rows_per_shard, seed=42,
-                       latent_dim=2, sample_shape=(28, 28), rows_per_shard=args.rows_per_shard)
+    spec = DatasetSpec(
+        model_name="bench-decoder",
+        model_version=1,
+        n=args.shards * args.rows_per_shard,
+        seed=42,
+        latent_dim=2,
+        sample_shape=(28, 28),
+        rows_per_shard=args.rows_per_shard,
+    )
     results = []
     with tempfile.TemporaryDirectory(prefix="vaegen-tail-") as folder:
-        os.environ.update({"RAY_TMPDIR": folder, "HOME": folder, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                 _temp_dir=str(Path(folder) / "ray"))
+        os.environ.update(
+            {"RAY_TMPDIR": folder, "HOME": folder, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        )
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            _temp_dir=str(Path(folder) / "ray"),
+        )
         try:
             for repeat in range(args.repeats):  # interleaved, so that load changes on the box hit both alike
                 for slow_worker in (False, True):
                     for policy in ("before", "after"):
                         result = run_once(policy, slow_worker, spec, config, state, Path(folder))
                         results.append({**result, "repeat": repeat})
-                        print(f"{result['setting']:12} {policy:7} {result['seconds']:6.2f} s  idle tail "
-                              f"{result['idle_tail_s']:5.2f} s ({100 * result['idle_tail_share']:4.1f}% of worker time)",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"{result['setting']:12} {policy:7} {result['seconds']:6.2f} s  idle tail "
+                            f"{result['idle_tail_s']:5.2f} s ({100 * result['idle_tail_share']:4.1f}% of worker time)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
         finally:
             ray.shutdown()
     summary = {}
     for setting in ("uniform", "slow-worker"):
         for policy in ("before", "after"):
             runs = [r for r in results if r["setting"] == setting and r["policy"] == policy]
-            summary[f"{setting}/{policy}"] = {"median_seconds": statistics.median(r["seconds"] for r in runs),
-                                              "median_idle_tail_s": statistics.median(r["idle_tail_s"] for r in runs)}
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                          "load_average_at_end": os.getloadavg()},
-              "shards": args.shards, "rows_per_shard": args.rows_per_shard, "results": results, "summary": summary,
-              "command": "python benchmarks/tail.py " + " ".join(sys.argv[1:])}
+            summary[f"{setting}/{policy}"] = {
+                "median_seconds": statistics.median(r["seconds"] for r in runs),
+                "median_idle_tail_s": statistics.median(r["idle_tail_s"] for r in runs),
+            }
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg(),
+        },
+        "shards": args.shards,
+        "rows_per_shard": args.rows_per_shard,
+        "results": results,
+        "summary": summary,
+        "command": "python benchmarks/tail.py " + " ".join(sys.argv[1:]),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(summary, indent=2))

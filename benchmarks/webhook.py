@@ -62,12 +62,15 @@ class Lines:
             if len(found) >= count:
                 return found[count - 1]
             time.sleep(0.01)
-        raise SystemExit(f"no {count}th {fragment!r} after {timeout_s} s:\n" + "\n".join(t for _, t in self.lines[-20:]))
+        raise SystemExit(
+            f"no {count}th {fragment!r} after {timeout_s} s:\n" + "\n".join(t for _, t in self.lines[-20:])
+        )
 
 
 def start(command: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, Lines]:
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     return process, Lines(process)
 
 
@@ -90,10 +93,12 @@ def wait_healthy(url: str, lines: Lines, timeout_s: float = 180) -> None:
 
 
 def register_versions(env: dict[str, str], cwd: Path, count: int) -> None:
-    code = ("import mlflow\nfrom jobs.train import TrainJobConfig, run\nfrom vae_core.config import TrainConfig\n"
-            "run(TrainJobConfig(train=TrainConfig(epochs=1), report=False))\n"
-            f"for _ in range({count - 1}):\n"
-            "    mlflow.MlflowClient().copy_model_version('models:/vae-decoder/1', 'vae-decoder')\n")
+    code = (
+        "import mlflow\nfrom jobs.train import TrainJobConfig, run\nfrom vae_core.config import TrainConfig\n"
+        "run(TrainJobConfig(train=TrainConfig(epochs=1), report=False))\n"
+        f"for _ in range({count - 1}):\n"
+        "    mlflow.MlflowClient().copy_model_version('models:/vae-decoder/1', 'vae-decoder')\n"
+    )
     run_checked([sys.executable, "-c", code], env, cwd)
 
 
@@ -108,32 +113,61 @@ def main() -> None:
     base = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_", "VAEGEN_"))}
     port, receiver_port = ray_cluster.free_port(), ray_cluster.free_port()
     server_env = {**base, "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https"}
-    env = {**base, **ray_env.variables(), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
-           "VAEGEN_WEBHOOK_SECRET": SECRET}
+    env = {
+        **base,
+        **ray_env.variables(),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "VAEGEN_WEBHOOK_SECRET": SECRET,
+    }
     processes: list[subprocess.Popen] = []
     started = time.monotonic()
     try:
-        server, server_lines = start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                                      "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                                      "--artifacts-destination", str(root / "artifacts")], server_env, root)
+        server, server_lines = start(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{root}/mlflow.db",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+            ],
+            server_env,
+            root,
+        )
         processes.append(server)
         wait_healthy(f"http://127.0.0.1:{port}/health", server_lines)
         register_versions(env, root, args.runs)
         refresh = f"--model vae-decoder@champion --n 1000 --num-workers 1 --out {root / 'datasets'}"
-        receiver, lines = start([VAEGEN, "webhook", "serve", "--port", str(receiver_port), "--refresh", refresh], env, root)
+        receiver, lines = start(
+            [VAEGEN, "webhook", "serve", "--port", str(receiver_port), "--refresh", refresh], env, root
+        )
         processes.append(receiver)
         lines.wait("webhook: listening on", 1, 120)
         run_checked([VAEGEN, "webhook", "register", "--url", f"http://127.0.0.1:{receiver_port}/"], env, root)
         runs = []
         for index in range(args.runs):
             before = time.monotonic()
-            run_checked([VAEGEN, "promote", f"vae-decoder/{index + 1}", "--reason", "benchmark", "--no-quality-gate"],
-                        env, root)
+            run_checked(
+                [VAEGEN, "promote", f"vae-decoder/{index + 1}", "--reason", "benchmark", "--no-quality-gate"], env, root
+            )
             after = time.monotonic()
             at = lines.wait("started `vaegen refresh", index + 1)
             lines.wait("refresh exited", index + 1)
-            runs.append({"promote_s": round(after - before, 3), "promote_to_start_s": round(at - before, 3),
-                         "after_promote_exit_s": round(at - after, 3)})
+            runs.append(
+                {
+                    "promote_s": round(after - before, 3),
+                    "promote_to_start_s": round(at - before, 3),
+                    "after_promote_exit_s": round(at - after, 3),
+                }
+            )
             print(f"run {index + 1}/{args.runs}: {runs[-1]}", file=sys.stderr, flush=True)
     finally:
         for process in reversed(processes):
@@ -147,14 +181,20 @@ def main() -> None:
         shutil.rmtree(ray_env.root, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
     median = statistics.median(run["promote_to_start_s"] for run in runs)
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "load_average": os.getloadavg()},
-               "target_s": TARGET_S, "promote_to_start_s_median": median, "met": median < TARGET_S,
-               "after_promote_exit_s_median": statistics.median(run["after_promote_exit_s"] for run in runs),
-               "runs": runs, "benchmark_seconds": round(time.monotonic() - started, 1)}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average": os.getloadavg()},
+        "target_s": TARGET_S,
+        "promote_to_start_s_median": median,
+        "met": median < TARGET_S,
+        "after_promote_exit_s_median": statistics.median(run["after_promote_exit_s"] for run in runs),
+        "runs": runs,
+        "benchmark_seconds": round(time.monotonic() - started, 1),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"promote -> refresh start: median {median:.2f} s (target < {TARGET_S} s, met={results['met']}); wrote {args.out}")
+    print(
+        f"promote -> refresh start: median {median:.2f} s (target < {TARGET_S} s, met={results['met']}); wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def parse_tolerances(items: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     for item in items:
         name, _, value = item.partition("=")
         if name not in tolerances:
-            raise UsageError(f"--audit-tolerance {item!r}: NAME must be one of {', '.join(tolerances)}, "
-                             "e.g. precision=0.1")
+            raise UsageError(
+                f"--audit-tolerance {item!r}: NAME must be one of {', '.join(tolerances)}, e.g. precision=0.1"
+            )
         try:
             tolerances[name] = float(value)
         except ValueError:
@@ -89,8 +90,15 @@ def read_record(storage: Storage, dataset_id: str) -> dict[str, Any] | None:
 
 
 def skipped_record(storage: Storage, dataset_id: str, reason: str) -> dict[str, Any]:
-    return {"format": AUDIT_FORMAT, "dataset_id": dataset_id, "manifest_sha256": manifest_sha256(storage, dataset_id),
-            "verdict": "skipped", "reason": reason, "audited_at": utc_now(), "checks": []}
+    return {
+        "format": AUDIT_FORMAT,
+        "dataset_id": dataset_id,
+        "manifest_sha256": manifest_sha256(storage, dataset_id),
+        "verdict": "skipped",
+        "reason": reason,
+        "audited_at": utc_now(),
+        "checks": [],
+    }
 
 
 def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str | None) -> dict[str, Any]:
@@ -105,21 +113,32 @@ def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str
         failed = "deep" if report.rows_checked_deep else "integrity"
         checks = [Check(failed, "fail", f"{report.problems[0]}{more}")]
     else:
-        deep = (f"{report.rows_checked_deep:,} rows re-derived, x of {report.rows_decoded_deep:,} re-decoded "
-                f"(one block per part, seed {config.sample_seed})")
-        checks = [Check("integrity", "pass", f"{len(manifest['files'])} parts: sizes, checksums, row counts, ids"),
-                  Check("deep", "pass", deep)]
+        deep = (
+            f"{report.rows_checked_deep:,} rows re-derived, x of {report.rows_decoded_deep:,} re-decoded "
+            f"(one block per part, seed {config.sample_seed})"
+        )
+        checks = [
+            Check("integrity", "pass", f"{len(manifest['files'])} parts: sizes, checksums, row counts, ids"),
+            Check("deep", "pass", deep),
+        ]
         checks += _quality_checks(storage, dataset_id, manifest, config, latest_id)
     failed_checks = [check for check in checks if check.status == "fail"]
-    return {"format": AUDIT_FORMAT, "dataset_id": dataset_id, "manifest_sha256": manifest_sha256(storage, dataset_id),
-            "verdict": "fail" if failed_checks else "pass",
-            "failed_check": failed_checks[0].name if failed_checks else None,
-            "audited_at": utc_now(), "seconds": round(time.perf_counter() - started, 3), "config": config.to_dict(),
-            "checks": [dataclasses.asdict(check) for check in checks]}
+    return {
+        "format": AUDIT_FORMAT,
+        "dataset_id": dataset_id,
+        "manifest_sha256": manifest_sha256(storage, dataset_id),
+        "verdict": "fail" if failed_checks else "pass",
+        "failed_check": failed_checks[0].name if failed_checks else None,
+        "audited_at": utc_now(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "config": config.to_dict(),
+        "checks": [dataclasses.asdict(check) for check in checks],
+    }
 
 
-def _quality_checks(storage: Storage, dataset_id: str, manifest: dict[str, Any], config: AuditConfig,
-                    latest_id: str | None) -> list[Check]:
+def _quality_checks(
+    storage: Storage, dataset_id: str, manifest: dict[str, Any], config: AuditConfig, latest_id: str | None
+) -> list[Check]:
     from jobs import reader
     from jobs import report as reports
     from jobs.generate import card
@@ -138,16 +157,25 @@ def _quality_checks(storage: Storage, dataset_id: str, manifest: dict[str, Any],
     except UsageError as error:  # no training data source to compare with, or it has no labels
         reason = f"cannot measure quality: {error}"
         return [Check("quality_vs_version", "skipped", reason), Check("quality_vs_latest", "skipped", reason)]
-    figures = {name: float(metrics[name]) for name, _ in config.tolerances
-               if isinstance(metrics.get(name), (int, float))}
-    checks = [_compare_figures("quality_vs_version", figures, version_quality.figures, config,
-                               f"the report of {model['name']}/{model['version']}")]
+    figures = {
+        name: float(metrics[name]) for name, _ in config.tolerances if isinstance(metrics.get(name), (int, float))
+    }
+    checks = [
+        _compare_figures(
+            "quality_vs_version",
+            figures,
+            version_quality.figures,
+            config,
+            f"the report of {model['name']}/{model['version']}",
+        )
+    ]
     checks.append(_against_latest(storage, latest_id, manifest, figures, config))
     return checks
 
 
-def _against_latest(storage: Storage, latest_id: str | None, manifest: dict[str, Any], figures: dict[str, float],
-                    config: AuditConfig) -> Check:
+def _against_latest(
+    storage: Storage, latest_id: str | None, manifest: dict[str, Any], figures: dict[str, float], config: AuditConfig
+) -> Check:
     name = "quality_vs_latest"
     if latest_id is None or latest_id == manifest["dataset_id"]:
         return Check(name, "skipped", "no other dataset is published under this root")
@@ -158,25 +186,40 @@ def _against_latest(storage: Storage, latest_id: str | None, manifest: dict[str,
     if latest_manifest.get("model", {}).get("version") != manifest["model"]["version"]:
         return Check(name, "skipped", f"latest ({latest_id}) was made from another model version")
     previous = read_record(storage, latest_id) or {}
-    measured = next((check for check in previous.get("checks", []) if check["name"] == "quality_vs_version"
-                     and check["figures"]), None)
+    measured = next(
+        (check for check in previous.get("checks", []) if check["name"] == "quality_vs_version" and check["figures"]),
+        None,
+    )
     if measured is None:
         return Check(name, "skipped", f"latest ({latest_id}) has no audited quality figures")
-    return _compare_figures(name, figures, {key: value["value"] for key, value in measured["figures"].items()},
-                            config, f"latest ({latest_id})")
+    return _compare_figures(
+        name,
+        figures,
+        {key: value["value"] for key, value in measured["figures"].items()},
+        config,
+        f"latest ({latest_id})",
+    )
 
 
-def _compare_figures(name: str, figures: dict[str, float], reference: dict[str, float] | None, config: AuditConfig,
-                     against: str) -> Check:
+def _compare_figures(
+    name: str, figures: dict[str, float], reference: dict[str, float] | None, config: AuditConfig, against: str
+) -> Check:
     if not reference:
         return Check(name, "skipped", f"{against} has no quality figures (`vaegen report --model` makes them)")
-    compared = {key: {"value": round(figures[key], 6), "reference": round(reference[key], 6), "tolerance": tolerance}
-                for key, tolerance in config.tolerances if key in figures and key in reference}
+    compared = {
+        key: {"value": round(figures[key], 6), "reference": round(reference[key], 6), "tolerance": tolerance}
+        for key, tolerance in config.tolerances
+        if key in figures and key in reference
+    }
     if not compared:
-        return Check(name, "skipped",
-                     f"{against} shares none of the audited figures {', '.join(dict(config.tolerances))}")
-    outside = [f"{key} {entry['value']:.3f} vs {entry['reference']:.3f} (tolerance {entry['tolerance']:g})"
-               for key, entry in compared.items() if abs(entry["value"] - entry["reference"]) > entry["tolerance"]]
+        return Check(
+            name, "skipped", f"{against} shares none of the audited figures {', '.join(dict(config.tolerances))}"
+        )
+    outside = [
+        f"{key} {entry['value']:.3f} vs {entry['reference']:.3f} (tolerance {entry['tolerance']:g})"
+        for key, entry in compared.items()
+        if abs(entry["value"] - entry["reference"]) > entry["tolerance"]
+    ]
     if outside:
         return Check(name, "fail", f"against {against}: " + "; ".join(outside), compared)
     return Check(name, "pass", f"against {against}: {', '.join(compared)} within tolerance", compared)

@@ -110,36 +110,96 @@ def _recipe_default(field: str) -> str:
 
 
 @main.command()
-@click.option("--data", default="digits", show_default=True, help="digits | mnist:DIR | npz:FILE[:KEY] | parquet:PATH[:COLUMN]")
-@click.option("--arch", "architecture", type=click.Choice(["conv", "mlp"]), default="conv", show_default=True,
-              help="conv: strided convolutions and a prior flow (README: the better samples); mlp: the tutorial's network.")
-@click.option("--epochs", type=int, default=None, help="Passes over the training split [default: 50 for mlp; conv counts --steps].")
-@click.option("--steps", type=int, default=None, help="Optimizer steps instead of epochs: the same budget for any "
-                                                      "source size. " + _recipe_default("steps"))
+@click.option(
+    "--data", default="digits", show_default=True, help="digits | mnist:DIR | npz:FILE[:KEY] | parquet:PATH[:COLUMN]"
+)
+@click.option(
+    "--arch",
+    "architecture",
+    type=click.Choice(["conv", "mlp"]),
+    default="conv",
+    show_default=True,
+    help="conv: strided convolutions and a prior flow (README: the better samples); mlp: the tutorial's network.",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Passes over the training split [default: 50 for mlp; conv counts --steps].",
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=None,
+    help="Optimizer steps instead of epochs: the same budget for any source size. " + _recipe_default("steps"),
+)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None, help=_recipe_default("lr_schedule"))
+@click.option(
+    "--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None, help=_recipe_default("lr_schedule")
+)
 @click.option("--latent-dim", type=int, default=None, help=_recipe_default("latent_dim"))
-@click.option("--hidden", default=None, help="Fully connected layer sizes, comma-separated, or none; the encoder mirrors "
-                                             "them. " + _recipe_default("hidden_sizes"))
-@click.option("--channels", default=None, help="conv only: channels of the stride-2 layers, comma-separated. "
-                                               + _recipe_default("conv_channels"))
-@click.option("--prior-flow", "prior_flow_layers", type=int, default=None,
-              help="Coupling layers of the RealNVP prior flow fitted to the latents after training; 0 for none. "
-                   + _recipe_default("prior_flow_layers"))
-@click.option("--prior-flow-steps", type=int, default=1_000, show_default=True, help="Adam steps fitting the prior flow.")
-@click.option("--holdout-fraction", type=float, default=0.2, show_default=True, help="The LAST fraction of the source is held out.")
+@click.option(
+    "--hidden",
+    default=None,
+    help="Fully connected layer sizes, comma-separated, or none; the encoder mirrors "
+    "them. " + _recipe_default("hidden_sizes"),
+)
+@click.option(
+    "--channels",
+    default=None,
+    help="conv only: channels of the stride-2 layers, comma-separated. " + _recipe_default("conv_channels"),
+)
+@click.option(
+    "--prior-flow",
+    "prior_flow_layers",
+    type=int,
+    default=None,
+    help="Coupling layers of the RealNVP prior flow fitted to the latents after training; 0 for none. "
+    + _recipe_default("prior_flow_layers"),
+)
+@click.option(
+    "--prior-flow-steps", type=int, default=1_000, show_default=True, help="Adam steps fitting the prior flow."
+)
+@click.option(
+    "--holdout-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="The LAST fraction of the source is held out.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads for training [default: torch's, one per core].")
 @click.option("--conditional", is_flag=True, help="Train a class-conditional VAE on the source's labels.")
 @click.option("--register-as", default="vae-decoder", show_default=True, help="Registered model name.")
 @click.option("--experiment", default="vaegen-train", show_default=True)
-@click.option("--run-name", default=None, help="MLflow run name [default: train-<data>-<vae|cvae><hidden>-z<latent>-<UTC time>].")
+@click.option(
+    "--run-name", default=None, help="MLflow run name [default: train-<data>-<vae|cvae><hidden>-z<latent>-<UTC time>]."
+)
 @click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
-def train(data, architecture, epochs, steps, batch_size, learning_rate, lr_schedule, latent_dim, hidden, channels,
-          prior_flow_layers, prior_flow_steps, holdout_fraction, seed, threads, conditional, register_as, experiment,
-          run_name, report) -> None:
+def train(
+    data,
+    architecture,
+    epochs,
+    steps,
+    batch_size,
+    learning_rate,
+    lr_schedule,
+    latent_dim,
+    hidden,
+    channels,
+    prior_flow_layers,
+    prior_flow_steps,
+    holdout_fraction,
+    seed,
+    threads,
+    conditional,
+    register_as,
+    experiment,
+    run_name,
+    report,
+) -> None:
     """Train a VAE, log the run to MLflow and register the decoder as a new version.
 
     \b
@@ -160,16 +220,31 @@ def train(data, architecture, epochs, steps, batch_size, learning_rate, lr_sched
         import torch
 
         torch.set_num_threads(threads)
-    given = {"latent_dim": latent_dim, "prior_flow_layers": prior_flow_layers,
-             "hidden_sizes": None if hidden is None else _parse_sizes(hidden, "--hidden", allow_none=True),
-             "conv_channels": None if channels is None else _parse_sizes(channels, "--channels")}
-    train_given = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
-                   "lr_schedule": lr_schedule, "holdout_fraction": holdout_fraction, "seed": seed,
-                   "prior_flow_steps": prior_flow_steps}
+    given = {
+        "latent_dim": latent_dim,
+        "prior_flow_layers": prior_flow_layers,
+        "hidden_sizes": None if hidden is None else _parse_sizes(hidden, "--hidden", allow_none=True),
+        "conv_channels": None if channels is None else _parse_sizes(channels, "--channels"),
+    }
+    train_given = {
+        "epochs": epochs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "lr_schedule": lr_schedule,
+        "holdout_fraction": holdout_fraction,
+        "seed": seed,
+        "prior_flow_steps": prior_flow_steps,
+    }
     config = train_job.TrainJobConfig.for_architecture(
-        architecture, train={key: value for key, value in train_given.items() if value is not None},
+        architecture,
+        train={key: value for key, value in train_given.items() if value is not None},
         **{key: value for key, value in given.items() if value is not None},
-        data=data, conditional=conditional, register_as=register_as, experiment=experiment, run_name=run_name,
+        data=data,
+        conditional=conditional,
+        register_as=register_as,
+        experiment=experiment,
+        run_name=run_name,
         report=report,
     )
 
@@ -180,9 +255,11 @@ def train(data, architecture, epochs, steps, batch_size, learning_rate, lr_sched
     click.echo(f"tracking: {result.tracking_uri}")
     if result.quality is not None:
         metrics = result.quality.metrics
-        click.echo(f"quality: Frechet {metrics['frechet_distance']:.3g} (real floor {metrics['frechet_floor']:.3g}), "
-                   f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
-                   f"class coverage {metrics['class_coverage']:.2f} -> {result.quality.png_path}")
+        click.echo(
+            f"quality: Frechet {metrics['frechet_distance']:.3g} (real floor {metrics['frechet_floor']:.3g}), "
+            f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
+            f"class coverage {metrics['class_coverage']:.2f} -> {result.quality.png_path}"
+        )
     elif report:
         _log(f"no quality report: {result.quality_skipped}")
 
@@ -190,7 +267,9 @@ def train(data, architecture, epochs, steps, batch_size, learning_rate, lr_sched
 def _parse_sizes(text: str, option: str, allow_none: bool = False) -> tuple[int, ...]:
     if allow_none and text.strip().lower() == "none":
         return ()
-    hint = f"{option} must be comma-separated positive integers like 128 or 512,256" + (", or none" if allow_none else "")
+    hint = f"{option} must be comma-separated positive integers like 128 or 512,256" + (
+        ", or none" if allow_none else ""
+    )
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
@@ -201,7 +280,9 @@ def _parse_sizes(text: str, option: str, allow_none: bool = False) -> tuple[int,
 
 
 @main.command()
-@click.option("--model", "model_ref", required=True, help="NAME@ALIAS, NAME/VERSION, NAME/latest, models:/..., runs:/...")
+@click.option(
+    "--model", "model_ref", required=True, help="NAME@ALIAS, NAME/VERSION, NAME/latest, models:/..., runs:/..."
+)
 @click.option("--n", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.png", show_default=True)
@@ -250,10 +331,15 @@ def list_models(name) -> None:
         click.echo("no registered models; run `vaegen train` first", err=True)
         return
     histories = {(model_name, alias): events for model_name, alias, events in models.alias_histories(name)}
-    ungated = [promotion.ungated_reason(summary.name, alias, summary.version, histories.get((summary.name, alias), []))
-               for summary in summaries for alias in summary.aliases]
-    click.echo(f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'shape':<7} {'z':>3}  {'kind':<24} "
-               f"{'data':<20} architecture; training")
+    ungated = [
+        promotion.ungated_reason(summary.name, alias, summary.version, histories.get((summary.name, alias), []))
+        for summary in summaries
+        for alias in summary.aliases
+    ]
+    click.echo(
+        f"{'model':<24} {'version':>7}  {'aliases':<20} {'-ELBO':>9}  {'shape':<7} {'z':>3}  {'kind':<24} "
+        f"{'data':<20} architecture; training"
+    )
     for summary in summaries:
         try:
             config = json.loads(summary.tags.get("config", "{}"))
@@ -274,8 +360,10 @@ def list_models(name) -> None:
         click.echo(f"\nhistory of {model_name}@{alias}:")
         for event in events:
             previous = "-" if event["previous_version"] is None else f"v{event['previous_version']}"
-            click.echo(f"  {event['at']}  {descriptions.action_text(event):<8} {previous} -> v{event['version']}  "
-                       f"by {event['by']}: {event['reason']}")
+            click.echo(
+                f"  {event['at']}  {descriptions.action_text(event):<8} {previous} -> v{event['version']}  "
+                f"by {event['by']}: {event['reason']}"
+            )
     for reason in filter(None, ungated):
         click.echo(f"\nUNGATED: {reason}; generate and refresh refuse it without --allow-ungated")
 
@@ -284,9 +372,15 @@ def _alias_marks(summary: Any, histories: dict[tuple[str, str], list[dict[str, A
     """The version's aliases, each one that `vaegen promote` did not set marked `(ungated)`."""
     from registry import promotion
 
-    return [alias + ("(ungated)" if promotion.ungated_reason(summary.name, alias, summary.version,
-                                                             histories.get((summary.name, alias), [])) else "")
-            for alias in summary.aliases]
+    return [
+        alias
+        + (
+            "(ungated)"
+            if promotion.ungated_reason(summary.name, alias, summary.version, histories.get((summary.name, alias), []))
+            else ""
+        )
+        for alias in summary.aliases
+    ]
 
 
 def _generate_options(n_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -296,27 +390,62 @@ def _generate_options(n_help: str) -> Callable[[Callable[..., Any]], Callable[..
 
 def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[..., Any]:
     options = [
-        click.option("--model", "model_ref", default="vae-decoder@champion", show_default=True,
-                     help="NAME@ALIAS, NAME/VERSION, NAME/latest, models:/..., runs:/... (resolved once, then pinned)."),
+        click.option(
+            "--model",
+            "model_ref",
+            default="vae-decoder@champion",
+            show_default=True,
+            help="NAME@ALIAS, NAME/VERSION, NAME/latest, models:/..., runs:/... (resolved once, then pinned).",
+        ),
         click.option("--n", type=int, default=None, help=n_help),
-        click.option("--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True),
-        click.option("--layout", type=click.Choice(["tensor", "binary"]), default="tensor", show_default=True,
-                     help="x with its shape (nested fixed-size lists), or raw fixed-size binary rows (faster; see README)."),
-        click.option("--compression", type=click.Choice(["zstd", "lz4", "snappy", "gzip", "none"]), default="zstd", show_default=True),
-        click.option("--rows-per-shard", type=int, default=65_536, show_default=True, help="Rows per Parquet part file."),
+        click.option(
+            "--out", default=None, help="Output root: a directory or s3://bucket/prefix [env: VAEGEN_OUTPUT]."
+        ),
+        click.option(
+            "--dtype", type=click.Choice(["float32", "float16", "uint8"]), default="float32", show_default=True
+        ),
+        click.option(
+            "--layout",
+            type=click.Choice(["tensor", "binary"]),
+            default="tensor",
+            show_default=True,
+            help="x with its shape (nested fixed-size lists), or raw fixed-size binary rows (faster; see README).",
+        ),
+        click.option(
+            "--compression",
+            type=click.Choice(["zstd", "lz4", "snappy", "gzip", "none"]),
+            default="zstd",
+            show_default=True,
+        ),
+        click.option(
+            "--rows-per-shard", type=int, default=65_536, show_default=True, help="Rows per Parquet part file."
+        ),
         click.option("--batch-size", type=int, default=4_096, show_default=True, help="Rows per decode block."),
-        click.option("--num-workers", type=int, default=None, help="Decoder replicas [default: one per GPU, else per CPU]."),
+        click.option(
+            "--num-workers", type=int, default=None, help="Decoder replicas [default: one per GPU, else per CPU]."
+        ),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--labels", default="balanced", show_default=True, help="Conditional models: balanced | prior | 3,5,..."),
+        click.option(
+            "--labels", default="balanced", show_default=True, help="Conditional models: balanced | prior | 3,5,..."
+        ),
         click.option("--shared-fs", is_flag=True, help="A local --out is a filesystem shared by every Ray node."),
-        click.option("--allow-ungated", is_flag=True,
-                     help="Use an alias holder that `vaegen promote` did not put there (recorded in the manifest, "
-                          "card, run)."),
-        click.option("--redact-provenance", is_flag=True,
-                     help="Leave users, hosts and absolute locations out of the manifest (for datasets you publish)."),
-        click.option("--stall-timeout", type=float, default=600.0, show_default=True,
-                     help="Fail (resumably) when no shard finishes for this many seconds: a lost node, a hung worker."),
+        click.option(
+            "--allow-ungated",
+            is_flag=True,
+            help="Use an alias holder that `vaegen promote` did not put there (recorded in the manifest, card, run).",
+        ),
+        click.option(
+            "--redact-provenance",
+            is_flag=True,
+            help="Leave users, hosts and absolute locations out of the manifest (for datasets you publish).",
+        ),
+        click.option(
+            "--stall-timeout",
+            type=float,
+            default=600.0,
+            show_default=True,
+            help="Fail (resumably) when no shard finishes for this many seconds: a lost node, a hung worker.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -326,14 +455,26 @@ def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[
 def _audit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The publish audit's options, shared by `refresh` and `generate --publish`."""
     options = [
-        click.option("--no-audit", is_flag=True,
-                     help="Publish without the audit (recorded as skipped beside the manifest, in the card and in the "
-                          "dataset's run)."),
-        click.option("--audit-rows", type=int, default=2_000, show_default=True,
-                     help="Rows whose quality figures the audit compares with the model version's report."),
-        click.option("--audit-tolerance", multiple=True, metavar="FIGURE=VALUE",
-                     help="Allowed absolute difference of a quality figure [defaults: precision=0.15, density=0.3, "
-                          "mean_confidence=0.1, label_accuracy=0.05]; repeatable."),
+        click.option(
+            "--no-audit",
+            is_flag=True,
+            help="Publish without the audit (recorded as skipped beside the manifest, in the card and in the "
+            "dataset's run).",
+        ),
+        click.option(
+            "--audit-rows",
+            type=int,
+            default=2_000,
+            show_default=True,
+            help="Rows whose quality figures the audit compares with the model version's report.",
+        ),
+        click.option(
+            "--audit-tolerance",
+            multiple=True,
+            metavar="FIGURE=VALUE",
+            help="Allowed absolute difference of a quality figure [defaults: precision=0.15, density=0.3, "
+            "mean_confidence=0.1, label_accuracy=0.05]; repeatable.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -346,14 +487,39 @@ def _audit_config(no_audit: bool, audit_rows: int, audit_tolerance: tuple[str, .
     return AuditConfig(enabled=not no_audit, quality_rows=audit_rows, tolerances=parse_tolerances(audit_tolerance))
 
 
-def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_shard, batch_size, num_workers, device,
-                     labels, shared_fs, stall_timeout, allow_ungated, **extra):
+def _generate_config(
+    model_ref,
+    n,
+    out,
+    dtype,
+    layout,
+    compression,
+    rows_per_shard,
+    batch_size,
+    num_workers,
+    device,
+    labels,
+    shared_fs,
+    stall_timeout,
+    allow_ungated,
+    **extra,
+):
     from jobs.generate.config import EngineOptions, GenerateConfig  # light: checks input before anything heavy
 
     config = GenerateConfig(
-        n=n, model=model_ref, out=out, dtype=dtype, layout=layout, compression=compression,
-        rows_per_shard=rows_per_shard, batch_size=batch_size, labels=labels, allow_ungated=allow_ungated,
-        engine=EngineOptions(num_workers=num_workers, device=device, shared_fs=shared_fs, stall_timeout_s=stall_timeout),
+        n=n,
+        model=model_ref,
+        out=out,
+        dtype=dtype,
+        layout=layout,
+        compression=compression,
+        rows_per_shard=rows_per_shard,
+        batch_size=batch_size,
+        labels=labels,
+        allow_ungated=allow_ungated,
+        engine=EngineOptions(
+            num_workers=num_workers, device=device, shared_fs=shared_fs, stall_timeout_s=stall_timeout
+        ),
         **extra,
     )
     config.check_output()
@@ -361,9 +527,17 @@ def _generate_config(model_ref, n, out, dtype, layout, compression, rows_per_sha
 
 
 # What defines a dataset's content and files: with --resume these come from the dataset itself.
-DATASET_OPTIONS = {"model_ref": "--model", "n": "--n", "seed": "--seed", "dtype": "--dtype", "layout": "--layout",
-                   "compression": "--compression", "rows_per_shard": "--rows-per-shard", "batch_size": "--batch-size",
-                   "labels": "--labels"}
+DATASET_OPTIONS = {
+    "model_ref": "--model",
+    "n": "--n",
+    "seed": "--seed",
+    "dtype": "--dtype",
+    "layout": "--layout",
+    "compression": "--compression",
+    "rows_per_shard": "--rows-per-shard",
+    "batch_size": "--batch-size",
+    "labels": "--labels",
+}
 
 
 def _refuse_dataset_options_with_resume(ctx: click.Context) -> None:
@@ -388,19 +562,34 @@ def _stdout_for_results() -> Any:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_generate_options("Number of samples (required, except with --resume).")
-@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Dataset seed [default: random, printed and recorded].")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**64 - 1),
+    default=None,
+    help="Dataset seed [default: random, printed and recorded].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a committed dataset with the same id.")
-@click.option("--resume", default=None, metavar="DATASET", help="Continue an unfinished dataset (its id under --out, or its path).")
-@click.option("--recipe-only", is_flag=True,
-              help="Write the manifest alone (kilobytes, any --n, no Ray): readers decode the rows "
-                   "(open_dataset(DIR).torch(source='decode')).")
-@click.option("--publish", is_flag=True,
-              help="Audit the committed dataset, then point OUT/latest at it (as refresh does).")
+@click.option(
+    "--resume",
+    default=None,
+    metavar="DATASET",
+    help="Continue an unfinished dataset (its id under --out, or its path).",
+)
+@click.option(
+    "--recipe-only",
+    is_flag=True,
+    help="Write the manifest alone (kilobytes, any --n, no Ray): readers decode the rows "
+    "(open_dataset(DIR).torch(source='decode')).",
+)
+@click.option(
+    "--publish", is_flag=True, help="Audit the committed dataset, then point OUT/latest at it (as refresh does)."
+)
 @_audit_options
 @click.option("--debug", is_flag=True, hidden=True)
 @handle_errors
-def generate(seed, overwrite, resume, recipe_only, publish, no_audit, audit_rows, audit_tolerance, debug,
-             **options) -> None:
+def generate(
+    seed, overwrite, resume, recipe_only, publish, no_audit, audit_rows, audit_tolerance, debug, **options
+) -> None:
     """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest).
 
     Without RAY_ADDRESS it starts a private Ray on 127.0.0.1; RAY_ADDRESS=auto (or an address)
@@ -415,9 +604,15 @@ def generate(seed, overwrite, resume, recipe_only, publish, no_audit, audit_rows
     if resume is not None:
         _refuse_dataset_options_with_resume(click.get_current_context())
     context = click.get_current_context()
-    audit_flags = [flag for name, flag in (("no_audit", "--no-audit"), ("audit_rows", "--audit-rows"),
-                                           ("audit_tolerance", "--audit-tolerance"))
-                   if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    audit_flags = [
+        flag
+        for name, flag in (
+            ("no_audit", "--no-audit"),
+            ("audit_rows", "--audit-rows"),
+            ("audit_tolerance", "--audit-tolerance"),
+        )
+        if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    ]
     if audit_flags and not publish:
         raise UsageError(f"{', '.join(audit_flags)} set(s) the audit before publishing: add --publish, or drop them")
     audit_config = _audit_config(no_audit, audit_rows, audit_tolerance)
@@ -439,11 +634,15 @@ def generate(seed, overwrite, resume, recipe_only, publish, no_audit, audit_rows
     if result.status == "up-to-date":
         _log(f"dataset {result.dataset_id} is already committed; nothing to do")
     elif result.status == "recipe":
-        _log(f"recipe-only dataset of {result.manifest['n']:,} rows: a manifest, no parts; read it with "
-             "open_dataset(DIR).torch(source='decode')")
+        _log(
+            f"recipe-only dataset of {result.manifest['n']:,} rows: a manifest, no parts; read it with "
+            "open_dataset(DIR).torch(source='decode')"
+        )
     else:
-        _log(f"{result.status} {result.manifest['n']:,} rows in {timings['seconds']:.1f} s "
-             f"({timings['rows_per_s']:,.0f} rows/s), {result.manifest['total_bytes'] / 1e6:,.1f} MB")
+        _log(
+            f"{result.status} {result.manifest['n']:,} rows in {timings['seconds']:.1f} s "
+            f"({timings['rows_per_s']:,.0f} rows/s), {result.manifest['total_bytes'] / 1e6:,.1f} MB"
+        )
     click.echo(f"dataset_id: {result.dataset_id}", file=results)
     click.echo(f"location: {result.location}", file=results)
 
@@ -522,8 +721,12 @@ generate_main = _console(generate)  # the `generate` console script: `ray job su
 
 @main.command(name="inspect")
 @click.argument("dataset")
-@click.option("--deep", is_flag=True, help="Also re-derive every row's seed, z (and label), and re-decode x for "
-                                          "whole blocks of every part with the registered decoder.")
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also re-derive every row's seed, z (and label), and re-decode x for "
+    "whole blocks of every part with the registered decoder.",
+)
 @handle_errors
 def inspect_command(dataset, deep) -> None:
     """Print a dataset's manifest summary and verify every file's checksum and row count.
@@ -541,16 +744,23 @@ def inspect_command(dataset, deep) -> None:
     model, labels, lineage = record["model"], record.get("labels") or {}, record["lineage"]
     field = lambda mapping, key: str(mapping.get(key, "?"))[:200]  # noqa: E731 - a hand-edited manifest may lack any
     click.echo(f"dataset: {record['dataset_id']} at {report.location}")
-    click.echo(f"model: {model['name']}/{model['version']} (resolved from {field(model, 'resolved_from')}), "
-               f"run {model['run_id']}")
-    click.echo(f"rows: {record['n']:,} in {len(record['files'])} files, {record['total_bytes'] / 1e6:,.1f} MB, "
-               f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} "
-               f"({field(record, 'seed_scheme')})")
+    click.echo(
+        f"model: {model['name']}/{model['version']} (resolved from {field(model, 'resolved_from')}), "
+        f"run {model['run_id']}"
+    )
+    click.echo(
+        f"rows: {record['n']:,} in {len(record['files'])} files, {record['total_bytes'] / 1e6:,.1f} MB, "
+        f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} "
+        f"({field(record, 'seed_scheme')})"
+    )
     if labels:
-        click.echo(f"labels: {field(labels, 'policy')} over {field(labels, 'classes')}, "
-                   f"counts {field(labels, 'counts')}")
-    click.echo(f"lineage: MLflow run {field(lineage, 'run_id')} at "
-               f"{redact_uri(str(lineage.get('tracking_uri') or 'a redacted tracking URI'))}")
+        click.echo(
+            f"labels: {field(labels, 'policy')} over {field(labels, 'classes')}, counts {field(labels, 'counts')}"
+        )
+    click.echo(
+        f"lineage: MLflow run {field(lineage, 'run_id')} at "
+        f"{redact_uri(str(lineage.get('tracking_uri') or 'a redacted tracking URI'))}"
+    )
     from jobs import audit
     from jobs.generate.storage import Storage
 
@@ -565,8 +775,14 @@ def inspect_command(dataset, deep) -> None:
     if record.get("recipe_only"):
         click.echo("verified: recipe-only (a manifest without parts; rows are decoded on read)")
         return
-    click.echo(f"verified: {len(record['files'])} files" + (f", {report.rows_checked_deep:,} rows re-derived, "
-                                                             f"x of {report.rows_decoded_deep:,} re-decoded" if deep else ""))
+    click.echo(
+        f"verified: {len(record['files'])} files"
+        + (
+            f", {report.rows_checked_deep:,} rows re-derived, x of {report.rows_decoded_deep:,} re-decoded"
+            if deep
+            else ""
+        )
+    )
 
 
 @main.command()
@@ -575,27 +791,69 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--reason", required=True, help="Why this version should serve; recorded on the version.")
 @click.option("--by", default=None, help="Who promotes [default: the OS user].")
 @click.option("--force", is_flag=True, help="Promote even if a gate cannot compare (never past a failing gate).")
-@click.option("--allow-schema-change", is_flag=True,
-              help="Promote a version whose sample shape or conditioning differs from the alias holder's: the data "
-                   "`generate` and `refresh` write from the alias changes with it (the schema gate says how).")
-@click.option("--elbo-tolerance", type=float, default=0.5, show_default=True, help="Allowed held-out -ELBO regression, nats.")
-@click.option("--to-model", default=None, help="Copy the version into this registered model first, and promote the copy.")
-@click.option("--to-tracking-uri", default=None, help="With --to-model: the registry to copy into (e.g. prod's server).")
-@click.option("--quality-gate/--no-quality-gate", default=True, show_default=True, help="Gate 3: the quality report's metrics.")
+@click.option(
+    "--allow-schema-change",
+    is_flag=True,
+    help="Promote a version whose sample shape or conditioning differs from the alias holder's: the data "
+    "`generate` and `refresh` write from the alias changes with it (the schema gate says how).",
+)
+@click.option(
+    "--elbo-tolerance", type=float, default=0.5, show_default=True, help="Allowed held-out -ELBO regression, nats."
+)
+@click.option(
+    "--to-model", default=None, help="Copy the version into this registered model first, and promote the copy."
+)
+@click.option(
+    "--to-tracking-uri", default=None, help="With --to-model: the registry to copy into (e.g. prod's server)."
+)
+@click.option(
+    "--quality-gate/--no-quality-gate", default=True, show_default=True, help="Gate 3: the quality report's metrics."
+)
 @click.option("--min-precision", type=float, default=0.3, show_default=True)
-@click.option("--min-class-coverage", type=float, default=0.8, show_default=True,
-              help="Share of classes the generated data gives a fair share (not k-NN coverage).")
+@click.option(
+    "--min-class-coverage",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Share of classes the generated data gives a fair share (not k-NN coverage).",
+)
 @click.option("--min-coverage", "renamed_min_coverage", default=None, hidden=True)
 @click.option("--max-memorisation", type=float, default=0.05, show_default=True)
-@click.option("--max-frechet-ratio", type=float, default=25.0, show_default=True,
-              help="Frechet distance / the real-vs-real floor of the same report.")
+@click.option(
+    "--max-frechet-ratio",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="Frechet distance / the real-vs-real floor of the same report.",
+)
 @click.option("--min-label-accuracy", type=float, default=0.8, show_default=True, help="Conditional models only.")
-@click.option("--min-tstr-ratio", type=float, default=0.8, show_default=True,
-              help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.")
+@click.option(
+    "--min-tstr-ratio",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.",
+)
 @handle_errors
-def promote(reference, alias, reason, by, force, allow_schema_change, elbo_tolerance, to_model, to_tracking_uri,
-            quality_gate, min_precision, min_class_coverage, renamed_min_coverage, max_memorisation, max_frechet_ratio,
-            min_label_accuracy, min_tstr_ratio) -> None:
+def promote(
+    reference,
+    alias,
+    reason,
+    by,
+    force,
+    allow_schema_change,
+    elbo_tolerance,
+    to_model,
+    to_tracking_uri,
+    quality_gate,
+    min_precision,
+    min_class_coverage,
+    renamed_min_coverage,
+    max_memorisation,
+    max_frechet_ratio,
+    min_label_accuracy,
+    min_tstr_ratio,
+) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result.
 
     \b
@@ -606,8 +864,10 @@ def promote(reference, alias, reason, by, force, allow_schema_change, elbo_toler
     from registry import promotion, tracking
 
     if renamed_min_coverage is not None:  # "coverage" is k-NN coverage now: never guess which one was meant
-        raise UsageError("--min-coverage was renamed --min-class-coverage (the share of classes generated); "
-                         f"pass --min-class-coverage {renamed_min_coverage}")
+        raise UsageError(
+            "--min-coverage was renamed --min-class-coverage (the share of classes generated); "
+            f"pass --min-class-coverage {renamed_min_coverage}"
+        )
     if to_tracking_uri and not to_model:
         raise UsageError("--to-tracking-uri needs --to-model NAME: the registered model to copy into there")
     tracking.ensure_reachable()
@@ -618,11 +878,18 @@ def promote(reference, alias, reason, by, force, allow_schema_change, elbo_toler
         if to_tracking_uri:  # the gates and the alias move happen in the target registry
             tracking.use(to_tracking_uri)
         _log(f"copied to {reference}" + (f" at {tracking.shown_uri(to_tracking_uri)}" if to_tracking_uri else ""))
-    thresholds = promotion.QualityThresholds(min_precision, min_class_coverage, max_memorisation, min_label_accuracy,
-                                             max_frechet_ratio, min_tstr_ratio)
-    config = promotion.PromotionConfig(alias=alias, reason=reason, by=by or getpass.getuser(), force=force,
-                                       allow_schema_change=allow_schema_change,
-                                       elbo_tolerance_nats=elbo_tolerance, quality=thresholds if quality_gate else None)
+    thresholds = promotion.QualityThresholds(
+        min_precision, min_class_coverage, max_memorisation, min_label_accuracy, max_frechet_ratio, min_tstr_ratio
+    )
+    config = promotion.PromotionConfig(
+        alias=alias,
+        reason=reason,
+        by=by or getpass.getuser(),
+        force=force,
+        allow_schema_change=allow_schema_change,
+        elbo_tolerance_nats=elbo_tolerance,
+        quality=thresholds if quality_gate else None,
+    )
     result = promotion.promote(reference, config)
     for gate in result.gates:
         click.echo(f"gate {gate.name:<14} {'PASS' if gate.passed else 'FAIL'}  {gate.detail}")
@@ -659,12 +926,34 @@ def rollback(name, alias, reason, by) -> None:
 
 @main.command()
 @_generate_options("Number of samples (required).")
-@click.option("--keep", type=int, default=3, show_default=True, help="Newest committed datasets kept under --out (plus the one `latest` names, if older).")
-@click.option("--seed-policy", type=click.Choice(["fixed", "daily", "new"]), default="fixed", show_default=True,
-              help="fixed: new data only when the promoted version changes; daily: a seed per UTC day; new: every run.")
-@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, help="The fixed seed / base of the daily seed.")
-@click.option("--lock-timeout", type=float, default=900.0, show_default=True,
-              help="A lock whose holder's heartbeat is this many seconds old is stale (a dead holder on this host: at once).")
+@click.option(
+    "--keep",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Newest committed datasets kept under --out (plus the one `latest` names, if older).",
+)
+@click.option(
+    "--seed-policy",
+    type=click.Choice(["fixed", "daily", "new"]),
+    default="fixed",
+    show_default=True,
+    help="fixed: new data only when the promoted version changes; daily: a seed per UTC day; new: every run.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**64 - 1),
+    default=0,
+    show_default=True,
+    help="The fixed seed / base of the daily seed.",
+)
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="A lock whose holder's heartbeat is this many seconds old is stale (a dead holder on this host: at once).",
+)
 @_audit_options
 @handle_errors
 def refresh(keep, seed_policy, seed, lock_timeout, no_audit, audit_rows, audit_tolerance, **options) -> None:
@@ -680,12 +969,21 @@ def refresh(keep, seed_policy, seed, lock_timeout, no_audit, audit_rows, audit_t
     from jobs.refresh import RefreshConfig  # after the input is checked: it imports Ray
     from jobs.refresh import refresh as run_refresh
 
-    config = RefreshConfig(generate=generate_config, keep=keep, seed_policy=seed_policy, seed=seed,
-                           lock_timeout_s=lock_timeout, audit_config=audit_config)
+    config = RefreshConfig(
+        generate=generate_config,
+        keep=keep,
+        seed_policy=seed_policy,
+        seed=seed,
+        lock_timeout_s=lock_timeout,
+        audit_config=audit_config,
+    )
     results = _stdout_for_results()
     result = run_refresh(config, log=_log)
-    click.echo(f"refresh: {result.action}" + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""),
-               file=results)
+    click.echo(
+        f"refresh: {result.action}"
+        + (f" {result.dataset_id} (model version {result.model_version})" if result.dataset_id else ""),
+        file=results,
+    )
     for dataset_id in result.pruned:
         click.echo(f"pruned: {dataset_id}", file=results)
     for dataset_id, why in result.kept.items():
@@ -694,11 +992,15 @@ def refresh(keep, seed_policy, seed, lock_timeout, no_audit, audit_rows, audit_t
 
 @main.command(name="status")
 @click.argument("root")
-@click.option("--model", "model_ref", default=None,
-              help="NAME@ALIAS that refresh follows: is `latest` made from its holder?")
-@click.option("--max-lag", default=None,
-              help="How long a moved alias (or, without --model, `latest`) may wait unpublished: 90s, 15m, 6h, 1d "
-                   "[default: 0 with --model, no limit without].")
+@click.option(
+    "--model", "model_ref", default=None, help="NAME@ALIAS that refresh follows: is `latest` made from its holder?"
+)
+@click.option(
+    "--max-lag",
+    default=None,
+    help="How long a moved alias (or, without --model, `latest`) may wait unpublished: 90s, 15m, 6h, 1d "
+    "[default: 0 with --model, no limit without].",
+)
 @click.option("--json", "as_json", is_flag=True, help="The state as one JSON object on stdout, for machines.")
 @handle_errors
 def status_command(root, model_ref, max_lag, as_json) -> None:
@@ -751,8 +1053,10 @@ def datasets(root, as_json) -> None:
     for row in rows:
         size = "-" if row["bytes"] is None else f"{row['bytes'] / 1e6:,.1f}"
         count = "-" if row["n"] is None else f"{row['n']:,}"
-        click.echo(f"{row['dataset_id']:<52} {row['model_version'] if row['model_version'] is not None else '-':>7} "
-                   f"{count:>11} {size:>9}  {row['audit']:<8} {', '.join(row['states']) or '-'}")
+        click.echo(
+            f"{row['dataset_id']:<52} {row['model_version'] if row['model_version'] is not None else '-':>7} "
+            f"{count:>11} {size:>9}  {row['audit']:<8} {', '.join(row['states']) or '-'}"
+        )
 
 
 @main.command()
@@ -774,8 +1078,9 @@ def tag(dataset, name, delete, by) -> None:
 
     root, _, dataset_id = dataset.rstrip("/").rpartition("/")
     if not root or not dataset_id:
-        raise UsageError(f"{dataset!r}: give the dataset as ROOT/DATASET_ID, "
-                         "e.g. ./datasets/vae-decoder-v1-n1000-seed0-float32-f3")
+        raise UsageError(
+            f"{dataset!r}: give the dataset as ROOT/DATASET_ID, e.g. ./datasets/vae-decoder-v1-n1000-seed0-float32-f3"
+        )
     storage = Storage(root)
     if delete:
         holds.delete_tag(storage, name, dataset_id)
@@ -787,13 +1092,19 @@ def tag(dataset, name, delete, by) -> None:
 
 
 @main.command()
-@click.option("--model", "model_ref", default=None, help="Report on a model version: fresh samples from the report seed.")
+@click.option(
+    "--model", "model_ref", default=None, help="Report on a model version: fresh samples from the report seed."
+)
 @click.option("--dataset", default=None, help="Report on a committed dataset (its path or URI).")
 @click.option("--n", type=int, default=10_000, show_default=True, help="Generated samples compared with the real data.")
 @click.option("--data", default=None, help="Real data to compare with [default: the version's training source].")
-@click.option("--out", "out_dir", default=None,
-              help="Folder for report.json and report.png [default: report/<model>/v<version>/ for --model, "
-                   "report/datasets/<dataset id>/ for --dataset]; a folder holding another subject's report is refused.")
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    help="Folder for report.json and report.png [default: report/<model>/v<version>/ for --model, "
+    "report/datasets/<dataset id>/ for --dataset]; a folder holding another subject's report is refused.",
+)
 @handle_errors
 def report(model_ref, dataset, n, data, out_dir) -> None:
     """Measure generated data against real data; write report.json + report.png and log them to MLflow.
@@ -817,7 +1128,6 @@ def report(model_ref, dataset, n, data, out_dir) -> None:
     click.echo(f"report: {result.json_path} {result.png_path} (logged to MLflow run {result.run_id})")
 
 
-
 @main.group()
 def webhook() -> None:
     """Refresh on promotion: receive MLflow's alias webhooks (`serve`), create the webhook (`register`).
@@ -837,8 +1147,10 @@ def _webhook_secret(secret_env: str) -> str:
     secret = os.environ.get(secret_env, "")
     if len(secret) < MIN_SECRET_CHARS:
         state = "is not set" if not secret else f"has {len(secret)} characters"
-        raise UsageError(f"{secret_env} {state}: set it to a random secret of {MIN_SECRET_CHARS}+ characters, the same "
-                         f"for `vaegen webhook register` and `serve` (e.g. export {secret_env}=$(openssl rand -hex 32))")
+        raise UsageError(
+            f"{secret_env} {state}: set it to a random secret of {MIN_SECRET_CHARS}+ characters, the same "
+            f"for `vaegen webhook register` and `serve` (e.g. export {secret_env}=$(openssl rand -hex 32))"
+        )
     return secret
 
 
@@ -854,8 +1166,10 @@ def _refresh_target(text: str):
             params = dict(ctx.params)
     except click.UsageError as error:
         raise UsageError(f"--refresh {text!r}: {error.format_message()}") from None
-    refresh_only = {name: params.pop(name) for name in ("keep", "seed_policy", "seed", "lock_timeout", "no_audit",
-                                                        "audit_rows", "audit_tolerance")}
+    refresh_only = {
+        name: params.pop(name)
+        for name in ("keep", "seed_policy", "seed", "lock_timeout", "no_audit", "audit_rows", "audit_tolerance")
+    }
     try:
         _audit_config(refresh_only["no_audit"], refresh_only["audit_rows"], refresh_only["audit_tolerance"])
         _generate_config(**params)
@@ -865,15 +1179,29 @@ def _refresh_target(text: str):
 
 
 @webhook.command(name="serve")
-@click.option("--refresh", "refreshes", multiple=True, required=True, metavar="ARGS",
-              help="`vaegen refresh` arguments for one root, quoted; repeat per root. Its --model NAME@ALIAS is watched.")
+@click.option(
+    "--refresh",
+    "refreshes",
+    multiple=True,
+    required=True,
+    metavar="ARGS",
+    help="`vaegen refresh` arguments for one root, quoted; repeat per root. Its --model NAME@ALIAS is watched.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 in a pod).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8090, show_default=True)
 @click.option("--secret-env", default="VAEGEN_WEBHOOK_SECRET", show_default=True, help=WEBHOOK_SECRET_HELP)
-@click.option("--ray-address", default=None,
-              help="Start each refresh as a Ray job there (http://HEAD:8265) [default: a local `vaegen refresh`].")
-@click.option("--tolerance", type=click.FloatRange(1, 3600), default=300.0, show_default=True,
-              help="Seconds a delivery's signed timestamp may differ from now (older ones are replays).")
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Start each refresh as a Ray job there (http://HEAD:8265) [default: a local `vaegen refresh`].",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(1, 3600),
+    default=300.0,
+    show_default=True,
+    help="Seconds a delivery's signed timestamp may differ from now (older ones are replays).",
+)
 @handle_errors
 def webhook_serve(refreshes, host, port, secret_env, ray_address, tolerance) -> None:
     """Receive MLflow alias webhooks; start `vaegen refresh` for each watched root when its alias moves.
@@ -901,7 +1229,9 @@ def webhook_serve(refreshes, host, port, secret_env, ray_address, tolerance) -> 
 @webhook.command(name="register")
 @click.option("--url", required=True, help="The receiver's URL as the MLflow server reaches it.")
 @click.option("--secret-env", default="VAEGEN_WEBHOOK_SECRET", show_default=True, help=WEBHOOK_SECRET_HELP)
-@click.option("--name", default="vaegen-refresh", show_default=True, help="The webhook's name; registering again updates it.")
+@click.option(
+    "--name", default="vaegen-refresh", show_default=True, help="The webhook's name; registering again updates it."
+)
 @handle_errors
 def webhook_register(url, secret_env, name) -> None:
     """Create (or update) the MLflow webhook that sends alias events to a `vaegen webhook serve`.
@@ -916,8 +1246,9 @@ def webhook_register(url, secret_env, name) -> None:
     webhooks.require_server(tracking.tracking_uri())
     tracking.ensure_reachable()
     webhook_id, created = webhooks.register(tracking.tracking_uri(), url, secret, name)
-    click.echo(f"webhook: {'created' if created else 'updated'} {name} ({webhook_id}) -> {url} on "
-               f"{webhooks.ALIAS_EVENT}")
+    click.echo(
+        f"webhook: {'created' if created else 'updated'} {name} ({webhook_id}) -> {url} on {webhooks.ALIAS_EVENT}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,27 +41,32 @@ class Metric:
         return RAY_PREFIX + self.name + ("_total" if self.kind == "counter" else "")
 
 
-METRICS = {metric.name: metric for metric in (
-    # generate: the driver, once per committed part, retry, lost or restarted worker, poll
-    Metric("vaegen_rows_written", "counter", "Rows in the parts committed (written or verified on a resume)"),
-    Metric("vaegen_parts_committed", "counter", "Part files committed (written or verified on a resume)"),
-    Metric("vaegen_bytes_written", "counter", "Bytes of the part files committed"),
-    Metric("vaegen_shards_retried", "counter", "Shards tried again after a worker died or raised"),
-    Metric("vaegen_workers_lost", "counter", "Workers seen dead while running a shard"),
-    Metric("vaegen_workers_restarted", "counter", "Workers that came back (restarted by Ray) after being lost"),
-    Metric("vaegen_shards_in_flight", "gauge", "Shards running on workers now"),
-    Metric("vaegen_workers_alive", "gauge", "Workers that take shards now"),
-    Metric("vaegen_rows_per_second", "gauge", "Rows committed per second since the job started"),
-    Metric("vaegen_job_eta_seconds", "gauge", "Expected seconds until every row is committed, at the rate so far"),
-    Metric("vaegen_job_progress_ratio", "gauge", "Share of the job's rows committed, 0 to 1"),
-    # generate: the workers, once per part written
-    Metric("vaegen_decode_seconds", "histogram", "Seconds a worker spent decoding one part's rows"),
-    Metric("vaegen_encode_seconds", "histogram", "Seconds a worker spent encoding one part's Parquet"),
-    # refresh (and generate --publish)
-    Metric("vaegen_refresh_last_publish_timestamp_seconds", "gauge", "Unix time at which `latest` last moved"),
-    Metric("vaegen_audit_verdicts", "counter", "Audits of a dataset before publishing it, by verdict", ("verdict",)),
-    Metric("vaegen_lock_takeovers", "counter", "Refresh locks taken over from a dead holder"),
-)}
+METRICS = {
+    metric.name: metric
+    for metric in (
+        # generate: the driver, once per committed part, retry, lost or restarted worker, poll
+        Metric("vaegen_rows_written", "counter", "Rows in the parts committed (written or verified on a resume)"),
+        Metric("vaegen_parts_committed", "counter", "Part files committed (written or verified on a resume)"),
+        Metric("vaegen_bytes_written", "counter", "Bytes of the part files committed"),
+        Metric("vaegen_shards_retried", "counter", "Shards tried again after a worker died or raised"),
+        Metric("vaegen_workers_lost", "counter", "Workers seen dead while running a shard"),
+        Metric("vaegen_workers_restarted", "counter", "Workers that came back (restarted by Ray) after being lost"),
+        Metric("vaegen_shards_in_flight", "gauge", "Shards running on workers now"),
+        Metric("vaegen_workers_alive", "gauge", "Workers that take shards now"),
+        Metric("vaegen_rows_per_second", "gauge", "Rows committed per second since the job started"),
+        Metric("vaegen_job_eta_seconds", "gauge", "Expected seconds until every row is committed, at the rate so far"),
+        Metric("vaegen_job_progress_ratio", "gauge", "Share of the job's rows committed, 0 to 1"),
+        # generate: the workers, once per part written
+        Metric("vaegen_decode_seconds", "histogram", "Seconds a worker spent decoding one part's rows"),
+        Metric("vaegen_encode_seconds", "histogram", "Seconds a worker spent encoding one part's Parquet"),
+        # refresh (and generate --publish)
+        Metric("vaegen_refresh_last_publish_timestamp_seconds", "gauge", "Unix time at which `latest` last moved"),
+        Metric(
+            "vaegen_audit_verdicts", "counter", "Audits of a dataset before publishing it, by verdict", ("verdict",)
+        ),
+        Metric("vaegen_lock_takeovers", "counter", "Refresh locks taken over from a dead holder"),
+    )
+}
 
 _recorders: dict[str, Any] = {}  # name -> the ray.util.metrics object of this process, made on first use
 
@@ -129,8 +134,11 @@ def record_audit(dataset_id: str, model: dict[str, Any], verdict: str) -> None:
 
 def record_published(dataset_id: str, model: dict[str, Any]) -> None:
     """Once `latest` names the dataset."""
-    record("vaegen_refresh_last_publish_timestamp_seconds", time.time(),
-           labels_of(dataset_id, model["name"], model["version"]))
+    record(
+        "vaegen_refresh_last_publish_timestamp_seconds",
+        time.time(),
+        labels_of(dataset_id, model["name"], model["version"]),
+    )
 
 
 def record_lock_takeover(model_name: str, model_version: int | str) -> None:
@@ -155,8 +163,15 @@ class JobMonitor(Unmonitored):
     every poll; each updates the counts once, and both the metrics and the progress line read those counts.
     """
 
-    def __init__(self, total_rows: int, description: str, labels: dict[str, str], workers: int,
-                 export: bool = True, stream: TextIO | None = None):
+    def __init__(
+        self,
+        total_rows: int,
+        description: str,
+        labels: dict[str, str],
+        workers: int,
+        export: bool = True,
+        stream: TextIO | None = None,
+    ):
         self.labels, self.export = labels, export
         self.workers_total, self.workers_alive = workers, 0  # alive once they answer (engine._Job pings them)
         self.in_flight = self.retries = self.lost = self.restarted = 0
@@ -164,8 +179,10 @@ class JobMonitor(Unmonitored):
         self.next_tick_s = 0.0
 
     def note(self) -> str:
-        return (f"{self.workers_alive}/{self.workers_total} workers alive, {self.retries} "
-                f"retr{'y' if self.retries == 1 else 'ies'}" + (f", {self.lost} lost" if self.lost else ""))
+        return (
+            f"{self.workers_alive}/{self.workers_total} workers alive, {self.retries} "
+            f"retr{'y' if self.retries == 1 else 'ies'}" + (f", {self.lost} lost" if self.lost else "")
+        )
 
     def _count(self, name: str, value: float = 1) -> None:
         if self.export:
@@ -198,10 +215,13 @@ class JobMonitor(Unmonitored):
             return
         self.next_tick_s = now + TICK_S
         eta_s = self.progress.eta_s()
-        for name, value in (("vaegen_shards_in_flight", in_flight), ("vaegen_workers_alive", workers_alive),
-                            ("vaegen_rows_per_second", self.progress.rate()),
-                            ("vaegen_job_progress_ratio", self.progress.count / max(self.progress.total, 1)),
-                            ("vaegen_job_eta_seconds", eta_s)):
+        for name, value in (
+            ("vaegen_shards_in_flight", in_flight),
+            ("vaegen_workers_alive", workers_alive),
+            ("vaegen_rows_per_second", self.progress.rate()),
+            ("vaegen_job_progress_ratio", self.progress.count / max(self.progress.total, 1)),
+            ("vaegen_job_eta_seconds", eta_s),
+        ):
             if value is not None:
                 record(name, value, self.labels)
 

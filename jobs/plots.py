@@ -78,8 +78,14 @@ def close(figure: plt.Figure) -> None:
     plt.close(figure)
 
 
-def quality_figure(samples: np.ndarray, images: dict[str, np.ndarray], metrics: dict, real_histogram: list[float],
-                   title: str, columns: int = PREVIEW_COLUMNS) -> plt.Figure:
+def quality_figure(
+    samples: np.ndarray,
+    images: dict[str, np.ndarray],
+    metrics: dict,
+    real_histogram: list[float],
+    title: str,
+    columns: int = PREVIEW_COLUMNS,
+) -> plt.Figure:
     """One page: samples, mean/std images real vs generated, class histograms, the metric table."""
     figure = plt.figure(figsize=(12, 7))
     grid = figure.add_gridspec(2, 4)
@@ -103,10 +109,27 @@ def quality_figure(samples: np.ndarray, images: dict[str, np.ndarray], metrics: 
     axes.legend(fontsize=7)
     axes = figure.add_subplot(grid[1, 3])
     axes.axis("off")
-    rows = [(key, metrics.get(key)) for key in ("frechet_distance", "frechet_floor", "precision", "precision_floor",
-                                                 "recall", "recall_floor", "density", "coverage", "class_coverage",
-                                                 "label_kl", "mean_confidence", "memorisation_share", "dcr_ratio",
-                                                 "label_accuracy", "tstr_accuracy", "trtr_accuracy")]
+    rows = [
+        (key, metrics.get(key))
+        for key in (
+            "frechet_distance",
+            "frechet_floor",
+            "precision",
+            "precision_floor",
+            "recall",
+            "recall_floor",
+            "density",
+            "coverage",
+            "class_coverage",
+            "label_kl",
+            "mean_confidence",
+            "memorisation_share",
+            "dcr_ratio",
+            "label_accuracy",
+            "tstr_accuracy",
+            "trtr_accuracy",
+        )
+    ]
     text = "\n".join(f"{key:<20} {value:.4g}" for key, value in rows if isinstance(value, (int, float)))
     axes.text(0, 1, text, family="monospace", fontsize=8, va="top")
     figure.suptitle(title)

@@ -17,8 +17,15 @@ class Progress:
     `log_interval_s` (0: at every advance), and when done; `note` (an epoch's losses, a stage's name) rides along,
     else what the `note` callable says (a job's workers alive and retries, jobs.metrics.JobMonitor)."""
 
-    def __init__(self, total: int, description: str, unit: str = "rows", stream: TextIO | None = None,
-                 log_interval_s: float = LOG_INTERVAL_S, note: Callable[[], str] | None = None):
+    def __init__(
+        self,
+        total: int,
+        description: str,
+        unit: str = "rows",
+        stream: TextIO | None = None,
+        log_interval_s: float = LOG_INTERVAL_S,
+        note: Callable[[], str] | None = None,
+    ):
         self.stream = stream or sys.stderr
         self.total, self.description, self.unit = total, description, unit
         self.log_interval_s = log_interval_s
@@ -26,8 +33,18 @@ class Progress:
         self.count = 0
         self.started = self.last_log = time.perf_counter()
         is_terminal = getattr(self.stream, "isatty", lambda: False)()
-        self.bar = tqdm(total=total, desc=description, unit=unit, unit_scale=unit == "rows", file=self.stream,
-                        dynamic_ncols=True) if is_terminal else None
+        self.bar = (
+            tqdm(
+                total=total,
+                desc=description,
+                unit=unit,
+                unit_scale=unit == "rows",
+                file=self.stream,
+                dynamic_ncols=True,
+            )
+            if is_terminal
+            else None
+        )
         if self.bar is None:
             self._log(None)
 
@@ -71,8 +88,9 @@ class Progress:
         if self.count >= self.total:
             eta = f"done in {time.perf_counter() - self.started:,.1f} s"
         rate_text = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
-        line = (f"{self.description}: {self.count:,}/{self.total:,} {self.unit}, {rate_text} {self.unit}/s, {eta}"
-                + (f"; {note}" if note else ""))
+        line = f"{self.description}: {self.count:,}/{self.total:,} {self.unit}, {rate_text} {self.unit}/s, {eta}" + (
+            f"; {note}" if note else ""
+        )
         print(line, file=self.stream, flush=True)
 
     def close(self) -> None:

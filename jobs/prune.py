@@ -17,17 +17,18 @@ from vae_core.errors import VaegenError
 PRUNED = ".pruned."  # a dataset being pruned: `.pruned.ID.TOKEN` (local folder) or `.pruned.ID` (object-store marker)
 
 
-def select_for_pruning(datasets: list[str], keep: int, published: str | None,
-                       held: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+def select_for_pruning(
+    datasets: list[str], keep: int, published: str | None, held: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """Which committed datasets (oldest first) prune deletes, and why it keeps each of the others: the newest
     `keep`, the published one, every one committed after it (unpublished: a failed audit stays until a
     newer dataset publishes), and every one `held` names (tagged or leased: jobs/generate/holds.py)."""
     kept: dict[str, str] = {dataset_id: why for dataset_id, why in (held or {}).items() if dataset_id in datasets}
-    for dataset_id in datasets[max(0, len(datasets) - keep):]:
+    for dataset_id in datasets[max(0, len(datasets) - keep) :]:
         kept[dataset_id] = f"one of the newest {keep} (--keep)"
     if published in datasets:
         kept[published] = "`latest` names it"
-        for dataset_id in datasets[datasets.index(published) + 1:]:
+        for dataset_id in datasets[datasets.index(published) + 1 :]:
             kept.setdefault(dataset_id, "unpublished, newer than `latest`")
     return [dataset_id for dataset_id in datasets if dataset_id not in kept], kept
 
@@ -78,8 +79,10 @@ def finish_pruning(storage: Storage) -> list[str]:
             try:
                 _delete_retired(storage, name)
             except (OSError, VaegenError) as error:
-                problems.append(f"{name}: a pruned dataset not fully deleted at {storage.location(name)} "
-                                f"({' '.join(str(error).split())[:200]})")
+                problems.append(
+                    f"{name}: a pruned dataset not fully deleted at {storage.location(name)} "
+                    f"({' '.join(str(error).split())[:200]})"
+                )
     return problems
 
 

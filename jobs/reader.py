@@ -41,8 +41,9 @@ COLUMNS = ("sample_id", "seed", "z", "label", "x")
 SOURCES = ("stored", "decode")  # torch(source=...): read the parts, or regenerate rows from the manifest's recipe
 
 
-def x_numpy(column: pa.Array | pa.ChunkedArray, shape: Sequence[int] | None = None,
-            dtype: str | None = None) -> np.ndarray:
+def x_numpy(
+    column: pa.Array | pa.ChunkedArray, shape: Sequence[int] | None = None, dtype: str | None = None
+) -> np.ndarray:
     """x as one writable (N, *shape) array, whatever its layout; `shape` and `dtype` are needed
     only for fixed-size binary rows (the manifest's `sample_shape` and `dtype`)."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
@@ -56,11 +57,14 @@ def _x_view(array: pa.Array, shape: Sequence[int] | None, dtype: str | None) -> 
         shape, array = array.type.shape, array.storage
     if pa.types.is_fixed_size_binary(array.type):  # --layout binary
         if shape is None or dtype is None:
-            raise UsageError("x is stored as fixed-size binary rows (--layout binary): pass its shape and dtype "
-                             "(the manifest's sample_shape and dtype)")
+            raise UsageError(
+                "x is stored as fixed-size binary rows (--layout binary): pass its shape and dtype "
+                "(the manifest's sample_shape and dtype)"
+            )
         count = len(array) * math.prod(shape)
-        return np.frombuffer(array.buffers()[1], dtype=dtype, count=count,
-                             offset=array.offset * array.type.byte_width).reshape(-1, *shape)
+        return np.frombuffer(
+            array.buffers()[1], dtype=dtype, count=count, offset=array.offset * array.type.byte_width
+        ).reshape(-1, *shape)
     sizes = []
     while pa.types.is_fixed_size_list(array.type):  # format 3: one level per dimension
         sizes.append(array.type.list_size)
@@ -76,7 +80,10 @@ def shaped_x(batch: pa.Table) -> pa.Table:
     metadata = field.metadata or {}
     shape = [int(size) for size in metadata[b"shape"].decode().split(",")] if b"shape" in metadata else None
     dtype = metadata[b"dtype"].decode() if b"dtype" in metadata else None
-    chunks = [pa.FixedShapeTensorArray.from_numpy_ndarray(_x_view(chunk, shape, dtype)) for chunk in batch.column(index).chunks]
+    chunks = [
+        pa.FixedShapeTensorArray.from_numpy_ndarray(_x_view(chunk, shape, dtype))
+        for chunk in batch.column(index).chunks
+    ]
     column = pa.chunked_array(chunks) if chunks else batch.column(index)
     return batch.set_column(index, pa.field("x", column.type, nullable=False, metadata=field.metadata), column)
 
@@ -188,7 +195,9 @@ class Dataset:
         for part in self.parts:
             with self.parquet_file(part) as parquet:
                 metadata = parquet.metadata
-            groups += [RowGroup(part, index, metadata.row_group(index).num_rows) for index in range(metadata.num_row_groups)]
+            groups += [
+                RowGroup(part, index, metadata.row_group(index).num_rows) for index in range(metadata.num_row_groups)
+            ]
         return groups
 
     def _columns(self, columns: Sequence[str] | None) -> list[str]:
@@ -197,10 +206,14 @@ class Dataset:
             return available
         unknown = [name for name in columns if name not in available]
         if unknown:
-            raise UsageError(f"{self.location} has no column {', '.join(map(repr, unknown))}; it has {', '.join(available)}")
+            raise UsageError(
+                f"{self.location} has no column {', '.join(map(repr, unknown))}; it has {', '.join(available)}"
+            )
         return list(columns)
 
-    def iter_numpy(self, columns: Sequence[str] | None = None, parts: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def iter_numpy(
+        self, columns: Sequence[str] | None = None, parts: Sequence[str] | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
         """One dict of writable arrays per row group, in sample id order: memory stays one row group."""
         names = self._columns(columns)
         for part in parts or self.parts:
@@ -212,9 +225,17 @@ class Dataset:
         """The whole dataset in memory (3.1 GB per million float32 28x28 rows): use torch() or iter_numpy() to stream."""
         return columns_numpy(self.read(self._columns(columns)), self.sample_shape, self.dtype)
 
-    def torch(self, columns: Sequence[str] | None = None, shuffle: bool = False, seed: int = 0,
-              batch_size: int | None = None, rank: int | None = None, world_size: int | None = None,
-              source: str = "stored", device: str = "cpu") -> "TorchDataset":
+    def torch(
+        self,
+        columns: Sequence[str] | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        batch_size: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        source: str = "stored",
+        device: str = "cpu",
+    ) -> "TorchDataset":
         """A torch IterableDataset over the parts (see TorchDataset); columns default to x and label.
         source="decode" regenerates the rows on `device` from the pinned model the manifest names."""
         names = self._columns(columns if columns is not None else ["x", "label"] if self.has_labels else ["x"])
@@ -226,9 +247,14 @@ class Dataset:
 
         array_types = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}
         if len(self.sample_shape) not in (1, *array_types):
-            raise UsageError(f"Hugging Face datasets has no array type for x of shape {self.sample_shape}; use to_numpy()")
-        features = {"sample_id": datasets.Value("int64"), "seed": datasets.Value("uint64"),
-                    "z": datasets.Sequence(datasets.Value("float32"), length=self.manifest["latent_dim"])}
+            raise UsageError(
+                f"Hugging Face datasets has no array type for x of shape {self.sample_shape}; use to_numpy()"
+            )
+        features = {
+            "sample_id": datasets.Value("int64"),
+            "seed": datasets.Value("uint64"),
+            "z": datasets.Sequence(datasets.Value("float32"), length=self.manifest["latent_dim"]),
+        }
         if self.has_labels:
             features["label"] = datasets.Value("int16")
         if len(self.sample_shape) == 1:  # (N, features) rows
@@ -245,8 +271,9 @@ class Dataset:
         from datasets.table import InMemoryTable
 
         if streaming:
-            return datasets.IterableDataset.from_generator(_hf_rows, features=self.hf_features(),
-                                                           gen_kwargs={"dataset": self, "parts": self.parts})
+            return datasets.IterableDataset.from_generator(
+                _hf_rows, features=self.hf_features(), gen_kwargs={"dataset": self, "parts": self.parts}
+            )
         table = self.read()
         index = table.schema.get_field_index("x")
         table = table.set_column(index, "x", nested_x(table.column(index), self.sample_shape, self.dtype))
@@ -260,8 +287,14 @@ def _hf_rows(dataset: Dataset, parts: list[str]) -> Iterator[dict[str, Any]]:
             yield {name: block[name][row] for name in names}
 
 
-def open_dataset(location: str, verify: bool = True, deep: bool = False, lease: bool = True,
-                 lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S, log_to_mlflow: bool | None = None) -> Dataset:
+def open_dataset(
+    location: str,
+    verify: bool = True,
+    deep: bool = False,
+    lease: bool = True,
+    lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
+    log_to_mlflow: bool | None = None,
+) -> Dataset:
     """A committed dataset by path or URI (s3://...), or ROOT@latest / ROOT@vN / ROOT@TAG (resolved once: the
     returned dataset_id says which). `verify` checks every part's size, checksum and row count against the
     manifest (reads every byte once); `deep` also re-derives sampled rows. `lease` holds the dataset against
@@ -287,8 +320,11 @@ def _take_lease(storage: Storage, dataset_id: str, timeout_s: float) -> Lease | 
     try:
         held = Lease(storage, dataset_id, timeout_s)
     except OSError as error:
-        warnings.warn(f"reading {storage.location(dataset_id)} without a lease (prune may delete it meanwhile): "
-                      f"cannot write under {storage.location()}: {error}", stacklevel=3)
+        warnings.warn(
+            f"reading {storage.location(dataset_id)} without a lease (prune may delete it meanwhile): "
+            f"cannot write under {storage.location()}: {error}",
+            stacklevel=3,
+        )
         return None
     atexit.register(held.release)
     if retirement_pending(storage, dataset_id):  # pruned, or being pruned, between resolving and leasing
@@ -301,9 +337,11 @@ def _verify(location: str, storage: Storage, dataset_id: str, verify: bool, deep
     if verify:
         report = inspect(storage.location(dataset_id), deep=deep)
         if not report.ok:
-            raise VaegenError(f"{report.location} does not match its manifest ({report.problems[0]}"
-                              + (f", and {len(report.problems) - 1} more" if len(report.problems) > 1 else "")
-                              + f"); `vaegen inspect {location}` lists every problem")
+            raise VaegenError(
+                f"{report.location} does not match its manifest ({report.problems[0]}"
+                + (f", and {len(report.problems) - 1} more" if len(report.problems) > 1 else "")
+                + f"); `vaegen inspect {location}` lists every problem"
+            )
 
 
 def torch_rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -336,8 +374,18 @@ class RowStream(reader_state.Resumable):
     manifest's recipe instead of read (jobs/reader_decode.py), in the same order and split.
     """
 
-    def __init__(self, dataset: Dataset, columns: list[str], shuffle: bool, seed: int, batch_size: int | None,
-                 rank: int | None, world_size: int | None, source: str = "stored", device: str = "cpu"):
+    def __init__(
+        self,
+        dataset: Dataset,
+        columns: list[str],
+        shuffle: bool,
+        seed: int,
+        batch_size: int | None,
+        rank: int | None,
+        world_size: int | None,
+        source: str = "stored",
+        device: str = "cpu",
+    ):
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer or None, got {batch_size}")
         if source not in SOURCES:
@@ -348,7 +396,9 @@ class RowStream(reader_state.Resumable):
         self.columns = columns
         self.shuffle = shuffle
         self.seed = seed
-        self.batch_size = batch_size  # None: one row at a time (DataLoader batches); else batches (DataLoader(batch_size=None))
+        self.batch_size = (
+            batch_size  # None: one row at a time (DataLoader batches); else batches (DataLoader(batch_size=None))
+        )
         # here, in the training process: DataLoader workers are other processes, outside the process group
         self.rank, self.world_size = torch_rank_and_world_size(rank, world_size)
         # here, once: DataLoader workers get a copy, not a footer read each
@@ -369,7 +419,9 @@ class RowStream(reader_state.Resumable):
         """(row group, its rows to read in order) for position ranges of this epoch's sequence, made as they
         are read: a recipe of 10**9 rows has 244,141 row groups."""
         groups = len(self.row_groups)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(groups) if self.shuffle else np.arange(groups)
+        order = (
+            np.random.default_rng([self.seed, self.epoch]).permutation(groups) if self.shuffle else np.arange(groups)
+        )
         sizes = np.array([self.row_groups[index].rows for index in order], dtype=np.int64)
         ends = np.cumsum(sizes)
         starts = ends - sizes
@@ -379,9 +431,12 @@ class RowStream(reader_state.Resumable):
                 if first >= last:
                     break
                 group = int(order[position])
-                within = (np.random.default_rng([self.seed, self.epoch, group]).permutation(int(sizes[position]))
-                          if self.shuffle else np.arange(sizes[position]))
-                yield group, within[first - starts[position]:last - starts[position]]
+                within = (
+                    np.random.default_rng([self.seed, self.epoch, group]).permutation(int(sizes[position]))
+                    if self.shuffle
+                    else np.arange(sizes[position])
+                )
+                yield group, within[first - starts[position] : last - starts[position]]
 
     def blocks(self, slot: int, slots: int) -> Iterator[dict[str, np.ndarray]]:
         """This slot's rows as numpy blocks, one per row group it touches; one part open at a time."""
@@ -408,8 +463,13 @@ class RowStream(reader_state.Resumable):
 
     def identity(self) -> dict[str, Any]:
         """What a saved reader state must match to resume this stream (jobs/reader_state.py)."""
-        return {"dataset_id": self.dataset.dataset_id, "n": self.n, "seed": self.seed, "shuffle": self.shuffle,
-                "epoch": self.epoch}
+        return {
+            "dataset_id": self.dataset.dataset_id,
+            "n": self.n,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "epoch": self.epoch,
+        }
 
     def reader_slot(self) -> tuple[int, int]:
         """(slot, slots) of this process: slot = rank x DataLoader workers + worker."""
@@ -423,9 +483,11 @@ class RowStream(reader_state.Resumable):
         import torch
 
         blocks = self.blocks_of(self.plan_ranges(self.start(*self.reader_slot())))
-        for block in (_rebatched(blocks, self.batch_size) if self.batch_size else blocks):
-            tensors = {name: torch.from_numpy(values.astype(np.int64) if name == "label" else values)  # losses want int64
-                       for name, values in block.items()}
+        for block in _rebatched(blocks, self.batch_size) if self.batch_size else blocks:
+            tensors = {
+                name: torch.from_numpy(values.astype(np.int64) if name == "label" else values)  # losses want int64
+                for name, values in block.items()
+            }
             rows = len(tensors[self.columns[0]])
             if self.batch_size:
                 self.advance(rows)  # before the yield: a state taken after the batch leaves counts it
@@ -446,7 +508,7 @@ def _rebatched(blocks: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iter
         rows = len(next(iter(block.values())))
         whole = rows - rows % batch_size
         for start in range(0, whole, batch_size):
-            yield {name: values[start:start + batch_size] for name, values in block.items()}
+            yield {name: values[start : start + batch_size] for name, values in block.items()}
         carry = {name: values[whole:] for name, values in block.items()} if whole < rows else None
     if carry is not None:
         yield carry

@@ -21,6 +21,7 @@ from jobs.generate.spec import DatasetSpec, part_name
 from jobs.reader_state import RowGroup
 from vae_core.sampling import block_ranges
 
+
 class DeviceBitsWarning(UserWarning):
     """Rows decoded on a device whose kernels differ from the one that made the dataset."""
 
@@ -36,9 +37,12 @@ class DecodedRows:
         self.config, self.state = registered_weights(record, "decoding on read")
         made_on = record.get("execution", {}).get("device", "cpu")
         if device.split(":")[0] != made_on:
-            warnings.warn(f"decoding on {device}, this dataset was made on {made_on}: x differs from the stored rows "
-                          "in the last bits (the kernels differ); ids, seeds, z and labels are exact",
-                          DeviceBitsWarning, stacklevel=3)
+            warnings.warn(
+                f"decoding on {device}, this dataset was made on {made_on}: x differs from the stored rows "
+                "in the last bits (the kernels differ); ids, seeds, z and labels are exact",
+                DeviceBitsWarning,
+                stacklevel=3,
+            )
         self._predictor = None
         self._cached: tuple[int, dict[str, np.ndarray]] | None = None  # the last decoded block
 
@@ -49,8 +53,9 @@ class DecodedRows:
         """The row groups the job writes for this spec: each part's stretch of each decode block."""
         return list(spec_row_groups(self.spec))
 
-    def blocks(self, plan: Iterator[tuple[int, np.ndarray]], row_groups: Sequence[RowGroup],
-               columns: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+    def blocks(
+        self, plan: Iterator[tuple[int, np.ndarray]], row_groups: Sequence[RowGroup], columns: Sequence[str]
+    ) -> Iterator[dict[str, np.ndarray]]:
         """The planned rows, decoded: one block of numpy columns per (row group, rows)."""
         firsts = np.concatenate([[0], np.cumsum([group.rows for group in row_groups])])
         for group, rows in plan:

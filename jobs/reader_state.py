@@ -70,8 +70,14 @@ def split_evenly(ranges: Sequence[tuple[int, int]], slots: int) -> list[Ranges]:
 
 def slot_state(identity: dict[str, Any], slot: int, slots: int, assigned: Ranges, consumed: int) -> dict[str, Any]:
     """The state of one reader slot: `identity` (dataset, seed, shuffle, epoch) and where it stands."""
-    return {"format": STATE_FORMAT, **identity, "slot": slot, "slots": slots,
-            "assigned": [list(pair) for pair in assigned], "consumed": consumed}
+    return {
+        "format": STATE_FORMAT,
+        **identity,
+        "slot": slot,
+        "slots": slots,
+        "assigned": [list(pair) for pair in assigned],
+        "consumed": consumed,
+    }
 
 
 def merge_states(states: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -86,13 +92,17 @@ def merge_states(states: Iterable[dict[str, Any]]) -> dict[str, Any]:
     slots = states[0]["slots"]
     for state in states:
         if _identity(state) != identity or state["slots"] != slots:
-            raise UsageError(f"reader states of different runs cannot be merged: {_identity(state)} with "
-                             f"{state['slots']} slots, {identity} with {slots}")
+            raise UsageError(
+                f"reader states of different runs cannot be merged: {_identity(state)} with "
+                f"{state['slots']} slots, {identity} with {slots}"
+            )
     seen = sorted(state["slot"] for state in states)
     if seen != list(range(slots)):
         missing = sorted(set(range(slots)) - set(seen))
-        raise UsageError(f"merge_states needs one state per reader slot 0..{slots - 1} (rank x workers + worker); "
-                         f"missing {missing}, got {seen}: gather every rank's loader state (all_gather_object)")
+        raise UsageError(
+            f"merge_states needs one state per reader slot 0..{slots - 1} (rank x workers + worker); "
+            f"missing {missing}, got {seen}: gather every rank's loader state (all_gather_object)"
+        )
     remaining = []
     for state in sorted(states, key=lambda state: state["slot"]):
         remaining += skip([tuple(pair) for pair in state["assigned"]], state["consumed"])
@@ -105,8 +115,10 @@ def loader_states(loader_state: dict[str, Any]) -> list[dict[str, Any]]:
         return [loader_state["dataset_state"]] if loader_state.get("dataset_state") else []
     snapshot = loader_state["_snapshot"]
     if loader_state.get("_steps_since_snapshot", 0):
-        raise UsageError("the StatefulDataLoader state is older than its last batches: build the loader with "
-                         "snapshot_every_n_steps=1 (its default) to merge reader states")
+        raise UsageError(
+            "the StatefulDataLoader state is older than its last batches: build the loader with "
+            "snapshot_every_n_steps=1 (its default) to merge reader states"
+        )
     workers = snapshot["_worker_snapshots"].values()
     return [worker["dataset_state"] for worker in workers if worker.get("dataset_state")]
 
@@ -114,8 +126,10 @@ def loader_states(loader_state: dict[str, Any]) -> list[dict[str, Any]]:
 def check_format(state: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise UsageError(f"not a vaegen reader state (format {found!r}, expected {STATE_FORMAT!r}); pass what "
-                         "state_dict() or merge_states() returned")
+        raise UsageError(
+            f"not a vaegen reader state (format {found!r}, expected {STATE_FORMAT!r}); pass what "
+            "state_dict() or merge_states() returned"
+        )
     return state
 
 
@@ -124,8 +138,10 @@ def check_identity(state: dict[str, Any], identity: dict[str, Any]) -> None:
     saved = {key: state[key] for key in identity if key != "epoch"}
     expected = {key: value for key, value in identity.items() if key != "epoch"}
     if saved != expected:
-        raise UsageError(f"this reader state was saved for {saved}, not {expected}: open the same dataset with the "
-                         "same seed and shuffle to resume it")
+        raise UsageError(
+            f"this reader state was saved for {saved}, not {expected}: open the same dataset with the "
+            "same seed and shuffle to resume it"
+        )
 
 
 def resumed_ranges(state: dict[str, Any], identity: dict[str, Any], slot: int, slots: int) -> Ranges:
@@ -136,9 +152,11 @@ def resumed_ranges(state: dict[str, Any], identity: dict[str, Any], slot: int, s
     if state["slots"] == 1 and slots != 1:  # one slot's state is the whole run's
         return resumed_ranges(merge_states([state]), identity, slot, slots)
     if (state["slot"], state["slots"]) != (slot, slots):
-        raise UsageError(f"this state is reader slot {state['slot']} of {state['slots']}, loaded into slot {slot} of "
-                         f"{slots}: after a change of world size or DataLoader workers, load "
-                         "merge_states(the states of every old slot) instead")
+        raise UsageError(
+            f"this state is reader slot {state['slot']} of {state['slots']}, loaded into slot {slot} of "
+            f"{slots}: after a change of world size or DataLoader workers, load "
+            "merge_states(the states of every old slot) instead"
+        )
     return skip([tuple(pair) for pair in state["assigned"]], state["consumed"])
 
 
@@ -171,8 +189,9 @@ class Resumable:
         if progress is None or progress["epoch"] != self.epoch:
             slot, slots = self.reader_slot()
             return slot_state(self.identity(), slot, slots, self.ranges(slot, slots), 0)
-        return slot_state(self.identity(), progress["slot"], progress["slots"], progress["assigned"],
-                          progress["consumed"])
+        return slot_state(
+            self.identity(), progress["slot"], progress["slots"], progress["assigned"], progress["consumed"]
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from state_dict() of the same slot, or from merge_states() of every slot of a run."""

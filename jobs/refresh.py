@@ -39,7 +39,9 @@ from vae_core.errors import UsageError, VaegenError
 LOCK = ".refresh.lock"
 LOCK_OWNER_TAG = "vaegen.refresh_lock_owner"  # on the refresh run: a refresh taking over a dead lock ends that run
 SEED_POLICIES = ("fixed", "daily", "new")
-DEFAULT_LOCK_TIMEOUT_S = 900.0  # 15 missed heartbeats: a live holder is never taken for dead, a dead one blocks 15 min at most
+DEFAULT_LOCK_TIMEOUT_S = (
+    900.0  # 15 missed heartbeats: a live holder is never taken for dead, a dead one blocks 15 min at most
+)
 HEARTBEAT_FRACTION = 1 / 15  # the holder touches its lock every timeout / 15 (every minute by default)
 
 
@@ -49,7 +51,9 @@ class RefreshConfig:
     keep: int = 3  # newest committed datasets kept (plus the one `latest` names, if older): two rollbacks' worth
     seed_policy: str = "fixed"  # fixed: new data only when the promoted version changes
     seed: int = 0  # the fixed seed, and the base of the daily one
-    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # without a heartbeat for this long, a lock from another host is stale
+    lock_timeout_s: float = (
+        DEFAULT_LOCK_TIMEOUT_S  # without a heartbeat for this long, a lock from another host is stale
+    )
     today: dt.date | None = None  # the date the daily policy uses; None = today (UTC)
     audit_config: audit.AuditConfig = audit.AuditConfig()  # checks a new dataset passes before `latest` names it
 
@@ -159,7 +163,9 @@ class RefreshLock:
         if dead is not None:
             return dead
         last_s = held.get("heartbeat_at", held.get("acquired_at"))
-        if not isinstance(last_s, (int, float)) or not math.isfinite(last_s):  # unreadable: judge by the file's age alone
+        if not isinstance(last_s, (int, float)) or not math.isfinite(
+            last_s
+        ):  # unreadable: judge by the file's age alone
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
             last_s = info.mtime.timestamp() if info.mtime is not None else 0.0
         if time.time() - last_s > self.timeout_s:
@@ -200,8 +206,9 @@ class AuditFailed(VaegenError):
     """The new dataset failed its audit: committed, not published."""
 
 
-def publish(storage: Storage, dataset_id: str, record: dict[str, Any], config: audit.AuditConfig,
-            log: Callable[[str], None]) -> dict[str, Any]:
+def publish(
+    storage: Storage, dataset_id: str, record: dict[str, Any], config: audit.AuditConfig, log: Callable[[str], None]
+) -> dict[str, Any]:
     """Audit the committed dataset (or reuse this commit's verdict under the same settings), record the verdict
     beside the manifest, in the card and in the dataset's run, then move `latest` to it unless the audit failed.
     Call it holding the root's refresh lock. Returns the audit record."""
@@ -221,29 +228,35 @@ def publish(storage: Storage, dataset_id: str, record: dict[str, Any], config: a
     log(f"audit: {audit.summary(verdict)}")
     metrics.record_audit(dataset_id, record["model"], verdict["verdict"])
     if verdict["verdict"] == "fail":
-        raise AuditFailed(f"audit of {dataset_id} failed, {audit.failure_line(verdict)}; it stays committed but "
-                          f"unpublished and `latest` still names {published or 'nothing'}; see "
-                          f"{storage.location(dataset_id, audit.AUDIT)}, or publish it anyway with --no-audit")
+        raise AuditFailed(
+            f"audit of {dataset_id} failed, {audit.failure_line(verdict)}; it stays committed but "
+            f"unpublished and `latest` still names {published or 'nothing'}; see "
+            f"{storage.location(dataset_id, audit.AUDIT)}, or publish it anyway with --no-audit"
+        )
     move_latest(storage, dataset_id, record, verdict)
     metrics.record_published(dataset_id, record["model"])
     return verdict
 
 
-def publish_generated(storage: Storage, dataset_id: str, record: dict[str, Any], config: audit.AuditConfig,
-                      log: Callable[[str], None]) -> dict[str, Any]:
+def publish_generated(
+    storage: Storage, dataset_id: str, record: dict[str, Any], config: audit.AuditConfig, log: Callable[[str], None]
+) -> dict[str, Any]:
     """`generate --publish`: publish() under the root's refresh lock, so that it never races a refresh."""
     lock = RefreshLock(storage, DEFAULT_LOCK_TIMEOUT_S)
     if not lock.acquire():
-        raise VaegenError(f"a refresh holds {storage.location(LOCK)} ({lock.describe_holder()}); {dataset_id} is "
-                          "committed but not published: rerun this command once that refresh has ended")
+        raise VaegenError(
+            f"a refresh holds {storage.location(LOCK)} ({lock.describe_holder()}); {dataset_id} is "
+            "committed but not published: rerun this command once that refresh has ended"
+        )
     try:
         return publish(storage, dataset_id, record, config, log)
     finally:
         lock.release()
 
 
-def move_latest(storage: Storage, dataset_id: str, record: dict[str, Any],
-                verdict: dict[str, Any] | None = None) -> dict[str, Any]:
+def move_latest(
+    storage: Storage, dataset_id: str, record: dict[str, Any], verdict: dict[str, Any] | None = None
+) -> dict[str, Any]:
     pointer = {
         "audit": None if verdict is None else {"verdict": verdict["verdict"], "audited_at": verdict["audited_at"]},
         "dataset_id": dataset_id,
@@ -274,16 +287,34 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
         if lock.taken_over:
             metrics.record_lock_takeover(pinned.name, pinned.version)
         seed = seed_for(config)
-        params = {"model": config.generate.model, "resolved_version": pinned.version, "seed_policy": config.seed_policy,
-                  "seed": seed, "n": config.generate.n, "out": storage.location(), "keep": config.keep}
-        with lineage.job_run(lineage.REFRESH_EXPERIMENT, f"refresh-{pinned.name}-v{pinned.version}", params,
-                             tags={LOCK_OWNER_TAG: lock.token["owner"]}) as run:  # a refresh that takes over ends it
-            result = generate(dataclasses.replace(config.generate, model=f"{pinned.name}/{pinned.version}", seed=seed, out=storage.uri, resume=None),
-                              log=log, pinned=pinned)
+        params = {
+            "model": config.generate.model,
+            "resolved_version": pinned.version,
+            "seed_policy": config.seed_policy,
+            "seed": seed,
+            "n": config.generate.n,
+            "out": storage.location(),
+            "keep": config.keep,
+        }
+        with lineage.job_run(
+            lineage.REFRESH_EXPERIMENT,
+            f"refresh-{pinned.name}-v{pinned.version}",
+            params,
+            tags={LOCK_OWNER_TAG: lock.token["owner"]},
+        ) as run:  # a refresh that takes over ends it
+            result = generate(
+                dataclasses.replace(
+                    config.generate, model=f"{pinned.name}/{pinned.version}", seed=seed, out=storage.uri, resume=None
+                ),
+                log=log,
+                pinned=pinned,
+            )
             if not lock.still_held():
-                raise VaegenError(f"{storage.location(LOCK)} was taken over while this refresh ran (it was judged dead: "
-                                  f"--lock-timeout {config.lock_timeout_s:g} s); dataset {result.dataset_id} is committed "
-                                  "but `latest` was not moved: rerun the refresh")
+                raise VaegenError(
+                    f"{storage.location(LOCK)} was taken over while this refresh ran (it was judged dead: "
+                    f"--lock-timeout {config.lock_timeout_s:g} s); dataset {result.dataset_id} is committed "
+                    "but `latest` was not moved: rerun the refresh"
+                )
             if result.status != "up-to-date":
                 action = "generated"
             elif latest_dataset(storage) != result.dataset_id:
@@ -300,8 +331,14 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
             pruned, unreadable, kept = prune(storage, config.keep, protected=result.dataset_id)
             for problem in unreadable:
                 log(f"not pruned: {problem}; repair or delete it by hand")
-            run.log_metrics({"seconds": time.perf_counter() - started, "pruned": len(pruned),
-                             "unreadable": len(unreadable), "generated": float(action == "generated")})
+            run.log_metrics(
+                {
+                    "seconds": time.perf_counter() - started,
+                    "pruned": len(pruned),
+                    "unreadable": len(unreadable),
+                    "generated": float(action == "generated"),
+                }
+            )
             run.set_tags({"vaegen.action": action, "vaegen.dataset_id": result.dataset_id})
     finally:
         lock.release()

@@ -34,9 +34,25 @@ from vae_core.errors import UsageError
 REPORT_SEED = 20_260_101  # fixed: every version's report decodes the same z, so reports compare
 DEFAULT_ROOT = "report"  # reports go to report/<model>/v<version>/ and report/datasets/<dataset id>/
 # Stored on the version as quality.* tags (the promotion gate reads them) and printed by `vaegen report`.
-HEADLINE = ("frechet_distance", "frechet_floor", "precision", "precision_floor", "recall", "recall_floor", "density",
-            "density_floor", "coverage", "coverage_floor", "class_coverage", "memorisation_share", "dcr_ratio",
-            "mean_confidence", "label_accuracy", "tstr_accuracy", "trtr_accuracy")
+HEADLINE = (
+    "frechet_distance",
+    "frechet_floor",
+    "precision",
+    "precision_floor",
+    "recall",
+    "recall_floor",
+    "density",
+    "density_floor",
+    "coverage",
+    "coverage_floor",
+    "class_coverage",
+    "memorisation_share",
+    "dcr_ratio",
+    "mean_confidence",
+    "label_accuracy",
+    "tstr_accuracy",
+    "trtr_accuracy",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +64,8 @@ class ReportConfig:
     data: str | None = None  # the real data; None = the source the version was trained on
     quality: quality.QualityConfig = quality.QualityConfig()
     cache_dir: str = dataclasses.field(  # classifiers are cached here by data hash [env: VAEGEN_CACHE]
-        default_factory=lambda: os.environ.get("VAEGEN_CACHE", str(Path.home() / ".cache" / "vaegen")))
+        default_factory=lambda: os.environ.get("VAEGEN_CACHE", str(Path.home() / ".cache" / "vaegen"))
+    )
 
     def __post_init__(self) -> None:
         if self.n < 2:
@@ -69,20 +86,28 @@ def reference_split(loaded: LoadedDecoder, data: str | None) -> tuple[data_sourc
         raise UsageError(f"{loaded.pinned.uri} records no training data source; pass --data SOURCE")
     dataset = data_sources.load(source)
     if dataset.labels is None:
-        raise UsageError(f"data source {source} has no labels; the quality report's classifier needs labelled real data")
+        raise UsageError(
+            f"data source {source} has no labels; the quality report's classifier needs labelled real data"
+        )
     if dataset.shape != tuple(loaded.config.input_shape):
-        raise UsageError(f"data source {source} has shape {dataset.shape}, the model decodes {tuple(loaded.config.input_shape)}")
+        raise UsageError(
+            f"data source {source} has shape {dataset.shape}, the model decodes {tuple(loaded.config.input_shape)}"
+        )
     return dataset.split(float(loaded.tags.get("holdout_fraction", "0.2")))
 
 
 def classifier_for(train: data_sources.Dataset, config: ReportConfig) -> tuple[quality.ReferenceClassifier, dict, Path]:
     """Train the reference classifier once per (data, classifier config); later calls load the cached weights."""
-    key = hashlib.sha256((train.content_sha256() + json.dumps(config.quality.to_dict(), sort_keys=True)).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        (train.content_sha256() + json.dumps(config.quality.to_dict(), sort_keys=True)).encode()
+    ).hexdigest()[:20]
     folder = Path(config.cache_dir) / "classifiers"
     weights_path, info_path = folder / f"{key}.npz", folder / f"{key}.json"
     if weights_path.exists() and info_path.exists():
         info = json.loads(info_path.read_text())
-        model = quality.ReferenceClassifier(train.shape, info["num_classes"], config.quality.hidden_dim, config.quality.feature_dim)
+        model = quality.ReferenceClassifier(
+            train.shape, info["num_classes"], config.quality.hidden_dim, config.quality.feature_dim
+        )
         with np.load(weights_path, allow_pickle=False) as weights:
             model.load_state_dict({name: torch.from_numpy(weights[name]) for name in weights.files})
         return model.eval(), info, weights_path
@@ -95,8 +120,11 @@ def classifier_for(train: data_sources.Dataset, config: ReportConfig) -> tuple[q
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """The HEADLINE figures a report has (some apply to conditional models only), as floats."""
-    return {key: float(metrics[key]) for key in HEADLINE
-            if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics[key], bool)}
+    return {
+        key: float(metrics[key])
+        for key in HEADLINE
+        if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics[key], bool)
+    }
 
 
 def _subject(metrics: dict[str, Any]) -> str:
@@ -117,7 +145,9 @@ def report_folder(config: ReportConfig, default: Path, subject: str) -> Path:
         except (json.JSONDecodeError, AttributeError):
             other = "something that is not a vaegen report"
         if other != subject:
-            raise UsageError(f"{folder} holds the report of {other}, not {subject}; pass another --out or remove {existing}")
+            raise UsageError(
+                f"{folder} holds the report of {other}, not {subject}; pass another --out or remove {existing}"
+            )
     return folder
 
 
@@ -125,8 +155,14 @@ def _path_segment(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _write(metrics: dict[str, Any], images: dict[str, np.ndarray], samples: tuple[np.ndarray, np.ndarray | None],
-           title: str, out: Path, real_histogram: list[float]) -> tuple[Path, Path]:
+def _write(
+    metrics: dict[str, Any],
+    images: dict[str, np.ndarray],
+    samples: tuple[np.ndarray, np.ndarray | None],
+    title: str,
+    out: Path,
+    real_histogram: list[float],
+) -> tuple[Path, Path]:
     """samples: the generated (images, labels or None); the page previews one row per class of labelled ones."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "report.json"
@@ -145,16 +181,29 @@ def _progress() -> Progress:
     return Progress(2 + len(quality.REPORT_STAGES), "quality report", unit="stages", log_interval_s=0)
 
 
-def compare(loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None, config: ReportConfig,
-            progress: Progress | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
+def compare(
+    loaded: LoadedDecoder,
+    generated: np.ndarray,
+    generated_labels: np.ndarray | None,
+    config: ReportConfig,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
     """Quality figures of `generated` against the version's real data (report, and the publish audit's sample)."""
     progress = progress or _progress()
     train, holdout = reference_split(loaded, config.data)
     classifier, info, weights_path = classifier_for(train, config)
     progress.advance(1, "reference classifier ready")
-    metrics, images = quality.quality_report(classifier, train.images, train.labels, holdout.images, holdout.labels,
-                                             generated.astype(np.float32), config.quality, generated_labels,
-                                             on_stage=lambda stage: progress.advance(1, f"{stage} done"))
+    metrics, images = quality.quality_report(
+        classifier,
+        train.images,
+        train.labels,
+        holdout.images,
+        holdout.labels,
+        generated.astype(np.float32),
+        config.quality,
+        generated_labels,
+        on_stage=lambda stage: progress.advance(1, f"{stage} done"),
+    )
     metrics["classifier"] = info
     metrics["data_source"] = config.data or loaded.tags.get("data_source")
     real_histogram = np.bincount(train.labels, minlength=info["num_classes"]) / len(train.labels)
@@ -209,6 +258,8 @@ def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     run_id = lineage.log_dataset_quality(record, figures)
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
     if card.has_card(record):  # the card now quotes the dataset's own figures
-        source = f"`vaegen report --dataset` on the first {len(generated):,} rows of this dataset ({manifest.utc_now()})"
+        source = (
+            f"`vaegen report --dataset` on the first {len(generated):,} rows of this dataset ({manifest.utc_now()})"
+        )
         card.write(dataset.storage, dataset.dataset_id, record, card.Quality(figures, source))
     return ReportResult(metrics, json_path, png_path, run_id)

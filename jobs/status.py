@@ -43,9 +43,15 @@ def _alias(model: str, published_version: int | None, now: dt.datetime) -> dict[
     waiting_s = None
     if published_version != pinned.version:  # unknown when (moved by hand): as if for ever
         waiting_s = _age_s(moved_at, now) if moved_at else float("inf")
-    return {"reference": model, "version": pinned.version, "gated": ungated is None, "ungated_reason": ungated,
-            "moved_at": moved_at, "latest_made_from_it": published_version == pinned.version,
-            "unpublished_for_s": waiting_s}
+    return {
+        "reference": model,
+        "version": pinned.version,
+        "gated": ungated is None,
+        "ungated_reason": ungated,
+        "moved_at": moved_at,
+        "latest_made_from_it": published_version == pinned.version,
+        "unpublished_for_s": waiting_s,
+    }
 
 
 def status(root: str, model: str | None = None, max_lag_s: float | None = None) -> dict[str, Any]:
@@ -56,27 +62,39 @@ def status(root: str, model: str | None = None, max_lag_s: float | None = None) 
     now = dt.datetime.now(dt.timezone.utc)
     pointer = storage.read_json(LATEST)
     rows = listing(storage)
-    state: dict[str, Any] = {"root": storage.location(), "latest": None, "alias": None, "stale": [],
-                             "datasets": rows, "max_lag_s": max_lag_s}
+    state: dict[str, Any] = {
+        "root": storage.location(),
+        "latest": None,
+        "alias": None,
+        "stale": [],
+        "datasets": rows,
+        "max_lag_s": max_lag_s,
+    }
     if pointer is None:
         state["stale"].append(f"nothing is published under {storage.location()} (no `latest`)")
     else:
-        state["latest"] = {"dataset_id": pointer.get("dataset_id"), "model_version": pointer.get("model", {}).get("version"),
-                           "audit": (pointer.get("audit") or {}).get("verdict", "none"),
-                           "published_at": pointer.get("updated_at"), "age_s": _age_s(pointer.get("updated_at"), now)}
+        state["latest"] = {
+            "dataset_id": pointer.get("dataset_id"),
+            "model_version": pointer.get("model", {}).get("version"),
+            "audit": (pointer.get("audit") or {}).get("verdict", "none"),
+            "published_at": pointer.get("updated_at"),
+            "age_s": _age_s(pointer.get("updated_at"), now),
+        }
     if model is not None:
         alias = state["alias"] = _alias(model, (state["latest"] or {}).get("model_version"), now)
         waiting_s = alias["unpublished_for_s"]
         if waiting_s is not None and waiting_s > (max_lag_s or 0.0):
-            state["stale"].append(f"{model} is version {alias['version']}, `latest` was made from version "
-                                  f"{(state['latest'] or {}).get('model_version')}: no refresh has published it "
-                                  + ("(moved outside vaegen promote)" if waiting_s == float("inf") else
-                                     f"for {waiting_s:,.0f} s"))
+            state["stale"].append(
+                f"{model} is version {alias['version']}, `latest` was made from version "
+                f"{(state['latest'] or {}).get('model_version')}: no refresh has published it "
+                + ("(moved outside vaegen promote)" if waiting_s == float("inf") else f"for {waiting_s:,.0f} s")
+            )
         if waiting_s == float("inf"):
             alias["unpublished_for_s"] = None  # JSON has no infinity: unknown, moved_at says why (null)
     elif max_lag_s is not None and state["latest"] and (state["latest"]["age_s"] or 0) > max_lag_s:
-        state["stale"].append(f"`latest` was published {state['latest']['age_s']:,.0f} s ago, over --max-lag "
-                              f"{max_lag_s:g} s")
+        state["stale"].append(
+            f"`latest` was published {state['latest']['age_s']:,.0f} s ago, over --max-lag {max_lag_s:g} s"
+        )
     return state
 
 
@@ -85,12 +103,18 @@ def lines(state: dict[str, Any]) -> list[str]:
     latest, alias = state["latest"], state["alias"]
     out = [f"root: {state['root']}"]
     if latest:
-        out.append(f"latest: {latest['dataset_id']} (model version {latest['model_version']}, audit {latest['audit']}, "
-                   f"published {latest['published_at']}, {latest['age_s']:,.0f} s ago)")
+        out.append(
+            f"latest: {latest['dataset_id']} (model version {latest['model_version']}, audit {latest['audit']}, "
+            f"published {latest['published_at']}, {latest['age_s']:,.0f} s ago)"
+        )
     if alias:
-        out.append(f"alias: {alias['reference']} -> version {alias['version']} ("
-                   + ("gated by vaegen promote" if alias["gated"] else "UNGATED") + "), latest "
-                   + ("was" if alias["latest_made_from_it"] else "was NOT") + " made from it")
+        out.append(
+            f"alias: {alias['reference']} -> version {alias['version']} ("
+            + ("gated by vaegen promote" if alias["gated"] else "UNGATED")
+            + "), latest "
+            + ("was" if alias["latest_made_from_it"] else "was NOT")
+            + " made from it"
+        )
     for row in state["datasets"]:
         held = [text for text in row["states"] if text != "published"]
         if held:

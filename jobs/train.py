@@ -59,7 +59,9 @@ class TrainJobConfig:
         }
 
     @classmethod
-    def for_architecture(cls, architecture: str, train: dict[str, Any] | None = None, **fields: Any) -> "TrainJobConfig":
+    def for_architecture(
+        cls, architecture: str, train: dict[str, Any] | None = None, **fields: Any
+    ) -> "TrainJobConfig":
         """An architecture's recipe (vae_core.config.RECIPES), any job or TrainConfig field overridden."""
         if architecture not in RECIPES:
             raise UsageError(f"--arch must be one of {', '.join(RECIPES)}, got {architecture!r}")
@@ -80,8 +82,11 @@ def default_run_name(config: TrainJobConfig, now: dt.datetime | None = None) -> 
     stem = Path(path.rstrip("/")).stem if path else ""
     data = re.sub(r"[^A-Za-z0-9]+", "-", kind if stem in ("", kind) else f"{kind}-{stem}").strip("-")[:40]
     layers = config.conv_channels if config.architecture == "conv" else config.hidden_sizes
-    arch = ("cvae" if config.conditional else "vae") + ("-conv" if config.architecture == "conv" else "") + "x".join(
-        str(size) for size in layers)
+    arch = (
+        ("cvae" if config.conditional else "vae")
+        + ("-conv" if config.architecture == "conv" else "")
+        + "x".join(str(size) for size in layers)
+    )
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     return f"train-{data}-{arch}-z{config.latent_dim}-{stamp}"
 
@@ -115,9 +120,11 @@ class TrainingProgress:
         if self.training is None:  # the budget is known once the first epoch reports it; its time counts too
             self.training = Progress(metrics.total_steps, "train", unit="steps")
             self.training.started -= metrics.seconds
-        self.training.advance(metrics.step - self.training.count,
-                              f"epoch {metrics.epoch}/{metrics.total_epochs}, train {metrics.train_loss:.3f}, "
-                              f"held-out {metrics.val_loss:.3f} nats")
+        self.training.advance(
+            metrics.step - self.training.count,
+            f"epoch {metrics.epoch}/{metrics.total_epochs}, train {metrics.train_loss:.3f}, "
+            f"held-out {metrics.val_loss:.3f} nats",
+        )
 
     def prior_flow_step(self, step: int, steps: int) -> None:
         if self.flow is None:
@@ -130,8 +137,15 @@ class TrainingProgress:
 def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None = None) -> TrainJobResult:
     uri = tracking.ensure_reachable(create=True)  # the one command that may start a new local store
     dataset = data_sources.load(config.data)
-    model_config = model_config_for(dataset, config.latent_dim, config.hidden_sizes, config.conditional,
-                                    config.architecture, config.conv_channels, config.prior_flow_layers)
+    model_config = model_config_for(
+        dataset,
+        config.latent_dim,
+        config.hidden_sizes,
+        config.conditional,
+        config.architecture,
+        config.conv_channels,
+        config.prior_flow_layers,
+    )
     data_sha256 = dataset.content_sha256()
     # The thread count changes speed, not results; recorded so that train_seconds can be compared.
     params = {**config.params(), "torch_threads": str(torch.get_num_threads())}
@@ -146,8 +160,9 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
                 if on_epoch is not None:
                     on_epoch(metrics)
 
-            result = train(dataset, model_config, config.train, on_epoch=record,
-                           on_prior_flow_step=progress.prior_flow_step)
+            result = train(
+                dataset, model_config, config.train, on_epoch=record, on_prior_flow_step=progress.prior_flow_step
+            )
         decoder = result.model.decoder
         images, labels = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
         figures = {
@@ -174,7 +189,9 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
         from jobs import report as reports
 
         try:
-            quality = reports.model_report(f"{pinned.name}/{pinned.version}", reports.ReportConfig(root=config.report_dir))
+            quality = reports.model_report(
+                f"{pinned.name}/{pinned.version}", reports.ReportConfig(root=config.report_dir)
+            )
         except UsageError as error:  # e.g. an unlabelled source: the version is registered all the same
             skipped = str(error)
     return TrainJobResult(pinned, result.val_neg_elbo, result.seconds, uri, quality, skipped)

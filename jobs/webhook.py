@@ -124,7 +124,9 @@ class Receiver:
         if not targets:
             return self._outcome(delivery, 200, f"ignored: {event.name}@{event.alias} is not watched here")
         threading.Thread(target=self._refresh, args=(event, targets), daemon=True).start()
-        return self._outcome(delivery, 202, f"accepted: {event.name}@{event.alias} -> version {event.version} (payload)")
+        return self._outcome(
+            delivery, 202, f"accepted: {event.name}@{event.alias} -> version {event.version} (payload)"
+        )
 
     def _refresh(self, event: webhooks.AliasEvent, targets: list[RefreshTarget]) -> None:
         try:
@@ -133,8 +135,10 @@ class Receiver:
                 self.log(f"{event.delivery_id}: {event.name}@{event.alias} is not set in the registry; nothing to do")
                 return
             if current != event.version:
-                self.log(f"{event.delivery_id}: the payload says version {event.version}, the registry "
-                         f"{current}; the refresh resolves the registry's")
+                self.log(
+                    f"{event.delivery_id}: the payload says version {event.version}, the registry "
+                    f"{current}; the refresh resolves the registry's"
+                )
             for target in targets:
                 self.launcher.launch(target, target.submission_id(event.delivery_id))
         except Exception as error:  # a refresh that cannot start is logged; the scheduled refresh reconciles

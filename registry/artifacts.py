@@ -27,8 +27,18 @@ from vae_core.errors import VaegenError
 # What vaegen's pickle-free models-from-code pyfunc consists of (registry.models.TrainingRun._log_pyfunc).
 # Everything else is refused: MLflow 3.17 unpickles a `python_model` (cloudpickle) by default, and
 # other flavors' loaders (pytorch, sklearn, ...) unpickle their data files.
-ENV_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
-             "serving_input_example.json", "registered_model_meta", "uv.lock", "pyproject.toml", ".python-version"}
+ENV_FILES = {
+    "MLmodel",
+    "conda.yaml",
+    "python_env.yaml",
+    "requirements.txt",
+    "input_example.json",
+    "serving_input_example.json",
+    "registered_model_meta",
+    "uv.lock",
+    "pyproject.toml",
+    ".python-version",
+}
 WEIGHT_ARTIFACTS = {"config": "artifacts/config.json", "weights": "artifacts/weights.npz"}
 CODE_LOADERS = ("mlflow.pyfunc.loaders.code_model", "mlflow.pyfunc.model")
 CODE_DIR = "code"
@@ -128,8 +138,10 @@ def _unsafe_mlmodel(path: Path) -> str | None:
         return f"model code {flavor['model_code_path']!r} is not vaegen's {PYFUNC_FILE}"
     if "data" in flavor or "compression" in flavor:
         return "pyfunc flavor carries serialized data"
-    artifacts = {name: (info or {}).get("path") if isinstance(info, dict) else info
-                 for name, info in (flavor.get("artifacts") or {}).items()}
+    artifacts = {
+        name: (info or {}).get("path") if isinstance(info, dict) else info
+        for name, info in (flavor.get("artifacts") or {}).items()
+    }
     if artifacts != WEIGHT_ARTIFACTS:
         return f"pyfunc artifacts {artifacts}, not exactly {WEIGHT_ARTIFACTS}"
     if flavor.get("code") not in (None, CODE_DIR):
@@ -173,9 +185,11 @@ def weights_problem(path: Path, expected: dict[str, tuple[int, ...]]) -> str | N
             wanted = sorted(f"{key}.npy" for key in expected)
             if sorted(names) != wanted:
                 extra, missing = sorted(set(names) - set(wanted)), sorted(set(wanted) - set(names))
-                return (f"weights.npz holds {len(names)} arrays, config.json implies {len(wanted)}"
-                        + (f"; not expected {', '.join(extra[:3])}" if extra else "")
-                        + (f"; missing {', '.join(missing[:3])}" if missing else ""))
+                return (
+                    f"weights.npz holds {len(names)} arrays, config.json implies {len(wanted)}"
+                    + (f"; not expected {', '.join(extra[:3])}" if extra else "")
+                    + (f"; missing {', '.join(missing[:3])}" if missing else "")
+                )
             for info in infos:
                 problem = _member_problem(archive, info, expected[info.filename.removesuffix(".npy")])
                 if problem:
@@ -190,8 +204,10 @@ def _member_problem(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tupl
         return f"compression method {info.compress_type}, not stored or deflated"
     ratio_limit_bytes = MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
     if info.file_size > max(RATIO_CHECKED_ABOVE_BYTES, ratio_limit_bytes):
-        return (f"declares {info.file_size:,} bytes from {info.compress_size:,} compressed (more than "
-                f"{MAX_COMPRESSION_RATIO}x: a decompression bomb)")
+        return (
+            f"declares {info.file_size:,} bytes from {info.compress_size:,} compressed (more than "
+            f"{MAX_COMPRESSION_RATIO}x: a decompression bomb)"
+        )
     with archive.open(info) as member:
         found_shape, dtype, header_bytes = npy_header(member)
     if dtype != WEIGHTS_DTYPE:

@@ -20,8 +20,12 @@ GENERATED_END = "<!-- vaegen: the text above is generated from the vaegen.* tags
 SHA_CHARS = 12  # of a sha256 shown in prose; the full value is in the tags
 DESCRIPTION_LIMIT = 5_000  # characters: the description columns of MLflow's SQL stores are VARCHAR(5000)
 # The recipe fields a `vaegen train` flag changes; a version's recipe names those that differ from its --arch's
-RECIPE_FLAGS = {"latent_dim": "--latent-dim", "hidden_sizes": "--hidden", "conv_channels": "--channels",
-                "prior_flow_layers": "--prior-flow"}
+RECIPE_FLAGS = {
+    "latent_dim": "--latent-dim",
+    "hidden_sizes": "--hidden",
+    "conv_channels": "--channels",
+    "prior_flow_layers": "--prior-flow",
+}
 VERSION_EVENTS_SHOWN = 4  # promotions and rollbacks of one version, newest; the tags keep them all
 
 
@@ -84,8 +88,13 @@ def action_text(event: dict[str, Any]) -> str:
 
 
 def gates_text(gates: list[dict[str, Any]], details: bool = True) -> str:
-    return "; ".join(f"{'PASS' if gate['passed'] else 'FAIL'} {gate['name']}" + (f": {gate['detail']}" if details else "")
-                     for gate in gates) or "-"
+    return (
+        "; ".join(
+            f"{'PASS' if gate['passed'] else 'FAIL'} {gate['name']}" + (f": {gate['detail']}" if details else "")
+            for gate in gates
+        )
+        or "-"
+    )
 
 
 def _sizes(values: Any, separator: str = ",") -> str:
@@ -124,9 +133,11 @@ def model_facts(config: dict[str, Any], params: dict[str, str]) -> dict[str, str
     classes = int(config.get("num_classes") or 0)
     defaults = RECIPES.get(architecture, {})
     given = {field: tuple(value) if isinstance(value, list) else value for field, value in config.items()}
-    changed = [f"{flag} {_sizes(given[field]) if isinstance(given[field], tuple) else given[field]}"
-               for field, flag in RECIPE_FLAGS.items() if field in given and field in defaults
-               and given[field] != defaults[field]]
+    changed = [
+        f"{flag} {_sizes(given[field]) if isinstance(given[field], tuple) else given[field]}"
+        for field, flag in RECIPE_FLAGS.items()
+        if field in given and field in defaults and given[field] != defaults[field]
+    ]
     recipe = " ".join([f"--arch {architecture}", *changed])
     return {
         "architecture": layers,
@@ -138,15 +149,18 @@ def model_facts(config: dict[str, Any], params: dict[str, str]) -> dict[str, str
     }
 
 
-def version_description(name: str, version: int, tags: dict[str, str], run: dict[str, Any],
-                        model_id: str | None) -> str:
+def version_description(
+    name: str, version: int, tags: dict[str, str], run: dict[str, Any], model_id: str | None
+) -> str:
     """A version's summary. `tags` are its vaegen.* tags without the prefix; `run` holds the training
     run's name, run_id, experiment_id and params."""
     config = json.loads(tags.get("config", "{}"))
     params = run.get("params", {})
     facts = model_facts(config, params)
-    summary = (f"{facts['conditioning'].capitalize()} VAE decoder ({facts['architecture']}), "
-               f"{facts['input_shape']} samples, latent {facts['latent_dim']}")
+    summary = (
+        f"{facts['conditioning'].capitalize()} VAE decoder ({facts['architecture']}), "
+        f"{facts['input_shape']} samples, latent {facts['latent_dim']}"
+    )
     if "data_source" in tags:
         summary += f", trained on {tags['data_source']}"
     if "val_neg_elbo" in tags:
@@ -157,11 +171,20 @@ def version_description(name: str, version: int, tags: dict[str, str], run: dict
         rows.append(("data", f"`{tags['data_source']}`, sha256 `{tags.get('data_sha256', '?')[:SHA_CHARS]}…`"))
     if "holdout_size" in tags:
         fraction = float(tags.get("holdout_fraction", "nan"))
-        rows.append(("split", f"{int(tags.get('train_size', 0)):,} train / {int(tags['holdout_size']):,} held out "
-                              f"(the last {fraction:.0%} of the source)"))
+        rows.append(
+            (
+                "split",
+                f"{int(tags.get('train_size', 0)):,} train / {int(tags['holdout_size']):,} held out "
+                f"(the last {fraction:.0%} of the source)",
+            )
+        )
     if config:
-        rows += [("architecture", facts["architecture"]), ("sample shape", facts["input_shape"]),
-                 ("latent", facts["latent_dim"]), ("conditioning", facts["conditioning"])]
+        rows += [
+            ("architecture", facts["architecture"]),
+            ("sample shape", facts["input_shape"]),
+            ("latent", facts["latent_dim"]),
+            ("conditioning", facts["conditioning"]),
+        ]
     if params:
         rows += [("recipe", f"`vaegen train {facts['recipe']}`"), ("training budget", facts["training_budget"])]
         settings = [f"{key} {params[f'train.{key}']}" for key in ("learning_rate", "seed") if f"train.{key}" in params]
@@ -170,25 +193,52 @@ def version_description(name: str, version: int, tags: dict[str, str], run: dict
     if "val_neg_elbo" in tags:
         rows.append(("held-out -ELBO", f"{float(tags['val_neg_elbo']):.3f} nats per sample"))
     if run.get("run_id"):
-        rows.append(("training run", f"[{run.get('name') or run['run_id']}]({run_link(run['experiment_id'], run['run_id'])})"))
+        rows.append(
+            ("training run", f"[{run.get('name') or run['run_id']}]({run_link(run['experiment_id'], run['run_id'])})")
+        )
     if model_id and run.get("experiment_id"):
-        rows.append(("logged model", f"[{model_id}]({logged_model_link(run['experiment_id'], model_id)}): "
-                                     "its page lists the datasets generated from this version"))
+        rows.append(
+            (
+                "logged model",
+                f"[{model_id}]({logged_model_link(run['experiment_id'], model_id)}): "
+                "its page lists the datasets generated from this version",
+            )
+        )
     lines += [table(("", ""), rows), ""]
 
     quality = {key.removeprefix("quality."): value for key, value in tags.items() if key.startswith("quality.")}
     if quality:
-        lines += ["**Quality** (`vaegen report`: fresh samples vs the held-out data)", "",
-                  table(("metric", "value"), [(key, _number(value)) for key, value in sorted(quality.items())]), ""]
+        lines += [
+            "**Quality** (`vaegen report`: fresh samples vs the held-out data)",
+            "",
+            table(("metric", "value"), [(key, _number(value)) for key, value in sorted(quality.items())]),
+            "",
+        ]
     else:
         lines += [f"**Quality**: no report yet (`vaegen report --model {name}/{version}`)", ""]
 
-    events = sorted((json.loads(value) for key, value in tags.items() if key.startswith(("promotion.", "rolled_back."))),
-                    key=lambda event: (event["at"], event["action"] == "rollback"), reverse=True)[:VERSION_EVENTS_SHOWN]
+    events = sorted(
+        (json.loads(value) for key, value in tags.items() if key.startswith(("promotion.", "rolled_back."))),
+        key=lambda event: (event["at"], event["action"] == "rollback"),
+        reverse=True,
+    )[:VERSION_EVENTS_SHOWN]
     if events:
-        rows = [(event["at"], action_text(event), event["alias"], event.get("by", ""), event.get("reason", ""),
-                 gates_text(event.get("gates", []))) for event in events]
-        lines += ["**Promotions** (the latest per alias)", "", table(("at (UTC)", "action", "alias", "by", "reason", "gates"), rows)]
+        rows = [
+            (
+                event["at"],
+                action_text(event),
+                event["alias"],
+                event.get("by", ""),
+                event.get("reason", ""),
+                gates_text(event.get("gates", [])),
+            )
+            for event in events
+        ]
+        lines += [
+            "**Promotions** (the latest per alias)",
+            "",
+            table(("at (UTC)", "action", "alias", "by", "reason", "gates"), rows),
+        ]
     return "\n".join(lines)
 
 
@@ -196,11 +246,20 @@ def history_description(name: str, histories: dict[str, list[dict[str, Any]]], l
     """The promotion history of every alias of a registered model, newest event first, within `limit`
     characters (older events are dropped here, never from the tags; gate details are on each version)."""
     header = ("at (UTC)", "action", "to", "from", "by", "reason", "gates")
-    head = f"**Promotion history** (`vaegen models {name}` lists it too; rollback reads the `vaegen.history.<alias>` tags)"
+    head = (
+        f"**Promotion history** (`vaegen models {name}` lists it too; rollback reads the `vaegen.history.<alias>` tags)"
+    )
     tables = {alias: [] for alias in histories}
     # by time, then by position: events of one second keep their recorded order
-    newest_first = sorted(((event["at"], index, alias, event) for alias, events in histories.items()
-                           for index, event in enumerate(events)), key=lambda item: item[:2], reverse=True)
+    newest_first = sorted(
+        (
+            (event["at"], index, alias, event)
+            for alias, events in histories.items()
+            for index, event in enumerate(events)
+        ),
+        key=lambda item: item[:2],
+        reverse=True,
+    )
 
     def render(dropped: int) -> str:
         lines = [head, ""]
@@ -213,17 +272,31 @@ def history_description(name: str, histories: dict[str, list[dict[str, Any]]], l
     for index, (_, _, alias, event) in enumerate(newest_first):
         previous = "-" if event.get("previous_version") is None else f"v{event['previous_version']}"
         link = f"[v{event['version']}]({version_link(name, event['version'])})"
-        tables[alias].append((event["at"], action_text(event), link,
-                              previous, event.get("by", ""), event.get("reason", ""), gates_text(event.get("gates", []), False)))
+        tables[alias].append(
+            (
+                event["at"],
+                action_text(event),
+                link,
+                previous,
+                event.get("by", ""),
+                event.get("reason", ""),
+                gates_text(event.get("gates", []), False),
+            )
+        )
         if len(render(len(newest_first) - index - 1)) > limit:
             tables[alias].pop()
             return render(len(newest_first) - index)
     return render(0)
 
 
-def dataset_run_description(dataset_id: str, model: dict[str, Any], model_run: dict[str, Any] | None,
-                            model_id: str | None, manifest: dict[str, Any] | None = None,
-                            location: str | None = None) -> str:
+def dataset_run_description(
+    dataset_id: str,
+    model: dict[str, Any],
+    model_run: dict[str, Any] | None,
+    model_id: str | None,
+    manifest: dict[str, Any] | None = None,
+    location: str | None = None,
+) -> str:
     """A dataset run's summary: the model version it came from (with links), and once committed, what it holds."""
     name, version = model["name"], model["version"]
     source = f"[{name} v{version}]({version_link(name, version)})"
@@ -233,12 +306,22 @@ def dataset_run_description(dataset_id: str, model: dict[str, Any], model_run: d
     if model_id and model_run:
         rows.append(("logged model", f"[{model_id}]({logged_model_link(model_run['experiment_id'], model_id)})"))
     if model_run:
-        rows.append(("training run", f"[{model_run.get('name') or model_run['run_id']}]"
-                                     f"({run_link(model_run['experiment_id'], model_run['run_id'])})"))
+        rows.append(
+            (
+                "training run",
+                f"[{model_run.get('name') or model_run['run_id']}]"
+                f"({run_link(model_run['experiment_id'], model_run['run_id'])})",
+            )
+        )
     if manifest is not None:
-        rows += [("rows", f"{manifest['n']:,} in {len(manifest['files'])} part(s), {manifest['total_bytes']:,} bytes"),
-                 ("content", f"seed {manifest['dataset_seed']} ({manifest['seed_scheme']}), dtype {manifest['dtype']}, "
-                             f"layout {manifest['layout']}")]
+        rows += [
+            ("rows", f"{manifest['n']:,} in {len(manifest['files'])} part(s), {manifest['total_bytes']:,} bytes"),
+            (
+                "content",
+                f"seed {manifest['dataset_seed']} ({manifest['seed_scheme']}), dtype {manifest['dtype']}, "
+                f"layout {manifest['layout']}",
+            ),
+        ]
     if location:
         rows.append(("location", f"`{location}`"))
     return "\n".join([f"**Dataset `{dataset_id}`**, generated by vaegen.", "", table(("", ""), rows)])

@@ -15,8 +15,9 @@ def quoted(value: str) -> str | None:
     return None
 
 
-def search_equal(search: Callable[..., list[Any]], key: str, value: str, read: Callable[[Any], str],
-                 extra: str = "", **options: Any) -> list[Any]:
+def search_equal(
+    search: Callable[..., list[Any]], key: str, value: str, read: Callable[[Any], str], extra: str = "", **options: Any
+) -> list[Any]:
     """`search(filter_string=...)` for items whose `key` equals `value` (and `extra`, a clause vaegen wrote);
     for a value no literal can hold, the same search without that clause, compared here with `read(item)`."""
     literal = quoted(value)

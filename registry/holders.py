@@ -36,8 +36,13 @@ def process_start(pid: int) -> str | None:
 def this_process() -> dict[str, Any]:
     """What a holder records about itself: enough for anyone on this host to tell later whether it is alive."""
     pid = os.getpid()
-    return {"user": getpass.getuser(), "host": socket.gethostname(), "boot_id": boot_id(), "pid": pid,
-            "pid_start": process_start(pid)}
+    return {
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "boot_id": boot_id(),
+        "pid": pid,
+        "pid_start": process_start(pid),
+    }
 
 
 def alive(pid: Any, start: str | None = None) -> bool:

@@ -89,14 +89,24 @@ def log_training_data(run_id: str, spec: str, sha256: str) -> DataRef:
     return ref
 
 
-def log_linked_metrics(run_id: str, metrics: dict[str, float], model_id: str | None = None,
-                       data: DataRef | None = None) -> None:
+def log_linked_metrics(
+    run_id: str, metrics: dict[str, float], model_id: str | None = None, data: DataRef | None = None
+) -> None:
     """Run metrics that also name the logged model and the dataset they describe: the logged
     model's page then lists them, with the dataset under "Datasets used" and the run under "Runs"."""
     now_ms = int(time.time() * 1000)
-    entities = [Metric(key, float(value), now_ms, 0, model_id=model_id,
-                       dataset_name=data.name if data else None, dataset_digest=data.digest if data else None)
-                for key, value in metrics.items()]
+    entities = [
+        Metric(
+            key,
+            float(value),
+            now_ms,
+            0,
+            model_id=model_id,
+            dataset_name=data.name if data else None,
+            dataset_digest=data.digest if data else None,
+        )
+        for key, value in metrics.items()
+    ]
     if entities:
         mlflow.MlflowClient().log_batch(run_id, metrics=entities)
 
@@ -119,8 +129,12 @@ def run_summary(client: mlflow.MlflowClient, run_id: str | None) -> dict[str, An
         run = client.get_run(run_id)
     except MlflowException:
         return None
-    return {"name": run.info.run_name, "run_id": run_id, "experiment_id": run.info.experiment_id,
-            "params": dict(run.data.params)}
+    return {
+        "name": run.info.run_name,
+        "run_id": run_id,
+        "experiment_id": run.info.experiment_id,
+        "params": dict(run.data.params),
+    }
 
 
 class JobRun:
@@ -191,13 +205,20 @@ def mark_model_training(experiment: mlflow.entities.Experiment) -> None:
 
 
 @contextlib.contextmanager
-def job_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> Iterator[JobRun]:
+def job_run(
+    experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None
+) -> Iterator[JobRun]:
     """A run around a job; it ends FINISHED, KILLED if interrupted (Ctrl-C, SIGTERM), or FAILED if the job raises."""
     client = mlflow.MlflowClient()
     run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags=tags or {})
     job = JobRun(client, run.info.run_id, experiment)
-    client.log_batch(job.run_id, params=[  # one round trip to a tracking server, not one per parameter
-        Param(key, json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)) for key, value in params.items()])
+    client.log_batch(
+        job.run_id,
+        params=[  # one round trip to a tracking server, not one per parameter
+            Param(key, json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value))
+            for key, value in params.items()
+        ],
+    )
     try:
         yield job
     except BaseException as error:
@@ -230,10 +251,17 @@ def dataset_run(dataset_id: str, fingerprint: str, model: "PinnedModel", params:
     model_id, model_run = logged_model_id(version), run_summary(client, version.run_id)
 
     def describe(manifest: dict[str, Any] | None = None, location: str | None = None) -> str:
-        return descriptions.dataset_run_description(dataset_id, model.to_dict(), model_run, model_id, manifest, location)
+        return descriptions.dataset_run_description(
+            dataset_id, model.to_dict(), model_run, model_id, manifest, location
+        )
 
-    tags = {RUN_KIND_TAG: "dataset", "vaegen.dataset_id": dataset_id, "vaegen.model_name": model.name,
-            "vaegen.model_version": str(model.version), MLFLOW_RUN_NOTE: describe()}
+    tags = {
+        RUN_KIND_TAG: "dataset",
+        "vaegen.dataset_id": dataset_id,
+        "vaegen.model_name": model.name,
+        "vaegen.model_version": str(model.version),
+        MLFLOW_RUN_NOTE: describe(),
+    }
     if getattr(model, "alias_gate", None):  # an alias's holder: gated by `vaegen promote`, or used with --allow-ungated
         tags["vaegen.alias_gate"] = model.alias_gate
     with job_run(_model_experiment(client, model_id), dataset_id, params, tags) as run:
@@ -248,8 +276,12 @@ def log_dataset_quality(manifest: dict[str, Any], figures: dict[str, float]) -> 
     run_id = manifest["lineage"]["run_id"]
     model = manifest["model"]
     model_id = logged_model_id(mlflow.MlflowClient().get_model_version(model["name"], str(model["version"])))
-    log_linked_metrics(run_id, {f"quality.{key}": value for key, value in figures.items()}, model_id,
-                       DataRef(manifest["dataset_id"], manifest["spec_fingerprint"]))
+    log_linked_metrics(
+        run_id,
+        {f"quality.{key}": value for key, value in figures.items()},
+        model_id,
+        DataRef(manifest["dataset_id"], manifest["spec_fingerprint"]),
+    )
     return run_id
 
 
@@ -266,8 +298,11 @@ def log_dataset_audit(manifest: dict[str, Any], audit: dict[str, Any]) -> str | 
         tags["vaegen.audit.reason"] = audit["reason"]
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    metrics = {f"audit.{check['name']}.{figure}": entry["value"]
-               for check in audit["checks"] for figure, entry in check.get("figures", {}).items()}
+    metrics = {
+        f"audit.{check['name']}.{figure}": entry["value"]
+        for check in audit["checks"]
+        for figure, entry in check.get("figures", {}).items()
+    }
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     client.log_text(run_id, json.dumps(audit, indent=2, sort_keys=True), "audit/_audit.json")
@@ -301,7 +336,8 @@ def end_stale_runs_tagged(experiment: str, key: str, value: str) -> None:
     if found is None:
         return
     search = lambda **options: client.search_runs([found.experiment_id], **options)  # noqa: E731
-    running = filters.search_equal(search, f"tags.`{key}`", value, lambda run: run.data.tags.get(key),
-                                   extra="attributes.status = 'RUNNING'")
+    running = filters.search_equal(
+        search, f"tags.`{key}`", value, lambda run: run.data.tags.get(key), extra="attributes.status = 'RUNNING'"
+    )
     for run in running:
         end_stale_run(run.info.run_id)

@@ -71,7 +71,10 @@ def signature_for(config: VAEConfig) -> ModelSignature:
     x_spec = TensorSpec(np.dtype(np.float32), (-1, *config.input_shape))
     if config.conditional:
         inputs = Schema(
-            [TensorSpec(np.dtype(np.float32), (-1, config.latent_dim), "z"), TensorSpec(np.dtype(np.int64), (-1,), "label")]
+            [
+                TensorSpec(np.dtype(np.float32), (-1, config.latent_dim), "z"),
+                TensorSpec(np.dtype(np.int64), (-1,), "label"),
+            ]
         )
     else:
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, config.latent_dim))])
@@ -84,7 +87,10 @@ def _input_example(config: VAEConfig) -> Any:
 
 
 def flatten_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
-    return {f"{prefix}.{key}": json.dumps(value) if isinstance(value, (list, tuple)) else str(value) for key, value in values.items()}
+    return {
+        f"{prefix}.{key}": json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+        for key, value in values.items()
+    }
 
 
 class TrainingRun:
@@ -130,7 +136,11 @@ class TrainingRun:
                 code_paths=[str(Path(vae_core.__file__).parent)],
                 signature=signature_for(config),
                 input_example=_input_example(config),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"numpy=={np.__version__}",
+                    f"mlflow=={mlflow.__version__}",
+                ],
                 registered_model_name=model_name,
             )
         finally:
@@ -147,9 +157,17 @@ class TrainingRun:
             artifacts_sha256 = evidence.artifacts_digest(config_path, weights_path)
             info = self._log_pyfunc(config, weights_path, config_path, model_name)
         # After the model exists, so the logged model's page shows them against the training data.
-        lineage.log_linked_metrics(self.run_id, {"val_neg_elbo": result.val_neg_elbo, "train_seconds": result.seconds,
-                                                 "train_size": result.train_size, "holdout_size": result.holdout_size},
-                                   info.model_id, self.data)
+        lineage.log_linked_metrics(
+            self.run_id,
+            {
+                "val_neg_elbo": result.val_neg_elbo,
+                "train_seconds": result.seconds,
+                "train_size": result.train_size,
+                "holdout_size": result.holdout_size,
+            },
+            info.model_id,
+            self.data,
+        )
         version = int(info.registered_model_version)
         tags = {
             "config": config.to_json(),
@@ -160,8 +178,13 @@ class TrainingRun:
             **data_tags,
         }
         tags[evidence.SEAL_TAG] = evidence.seal(artifacts_sha256, tags)
-        pinned = PinnedModel(model_name, version, self.run_id, client().get_model_version(model_name, str(version)).source,
-                             resolved_from=f"{model_name}/{version}")
+        pinned = PinnedModel(
+            model_name,
+            version,
+            self.run_id,
+            client().get_model_version(model_name, str(version)).source,
+            resolved_from=f"{model_name}/{version}",
+        )
         set_version_tags(pinned, tags)
         describe_version(model_name, version)
         return pinned
@@ -172,10 +195,14 @@ def describe_version(name: str, version: int) -> None:
     held-out loss, quality and promotions, readable on its page in the MLflow UI."""
     mlflow_client = client()
     model_version = mlflow_client.get_model_version(name, str(version))
-    tags = {key.removeprefix(TAG_PREFIX): value for key, value in model_version.tags.items() if key.startswith(TAG_PREFIX)}
+    tags = {
+        key.removeprefix(TAG_PREFIX): value for key, value in model_version.tags.items() if key.startswith(TAG_PREFIX)
+    }
     run = lineage.run_summary(mlflow_client, model_version.run_id) or {}
     body = descriptions.version_description(name, int(version), tags, run, lineage.logged_model_id(model_version))
-    mlflow_client.update_model_version(name, str(version), descriptions.replace_generated(model_version.description, body))
+    mlflow_client.update_model_version(
+        name, str(version), descriptions.replace_generated(model_version.description, body)
+    )
 
 
 def record_quality(loaded: LoadedDecoder, figures: dict[str, float]) -> None:
@@ -184,11 +211,18 @@ def record_quality(loaded: LoadedDecoder, figures: dict[str, float]) -> None:
     The seal is renewed over the new figures and whatever evidence was validly sealed before, nothing else."""
     pinned = loaded.pinned
     quality = {f"quality.{key}": f"{value:.6g}" for key, value in figures.items()}
-    current = {key.removeprefix(TAG_PREFIX): value
-               for key, value in client().get_model_version(pinned.name, str(pinned.version)).tags.items()}
-    kept = {key: value for key, value in evidence.sealed_evidence(loaded.artifacts_sha256, current).items()
-            if not key.startswith("quality.")}
-    set_version_tags(pinned, {**quality, evidence.SEAL_TAG: evidence.seal(loaded.artifacts_sha256, {**kept, **quality})})
+    current = {
+        key.removeprefix(TAG_PREFIX): value
+        for key, value in client().get_model_version(pinned.name, str(pinned.version)).tags.items()
+    }
+    kept = {
+        key: value
+        for key, value in evidence.sealed_evidence(loaded.artifacts_sha256, current).items()
+        if not key.startswith("quality.")
+    }
+    set_version_tags(
+        pinned, {**quality, evidence.SEAL_TAG: evidence.seal(loaded.artifacts_sha256, {**kept, **quality})}
+    )
     model_id = lineage.logged_model_id(client().get_model_version(pinned.name, str(pinned.version)))
     lineage.log_linked_metrics(pinned.run_id, {f"quality.{key}": value for key, value in figures.items()}, model_id)
     describe_version(pinned.name, pinned.version)
@@ -209,7 +243,9 @@ _RUNS_URI = re.compile(rf"^runs:/(?P<run_id>[0-9a-zA-Z]{{1,64}})/{MODEL_ARTIFACT
 
 
 def _unknown_model_error(name: str) -> UsageError:
-    return UsageError(f"model {name!r} is not registered at {redact_uri(mlflow.get_tracking_uri())}; run `vaegen models` to list models")
+    return UsageError(
+        f"model {name!r} is not registered at {redact_uri(mlflow.get_tracking_uri())}; run `vaegen models` to list models"
+    )
 
 
 def resolve(reference: str) -> PinnedModel:
@@ -217,12 +253,15 @@ def resolve(reference: str) -> PinnedModel:
     mlflow_client = client()
     runs_match = _RUNS_URI.match(reference)
     if reference.startswith("runs:") and not runs_match:
-        raise UsageError(f"model reference {reference!r}: a runs:/ reference names the model vaegen logs in a training "
-                         f"run, runs:/RUN_ID/{MODEL_ARTIFACT}; {REF_HELP}")
+        raise UsageError(
+            f"model reference {reference!r}: a runs:/ reference names the model vaegen logs in a training "
+            f"run, runs:/RUN_ID/{MODEL_ARTIFACT}; {REF_HELP}"
+        )
     if runs_match:
         run_id = runs_match["run_id"]
-        versions = filters.search_equal(mlflow_client.search_model_versions, "run_id", run_id,
-                                        lambda found: found.run_id)
+        versions = filters.search_equal(
+            mlflow_client.search_model_versions, "run_id", run_id, lambda found: found.run_id
+        )
         if not versions:
             raise UsageError(f"run {run_id} has no registered model version; register it or pass NAME/VERSION")
         latest = max(versions, key=lambda version: int(version.version))
@@ -235,7 +274,9 @@ def resolve(reference: str) -> PinnedModel:
         try:
             version = mlflow_client.get_model_version_by_alias(name, alias)
         except MlflowException:
-            raise UsageError(f"model {name!r} has no alias {alias!r}; promote a version first (`vaegen promote {name}/N --alias {alias}`)") from None
+            raise UsageError(
+                f"model {name!r} has no alias {alias!r}; promote a version first (`vaegen promote {name}/N --alias {alias}`)"
+            ) from None
         return PinnedModel(name, int(version.version), version.run_id, version.source, reference, alias)
     if "/" in body:
         name, version_text = body.rsplit("/", 1)
@@ -250,7 +291,9 @@ def resolve(reference: str) -> PinnedModel:
         try:
             version = mlflow_client.get_model_version(name, version_text)
         except MlflowException:
-            raise UsageError(f"model {name!r} has no version {version_text}; run `vaegen models` to list versions") from None
+            raise UsageError(
+                f"model {name!r} has no version {version_text}; run `vaegen models` to list versions"
+            ) from None
         return PinnedModel(name, int(version.version), version.run_id, version.source, reference)
     raise UsageError(f"model reference {reference!r} names no version or alias; {REF_HELP}")
 
@@ -275,8 +318,10 @@ def version_config(pinned: PinnedModel) -> VAEConfig:
     try:
         return VAEConfig.from_dict(json.loads(tag))
     except (ValueError, RecursionError, UsageError) as error:
-        raise artifacts.RefusedVersion(f"{pinned.name}/{pinned.version} is refused: its {TAG_PREFIX}config tag: "
-                                       f"{' '.join(str(error).split())[:200]}") from None
+        raise artifacts.RefusedVersion(
+            f"{pinned.name}/{pinned.version} is refused: its {TAG_PREFIX}config tag: "
+            f"{' '.join(str(error).split())[:200]}"
+        ) from None
 
 
 def version_refusal(pinned: PinnedModel) -> str | None:
@@ -302,8 +347,9 @@ def load_decoder(pinned: PinnedModel) -> LoadedDecoder:
             config = artifacts.read_config(config_path)
             state = artifacts.read_weights(weights_path, config)
         except artifacts.RefusedVersion as error:
-            raise artifacts.RefusedVersion(f"{pinned.name}/{pinned.version} is refused: {error}; "
-                                           "register it with `vaegen train`") from None
+            raise artifacts.RefusedVersion(
+                f"{pinned.name}/{pinned.version} is refused: {error}; register it with `vaegen train`"
+            ) from None
         artifacts_sha256 = evidence.artifacts_digest(config_path, weights_path)
     tags = {
         key.removeprefix(TAG_PREFIX): value
@@ -325,7 +371,11 @@ class VersionSummary:
 
 def list_versions(name: str | None = None) -> list[VersionSummary]:
     mlflow_client = client()
-    names = [name] if name else [model.name for model in mlflow_client.search_registered_models() if LOCK_MARK not in model.name]
+    names = (
+        [name]
+        if name
+        else [model.name for model in mlflow_client.search_registered_models() if LOCK_MARK not in model.name]
+    )
     summaries = []
     for model_name in names:
         _check_model_exists(mlflow_client, model_name)
@@ -340,7 +390,11 @@ def list_versions(name: str | None = None) -> list[VersionSummary]:
                     aliases=tuple(sorted(aliases.get(int(version.version), []))),
                     run_id=version.run_id,
                     created_ms=version.creation_timestamp,
-                    tags={key.removeprefix(TAG_PREFIX): value for key, value in version.tags.items() if key.startswith(TAG_PREFIX)},
+                    tags={
+                        key.removeprefix(TAG_PREFIX): value
+                        for key, value in version.tags.items()
+                        if key.startswith(TAG_PREFIX)
+                    },
                 )
             )
     return sorted(summaries, key=lambda summary: (summary.name, summary.version))

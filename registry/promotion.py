@@ -25,8 +25,18 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from registry import descriptions, holders
-from registry.models import (LOCK_MARK, MODEL_ARTIFACT, TAG_PREFIX, LoadedDecoder, PinnedModel, client, describe_version,
-                             load_decoder, resolve, version_refusal)
+from registry.models import (
+    LOCK_MARK,
+    MODEL_ARTIFACT,
+    TAG_PREFIX,
+    LoadedDecoder,
+    PinnedModel,
+    client,
+    describe_version,
+    load_decoder,
+    resolve,
+    version_refusal,
+)
 from registry.artifacts import RefusedVersion
 from registry.redaction import redact_uri
 from vae_core.errors import UsageError, VaegenError
@@ -101,19 +111,26 @@ class AliasLock:
 
 
 @contextlib.contextmanager
-def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WAIT_S,
-               stale_s: float = LOCK_STALE_S) -> Iterator[AliasLock]:
+def alias_lock(
+    name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WAIT_S, stale_s: float = LOCK_STALE_S
+) -> Iterator[AliasLock]:
     mlflow_client = client()
     lock = _lock_name(name, alias)
     owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
-    tags = {"vaegen.lock_owner": owner, "vaegen.lock_purpose": purpose or "promotion",
-            "vaegen.lock_token": uuid.uuid4().hex, "vaegen.lock_since": str(time.time()),
-            LOCK_HOLDER_TAG: json.dumps(holders.this_process())}
+    tags = {
+        "vaegen.lock_owner": owner,
+        "vaegen.lock_purpose": purpose or "promotion",
+        "vaegen.lock_token": uuid.uuid4().hex,
+        "vaegen.lock_since": str(time.time()),
+        LOCK_HOLDER_TAG: json.dumps(holders.this_process()),
+    }
     deadline = time.monotonic() + wait_s
     holder: dict[str, str] = {}
     while True:
         try:
-            mlflow_client.create_registered_model(lock, tags=tags, description="vaegen promotion lock; safe to delete if stale")
+            mlflow_client.create_registered_model(
+                lock, tags=tags, description="vaegen promotion lock; safe to delete if stale"
+            )
             break
         except MlflowException as error:
             # On a server with several workers, a create that collides with a lock deleted a moment later
@@ -128,10 +145,12 @@ def alias_lock(name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WA
                     mlflow_client.delete_registered_model(lock)  # a crashed promotion's lock
                     continue
             if time.monotonic() > deadline:
-                raise VaegenError(f"{name}@{alias} is held by another promotion: {_describe_lock(holder)}; "
-                                  f"waited {wait_s:g} s. Retry later; if that promotion crashed, delete the registered "
-                                  f"model {lock!r} (it is taken over after {stale_s:g} s anyway, at once on the host "
-                                  "where it ran)") from None
+                raise VaegenError(
+                    f"{name}@{alias} is held by another promotion: {_describe_lock(holder)}; "
+                    f"waited {wait_s:g} s. Retry later; if that promotion crashed, delete the registered "
+                    f"model {lock!r} (it is taken over after {stale_s:g} s anyway, at once on the host "
+                    "where it ran)"
+                ) from None
             time.sleep(LOCK_POLL_S)
     try:
         yield AliasLock(lock, tags)
@@ -162,8 +181,10 @@ def _describe_lock(tags: dict[str, str]) -> str:
         return "a lock that names no holder"
     since = float(tags.get("vaegen.lock_since", "0"))
     started = dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat(timespec="seconds")
-    return (f"{tags.get('vaegen.lock_purpose', 'promotion')} by {tags['vaegen.lock_owner']}, "
-            f"since {started} ({time.time() - since:,.0f} s ago)")
+    return (
+        f"{tags.get('vaegen.lock_purpose', 'promotion')} by {tags['vaegen.lock_owner']}, "
+        f"since {started} ({time.time() - since:,.0f} s ago)"
+    )
 
 
 class UngatedAlias(VaegenError):
@@ -177,11 +198,16 @@ def ungated_reason(name: str, alias: str, version: int, events: list[dict[str, A
     last = events[-1] if events else None
     if last is not None and int(last["version"]) == version and last.get("action") in ("promote", "rollback"):
         return None
-    known = ("vaegen has no promotion record for the alias" if last is None else
-             f"vaegen's last record for the alias is a {last.get('action')} to v{last['version']} by {last.get('by')} "
-             f"at {last.get('at')}")
-    return (f"{name}@{alias} names version {version}, set outside `vaegen promote` (by MLflow's UI or API, which "
-            f"record no author); {known}")
+    known = (
+        "vaegen has no promotion record for the alias"
+        if last is None
+        else f"vaegen's last record for the alias is a {last.get('action')} to v{last['version']} by {last.get('by')} "
+        f"at {last.get('at')}"
+    )
+    return (
+        f"{name}@{alias} names version {version}, set outside `vaegen promote` (by MLflow's UI or API, which "
+        f"record no author); {known}"
+    )
 
 
 def gate_alias(pinned: PinnedModel, allow_ungated: bool) -> PinnedModel:
@@ -192,9 +218,11 @@ def gate_alias(pinned: PinnedModel, allow_ungated: bool) -> PinnedModel:
     if reason is None:
         return dataclasses.replace(pinned, alias_gate="promoted")
     if not allow_ungated:
-        raise UngatedAlias(f"refused: {reason}; gate it with `vaegen promote {pinned.name}/{pinned.version} --alias "
-                           f"{pinned.alias} --reason ...`, or pass --allow-ungated to use it anyway (recorded in the "
-                           "manifest, the card and the dataset's run)")
+        raise UngatedAlias(
+            f"refused: {reason}; gate it with `vaegen promote {pinned.name}/{pinned.version} --alias "
+            f"{pinned.alias} --reason ...`, or pass --allow-ungated to use it anyway (recorded in the "
+            "manifest, the card and the dataset's run)"
+        )
     return dataclasses.replace(pinned, alias_gate="ungated (--allow-ungated)")
 
 
@@ -214,7 +242,9 @@ def _record(name: str, alias: str, version: int, kind: str, event: dict[str, Any
     """Store an alias event: a `vaegen.<kind>.<alias>` tag on the version it concerns, the alias's
     history tag (what rollback reads), and both as readable descriptions in the MLflow UI."""
     client().set_model_version_tag(name, str(version), f"{TAG_PREFIX}{kind}.{alias}", json.dumps(event))
-    client().set_registered_model_tag(name, f"{TAG_PREFIX}history.{alias}", json.dumps(_bounded_history(history(name, alias), event)))
+    client().set_registered_model_tag(
+        name, f"{TAG_PREFIX}history.{alias}", json.dumps(_bounded_history(history(name, alias), event))
+    )
     describe_version(name, version)
     describe_history(name)
 
@@ -233,7 +263,9 @@ def describe_history(name: str) -> None:
     """Render every alias's history into the registered model's description (its page in the UI)."""
     model = client().get_registered_model(name)
     prefix = f"{TAG_PREFIX}history."
-    histories = {key.removeprefix(prefix): json.loads(value) for key, value in model.tags.items() if key.startswith(prefix)}
+    histories = {
+        key.removeprefix(prefix): json.loads(value) for key, value in model.tags.items() if key.startswith(prefix)
+    }
     body = descriptions.history_description(name, histories, descriptions.budget(model.description))
     client().update_registered_model(name, descriptions.replace_generated(model.description, body))
 
@@ -244,7 +276,9 @@ def gate_artifacts(pinned: PinnedModel) -> GateResult:
     can be made to unpickle or run anything else. Never forceable."""
     reason = version_refusal(pinned)
     if reason is not None:
-        return GateResult("safe_artifacts", False, f"refused: {reason} (loading it could run code that is not vaegen's)")
+        return GateResult(
+            "safe_artifacts", False, f"refused: {reason} (loading it could run code that is not vaegen's)"
+        )
     return GateResult("safe_artifacts", True, "vaegen's own code, byte for byte; weights.npz + config.json; no pickle")
 
 
@@ -262,10 +296,14 @@ def gate_loads(candidate: LoadedDecoder, probe_rows: int) -> GateResult:
     if x.shape != expected:
         return GateResult("loads", False, f"decoded shape {x.shape}, declared {expected}")
     if not np.isfinite(x).all():
-        return GateResult("loads", False, f"{int((~np.isfinite(x)).sum())} non-finite values in {probe_rows} probe samples")
+        return GateResult(
+            "loads", False, f"{int((~np.isfinite(x)).sum())} non-finite values in {probe_rows} probe samples"
+        )
     if x.min() < 0 or x.max() > 1:
         return GateResult("loads", False, f"values in [{x.min():.3g}, {x.max():.3g}], outside [0, 1]")
-    return GateResult("loads", True, f"weights-only load; {probe_rows} probe samples finite, in [0, 1], shape {expected[1:]}")
+    return GateResult(
+        "loads", True, f"weights-only load; {probe_rows} probe samples finite, in [0, 1], shape {expected[1:]}"
+    )
 
 
 def _data_kind(loaded: LoadedDecoder) -> str:
@@ -282,12 +320,18 @@ def gate_schema(candidate: LoadedDecoder, holder: LoadedDecoder | None, alias: s
     before, after = _data_kind(holder), _data_kind(candidate)
     if before == after:
         return GateResult("schema", True, f"same as v{holder.pinned.version}: {after}")
-    change = (f"`generate`/`refresh` from {candidate.pinned.name}@{alias} would write {after} "
-              f"instead of v{holder.pinned.version}'s {before}")
+    change = (
+        f"`generate`/`refresh` from {candidate.pinned.name}@{alias} would write {after} "
+        f"instead of v{holder.pinned.version}'s {before}"
+    )
     if allowed:
         return GateResult("schema", True, f"{change} (allowed by --allow-schema-change)")
-    return GateResult("schema", False, f"{change}; pass --allow-schema-change if readers of that data expect it, "
-                                       "or register the version under another name")
+    return GateResult(
+        "schema",
+        False,
+        f"{change}; pass --allow-schema-change if readers of that data expect it, "
+        "or register the version under another name",
+    )
 
 
 def gate_elbo(candidate: LoadedDecoder, holder: LoadedDecoder | None, tolerance_nats: float) -> GateResult:
@@ -296,24 +340,35 @@ def gate_elbo(candidate: LoadedDecoder, holder: LoadedDecoder | None, tolerance_
         return GateResult("held_out_elbo", True, "no current holder to compare with")
     unsealed = [f"v{loaded.pinned.version}" for loaded in (candidate, holder) if "val_neg_elbo" not in loaded.evidence]
     if unsealed:
-        return GateResult("held_out_elbo", False,
-                          f"cannot compare with {holder.pinned.name}/{holder.pinned.version}: no held-out -ELBO sealed by "
-                          f"vaegen for {' and '.join(unsealed)}'s artifacts (copied, edited or hand-registered tags are "
-                          "not evidence; use --force to promote anyway)", forceable=True)
+        return GateResult(
+            "held_out_elbo",
+            False,
+            f"cannot compare with {holder.pinned.name}/{holder.pinned.version}: no held-out -ELBO sealed by "
+            f"vaegen for {' and '.join(unsealed)}'s artifacts (copied, edited or hand-registered tags are "
+            "not evidence; use --force to promote anyway)",
+            forceable=True,
+        )
     ours_tags, theirs_tags = candidate.evidence, holder.evidence
     keys = ("data_sha256", "holdout_fraction")
     mismatched = [key for key in keys if ours_tags.get(key) != theirs_tags.get(key)]
     if mismatched:
-        return GateResult("held_out_elbo", False,
-                          f"cannot compare with {holder.pinned.name}/{holder.pinned.version}: different "
-                          f"{', '.join(mismatched)} (use --force to promote anyway)", forceable=True)
+        return GateResult(
+            "held_out_elbo",
+            False,
+            f"cannot compare with {holder.pinned.name}/{holder.pinned.version}: different "
+            f"{', '.join(mismatched)} (use --force to promote anyway)",
+            forceable=True,
+        )
     try:
         ours, theirs = float(ours_tags["val_neg_elbo"]), float(theirs_tags["val_neg_elbo"])
     except ValueError:
         return GateResult("held_out_elbo", False, "a held-out -ELBO tag is not a number")
     passed = ours <= theirs + tolerance_nats
-    return GateResult("held_out_elbo", passed,
-                      f"{ours:.3f} vs {theirs:.3f} nats (v{holder.pinned.version}), tolerance {tolerance_nats:g}")
+    return GateResult(
+        "held_out_elbo",
+        passed,
+        f"{ours:.3f} vs {theirs:.3f} nats (v{holder.pinned.version}), tolerance {tolerance_nats:g}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,29 +391,45 @@ def gate_quality(candidate: LoadedDecoder, thresholds: QualityThresholds) -> Gat
     """Gate 3: the quality report's metrics, as stored on the version by `vaegen report` / `vaegen train`."""
     rerun = f"`vaegen report --model {candidate.pinned.name}/{candidate.pinned.version}`"
     try:
-        metrics = {key.removeprefix("quality."): float(value) for key, value in candidate.evidence.items()
-                   if key.startswith("quality.")}
+        metrics = {
+            key.removeprefix("quality."): float(value)
+            for key, value in candidate.evidence.items()
+            if key.startswith("quality.")
+        }
     except ValueError:
-        return GateResult("quality", False, f"a quality tag of v{candidate.pinned.version} is not a number; run {rerun}")
+        return GateResult(
+            "quality", False, f"a quality tag of v{candidate.pinned.version} is not a number; run {rerun}"
+        )
     if not metrics:
         unsealed = any(key.startswith("quality.") for key in candidate.tags)
         why = "its quality tags are not sealed by vaegen for its artifacts" if unsealed else "no quality report"
-        return GateResult("quality", False, f"cannot compare: {why} on v{candidate.pinned.version}; run {rerun}",
-                          forceable=True)
+        return GateResult(
+            "quality", False, f"cannot compare: {why} on v{candidate.pinned.version}; run {rerun}", forceable=True
+        )
     if "class_coverage" not in metrics:
         # Reports before class_coverage stored the class share as quality.coverage, the name k-NN coverage has now:
         # reading either as the other would gate on the wrong number, so the report is refused, not guessed at.
-        return GateResult("quality", False, f"cannot compare: v{candidate.pinned.version}'s quality report predates "
-                                            f"class_coverage (its quality.coverage is the old class share); run {rerun}",
-                          forceable=True)
-    ratio = lambda top, bottom: None if top not in metrics or not metrics.get(bottom) else metrics[top] / metrics[bottom]  # noqa: E731
-    checks = [("precision", metrics.get("precision"), thresholds.min_precision, ">="),
-              ("class_coverage", metrics.get("class_coverage"), thresholds.min_class_coverage, ">="),
-              ("memorisation_share", metrics.get("memorisation_share"), thresholds.max_memorisation_share, "<="),
-              ("frechet_ratio", ratio("frechet_distance", "frechet_floor"), thresholds.max_frechet_ratio, "<=")]
+        return GateResult(
+            "quality",
+            False,
+            f"cannot compare: v{candidate.pinned.version}'s quality report predates "
+            f"class_coverage (its quality.coverage is the old class share); run {rerun}",
+            forceable=True,
+        )
+    ratio = lambda top, bottom: (
+        None if top not in metrics or not metrics.get(bottom) else metrics[top] / metrics[bottom]
+    )  # noqa: E731
+    checks = [
+        ("precision", metrics.get("precision"), thresholds.min_precision, ">="),
+        ("class_coverage", metrics.get("class_coverage"), thresholds.min_class_coverage, ">="),
+        ("memorisation_share", metrics.get("memorisation_share"), thresholds.max_memorisation_share, "<="),
+        ("frechet_ratio", ratio("frechet_distance", "frechet_floor"), thresholds.max_frechet_ratio, "<="),
+    ]
     if candidate.config.conditional:
-        checks += [("label_accuracy", metrics.get("label_accuracy"), thresholds.min_label_accuracy, ">="),
-                   ("tstr_ratio", ratio("tstr_accuracy", "trtr_accuracy"), thresholds.min_tstr_ratio, ">=")]
+        checks += [
+            ("label_accuracy", metrics.get("label_accuracy"), thresholds.min_label_accuracy, ">="),
+            ("tstr_ratio", ratio("tstr_accuracy", "trtr_accuracy"), thresholds.min_tstr_ratio, ">="),
+        ]
     failures, parts = [], []
     for name, value, bound, sense in checks:
         if bound is None:
@@ -373,47 +444,74 @@ def gate_quality(candidate: LoadedDecoder, thresholds: QualityThresholds) -> Gat
 def promote(reference: str, config: PromotionConfig) -> PromotionResult:
     """Run the gates and, only if they pass, move the alias; returns what was actually done."""
     if not config.reason.strip():
-        raise UsageError('--reason is required: say why this version should serve, e.g. --reason "retrained on March data"')
+        raise UsageError(
+            '--reason is required: say why this version should serve, e.g. --reason "retrained on March data"'
+        )
     pinned = resolve(reference)
     with alias_lock(pinned.name, config.alias, purpose=f"promote v{pinned.version}") as lock:
         holder_pin = current_holder(pinned.name, config.alias)
         events = history(pinned.name, config.alias)
-        holds_ungated = holder_pin is not None and holder_pin.version == pinned.version and \
-            ungated_reason(pinned.name, config.alias, pinned.version, events) is not None
+        holds_ungated = (
+            holder_pin is not None
+            and holder_pin.version == pinned.version
+            and ungated_reason(pinned.name, config.alias, pinned.version, events) is not None
+        )
         if holder_pin is not None and holder_pin.version == pinned.version and not holds_ungated:
-            return PromotionResult(pinned, config.alias, holder_pin.version,
-                                   [GateResult("already_holder", True, f"{pinned.name}@{config.alias} is already v{pinned.version}")], False)
+            return PromotionResult(
+                pinned,
+                config.alias,
+                holder_pin.version,
+                [GateResult("already_holder", True, f"{pinned.name}@{config.alias} is already v{pinned.version}")],
+                False,
+            )
         safety = gate_artifacts(pinned)
         if not safety.passed:  # nothing else is looked at, and --force does not apply
-            return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, [safety], False)
+            return PromotionResult(
+                pinned, config.alias, None if holder_pin is None else holder_pin.version, [safety], False
+            )
         previous = None if holder_pin is None else holder_pin.version
         try:  # sizes before allocations: a config or weights.npz that does not add up stops here
             candidate = load_decoder(pinned)
         except RefusedVersion as error:
-            return PromotionResult(pinned, config.alias, previous, [safety, GateResult("loads", False, str(error))], False)
+            return PromotionResult(
+                pinned, config.alias, previous, [safety, GateResult("loads", False, str(error))], False
+            )
         try:
             holder = load_decoder(holder_pin) if holder_pin is not None else None
             elbo = gate_elbo(candidate, holder, config.elbo_tolerance_nats)
         except RefusedVersion as error:
             holder = None
             elbo = GateResult("held_out_elbo", False, f"cannot compare with the holder: {error}", forceable=True)
-        gates = [safety, gate_loads(candidate, config.probe_rows),
-                 gate_schema(candidate, holder, config.alias, config.allow_schema_change), elbo]
+        gates = [
+            safety,
+            gate_loads(candidate, config.probe_rows),
+            gate_schema(candidate, holder, config.alias, config.allow_schema_change),
+            elbo,
+        ]
         if config.quality is not None:
             gates.append(gate_quality(candidate, config.quality))
         blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.forceable)]
         if blocking:
-            return PromotionResult(pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False)
+            return PromotionResult(
+                pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False
+            )
         previous = None if holder_pin is None else holder_pin.version
         if holds_ungated:  # gating the version an alias was moved to by hand: rollback returns to the last gated one
             previous = events[-1]["version"] if events else None
         lock.confirm()
         client().set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
-        record = {"action": "promote", "alias": config.alias, "version": pinned.version, "previous_version": previous,
-                  # the gates --force took it past (each had nothing to compare with); [] when none
-                  "at": _now(), "by": config.by, "reason": config.reason,
-                  "forced": [gate.name for gate in gates if not gate.passed],
-                  "gates": [gate.to_dict() for gate in gates]}
+        record = {
+            "action": "promote",
+            "alias": config.alias,
+            "version": pinned.version,
+            "previous_version": previous,
+            # the gates --force took it past (each had nothing to compare with); [] when none
+            "at": _now(),
+            "by": config.by,
+            "reason": config.reason,
+            "forced": [gate.name for gate in gates if not gate.passed],
+            "gates": [gate.to_dict() for gate in gates],
+        }
         _record(pinned.name, config.alias, pinned.version, "promotion", record)
     return PromotionResult(pinned, config.alias, previous, gates, True)
 
@@ -426,15 +524,28 @@ def rollback(name: str, alias: str = "champion", by: str | None = None, reason: 
         if holder is None:
             raise UsageError(f"{name}@{alias} does not exist; nothing to roll back")
         events = history(name, alias)
-        promotion = next((event for event in reversed(events)
-                          if event["action"] == "promote" and event["version"] == holder.version), None)
+        promotion = next(
+            (
+                event
+                for event in reversed(events)
+                if event["action"] == "promote" and event["version"] == holder.version
+            ),
+            None,
+        )
         if promotion is None or promotion["previous_version"] is None:
             raise UsageError(f"{name}@{alias} (v{holder.version}) has no recorded previous holder to roll back to")
         target = int(promotion["previous_version"])
         lock.confirm()
         client().set_registered_model_alias(name, alias, str(target))
-        record = {"action": "rollback", "alias": alias, "version": target, "previous_version": holder.version,
-                  "at": _now(), "by": by, "reason": reason}
+        record = {
+            "action": "rollback",
+            "alias": alias,
+            "version": target,
+            "previous_version": holder.version,
+            "at": _now(),
+            "by": by,
+            "reason": reason,
+        }
         _record(name, alias, holder.version, "rolled_back", record)
     return holder.version, target
 
@@ -446,7 +557,11 @@ def copy_version(reference: str, to_model: str, to_tracking_uri: str | None = No
     source_tags = client().get_model_version(pinned.name, str(pinned.version)).tags
     # The source's alias records (promotion, rollback) describe the source model's aliases, not the copy's.
     alias_records = (f"{TAG_PREFIX}promotion.", f"{TAG_PREFIX}rolled_back.")
-    tags = {key: value for key, value in source_tags.items() if key.startswith(TAG_PREFIX) and not key.startswith(alias_records)}
+    tags = {
+        key: value
+        for key, value in source_tags.items()
+        if key.startswith(TAG_PREFIX) and not key.startswith(alias_records)
+    }
     tags[f"{TAG_PREFIX}copied_from"] = pinned.uri
     if to_tracking_uri is not None:
         tags[f"{TAG_PREFIX}copied_from_tracking_uri"] = redact_uri(mlflow.get_tracking_uri())

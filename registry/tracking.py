@@ -33,8 +33,10 @@ def configure_environment() -> None:
 
 # Set by Ray's job supervisor in the environment of a driver started by `ray job submit`.
 RAY_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-RAY_JOB_FIX = ("set it on the cluster (export MLFLOW_TRACKING_URI=... before `ray start`, or in the KubeRay pod spec) or "
-               "per job: ray job submit --runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"...\"}}' ...")
+RAY_JOB_FIX = (
+    "set it on the cluster (export MLFLOW_TRACKING_URI=... before `ray start`, or in the KubeRay pod spec) or "
+    'per job: ray job submit --runtime-env-json \'{"env_vars": {"MLFLOW_TRACKING_URI": "..."}}\' ...'
+)
 
 
 def tracking_uri() -> str:
@@ -65,17 +67,23 @@ def check_store(uri: str, create: bool = False) -> None:
     """Inside a Ray job the store must be one the cluster reaches; anywhere, a local store must exist unless created."""
     if RAY_JOB_MARKER in os.environ:
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            raise UsageError("MLFLOW_TRACKING_URI is not set inside this Ray job, so MLflow would use an empty "
-                             f"./mlflow.db in Ray's copy of the working directory; {RAY_JOB_FIX}")
+            raise UsageError(
+                "MLFLOW_TRACKING_URI is not set inside this Ray job, so MLflow would use an empty "
+                f"./mlflow.db in Ray's copy of the working directory; {RAY_JOB_FIX}"
+            )
         path = local_store_path(os.environ["MLFLOW_TRACKING_URI"])
         if path is not None and not path.is_absolute():
-            raise UsageError(f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} is a relative path, which inside a "
-                             f"Ray job means Ray's copy of the working directory; give an absolute path; {RAY_JOB_FIX}")
+            raise UsageError(
+                f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} is a relative path, which inside a "
+                f"Ray job means Ray's copy of the working directory; give an absolute path; {RAY_JOB_FIX}"
+            )
     path = local_store_path(uri)
     if path is not None and not create and not path.exists():
         where = "on this node of the Ray cluster" if RAY_JOB_MARKER in os.environ else "here"
-        raise UsageError(f"no MLflow store at {uri} {where}: run `vaegen train` first, or point MLFLOW_TRACKING_URI "
-                         "at your tracking server or store")
+        raise UsageError(
+            f"no MLflow store at {uri} {where}: run `vaegen train` first, or point MLFLOW_TRACKING_URI "
+            "at your tracking server or store"
+        )
 
 
 def enter_store_folder_in_ray_job() -> None:

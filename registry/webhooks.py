@@ -52,7 +52,9 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now_s: float, t
 
     Raises Refused for an unsigned, forged, stale or malformed delivery. Replays inside the tolerance window
     carry a delivery id already seen: the caller deduplicates on AliasEvent.delivery_id."""
-    delivery_id, timestamp, sent = (headers.get(key) for key in (DELIVERY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER))
+    delivery_id, timestamp, sent = (
+        headers.get(key) for key in (DELIVERY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+    )
     if not delivery_id or not timestamp or not sent:
         raise Refused("unsigned: missing X-MLflow-Signature, -Timestamp or -Delivery-Id (is the webhook's secret set?)")
     if len(body) > MAX_BODY_BYTES:
@@ -64,7 +66,9 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now_s: float, t
     except ValueError:
         raise Refused(f"timestamp {timestamp[:40]!r} is not Unix seconds") from None
     if abs(now_s - sent_at) > tolerance_s:
-        raise Refused(f"timestamp {sent_at} is {now_s - sent_at:+.0f} s from now, outside {tolerance_s:g} s (a replay?)")
+        raise Refused(
+            f"timestamp {sent_at} is {now_s - sent_at:+.0f} s from now, outside {tolerance_s:g} s (a replay?)"
+        )
     try:
         message = json.loads(body)
         if (message.get("entity"), message.get("action")) != ALIAS_CREATED:
@@ -104,8 +108,10 @@ def register(tracking_uri: str, url: str, secret: str, name: str) -> tuple[str, 
 def require_server(tracking_uri: str) -> None:
     """Webhooks are stored by any registry but sent only by an `mlflow server`: refuse a local store."""
     if not tracking_uri.startswith(("http://", "https://")):
-        raise UsageError(f"webhooks are sent by an `mlflow server`, and MLFLOW_TRACKING_URI is {redact_uri(tracking_uri)}:"
-                         " start `mlflow server` on this store and point MLFLOW_TRACKING_URI at it")
+        raise UsageError(
+            f"webhooks are sent by an `mlflow server`, and MLFLOW_TRACKING_URI is {redact_uri(tracking_uri)}:"
+            " start `mlflow server` on this store and point MLFLOW_TRACKING_URI at it"
+        )
 
 
 def _all_webhooks(client: Any) -> list[Any]:

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from ray_cluster import TAG_VARIABLE, RayEnv, free_port, make_ray_env, stop_tagged  # tests/ is on sys.path (rootdir conftest)
+from ray_cluster import (
+    TAG_VARIABLE,
+    RayEnv,
+    free_port,
+    make_ray_env,
+    stop_tagged,
+)  # tests/ is on sys.path (rootdir conftest)
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
@@ -34,10 +40,26 @@ TINY_EPOCHS = 2  # enough to train, register and plot; the loss still falls betw
 # module fixtures are built once). Modules start in collection order: the longest go first, so that the run
 # does not end on one worker still busy with a long module. The longest, as `--durations` measured them.
 SLOWEST_MODULES_FIRST = (
-    "test_races.py", "test_metrics.py", "test_promotion_refresh.py", "test_report_conditional.py", "test_governed.py",
-    "test_deploy_refresh.py", "test_cluster_path.py", "test_generate.py", "test_promotion_copy.py",
-    "test_conv.py", "test_gpu_check.py", "test_redaction.py", "test_refresh_recovery.py", "test_postgres.py",
-    "test_webhook.py", "test_readme_publishing.py", "test_faults.py", "test_readme.py", "test_cli.py", "test_prune_races.py",
+    "test_races.py",
+    "test_metrics.py",
+    "test_promotion_refresh.py",
+    "test_report_conditional.py",
+    "test_governed.py",
+    "test_deploy_refresh.py",
+    "test_cluster_path.py",
+    "test_generate.py",
+    "test_promotion_copy.py",
+    "test_conv.py",
+    "test_gpu_check.py",
+    "test_redaction.py",
+    "test_refresh_recovery.py",
+    "test_postgres.py",
+    "test_webhook.py",
+    "test_readme_publishing.py",
+    "test_faults.py",
+    "test_readme.py",
+    "test_cli.py",
+    "test_prune_races.py",
 )
 
 
@@ -45,7 +67,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slowest modules first (SLOWEST_MODULES_FIRST), every other module after them in its usual order."""
     rank = {name: index for index, name in enumerate(SLOWEST_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order in a module
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,24 +250,36 @@ def run_mlflow_server(root: Path, backend_store_uri: str, workers: int = 1) -> I
     /health answers, and ALWAYS stops it (its process group: the server and the workers it forked)."""
     port = free_port()
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", str(workers),
-        "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", str(root / "artifacts"),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(root / "artifacts"),
     ]
     # Not the tag of a test Ray either (when a module's Ray env is active as the server first starts):
     # that Ray's teardown stops every process carrying its tag, which would take this shared server down.
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_") and key != TAG_VARIABLE}
     # Webhooks to receivers on loopback (tests/test_webhook.py): MLflow sends only to public https by default,
     # and caches each event's webhook list for 60 s (a webhook registered mid-session would wait for it).
-    env.update(MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true", MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https",
-               MLFLOW_WEBHOOK_CACHE_TTL="1")
+    env.update(
+        MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
+        MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https",
+        MLFLOW_WEBHOOK_CACHE_TTL="1",
+    )
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             uri = f"http://127.0.0.1:{port}"
             _wait_for_health(uri, process, log_path)
@@ -277,8 +310,12 @@ def moto_s3() -> Iterator[str]:
         with pytest.MonkeyPatch.context() as patch:
             for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
                 patch.delenv(key, raising=False)
-            for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}.items():
+            for key, value in {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+            }.items():
                 patch.setenv(key, value)
             boto3.client("s3").create_bucket(Bucket="vaegen-test")
             yield "s3://vaegen-test"
@@ -336,14 +373,18 @@ def run_postgres(database: str = "mlflow") -> Iterator[Postgres]:
     as an unprivileged user, one database created; ALWAYS stopped and the folder removed afterwards."""
     binaries = postgres_bin()
     if binaries is None:
-        pytest.skip(f"no PostgreSQL server under {POSTGRES_BIN_GLOB}: install Debian's `postgresql` package "
-                    "(`apt-get install postgresql`, as .ci/run does)")
+        pytest.skip(
+            f"no PostgreSQL server under {POSTGRES_BIN_GLOB}: install Debian's `postgresql` package "
+            "(`apt-get install postgresql`, as .ci/run does)"
+        )
     if os.geteuid() == 0:
         try:
             pwd.getpwnam(POSTGRES_OS_USER)
         except KeyError:
-            pytest.skip(f"running as root and there is no {POSTGRES_OS_USER!r} user to run postgres as "
-                        "(Debian's `postgresql` package creates it)")
+            pytest.skip(
+                f"running as root and there is no {POSTGRES_OS_USER!r} user to run postgres as "
+                "(Debian's `postgresql` package creates it)"
+            )
     as_user = _as_user(POSTGRES_OS_USER) if os.geteuid() == 0 else {}
     # Short and outside pytest's 0700 root-owned tmp tree: postgres must reach it, and the socket path
     # (<folder>/.s.PGSQL.<port>) must stay under 108 bytes.
@@ -353,17 +394,53 @@ def run_postgres(database: str = "mlflow") -> Iterator[Postgres]:
     data, log_path, port = root / "data", root / "postgres.log", free_port()
     process = None
     try:
-        subprocess.run([str(binaries / "initdb"), "-D", str(data), "--username", "postgres", "--auth", "trust",
-                        "--encoding", "UTF8", "--no-locale"], check=True, capture_output=True, timeout=POSTGRES_START_TIMEOUT_S,
-                       cwd=root, **as_user)
+        subprocess.run(
+            [
+                str(binaries / "initdb"),
+                "-D",
+                str(data),
+                "--username",
+                "postgres",
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--no-locale",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=POSTGRES_START_TIMEOUT_S,
+            cwd=root,
+            **as_user,
+        )
         with open(log_path, "wb") as log:
             if as_user:
                 os.chown(log_path, as_user["user"], as_user["group"])
             # fsync off: a test cluster is thrown away; durability would only cost time.
-            process = subprocess.Popen([str(binaries / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-                                        "-k", str(root), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                                        "-c", "full_page_writes=off"],
-                                       cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user)
+            process = subprocess.Popen(
+                [
+                    str(binaries / "postgres"),
+                    "-D",
+                    str(data),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(root),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ],
+                cwd=root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **as_user,
+            )
         server = Postgres(port, database)
         _create_database(server, process, log_path)
         yield server
@@ -381,12 +458,15 @@ def _create_database(server: Postgres, process: subprocess.Popen, log_path: Path
         if process.poll() is not None:
             raise RuntimeError(f"postgres exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            connection = psycopg2.connect(host="127.0.0.1", port=server.port, user=server.user, dbname="postgres",
-                                          connect_timeout=2)
+            connection = psycopg2.connect(
+                host="127.0.0.1", port=server.port, user=server.user, dbname="postgres", connect_timeout=2
+            )
             break
         except psycopg2.OperationalError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"postgres not ready after {POSTGRES_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+                raise RuntimeError(
+                    f"postgres not ready after {POSTGRES_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}"
+                )
             time.sleep(0.2)
     try:
         connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
@@ -466,8 +546,11 @@ def copy_store(source: Path, target: Path) -> None:
         tables = [row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
             for column in [row[1] for row in database.execute(f'PRAGMA table_info("{table}")')]:
-                database.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
-                                 f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0', (old, new, old))
+                database.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                    f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                    (old, new, old),
+                )
 
 
 @pytest.fixture(scope="session")
@@ -495,8 +578,9 @@ def trained_version(module_sqlite: TrackingStore, request: pytest.FixtureRequest
     copy_store(trained.store.root, module_sqlite.root)
     pinned = trained.result.pinned
     source = pinned.source.replace(f"{trained.store.root}/", f"{module_sqlite.root}/")
-    result = dataclasses.replace(trained.result, tracking_uri=module_sqlite.uri,
-                                 pinned=dataclasses.replace(pinned, source=source))
+    result = dataclasses.replace(
+        trained.result, tracking_uri=module_sqlite.uri, pinned=dataclasses.replace(pinned, source=source)
+    )
     return TrainedVersion(module_sqlite, trained.config, result)
 
 
@@ -512,8 +596,14 @@ def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 
     from vae_core.training import TrainResult
 
     torch.manual_seed(0)
-    result = TrainResult(model=VAE(config or VAEConfig()), history=[], val_neg_elbo=val_neg_elbo, train_size=1,
-                         holdout_size=1, seconds=0.0)
+    result = TrainResult(
+        model=VAE(config or VAEConfig()),
+        history=[],
+        val_neg_elbo=val_neg_elbo,
+        train_size=1,
+        holdout_size=1,
+        seconds=0.0,
+    )
     with models.training_run("vaegen-train", "untrained-decoder", {}) as run:
         return run.register(result, name, {})
 

@@ -40,25 +40,35 @@ _NAME = {"type": "string", "minLength": 1, "maxLength": 253, "pattern": r"^[a-z0
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 OBJECT_META = {
     "type": "object",
-    "properties": {"name": _NAME, "generateName": {"type": "string"}, "namespace": _NAME,
-                   "labels": _STRING_MAP, "annotations": _STRING_MAP,
-                   "finalizers": {"type": "array", "items": {"type": "string"}}},
+    "properties": {
+        "name": _NAME,
+        "generateName": {"type": "string"},
+        "namespace": _NAME,
+        "labels": _STRING_MAP,
+        "annotations": _STRING_MAP,
+        "finalizers": {"type": "array", "items": {"type": "string"}},
+    },
     "additionalProperties": False,
 }
 # The CRDs are megabytes of YAML: libyaml parses them about ten times faster where it is built in.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _JUNCTORS = ("anyOf", "allOf", "oneOf")
-_INT_RANGES = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 
 def to_strict_json_schema(node: dict[str, Any], *, in_junctor: bool = False) -> dict[str, Any]:
     """A jsonschema (draft 4, as OpenAPI 3.0) equivalent of one structural schema node, unknown fields closed."""
-    out = {key: value for key, value in node.items() if key not in {"properties", "items", "additionalProperties", "nullable", *_JUNCTORS, "not"}}
+    out = {
+        key: value
+        for key, value in node.items()
+        if key not in {"properties", "items", "additionalProperties", "nullable", *_JUNCTORS, "not"}
+    }
     if node.get("x-kubernetes-int-or-string") and "anyOf" not in node:
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if "properties" in node:
-        out["properties"] = {name: to_strict_json_schema(child, in_junctor=in_junctor)
-                             for name, child in node["properties"].items()}
+        out["properties"] = {
+            name: to_strict_json_schema(child, in_junctor=in_junctor) for name, child in node["properties"].items()
+        }
     if isinstance(node.get("items"), dict):
         out["items"] = to_strict_json_schema(node["items"], in_junctor=in_junctor)
     for junctor in _JUNCTORS:
@@ -112,7 +122,8 @@ def _cel_rules(validator, rules, instance, schema) -> Iterator[jsonschema.Valida
     for rule in rules:
         if "oldSelf" not in rule["rule"]:  # transition rules only run on update
             yield jsonschema.ValidationError(
-                f"CEL rule {rule['rule']!r} is not evaluated offline: check it by hand or do not set this field")
+                f"CEL rule {rule['rule']!r} is not evaluated offline: check it by hand or do not set this field"
+            )
 
 
 def _int_format(name: str):
@@ -124,10 +135,13 @@ FORMATS = jsonschema.FormatChecker(formats=())
 for _name in _INT_RANGES:
     FORMATS.checks(_name)(_int_format(_name))
 
-StrictValidator = jsonschema.validators.extend(jsonschema.Draft4Validator, {
-    "x-kubernetes-list-type": _list_type,
-    "x-kubernetes-validations": _cel_rules,
-})
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft4Validator,
+    {
+        "x-kubernetes-list-type": _list_type,
+        "x-kubernetes-validations": _cel_rules,
+    },
+)
 
 
 class CrdSchemas:
@@ -146,14 +160,17 @@ class CrdSchemas:
                         schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
                         schema.setdefault("properties", {})["metadata"] = OBJECT_META
                         self.validators[(f"{group}/{version['name']}", kind)] = StrictValidator(
-                            to_strict_json_schema(schema), format_checker=FORMATS)
+                            to_strict_json_schema(schema), format_checker=FORMATS
+                        )
 
     def errors(self, doc: dict[str, Any]) -> list[str]:
         """Every violation as 'path: message'; empty when the object is valid."""
         validator = self.validators.get((doc.get("apiVersion"), doc.get("kind")))
         if validator is None:
             served = sorted(f"{api} {kind}" for api, kind in self.validators)
-            return [f"no served CRD version for {doc.get('apiVersion')} {doc.get('kind')} in {self.directory} (served: {served})"]
+            return [
+                f"no served CRD version for {doc.get('apiVersion')} {doc.get('kind')} in {self.directory} (served: {served})"
+            ]
         found = sorted(validator.iter_errors(doc), key=lambda error: list(map(str, error.absolute_path)))
         return [f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}" for error in found]
 
@@ -170,7 +187,9 @@ def main(argv: list[str]) -> int:
     schemas, failed = CrdSchemas(Path(argv[0])), False
     for manifest in argv[1:]:
         for doc in yaml.safe_load_all(Path(manifest).read_text()):
-            if not doc or not str(doc.get("apiVersion", "")).startswith(tuple({api.split("/")[0] + "/" for api, _ in schemas.validators})):
+            if not doc or not str(doc.get("apiVersion", "")).startswith(
+                tuple({api.split("/")[0] + "/" for api, _ in schemas.validators})
+            ):
                 continue
             errors = schemas.errors(doc)
             failed |= bool(errors)

@@ -28,22 +28,77 @@ from registry import artifacts
 from vae_core.errors import VaegenError
 
 MEMORY_BUDGET_BYTES = 500 << 20
-HOSTILE: list[Any] = [10**12, -1, 0, 2**63, 2**64 + 1, -(10**30), 3 * 10**8, 1e308, float("inf"), float("nan"), True,
-                      None, "", "x" * 100_000, "../../etc", "a\nb", [], {}, [10**9] * 3, list(range(50_000)),
-                      {"a": 1}, [[[[[]]]]], "part-00000.parquet", [8, 8], [50_000, 50_000], "vaegen-dataset/2"]
+HOSTILE: list[Any] = [
+    10**12,
+    -1,
+    0,
+    2**63,
+    2**64 + 1,
+    -(10**30),
+    3 * 10**8,
+    1e308,
+    float("inf"),
+    float("nan"),
+    True,
+    None,
+    "",
+    "x" * 100_000,
+    "../../etc",
+    "a\nb",
+    [],
+    {},
+    [10**9] * 3,
+    list(range(50_000)),
+    {"a": 1},
+    [[[[[]]]]],
+    "part-00000.parquet",
+    [8, 8],
+    [50_000, 50_000],
+    "vaegen-dataset/2",
+]
 SPEC = DatasetSpec("vae-decoder", 1, 10, 0, 2, (8, 8), rows_per_shard=4, block_rows=4)
 DEFAULT_SHAPES = {"net.0.weight": (128, 2), "net.0.bias": (128,), "net.2.weight": (64, 128), "net.2.bias": (64,)}
 
 
 def valid_manifest() -> dict[str, Any]:
-    files = [{"name": f"part-{shard:05d}.parquet", "first_sample_id": shard * 4, "rows": min(4, 10 - shard * 4),
-              "size_bytes": 100, "checksum": "0" * 32} for shard in range(3)]
-    return {"format": "vaegen-dataset/3", "dataset_id": SPEC.dataset_id, "n": 10, "rows_per_shard": 4, "dataset_seed": 0,
-            "seed_scheme": "splitmix64-boxmuller-v1", "dtype": "float32", "layout": "tensor", "compression": "zstd",
-            "compression_level": 1, "latent_dim": 2, "sample_shape": [8, 8], "labels": None, "spec": SPEC.to_dict(),
-            "spec_fingerprint": SPEC.fingerprint(), "schema": [], "model": {"name": "vae-decoder", "version": 1, "run_id": "r1"},
-            "checksum_algorithm": "xxh3_128", "files": files, "total_bytes": 300, "timings": {"finished_at": "x"},
-            "execution": {}, "lineage": {}, "created_by": None, "provenance": "recorded", "vaegen_version": "0.1.0"}
+    files = [
+        {
+            "name": f"part-{shard:05d}.parquet",
+            "first_sample_id": shard * 4,
+            "rows": min(4, 10 - shard * 4),
+            "size_bytes": 100,
+            "checksum": "0" * 32,
+        }
+        for shard in range(3)
+    ]
+    return {
+        "format": "vaegen-dataset/3",
+        "dataset_id": SPEC.dataset_id,
+        "n": 10,
+        "rows_per_shard": 4,
+        "dataset_seed": 0,
+        "seed_scheme": "splitmix64-boxmuller-v1",
+        "dtype": "float32",
+        "layout": "tensor",
+        "compression": "zstd",
+        "compression_level": 1,
+        "latent_dim": 2,
+        "sample_shape": [8, 8],
+        "labels": None,
+        "spec": SPEC.to_dict(),
+        "spec_fingerprint": SPEC.fingerprint(),
+        "schema": [],
+        "model": {"name": "vae-decoder", "version": 1, "run_id": "r1"},
+        "checksum_algorithm": "xxh3_128",
+        "files": files,
+        "total_bytes": 300,
+        "timings": {"finished_at": "x"},
+        "execution": {},
+        "lineage": {},
+        "created_by": None,
+        "provenance": "recorded",
+        "vaegen_version": "0.1.0",
+    }
 
 
 def mutate_json(record: dict[str, Any], rng: random.Random) -> bytes:
@@ -53,7 +108,7 @@ def mutate_json(record: dict[str, Any], rng: random.Random) -> bytes:
     if choice < 0.15:
         data = json.dumps(record).encode()
         cut = rng.randrange(len(data))
-        return data[:cut] if rng.random() < 0.5 else data[:cut] + bytes([rng.randrange(256)]) + data[cut + 1:]
+        return data[:cut] if rng.random() < 0.5 else data[:cut] + bytes([rng.randrange(256)]) + data[cut + 1 :]
     if choice < 0.2:
         return rng.choice([b"[" * 100_000, b"1" * 5_000, b'"' + b"x" * 200_000 + b'"', b"[]", b"\xff\xfe", b""])
     containers = [record]
@@ -116,8 +171,16 @@ def crafted_npz(shape: tuple[int, ...], dtype: str, data_bytes: int | None = Non
     return path.read_bytes()
 
 
-CRAFTED = [((128, 2), "<f4", None), ((50_000, 2), "<f4", None), ((128, 2), "|O", None), ((128, 2), "<f8", 2048),
-           ((128, 2), "<f4", 100), ((10**12, 10**12), "<f4", 0), ((2, 128), "<f4", None), ((128, 2, 1), "<f4", None)]
+CRAFTED = [
+    ((128, 2), "<f4", None),
+    ((50_000, 2), "<f4", None),
+    ((128, 2), "|O", None),
+    ((128, 2), "<f8", 2048),
+    ((128, 2), "<f4", 100),
+    ((10**12, 10**12), "<f4", 0),
+    ((2, 128), "<f4", None),
+    ((128, 2, 1), "<f4", None),
+]
 
 
 def mutate_npz(base: bytes, rng: random.Random) -> bytes:
@@ -126,10 +189,12 @@ def mutate_npz(base: bytes, rng: random.Random) -> bytes:
     if choice < 0.3:  # a header's shape or dtype rewritten in place (same length keeps the zip valid, CRC aside)
         text = bytes(data)
         old = rng.choice([b"(128, 2)", b"(64, 128)", b"'<f4'"])
-        new = rng.choice([b"(999999,)", b"(10**9,2)", b"'|O8'", b"(12, 2) ", b"'<f8'", b"(0, 9999)"])[:len(old)].ljust(len(old))
+        new = rng.choice([b"(999999,)", b"(10**9,2)", b"'|O8'", b"(12, 2) ", b"'<f8'", b"(0, 9999)"])[: len(old)].ljust(
+            len(old)
+        )
         return text.replace(old, new, 1)
     if choice < 0.5:
-        return bytes(data[:rng.randrange(len(data))])
+        return bytes(data[: rng.randrange(len(data))])
     for _ in range(rng.randrange(1, 8)):
         data[rng.randrange(len(data))] = rng.randrange(256)
     return bytes(data)
@@ -196,7 +261,10 @@ def run_case(kind: str, case: int, parse: Callable[[bytes], str], data: bytes) -
     except BaseException:  # noqa: BLE001 - what the test looks for: anything vaegen does not turn into one line
         status, message = "crash", traceback.format_exc()
     seconds = time.perf_counter() - started
-    print(json.dumps({"kind": kind, "case": case, "status": status, "message": message[:4000], "seconds": seconds}), flush=True)
+    print(
+        json.dumps({"kind": kind, "case": case, "status": status, "message": message[:4000], "seconds": seconds}),
+        flush=True,
+    )
 
 
 def main(seed: int, cases: int) -> None:
@@ -206,17 +274,54 @@ def main(seed: int, cases: int) -> None:
         "manifest": (fuzzer.manifest, valid_manifest()),
         "manifest-format-2": (fuzzer.manifest, {**valid_manifest(), "format": "vaegen-dataset/2"}),
         "progress": (fuzzer.progress, manifest.progress_record(SPEC, {"name": "vae-decoder", "version": 1}, "r1")),
-        "sidecar": (fuzzer.sidecar, {"shard": 0, "name": "part-00000.parquet", "first_sample_id": 0, "rows": 4,
-                                     "size_bytes": 100, "checksum": "0" * 32, "spec_fingerprint": SPEC.fingerprint()}),
-        "lock": (fuzzer.lock, {"owner": "ab", "host": "h", "boot_id": "b", "pid": 1, "pid_start": "1", "acquired_at": 1.0,
-                               "user": "u", "since": "2026", "token": "t"}),
+        "sidecar": (
+            fuzzer.sidecar,
+            {
+                "shard": 0,
+                "name": "part-00000.parquet",
+                "first_sample_id": 0,
+                "rows": 4,
+                "size_bytes": 100,
+                "checksum": "0" * 32,
+                "spec_fingerprint": SPEC.fingerprint(),
+            },
+        ),
+        "lock": (
+            fuzzer.lock,
+            {
+                "owner": "ab",
+                "host": "h",
+                "boot_id": "b",
+                "pid": 1,
+                "pid_start": "1",
+                "acquired_at": 1.0,
+                "user": "u",
+                "since": "2026",
+                "token": "t",
+            },
+        ),
         "latest": (fuzzer.latest, {"dataset_id": SPEC.dataset_id, "location": "/x", "manifest_sha256": "0"}),
-        "config": (fuzzer.config, {"input_shape": [8, 8], "latent_dim": 2, "hidden_sizes": [128], "num_classes": 0,
-                                   "class_prior": [], "architecture": "mlp", "conv_channels": [], "prior_flow_layers": 0,
-                                   "prior_flow_hidden": 256, "pixel_semantics": "bernoulli-mean-in-[0,1]"}),
+        "config": (
+            fuzzer.config,
+            {
+                "input_shape": [8, 8],
+                "latent_dim": 2,
+                "hidden_sizes": [128],
+                "num_classes": 0,
+                "class_prior": [],
+                "architecture": "mlp",
+                "conv_channels": [],
+                "prior_flow_layers": 0,
+                "prior_flow_hidden": 256,
+                "pixel_semantics": "bernoulli-mean-in-[0,1]",
+            },
+        ),
     }
-    work = [(kind, case, parse, json.dumps(base).encode() if case == 0 else mutate_json(base, rng))
-            for kind, (parse, base) in bases.items() for case in range(cases)]
+    work = [
+        (kind, case, parse, json.dumps(base).encode() if case == 0 else mutate_json(base, rng))
+        for kind, (parse, base) in bases.items()
+        for case in range(cases)
+    ]
     weights = weights_bytes()
     work += [("npz", case, fuzzer.npz, weights if case == 0 else mutate_npz(weights, rng)) for case in range(cases)]
     work += [("npz-crafted", case, fuzzer.npz, crafted_npz(*args)) for case, args in enumerate(CRAFTED)]

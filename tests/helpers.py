@@ -70,14 +70,22 @@ def read_rows(location: str) -> dict[str, np.ndarray]:
     return out
 
 
-def generate_dataset(root: Path, model: str, n: int, seed: int, rows_per_shard: int,
-                     num_workers: int | None = None, **options):
+def generate_dataset(
+    root: Path, model: str, n: int, seed: int, rows_per_shard: int, num_workers: int | None = None, **options
+):
     """The library call behind `vaegen generate`, on the Ray this process has (or starts)."""
     from jobs.generate.engine import EngineOptions
     from jobs.generate.job import GenerateConfig, generate
 
-    config = GenerateConfig(n=n, model=model, out=str(root), seed=seed, rows_per_shard=rows_per_shard,
-                            engine=EngineOptions(num_workers=num_workers), **options)
+    config = GenerateConfig(
+        n=n,
+        model=model,
+        out=str(root),
+        seed=seed,
+        rows_per_shard=rows_per_shard,
+        engine=EngineOptions(num_workers=num_workers),
+        **options,
+    )
     return generate(config)
 
 
@@ -106,10 +114,12 @@ def readme_block(section: str, language: str = "bash") -> str:
 def quick_start_folder(root: Path) -> None:
     """What the quick start leaves: ./mlflow.db with vae-decoder v1 as champion, and .venv."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_"))}
-    code = ("from jobs.train import TrainJobConfig, run; from vae_core.config import TrainConfig; import mlflow; "
-            "r = run(TrainJobConfig(train=TrainConfig(epochs=2), report=False)); from registry import promotion; "
-            "promotion.promote(f'{r.pinned.name}/{r.pinned.version}', "
-            "promotion.PromotionConfig(reason='quickstart', by='tester', quality=None))")
+    code = (
+        "from jobs.train import TrainJobConfig, run; from vae_core.config import TrainConfig; import mlflow; "
+        "r = run(TrainJobConfig(train=TrainConfig(epochs=2), report=False)); from registry import promotion; "
+        "promotion.promote(f'{r.pinned.name}/{r.pinned.version}', "
+        "promotion.PromotionConfig(reason='quickstart', by='tester', quality=None))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (root / ".venv").symlink_to(sys.prefix)
@@ -131,13 +141,19 @@ def scrape_metrics(port: int) -> dict[tuple[str, frozenset], float]:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def metric_value(samples: dict, name: str, **labels: str) -> float | None:
     """The sum over the series of `name` whose labels include `labels` (one per process that recorded it);
     None where there is none."""
-    found = [value for (sample, sample_labels), value in samples.items()
-             if sample == name and set(labels.items()) <= set(sample_labels)]
+    found = [
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    ]
     return sum(found) if found else None

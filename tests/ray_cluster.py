@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Iterator
 
 TAG_VARIABLE = "VAEGEN_TEST_RAY_TAG"
-STOP_GRACE_S = 1  # SIGTERM first: raylet and GCS shut their workers down; then SIGKILL what is left (a test cluster keeps nothing)
+STOP_GRACE_S = (
+    1  # SIGTERM first: raylet and GCS shut their workers down; then SIGKILL what is left (a test cluster keeps nothing)
+)
 START_TIMEOUT_S = 180  # `ray start` takes ~5 s alone; far longer on a loaded 2-core CI box
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 
@@ -145,30 +147,65 @@ class RayCluster:
 
     def _node_ports(self, metrics_port: int | None = None) -> list[str]:
         """Every fixed-default port moved to a free one: two nodes (and other runs) share this host."""
-        options = ["--node-manager-port", "--object-manager-port",
-                   "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port"]
+        options = [
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+        ]
         ports = [part for option in options for part in (option, str(free_port()))]
         return [*ports, "--metrics-export-port", str(metrics_port or free_port())]
 
     def _ray_start(self, arguments: list[str], metrics_port: int | None = None) -> None:
-        command = [RAY_BIN, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *arguments,
-                   *self._node_ports(metrics_port)]
-        done = subprocess.run(command, env=self.env.environ(**self.extra_env), capture_output=True, text=True,
-                              timeout=START_TIMEOUT_S,
-                              start_new_session=True, cwd=self.env.root)
+        command = [
+            RAY_BIN,
+            "start",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--disable-usage-stats",
+            *arguments,
+            *self._node_ports(metrics_port),
+        ]
+        done = subprocess.run(
+            command,
+            env=self.env.environ(**self.extra_env),
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            start_new_session=True,
+            cwd=self.env.root,
+        )
         self.log.append(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
         if done.returncode != 0:
             raise RuntimeError(f"ray start failed ({done.returncode}):\n" + self.log[-1][-4000:])
 
     def start(self) -> None:
-        self._ray_start([
-            "--head", "--port", str(self.gcs_port), "--num-cpus", str(self.head_cpus),
-            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-            "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.env.temp_dir),
-        ], self.metrics_port)
+        self._ray_start(
+            [
+                "--head",
+                "--port",
+                str(self.gcs_port),
+                "--num-cpus",
+                str(self.head_cpus),
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--ray-client-server-port",
+                str(free_port()),
+                "--temp-dir",
+                str(self.env.temp_dir),
+            ],
+            self.metrics_port,
+        )
         for cpus in self.worker_node_cpus:
             self._ray_start(["--address", self.gcs_address, "--num-cpus", str(cpus)])
-        wait_until(lambda: len(self.alive_nodes()) == 1 + len(self.worker_node_cpus), START_TIMEOUT_S, "every node alive")
+        wait_until(
+            lambda: len(self.alive_nodes()) == 1 + len(self.worker_node_cpus), START_TIMEOUT_S, "every node alive"
+        )
 
     def alive_nodes(self) -> list[dict]:
         try:
@@ -183,8 +220,9 @@ class RayCluster:
 
 
 @contextlib.contextmanager
-def ray_cluster(head_cpus: int = 1, worker_node_cpus: tuple[int, ...] = (1,),
-                extra_env: dict[str, str] | None = None) -> Iterator[RayCluster]:
+def ray_cluster(
+    head_cpus: int = 1, worker_node_cpus: tuple[int, ...] = (1,), extra_env: dict[str, str] | None = None
+) -> Iterator[RayCluster]:
     """Start a cluster; ALWAYS stop its processes (by pid) and remove its files afterwards."""
     cluster = RayCluster(make_ray_env(), head_cpus, worker_node_cpus, extra_env=extra_env or {})
     try:

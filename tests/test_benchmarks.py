@@ -50,7 +50,12 @@ def test_encode_formats_measures_format_2_and_3_on_the_same_rows(trained_version
     result = module.measure(MODEL, 1_000_000, "uint8", repeats=2, out=tmp_path)
     assert result["rows_measured"] == 32 * 4_096 and len(result["format2"]["seconds_all"]) == 2
     assert result["format2"]["x_type"].startswith("extension<arrow.fixed_shape_tensor")
-    assert result["format3"]["x_type"].startswith("fixed_size_list<item: fixed_size_list<item: uint8 not null>[8] not null>[8]")
+    assert result["format3"]["x_type"].startswith(
+        "fixed_size_list<item: fixed_size_list<item: uint8 not null>[8] not null>[8]"
+    )
     old, new = (pq.read_table(tmp_path / f"uint8-f{version}.parquet") for version in (2, 3))
-    assert old["x"].combine_chunks().to_numpy_ndarray().tobytes() == new["x"].combine_chunks().flatten().flatten().to_numpy().tobytes()
+    assert (
+        old["x"].combine_chunks().to_numpy_ndarray().tobytes()
+        == new["x"].combine_chunks().flatten().flatten().to_numpy().tobytes()
+    )
     assert result["ratio_bytes"] == result["format3"]["bytes_per_row"] / result["format2"]["bytes_per_row"]

@@ -66,8 +66,7 @@ def test_sample_writes_a_png(trained_version, tmp_path):
 def test_sample_is_reproducible_and_depends_on_seed(trained_version, tmp_path):
     paths = [tmp_path / name for name in ("a.png", "b.png", "c.png")]
     for path, seed in zip(paths, ("1", "1", "2")):
-        assert invoke("sample", "--model", "vae-decoder/latest",
-                      "--seed", seed, "--out", str(path)).exit_code == 0
+        assert invoke("sample", "--model", "vae-decoder/latest", "--seed", seed, "--out", str(path)).exit_code == 0
     first, same, other = (read_png(path) for path in paths)
     assert (first == same).all()
     assert not (first == other).all()
@@ -80,8 +79,15 @@ def test_models_lists_the_version(trained_version):
     assert header.split()[:2] == ["model", "version"]
     assert len(rows) == 1
     name, version, aliases, elbo, shape, latent, kind, data, architecture = rows[0].split(maxsplit=8)
-    assert (name, version, aliases, shape, latent, kind, data) == ("vae-decoder", "1", "-", "8x8", "2", "unconditional",
-                                                                   "digits")
+    assert (name, version, aliases, shape, latent, kind, data) == (
+        "vae-decoder",
+        "1",
+        "-",
+        "8x8",
+        "2",
+        "unconditional",
+        "digits",
+    )
     assert architecture == "MLP, hidden 128; 2 epochs of 128, constant schedule"  # the tiny config's budget
     assert float(elbo) == pytest.approx(trained_version.result.val_neg_elbo, abs=1e-5)
 
@@ -95,8 +101,15 @@ def test_models_on_an_empty_store(mlflow_sqlite):
     assert result.stdout == "" and "no registered models" in result.stderr
 
 
-@pytest.mark.parametrize("command", [("models",), ("sample", "--model", "vae-decoder/1"), ("rollback", "vae-decoder"),
-                                     ("generate", "--n", "10", "--out", "datasets")])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("models",),
+        ("sample", "--model", "vae-decoder/1"),
+        ("rollback", "vae-decoder"),
+        ("generate", "--n", "10", "--out", "datasets"),
+    ],
+)
 def test_commands_that_read_the_registry_refuse_a_store_that_does_not_exist(mlflow_sqlite, command):
     """MLflow would create an empty mlflow.db and then call the model unknown; only `train` creates a store."""
     result = invoke(*command)
@@ -124,13 +137,18 @@ def test_train_usage_errors(mlflow_sqlite, args, fragments):
 
 def test_sample_usage_errors(trained_version, tmp_path):
     out = tmp_path / "never.png"
-    assert_one_line_error(invoke("sample", "--model", "vae-decoder/1", "--n", "0", "--out", str(out)), 2,
-                          "--n must be a positive integer, got 0")
-    assert_one_line_error(invoke("sample", "--model", "no-such-model/1", "--out", str(out)), 2,
-                          "'no-such-model' is not registered")
+    assert_one_line_error(
+        invoke("sample", "--model", "vae-decoder/1", "--n", "0", "--out", str(out)),
+        2,
+        "--n must be a positive integer, got 0",
+    )
+    assert_one_line_error(
+        invoke("sample", "--model", "no-such-model/1", "--out", str(out)), 2, "'no-such-model' is not registered"
+    )
     assert_one_line_error(invoke("sample", "--model", "vae-decoder/7", "--out", str(out)), 2, "no version 7")
-    assert_one_line_error(invoke("sample", "--model", "vae-decoder@champion", "--out", str(out)), 2,
-                          "no alias 'champion'")
+    assert_one_line_error(
+        invoke("sample", "--model", "vae-decoder@champion", "--out", str(out)), 2, "no alias 'champion'"
+    )
     assert not out.exists()
 
 
@@ -158,8 +176,7 @@ def test_installed_console_script_end_to_end(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
 
     def vaegen(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run([str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
     trained = vaegen("train", "--epochs", "3", "--prior-flow-steps", "50")  # the default architecture, briefly
     assert trained.returncode == 0, trained.stderr
@@ -186,7 +203,11 @@ def test_every_command_help_shows_examples_that_use_it():
     for name, command in main.commands.items():
         result = invoke(name, "--help")
         assert result.exit_code == 0, result.output
-        examples = result.stdout.split("Examples:", 1)[1].split("Options:", 1)[0].split("\n") if "Examples:" in result.stdout else []
+        examples = (
+            result.stdout.split("Examples:", 1)[1].split("Options:", 1)[0].split("\n")
+            if "Examples:" in result.stdout
+            else []
+        )
         uses = [line.strip() for line in examples if line.strip().startswith(("vaegen " + name, "ray job submit"))]
         assert uses, f"`vaegen {name} --help` shows no example of itself:\n{result.stdout}"
     assert "NAME limits the listing to one registered model" in invoke("models", "--help").stdout
@@ -214,10 +235,14 @@ def test_the_driver_never_imports_torch(trained_version, tmp_path):
     env = {**os.environ, **ray_env.variables(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("RAY_ADDRESS", None)
     try:
-        for args, code in ((["generate", "--n", "-5"], 2), (["models"], 0),
-                           (["generate", "--model", "vae-decoder/1", "--n", "1000", "--out", str(tmp_path)], 0)):
-            done = subprocess.run([sys.executable, "-c", HEAVY_PROBE, *args], env=env, capture_output=True, text=True,
-                                  timeout=300)
+        for args, code in (
+            (["generate", "--n", "-5"], 2),
+            (["models"], 0),
+            (["generate", "--model", "vae-decoder/1", "--n", "1000", "--out", str(tmp_path)], 0),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-c", HEAVY_PROBE, *args], env=env, capture_output=True, text=True, timeout=300
+            )
             assert done.stderr.strip().splitlines()[-1] == f"exit {code} False", (args, done.stderr[-3000:])
         assert any(tmp_path.glob("*/_manifest.json"))  # the dataset was committed
     finally:

@@ -45,14 +45,24 @@ def port_is_free(port: int) -> bool:
 def readme_cluster(tmp_path_factory) -> Iterator[tuple[Path, RayEnv, subprocess.CompletedProcess]]:
     # Ray's default ports are per machine; any other Ray (even a plain ray.init(), which always takes the
     # dashboard agent's 52365) makes `ray start` come up without a working job API.
-    wait_until(lambda: all(port_is_free(port) for port in DEFAULT_PORTS), PORTS_WAIT_S,
-               f"Ray's default ports {DEFAULT_PORTS} on 127.0.0.1 to be free (another Ray runs on this machine)", 1.0)
+    wait_until(
+        lambda: all(port_is_free(port) for port in DEFAULT_PORTS),
+        PORTS_WAIT_S,
+        f"Ray's default ports {DEFAULT_PORTS} on 127.0.0.1 to be free (another Ray runs on this machine)",
+        1.0,
+    )
     folder = tmp_path_factory.mktemp("quickstart")
     quick_start_folder(folder)
     ray_env = make_ray_env()
     try:
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block(SECTION)], cwd=folder, env=shell_env(ray_env),
-                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", readme_block(SECTION)],
+            cwd=folder,
+            env=shell_env(ray_env),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
         yield folder, ray_env, done
     finally:
         survivors = stop_tagged(ray_env.tag)
@@ -61,8 +71,14 @@ def readme_cluster(tmp_path_factory) -> Iterator[tuple[Path, RayEnv, subprocess.
 
 
 def vaegen(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("vaegen")), *args], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("vaegen")), *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+    )
 
 
 def test_readme_cluster_lines_run_verbatim(readme_cluster):
@@ -87,9 +103,13 @@ def test_plain_generate_beside_the_running_cluster_starts_its_own_ray(readme_clu
     assert (folder / "beside" / "vae-decoder-v1-n1000-seed1-float32-f3" / "_manifest.json").is_file()
     # It started and stopped a Ray of its own: the cluster's processes are the same ones, all alive.
     assert set(tagged_pids(ray_env.tag)) >= cluster_pids
-    listed = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "jobs", "--address", "127.0.0.1:6379",
-                             "--format", "json"], env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
-                            timeout=120)
+    listed = subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), "list", "jobs", "--address", "127.0.0.1:6379", "--format", "json"],
+        env={**env, "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listed.returncode == 0, listed.stderr[-2000:]
     drivers = [job for job in json.loads(listed.stdout) if job.get("type") == "DRIVER"]
     assert drivers == [], f"generate joined the cluster instead of starting its own: {drivers}"
@@ -108,10 +128,30 @@ def test_a_job_whose_store_or_output_the_cluster_cannot_reach_fails_in_one_line(
     submits = []
     for tracking, out, _ in UNREACHABLE:  # submitted at once: each waits for its own job only
         runtime_env = {} if tracking is None else {"env_vars": {"MLFLOW_TRACKING_URI": tracking}}
-        submits.append(subprocess.Popen(
-            [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", "http://127.0.0.1:8265",
-             "--runtime-env-json", json.dumps(runtime_env), "--", "generate", "--n", "10", "--out", out],
-            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        submits.append(
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("ray")),
+                    "job",
+                    "submit",
+                    "--address",
+                    "http://127.0.0.1:8265",
+                    "--runtime-env-json",
+                    json.dumps(runtime_env),
+                    "--",
+                    "generate",
+                    "--n",
+                    "10",
+                    "--out",
+                    out,
+                ],
+                cwd=folder,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for submit, (tracking, out, fragment) in zip(submits, UNREACHABLE):
         stdout, _ = submit.communicate(timeout=COMMAND_TIMEOUT_S)  # the job's log is on stdout
         assert submit.returncode != 0, (tracking, out, stdout[-2000:])

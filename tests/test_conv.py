@@ -35,7 +35,18 @@ from helpers import assert_one_error_line, generate_dataset, invoke, part_hashes
 CONV, COND = "vae-conv", "vae-conv-cond"
 N, SEED, BLOCK_ROWS = 6_000, 23, 1_000  # 1,000-row decode blocks: every worker and shard size meets the same blocks
 # Gate options for tiny test models: gate 3 runs and prints every check, but nothing a 3-epoch model cannot meet.
-LENIENT = ("--min-precision", "0", "--min-class-coverage", "0", "--max-frechet-ratio", "1000", "--min-label-accuracy", "0", "--min-tstr-ratio", "0")
+LENIENT = (
+    "--min-precision",
+    "0",
+    "--min-class-coverage",
+    "0",
+    "--max-frechet-ratio",
+    "1000",
+    "--min-label-accuracy",
+    "0",
+    "--min-tstr-ratio",
+    "0",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,16 +57,25 @@ class Trained:
 
 def tiny_conv(name: str, report_dir: Path, **fields) -> TrainJobConfig:
     """The conv recipe of `vaegen train`, shrunk: 4 and 8 channels, 3 epochs, a 2-layer flow fitted in 6 steps."""
-    return TrainJobConfig.for_architecture("conv", train={"epochs": 3, "prior_flow_steps": 6}, conv_channels=(4, 8),
-                                           latent_dim=4, prior_flow_layers=2, register_as=name,
-                                           report_dir=str(report_dir), **fields)
+    return TrainJobConfig.for_architecture(
+        "conv",
+        train={"epochs": 3, "prior_flow_steps": 6},
+        conv_channels=(4, 8),
+        latent_dim=4,
+        prior_flow_layers=2,
+        register_as=name,
+        report_dir=str(report_dir),
+        **fields,
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(module_sqlite, cache_root) -> Trained:
     root = module_sqlite.root
-    return Trained(conv=run(tiny_conv(CONV, root / "report-conv")),
-                   cond=run(tiny_conv(COND, root / "report-cond", conditional=True)))
+    return Trained(
+        conv=run(tiny_conv(CONV, root / "report-conv")),
+        cond=run(tiny_conv(COND, root / "report-cond", conditional=True)),
+    )
 
 
 def decode_on_the_grid(loaded: models.LoadedDecoder, n: int, seed: int, labels: np.ndarray | None) -> np.ndarray:
@@ -69,8 +89,12 @@ def decode_on_the_grid(loaded: models.LoadedDecoder, n: int, seed: int, labels: 
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            return np.concatenate([decoder(z[start:stop], None if label_tensor is None else label_tensor[start:stop]).numpy()
-                                   for start, stop in blocks])[:n]
+            return np.concatenate(
+                [
+                    decoder(z[start:stop], None if label_tensor is None else label_tensor[start:stop]).numpy()
+                    for start, stop in blocks
+                ]
+            )[:n]
     finally:
         torch.set_num_threads(threads)
 
@@ -85,7 +109,9 @@ def test_a_conv_version_rebuilds_from_its_config_loads_without_pickle_and_serves
         assert (config.architecture, config.conv_channels, config.prior_flow_layers) == ("conv", (4, 8), 2)
         assert models.version_config(loaded.pinned) == config  # from the version's tag, no download
         assert all(value.dtype == np.float32 for value in loaded.state.values())
-        assert any(key.startswith("net.up.") for key in loaded.state) and any(key.startswith("prior_flow.") for key in loaded.state)
+        assert any(key.startswith("net.up.") for key in loaded.state) and any(
+            key.startswith("prior_flow.") for key in loaded.state
+        )
         z = np.random.default_rng(3).standard_normal((12, 4)).astype(np.float32)
         labels = np.arange(12, dtype=np.int64) % 10
         model_input = {"z": z, "label": labels} if config.conditional else z
@@ -95,14 +121,26 @@ def test_a_conv_version_rebuilds_from_its_config_loads_without_pickle_and_serves
         assert predicted.shape == (12, 8, 8) and predicted.dtype == np.float32
         np.testing.assert_array_equal(predicted, ours)
         params = MlflowClient().get_run(reference.pinned.run_id).data.params
-        assert params["architecture"] == "conv" and params["prior_flow_layers"] == "2" and int(params["torch_threads"]) >= 1
+        assert (
+            params["architecture"] == "conv"
+            and params["prior_flow_layers"] == "2"
+            and int(params["torch_threads"]) >= 1
+        )
 
 
-def test_a_version_registered_before_the_conv_fields_still_loads_serves_and_passes_the_load_gate(module_sqlite, no_pickle):
+def test_a_version_registered_before_the_conv_fields_still_loads_serves_and_passes_the_load_gate(
+    module_sqlite, no_pickle
+):
     """config.json and the config tag exactly as vaegen wrote them before `architecture`, `conv_channels` and the
     prior flow existed; the weights are an MLP's, keyed as they always were."""
-    older = {"class_prior": [], "hidden_sizes": [16], "input_shape": [8, 8], "latent_dim": 2, "num_classes": 0,
-             "pixel_semantics": "bernoulli-mean-in-[0,1]"}
+    older = {
+        "class_prior": [],
+        "hidden_sizes": [16],
+        "input_shape": [8, 8],
+        "latent_dim": 2,
+        "num_classes": 0,
+        "pixel_semantics": "bernoulli-mean-in-[0,1]",
+    }
     torch.manual_seed(0)
     model = VAE(VAEConfig.from_dict(older))
     result = TrainResult(model=model, history=[], val_neg_elbo=30.0, train_size=1, holdout_size=1, seconds=0.0)
@@ -130,8 +168,18 @@ def test_a_version_registered_before_the_conv_fields_still_loads_serves_and_pass
 def test_conv_versions_carry_the_new_metrics_and_promote_behind_the_gates(trained):
     for name, trained_result in ((CONV, trained.conv), (COND, trained.cond)):
         tags = MlflowClient().get_model_version(name, "1").tags
-        for key in ("class_coverage", "density", "coverage", "density_floor", "coverage_floor", "dcr_ratio", "trtr_accuracy"):
-            assert float(tags[f"vaegen.quality.{key}"]) == pytest.approx(trained_result.quality.metrics[key], rel=1e-5), key
+        for key in (
+            "class_coverage",
+            "density",
+            "coverage",
+            "density_floor",
+            "coverage_floor",
+            "dcr_ratio",
+            "trtr_accuracy",
+        ):
+            assert float(tags[f"vaegen.quality.{key}"]) == pytest.approx(
+                trained_result.quality.metrics[key], rel=1e-5
+            ), key
         result = invoke("promote", f"{name}/1", "--reason", "conv", *LENIENT)
         assert result.exit_code == 0, result.output
         gate = next(line for line in result.stdout.splitlines() if line.startswith("gate quality"))
@@ -151,8 +199,11 @@ def test_the_renamed_coverage_option_is_refused_with_its_new_name(trained):
 
 def test_a_report_from_before_class_coverage_is_refused_by_the_gate_not_reread(trained):
     loaded = models.load_decoder(models.resolve(f"{CONV}/1"))
-    older_tags = {key: value for key, value in loaded.tags.items()
-                  if key.startswith("quality.") and key not in ("quality.class_coverage", "quality.coverage")}
+    older_tags = {
+        key: value
+        for key, value in loaded.tags.items()
+        if key.startswith("quality.") and key not in ("quality.class_coverage", "quality.coverage")
+    }
     older_tags["quality.coverage"] = "1.0"  # what an older report stored there: the class share
     older_tags[evidence.SEAL_TAG] = evidence.seal(loaded.artifacts_sha256, older_tags)  # as vaegen sealed that report
     gate = promotion.gate_quality(dataclasses.replace(loaded, tags=older_tags), promotion.QualityThresholds())
@@ -187,14 +238,20 @@ def generated(trained, local_ray_module, tmp_path_factory) -> Generated:
 
 @pytest.mark.slow
 def test_conv_content_is_the_same_for_any_worker_count_and_shard_size(generated):
-    one, two, other = (Path(result.location) for result in (generated.one_worker, generated.two_workers, generated.other_shards))
+    one, two, other = (
+        Path(result.location) for result in (generated.one_worker, generated.two_workers, generated.other_shards)
+    )
     assert len(part_hashes(one)) == 3 and part_hashes(one) == part_hashes(two)  # byte-identical parts
     assert len(part_hashes(other)) == 4 and pq.read_table(other).equals(pq.read_table(two))  # same rows, other files
     rows = read_rows(str(two))
     np.testing.assert_array_equal(rows["sample_id"], np.arange(N))
-    np.testing.assert_array_equal(rows["z"], seeds.latents(seeds.row_seeds(SEED, np.arange(N)), 4))  # z: the N(0, I) draw
+    np.testing.assert_array_equal(
+        rows["z"], seeds.latents(seeds.row_seeds(SEED, np.arange(N)), 4)
+    )  # z: the N(0, I) draw
     loaded = models.load_decoder(models.resolve(f"{CONV}/1"))
-    np.testing.assert_array_equal(rows["x"], decode_on_the_grid(loaded, N, SEED, None))  # x: the registered decoder of z
+    np.testing.assert_array_equal(
+        rows["x"], decode_on_the_grid(loaded, N, SEED, None)
+    )  # x: the registered decoder of z
     cond = read_rows(generated.cond.location)
     np.testing.assert_array_equal(cond["label"], np.arange(N) % 10)
     cond_loaded = models.load_decoder(models.resolve(f"{COND}/1"))
@@ -209,8 +266,9 @@ def test_a_conv_dataset_resumes_byte_for_byte(generated, local_ray, tmp_path):
     record = json.loads((unfinished / manifest.MANIFEST).read_text())
     (unfinished / manifest.MANIFEST).unlink()  # as if the driver died before the commit
     (unfinished / part_name(1)).unlink()
-    (unfinished / manifest.PROGRESS).write_text(json.dumps({key: record[key] for key in (
-        "format", "dataset_id", "spec", "spec_fingerprint", "model")}))
+    (unfinished / manifest.PROGRESS).write_text(
+        json.dumps({key: record[key] for key in ("format", "dataset_id", "spec", "spec_fingerprint", "model")})
+    )
     result = invoke("generate", "--resume", str(unfinished))
     assert result.exit_code == 0, result.output
     assert part_hashes(unfinished) == part_hashes(clean)
@@ -218,7 +276,9 @@ def test_a_conv_dataset_resumes_byte_for_byte(generated, local_ray, tmp_path):
 
 @pytest.mark.slow
 def test_a_conditional_conv_dataset_reports_tstr_beside_trtr(generated, tmp_path):
-    result = reports.dataset_report(generated.cond.location, reports.ReportConfig(n=N, out_dir=str(tmp_path / "report")))
+    result = reports.dataset_report(
+        generated.cond.location, reports.ReportConfig(n=N, out_dir=str(tmp_path / "report"))
+    )
     metrics = result.metrics
     assert metrics["subject"] == "dataset" and metrics["n_generated"] == N
     assert metrics["tstr_accuracy"] is not None and metrics["trtr_accuracy"] > 0.9

@@ -25,6 +25,7 @@ MASK64 = 2**64 - 1
 
 # --- a plain-Python reference of contract 1 (Python ints, math module), independent of numpy ---
 
+
 def ref_mix64(z: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
@@ -68,11 +69,13 @@ TEST_VECTORS = [  # DESIGN.md contract 1
 
 # --- networks and loss ---
 
+
 @pytest.mark.parametrize("num_classes", [0, 3])
 def test_shapes(num_classes):
     prior = tuple([1.0 / num_classes] * num_classes) if num_classes else ()
-    config = VAEConfig(input_shape=(6, 5), latent_dim=4, hidden_sizes=(16, 8), num_classes=num_classes,
-                       class_prior=prior)
+    config = VAEConfig(
+        input_shape=(6, 5), latent_dim=4, hidden_sizes=(16, 8), num_classes=num_classes, class_prior=prior
+    )
     torch.manual_seed(0)
     x = torch.rand(7, 6, 5)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0]) if num_classes else None
@@ -132,6 +135,7 @@ def test_negative_elbo_matches_hand_computation():
 
 # --- contract 1: the seed scheme ---
 
+
 def test_reference_implementation_reproduces_design_test_vectors():
     for dataset_seed, sample_id, seed_i, first_three in TEST_VECTORS:
         assert ref_seed(dataset_seed, sample_id) == seed_i
@@ -190,6 +194,7 @@ def test_dataset_seed_range_is_checked():
 
 # --- contract 1b: labels ---
 
+
 def test_balanced_labels_cycle_through_classes():
     ids = np.arange(100, 130)
     labels = sampling.labels_for("balanced", ids, seeds.row_seeds(0, ids), 2, (1, 4, 7), ())
@@ -220,6 +225,7 @@ def test_prior_labels_use_output_after_the_latent():
 
 
 # --- sampling on the block grid ---
+
 
 def test_block_ranges():
     assert sampling.block_ranges(0, 8, 8) == [(0, 8)]
@@ -257,6 +263,7 @@ def test_manifold_latents_grid():
 
 
 # --- training ---
+
 
 @pytest.fixture(scope="module")
 def small_digits() -> Dataset:
@@ -319,16 +326,27 @@ def test_vae_core_imports_no_side_effect_packages():
 
 # --- the conv architecture ---
 
-@pytest.mark.parametrize("input_shape, channels, sides", [
-    ((8, 8), (8, 16), [(8, 8), (4, 4), (2, 2)]),  # the bundled digits
-    ((28, 28), (4, 8, 8), [(28, 28), (14, 14), (7, 7), (3, 3)]),  # MNIST: odd sides 7 and 3 on the way down
-    ((3, 9, 7), (4, 6), [(9, 7), (4, 3), (2, 1)]),  # several channels, odd and unequal sides
-])
+
+@pytest.mark.parametrize(
+    "input_shape, channels, sides",
+    [
+        ((8, 8), (8, 16), [(8, 8), (4, 4), (2, 2)]),  # the bundled digits
+        ((28, 28), (4, 8, 8), [(28, 28), (14, 14), (7, 7), (3, 3)]),  # MNIST: odd sides 7 and 3 on the way down
+        ((3, 9, 7), (4, 6), [(9, 7), (4, 3), (2, 1)]),  # several channels, odd and unequal sides
+    ],
+)
 @pytest.mark.parametrize("num_classes", [0, 3])
 def test_conv_shapes_for_any_image_shape(input_shape, channels, sides, num_classes):
     prior = tuple([1.0 / num_classes] * num_classes) if num_classes else ()
-    config = VAEConfig(input_shape=input_shape, latent_dim=4, hidden_sizes=(16,), num_classes=num_classes,
-                       class_prior=prior, architecture="conv", conv_channels=channels)
+    config = VAEConfig(
+        input_shape=input_shape,
+        latent_dim=4,
+        hidden_sizes=(16,),
+        num_classes=num_classes,
+        class_prior=prior,
+        architecture="conv",
+        conv_channels=channels,
+    )
     assert config.conv_sides == sides
     torch.manual_seed(0)
     x = torch.rand(5, *input_shape)
@@ -353,7 +371,9 @@ def test_conv_shapes_for_any_image_shape(input_shape, channels, sides, num_class
 def test_conv_config_rejects_what_it_cannot_build():
     with pytest.raises(UsageError, match=r"4 conv layers halve a 8x8 image below one pixel; use at most 3"):
         VAEConfig(input_shape=(8, 8), architecture="conv", conv_channels=(8, 8, 8, 8))
-    with pytest.raises(UsageError, match=r"needs images of shape \(H, W\) or \(C, H, W\), got \(64,\); use architecture mlp"):
+    with pytest.raises(
+        UsageError, match=r"needs images of shape \(H, W\) or \(C, H, W\), got \(64,\); use architecture mlp"
+    ):
         VAEConfig(input_shape=(64,), architecture="conv", conv_channels=(8,))
     with pytest.raises(UsageError, match="conv channels must be one or more positive integers, got \\(\\)"):
         VAEConfig(input_shape=(8, 8), architecture="conv")
@@ -367,8 +387,10 @@ def test_conv_config_rejects_what_it_cannot_build():
 
 def test_a_config_registered_before_the_conv_architecture_still_loads_and_rebuilds():
     # config.json exactly as vaegen wrote it before `architecture` and `conv_channels` existed
-    older = ('{"class_prior": [], "hidden_sizes": [128], "input_shape": [8, 8], "latent_dim": 2, '
-             '"num_classes": 0, "pixel_semantics": "bernoulli-mean-in-[0,1]"}')
+    older = (
+        '{"class_prior": [], "hidden_sizes": [128], "input_shape": [8, 8], "latent_dim": 2, '
+        '"num_classes": 0, "pixel_semantics": "bernoulli-mean-in-[0,1]"}'
+    )
     config = VAEConfig.from_dict(json.loads(older))
     assert config.architecture == "mlp" and config.conv_channels == ()
     # ... and the weights it was saved with (an MLP's state dict keys) load strictly into today's Decoder
@@ -382,8 +404,15 @@ def test_a_config_registered_before_the_conv_architecture_still_loads_and_rebuil
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_conv_decoding_on_the_block_grid_is_bit_identical_for_any_split(threads):
-    config = VAEConfig(input_shape=(28, 28), latent_dim=5, hidden_sizes=(), architecture="conv", conv_channels=(8, 16),
-                       prior_flow_layers=4, prior_flow_hidden=16)
+    config = VAEConfig(
+        input_shape=(28, 28),
+        latent_dim=5,
+        hidden_sizes=(),
+        architecture="conv",
+        conv_channels=(8, 16),
+        prior_flow_layers=4,
+        prior_flow_hidden=16,
+    )
     torch.manual_seed(0)
     decoder = Decoder(config).eval()
     _perturb(decoder.prior_flow)
@@ -401,6 +430,7 @@ def test_conv_decoding_on_the_block_grid_is_bit_identical_for_any_split(threads)
 
 # --- the prior flow ---
 
+
 def _perturb(flow) -> None:
     """A freshly built flow is the identity map (zero last layers); give every parameter some value."""
     generator = torch.Generator().manual_seed(5)
@@ -412,8 +442,14 @@ def _perturb(flow) -> None:
 @pytest.mark.parametrize("num_classes", [0, 3])
 def test_prior_flow_density_is_the_change_of_variables(num_classes):
     prior = tuple([1.0 / num_classes] * num_classes) if num_classes else ()
-    config = VAEConfig(input_shape=(8, 8), latent_dim=5, num_classes=num_classes, class_prior=prior,
-                       prior_flow_layers=6, prior_flow_hidden=8)
+    config = VAEConfig(
+        input_shape=(8, 8),
+        latent_dim=5,
+        num_classes=num_classes,
+        class_prior=prior,
+        prior_flow_layers=6,
+        prior_flow_hidden=8,
+    )
     torch.manual_seed(0)
     flow = PriorFlow(config).double()
     _perturb(flow)
@@ -446,8 +482,9 @@ def test_decoder_maps_a_prior_draw_through_the_flow_and_a_fresh_flow_is_the_iden
 
 
 def test_fitting_the_prior_flow_raises_the_likelihood_of_the_aggregate_posterior(small_digits):
-    config = dataclasses.replace(model_config_for(small_digits, 4, (32,), conditional=False), prior_flow_layers=4,
-                                 prior_flow_hidden=32)
+    config = dataclasses.replace(
+        model_config_for(small_digits, 4, (32,), conditional=False), prior_flow_layers=4, prior_flow_hidden=32
+    )
     result = train(small_digits, config, TrainConfig(epochs=20, prior_flow_steps=200))
     train_set, holdout_set = small_digits.split(0.2)
     model = result.model

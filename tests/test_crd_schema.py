@@ -27,8 +27,14 @@ def test_declared_fields_pass_and_undeclared_ones_fail_at_every_depth() -> None:
 
 def test_an_object_without_properties_keeps_nothing_unless_it_preserves_unknown_fields() -> None:
     assert errors({"type": "object"}, {}) == []
-    assert errors({"type": "object"}, {"anything": 1}), "the API server prunes every field of an empty structural object"
-    preserved = {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {"type": "string"}}}
+    assert errors({"type": "object"}, {"anything": 1}), (
+        "the API server prunes every field of an empty structural object"
+    )
+    preserved = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"a": {"type": "string"}},
+    }
     assert errors(preserved, {"a": "x", "anything": {"deep": [1]}}) == []
     assert errors(preserved, {"a": 1}), "declared fields are still checked under preserve-unknown-fields"
 
@@ -56,8 +62,12 @@ def test_nullable_and_formats() -> None:
 def test_list_types_set_and_map() -> None:
     set_list = {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set"}
     assert errors(set_list, ["a", "b"]) == [] and errors(set_list, ["a", "a"])
-    map_list = {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name", "port"],
-                "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}}
+    map_list = {
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name", "port"],
+        "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}},
+    }
     assert errors(map_list, [{"name": "a", "port": 1}, {"name": "a", "port": 2}]) == []
     assert errors(map_list, [{"name": "a", "port": 1}, {"name": "a", "port": 1}])
     atomic = {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "atomic"}
@@ -65,8 +75,11 @@ def test_list_types_set_and_map() -> None:
 
 
 def test_junctors_restate_value_checks_without_closing_the_object() -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}, "c": {"type": "string"}},
-              "anyOf": [{"required": ["c"]}, {"properties": {"b": {"minLength": 2}}, "required": ["b"]}]}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "string"}, "c": {"type": "string"}},
+        "anyOf": [{"required": ["c"]}, {"properties": {"b": {"minLength": 2}}, "required": ["b"]}],
+    }
     assert errors(schema, {"a": "x", "b": "yy"}) == [], "`a` is declared outside; the branch must not refuse it"
     assert errors(schema, {"a": "x", "b": "y"}), "the branch's value check still applies"
     assert errors(schema, {"b": "yy", "d": "x"}), "the object itself stays closed"
@@ -74,7 +87,9 @@ def test_junctors_restate_value_checks_without_closing_the_object() -> None:
 
 def test_embedded_resources_carry_apiversion_kind_and_metadata() -> None:
     embedded = {"type": "object", "x-kubernetes-embedded-resource": True, "properties": {"spec": OBJECT}}
-    assert errors(embedded, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "spec": {"a": "y"}}) == []
+    assert (
+        errors(embedded, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "spec": {"a": "y"}}) == []
+    )
     assert errors(embedded, {"spec": {}}), "apiVersion and kind are required"
     assert errors(embedded, {"apiVersion": "v1", "kind": "X", "metadata": {"nam": "x"}})
 

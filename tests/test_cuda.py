@@ -21,13 +21,22 @@ from jobs.generate.spec import DatasetSpec
 from vae_core.config import VAEConfig
 from vae_core.model import VAE
 
-NO_CUDA = None if torch.cuda.is_available() else (
-    f"CUDA absent: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no GPU")
+NO_CUDA = (
+    None
+    if torch.cuda.is_available()
+    else (f"CUDA absent: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no GPU")
+)
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(NO_CUDA is not None, reason=NO_CUDA or "")]
 
 MLP = VAEConfig(input_shape=(28, 28), latent_dim=2, hidden_sizes=(128,))  # the default recipe, 28x28
-CONV = VAEConfig(input_shape=(28, 28), latent_dim=16, hidden_sizes=(), architecture="conv", conv_channels=(32, 64),
-                 prior_flow_layers=8)  # the conv recipe with its prior flow
+CONV = VAEConfig(
+    input_shape=(28, 28),
+    latent_dim=16,
+    hidden_sizes=(),
+    architecture="conv",
+    conv_channels=(32, 64),
+    prior_flow_layers=8,
+)  # the conv recipe with its prior flow
 BLOCK = 4_096
 N, ROWS_PER_SHARD = 32_768, 8_192  # 4 parts, 2 decode blocks each: shards split differently over 1 and 2 workers
 
@@ -35,8 +44,16 @@ N, ROWS_PER_SHARD = 32_768, 8_192  # 4 parts, 2 decode blocks each: shards split
 def predictor(config: VAEConfig, device: str, dtype: str = "float32") -> Predictor:
     torch.manual_seed(0)
     decoder = VAE(config).decoder
-    spec = DatasetSpec("cuda-test", 1, n=N, seed=42, latent_dim=config.latent_dim, sample_shape=config.input_shape,
-                       dtype=dtype, block_rows=BLOCK)
+    spec = DatasetSpec(
+        "cuda-test",
+        1,
+        n=N,
+        seed=42,
+        latent_dim=config.latent_dim,
+        sample_shape=config.input_shape,
+        dtype=dtype,
+        block_rows=BLOCK,
+    )
     state = {key: value.numpy() for key, value in decoder.state_dict().items()}
     return Predictor(spec, config.to_dict(), state, device)
 
@@ -75,9 +92,14 @@ def cuda_datasets(request, tmp_path_factory) -> dict[int, Path]:
             patch.setenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "1")
         with private_local_ray(num_cpus=min(8, os.cpu_count()), num_gpus=max(2, gpus)):
             for workers in (1, 2):
-                config = GenerateConfig(n=N, model="cuda-conv/1", out=str(root / f"workers-{workers}"), seed=42,
-                                        rows_per_shard=ROWS_PER_SHARD,
-                                        engine=EngineOptions(num_workers=workers, device="cuda"))
+                config = GenerateConfig(
+                    n=N,
+                    model="cuda-conv/1",
+                    out=str(root / f"workers-{workers}"),
+                    seed=42,
+                    rows_per_shard=ROWS_PER_SHARD,
+                    engine=EngineOptions(num_workers=workers, device="cuda"),
+                )
                 folders[workers] = Path(config.out) / generate(config).manifest["dataset_id"]
     return folders
 

@@ -46,6 +46,7 @@ def expect_usage_error(spec: str, *fragments: str) -> str:
 
 # --- digits ---
 
+
 def test_digits():
     data = load("digits")
     assert data.images.shape == (1797, 8, 8) and data.shape == (8, 8)
@@ -65,6 +66,7 @@ def test_split_holds_out_the_last_rows():
 
 
 # --- mnist:DIR ---
+
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_mnist_train_then_t10k_with_labels(tmp_path, suffix):
@@ -111,6 +113,7 @@ def test_real_mnist_if_present():
 
 # --- npz:FILE[:KEY] ---
 
+
 def test_npz_default_key_with_labels(tmp_path):
     images = np.random.default_rng(0).random((6, 3, 3)).astype(np.float32)
     np.savez(tmp_path / "data.npz", x=images, y=np.arange(6) % 3)
@@ -139,6 +142,7 @@ def test_npz_images_key(tmp_path):
 
 
 # --- parquet:PATH[:COLUMN] ---
+
 
 def test_parquet_fixed_shape_tensor_with_labels(tmp_path):
     images = np.random.default_rng(1).random((5, 4, 4)).astype(np.float32)
@@ -180,6 +184,7 @@ def test_parquet_custom_column_and_directory(tmp_path):
 
 
 # --- every bad input: a one-line UsageError naming the source ---
+
 
 @pytest.mark.parametrize("spec", ["bogus", "mnist", "mnist:", "npz:", "digits:extra", "csv:/tmp/x.csv", ""])
 def test_unknown_spec(spec):
@@ -253,7 +258,9 @@ def test_npz_bad_labels(tmp_path):
 
 
 def test_parquet_wrong_column(tmp_path):
-    pq.write_table(pa.table({"image": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 8), 4)}), tmp_path / "p.parquet")
+    pq.write_table(
+        pa.table({"image": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 8), 4)}), tmp_path / "p.parquet"
+    )
     expect_usage_error(f"parquet:{tmp_path / 'p.parquet'}", "no column 'x'", "image")
     expect_usage_error(f"parquet:{tmp_path / 'p.parquet'}:pixels", "no column 'pixels'")
 
@@ -270,8 +277,9 @@ def test_parquet_values_outside_unit_range(tmp_path):
 
 
 def test_parquet_ragged_lists(tmp_path):
-    pq.write_table(pa.table({"x": pa.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6]], pa.list_(pa.float32()))}),
-                   tmp_path / "r.parquet")
+    pq.write_table(
+        pa.table({"x": pa.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6]], pa.list_(pa.float32()))}), tmp_path / "r.parquet"
+    )
     expect_usage_error(f"parquet:{tmp_path / 'r.parquet'}", "different lengths")
 
 

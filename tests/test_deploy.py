@@ -78,7 +78,9 @@ def objects_of_kind(kind: str) -> list[dict[str, Any]]:
 
 def one(kind: str, name: str | None = None) -> dict[str, Any]:
     found = [doc for doc in objects_of_kind(kind) if name is None or doc["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected exactly one {kind}" + (f" named {name}" if name else "") + f", found {len(found)}"
+    assert len(found) == 1, (
+        f"expected exactly one {kind}" + (f" named {name}" if name else "") + f", found {len(found)}"
+    )
     return found[0]
 
 
@@ -96,8 +98,10 @@ def kuberay_crd_dir() -> Path | None:
 def kuberay_crds() -> CrdSchemas:
     directory = kuberay_crd_dir()
     if directory is None or not any(directory.glob("*.yaml")):
-        pytest.skip(f"no KubeRay CRDs: set VAEGEN_KUBERAY_CRDS or provide {ROOT.parent / 'shared' / 'kuberay-crds'} "
-                    "(ray-project/kuberay ray-operator/config/crd/bases/*.yaml)")
+        pytest.skip(
+            f"no KubeRay CRDs: set VAEGEN_KUBERAY_CRDS or provide {ROOT.parent / 'shared' / 'kuberay-crds'} "
+            "(ray-project/kuberay ray-operator/config/crd/bases/*.yaml)"
+        )
     return CrdSchemas(directory)
 
 
@@ -105,8 +109,10 @@ def ray_cluster_specs() -> list[tuple[str, dict[str, Any]]]:
     """Every RayCluster spec: the long-lived cluster and those embedded in RayJob / RayCronJob."""
     specs = [(f"RayCluster/{d['metadata']['name']}", d["spec"]) for d in objects_of_kind("RayCluster")]
     specs += [(f"RayJob/{d['metadata']['name']}", d["spec"]["rayClusterSpec"]) for d in objects_of_kind("RayJob")]
-    specs += [(f"RayCronJob/{d['metadata']['name']}", d["spec"]["jobTemplate"]["rayClusterSpec"])
-              for d in objects_of_kind("RayCronJob")]
+    specs += [
+        (f"RayCronJob/{d['metadata']['name']}", d["spec"]["jobTemplate"]["rayClusterSpec"])
+        for d in objects_of_kind("RayCronJob")
+    ]
     return specs
 
 
@@ -161,11 +167,24 @@ def compose(path: Path = COMPOSE) -> dict[str, Any]:
 # Every file
 # --------------------------------------------------------------------------------------------
 
+
 def test_deploy_files_exist() -> None:
-    expected = ["Dockerfile", "compose.yaml", ".env.example", "RUNBOOK.md", "k8s/namespace.yaml",
-                "k8s/mlflow.yaml", "k8s/raycluster.yaml", "k8s/rayjob-generate.yaml",
-                "k8s/raycronjob-refresh.yaml", "k8s/cronjob-refresh.yaml", "k8s/webhook.yaml", "k8s/podmonitor.yaml",
-                "grafana/prometheus-scrape.yaml", "grafana/vaegen-dashboard.json"]
+    expected = [
+        "Dockerfile",
+        "compose.yaml",
+        ".env.example",
+        "RUNBOOK.md",
+        "k8s/namespace.yaml",
+        "k8s/mlflow.yaml",
+        "k8s/raycluster.yaml",
+        "k8s/rayjob-generate.yaml",
+        "k8s/raycronjob-refresh.yaml",
+        "k8s/cronjob-refresh.yaml",
+        "k8s/webhook.yaml",
+        "k8s/podmonitor.yaml",
+        "grafana/prometheus-scrape.yaml",
+        "grafana/vaegen-dashboard.json",
+    ]
     missing = [name for name in expected if not (DEPLOY / name).is_file()]
     assert not missing, f"missing under deploy/: {missing}"
 
@@ -197,8 +216,9 @@ def test_manifest_starts_with_the_command_that_applies_it(path: Path) -> None:
 # Kubernetes: core objects against the official schemas, KubeRay objects field by field
 # --------------------------------------------------------------------------------------------
 
-CORE_OBJECTS = collect(lambda: [(path, doc) for path, doc in k8s_objects()
-                                 if doc["apiVersion"] not in (RAY_API, MONITORING_API)], [])
+CORE_OBJECTS = collect(
+    lambda: [(path, doc) for path, doc in k8s_objects() if doc["apiVersion"] not in (RAY_API, MONITORING_API)], []
+)
 
 
 def assert_valid(doc: dict[str, Any], version: str, what: str) -> None:
@@ -211,8 +231,9 @@ def assert_valid(doc: dict[str, Any], version: str, what: str) -> None:
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize(("path", "doc"), CORE_OBJECTS,
-                         ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in CORE_OBJECTS])
+@pytest.mark.parametrize(
+    ("path", "doc"), CORE_OBJECTS, ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in CORE_OBJECTS]
+)
 def test_core_objects_validate_against_kubernetes_schema(path: Path, doc: dict[str, Any], version: str) -> None:
     assert_valid(doc, version, f"{path.name} {doc['kind']}/{doc['metadata']['name']} (k8s {version})")
 
@@ -264,19 +285,24 @@ def test_prometheus_scrapes_the_metrics_port_of_every_ray_pod() -> None:
         assert ports.get(endpoint["port"]) == 8080, ports  # KubeRay's --metrics-export-port
     (job,) = load_docs(GRAFANA / "prometheus-scrape.yaml")[0]["scrape_configs"]
     keep = {rule["source_labels"][0]: rule["regex"] for rule in job["relabel_configs"] if rule.get("action") == "keep"}
-    assert keep == {"__meta_kubernetes_pod_label_ray_io_cluster": cluster["metadata"]["name"],
-                    "__meta_kubernetes_pod_container_port_name": endpoint["port"]}
+    assert keep == {
+        "__meta_kubernetes_pod_label_ray_io_cluster": cluster["metadata"]["name"],
+        "__meta_kubernetes_pod_container_port_name": endpoint["port"],
+    }
     assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": [NAMESPACE]}}]
 
 
 KUBERAY_OBJECTS = collect(lambda: [(path, doc) for path, doc in k8s_objects() if doc["apiVersion"] == RAY_API], [])
 
 
-@pytest.mark.parametrize(("path", "doc"), KUBERAY_OBJECTS,
-                         ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in KUBERAY_OBJECTS])
+@pytest.mark.parametrize(
+    ("path", "doc"), KUBERAY_OBJECTS, ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in KUBERAY_OBJECTS]
+)
 def test_kuberay_objects_validate_strictly_against_the_crds(path: Path, doc: dict[str, Any]) -> None:
     errors = kuberay_crds().errors(doc)
-    assert not errors, f"{path.name} {doc['kind']}/{doc['metadata']['name']} against {kuberay_crds().directory}:\n" + "\n".join(errors)
+    assert not errors, (
+        f"{path.name} {doc['kind']}/{doc['metadata']['name']} against {kuberay_crds().directory}:\n" + "\n".join(errors)
+    )
 
 
 def _rayjob_copy() -> dict[str, Any]:
@@ -294,8 +320,12 @@ def test_strict_crd_validation_rejects_unknown_fields_at_any_depth() -> None:
     meta["metadata"]["lables"] = {"a": "b"}
     empty_object = _rayjob_copy()  # rayStartParams is a map of strings; autoscalerOptions lists its fields
     empty_object["spec"]["rayClusterSpec"]["autoscalerOptions"]["idleTimeout"] = 300
-    for name, doc, field in [("top", top, "backoffLimitt"), ("deep", deep, "envFromm"), ("metadata", meta, "lables"),
-                             ("autoscalerOptions", empty_object, "idleTimeout")]:
+    for name, doc, field in [
+        ("top", top, "backoffLimitt"),
+        ("deep", deep, "envFromm"),
+        ("metadata", meta, "lables"),
+        ("autoscalerOptions", empty_object, "idleTimeout"),
+    ]:
         errors = crds.errors(doc)
         assert len(errors) == 1 and field in errors[0] and "not allowed" in errors[0], f"{name}: {errors}"
 
@@ -307,8 +337,21 @@ def test_strict_crd_validation_rejects_wrong_types_and_reads_kubernetes_extensio
         "int32 overflow": (["spec", "ttlSecondsAfterFinished"], 2**31),
         "string as list": (["spec", "entrypoint"], ["generate"]),
         "enum": (["spec", "rayClusterSpec", "autoscalerOptions", "upscalingMode"], "Eager"),
-        "int-or-string as list": (["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0,
-                                   "resources", "limits", "cpu"], ["2"]),
+        "int-or-string as list": (
+            [
+                "spec",
+                "rayClusterSpec",
+                "headGroupSpec",
+                "template",
+                "spec",
+                "containers",
+                0,
+                "resources",
+                "limits",
+                "cpu",
+            ],
+            ["2"],
+        ),
         "null where not nullable": (["spec", "activeDeadlineSeconds"], None),
         "CEL rule (not evaluated offline)": (["spec", "managedBy"], "someone-else"),
     }
@@ -320,11 +363,15 @@ def test_strict_crd_validation_rejects_wrong_types_and_reads_kubernetes_extensio
         node[path[-1]] = value
         where = ".".join(map(str, path))
         errors = crds.errors(doc)
-        assert errors and all(error.startswith(f"{where}:") for error in errors), f"{name}: {where} = {value!r}: {errors}"
+        assert errors and all(error.startswith(f"{where}:") for error in errors), (
+            f"{name}: {where} = {value!r}: {errors}"
+        )
     # int-or-string takes both forms, as the API server does.
     for value in (2, "2", "1500m"):
         doc = _rayjob_copy()
-        doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = value
+        doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+            "cpu"
+        ] = value
         assert not crds.errors(doc), f"cpu {value!r}: {crds.errors(doc)}"
     # A list of type map keyed by name: two containers with one name is an error.
     doc = _rayjob_copy()
@@ -343,8 +390,15 @@ def test_crd_versions_gate_the_fields_the_headers_name() -> None:
         assert "backoffLimit" not in spec, f"{where}: RayJob backoffLimit needs KubeRay 1.2; the header promises 1.1"
     assert "KubeRay >= 1.1" in (K8S / "rayjob-generate.yaml").read_text()
     cron_header = (K8S / "raycronjob-refresh.yaml").read_text()
-    for fact in ("KubeRay >= 1.6", "feature gate `RayCronJob`", "OFF by", "--feature-gates=RayCronJob=true",
-                 "startingDeadlineSeconds", "concurrencyPolicy", "one RayJob per missed tick"):
+    for fact in (
+        "KubeRay >= 1.6",
+        "feature gate `RayCronJob`",
+        "OFF by",
+        "--feature-gates=RayCronJob=true",
+        "startingDeadlineSeconds",
+        "concurrencyPolicy",
+        "one RayJob per missed tick",
+    ):
         assert fact in cron_header, f"raycronjob-refresh.yaml header must say {fact!r}"
 
 
@@ -360,8 +414,11 @@ def test_ray_clusters_have_a_cpu_head_and_an_autoscaled_gpu_worker_group(where_s
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     for section in ("requests", "limits"):
         assert "nvidia.com/gpu" not in head.get("resources", {}).get(section, {}), f"{where}: the head is CPU only"
-    gpu_groups = [g for g in spec["workerGroupSpecs"]
-                  if str(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")) == "1"]
+    gpu_groups = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if str(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")) == "1"
+    ]
     assert gpu_groups, f"{where}: no worker group with limits nvidia.com/gpu: 1"
     for group in gpu_groups:
         assert group["minReplicas"] == 0, f"{where}: the GPU group must scale to zero"
@@ -405,7 +462,10 @@ def test_cronjob_submits_refresh_to_the_raycluster_head_service() -> None:
     assert container["args"][:2] == ["vaegen", "refresh"], container["args"]
     env = {var["name"]: var for var in container["env"]}
     cluster = one("RayCluster")["metadata"]
-    assert env["RAY_ADDRESS"]["value"] == f"http://{cluster['name']}-head-svc.{cluster['namespace']}.svc.cluster.local:8265"
+    assert (
+        env["RAY_ADDRESS"]["value"]
+        == f"http://{cluster['name']}-head-svc.{cluster['namespace']}.svc.cluster.local:8265"
+    )
     assert "--address" not in _cronjob_script(), "every ray command reads RAY_ADDRESS"
 
 
@@ -413,7 +473,8 @@ def test_cronjob_script_is_valid_posix_shell() -> None:
     done = subprocess.run(["sh", "-n", "-c", _cronjob_script()], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert "$$" not in _cronjob_script() and not re.search(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", _cronjob_script()), (
-        "Kubernetes rewrites $$ and $(NAME) in command and args")
+        "Kubernetes rewrites $$ and $(NAME) in command and args"
+    )
 
 
 def test_cronjob_submission_id_comes_from_the_job_through_the_downward_api() -> None:
@@ -441,7 +502,9 @@ def test_cronjob_deadline_stops_the_ray_job_before_the_pod_deadline() -> None:
     assert re.search(r'-- \\\n\s+timeout --signal=INT --kill-after=(\d+) "\$REFRESH_DEADLINE_S" "\$@"', script), script
     kill_after_s = int(re.search(r"--kill-after=(\d+)", script).group(1))
     # The follower gives up after the job's own deadline plus a margin, and then stops it.
-    margin_s = int(re.search(r"follow_until=\$\(\( \$\(date \+%s\) \+ REFRESH_DEADLINE_S \+ (\d+) \)\)", script).group(1))
+    margin_s = int(
+        re.search(r"follow_until=\$\(\( \$\(date \+%s\) \+ REFRESH_DEADLINE_S \+ (\d+) \)\)", script).group(1)
+    )
     assert re.search(r'ray job stop [^\n]*"\$id"', script)
     assert margin_s > kill_after_s, "the follower must not stop a job its own timeout is still ending"
     startup_allowance_s = 600  # image pull, scheduling
@@ -449,12 +512,16 @@ def test_cronjob_deadline_stops_the_ray_job_before_the_pod_deadline() -> None:
     rules = job["podFailurePolicy"]["rules"]
     assert {"action": "FailJob", "onExitCodes": {"containerName": "submit", "operator": "In", "values": [3]}} in rules
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
-    assert job["backoffLimit"] >= 1 and one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert (
+        job["backoffLimit"] >= 1
+        and one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    )
 
 
 def _defined_env() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    secrets = {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
-               for d in objects_of_kind("Secret")}
+    secrets = {
+        d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {})) for d in objects_of_kind("Secret")
+    }
     config_maps = {d["metadata"]["name"]: set(d.get("data", {})) for d in objects_of_kind("ConfigMap")}
     return secrets, config_maps
 
@@ -496,8 +563,13 @@ def test_mlflow_server_uses_postgres_and_s3_from_secret_and_configmap() -> None:
     assert "secretKeyRef" in env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]
     config = one("ConfigMap")["data"]
     assert config["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION",
-                "VAEGEN_OUTPUT"):
+    for key in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_DEFAULT_REGION",
+        "VAEGEN_OUTPUT",
+    ):
         assert config.get(key), f"ConfigMap lacks {key}"
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set().union(*secrets.values())
     # The tracking URI must reach the Service, and mlflow must accept its Host header.
@@ -552,7 +624,9 @@ def test_compose_mlflow_is_consistent_across_workers() -> None:
     assert mlflow["depends_on"]["mlflow-db-upgrade"] == {"condition": "service_completed_successfully"}
     assert str(upgrade["restart"]) == "no"
     server_uri = re.search(r'--backend-store-uri "([^"]+)"', " ".join(mlflow["command"])).group(1)
-    assert f'mlflow db upgrade "{server_uri}"' in " ".join(upgrade["command"]), "the upgrade must migrate the server's database"
+    assert f'mlflow db upgrade "{server_uri}"' in " ".join(upgrade["command"]), (
+        "the upgrade must migrate the server's database"
+    )
     command = " ".join(mlflow["command"]).split()
     workers = int(command[command.index("--workers") + 1])
     assert workers >= 2 and "--serve-artifacts" in command
@@ -567,10 +641,16 @@ def test_mlflow_flags_used_by_deploy_exist() -> None:
     from click.testing import CliRunner
     from mlflow.cli import cli
 
-    server_flags = {arg.split("=", 1)[0] for arg in one("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]}
-    server_flags |= {word for word in " ".join(compose()["services"]["mlflow"]["command"]).split() if word.startswith("--")}
+    server_flags = {
+        arg.split("=", 1)[0] for arg in one("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
+    }
+    server_flags |= {
+        word for word in " ".join(compose()["services"]["mlflow"]["command"]).split() if word.startswith("--")
+    }
     help_text = CliRunner().invoke(cli, ["server", "--help"]).output
-    missing = sorted(flag for flag in server_flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text))
+    missing = sorted(
+        flag for flag in server_flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text)
+    )
     assert not missing, f"`mlflow server` has no {missing}"
     assert CliRunner().invoke(cli, ["db", "upgrade", "--help"]).exit_code == 0
 
@@ -583,7 +663,9 @@ def test_the_runbooks_webhook_key_command_makes_a_key_mlflow_accepts() -> None:
     command = "openssl rand -base64 32 | tr '+/' '-_'"
     assert command in RUNBOOK.read_text() and command in ENV_EXAMPLE.read_text()
     for _ in range(20):  # random bytes: '+' and '/' turn up in most keys
-        key = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        key = subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
         Fernet(key.encode())  # what MLflow does with MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY at import
 
 
@@ -608,8 +690,12 @@ NON_PYTHON_SERVICES = {"postgres": "postgres", "minio": "minio/minio", "minio-in
 
 def test_pickle_deserialization_is_off_in_every_python_process() -> None:
     variable = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
-    containers = [(f"{path.name}{where}/{c['name']}", c) for path, doc in k8s_objects()
-                  for where, spec in all_pod_specs_in(doc) for c in containers_of(spec)]
+    containers = [
+        (f"{path.name}{where}/{c['name']}", c)
+        for path, doc in k8s_objects()
+        for where, spec in all_pod_specs_in(doc)
+        for c in containers_of(spec)
+    ]
     names = sorted({c["name"] for _, c in containers})
     assert names == ["db-upgrade", "mlflow", "ray-head", "ray-job-submitter", "ray-worker", "submit", "webhook"], names
     # 3 Ray clusters x (head, GPU worker), 2 submitters, the CronJob's, mlflow and its db-upgrade, the webhook receiver.
@@ -625,7 +711,9 @@ def test_pickle_deserialization_is_off_in_every_python_process() -> None:
                 assert NON_PYTHON_SERVICES[name] in image and "build" not in service, f"{name} runs {image}"
                 continue
             assert (service.get("environment") or {}).get(variable) == "false", f"compose service {name}: {variable}"
-    assert re.search(rf"^\s+{variable}=false\s*$", DOCKERFILE.read_text(), re.M), f"deploy/Dockerfile: ENV {variable}=false"
+    assert re.search(rf"^\s+{variable}=false\s*$", DOCKERFILE.read_text(), re.M), (
+        f"deploy/Dockerfile: ENV {variable}=false"
+    )
     runbook = " ".join(RUNBOOK.read_text().split())
     assert "MLflow 3.17 still unpickles model artifacts by default" in runbook
 
@@ -662,6 +750,7 @@ def test_one_image_and_one_ray_version_everywhere() -> None:
 # Dockerfile
 # --------------------------------------------------------------------------------------------
 
+
 def test_dockerfile_builds_vaegen_on_ray_as_non_root() -> None:
     text = DOCKERFILE.read_text()
     instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
@@ -686,9 +775,13 @@ def test_cpu_images_get_the_cpu_torch_build_as_install_sh_does() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG TORCH=cuda$", text, re.M), "GPU images stay the default"
     cpu_branch = re.search(r"^\s+cpu\) (.*?) ;;", text, re.M).group(1)
-    assert f"--constraint {CPU_CONSTRAINT}" in cpu_branch and "--extra-index-url $TORCH_CPU_INDEX" in cpu_branch, cpu_branch
+    assert f"--constraint {CPU_CONSTRAINT}" in cpu_branch and "--extra-index-url $TORCH_CPU_INDEX" in cpu_branch, (
+        cpu_branch
+    )
     assert re.search(r"^\s+cuda\) torch_args=\"\" ;;", text, re.M)
-    assert re.search(r"^\s+\*\) echo [^\n]*TORCH must be cpu or cuda[^\n]*exit 2 ;;", text, re.M), "a typo must fail the build"
+    assert re.search(r"^\s+\*\) echo [^\n]*TORCH must be cpu or cuda[^\n]*exit 2 ;;", text, re.M), (
+        "a typo must fail the build"
+    )
     assert re.search(r"pip install --constraint /tmp/constraints.txt \$torch_args \\$", text, re.M)
     assert "assert torch.version.cuda is None" in text, "the CPU build proves it got a CPU torch"
     # One rule for both: the same constraint file and the same default index as deploy/install.sh.
@@ -710,6 +803,7 @@ def test_cpu_images_get_the_cpu_torch_build_as_install_sh_does() -> None:
 # Compose
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=rel)
 def test_compose_ports_bind_loopback_unless_configured(path: Path) -> None:
     for name, service in compose(path)["services"].items():
@@ -729,7 +823,9 @@ def test_compose_long_running_services_have_healthchecks() -> None:
         assert not (one_shot and name in long_running), f"{name} must restart"
         if not one_shot:
             check = service.get("healthcheck") or {}
-            assert check.get("test") and check["test"] != ["NONE"] and not check.get("disable"), f"{name}: no healthcheck"
+            assert check.get("test") and check["test"] != ["NONE"] and not check.get("disable"), (
+                f"{name}: no healthcheck"
+            )
 
 
 def test_compose_stack_wiring() -> None:
@@ -827,7 +923,8 @@ def commands_in(text: str) -> set[tuple[str, str | None, tuple[str, ...]]]:
                 if sub in COMMAND_GROUPS and start < len(tokens):  # `vaegen webhook serve ...`
                     sub, start = f"{sub} {tokens[start]}", start + 1
             elif token.rsplit("/", 1)[-1] == "generate" and (
-                    i == 0 or previous in _SEPARATORS | {"--", "exec"} or previous.startswith("$")):
+                i == 0 or previous in _SEPARATORS | {"--", "exec"} or previous.startswith("$")
+            ):
                 program, sub, start = "generate", None, i + 1
             else:
                 continue
@@ -910,11 +1007,15 @@ def _help_text(program: str, sub: str | None) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize(("program", "sub"), sorted(CLI_USAGES, key=lambda k: (k[0], k[1] or "")),
-                         ids=lambda value: value or "-")
+@pytest.mark.parametrize(
+    ("program", "sub"), sorted(CLI_USAGES, key=lambda k: (k[0], k[1] or "")), ids=lambda value: value or "-"
+)
 def test_cli_commands_used_by_deploy_exist_with_their_flags(program: str, sub: str | None) -> None:
     help_text = _help_text(program, sub)
-    missing = [flag for flag in sorted(CLI_USAGES[(program, sub)])
-               if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text)]
+    missing = [
+        flag
+        for flag in sorted(CLI_USAGES[(program, sub)])
+        if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text)
+    ]
     name = " ".join(part for part in (program, sub) if part)
     assert not missing, f"`{name}` does not document {missing}; its --help says:\n{help_text}"

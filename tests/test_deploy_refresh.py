@@ -54,7 +54,9 @@ def _manifest(name: str, kind: str) -> dict[str, Any]:
 
 
 def _submit_container() -> dict[str, Any]:
-    return _manifest("cronjob-refresh.yaml", "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    return _manifest("cronjob-refresh.yaml", "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
 
 
 def _ray_settings() -> dict[str, str]:
@@ -75,12 +77,22 @@ def cluster() -> Iterator[RayCluster]:
 class Pod:
     """One pod of one Kubernetes Job of the CronJob: the manifest's command, env and a recording Ray job."""
 
-    def __init__(self, cluster: RayCluster, tmp_path: Path, job_name: str, job_uid: str, *,
-                 sleep_s: float, deadline_s: int | None = None) -> None:
+    def __init__(
+        self,
+        cluster: RayCluster,
+        tmp_path: Path,
+        job_name: str,
+        job_uid: str,
+        *,
+        sleep_s: float,
+        deadline_s: int | None = None,
+    ) -> None:
         container = _submit_container()
         assert container["envFrom"] == [{"configMapRef": {"name": "vaegen-config"}}]
-        env = {**_manifest("mlflow.yaml", "ConfigMap")["data"],
-               **{var["name"]: var["value"] for var in container["env"] if "value" in var}}
+        env = {
+            **_manifest("mlflow.yaml", "ConfigMap")["data"],
+            **{var["name"]: var["value"] for var in container["env"] if "value" in var},
+        }
         assert env.pop("RAY_ADDRESS").endswith(":8265")
         if deadline_s is not None:
             env["REFRESH_DEADLINE_S"] = str(deadline_s)
@@ -99,8 +111,9 @@ class Pod:
         """The pod in the background; its output goes to self.output."""
         self.output = self.tmp_path / f"pod-{uuid.uuid4().hex[:6]}.out"
         with self.output.open("w") as out:
-            return subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
 
     def release(self) -> None:
         """Let the recording Ray job finish now (it sleeps up to sleep_s otherwise)."""
@@ -112,10 +125,17 @@ class Pod:
 
 def ray_jobs(cluster: RayCluster, prefix: str) -> dict[str, str]:
     """submission id -> status of every Ray job on the cluster whose id starts with prefix."""
-    code = ("import json, sys; from ray.job_submission import JobSubmissionClient; "
-            "print(json.dumps({j.submission_id: j.status.value for j in JobSubmissionClient(sys.argv[1]).list_jobs()}))")
-    done = subprocess.run([sys.executable, "-c", code, cluster.dashboard_url], env=cluster.env.environ(),
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, sys; from ray.job_submission import JobSubmissionClient; "
+        "print(json.dumps({j.submission_id: j.status.value for j in JobSubmissionClient(sys.argv[1]).list_jobs()}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, cluster.dashboard_url],
+        env=cluster.env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     jobs = json.loads(done.stdout.strip().splitlines()[-1])
     return {job_id: status for job_id, status in jobs.items() if job_id and job_id.startswith(prefix)}
@@ -134,8 +154,11 @@ def test_one_ray_job_per_kubernetes_job_whatever_happens_to_its_pods(cluster: Ra
 
     # Its replacement finds the job running and follows it to the end instead of submitting again.
     second = pod.start()
-    wait_until(lambda: "exists (" in pod.output.read_text() or second.poll() is not None, RUN_TIMEOUT_S,
-               "the replacement pod to find the Ray job")
+    wait_until(
+        lambda: "exists (" in pod.output.read_text() or second.poll() is not None,
+        RUN_TIMEOUT_S,
+        "the replacement pod to find the Ray job",
+    )
     pod.release()
     assert second.wait(timeout=RUN_TIMEOUT_S) == 0, pod.output.read_text()
     assert f"Ray job {pod.submission_id} exists (RUNNING)" in pod.output.read_text(), pod.output.read_text()
@@ -150,13 +173,16 @@ def test_one_ray_job_per_kubernetes_job_whatever_happens_to_its_pods(cluster: Ra
     # Another Job, even under the same name (a manual run re-created), is a new Ray job.
     other = Pod(cluster, tmp_path, job_name, str(uuid.uuid4()), sleep_s=0)
     done = other.run()
-    assert done.returncode == 0 and f"submitting Ray job {other.submission_id}" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and f"submitting Ray job {other.submission_id}" in done.stdout, (
+        done.stdout + done.stderr
+    )
     assert other.events() == ["started", "finished"]
     assert ray_jobs(cluster, job_name) == {pod.submission_id: "SUCCEEDED", other.submission_id: "SUCCEEDED"}
 
 
-def test_the_deadline_interrupts_the_ray_job_and_a_failed_job_is_not_resubmitted(cluster: RayCluster,
-                                                                                  tmp_path: Path) -> None:
+def test_the_deadline_interrupts_the_ray_job_and_a_failed_job_is_not_resubmitted(
+    cluster: RayCluster, tmp_path: Path
+) -> None:
     job_name = "vaegen-refresh-29410620"
     pod = Pod(cluster, tmp_path, job_name, str(uuid.uuid4()), sleep_s=600, deadline_s=3)
     started = time.monotonic()
@@ -181,8 +207,13 @@ def test_ray_job_stop_interrupts_with_the_configmap_signal(cluster: RayCluster, 
     running = pod.start()
     try:
         wait_until(lambda: "started" in pod.events(), RUN_TIMEOUT_S, "the Ray job to start")
-        stop = subprocess.run(["ray", "job", "stop", pod.submission_id], env=pod.env, capture_output=True, text=True,
-                              timeout=RUN_TIMEOUT_S)
+        stop = subprocess.run(
+            ["ray", "job", "stop", pod.submission_id],
+            env=pod.env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert running.wait(timeout=RUN_TIMEOUT_S) == 3, "the follower reports a stopped Ray job as exit 3"
     finally:

@@ -53,8 +53,14 @@ def dataset_id(seed: int) -> str:
 
 
 def config(out: Path, seed: int, **engine_options: Any) -> GenerateConfig:
-    return GenerateConfig(n=N, model=MODEL, out=str(out), seed=seed, rows_per_shard=R,
-                          engine=EngineOptions(num_workers=2, shared_fs=True, **engine_options))
+    return GenerateConfig(
+        n=N,
+        model=MODEL,
+        out=str(out),
+        seed=seed,
+        rows_per_shard=R,
+        engine=EngineOptions(num_workers=2, shared_fs=True, **engine_options),
+    )
 
 
 def cmdline(pid: int) -> str:
@@ -140,10 +146,27 @@ def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, 
     directory.mkdir(parents=True)
     killer = PartKiller(cluster.env.tag, directory, POISON)
     killer.start()
-    command = [VAEGEN, "generate", "--model", MODEL, "--n", str(N), "--seed", "1", "--rows-per-shard", str(R),
-               "--num-workers", "2", "--out", str(out), "--shared-fs"]
+    command = [
+        VAEGEN,
+        "generate",
+        "--model",
+        MODEL,
+        "--n",
+        str(N),
+        "--seed",
+        "1",
+        "--rows-per-shard",
+        str(R),
+        "--num-workers",
+        "2",
+        "--out",
+        str(out),
+        "--shared-fs",
+    ]
     env = cluster.env.environ(RAY_ADDRESS=cluster.gcs_address, MLFLOW_TRACKING_URI=untrained_version.uri)
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
     finally:
@@ -176,10 +199,16 @@ def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, 
     # Only the poison shard's attempts cost worker restarts: none for the other shards, none beyond.
     from ray.util.state import list_actors, list_jobs
 
-    job = next(job for job in list_jobs(address=cluster.dashboard_url, detail=True)
-               if job.driver_info is not None and int(job.driver_info.pid) == process.pid)
-    workers = list_actors(address=cluster.dashboard_url, detail=True,
-                          filters=[("class_name", "=", "ShardWorker"), ("job_id", "=", job.job_id)])
+    job = next(
+        job
+        for job in list_jobs(address=cluster.dashboard_url, detail=True)
+        if job.driver_info is not None and int(job.driver_info.pid) == process.pid
+    )
+    workers = list_actors(
+        address=cluster.dashboard_url,
+        detail=True,
+        filters=[("class_name", "=", "ShardWorker"), ("job_id", "=", job.job_id)],
+    )
     assert len(workers) == 2 and sum(worker.num_restarts for worker in workers) == MAX_SHARD_ATTEMPTS, workers
 
 
@@ -220,7 +249,9 @@ def test_shards_are_read_lazily_and_only_go_to_workers_that_started(driver, untr
     holder = CpuHolder.remote()
     assert ray.get(holder.ready.remote(), timeout=120)
     try:  # one CPU left for two workers: the second never starts, and no shard may wait for it
-        placement = Placement("cpu", num_workers=2, cpus_per_worker=1.0, gpus_per_worker=0.0, threads_per_worker=1, nodes=2)
+        placement = Placement(
+            "cpu", num_workers=2, cpus_per_worker=1.0, gpus_per_worker=0.0, threads_per_worker=1, nodes=2
+        )
         with WorkerPool(Storage(str(tmp_path)), placement, stall_timeout_s=120) as pool:
             parts = pool.run(spec, loaded.config.to_dict(), loaded.state, shards, on_part)
     finally:
@@ -279,8 +310,12 @@ def test_second_node_lost_mid_job_the_job_finishes_on_what_remains(driver, untra
         def lose() -> None:
             wait_until(lambda: len(list(directory.glob("part-*.parquet"))) >= 2, 120, "two part files")
             pids = tagged_pids(driver.env.tag)
-            raylet = next(pid for pid in pids if "raylet/raylet " in cmdline(pid)
-                          and f"--node_manager_port={other['NodeManagerPort']} " in cmdline(pid))
+            raylet = next(
+                pid
+                for pid in pids
+                if "raylet/raylet " in cmdline(pid)
+                and f"--node_manager_port={other['NodeManagerPort']} " in cmdline(pid)
+            )
             seen["parts_before"] = len(list(directory.glob("part-*.parquet")))
             for pid in descendants(raylet, pids):  # the node's raylet, its agents and its workers
                 with contextlib.suppress(ProcessLookupError):
@@ -301,6 +336,9 @@ def test_second_node_lost_mid_job_the_job_finishes_on_what_remains(driver, untra
     inspected = invoke("inspect", str(directory), "--deep")
     assert inspected.exit_code == 0 and f"verified: {N // R} files" in inspected.stdout, inspected.output
     assert sorted(path.name for path in directory.iterdir()) == sorted(
-        [MANIFEST, card.CARD, card.HF_YAML, CROISSANT, *(part_name(shard) for shard in range(N // R))])  # nothing left over
-    print(f"\n[fault figures] second node lost after {seen['parts_before']} of {N // R} parts: the job finished on "
-          f"the head {finished_at - seen['lost_at']:.1f} s later")
+        [MANIFEST, card.CARD, card.HF_YAML, CROISSANT, *(part_name(shard) for shard in range(N // R))]
+    )  # nothing left over
+    print(
+        f"\n[fault figures] second node lost after {seen['parts_before']} of {N // R} parts: the job finished on "
+        f"the head {finished_at - seen['lost_at']:.1f} s later"
+    )

@@ -51,13 +51,15 @@ def test_progress_off_a_terminal_logs_the_start_then_every_interval_and_the_end_
         progress.advance(2_000, "epoch 3/3")  # done: a line
     lines = stream.getvalue().splitlines()
     assert lines[0] == "train: 0/3,000 steps, 0 steps/s, ETA unknown"
-    assert len(lines) == 2 and re.fullmatch(r"train: 3,000/3,000 steps, [\d,.]+ steps/s, done in [\d.]+ s; epoch 3/3",
-                                            lines[1]), lines
+    assert len(lines) == 2 and re.fullmatch(
+        r"train: 3,000/3,000 steps, [\d,.]+ steps/s, done in [\d.]+ s; epoch 3/3", lines[1]
+    ), lines
     stream = io.StringIO()
     progress = Progress(4, "quality report", unit="stages", stream=stream, log_interval_s=0)  # every advance
     progress.advance(1, "features done")
-    assert re.fullmatch(r"quality report: 1/4 stages, \S+ stages/s, ETA \d+ s; features done",
-                        stream.getvalue().splitlines()[1])
+    assert re.fullmatch(
+        r"quality report: 1/4 stages, \S+ stages/s, ETA \d+ s; features done", stream.getvalue().splitlines()[1]
+    )
 
 
 def test_progress_on_a_terminal_is_a_bar_with_the_note():
@@ -92,21 +94,40 @@ def test_class_rows_put_each_class_on_its_own_row_and_unlabelled_samples_in_a_sq
 @pytest.mark.parametrize("architecture", list(RECIPES))
 def test_model_facts_and_description_state_each_recipe(architecture, conditional):
     config = TrainJobConfig.for_architecture(architecture, conditional=conditional)
-    model_config = model_config_for(data_sources.load("digits"), config.latent_dim, config.hidden_sizes, conditional,
-                                    config.architecture, config.conv_channels, config.prior_flow_layers)
+    model_config = model_config_for(
+        data_sources.load("digits"),
+        config.latent_dim,
+        config.hidden_sizes,
+        conditional,
+        config.architecture,
+        config.conv_channels,
+        config.prior_flow_layers,
+    )
     facts = descriptions.model_facts(model_config.to_dict(), config.params())
     expected = {
-        "conv": {"architecture": "conv, channels 32,64, RealNVP prior flow of 8 couplings", "latent_dim": "16",
-                 "training_budget": "3000 steps of 128, cosine schedule; prior flow 1000 steps"},
-        "mlp": {"architecture": "MLP, hidden 128", "latent_dim": "2",
-                "training_budget": "50 epochs of 128, constant schedule"},
+        "conv": {
+            "architecture": "conv, channels 32,64, RealNVP prior flow of 8 couplings",
+            "latent_dim": "16",
+            "training_budget": "3000 steps of 128, cosine schedule; prior flow 1000 steps",
+        },
+        "mlp": {
+            "architecture": "MLP, hidden 128",
+            "latent_dim": "2",
+            "training_budget": "50 epochs of 128, constant schedule",
+        },
     }[architecture]
-    assert facts == {**expected, "input_shape": "8x8", "recipe": f"--arch {architecture}",
-                     "conditioning": "class-conditional (10 classes)" if conditional else "unconditional"}
+    assert facts == {
+        **expected,
+        "input_shape": "8x8",
+        "recipe": f"--arch {architecture}",
+        "conditioning": "class-conditional (10 classes)" if conditional else "unconditional",
+    }
     tags, run = {"config": model_config.to_json()}, {"params": config.params()}
     text = descriptions.version_description("m", 1, tags, run, None)
-    assert text.startswith(("Class-conditional (10 classes)" if conditional else "Unconditional")
-                           + f" VAE decoder ({expected['architecture']}), 8x8 samples, latent {expected['latent_dim']}")
+    assert text.startswith(
+        ("Class-conditional (10 classes)" if conditional else "Unconditional")
+        + f" VAE decoder ({expected['architecture']}), 8x8 samples, latent {expected['latent_dim']}"
+    )
     assert f"| training budget | {expected['training_budget']} |" in text
 
 
@@ -120,11 +141,18 @@ def test_a_recipe_changed_by_flags_names_the_flags():
 
 def test_a_forced_promotion_says_so_and_past_which_gates():
     assert descriptions.action_text({"action": "promote", "forced": []}) == "promote"
-    assert descriptions.action_text({"action": "promote", "forced": ["held_out_elbo", "quality"]}) == \
-        "promote(forced: held_out_elbo, quality)"
+    assert (
+        descriptions.action_text({"action": "promote", "forced": ["held_out_elbo", "quality"]})
+        == "promote(forced: held_out_elbo, quality)"
+    )
     assert descriptions.action_text({"action": "promote", "forced": True}) == "promote(--force)"  # older records
-    event = {"action": "promote", "version": 2, "previous_version": 1, "at": "2026-12-02T10:00:00Z",
-             "forced": ["quality"]}
+    event = {
+        "action": "promote",
+        "version": 2,
+        "previous_version": 1,
+        "at": "2026-12-02T10:00:00Z",
+        "forced": ["quality"],
+    }
     text = descriptions.history_description("m", {"champion": [event]})
     assert "| promote(forced: quality) | [v2]" in text
 
@@ -177,8 +205,14 @@ def test_promotion_keeps_the_alias_data_shape_unless_told_by_name(two_shapes):
     refused = invoke("promote", "vae-decoder/2", "--reason", "mnist", "--no-quality-gate", "--force")
     assert refused.exit_code == 1, refused.output  # --force is for "nothing to compare with", not for this
     gate = next(line for line in refused.stdout.splitlines() if line.startswith("gate schema"))
-    assert "FAIL" in gate and ("would write 28x28 samples with a label column (classes 0..9) instead of v1's 8x8 "
-                               "samples without labels; pass --allow-schema-change") in gate, gate
+    assert (
+        "FAIL" in gate
+        and (
+            "would write 28x28 samples with a label column (classes 0..9) instead of v1's 8x8 "
+            "samples without labels; pass --allow-schema-change"
+        )
+        in gate
+    ), gate
     same = invoke("promote", "vae-decoder/3", "--reason", "retrained", "--no-quality-gate")
     assert same.exit_code == 0 and "same as v1: 8x8 samples without labels" in same.stdout, same.output
     allowed = invoke("promote", "vae-decoder/2", "--reason", "mnist now", "--no-quality-gate", "--allow-schema-change")

@@ -17,8 +17,13 @@ MAX_CASE_S = 1.0
 
 
 def test_every_mutated_record_is_accepted_or_refused_in_one_line_quickly_within_500_mb():
-    child = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_records.py"), str(SEED), str(CASES_PER_KIND)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    child = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fuzz_records.py"), str(SEED), str(CASES_PER_KIND)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert child.returncode == 0, child.stderr[-3000:]  # a MemoryError or a kill would end the child early
     rows = [json.loads(line) for line in child.stdout.splitlines()]
     counts = collections.Counter((row["kind"], row["status"]) for row in rows)

@@ -39,7 +39,13 @@ from vae_core.model import VAE, Decoder
 from vae_core.sampling import block_ranges
 from vae_core.training import TrainResult
 
-from ray_cluster import RayEnv, make_ray_env, ray_cluster, stop_tagged, wait_until  # tests/ is on sys.path (rootdir conftest)
+from ray_cluster import (
+    RayEnv,
+    make_ray_env,
+    ray_cluster,
+    stop_tagged,
+    wait_until,
+)  # tests/ is on sys.path (rootdir conftest)
 from helpers import assert_one_error_line, checksum_file, invoke, part_hashes, x_from_arrow
 
 MODEL = "vae-decoder/1"
@@ -47,7 +53,12 @@ BLOCK_ROWS = 4_096  # GenerateConfig's default decode grid
 N, SEED = 50_000, 11  # the end-to-end dataset
 FAULT_N, FAULT_SEED, FAULT_R = 200_000, 7, 4_096  # 49 parts: long enough to be killed in the middle
 SUBPROCESS_TIMEOUT_S = 300
-COMMITTED_FILES = (".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json")  # beside the parts: the card and Croissant, then the manifest
+COMMITTED_FILES = (
+    ".huggingface.yaml",
+    "_README.md",
+    "_croissant.json",
+    "_manifest.json",
+)  # beside the parts: the card and Croissant, then the manifest
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 
 
@@ -72,10 +83,25 @@ def dataset_leftovers(root: Path) -> list[Path]:
     return sorted([*root.rglob("*.parquet"), *root.rglob("_manifest.json")]) if root.exists() else []
 
 
-def run_generate(root: Path, n: int = N, seed: int = SEED, rows_per_shard: int = 16_384, num_workers: int | None = None,
-                 shared_fs: bool = False, on_workers: Callable[[list[Any]], None] | None = None, **options) -> GenerateResult:
-    config = GenerateConfig(n=n, model=MODEL, out=str(root), seed=seed, rows_per_shard=rows_per_shard,
-                            engine=EngineOptions(num_workers=num_workers, shared_fs=shared_fs), **options)
+def run_generate(
+    root: Path,
+    n: int = N,
+    seed: int = SEED,
+    rows_per_shard: int = 16_384,
+    num_workers: int | None = None,
+    shared_fs: bool = False,
+    on_workers: Callable[[list[Any]], None] | None = None,
+    **options,
+) -> GenerateResult:
+    config = GenerateConfig(
+        n=n,
+        model=MODEL,
+        out=str(root),
+        seed=seed,
+        rows_per_shard=rows_per_shard,
+        engine=EngineOptions(num_workers=num_workers, shared_fs=shared_fs),
+        **options,
+    )
     return generate(config, on_workers=on_workers)
 
 
@@ -95,7 +121,9 @@ def assert_table_is(table, expected: Expected) -> None:
     np.testing.assert_array_equal(table["seed"].to_numpy(), expected.seeds)
     z = table["z"].combine_chunks().flatten().to_numpy().reshape(len(expected.ids), -1)
     np.testing.assert_array_equal(z, expected.z)
-    assert table.schema.field("x").type == pa.list_(pa.field("item", pa.list_(pa.field("item", pa.float32(), False), 8), False), 8)
+    assert table.schema.field("x").type == pa.list_(
+        pa.field("item", pa.list_(pa.field("item", pa.float32(), False), 8), False), 8
+    )
     x = x_from_arrow(table["x"])
     assert x.dtype == np.float32 and x.shape == expected.x.shape
     assert np.array_equal(x, expected.x)
@@ -212,8 +240,16 @@ def cluster_driver(cluster, monkeypatch) -> Iterator:
 
 
 def tiny_spec(**overrides) -> DatasetSpec:
-    fields = dict(model_name="tiny", model_version=3, n=10_000, seed=42, latent_dim=2, sample_shape=(8, 8),
-                  rows_per_shard=4_096, block_rows=1_024)
+    fields = dict(
+        model_name="tiny",
+        model_version=3,
+        n=10_000,
+        seed=42,
+        latent_dim=2,
+        sample_shape=(8, 8),
+        rows_per_shard=4_096,
+        block_rows=1_024,
+    )
     return DatasetSpec(**{**fields, **overrides})
 
 
@@ -273,11 +309,15 @@ def test_part_writer_writes_verifies_and_rewrites_a_corrupted_part(tmp_path):
     np.testing.assert_array_equal(table["sample_id"].to_numpy(), np.arange(4_096, 8_192))
     np.testing.assert_array_equal(table["seed"].to_numpy(), seeds.row_seeds(42, np.arange(4_096, 8_192)))
     # x decoded on the block grid of 1,024 ids
-    grid = np.concatenate([predictor({"sample_id": np.arange(a, b)})["x"] for a, b in block_ranges(4_096, 8_192, 1_024)])
+    grid = np.concatenate(
+        [predictor({"sample_id": np.arange(a, b)})["x"] for a, b in block_ranges(4_096, 8_192, 1_024)]
+    )
     assert np.array_equal(x_from_arrow(table["x"]), grid)
     last = writer(2)
     assert (last.first_sample_id, last.rows) == (8_192, 10_000 - 8_192)
-    np.testing.assert_array_equal(pq.read_table(tmp_path / "ds" / last.name)["sample_id"].to_numpy(), np.arange(8_192, 10_000))
+    np.testing.assert_array_equal(
+        pq.read_table(tmp_path / "ds" / last.name)["sample_id"].to_numpy(), np.arange(8_192, 10_000)
+    )
 
     before = path.stat().st_mtime_ns
     again = writer(1)
@@ -323,7 +363,9 @@ def test_shards_cover_ids_once():
 def test_generated_rows_are_contract_1_and_the_registered_decoder(datasets, reference):
     directory = Datasets.path(datasets.two_workers)
     assert datasets.two_workers.status == "generated" and directory.name == dataset_id(N, SEED)
-    assert sorted(path.name for path in directory.iterdir()) == sorted([*COMMITTED_FILES, *[part_name(k) for k in range(4)]])
+    assert sorted(path.name for path in directory.iterdir()) == sorted(
+        [*COMMITTED_FILES, *[part_name(k) for k in range(4)]]
+    )
     table = pq.read_table(directory)
     assert table.num_rows == N
     assert_table_is(table, reference(N, SEED))
@@ -331,9 +373,14 @@ def test_generated_rows_are_contract_1_and_the_registered_decoder(datasets, refe
 
 @pytest.mark.slow
 def test_content_is_the_same_for_any_worker_count_and_shard_size(datasets):
-    two, one, other = (Datasets.path(result) for result in (datasets.two_workers, datasets.one_worker, datasets.other_shards))
+    two, one, other = (
+        Datasets.path(result) for result in (datasets.two_workers, datasets.one_worker, datasets.other_shards)
+    )
     assert len(part_hashes(two)) == 4 and part_hashes(one) == part_hashes(two)  # byte-identical parts
-    assert len(part_hashes(other)) == 5 and part_hashes(other)["part-00004.parquet"] != part_hashes(two)["part-00003.parquet"]
+    assert (
+        len(part_hashes(other)) == 5
+        and part_hashes(other)["part-00004.parquet"] != part_hashes(two)["part-00003.parquet"]
+    )
     assert pq.read_table(other).equals(pq.read_table(two))  # same rows and values, other file boundaries
     assert datasets.two_workers.manifest["execution"]["num_workers"] == 2
     assert datasets.one_worker.manifest["execution"]["num_workers"] == 1
@@ -347,19 +394,32 @@ def test_manifest_and_lineage(datasets, trained_version):
     directory = Datasets.path(result)
     record = json.loads((directory / "_manifest.json").read_text())
     assert record == as_json(result.manifest)
-    assert (record["dataset_id"], record["n"], record["rows_per_shard"], record["dataset_seed"]) == (dataset_id(N, SEED), N, 16_384, SEED)
+    assert (record["dataset_id"], record["n"], record["rows_per_shard"], record["dataset_seed"]) == (
+        dataset_id(N, SEED),
+        N,
+        16_384,
+        SEED,
+    )
     assert record["seed_scheme"] == seeds.SEED_SCHEME and record["dtype"] == "float32" and record["latent_dim"] == 2
     pinned = trained_version.result.pinned
-    assert (record["model"]["name"], record["model"]["version"], record["model"]["run_id"]) == ("vae-decoder", 1, pinned.run_id)
+    assert (record["model"]["name"], record["model"]["version"], record["model"]["run_id"]) == (
+        "vae-decoder",
+        1,
+        pinned.run_id,
+    )
     assert record["model"]["resolved_from"] == MODEL
     rows = [16_384, 16_384, 16_384, N - 3 * 16_384]
     assert [(f["name"], f["first_sample_id"], f["rows"]) for f in record["files"]] == [
-        (part_name(k), 16_384 * k, rows[k]) for k in range(4)]
+        (part_name(k), 16_384 * k, rows[k]) for k in range(4)
+    ]
     for entry in record["files"]:
         path = directory / entry["name"]
         assert entry["checksum"] == checksum_file(path) and entry["size_bytes"] == path.stat().st_size
         metadata = pq.ParquetFile(path).schema_arrow.metadata  # written by the Ray workers (issue 23)
-        assert metadata[b"ai_generated"] == b"true" and metadata[b"vaegen.recipe_digest"].decode() == record["recipe_digest"]
+        assert (
+            metadata[b"ai_generated"] == b"true"
+            and metadata[b"vaegen.recipe_digest"].decode() == record["recipe_digest"]
+        )
         assert json.loads(metadata[b"vaegen.generator"])["run_id"] == pinned.run_id
     assert record["total_bytes"] == sum(entry["size_bytes"] for entry in record["files"])
     assert record["timings"]["shards_reused"] == 0
@@ -374,7 +434,9 @@ def test_manifest_and_lineage(datasets, trained_version):
     assert run.data.tags["vaegen.dataset_id"] == record["dataset_id"]
     assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/manifest.json") == record
     inputs = run.inputs.dataset_inputs
-    assert [(item.dataset.name, item.dataset.digest) for item in inputs] == [(record["dataset_id"], record["spec_fingerprint"])]
+    assert [(item.dataset.name, item.dataset.digest) for item in inputs] == [
+        (record["dataset_id"], record["spec_fingerprint"])
+    ]
 
 
 @pytest.mark.slow
@@ -406,8 +468,19 @@ def test_rerun_is_up_to_date_and_changes_nothing(datasets, local_ray):
     before, runs_before = mtimes(directory), len(mlflow.search_runs(search_all_experiments=True))
     again = run_generate(directory.parent, num_workers=2)
     assert again.status == "up-to-date" and again.manifest == as_json(datasets.two_workers.manifest)
-    cli = invoke("generate", "--model", MODEL, "--n", str(N), "--seed", str(SEED), "--rows-per-shard", "16384",
-                 "--out", str(directory.parent))
+    cli = invoke(
+        "generate",
+        "--model",
+        MODEL,
+        "--n",
+        str(N),
+        "--seed",
+        str(SEED),
+        "--rows-per-shard",
+        "16384",
+        "--out",
+        str(directory.parent),
+    )
     assert cli.exit_code == 0, cli.output
     assert "already committed; nothing to do" in cli.stderr and f"dataset_id: {directory.name}" in cli.stdout
     assert mtimes(directory) == before
@@ -429,8 +502,20 @@ def test_overwrite_regenerates(datasets, local_ray, tmp_path):
     copy = tmp_path / original.name
     shutil.copytree(original, copy)
     (copy / "stale.txt").write_text("left from before")
-    result = invoke("generate", "--model", MODEL, "--n", str(N), "--seed", str(SEED), "--rows-per-shard", "16384",
-                    "--out", str(tmp_path), "--overwrite")
+    result = invoke(
+        "generate",
+        "--model",
+        MODEL,
+        "--n",
+        str(N),
+        "--seed",
+        str(SEED),
+        "--rows-per-shard",
+        "16384",
+        "--out",
+        str(tmp_path),
+        "--overwrite",
+    )
     assert result.exit_code == 0, result.output
     assert "generated 50,000 rows" in result.stderr and f"location: {copy}" in result.stdout
     assert not (copy / "stale.txt").exists()  # the old directory was replaced, not reused
@@ -461,8 +546,10 @@ def by_dtype(datasets, reference, local_ray_module, tmp_path_factory) -> dict[st
     root = tmp_path_factory.mktemp("dtypes")
     expected = reference(READER_N, SEED)
     generated = {"float32": Generated(Datasets.path(datasets.two_workers), reference(N, SEED), reference(N, SEED).x)}
-    for dtype, x in (("float16", expected.x.astype(np.float16)),
-                     ("uint8", np.rint(expected.x * np.float32(255.0)).astype(np.uint8))):
+    for dtype, x in (
+        ("float16", expected.x.astype(np.float16)),
+        ("uint8", np.rint(expected.x * np.float32(255.0)).astype(np.uint8)),
+    ):
         result = run_generate(root / dtype, n=READER_N, rows_per_shard=2_000, dtype=dtype, num_workers=1)
         assert Path(result.location).name == dataset_id(READER_N, SEED, dtype=dtype)
         generated[dtype] = Generated(Path(result.location), expected, x)
@@ -482,7 +569,9 @@ def test_pyarrow_reads_the_directory_with_x_in_its_shape(by_dtype, dtype):
     data = by_dtype[dtype]
     table = pq.read_table(data.path)  # skips _manifest.json, _README.md and .huggingface.yaml
     value_type = pa.from_numpy_dtype(np.dtype(dtype))
-    assert table.schema.field("x").type == pa.list_(pa.field("item", pa.list_(pa.field("item", value_type, False), 8), False), 8)
+    assert table.schema.field("x").type == pa.list_(
+        pa.field("item", pa.list_(pa.field("item", value_type, False), 8), False), 8
+    )
     np.testing.assert_array_equal(table["sample_id"].to_numpy(), data.expected.ids)
     np.testing.assert_array_equal(table["seed"].to_numpy(), data.expected.seeds)
     assert_x(table["x"].combine_chunks().flatten().flatten().to_numpy().reshape(-1, 8, 8), data)  # README's line
@@ -531,15 +620,20 @@ def test_duckdb_reads_x_as_nested_lists_and_casts_it_to_an_array(by_dtype, dtype
     n = len(data.x)
     parts = f"{data.path}/*.parquet"
     count, distinct, low, high = duckdb.sql(
-        f"select count(*), count(distinct sample_id), min(sample_id), max(sample_id) from read_parquet('{parts}')").fetchall()[0]
+        f"select count(*), count(distinct sample_id), min(sample_id), max(sample_id) from read_parquet('{parts}')"
+    ).fetchall()[0]
     assert (count, distinct, low, high) == (n, n, 0, n - 1)
     value_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[dtype]
     assert duckdb.sql(f"describe select x from read_parquet('{parts}')").fetchall()[0][1] == f"{value_type}[][]"
-    columns = duckdb.sql(f"select seed, z[2] as z1, x[8][8] as x_last from read_parquet('{parts}') order by sample_id").fetchnumpy()
+    columns = duckdb.sql(
+        f"select seed, z[2] as z1, x[8][8] as x_last from read_parquet('{parts}') order by sample_id"
+    ).fetchnumpy()
     np.testing.assert_array_equal(columns["seed"], data.expected.seeds)
     np.testing.assert_array_equal(columns["z1"], data.expected.z[:, 1])
     np.testing.assert_array_equal(columns["x_last"], data.x[:, 7, 7])
-    relation = duckdb.sql(f"select x::{value_type}[8][8] as x from read_parquet('{parts}') order by sample_id")  # the README's line
+    relation = duckdb.sql(
+        f"select x::{value_type}[8][8] as x from read_parquet('{parts}') order by sample_id"
+    )  # the README's line
     assert str(relation.types[0]) == f"{value_type}[8][8]"
     x = relation.to_arrow_table()["x"].combine_chunks().flatten().flatten().to_numpy().reshape(-1, 8, 8)
     assert_x(x, data, "float32" if dtype == "float16" else None)  # DuckDB has no half float: it widens exactly
@@ -554,7 +648,9 @@ def test_ray_data_reads_x_in_its_shape_with_the_shaped_x_helper(by_dtype, dtype,
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     data = by_dtype[dtype]
-    dataset = ray.data.read_parquet(str(data.path)).map_batches(shaped_x, batch_format="pyarrow")  # skips the _ and . files
+    dataset = ray.data.read_parquet(str(data.path)).map_batches(
+        shaped_x, batch_format="pyarrow"
+    )  # skips the _ and . files
     assert dataset.count() == len(data.x)
     batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
     ids = np.concatenate([batch["sample_id"] for batch in batches])
@@ -579,7 +675,9 @@ def test_hugging_face_loads_the_directory_as_it_is_with_x_as_array2d(by_dtype, d
     np.testing.assert_array_equal(arrow["sample_id"].to_numpy(), data.expected.ids)
     np.testing.assert_array_equal(arrow["seed"].to_numpy(), data.expected.seeds)  # uint64 kept in Arrow
     # Hugging Face's numpy format widens integers to int64 and floats to float32: the values stay exact
-    assert_x(loaded.with_format("numpy")[:]["x"], data, {"float32": "float32", "float16": "float32", "uint8": "int64"}[dtype])
+    assert_x(
+        loaded.with_format("numpy")[:]["x"], data, {"float32": "float32", "float16": "float32", "uint8": "int64"}[dtype]
+    )
 
 
 @pytest.mark.slow
@@ -588,7 +686,9 @@ def test_hugging_face_loads_the_part_files_with_x_in_its_shape(by_dtype, dtype, 
     import datasets
 
     data = by_dtype[dtype]
-    loaded = datasets.load_dataset("parquet", data_files=f"{data.path}/part-*.parquet", split="train", cache_dir=str(tmp_path))
+    loaded = datasets.load_dataset(
+        "parquet", data_files=f"{data.path}/part-*.parquet", split="train", cache_dir=str(tmp_path)
+    )
     assert loaded.features["x"] == datasets.List(datasets.List(datasets.Value(dtype), length=8), length=8)
     np.testing.assert_array_equal(loaded.with_format("arrow")[:]["sample_id"].to_numpy(), data.expected.ids)
     widened = {"float32": "float32", "float16": "float32", "uint8": "int64"}[dtype]
@@ -617,8 +717,11 @@ def test_x_is_byte_stream_split_for_float32_and_uint8_and_plain_for_float16(by_d
     """uint8 x is an INT32 column in Parquet, float32 a FLOAT one, stored BYTE_STREAM_SPLIT (parts.py); DuckDB
     refuses that on float16, which stays PLAIN. The readers above give back the values exactly."""
     metadata = pq.ParquetFile(by_dtype[dtype].path / part_name(0)).metadata
-    x_column = next(metadata.row_group(0).column(i) for i in range(metadata.num_columns)
-                    if metadata.row_group(0).column(i).path_in_schema == "x.list.element.list.element")
+    x_column = next(
+        metadata.row_group(0).column(i)
+        for i in range(metadata.num_columns)
+        if metadata.row_group(0).column(i).path_in_schema == "x.list.element.list.element"
+    )
     assert ("BYTE_STREAM_SPLIT" in x_column.encodings) == (dtype != "float16"), x_column.encodings
 
 
@@ -628,7 +731,9 @@ def test_x_is_byte_stream_split_for_float32_and_uint8_and_plain_for_float16(by_d
 BAD_ARGUMENTS = [
     pytest.param({"--n": "0"}, 2, "--n must be a positive integer, got 0", id="n-zero"),
     pytest.param({"--n": "-5"}, 2, "--n must be a positive integer, got -5", id="n-negative"),
-    pytest.param({"--rows-per-shard": "0"}, 2, "--rows-per-shard must be a positive integer, got 0", id="rows-per-shard-zero"),
+    pytest.param(
+        {"--rows-per-shard": "0"}, 2, "--rows-per-shard must be a positive integer, got 0", id="rows-per-shard-zero"
+    ),
     pytest.param({"--model": "no-such-model/1"}, 2, "'no-such-model' is not registered", id="unknown-model"),
     pytest.param({"--model": "vae-decoder/9"}, 2, "has no version 9", id="unknown-version"),
     pytest.param({"--model": "vae-decoder@nope"}, 2, "has no alias 'nope'", id="unknown-alias"),
@@ -679,7 +784,9 @@ def test_generate_rejects_an_unwritable_out(trained_version, tmp_path):
 
 def test_generate_with_an_unreachable_tracking_server(mlflow_unreachable, tmp_path):
     out = tmp_path / "out"
-    assert_one_error_line(invoke(*generate_args(out)), 1, "cannot reach the MLflow tracking server", mlflow_unreachable.uri)
+    assert_one_error_line(
+        invoke(*generate_args(out)), 1, "cannot reach the MLflow tracking server", mlflow_unreachable.uri
+    )
     assert not out.exists()
 
 
@@ -708,7 +815,11 @@ def unfinished_dataset(root: Path, **record_changes: Any) -> Path:
 def test_resume_of_a_dataset_started_by_an_older_format_is_refused(trained_version, tmp_path, version):
     directory = unfinished_dataset(tmp_path / "out", format=f"vaegen-dataset/{version}")
     result = invoke("generate", "--resume", str(directory))
-    assert_one_error_line(result, 2, f"started by another vaegen version (format vaegen-dataset/{version}, this one writes vaegen-dataset/3)")
+    assert_one_error_line(
+        result,
+        2,
+        f"started by another vaegen version (format vaegen-dataset/{version}, this one writes vaegen-dataset/3)",
+    )
     assert [path.name for path in directory.iterdir()] == ["_progress.json"]
     assert [path.name for path in directory.parent.iterdir()] == [directory.name]
 
@@ -732,8 +843,9 @@ def test_resume_by_path_alone_completes_an_unfinished_dataset(trained_version, l
     record = json.loads((unfinished / manifest.MANIFEST).read_text())
     (unfinished / manifest.MANIFEST).unlink()  # as if the driver died before the commit
     (unfinished / part_name(2)).unlink()
-    (unfinished / manifest.PROGRESS).write_text(json.dumps({key: record[key] for key in (
-        "format", "dataset_id", "spec", "spec_fingerprint", "model")}))
+    (unfinished / manifest.PROGRESS).write_text(
+        json.dumps({key: record[key] for key in ("format", "dataset_id", "spec", "spec_fingerprint", "model")})
+    )
     result = invoke("generate", "--resume", str(unfinished))
     assert result.exit_code == 0, result.output
     assert f"dataset_id: {clean.name}" in result.stdout and "20,000 rows" in result.stderr
@@ -768,8 +880,14 @@ def test_worker_killed_mid_job(trained_version, local_ray, clean_fault_run, tmp_
         seen["thread"] = threading.Thread(target=kill, daemon=True)
         seen["thread"].start()
 
-    result = run_generate(tmp_path, n=FAULT_N, seed=FAULT_SEED, rows_per_shard=FAULT_R, num_workers=2,
-                          on_workers=kill_one_after_the_first_part)
+    result = run_generate(
+        tmp_path,
+        n=FAULT_N,
+        seed=FAULT_SEED,
+        rows_per_shard=FAULT_R,
+        num_workers=2,
+        on_workers=kill_one_after_the_first_part,
+    )
     seen["thread"].join(timeout=30)
     assert "killed" in seen and not seen["committed_before_kill"], seen
     assert seen["parts_before_kill"] < FAULT_N // FAULT_R  # the kill landed in the middle of the job
@@ -780,7 +898,9 @@ def test_worker_killed_mid_job(trained_version, local_ray, clean_fault_run, tmp_
     np.testing.assert_array_equal(ids, np.arange(FAULT_N))  # every id exactly once
     assert part_hashes(directory) == part_hashes(clean_fault_run)
     assert [entry["checksum"] for entry in result.manifest["files"]] == list(part_hashes(clean_fault_run).values())
-    assert not [path for path in directory.iterdir() if path.name.startswith((".", "_")) and path.name not in COMMITTED_FILES]
+    assert not [
+        path for path in directory.iterdir() if path.name.startswith((".", "_")) and path.name not in COMMITTED_FILES
+    ]
 
 
 @pytest.mark.slow
@@ -789,16 +909,35 @@ def test_driver_killed_mid_job_then_rerun_resumes(trained_version, clean_fault_r
 
     root = tmp_path / "out"
     directory = root / clean_fault_run.name
-    command = [VAEGEN, "generate", "--model", MODEL, "--n", str(FAULT_N), "--seed", str(FAULT_SEED),
-               "--rows-per-shard", str(FAULT_R), "--out", str(root)]
+    command = [
+        VAEGEN,
+        "generate",
+        "--model",
+        MODEL,
+        "--n",
+        str(FAULT_N),
+        "--seed",
+        str(FAULT_SEED),
+        "--rows-per-shard",
+        str(FAULT_R),
+        "--out",
+        str(root),
+    ]
     env = subprocess_ray_env.environ(MLFLOW_TRACKING_URI=trained_version.store.uri)
     log_path = tmp_path / "first.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            wait_until(lambda: process.poll() is not None or (any(directory.glob("part-*.parquet"))
-                                                              and not (directory / "_manifest.json").exists()),
-                       SUBPROCESS_TIMEOUT_S, "the first part file")
+            wait_until(
+                lambda: (
+                    process.poll() is not None
+                    or (any(directory.glob("part-*.parquet")) and not (directory / "_manifest.json").exists())
+                ),
+                SUBPROCESS_TIMEOUT_S,
+                "the first part file",
+            )
             assert process.poll() is None, log_path.read_text()[-3000:]
             os.killpg(process.pid, signal.SIGKILL)
         finally:
@@ -818,7 +957,9 @@ def test_driver_killed_mid_job_then_rerun_resumes(trained_version, clean_fault_r
     record = json.loads((directory / "_manifest.json").read_text())
     assert record["timings"]["shards_reused"] >= 1
     assert part_hashes(directory) == part_hashes(clean_fault_run)
-    assert sorted(path.name for path in directory.iterdir()) == sorted([*COMMITTED_FILES, *part_hashes(clean_fault_run)])
+    assert sorted(path.name for path in directory.iterdir()) == sorted(
+        [*COMMITTED_FILES, *part_hashes(clean_fault_run)]
+    )
 
 
 # ---------------------------------------------------------------- 6, 7. `ray start` clusters
@@ -831,11 +972,29 @@ def test_ray_job_submit_to_a_started_cluster(cluster, reference, trained_version
     working_dir.mkdir()
     (working_dir / "README.txt").write_text("vaegen generate job\n")
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": trained_version.store.uri, "VAEGEN_OUTPUT": str(out)}}
-    command = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", cluster.dashboard_url,
-               "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env),
-               "--", "generate", "--model", MODEL, "--n", "20000", "--seed", "3", "--shared-fs"]
-    done = subprocess.run(command, env=cluster.env.environ(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
-                          cwd=tmp_path)
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--working-dir",
+        str(working_dir),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "generate",
+        "--model",
+        MODEL,
+        "--n",
+        "20000",
+        "--seed",
+        "3",
+        "--shared-fs",
+    ]
+    done = subprocess.run(
+        command, env=cluster.env.environ(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, cwd=tmp_path
+    )
     assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     directory = out / dataset_id(20_000, 3)
     record = json.loads((directory / "_manifest.json").read_text())
@@ -857,7 +1016,9 @@ def test_two_nodes_share_the_work(cluster_driver, reference, tmp_path):
     assert dataset_leftovers(tmp_path / "refused") == []
     assert not (tmp_path / "refused" / dataset_id(30_000, 5)).exists()
 
-    result = run_generate(tmp_path / "shared", n=30_000, seed=5, rows_per_shard=8_192, shared_fs=True, on_workers=record_nodes)
+    result = run_generate(
+        tmp_path / "shared", n=30_000, seed=5, rows_per_shard=8_192, shared_fs=True, on_workers=record_nodes
+    )
     assert len(node_ids) == 2 and len(set(node_ids)) == 2, node_ids
     assert result.manifest["execution"]["nodes"] == 2
     assert_table_is(pq.read_table(result.location), reference(30_000, 5))

@@ -51,8 +51,10 @@ def local_ray(module_sqlite) -> Iterator[str]:
 def champion(cache_root, trained_version, local_ray) -> str:  # the cache first: the report and the audit share it
     """The module's trained version (with its quality report) promoted to champion."""
     name = trained_version.result.pinned.name
-    promotion.promote(f"{name}/{trained_version.result.pinned.version}",
-                      promotion.PromotionConfig(reason="serve", by="tester", quality=None))
+    promotion.promote(
+        f"{name}/{trained_version.result.pinned.version}",
+        promotion.PromotionConfig(reason="serve", by="tester", quality=None),
+    )
     return name
 
 
@@ -91,8 +93,12 @@ def test_refresh_audits_before_publishing_and_records_the_verdict_everywhere(cha
     record = json.loads((root / dataset_id / AUDIT).read_text())
     statuses = {check["name"]: check["status"] for check in record["checks"]}
     assert record["verdict"] == "pass" and record["format"] == "vaegen-audit/1", record
-    assert statuses == {"integrity": "pass", "deep": "pass", "quality_vs_version": "pass",
-                        "quality_vs_latest": "skipped"}, record
+    assert statuses == {
+        "integrity": "pass",
+        "deep": "pass",
+        "quality_vs_version": "pass",
+        "quality_vs_latest": "skipped",
+    }, record
     figures = next(check for check in record["checks"] if check["name"] == "quality_vs_version")["figures"]
     assert set(figures) >= {"precision", "density", "mean_confidence"}
     assert all(abs(entry["value"] - entry["reference"]) <= entry["tolerance"] for entry in figures.values())
@@ -158,8 +164,9 @@ def test_failed_audits_keep_latest_exit_1_naming_the_check_and_are_not_pruned(ch
     altered = line(made.stdout, "dataset_id:").split()[1]
     alter_part_consistently(root / altered, "part-00001.parquet")
     assert invoke("inspect", str(root / altered)).exit_code == 0
-    result = invoke("generate", "--model", f"{champion}@champion", *COMMON, "--seed", "7", "--out", str(root),
-                    "--publish")
+    result = invoke(
+        "generate", "--model", f"{champion}@champion", *COMMON, "--seed", "7", "--out", str(root), "--publish"
+    )
     assert result.exit_code == 1, result.output
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(f"vaegen: error: audit of {altered} failed, deep: part-00001.parquet"), error
@@ -181,8 +188,9 @@ def test_failed_audits_keep_latest_exit_1_naming_the_check_and_are_not_pruned(ch
     assert (root / altered / MANIFEST).exists() and latest_id(root) == published
 
     # --no-audit publishes anyway and says so in the record.
-    result = invoke("generate", "--model", collapsed, *COMMON, "--seed", "0", "--out", str(root), "--publish",
-                    "--no-audit")
+    result = invoke(
+        "generate", "--model", collapsed, *COMMON, "--seed", "0", "--out", str(root), "--publish", "--no-audit"
+    )
     assert result.exit_code == 0, result.output
     skipped = latest_id(root)
     assert skipped != published and "published: " in result.stdout
@@ -208,16 +216,21 @@ def test_prune_selection_keeps_the_newest_the_published_and_what_is_newer_than_i
     datasets = ["a", "b", "c", "d", "e"]  # oldest first
     doomed, kept = select_for_pruning(datasets, keep=1, published="b")
     assert doomed == ["a"]
-    assert kept == {"e": "one of the newest 1 (--keep)", "b": "`latest` names it",
-                    "c": "unpublished, newer than `latest`", "d": "unpublished, newer than `latest`"}
+    assert kept == {
+        "e": "one of the newest 1 (--keep)",
+        "b": "`latest` names it",
+        "c": "unpublished, newer than `latest`",
+        "d": "unpublished, newer than `latest`",
+    }
     assert select_for_pruning(datasets, keep=2, published="e")[0] == ["a", "b", "c"]
     assert select_for_pruning(datasets, keep=2, published=None)[0] == ["a", "b", "c"]
 
 
 def test_figures_compare_within_tolerance_and_name_what_is_outside():
     config = audit.AuditConfig()
-    passed = audit._compare_figures("q", {"precision": 0.7, "density": 0.9}, {"precision": 0.75, "density": 1.0},
-                                    config, "the report")
+    passed = audit._compare_figures(
+        "q", {"precision": 0.7, "density": 0.9}, {"precision": 0.75, "density": 1.0}, config, "the report"
+    )
     assert passed.status == "pass" and passed.figures["precision"]["tolerance"] == 0.15
     failed = audit._compare_figures("q", {"precision": 0.1}, {"precision": 0.75}, config, "the report")
     assert failed.status == "fail" and "precision 0.100 vs 0.750 (tolerance 0.15)" in failed.detail
@@ -236,8 +249,9 @@ def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(loc
         result = invoke(command, "--model", "vae-gov@champion", *COMMON, "--seed", "0", "--out", str(root))
         assert result.exit_code == 1, result.output
         error = result.stderr.strip().splitlines()[-1]
-        assert error.startswith("vaegen: error: refused: vae-gov@champion names version 2, set outside `vaegen "
-                                "promote`"), error
+        assert error.startswith(
+            "vaegen: error: refused: vae-gov@champion names version 2, set outside `vaegen promote`"
+        ), error
         assert "last record for the alias is a promote to v1 by tester" in error
         assert "`vaegen promote vae-gov/2 --alias champion --reason ...`, or pass --allow-ungated" in error
     assert not root.exists() or not any(root.iterdir())
@@ -246,8 +260,9 @@ def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(loc
     assert listed.exit_code == 0 and "champion(ungated)" in listed.stdout
     assert "UNGATED: vae-gov@champion" in listed.stdout
 
-    allowed = invoke("generate", "--model", "vae-gov@champion", *COMMON, "--seed", "0", "--out", str(root),
-                     "--allow-ungated")
+    allowed = invoke(
+        "generate", "--model", "vae-gov@champion", *COMMON, "--seed", "0", "--out", str(root), "--allow-ungated"
+    )
     assert allowed.exit_code == 0, allowed.output
     dataset = root / line(allowed.stdout, "dataset_id:").split()[1]
     manifest = json.loads((dataset / MANIFEST).read_text())
@@ -269,8 +284,10 @@ def test_an_alias_moved_outside_promote_is_refused_until_promoted_or_allowed(loc
     assert moved.exit_code == 0, moved.output
     stale = invoke("status", str(root), "--model", "vae-gov@champion", "--max-lag", "0s")
     assert stale.exit_code == 3, stale.output
-    assert ("STALE: vae-gov@champion is version 1, `latest` was made from version 2: no refresh has published it"
-            in stale.stdout), stale.stdout
+    assert (
+        "STALE: vae-gov@champion is version 1, `latest` was made from version 2: no refresh has published it"
+        in stale.stdout
+    ), stale.stdout
     assert invoke("status", str(root), "--model", "vae-gov@champion", "--max-lag", "1h").exit_code == 0
     assert invoke("refresh", "--model", "vae-gov@champion", *COMMON, "--out", str(root), "--no-audit").exit_code == 0
     current = invoke("status", str(root), "--model", "vae-gov@champion", "--max-lag", "0s")

@@ -22,8 +22,13 @@ N = 2_000
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU self-test; tests/test_cuda.py covers a GPU node")
 def test_gpu_check_without_cuda_measures_the_cpu_parts_and_records_why_the_cuda_parts_were_skipped(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "GPU_CHECK_INSTALL": "0", "GPU_CHECK_N": str(N), "HOME": str(tmp_path),
-           "VAEGEN_VENV": str(Path(sys.executable).parents[1])}
+    env = {
+        **os.environ,
+        "GPU_CHECK_INSTALL": "0",
+        "GPU_CHECK_N": str(N),
+        "HOME": str(tmp_path),
+        "VAEGEN_VENV": str(Path(sys.executable).parents[1]),
+    }
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     command = ["bash", "benchmarks/gpu_check.sh", str(out), "--archs", "conv", "--scratch", str(tmp_path)]
@@ -40,7 +45,8 @@ def test_gpu_check_without_cuda_measures_the_cpu_parts_and_records_why_the_cuda_
     assert {case["name"].split("[")[0] for case in tests["cases"]} == {
         "test_decode_on_cuda_repeats_bit_for_bit_and_stays_within_inspects_tolerance_of_cpu",
         "test_generate_on_cuda_writes_the_same_bytes_with_one_and_two_gpu_workers",
-        "test_inspect_deep_verifies_a_cuda_made_dataset_on_the_gpu_bit_for_bit_and_on_a_cpu_within_tolerance"}
+        "test_inspect_deep_verifies_a_cuda_made_dataset_on_the_gpu_bit_for_bit_and_on_a_cpu_within_tolerance",
+    }
 
     (conv,) = report["models"].values()
     assert conv["config"]["architecture"] == "conv" and conv["config"]["prior_flow_layers"] == 8
@@ -60,8 +66,12 @@ def test_gpu_check_without_cuda_measures_the_cpu_parts_and_records_why_the_cuda_
 
 
 def test_exact_cuda_math_turns_tf32_off_and_cudnn_deterministic():
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.backends.cuda.matmul.fp32_precision,
+    )
     try:
         use_exact_cuda_math()
         assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)

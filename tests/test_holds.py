@@ -21,8 +21,9 @@ from vae_core.errors import UsageError
 def commit(root: Path, dataset_id: str, version: int, finished_at: str, verdict: str | None = None) -> None:
     """A folder with the fields committed_datasets and resolution read (not a full manifest)."""
     (root / dataset_id).mkdir(parents=True)
-    (root / dataset_id / MANIFEST).write_text(json.dumps({"dataset_id": dataset_id, "model": {"version": version},
-                                                          "timings": {"finished_at": finished_at}}))
+    (root / dataset_id / MANIFEST).write_text(
+        json.dumps({"dataset_id": dataset_id, "model": {"version": version}, "timings": {"finished_at": finished_at}})
+    )
     if verdict:
         (root / dataset_id / AUDIT).write_text(json.dumps({"verdict": verdict}))
 
@@ -68,9 +69,11 @@ def test_a_lease_protects_until_released_and_a_killed_readers_lease_stops_at_onc
     assert holds.holds(storage) == {"a": f"leased by pid {lease.record['pid']} on {lease.record['host']}"}
     lease.release()
     assert holds.holds(storage) == {}
-    script = ("import os, signal, sys; from jobs.generate.storage import Storage; "
-              "from jobs.generate.holds import Lease; Lease(Storage(sys.argv[1]), 'b'); "
-              "os.kill(os.getpid(), signal.SIGKILL)")
+    script = (
+        "import os, signal, sys; from jobs.generate.storage import Storage; "
+        "from jobs.generate.holds import Lease; Lease(Storage(sys.argv[1]), 'b'); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
     done = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr
     [(_, record, stale)] = holds.leases(storage)  # the record survived kill -9, whole
@@ -87,8 +90,12 @@ def test_the_root_listing_says_what_each_dataset_is(root):
     (root / "d").mkdir()
     (root / "d" / "_progress.json").write_text("{}")
     rows = {row["dataset_id"]: (row["states"], row["audit"]) for row in published.listing(storage)}
-    assert rows == {"a": (["tagged paper"], "pass"), "b": (["unpublished"], "fail"), "c": (["published"], "pass"),
-                    "d": (["unfinished"], "none")}
+    assert rows == {
+        "a": (["tagged paper"], "pass"),
+        "b": (["unpublished"], "fail"),
+        "c": (["published"], "pass"),
+        "d": (["unfinished"], "none"),
+    }
 
 
 def test_a_lease_that_cannot_be_written_is_a_warning_not_a_failure(root, monkeypatch):

@@ -40,8 +40,9 @@ DASHBOARD_AGENT_DEFAULT_PORT = 52365
 
 
 def vaegen(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([VAEGEN, *args], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=cwd,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [VAEGEN, *args], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=cwd, env={**os.environ, **env}
+    )
 
 
 def one_error_line(done: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
@@ -97,14 +98,29 @@ def test_refresh_skips_a_fifo_manifest_and_finishes_a_killed_prune(untrained_ver
     leftover.mkdir()
     for index in range(1_001):
         (leftover / f"part-{index:05d}.parquet").write_bytes(b"x")
-    done = vaegen("refresh", "--model", MODEL, "--n", "1000", "--rows-per-shard", "500", "--num-workers", "1",
-                  "--out", str(root), "--keep", "1", RAY_ADDRESS=ray_address)
+    done = vaegen(
+        "refresh",
+        "--model",
+        MODEL,
+        "--n",
+        "1000",
+        "--rows-per-shard",
+        "500",
+        "--num-workers",
+        "1",
+        "--out",
+        str(root),
+        "--keep",
+        "1",
+        RAY_ADDRESS=ray_address,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("refresh: generated"), done.stdout
     assert "not pruned: fifo-dataset: unreadable manifest" in done.stderr and "(NotRegularFile)" in done.stderr
     assert not leftover.exists() and not (root / LOCK).exists()
     assert sorted(path.name for path in root.iterdir() if path.name != "latest") == sorted(
-        ["fifo-dataset", done.stdout.split()[2]])
+        ["fifo-dataset", done.stdout.split()[2]]
+    )
 
 
 PRUNE_SCRIPT = """
@@ -126,8 +142,13 @@ def test_a_prune_killed_midway_leaves_no_dataset_folder_without_a_manifest(tmp_p
     folder = fake_dataset(tmp_path, "doomed", files=0)
     for index in range(20_000):
         (folder / f"f{index}").write_bytes(b"")
-    done = subprocess.run([sys.executable, "-c", PRUNE_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, cwd=Path(__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", PRUNE_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=Path(__file__).parent.parent,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr
     left = [path.name for path in tmp_path.iterdir()]
     assert "doomed" not in left  # before the fix: a manifest-less "doomed" with most of its files, forever
@@ -230,14 +251,27 @@ with promotion.alias_lock("vae-decoder", "canary", purpose="killed"):
 
 
 def test_a_promotion_killed_with_its_lock_held_blocks_no_later_one(untrained_version):
-    killed = subprocess.run([sys.executable, "-c", LOCK_AND_DIE], capture_output=True, text=True, timeout=TIMEOUT_S,
-                            cwd=untrained_version.root)
+    killed = subprocess.run(
+        [sys.executable, "-c", LOCK_AND_DIE],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=untrained_version.root,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     lock = mlflow.MlflowClient().get_registered_model("vae-decoder.vaegen-lock.canary")
     assert lock.tags["vaegen.lock_purpose"] == "killed"  # left behind, naming a pid that is gone
     started = time.monotonic()
-    done = vaegen("promote", MODEL, "--alias", "canary", "--reason", "after a kill", "--no-quality-gate",
-                  cwd=untrained_version.root)
+    done = vaegen(
+        "promote",
+        MODEL,
+        "--alias",
+        "canary",
+        "--reason",
+        "after a kill",
+        "--no-quality-gate",
+        cwd=untrained_version.root,
+    )
     assert done.returncode == 0, done.stderr
     assert "promoted: vae-decoder@canary -> version 1" in done.stdout
     assert time.monotonic() - started < 60  # before: waited 60 s, failed, and blocked the alias for 600 s
@@ -262,18 +296,29 @@ except KeyboardInterrupt as error:
 
 def test_a_promotion_terminated_with_its_lock_held_releases_it(untrained_version):
     """SIGTERM (Kubernetes stopping a pod) while a promotion holds its alias lock: the lock goes with it."""
-    done = subprocess.run([sys.executable, "-c", LOCK_AND_TERMINATE], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, cwd=untrained_version.root)
+    done = subprocess.run(
+        [sys.executable, "-c", LOCK_AND_TERMINATE],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=untrained_version.root,
+    )
     assert done.returncode == 143, done.stderr
     names = [model.name for model in mlflow.MlflowClient().search_registered_models()]
     assert "vae-decoder.vaegen-lock.termed" not in names, names
     started = time.monotonic()
-    promoted = vaegen("promote", MODEL, "--alias", "termed", "--reason", "after a SIGTERM", "--no-quality-gate",
-                      cwd=untrained_version.root)
+    promoted = vaegen(
+        "promote",
+        MODEL,
+        "--alias",
+        "termed",
+        "--reason",
+        "after a SIGTERM",
+        "--no-quality-gate",
+        cwd=untrained_version.root,
+    )
     assert promoted.returncode == 0, promoted.stderr
     assert time.monotonic() - started < 60
-
-
 
 
 def signals_caught(pid: int) -> int:
@@ -285,15 +330,19 @@ def test_sigterm_before_ray_starts_is_one_line_and_exit_143(tmp_path):
     with socket.socket() as silent:  # a tracking server that accepts and never answers: the job waits on it
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        process = subprocess.Popen([VAEGEN, "generate", "--model", MODEL, "--n", "10", "--out", str(tmp_path / "out")],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env={**os.environ,
-                                        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{silent.getsockname()[1]}"})
+        process = subprocess.Popen(
+            [VAEGEN, "generate", "--model", MODEL, "--n", "10", "--out", str(tmp_path / "out")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{silent.getsockname()[1]}"},
+        )
         wait_until(lambda: signals_caught(process.pid) & (1 << (signal.SIGTERM - 1)), TIMEOUT_S, "a SIGTERM handler")
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=TIMEOUT_S)
-    one_error_line(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), 143,
-                   "terminated (SIGTERM)")  # before: exit 143 from the kernel, and not a word
+    one_error_line(
+        subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), 143, "terminated (SIGTERM)"
+    )  # before: exit 143 from the kernel, and not a word
 
 
 def descendants(pid: int) -> list[int]:
@@ -326,11 +375,32 @@ def test_sigterm_during_a_job_ends_it_like_ctrl_c_and_its_private_ray_takes_free
     log = tmp_path / "stderr.txt"
     try:
         with open(log, "w") as stderr:
-            process = subprocess.Popen([VAEGEN, "generate", "--model", MODEL, "--n", "3000000", "--seed", "5",
-                                        "--num-workers", "1", "--out", str(root)], cwd=untrained_version.root,
-                                       stdout=subprocess.PIPE, stderr=stderr, text=True, env=ray_env.environ())
-            wait_until(lambda: (root / dataset / "_progress.json").exists() or process.poll() is not None, TIMEOUT_S,
-                       "the job's MLflow run and progress record")
+            process = subprocess.Popen(
+                [
+                    VAEGEN,
+                    "generate",
+                    "--model",
+                    MODEL,
+                    "--n",
+                    "3000000",
+                    "--seed",
+                    "5",
+                    "--num-workers",
+                    "1",
+                    "--out",
+                    str(root),
+                ],
+                cwd=untrained_version.root,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=ray_env.environ(),
+            )
+            wait_until(
+                lambda: (root / dataset / "_progress.json").exists() or process.poll() is not None,
+                TIMEOUT_S,
+                "the job's MLflow run and progress record",
+            )
             agents = [line for line in cmdlines(descendants(process.pid)) if "dashboard/agent.py" in line]
             process.send_signal(signal.SIGTERM)
             process.communicate(timeout=TIMEOUT_S)
@@ -340,8 +410,10 @@ def test_sigterm_during_a_job_ends_it_like_ctrl_c_and_its_private_ray_takes_free
         assert agents and all(f"--listen-port={DASHBOARD_AGENT_DEFAULT_PORT}" not in line for line in agents), agents
         assert not (root / f".{dataset}.lock").exists()
         client = mlflow.MlflowClient()
-        runs = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()],
-                                  filter_string=f"tags.`vaegen.dataset_id` = '{dataset}'")
+        runs = client.search_runs(
+            [experiment.experiment_id for experiment in client.search_experiments()],
+            filter_string=f"tags.`vaegen.dataset_id` = '{dataset}'",
+        )
         assert [run.info.status for run in runs] == ["KILLED"]
         wait_until(lambda: not [pid for pid in descendants(process.pid)], 30, "the job's Ray to be gone")
     finally:
@@ -389,8 +461,19 @@ def test_runs_references_are_limited_and_the_card_escapes_what_reaches_it(untrai
 
     run_id = mlflow.MlflowClient().get_model_version("vae-decoder", "1").run_id
     root = tmp_path / "odd <i>|`name`"  # a real folder name: every character is allowed in a local path
-    done = vaegen("generate", "--model", f"runs:/{run_id}/decoder", "--n", "1000", "--seed", "2", "--out", str(root),
-                  cwd=untrained_version.root, RAY_ADDRESS=ray_address)
+    done = vaegen(
+        "generate",
+        "--model",
+        f"runs:/{run_id}/decoder",
+        "--n",
+        "1000",
+        "--seed",
+        "2",
+        "--out",
+        str(root),
+        cwd=untrained_version.root,
+        RAY_ADDRESS=ray_address,
+    )
     assert done.returncode == 0, done.stderr
     card = (root / "vae-decoder-v1-n1000-seed2-float32-f3" / "_README.md").read_text()
     prose = card.split("## Load it")[0] + card.split("## Verify it")[1]  # code blocks show paths as Python strings
@@ -399,8 +482,9 @@ def test_runs_references_are_limited_and_the_card_escapes_what_reaches_it(untrai
     assert f"| resolved from | `runs:/{run_id}/decoder` |" in card
 
 
-def test_a_version_whose_config_and_weights_disagree_fails_once_and_is_not_resumable(untrained_version, ray_address,
-                                                                                       tmp_path):
+def test_a_version_whose_config_and_weights_disagree_fails_once_and_is_not_resumable(
+    untrained_version, ray_address, tmp_path
+):
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as folder:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/vae-decoder/1", dst_path=folder))
@@ -413,8 +497,21 @@ def test_a_version_whose_config_and_weights_disagree_fails_once_and_is_not_resum
     source = f"{run.info.artifact_uri}/decoder"
     version = client.create_model_version("vae-decoder", source, run_id=run.info.run_id).version
     root = tmp_path / "out"
-    done = vaegen("generate", "--model", f"vae-decoder/{version}", "--n", "4000", "--rows-per-shard", "1000",
-                  "--seed", "1", "--out", str(root), cwd=untrained_version.root, RAY_ADDRESS=ray_address)
+    done = vaegen(
+        "generate",
+        "--model",
+        f"vae-decoder/{version}",
+        "--n",
+        "4000",
+        "--rows-per-shard",
+        "1000",
+        "--seed",
+        "1",
+        "--out",
+        str(root),
+        cwd=untrained_version.root,
+        RAY_ADDRESS=ray_address,
+    )
     # Caught on the driver, before any worker or folder: the weights' npy headers against config.json.
     error = one_error_line(done, 1, f"vae-decoder/{version} is refused", "config.json implies")
     assert "failed 3 times" not in error and "rerun the same command" not in error and "--resume" not in error

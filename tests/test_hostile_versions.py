@@ -92,20 +92,25 @@ def other_weights(local: Path) -> None:
 
 
 def test_foreign_code_with_copied_tags_is_refused_by_promote_forced_or_not_by_sample_and_flagged(
-        untrained_version, tmp_path):
+    untrained_version, tmp_path
+):
     marker = tmp_path / "FOREIGN-CODE-RAN"
     version = register_by_hand(tmp_path / "artifacts", os_system_code(marker))
     for force in ([], ["--force"]):
         started = time.perf_counter()
         result = invoke("promote", f"{MODEL}/{version}", "--alias", "champion", "--reason", "probe", *force)
         assert result.exit_code == 1, result.output
-        assert "gate safe_artifacts FAIL  refused: code file pyfunc_decoder.py differs from vaegen's own" in result.stdout
+        assert (
+            "gate safe_artifacts FAIL  refused: code file pyfunc_decoder.py differs from vaegen's own" in result.stdout
+        )
         assert time.perf_counter() - started < QUICK_S
     assert "champion" not in mlflow.MlflowClient().get_registered_model(MODEL).aliases
     out = tmp_path / "grid.png"
     result = invoke("sample", "--model", f"{MODEL}/{version}", "--out", str(out))
     assert result.exit_code == 1 and not out.exists()
-    assert f"{MODEL}/{version} is refused: code file pyfunc_decoder.py differs from vaegen's own" in one_error_line(result)
+    assert f"{MODEL}/{version} is refused: code file pyfunc_decoder.py differs from vaegen's own" in one_error_line(
+        result
+    )
     listing = invoke("models").stdout.splitlines()
     flagged = [index for index, line in enumerate(listing) if "REFUSED: not vaegen's own model code" in line]
     assert [listing[index - 1].split()[1] for index in flagged] == [str(version)], listing
@@ -129,26 +134,40 @@ def test_generate_refuses_foreign_code_before_writing_anything(untrained_version
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(("doctor", "fragment"), [
-    (edit_config(hidden_sizes=[50_000, 50_000]), "each of hidden_sizes must be an integer in [1, 16,384]"),
-    (edit_config(latent_dim=10**9), "latent_dim must be an integer in [1, 4,096]"),
-    (edit_config(prior_flow_layers=10**6), "prior_flow_layers must be an integer in [0, 64]"),
-    (edit_config(hidden_sizes=[16_000, 16_000]), "config.json implies 257,088,064 decoder parameters, more than"),
-    (edit_config(hidden_sizes=[4_000, 4_000]), "weights.npz holds 4 arrays, config.json implies 6"),
-    (edit_config(prior_flow_layers=8, prior_flow_hidden=1_000), "weights.npz holds 4 arrays, config.json implies"),
-    (deflate_bomb, "a decompression bomb"),
-], ids=["hidden-50000", "latent-1e9", "flow-layers-1e6", "parameters-257M", "hidden-4000-mismatch", "flow-mismatch",
-         "deflate-bomb"])
+@pytest.mark.parametrize(
+    ("doctor", "fragment"),
+    [
+        (edit_config(hidden_sizes=[50_000, 50_000]), "each of hidden_sizes must be an integer in [1, 16,384]"),
+        (edit_config(latent_dim=10**9), "latent_dim must be an integer in [1, 4,096]"),
+        (edit_config(prior_flow_layers=10**6), "prior_flow_layers must be an integer in [0, 64]"),
+        (edit_config(hidden_sizes=[16_000, 16_000]), "config.json implies 257,088,064 decoder parameters, more than"),
+        (edit_config(hidden_sizes=[4_000, 4_000]), "weights.npz holds 4 arrays, config.json implies 6"),
+        (edit_config(prior_flow_layers=8, prior_flow_hidden=1_000), "weights.npz holds 4 arrays, config.json implies"),
+        (deflate_bomb, "a decompression bomb"),
+    ],
+    ids=[
+        "hidden-50000",
+        "latent-1e9",
+        "flow-layers-1e6",
+        "parameters-257M",
+        "hidden-4000-mismatch",
+        "flow-mismatch",
+        "deflate-bomb",
+    ],
+)
 def test_sizes_a_version_states_are_checked_before_anything_is_built(untrained_version, tmp_path, doctor, fragment):
     version = register_by_hand(tmp_path / "artifacts", doctor)
     started = time.perf_counter()
     result = invoke("sample", "--model", f"{MODEL}/{version}", "--out", str(tmp_path / "grid.png"))
     assert result.exit_code == 1 and fragment in one_error_line(result), result.stderr
     assert time.perf_counter() - started < QUICK_S
-    gates = promotion.promote(f"{MODEL}/{version}", promotion.PromotionConfig(alias=f"size{version}", reason="probe",
-                                                                             force=True)).gates
-    assert [(gate.name, gate.passed, gate.forceable) for gate in gates] == [("safe_artifacts", True, False),
-                                                                           ("loads", False, False)]
+    gates = promotion.promote(
+        f"{MODEL}/{version}", promotion.PromotionConfig(alias=f"size{version}", reason="probe", force=True)
+    ).gates
+    assert [(gate.name, gate.passed, gate.forceable) for gate in gates] == [
+        ("safe_artifacts", True, False),
+        ("loads", False, False),
+    ]
     assert fragment in gates[1].detail
 
 
@@ -168,14 +187,17 @@ def test_copied_evidence_tags_are_not_evidence(untrained_version, tmp_path):
     models.record_quality(models.load_decoder(models.resolve(f"{MODEL}/1")), {"precision": 0.8})
     assert models.load_decoder(models.resolve(f"{MODEL}/{version}")).evidence == {"quality.precision": "0.9"}
     assert models.load_decoder(models.resolve(f"{MODEL}/1")).evidence == {
-        "val_neg_elbo": "40.000000", "quality.precision": "0.8"}
+        "val_neg_elbo": "40.000000",
+        "quality.precision": "0.8",
+    }
 
 
 def test_the_seal_binds_artifacts_values_and_key(monkeypatch):
     tags = {"val_neg_elbo": "40.0", "data_sha256": "ab", "quality.precision": "0.9", "config": "{}"}
     tags[evidence.SEAL_TAG] = evidence.seal("digest", tags)
-    assert evidence.sealed_evidence("digest", tags) == {key: tags[key] for key in ("val_neg_elbo", "data_sha256",
-                                                                                    "quality.precision")}
+    assert evidence.sealed_evidence("digest", tags) == {
+        key: tags[key] for key in ("val_neg_elbo", "data_sha256", "quality.precision")
+    }
     assert evidence.sealed_evidence("other artifacts", tags) == {}
     assert evidence.sealed_evidence("digest", {**tags, "val_neg_elbo": "1.0"}) == {}
     assert evidence.sealed_evidence("digest", {**tags, "config": "edited: not evidence"}) != {}
@@ -187,12 +209,14 @@ def test_the_seal_binds_artifacts_values_and_key(monkeypatch):
 
 def limited_vaegen(*args: str, memory_bytes: int = 1 << 30) -> tuple[subprocess.CompletedProcess, float]:
     """`vaegen ARGS` in a real process whose address space is capped (RLIMIT_AS)."""
+
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
     started = time.perf_counter()
-    process = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=120, preexec_fn=cap)
+    process = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=cap
+    )
     return process, time.perf_counter() - started
 
 
@@ -211,17 +235,25 @@ def write_manifest(folder: Path, **changes) -> Path:
     return dataset
 
 
-@pytest.mark.parametrize(("changes", "fragment"), [
-    ({"format": "vaegen-dataset/2", "n": 10**12, "rows_per_shard": 1}, "makes 1,000,000,000,000 parts"),
-    ({"spec.num_classes": 3 * 10**8, "spec.label_policy": "balanced"}, "num_classes must lie in [0, 32,768]"),
-    ({"format": "vaegen-dataset/2", "labels": {"policy": "balanced", "classes": list(range(40_000))}},
-     "labels.classes must be a list or object of at most 32,768 entries"),
-], ids=["format-2-n-1e12", "num-classes-3e8", "label-list-40000"])
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"format": "vaegen-dataset/2", "n": 10**12, "rows_per_shard": 1}, "makes 1,000,000,000,000 parts"),
+        ({"spec.num_classes": 3 * 10**8, "spec.label_policy": "balanced"}, "num_classes must lie in [0, 32,768]"),
+        (
+            {"format": "vaegen-dataset/2", "labels": {"policy": "balanced", "classes": list(range(40_000))}},
+            "labels.classes must be a list or object of at most 32,768 entries",
+        ),
+    ],
+    ids=["format-2-n-1e12", "num-classes-3e8", "label-list-40000"],
+)
 def test_hand_edited_manifests_are_refused_in_one_line_within_a_memory_cap(tmp_path, changes, fragment):
     dataset = write_manifest(tmp_path, **changes)
     process, seconds = limited_vaegen("inspect", str(dataset))
     lines = process.stderr.strip().splitlines()
-    assert process.returncode == 1 and len(lines) == 1 and lines[0].startswith("vaegen: error: "), process.stderr[-2000:]
+    assert process.returncode == 1 and len(lines) == 1 and lines[0].startswith("vaegen: error: "), process.stderr[
+        -2000:
+    ]
     assert fragment in process.stdout + lines[0] and seconds < QUICK_S  # the summary and PROBLEM lines go to stdout
 
 
@@ -247,19 +279,37 @@ def test_code_is_accepted_only_byte_for_byte_as_installed_or_as_a_listed_release
         assert artifacts.code_problem(tmp_path, files) is None
         (tmp_path / "code/vae_core/helper.py").write_text("import os\n")
         assert "code file code/vae_core/helper.py is not one of vaegen's" in artifacts.code_problem(
-            tmp_path, files + ["code/vae_core/helper.py"])
+            tmp_path, files + ["code/vae_core/helper.py"]
+        )
     finally:
         artifacts.known_code.cache_clear()
 
 
-@pytest.mark.parametrize("fields", [
-    {},
-    {"hidden_sizes": [32, 16], "latent_dim": 5, "num_classes": 3, "class_prior": [0.3, 0.3, 0.4], "prior_flow_layers": 3,
-     "prior_flow_hidden": 7},
-    {"architecture": "conv", "conv_channels": [8, 16], "hidden_sizes": [20], "input_shape": [3, 28, 28],
-     "prior_flow_layers": 2, "num_classes": 3, "class_prior": [0.3, 0.3, 0.4]},
-    {"architecture": "conv", "conv_channels": [4], "hidden_sizes": [], "input_shape": [9, 7]},
-], ids=["mlp", "mlp-conditional-flow", "conv-conditional-flow", "conv-odd-sides"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {
+            "hidden_sizes": [32, 16],
+            "latent_dim": 5,
+            "num_classes": 3,
+            "class_prior": [0.3, 0.3, 0.4],
+            "prior_flow_layers": 3,
+            "prior_flow_hidden": 7,
+        },
+        {
+            "architecture": "conv",
+            "conv_channels": [8, 16],
+            "hidden_sizes": [20],
+            "input_shape": [3, 28, 28],
+            "prior_flow_layers": 2,
+            "num_classes": 3,
+            "class_prior": [0.3, 0.3, 0.4],
+        },
+        {"architecture": "conv", "conv_channels": [4], "hidden_sizes": [], "input_shape": [9, 7]},
+    ],
+    ids=["mlp", "mlp-conditional-flow", "conv-conditional-flow", "conv-odd-sides"],
+)
 def test_the_shapes_checked_before_loading_are_the_real_modules(fields):
     from vae_core.config import VAEConfig, decoder_state_shapes
     from vae_core.model import Decoder
@@ -282,11 +332,20 @@ print("REFUSAL", models.version_refusal(pinned))
 def test_a_version_logged_where_python_writes_bytecode_passes_its_own_gate(tmp_path):
     """A user's Python writes __pycache__ (PYTHONDONTWRITEBYTECODE unset): MLflow imports the model's code while
     logging it, and the .pyc it left among the artifacts made every fresh `vaegen train` refuse its own version."""
-    env = {key: value for key, value in os.environ.items()
-           if key != "PYTHONDONTWRITEBYTECODE" and not key.startswith("MLFLOW_")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "PYTHONDONTWRITEBYTECODE" and not key.startswith("MLFLOW_")
+    }
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
-    done = subprocess.run([sys.executable, "-c", REGISTER_WITH_BYTECODE, str(Path(__file__).parent)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTER_WITH_BYTECODE, str(Path(__file__).parent)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "REFUSAL None" in done.stdout, done.stdout
     assert not list(tmp_path.rglob("*.pyc")), list(tmp_path.rglob("*.pyc"))

@@ -51,13 +51,32 @@ UNFINISHED_ID = f"vae-decoder-v1-n1000-seed1-float32-f{FORMAT_VERSION}"  # progr
 
 def config(root: Path | str, n: int = N, seed: int = SEED, **options: Any) -> GenerateConfig:
     engine = EngineOptions(num_workers=options.pop("num_workers", None))
-    return GenerateConfig(n=n, model=options.pop("model", MODEL), out=str(root), seed=seed,
-                          rows_per_shard=options.pop("rows_per_shard", R), engine=engine, **options)
+    return GenerateConfig(
+        n=n,
+        model=options.pop("model", MODEL),
+        out=str(root),
+        seed=seed,
+        rows_per_shard=options.pop("rows_per_shard", R),
+        engine=engine,
+        **options,
+    )
 
 
 def generate_args(root: Path | str, *extra: str, n: int = N, seed: int = SEED) -> list[str]:
-    return ["generate", "--model", MODEL, "--n", str(n), "--seed", str(seed), "--rows-per-shard", str(R),
-            "--out", str(root), *extra]
+    return [
+        "generate",
+        "--model",
+        MODEL,
+        "--n",
+        str(n),
+        "--seed",
+        str(seed),
+        "--rows-per-shard",
+        str(R),
+        "--out",
+        str(root),
+        *extra,
+    ]
 
 
 def edit_manifest(directory: Path, change) -> dict:
@@ -105,7 +124,11 @@ def test_a_local_root_is_that_exact_directory(tmp_path, name):
     assert storage.location("dataset") == str(root / "dataset")
     assert storage.read_json("dataset", "record.json") == {"ok": True}
     assert storage.list("dataset") == ["record.json"]
-    assert everything_under(tmp_path) == [name, f"{name}/dataset", f"{name}/dataset/record.json"]  # no `victim`, no `pctAb`
+    assert everything_under(tmp_path) == [
+        name,
+        f"{name}/dataset",
+        f"{name}/dataset/record.json",
+    ]  # no `victim`, no `pctAb`
 
 
 @pytest.mark.parametrize("name", ["..", "../escaped", "a/b", "", ".", "x\x00y", "\\..\\x"])
@@ -122,8 +145,14 @@ def test_no_name_leaves_its_root(tmp_path, name):
     assert (sibling / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("root", ["s3://AKIAEXAMPLE:S3cretKey/with+slash@bucket/prefix", "s3://KEY:S3cretKey@bucket/prefix",
-                                  "s3://bucket/prefix?access_key=AKIAEXAMPLE&secret_key=S3cretKey"])
+@pytest.mark.parametrize(
+    "root",
+    [
+        "s3://AKIAEXAMPLE:S3cretKey/with+slash@bucket/prefix",
+        "s3://KEY:S3cretKey@bucket/prefix",
+        "s3://bucket/prefix?access_key=AKIAEXAMPLE&secret_key=S3cretKey",
+    ],
+)
 def test_an_object_store_root_with_credentials_is_refused_without_showing_them(tmp_path, root):
     with pytest.raises(UsageError) as refused:
         Storage(root)
@@ -134,17 +163,23 @@ def test_an_object_store_root_with_credentials_is_refused_without_showing_them(t
     assert "S3cretKey" not in result.output
 
 
-@pytest.mark.parametrize(("uri", "shown"), [
-    ("http://alice:S3cretPW@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
-    ("https://token@mlflow.example.com/path?x=1", "https://***@mlflow.example.com/path?x=1"),
-    ("postgresql://mlflow:S3cretPW@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
-    ("s3://KEY:S3/cret@bucket/prefix", "s3://***@bucket/prefix"),
-    ("s3://bucket/p?region=eu-west-1&secret_key=S3cret", "s3://bucket/p?region=eu-west-1&secret_key=***"),
-    ("https://b.s3.amazonaws.com/k?X-Amz-Credential=AK&X-Amz-Signature=abc#f", "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***#f"),
-    ("sqlite:////data/mlflow#1/mlflow.db", "sqlite:////data/mlflow#1/mlflow.db"),
-    ("/data/victim#x/user:pw@host", "/data/victim#x/user:pw@host"),  # a path is not a URI
-    ("s3://bucket/v@1", "s3://bucket/v@1"),
-])
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("http://alice:S3cretPW@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
+        ("https://token@mlflow.example.com/path?x=1", "https://***@mlflow.example.com/path?x=1"),
+        ("postgresql://mlflow:S3cretPW@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+        ("s3://KEY:S3/cret@bucket/prefix", "s3://***@bucket/prefix"),
+        ("s3://bucket/p?region=eu-west-1&secret_key=S3cret", "s3://bucket/p?region=eu-west-1&secret_key=***"),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=AK&X-Amz-Signature=abc#f",
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***#f",
+        ),
+        ("sqlite:////data/mlflow#1/mlflow.db", "sqlite:////data/mlflow#1/mlflow.db"),
+        ("/data/victim#x/user:pw@host", "/data/victim#x/user:pw@host"),  # a path is not a URI
+        ("s3://bucket/v@1", "s3://bucket/v@1"),
+    ],
+)
 def test_redact_uri(uri, shown):
     assert redact_uri(uri) == shown
     assert has_credentials(uri) == (uri != shown)
@@ -159,17 +194,20 @@ def tiny_spec(**overrides: Any) -> DatasetSpec:
     return DatasetSpec(**{**fields, **overrides})
 
 
-@pytest.mark.parametrize(("overrides", "fragment"), [
-    ({"model_name": "../../escaped"}, "cannot name a dataset folder"),
-    ({"model_name": ".hidden"}, "cannot name a dataset folder"),
-    ({"model_name": "a/b"}, "cannot name a dataset folder"),
-    ({"n": 10_000_000_000_000}, "makes 152,587,891 part files, more than 100,000"),
-    ({"n": 2**64}, "--n must be at most 2**63 - 1"),
-    ({"n": 1_000, "block_rows": 5_000_000}, "--batch-size 5,000,000 is larger than a shard"),
-    ({"rows_per_shard": 400_000, "block_rows": 400_000}, "--batch-size 400,000 decodes 1.2 GiB per block"),
-    ({"rows_per_shard": 2_000_000}, "--rows-per-shard 2,000,000 makes parts of about 5.9 GiB"),
-    ({"n": "5"}, "n must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"model_name": "../../escaped"}, "cannot name a dataset folder"),
+        ({"model_name": ".hidden"}, "cannot name a dataset folder"),
+        ({"model_name": "a/b"}, "cannot name a dataset folder"),
+        ({"n": 10_000_000_000_000}, "makes 152,587,891 part files, more than 100,000"),
+        ({"n": 2**64}, "--n must be at most 2**63 - 1"),
+        ({"n": 1_000, "block_rows": 5_000_000}, "--batch-size 5,000,000 is larger than a shard"),
+        ({"rows_per_shard": 400_000, "block_rows": 400_000}, "--batch-size 400,000 decodes 1.2 GiB per block"),
+        ({"rows_per_shard": 2_000_000}, "--rows-per-shard 2,000,000 makes parts of about 5.9 GiB"),
+        ({"n": "5"}, "n must be an integer"),
+    ],
+)
 def test_a_spec_refuses_unsafe_names_and_unbounded_plans(overrides, fragment):
     with pytest.raises(UsageError) as refused:
         tiny_spec(**overrides)
@@ -214,7 +252,9 @@ def test_resume_of_a_record_copied_into_another_folder_is_refused(trained_versio
     assert_one_error_line(result, 2, f"describes dataset '{UNFINISHED_ID}', not 'fake'")
     assert everything_under(root) == ["fake", "fake/_progress.json"]
     for resume in ("..", str(root / "..")):
-        assert_one_error_line(invoke("generate", "--resume", resume, "--out", str(root)), 2, "is not a plain file or folder name")
+        assert_one_error_line(
+            invoke("generate", "--resume", resume, "--out", str(root)), 2, "is not a plain file or folder name"
+        )
 
 
 def test_resume_on_the_other_device_is_refused_naming_its_device(trained_version, local_ray, tmp_path):
@@ -249,7 +289,12 @@ def inspect_cli(directory: Path, *extra: str):
 @pytest.mark.slow
 def test_inspect_verifies_a_committed_dataset_and_allows_its_card(copy):
     assert sorted(path.name for path in copy.iterdir()) == [
-        ".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json", *(f"part-{shard:05d}.parquet" for shard in range(4))]
+        ".huggingface.yaml",
+        "_README.md",
+        "_croissant.json",
+        "_manifest.json",
+        *(f"part-{shard:05d}.parquet" for shard in range(4)),
+    ]
     result = inspect_cli(copy)
     assert result.exit_code == 0, result.output
     assert "verified: 4 files" in result.stdout
@@ -282,8 +327,10 @@ def test_inspect_refuses_a_dropped_files_entry_even_when_the_whole_manifest_agre
 
     edit_manifest(copy, forge)
     report = inspect(str(copy))
-    assert ("part-00003.parquet: unexpected file, not in the manifest: readers would take it for part of the dataset"
-            in report.problems), report.problems
+    assert (
+        "part-00003.parquet: unexpected file, not in the manifest: readers would take it for part of the dataset"
+        in report.problems
+    ), report.problems
 
 
 @pytest.mark.slow
@@ -291,8 +338,10 @@ def test_inspect_refuses_a_stray_copy_of_a_part(copy):
     shutil.copy(copy / "part-00000.parquet", copy / "part-00099.parquet")
     assert pq.read_table(copy).num_rows == N + R  # what a reader would get: duplicate ids
     result = inspect_cli(copy)
-    assert ("PROBLEM part-00099.parquet: unexpected file, not in the manifest: readers would take it for part of "
-            "the dataset") in result.stdout, result.stdout
+    assert (
+        "PROBLEM part-00099.parquet: unexpected file, not in the manifest: readers would take it for part of "
+        "the dataset"
+    ) in result.stdout, result.stdout
     assert_one_error_line(result, 1, "1 problem(s)")
 
 
@@ -303,10 +352,13 @@ def test_inspect_refuses_anything_a_committed_dataset_does_not_hold(copy):
     (copy / ".part-00001.parquet.abc.tmp").write_bytes(b"x")
     (copy / "notes.txt").write_text("hello")
     report = inspect(str(copy))
-    assert sorted(report.problems) == sorted([
-        ".part-00001.parquet.abc.tmp: unexpected file, not in the manifest",
-        "_parts: unexpected folder, not in the manifest",
-        "notes.txt: unexpected file, not in the manifest: readers would take it for part of the dataset"])
+    assert sorted(report.problems) == sorted(
+        [
+            ".part-00001.parquet.abc.tmp: unexpected file, not in the manifest",
+            "_parts: unexpected folder, not in the manifest",
+            "notes.txt: unexpected file, not in the manifest: readers would take it for part of the dataset",
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -319,15 +371,19 @@ def test_inspect_of_a_truncated_manifest_is_one_line(copy):
     path.write_text("[1, 2]")
     assert_one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: a JSON list, not an object")
     path.write_text('{"n": 20000}')
-    assert_one_error_line(inspect_cli(copy), 1, f"corrupt manifest at {path}: field 'format' is missing or not a JSON string")
+    assert_one_error_line(
+        inspect_cli(copy), 1, f"corrupt manifest at {path}: field 'format' is missing or not a JSON string"
+    )
 
 
 @pytest.mark.slow
 def test_inspect_imports_neither_torch_nor_mlflow(copy):
-    script = ("import sys; from jobs.cli import main\n"
-              "try:\n    main([sys.argv[1], sys.argv[2]])\nexcept SystemExit as exit:\n    code = exit.code\n"
-              "print('heavy:', sorted(name for name in ('torch', 'mlflow', 'ray') if name in sys.modules))\n"
-              "sys.exit(code)")
+    script = (
+        "import sys; from jobs.cli import main\n"
+        "try:\n    main([sys.argv[1], sys.argv[2]])\nexcept SystemExit as exit:\n    code = exit.code\n"
+        "print('heavy:', sorted(name for name in ('torch', 'mlflow', 'ray') if name in sys.modules))\n"
+        "sys.exit(code)"
+    )
     done = subprocess.run([PYTHON, "-c", script, "inspect", str(copy)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "verified: 4 files" in done.stdout and "heavy: []" in done.stdout, done.stdout
@@ -367,8 +423,10 @@ def test_inspect_deep_re_decodes_x_and_catches_a_consistent_forgery(copy):
     plain = inspect_cli(copy)
     assert plain.exit_code == 0, plain.output  # checksums, sizes, rows and ids all agree with the edited manifest
     deep = inspect_cli(copy, "--deep")
-    assert ("PROBLEM part-00001.parquet: row 1234 (sample id 6234): x differs from what vae-decoder/1 decodes"
-            in deep.stdout), deep.stdout
+    assert (
+        "PROBLEM part-00001.parquet: row 1234 (sample id 6234): x differs from what vae-decoder/1 decodes"
+        in deep.stdout
+    ), deep.stdout
     assert_one_error_line(deep, 1, "1 problem(s)")
 
 
@@ -384,8 +442,12 @@ def test_inspect_deep_with_an_unreachable_tracking_server_is_one_line(copy, monk
         result = inspect_cli(copy, "--deep")
     finally:
         mlflow.set_tracking_uri(previous)
-    assert_one_error_line(result, 1, "inspect --deep re-decodes x with vae-decoder/1 from the registry: cannot reach the MLflow "
-                              "tracking server at http://***@127.0.0.1")
+    assert_one_error_line(
+        result,
+        1,
+        "inspect --deep re-decodes x with vae-decoder/1 from the registry: cannot reach the MLflow "
+        "tracking server at http://***@127.0.0.1",
+    )
     assert "S3cretPW" not in result.output
 
 
@@ -403,7 +465,9 @@ def test_generate_into_a_damaged_dataset_is_refused_and_overwrite_repairs_it(com
         part.write_bytes(part.read_bytes()[:1000])
     result = invoke(*generate_args(copy.parent))
     detail = "part-00001.parquet: missing" if damage == "missing" else "part-00001.parquet: 1000 bytes, manifest says"
-    assert_one_error_line(result, 1, f"dataset {copy} is committed but damaged: {detail}", "regenerate it with --overwrite")
+    assert_one_error_line(
+        result, 1, f"dataset {copy} is committed but damaged: {detail}", "regenerate it with --overwrite"
+    )
     assert "already committed" not in result.output
     repaired = invoke(*generate_args(copy.parent, "--overwrite"))
     assert repaired.exit_code == 0, repaired.output
@@ -466,7 +530,9 @@ time.sleep(600)
 
 
 def test_a_writer_guard_of_a_killed_process_does_not_block(tmp_path):
-    holder = subprocess.Popen([PYTHON, "-c", HOLD_GUARD, str(tmp_path), "some-dataset"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [PYTHON, "-c", HOLD_GUARD, str(tmp_path), "some-dataset"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(DatasetBusy, match=f"pid {holder.pid} on {socket.gethostname()}"):
@@ -486,12 +552,16 @@ def test_a_writer_guard_of_a_killed_process_does_not_block(tmp_path):
 def test_the_writer_guard_on_an_object_store(moto_s3):
     storage = Storage(f"{moto_s3}/root")
     with storage.writer_guard("ds"):
-        with pytest.raises(DatasetBusy, match=f"pid {os.getpid()} on {socket.gethostname()}.*if that run is dead, delete "
-                                              f"{moto_s3}/root/.ds.lock"):
+        with pytest.raises(
+            DatasetBusy,
+            match=f"pid {os.getpid()} on {socket.gethostname()}.*if that run is dead, delete {moto_s3}/root/.ds.lock",
+        ):
             with storage.writer_guard("ds"):
                 pass
     assert not storage.exists(".ds.lock")
-    dead = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     storage.write_json({"pid": int(dead), "host": socket.gethostname(), "user": "x", "since": "then"}, ".ds.lock")
     with storage.writer_guard("ds"):  # a record of a process gone from this host is taken over
         assert storage.read_json(".ds.lock")["pid"] == os.getpid()
@@ -504,11 +574,14 @@ def test_the_writer_guard_on_an_object_store(moto_s3):
 # ---------------------------------------------------------------- bounded plans
 
 
-@pytest.mark.parametrize(("n", "extra", "fragment"), [
-    (10_000_000_000_000, (), "makes 152,587,891 part files, more than 100,000"),
-    (2**64, (), "--n must be at most 2**63 - 1"),
-    (1_000, ("--batch-size", "5000000"), "--batch-size 5,000,000 is larger than a shard"),
-])
+@pytest.mark.parametrize(
+    ("n", "extra", "fragment"),
+    [
+        (10_000_000_000_000, (), "makes 152,587,891 part files, more than 100,000"),
+        (2**64, (), "--n must be at most 2**63 - 1"),
+        (1_000, ("--batch-size", "5000000"), "--batch-size 5,000,000 is larger than a shard"),
+    ],
+)
 def test_unbounded_plans_are_one_line_usage_errors_and_leave_no_folder(trained_version, tmp_path, n, extra, fragment):
     out = tmp_path / "out"
     result = invoke("generate", "--model", MODEL, "--n", str(n), "--out", str(out), *extra)
@@ -519,8 +592,9 @@ def test_unbounded_plans_are_one_line_usage_errors_and_leave_no_folder(trained_v
 @pytest.mark.slow
 def test_more_workers_than_the_cluster_has_cpus_are_capped(trained_version, local_ray, tmp_path):
     seen, lines = {}, []
-    result = generate(config(tmp_path, num_workers=1000), log=lines.append,
-                      on_workers=lambda workers: seen.update(count=len(workers)))
+    result = generate(
+        config(tmp_path, num_workers=1000), log=lines.append, on_workers=lambda workers: seen.update(count=len(workers))
+    )
     assert seen["count"] == 2 and result.manifest["execution"]["num_workers"] == 2
     assert "--num-workers 1000 capped at 2: the Ray cluster has 2 CPU(s) now" in lines
 
@@ -556,7 +630,9 @@ def test_resuming_a_killed_job_marks_its_run_killed(committed, tmp_path):
     (directory / manifest.PROGRESS).write_text(json.dumps(manifest.progress_record(spec, record["model"], killed)))
     assert client.get_run(killed).info.status == "RUNNING"
     result = generate(config(directory.parent))
-    assert result.manifest["files"] == record["files"]  # the same dataset, completed (its parts rewritten: no sidecars here)
+    assert (
+        result.manifest["files"] == record["files"]
+    )  # the same dataset, completed (its parts rewritten: no sidecars here)
     assert client.get_run(killed).info.status == "KILLED"
     assert client.get_run(result.manifest["lineage"]["run_id"]).info.status == "FINISHED"
 
@@ -574,13 +650,19 @@ def test_provenance_is_recorded_and_can_be_left_out(committed, local_ray, tmp_pa
     directory = tmp_path / "published" / Path(committed.location).name
     text = (directory / manifest.MANIFEST).read_text()
     record = json.loads(text)
-    assert record["created_by"] is None and record["lineage"]["tracking_uri"] is None and record["model"]["source"] is None
+    assert (
+        record["created_by"] is None and record["lineage"]["tracking_uri"] is None and record["model"]["source"] is None
+    )
     assert record["provenance"] == "redacted" and str(tmp_path.parent) not in text  # no out path, no SQLite path
-    assert str(tmp_path.parent) not in (directory / "_README.md").read_text()  # nor in the card that is published with it
+    assert (
+        str(tmp_path.parent) not in (directory / "_README.md").read_text()
+    )  # nor in the card that is published with it
     assert record["model"]["run_id"] == recorded["model"]["run_id"]
     # The same rows in the same parts; the bytes differ only by the parts' key-value metadata, which names the
     # registry where provenance is recorded (issue 23) and not where it is redacted.
-    layout = lambda files: [{key: entry[key] for key in ("shard", "name", "first_sample_id", "rows")} for entry in files]  # noqa: E731
+    layout = lambda files: [
+        {key: entry[key] for key in ("shard", "name", "first_sample_id", "rows")} for entry in files
+    ]  # noqa: E731
     assert layout(record["files"]) == layout(recorded["files"])
     assert pq.read_table(directory).equals(pq.read_table(committed.location))
     assert inspect(str(directory)).ok
@@ -605,10 +687,16 @@ def test_refresh_into_a_root_with_a_hash_prunes_nothing_beside_it(trained_versio
     for name, finished in (("old-a", "2020-01-01T00:00:00+00:00"), ("old-b", "2020-01-02T00:00:00+00:00")):
         (victim / name).mkdir(parents=True)
         (victim / name / manifest.MANIFEST).write_text(json.dumps({"timings": {"finished_at": finished}}))
-    (tmp_path / "victim#x").mkdir()  # refresh's lock needs its root to exist (main's check_writable no longer leaves it)
+    (
+        tmp_path / "victim#x"
+    ).mkdir()  # refresh's lock needs its root to exist (main's check_writable no longer leaves it)
     before = everything_under(victim)
-    result = refresh(RefreshConfig(generate=config(str(tmp_path / "victim#x"), n=2_000, rows_per_shard=1_000,
-                                                   model="vae-decoder@champion"), keep=1))
+    result = refresh(
+        RefreshConfig(
+            generate=config(str(tmp_path / "victim#x"), n=2_000, rows_per_shard=1_000, model="vae-decoder@champion"),
+            keep=1,
+        )
+    )
     assert result.action == "generated" and result.pruned == []
     assert everything_under(victim) == before
     assert (tmp_path / "victim#x" / result.dataset_id / manifest.MANIFEST).exists()

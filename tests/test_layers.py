@@ -44,22 +44,27 @@ MODULES = {module_name(path): path for layer in LAYERS for path in sorted((REPO 
 
 
 def test_layers_import_only_downwards():
-    wrong = [f"{module} imports {name}" for module, path in MODULES.items()
-             for name in imported(path, in_functions=True)
-             if LAYERS.index(name.split(".")[0]) > LAYERS.index(module.split(".")[0])]
+    wrong = [
+        f"{module} imports {name}"
+        for module, path in MODULES.items()
+        for name in imported(path, in_functions=True)
+        if LAYERS.index(name.split(".")[0]) > LAYERS.index(module.split(".")[0])
+    ]
     assert wrong == []
 
 
 def test_no_import_cycle_between_product_modules():
-    graph = {module: {name for name in imported(path, in_functions=False) if name in MODULES and name != module}
-             for module, path in MODULES.items()}
+    graph = {
+        module: {name for name in imported(path, in_functions=False) if name in MODULES and name != module}
+        for module, path in MODULES.items()
+    }
     cycles, visiting, done = [], [], set()
 
     def walk(module: str) -> None:
         visiting.append(module)
         for target in sorted(graph[module]):
             if target in visiting:
-                cycles.append(" -> ".join([*visiting[visiting.index(target):], target]))
+                cycles.append(" -> ".join([*visiting[visiting.index(target) :], target]))
             elif target not in done:
                 walk(target)
         visiting.pop()

@@ -38,9 +38,19 @@ PERSON_NOTE = "Reviewed by a person | keep this"
 
 
 def event(version: int, previous: int | None, day: int, action: str = "promote") -> dict:
-    return {"action": action, "alias": "champion", "version": version, "previous_version": previous,
-            "at": f"2026-01-{day:02d}T00:00:00+00:00", "by": "alice", "reason": "retrained " + "x" * 80,
-            "gates": [{"name": "loads", "passed": True, "detail": "ok"}, {"name": "quality", "passed": False, "detail": "low"}]}
+    return {
+        "action": action,
+        "alias": "champion",
+        "version": version,
+        "previous_version": previous,
+        "at": f"2026-01-{day:02d}T00:00:00+00:00",
+        "by": "alice",
+        "reason": "retrained " + "x" * 80,
+        "gates": [
+            {"name": "loads", "passed": True, "detail": "ok"},
+            {"name": "quality", "passed": False, "detail": "low"},
+        ],
+    }
 
 
 def test_generated_text_is_replaced_and_a_persons_text_is_kept():
@@ -53,7 +63,10 @@ def test_generated_text_is_replaced_and_a_persons_text_is_kept():
     # text written before vaegen ever rendered moves below the marker, intact
     legacy = descriptions.replace_generated("written by hand", "generated")
     assert legacy.index("generated") < legacy.index(descriptions.GENERATED_END) < legacy.index("written by hand")
-    assert descriptions.budget(second) == descriptions.DESCRIPTION_LIMIT - len(PERSON_NOTE) - len(descriptions.GENERATED_END) - 4
+    assert (
+        descriptions.budget(second)
+        == descriptions.DESCRIPTION_LIMIT - len(PERSON_NOTE) - len(descriptions.GENERATED_END) - 4
+    )
 
 
 def test_the_history_tag_fits_a_registered_model_tag_on_sql_stores():
@@ -62,11 +75,22 @@ def test_the_history_tag_fits_a_registered_model_tag_on_sql_stores():
     gates = [{"name": f"gate{i}", "passed": True, "detail": "x" * 400, "forceable": False} for i in range(6)]
     events: list[dict] = []
     for version in range(1, 40):
-        events = _bounded_history(events, {"action": "promote", "alias": "champion", "version": version,
-                                           "previous_version": version - 1, "reason": "r" * 100, "gates": gates})
+        events = _bounded_history(
+            events,
+            {
+                "action": "promote",
+                "alias": "champion",
+                "version": version,
+                "previous_version": version - 1,
+                "reason": "r" * 100,
+                "gates": gates,
+            },
+        )
         assert len(json.dumps(events)) <= HISTORY_MAX_CHARS and len(events) <= HISTORY_LIMIT
     assert events[-1]["version"] == 39 and [event["version"] for event in events] == list(range(40 - len(events), 40))
-    assert events[-1]["gates"] == [{"name": f"gate{i}", "passed": True} for i in range(6)]  # verdicts; details stay on the version
+    assert events[-1]["gates"] == [
+        {"name": f"gate{i}", "passed": True} for i in range(6)
+    ]  # verdicts; details stay on the version
 
 
 def test_history_is_newest_first_and_fits_mlflows_description_limit():
@@ -77,7 +101,11 @@ def test_history_is_newest_first_and_fits_mlflows_description_limit():
     assert "[v2](#/models/m/versions/2) | v1 |" in rows[0] and "[v1](#/models/m/versions/1) | - |" in rows[1]
     assert "PASS loads; FAIL quality" in rows[0] and "low" not in rows[0]  # verdicts here, details on the version
     same_second = [event(1, None, 9), event(2, 1, 9), event(1, 2, 9, "rollback")]  # recorded order breaks ties
-    rows = [line for line in descriptions.history_description("m", {"champion": same_second}).splitlines() if "| 2026" in line]
+    rows = [
+        line
+        for line in descriptions.history_description("m", {"champion": same_second}).splitlines()
+        if "| 2026" in line
+    ]
     assert [row.split(" | ")[1] for row in rows] == ["rollback", "promote", "promote"] and "[v2]" in rows[1]
     limited = descriptions.history_description("m", {"champion": events, "canary": events[:3]}, limit=2_000)
     assert len(limited) <= 2_000
@@ -100,12 +128,15 @@ def test_table_cells_escape_pipes_and_line_breaks():
     assert descriptions.table(("k", "v"), [("x|y", 1)]).splitlines()[-1] == "| x\\|y | 1 |"
 
 
-@pytest.mark.parametrize("data, expected", [
-    ("digits", "train-digits-vae128-z2-20261130T101530Z"),
-    ("mnist:/data/mnist/", "train-mnist-vae128-z2-20261130T101530Z"),
-    ("npz:/tmp/x/faces.npz:images", "train-npz-faces-vae128-z2-20261130T101530Z"),
-    ("parquet:s3://bucket/p/train.parquet:img", "train-parquet-train-vae128-z2-20261130T101530Z"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ("digits", "train-digits-vae128-z2-20261130T101530Z"),
+        ("mnist:/data/mnist/", "train-mnist-vae128-z2-20261130T101530Z"),
+        ("npz:/tmp/x/faces.npz:images", "train-npz-faces-vae128-z2-20261130T101530Z"),
+        ("parquet:s3://bucket/p/train.parquet:img", "train-parquet-train-vae128-z2-20261130T101530Z"),
+    ],
+)
 def test_default_run_name_says_what_was_trained(data, expected):
     now = dt.datetime(2026, 11, 30, 10, 15, 30, tzinfo=dt.timezone.utc)
     assert default_run_name(TrainJobConfig(data=data), now) == expected
@@ -126,8 +157,10 @@ def test_report_folders_are_per_subject_and_never_take_anothers(tmp_path):
         reports.report_folder(reports.ReportConfig(out_dir=str(folder)), Path("m", "v2"), "model m/2")
     dataset = reports.report_folder(config, Path("datasets", "d1"), "dataset d1")
     assert dataset == tmp_path / "report" / "datasets" / "d1"
-    assert reports.headline({"precision": 0.5, "coverage": 1, "frechet_distance": "n/a", "model": {}}) == \
-        {"precision": 0.5, "coverage": 1.0}
+    assert reports.headline({"precision": 0.5, "coverage": 1, "frechet_distance": "n/a", "model": {}}) == {
+        "precision": 0.5,
+        "coverage": 1.0,
+    }
 
 
 # ---------------------------------------------------------------- a real SQLite store
@@ -168,10 +201,12 @@ def test_training_run_has_a_readable_name_and_its_data_as_input(promoted):
     assert RUN_NAME.match(training_run.info.run_name), training_run.info.run_name
     [data] = training_run.inputs.dataset_inputs
     sha256 = data_sources.load("digits").content_sha256()
-    assert (data.dataset.name, data.dataset.digest) == ("digits", sha256[:lineage.DIGEST_CHARS])
+    assert (data.dataset.name, data.dataset.digest) == ("digits", sha256[: lineage.DIGEST_CHARS])
     assert data.dataset.source_type == "vaegen-data" and json.loads(data.dataset.source) == {"spec": "digits"}
     assert {(tag.key, tag.value) for tag in data.tags} == {("mlflow.data.context", "training")}
-    assert lineage.DataSpecSource.from_json(data.dataset.source).load().content_sha256() == sha256  # loads the same data
+    assert (
+        lineage.DataSpecSource.from_json(data.dataset.source).load().content_sha256() == sha256
+    )  # loads the same data
     assert [output.model_id for output in training_run.outputs.model_outputs] == [logged_model_id(NAME, 1)]
 
 
@@ -183,13 +218,20 @@ def test_quality_figures_are_metrics_of_the_training_run_and_of_its_logged_model
     tags = client.get_model_version(NAME, "1").tags
     for key, value in figures.items():
         assert metrics[f"quality.{key}"] == pytest.approx(value), key
-        assert float(tags[f"vaegen.quality.{key}"]) == pytest.approx(value, rel=1e-5), key  # gate 3 still reads the tags
+        assert float(tags[f"vaegen.quality.{key}"]) == pytest.approx(value, rel=1e-5), (
+            key
+        )  # gate 3 still reads the tags
     # sortable and filterable like any metric: the UI's run table and search use these
-    found = mlflow.search_runs(experiment_names=["vaegen-train"], order_by=["metrics.`quality.precision` DESC"],
-                               filter_string="attributes.run_name LIKE 'train-%' AND metrics.`quality.precision` >= 0")
+    found = mlflow.search_runs(
+        experiment_names=["vaegen-train"],
+        order_by=["metrics.`quality.precision` DESC"],
+        filter_string="attributes.run_name LIKE 'train-%' AND metrics.`quality.precision` >= 0",
+    )
     assert list(found["run_id"]) == [promoted.v1.pinned.run_id]  # v2 has no report
-    logged = {(metric.key, metric.dataset_name, metric.run_id): metric.value
-              for metric in client.get_logged_model(logged_model_id(NAME, 1)).metrics}
+    logged = {
+        (metric.key, metric.dataset_name, metric.run_id): metric.value
+        for metric in client.get_logged_model(logged_model_id(NAME, 1)).metrics
+    }
     run_id = promoted.v1.pinned.run_id
     assert logged[("quality.precision", None, run_id)] == pytest.approx(figures["precision"])
     assert logged[("val_neg_elbo", "digits", run_id)] == pytest.approx(promoted.v1.val_neg_elbo)  # against its data
@@ -200,13 +242,18 @@ def test_version_description_summarises_data_config_loss_quality_and_gates(promo
     version = client.get_model_version(NAME, "1")
     text, tags = version.description, version.tags
     first_line = text.splitlines()[0]
-    assert first_line == (f"Unconditional VAE decoder (MLP, hidden 128), 8x8 samples, latent 2, trained on digits; "
-                          f"held-out -ELBO {promoted.v1.val_neg_elbo:.3f} nats.")
+    assert first_line == (
+        f"Unconditional VAE decoder (MLP, hidden 128), 8x8 samples, latent 2, trained on digits; "
+        f"held-out -ELBO {promoted.v1.val_neg_elbo:.3f} nats."
+    )
     assert f"`digits`, sha256 `{tags['vaegen.data_sha256'][:12]}…`" in text
     assert f"{int(tags['vaegen.train_size']):,} train / {int(tags['vaegen.holdout_size']):,} held out" in text
     assert "| sample shape | 8x8 |" in text and "| training budget | 2 epochs of 128, constant schedule |" in text
     training_run = client.get_run(promoted.v1.pinned.run_id)
-    assert f"[{training_run.info.run_name}](#/experiments/{training_run.info.experiment_id}/runs/{training_run.info.run_id})" in text
+    assert (
+        f"[{training_run.info.run_name}](#/experiments/{training_run.info.experiment_id}/runs/{training_run.info.run_id})"
+        in text
+    )
     model_id = logged_model_id(NAME, 1)
     assert f"[{model_id}](#/experiments/{training_run.info.experiment_id}/models/{model_id})" in text
     precision = float(tags["vaegen.quality.precision"])
@@ -218,7 +265,10 @@ def test_version_description_summarises_data_config_loss_quality_and_gates(promo
     assert text.endswith(PERSON_NOTE)  # a person's note survived three re-renderings
     assert text.count(descriptions.GENERATED_END) == 1
     second = client.get_model_version(NAME, "2").description
-    assert "| rollback | champion | carol | v2 regressed | - |" in second and "| promote | champion | bob | retrained |" in second
+    assert (
+        "| rollback | champion | carol | v2 regressed | - |" in second
+        and "| promote | champion | bob | retrained |" in second
+    )
     assert len(text) <= descriptions.DESCRIPTION_LIMIT
 
 
@@ -226,12 +276,16 @@ def test_registered_model_description_renders_the_history_tag(promoted):
     model = MlflowClient().get_registered_model(NAME)
     events = json.loads(model.tags["vaegen.history.champion"])  # kept: rollback reads it
     assert [(item["action"], item["version"], item["by"]) for item in events] == [
-        ("promote", 1, "alice"), ("promote", 2, "bob"), ("rollback", 1, "carol")]
+        ("promote", 1, "alice"),
+        ("promote", 2, "bob"),
+        ("rollback", 1, "carol"),
+    ]
     rows = [line for line in model.description.splitlines() if line.startswith("| 20")]
     assert [row.split(" | ")[1:6] for row in rows] == [
         ["rollback", f"[v1]({descriptions.version_link(NAME, 1)})", "v2", "carol", "v2 regressed"],
         ["promote", f"[v2]({descriptions.version_link(NAME, 2)})", "v1", "bob", "retrained"],
-        ["promote", f"[v1]({descriptions.version_link(NAME, 1)})", "-", "alice", "first champion"]]
+        ["promote", f"[v1]({descriptions.version_link(NAME, 1)})", "-", "alice", "first champion"],
+    ]
     assert "`@champion`" in model.description and model.description.endswith(descriptions.GENERATED_END)
 
 
@@ -270,8 +324,14 @@ class Generated:
 @pytest.fixture(scope="module")
 def generated(promoted, local_ray_module, tmp_path_factory) -> Generated:
     local_ray_module.ensure()
-    config = GenerateConfig(n=DATASET_N, model=f"{NAME}@champion", out=str(tmp_path_factory.mktemp("datasets")),
-                            seed=DATASET_SEED, rows_per_shard=DATASET_R, engine=EngineOptions(num_workers=1))
+    config = GenerateConfig(
+        n=DATASET_N,
+        model=f"{NAME}@champion",
+        out=str(tmp_path_factory.mktemp("datasets")),
+        seed=DATASET_SEED,
+        rows_per_shard=DATASET_R,
+        engine=EngineOptions(num_workers=1),
+    )
     dataset = generate(config)
     return Generated(dataset, reports.dataset_report(dataset.location, reports.ReportConfig(n=DATASET_N)))
 
@@ -298,8 +358,11 @@ def test_dataset_run_sits_with_its_model_and_links_it_both_ways(promoted, genera
     assert f"[{training_run.info.run_name}](#/experiments/{training_run.info.experiment_id}/runs/" in note
     assert f"`{generated.dataset.location}`" in note and f"{DATASET_N:,} in 2 part(s)" in note
     # back from the model: its metrics name the dataset and the run (the logged model page's "Datasets used", "Runs")
-    back = {(metric.key, metric.dataset_name, metric.dataset_digest) for metric in client.get_logged_model(model_id).metrics
-            if metric.run_id == dataset_run.info.run_id}
+    back = {
+        (metric.key, metric.dataset_name, metric.dataset_digest)
+        for metric in client.get_logged_model(model_id).metrics
+        if metric.run_id == dataset_run.info.run_id
+    }
     assert ("rows_per_s", record["dataset_id"], record["spec_fingerprint"]) in back
     assert ("quality.precision", record["dataset_id"], record["spec_fingerprint"]) in back
 
@@ -328,8 +391,16 @@ def test_the_ui_reads_the_links_from_a_real_server(mlflow_http, cache_root, tiny
     name, uri = "vae-lineage-http", mlflow_http.uri
     trained = run(tiny_train_config(register_as=name))
     promote(f"{name}/1", PromotionConfig(reason="served over http", by="dora"))
-    dataset = generate(GenerateConfig(n=DATASET_N, model=f"{name}@champion", out=str(tmp_path / "datasets"),
-                                      seed=DATASET_SEED, rows_per_shard=DATASET_R, engine=EngineOptions(num_workers=1)))
+    dataset = generate(
+        GenerateConfig(
+            n=DATASET_N,
+            model=f"{name}@champion",
+            out=str(tmp_path / "datasets"),
+            seed=DATASET_SEED,
+            rows_per_shard=DATASET_R,
+            engine=EngineOptions(num_workers=1),
+        )
+    )
     model_id = logged_model_id(name, 1)
 
     # the training run page: data input with its context and digest, quality metrics
@@ -347,15 +418,23 @@ def test_the_ui_reads_the_links_from_a_real_server(mlflow_http, cache_root, tiny
     assert "| promote | champion | dora | served over http | PASS safe_artifacts: " in version["description"]
     assert "PASS loads: " in version["description"]
     registered = rest(uri, "registered-models/get", name=name)["registered_model"]
-    assert "| promote | [v1](#/models/vae-lineage-http/versions/1) | - | dora | served over http |" in registered["description"]
+    assert (
+        "| promote | [v1](#/models/vae-lineage-http/versions/1) | - | dora | served over http |"
+        in registered["description"]
+    )
 
     # the dataset run page: the run page searches logged models in the run's own experiment, as here
     dataset_run = rest(uri, "runs/get", run_id=dataset.manifest["lineage"]["run_id"])["run"]
     assert dataset_run["info"]["experiment_id"] == training["info"]["experiment_id"]
     assert dataset_run["inputs"]["model_inputs"] == [{"model_id": model_id}]
-    search = requests.post(f"{uri}/api/2.0/mlflow/logged-models/search", timeout=30,
-                           json={"experiment_ids": [dataset_run["info"]["experiment_id"]],
-                                 "filter": f"attributes.model_id IN ('{model_id}')"})
+    search = requests.post(
+        f"{uri}/api/2.0/mlflow/logged-models/search",
+        timeout=30,
+        json={
+            "experiment_ids": [dataset_run["info"]["experiment_id"]],
+            "filter": f"attributes.model_id IN ('{model_id}')",
+        },
+    )
     search.raise_for_status()
     assert [model["info"]["model_id"] for model in search.json()["models"]] == [model_id]
 

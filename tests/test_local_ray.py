@@ -48,14 +48,14 @@ def _socket_inodes(pids: list[int]) -> set[str]:
             except OSError:
                 continue
             if target.startswith("socket:["):
-                inodes.add(target[len("socket:["):-1])
+                inodes.add(target[len("socket:[") : -1])
     return inodes
 
 
 def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """/proc/net/tcp{,6} write addresses as 32-bit words in host (little-endian) byte order."""
     raw = bytes.fromhex(hex_address)
-    return ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    return ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
 
 
 def listening_addresses(pids: list[int]) -> set[str]:
@@ -97,8 +97,15 @@ def test_the_private_ray_listens_on_loopback_only_and_stops_without_leftovers():
     env = make_ray_env()
     variables = {**env.environ(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     variables.pop("RAY_AUTH_MODE")  # as a user's shell has it: Ray's default, token authentication on
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=variables, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env.root)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER],
+        env=variables,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=env.root,
+    )
     try:
         assert driver.stdout.readline().strip() == "ready", driver.stderr.read()[-3000:]
         pids = tagged_pids(env.tag)
@@ -109,8 +116,11 @@ def test_the_private_ray_listens_on_loopback_only_and_stops_without_leftovers():
         driver.stdin.write("\n")
         driver.stdin.flush()
         assert driver.wait(timeout=60) == 0, driver.stderr.read()[-3000:]
-        wait_until(lambda: not tagged_pids(env.tag), 10,
-                   f"the private Ray's processes to exit: {describe(tagged_pids(env.tag))}")
+        wait_until(
+            lambda: not tagged_pids(env.tag),
+            10,
+            f"the private Ray's processes to exit: {describe(tagged_pids(env.tag))}",
+        )
         assert time.monotonic() - started < 10
     finally:
         driver.kill()

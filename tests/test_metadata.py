@@ -30,8 +30,12 @@ def test_parts_card_and_croissant_say_the_rows_are_ai_generated_and_by_what(tmp_
     directory = write_dataset(tmp_path, labelled_spec(dtype="uint8"), config, state)
     record = json.loads((directory / manifest.MANIFEST).read_text())
     manifest_sha256 = hashlib.sha256((directory / manifest.MANIFEST).read_bytes()).hexdigest()
-    generator = {"model": "tiny", "version": 3, "run_id": TINY_MODEL["run_id"],
-                 "registry": TINY_LINEAGE["tracking_uri"]}
+    generator = {
+        "model": "tiny",
+        "version": 3,
+        "run_id": TINY_MODEL["run_id"],
+        "registry": TINY_LINEAGE["tracking_uri"],
+    }
     assert len(record["recipe_digest"]) == 64
     for entry in record["files"]:
         metadata = pq.ParquetFile(directory / entry["name"]).schema_arrow.metadata

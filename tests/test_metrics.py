@@ -59,8 +59,15 @@ def watched(cluster: RayCluster, tmp_path_factory) -> dict:
     metrics_url = f"http://127.0.0.1:{cluster.metrics_port}"
     env = cluster.env.environ(RAY_DASHBOARD=cluster.dashboard_url, RAY_METRICS=metrics_url)
     block = readme_block(SECTION)
-    shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=folder, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    shell = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     during, output, names = [], io.StringIO(), set()
     logs_before_commit = ""
     try:
@@ -82,8 +89,14 @@ def watched(cluster: RayCluster, tmp_path_factory) -> dict:
             shell.wait()
     committed = directory / "_manifest.json"
     manifest = json.loads(committed.read_text()) if committed.exists() else None
-    return {"returncode": shell.returncode, "output": output.getvalue(), "during": during, "manifest": manifest,
-            "logs_before_commit": logs_before_commit, "names": names}
+    return {
+        "returncode": shell.returncode,
+        "output": output.getvalue(),
+        "during": during,
+        "manifest": manifest,
+        "logs_before_commit": logs_before_commit,
+        "names": names,
+    }
 
 
 def job_logs(cluster: RayCluster, submission_id: str) -> str:
@@ -180,8 +193,9 @@ def test_progress_and_metrics_read_the_same_numbers():
     monitor.close()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "generate d: 0/100 rows, 0 rows/s, ETA unknown; 0/2 workers alive, 0 retries"
-    assert re.fullmatch(r"generate d: 100/100 rows, \S+ rows/s, done in [\d.]+ s; 1/2 workers alive, 1 retry, 1 lost",
-                        lines[-1]), lines
+    assert re.fullmatch(
+        r"generate d: 100/100 rows, \S+ rows/s, done in [\d.]+ s; 1/2 workers alive, 1 retry, 1 lost", lines[-1]
+    ), lines
     assert monitor.progress.eta_s() == 0.0 and monitor.progress.count == 100
     bare = Progress(10, "x", stream=io.StringIO())
     assert bare.eta_s() is None and bare.rate() == 0.0
@@ -202,8 +216,9 @@ def test_refresh_metrics_reach_the_metrics_port(cluster, watched, tmp_path):
     """What refresh and publish record, from a driver of the cluster: valid names and labels, exported on exit."""
     env = cluster.env.environ(RAY_ADDRESS=cluster.gcs_address, PYTHONPATH=str(ROOT))
     before = time.time()
-    done = subprocess.run([sys.executable, "-c", REFRESH_DRIVER], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", REFRESH_DRIVER], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr[-3000:]
 
     def exported() -> dict | None:

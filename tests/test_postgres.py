@@ -60,15 +60,35 @@ def test_the_whole_flow_on_postgresql(postgres, module_postgres, ray_address, tm
     assert json.loads((tmp_path / "report" / "report.json").read_text())["precision"] >= 0
 
     ok("promote", f"{NAME}/1", "--reason", "first", "--by", "alice", "--no-quality-gate")
-    generated = ok("generate", "--model", f"{NAME}@champion", "--n", str(N), "--rows-per-shard", str(ROWS_PER_SHARD),
-                   "--seed", "5", "--out", str(tmp_path / "gen"))
+    generated = ok(
+        "generate",
+        "--model",
+        f"{NAME}@champion",
+        "--n",
+        str(N),
+        "--rows-per-shard",
+        str(ROWS_PER_SHARD),
+        "--seed",
+        "5",
+        "--out",
+        str(tmp_path / "gen"),
+    )
     location = line(generated.stdout, "location: ").removeprefix("location: ")
     inspected = ok("inspect", location, "--deep")
     assert "verified: 3 files" in inspected.stdout and f"(resolved from {NAME}@champion)" in inspected.stdout
 
     root = tmp_path / "refresh"
-    refresh = ("refresh", "--model", f"{NAME}@champion", "--n", str(N), "--rows-per-shard", str(ROWS_PER_SHARD),
-               "--out", str(root))
+    refresh = (
+        "refresh",
+        "--model",
+        f"{NAME}@champion",
+        "--n",
+        str(N),
+        "--rows-per-shard",
+        str(ROWS_PER_SHARD),
+        "--out",
+        str(root),
+    )
     first = line(ok(*refresh).stdout, "refresh: ")
     assert first.startswith("refresh: generated") and first.endswith("(model version 1)"), first
     v1_dataset = json.loads((root / "latest").read_text())["dataset_id"]
@@ -84,11 +104,14 @@ def test_the_whole_flow_on_postgresql(postgres, module_postgres, ray_address, tm
     assert line(ok(*refresh).stdout, "refresh: ") == f"refresh: pointer-moved {v1_dataset} (model version 1)"
 
     assert f"history of {NAME}@champion:" in ok("models", NAME).stdout
-    assert [(event["action"], event["previous_version"], event["version"], event["by"])
-            for event in promotion.history(NAME, "champion")] == [
-        ("promote", None, 1, "alice"), ("promote", 1, 2, "bob"), ("rollback", 2, 1, "carol")]
+    assert [
+        (event["action"], event["previous_version"], event["version"], event["by"])
+        for event in promotion.history(NAME, "champion")
+    ] == [("promote", None, 1, "alice"), ("promote", 1, 2, "bob"), ("rollback", 2, 1, "carol")]
     # The server really stored it in PostgreSQL: the alias, and no promotion lock left behind.
-    assert query(postgres, "SELECT alias, version FROM registered_model_aliases WHERE name = %s", NAME) == [("champion", 1)]
+    assert query(postgres, "SELECT alias, version FROM registered_model_aliases WHERE name = %s", NAME) == [
+        ("champion", 1)
+    ]
     assert query(postgres, "SELECT name FROM registered_models WHERE name LIKE %s", f"%{LOCK_MARK}%") == []
     runs = query(postgres, "SELECT status FROM runs WHERE name LIKE %s", f"refresh-{NAME}-%")
     assert sorted(status for (status,) in runs) == ["FINISHED"] * 3

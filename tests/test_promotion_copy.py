@@ -19,8 +19,9 @@ def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pick
     prod_uri = f"sqlite:///{tmp_path}/prod/mlflow.db"
     (tmp_path / "prod").mkdir()
 
-    result = invoke("promote", "dev-decoder/1", "--to-model", "prod-decoder", "--to-tracking-uri", prod_uri,
-                    "--reason", "release 1")
+    result = invoke(
+        "promote", "dev-decoder/1", "--to-model", "prod-decoder", "--to-tracking-uri", prod_uri, "--reason", "release 1"
+    )
     assert result.exit_code == 0, result.output
     assert "promoted: prod-decoder@champion -> version 1 (was None)" in result.stdout
     assert "gate quality        PASS" in result.stdout

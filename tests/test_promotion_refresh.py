@@ -49,7 +49,10 @@ from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 pytestmark = pytest.mark.slow  # real mlflow server, real Ray, real (moto) S3 throughout
 
 N, ROWS_PER_SHARD = 5_000, 2_000  # 3 parts per dataset
-SPIKY_SEED, SPIKY_BATCH = 27, 1_000  # seed 27: z0 > 3.41 only at rows 2270 and 4289 (shards 1, 2), none in the probe block
+SPIKY_SEED, SPIKY_BATCH = (
+    27,
+    1_000,
+)  # seed 27: z0 > 3.41 only at rows 2270 and 4289 (shards 1, 2), none in the probe block
 OVERFLOW_WEIGHT = 1e38  # 1e38 * z0 overflows float32 exactly when z0 > 3.4028
 SUBPROCESS_TIMEOUT_S = 240
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
@@ -107,7 +110,9 @@ def dataset_dirs(root: Path) -> list[str]:
 
 
 def refresh_config(model: str, out: str, keep: int = 3, **options: Any) -> RefreshConfig:
-    generate = GenerateConfig(n=N, model=model, out=out, rows_per_shard=ROWS_PER_SHARD, engine=EngineOptions(num_workers=2))
+    generate = GenerateConfig(
+        n=N, model=model, out=out, rows_per_shard=ROWS_PER_SHARD, engine=EngineOptions(num_workers=2)
+    )
     return RefreshConfig(generate=generate, keep=keep, **options)
 
 
@@ -119,8 +124,9 @@ def refresh_runs(model: str) -> list[Any]:
     experiment = mlflow.MlflowClient().get_experiment_by_name(REFRESH_EXPERIMENT)
     if experiment is None:  # no refresh has run on this server yet
         return []
-    return mlflow.MlflowClient().search_runs([experiment.experiment_id], filter_string=f"params.model = '{model}'",
-                                             order_by=["attributes.start_time ASC"])
+    return mlflow.MlflowClient().search_runs(
+        [experiment.experiment_id], filter_string=f"params.model = '{model}'", order_by=["attributes.start_time ASC"]
+    )
 
 
 def register_decoder(model: VAE, name: str, run_name: str) -> int:
@@ -208,8 +214,13 @@ class S3:
 
     def filesystem(self) -> pafs.S3FileSystem:
         """An independent reader's filesystem: explicit endpoint, nothing from vaegen."""
-        return pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http", access_key="testing",
-                                 secret_key="testing", region="us-east-1")
+        return pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{self.port}",
+            scheme="http",
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +349,10 @@ def test_rollback_restores_the_previous_holder_and_is_recorded(trained):
     assert alias_version(name) == 1
     events = promotion.history(name, "champion")
     assert [(event["action"], event["previous_version"], event["version"]) for event in events] == [
-        ("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
+        ("promote", None, 1),
+        ("promote", 1, 2),
+        ("rollback", 2, 1),
+    ]
     assert events[-1]["by"] == "carol" and events[-1]["reason"] == "bad outputs"
     assert json.loads(version_tags(name, 2)[f"{TAG_PREFIX}rolled_back.champion"])["version"] == 1
 
@@ -370,7 +384,9 @@ def test_concurrent_promotions_form_one_consistent_chain(trained):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert all(isinstance(result, promotion.PromotionResult) and result.promoted for result in results.values()), results
+    assert all(isinstance(result, promotion.PromotionResult) and result.promoted for result in results.values()), (
+        results
+    )
 
     events = promotion.history(name, "champion")
     assert [event["version"] for event in events][0] == 1 and sorted(event["version"] for event in events[1:]) == [2, 3]
@@ -386,7 +402,9 @@ def test_stale_promotion_lock_is_taken_over_and_a_fresh_one_is_not(trained):
     name = trained.model_with(trained.good)
     lock = f"{name}{LOCK_MARK}champion"
     client = mlflow.MlflowClient()
-    client.create_registered_model(lock, tags={"vaegen.lock_owner": "crashed", "vaegen.lock_since": str(time.time() - 3_600)})
+    client.create_registered_model(
+        lock, tags={"vaegen.lock_owner": "crashed", "vaegen.lock_since": str(time.time() - 3_600)}
+    )
     assert promote(f"{name}/1").promoted
     assert alias_version(name) == 1
     assert not lock_models(name)
@@ -432,8 +450,15 @@ def test_refresh_twice_with_the_same_champion_is_a_no_op_and_logs_runs(trained, 
     assert first.action == "generated" and first.model_version == 1
     dataset = root / first.dataset_id
     assert sorted(path.name for path in dataset.iterdir()) == [
-        ".huggingface.yaml", "_README.md", "_audit.json", "_croissant.json", "_manifest.json", "part-00000.parquet",
-        "part-00001.parquet", "part-00002.parquet"]
+        ".huggingface.yaml",
+        "_README.md",
+        "_audit.json",
+        "_croissant.json",
+        "_manifest.json",
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert pq.read_table(dataset).num_rows == N
     before, latest_before = mtimes(dataset), (root / LATEST).read_bytes()
 
@@ -484,8 +509,9 @@ def test_refresh_follows_promotions_and_rollbacks_and_prunes(trained, local_ray,
     assert (back.action, back.dataset_id, back.model_version) == ("pointer-moved", old.dataset_id, 1)
     assert_latest_is(old, 1)
     republished = ("_audit.json", "_README.md")  # publishing audits again and records the verdict in the card
-    assert ({key: value for key, value in mtimes(root / old.dataset_id).items() if key not in republished}
-            == {key: value for key, value in old_mtimes.items() if key not in republished})  # moved back, not regenerated
+    assert {key: value for key, value in mtimes(root / old.dataset_id).items() if key not in republished} == {
+        key: value for key, value in old_mtimes.items() if key not in republished
+    }  # moved back, not regenerated
 
     promote(f"{name}/2", reason="v2 again")
     pruning = invoke(*refresh_args(model, str(root), "--keep", "1"))
@@ -504,8 +530,10 @@ def test_two_concurrent_refresh_processes_generate_once(trained, local_ray, tmp_
     root = tmp_path / "out"
     env = {**os.environ, "RAY_ADDRESS": local_ray, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
     command = [VAEGEN, *refresh_args(f"{name}@champion", str(root))]
-    processes = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [process.communicate(timeout=SUBPROCESS_TIMEOUT_S) for process in processes]
 
     assert [process.returncode for process in processes] == [0, 0], outputs
@@ -560,36 +588,84 @@ def test_storage_honours_aws_endpoint_url_too(s3, monkeypatch):
 def test_generate_to_s3_commits_reads_back_and_a_failure_leaves_no_manifest(trained, local_ray, s3):
     bucket = s3.bucket()
     out = f"s3://{bucket}/data"
-    result = invoke("generate", "--model", f"{trained.base}/{trained.good}", "--n", str(N), "--seed", "5",
-                    "--rows-per-shard", str(ROWS_PER_SHARD), "--out", out)
+    result = invoke(
+        "generate",
+        "--model",
+        f"{trained.base}/{trained.good}",
+        "--n",
+        str(N),
+        "--seed",
+        "5",
+        "--rows-per-shard",
+        str(ROWS_PER_SHARD),
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     dataset_id = result.stdout.split("dataset_id: ")[1].split()[0]
     assert f"location: {out}/{dataset_id}" in result.stdout
-    assert s3.keys(bucket) == [f"data/{dataset_id}/{name}" for name in (
-        ".huggingface.yaml", "_README.md", "_croissant.json", "_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet")]
+    assert s3.keys(bucket) == [
+        f"data/{dataset_id}/{name}"
+        for name in (
+            ".huggingface.yaml",
+            "_README.md",
+            "_croissant.json",
+            "_manifest.json",
+            "part-00000.parquet",
+            "part-00001.parquet",
+            "part-00002.parquet",
+        )
+    ]
     manifest = json.loads(s3.get(bucket, f"data/{dataset_id}/_manifest.json"))
     assert [entry["rows"] for entry in manifest["files"]] == [2_000, 2_000, 1_000]
-    assert manifest["files"][0]["checksum"] == xxhash.xxh3_128(s3.get(bucket, f"data/{dataset_id}/part-00000.parquet")).hexdigest()
+    assert (
+        manifest["files"][0]["checksum"]
+        == xxhash.xxh3_128(s3.get(bucket, f"data/{dataset_id}/part-00000.parquet")).hexdigest()
+    )
 
     checked = invoke("inspect", f"{out}/{dataset_id}", "--deep")
     assert checked.exit_code == 0, checked.output
-    assert "verified: 3 files, 5,000 rows re-derived, x of 5,000 re-decoded" in checked.stdout  # x re-decoded from S3 parts
+    assert (
+        "verified: 3 files, 5,000 rows re-derived, x of 5,000 re-decoded" in checked.stdout
+    )  # x re-decoded from S3 parts
 
     table = pq.read_table(f"{bucket}/data/{dataset_id}", filesystem=s3.filesystem())
     assert table.num_rows == N
     from jobs.reader import open_dataset  # the reader API by URI: verified against the manifest, then streamed
+
     dataset = open_dataset(f"{out}/{dataset_id}")
     streamed = [row["sample_id"] for row in dataset.torch(columns=["sample_id", "x"], shuffle=True, seed=1)]
-    assert sorted(int(sample_id) for sample_id in streamed) == list(range(N)) and dataset.to_numpy()["x"].shape == (N, 8, 8)
+    assert sorted(int(sample_id) for sample_id in streamed) == list(range(N)) and dataset.to_numpy()["x"].shape == (
+        N,
+        8,
+        8,
+    )
     np.testing.assert_array_equal(np.sort(table["sample_id"].to_numpy()), np.arange(N))
     np.testing.assert_array_equal(table.sort_by("sample_id")["seed"].to_numpy(), seeds.row_seeds(5, np.arange(N)))
 
-    failed = invoke("generate", "--model", f"{trained.base}/{trained.spiky}", "--n", str(N), "--seed", str(SPIKY_SEED),
-                    "--rows-per-shard", str(ROWS_PER_SHARD), "--batch-size", str(SPIKY_BATCH), "--out", out)
+    failed = invoke(
+        "generate",
+        "--model",
+        f"{trained.base}/{trained.spiky}",
+        "--n",
+        str(N),
+        "--seed",
+        str(SPIKY_SEED),
+        "--rows-per-shard",
+        str(ROWS_PER_SHARD),
+        "--batch-size",
+        str(SPIKY_BATCH),
+        "--out",
+        out,
+    )
     assert failed.exit_code == 1, failed.output
-    assert "to NaN or inf" in failed.stderr and "sample ids 0.." not in failed.stderr, failed.stderr  # a later shard, after the probe
+    assert "to NaN or inf" in failed.stderr and "sample ids 0.." not in failed.stderr, (
+        failed.stderr
+    )  # a later shard, after the probe
     assert [key for key in s3.keys(bucket) if key.endswith("_manifest.json")] == [f"data/{dataset_id}/_manifest.json"]
-    assert not [key for key in s3.keys(bucket, markers=True) if f"-v{trained.spiky}-" in key]  # nothing of the broken dataset
+    assert not [
+        key for key in s3.keys(bucket, markers=True) if f"-v{trained.spiky}-" in key
+    ]  # nothing of the broken dataset
     assert not [key for key in s3.keys(bucket) if key.endswith(".tmp")]
 
 
@@ -619,6 +695,21 @@ def test_refresh_to_s3_writes_latest_is_idempotent_and_prunes(trained, local_ray
     assert third.action == "generated" and third.pruned == [first.dataset_id]
     assert json.loads(s3.get(bucket, "root/latest"))["dataset_id"] == third.dataset_id
     assert not s3.keys(bucket, f"root/{first.dataset_id}/", markers=True)
-    assert s3.keys(bucket) == sorted(["root/latest", *[f"root/{third.dataset_id}/{name}" for name in (
-        ".huggingface.yaml", "_README.md", "_audit.json", "_croissant.json", "_manifest.json", "part-00000.parquet",
-        "part-00001.parquet", "part-00002.parquet")]])  # no lock, no .tmp
+    assert s3.keys(bucket) == sorted(
+        [
+            "root/latest",
+            *[
+                f"root/{third.dataset_id}/{name}"
+                for name in (
+                    ".huggingface.yaml",
+                    "_README.md",
+                    "_audit.json",
+                    "_croissant.json",
+                    "_manifest.json",
+                    "part-00000.parquet",
+                    "part-00001.parquet",
+                    "part-00002.parquet",
+                )
+            ],
+        ]
+    )  # no lock, no .tmp

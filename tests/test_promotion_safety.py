@@ -48,7 +48,9 @@ def register_doctored(trained_version, folder: Path, doctor: Callable[[Path], No
     run = client.create_run(experiment, run_name="doctored")
     client.log_artifacts(run.info.run_id, str(local), MODEL_ARTIFACT)
     client.set_terminated(run.info.run_id)
-    version = client.create_model_version(MODEL_NAME, f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id)
+    version = client.create_model_version(
+        MODEL_NAME, f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id
+    )
     tags = client.get_model_version(MODEL_NAME, str(good.version)).tags
     for key in COPIED_TAGS:
         client.set_model_version_tag(MODEL_NAME, version.version, TAG_PREFIX + key, tags[TAG_PREFIX + key])
@@ -79,7 +81,9 @@ def cloudpickle_loader(marker: Path) -> Callable[[Path], None]:
     return doctor
 
 
-def load_generically(version: int, tracking_uri: str, cwd: Path, allow_pickle: str | None) -> subprocess.CompletedProcess:
+def load_generically(
+    version: int, tracking_uri: str, cwd: Path, allow_pickle: str | None
+) -> subprocess.CompletedProcess:
     """`mlflow.pyfunc.load_model("models:/vae-decoder/N")`, the README's generic path, in a fresh process."""
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"}
     env["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -107,8 +111,10 @@ def test_the_gate_refuses_a_pickled_pyfunc_even_with_force_and_nothing_runs(trai
     client.set_registered_model_alias(MODEL_NAME, "staging-evil", str(version))  # as the probe's `vae-decoder@evil`
     result = invoke("promote", f"{MODEL_NAME}@staging-evil", "--alias", "evil", "--reason", "probe", "--force")
     assert result.exit_code == 1, result.output
-    assert ("gate safe_artifacts FAIL  refused: pyfunc python_model 'python_model.pkl' is a cloudpickle file, not code"
-            in result.stdout), result.stdout
+    assert (
+        "gate safe_artifacts FAIL  refused: pyfunc python_model 'python_model.pkl' is a cloudpickle file, not code"
+        in result.stdout
+    ), result.stdout
     assert "not promoted: vae-decoder@evil stays unset" in result.stderr
     assert "evil" not in client.get_registered_model(MODEL_NAME).aliases
     assert not marker.exists()  # neither the gate nor anything else unpickled the payload
@@ -132,7 +138,9 @@ def extra_file(relative: str) -> Callable[[Path], None]:
 
 
 def another_flavor(local: Path) -> None:
-    edit_mlmodel(local, lambda model: model["flavors"].update(pytorch={"model_data": "data", "pickle_module_name": "pickle"}))
+    edit_mlmodel(
+        local, lambda model: model["flavors"].update(pytorch={"model_data": "data", "pickle_module_name": "pickle"})
+    )
 
 
 def other_artifacts(local: Path) -> None:
@@ -143,29 +151,40 @@ def other_artifacts(local: Path) -> None:
     edit_mlmodel(local, change)
 
 
-@pytest.mark.parametrize(("doctor", "fragment"), [
-    (extra_file("artifacts/model.pkl"), "unexpected artifact(s) artifacts/model.pkl"),
-    (extra_file("code/vae_core/helper.pkl"), "unexpected artifact(s) code/vae_core/helper.pkl"),
-    (another_flavor, "flavors ['python_function', 'pytorch'], not only python_function"),
-    (other_artifacts, "pyfunc artifacts"),
-    (lambda local: (local / "MLmodel").write_text("flavors: !!python/object/apply:os.system ['true']\n"), "MLmodel is not plain YAML"),
-], ids=["pkl-artifact", "pkl-in-code", "pytorch-flavor", "weights-pt", "yaml-tag"])
+@pytest.mark.parametrize(
+    ("doctor", "fragment"),
+    [
+        (extra_file("artifacts/model.pkl"), "unexpected artifact(s) artifacts/model.pkl"),
+        (extra_file("code/vae_core/helper.pkl"), "unexpected artifact(s) code/vae_core/helper.pkl"),
+        (another_flavor, "flavors ['python_function', 'pytorch'], not only python_function"),
+        (other_artifacts, "pyfunc artifacts"),
+        (
+            lambda local: (local / "MLmodel").write_text("flavors: !!python/object/apply:os.system ['true']\n"),
+            "MLmodel is not plain YAML",
+        ),
+    ],
+    ids=["pkl-artifact", "pkl-in-code", "pytorch-flavor", "weights-pt", "yaml-tag"],
+)
 def test_the_gate_allows_only_vaegens_own_files(trained_version, tmp_path, doctor, fragment):
     version = register_doctored(trained_version, tmp_path, doctor)
     gate = promotion.gate_artifacts(resolve(f"{MODEL_NAME}/{version}"))
     assert not gate.passed and not gate.forceable and fragment in gate.detail, gate
-    result = promotion.promote(f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias=f"probe{version}", reason="probe",
-                                                                                 force=True))
+    result = promotion.promote(
+        f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias=f"probe{version}", reason="probe", force=True)
+    )
     assert not result.promoted and [g.name for g in result.gates] == ["safe_artifacts"]
 
 
 def test_force_overrides_only_a_comparison_with_nothing_to_compare(trained_version, tmp_path):
     version = register_doctored(trained_version, tmp_path, lambda local: None)  # clean files, no quality report
     thresholds = promotion.QualityThresholds()
-    blocked = promotion.promote(f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias="forced", reason="x", quality=thresholds))
+    blocked = promotion.promote(
+        f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias="forced", reason="x", quality=thresholds)
+    )
     quality = next(gate for gate in blocked.gates if gate.name == "quality")
     assert not blocked.promoted and not quality.passed and quality.forceable
-    forced = promotion.promote(f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias="forced", reason="x", quality=thresholds,
-                                                                                    force=True))
+    forced = promotion.promote(
+        f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias="forced", reason="x", quality=thresholds, force=True)
+    )
     gates = ["safe_artifacts", "loads", "schema", "held_out_elbo", "quality"]
     assert forced.promoted and [gate.name for gate in forced.gates] == gates

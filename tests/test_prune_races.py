@@ -89,8 +89,12 @@ def make_root(location: str, scratch: Path) -> list[str]:
     filesystem, path = pafs.FileSystem.from_uri(location)
     for dataset_id in ids:
         filesystem.create_dir(f"{path}/{dataset_id}")
-        pafs.copy_files(str(scratch / dataset_id), f"{path}/{dataset_id}", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=filesystem)
+        pafs.copy_files(
+            str(scratch / dataset_id),
+            f"{path}/{dataset_id}",
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=filesystem,
+        )
     storage = Storage(location)
     ordered = [dataset_id for dataset_id, _ in committed_datasets(storage)[0]]  # oldest first, as prune sees them
     assert sorted(ordered) == sorted(ids)
@@ -106,8 +110,20 @@ def run_race(location: str, tmp_path: Path, kind: str) -> None:
     python = [sys.executable, "-c"]
     reports = [tmp_path / f"reader-{index}.json" for index in range(READERS)]
     # Each reader walks the doomed datasets in its own order, so that leases come and go all over the root.
-    readers = [subprocess.Popen([*python, READER, location, ",".join(doomed if index % 2 else doomed[::-1]),
-                                 str(stop), str(report), str(PAUSE_S[kind])]) for index, report in enumerate(reports)]
+    readers = [
+        subprocess.Popen(
+            [
+                *python,
+                READER,
+                location,
+                ",".join(doomed if index % 2 else doomed[::-1]),
+                str(stop),
+                str(report),
+                str(PAUSE_S[kind]),
+            ]
+        )
+        for index, report in enumerate(reports)
+    ]
     tagger_report = tmp_path / "tagger.json"
     tagger = None
     try:
@@ -157,10 +173,18 @@ def test_readers_and_taggers_racing_prune_on_an_object_store(moto_s3, tmp_path):
 def test_a_notice_left_by_a_killed_prune_does_not_block_readers_and_is_cleared(tmp_path):
     ids = make_root(str(tmp_path / "root"), tmp_path / "scratch")
     storage = Storage(str(tmp_path / "root"))
-    killed = subprocess.run([sys.executable, "-c", "import sys; from jobs.generate import holds; "
-                             "from jobs.generate.storage import Storage; "
-                             "holds.announce_retirement(Storage(sys.argv[1]), [sys.argv[2]])",
-                             str(tmp_path / "root"), ids[0]], check=True)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from jobs.generate import holds; "
+            "from jobs.generate.storage import Storage; "
+            "holds.announce_retirement(Storage(sys.argv[1]), [sys.argv[2]])",
+            str(tmp_path / "root"),
+            ids[0],
+        ],
+        check=True,
+    )
     assert killed.returncode == 0 and storage.exists(holds.RETIRING, f"{ids[0]}.json")
     assert not holds.retirement_pending(storage, ids[0])  # its prune is gone: the notice does not count
     holds.announce_retirement(storage, [ids[1]])  # a live prune's (this process's) notice counts

@@ -236,8 +236,7 @@ def test_shuffled_requested_labels_drop_label_accuracy(digits, classifier):
     model, _ = classifier
     unseen_images, unseen_labels = digits["unseen"]
     shuffled = np.random.default_rng(7).permutation(unseen_labels)
-    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], unseen_images,
-                                generated_labels=shuffled)
+    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], unseen_images, generated_labels=shuffled)
     assert metrics["label_accuracy"] < 0.3
 
 
@@ -268,8 +267,9 @@ def test_bad_inputs_fail_with_the_value_and_the_fix(digits, classifier):
     with pytest.raises(UsageError, match="classifier expects"):
         features(model, np.zeros((3, 28, 28), dtype=np.float32))
     with pytest.raises(UsageError, match="generated_labels must lie in 0..K-1"):
-        quality_report(model, train_images, train_labels, *digits["heldout"], train_images[:10],
-                       generated_labels=np.full(10, 10))
+        quality_report(
+            model, train_images, train_labels, *digits["heldout"], train_images[:10], generated_labels=np.full(10, 10)
+        )
     with pytest.raises(UsageError, match="k_nearest must be a positive integer, got 0"):
         QualityConfig(k_nearest=0)
     with pytest.raises(UsageError, match="at least 4 rows"):
@@ -341,14 +341,18 @@ def test_tstr_trains_on_generated_rows_and_scores_on_real_ones(digits):
     assert tstr_accuracy(unseen_images, shuffled, heldout_images, heldout_labels, 10, config) < 0.3
     # A class the generated rows never show cannot be learnt: no TSTR rather than a misleading one.
     present = unseen_labels != 9
-    assert tstr_accuracy(unseen_images[present], unseen_labels[present], heldout_images, heldout_labels, 10, config) is None
+    assert (
+        tstr_accuracy(unseen_images[present], unseen_labels[present], heldout_images, heldout_labels, 10, config)
+        is None
+    )
 
 
 def test_report_holds_density_coverage_tstr_and_dcr_beside_their_floors(digits, classifier):
     model, _ = classifier
     unseen_images, unseen_labels = digits["unseen"]
-    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], unseen_images,
-                                generated_labels=unseen_labels)
+    metrics, _ = quality_report(
+        model, *digits["train"], *digits["heldout"], unseen_images, generated_labels=unseen_labels
+    )
     assert metrics["density"] == pytest.approx(metrics["density_floor"], rel=0.3)
     assert metrics["coverage"] == pytest.approx(metrics["coverage_floor"], abs=0.1)
     assert metrics["trtr_accuracy"] == metrics["classifier_heldout_accuracy"] > 0.9
@@ -363,7 +367,9 @@ def test_tstr_in_the_report_uses_as_many_rows_as_trtr_and_every_class_even_when_
     images = np.concatenate([digits["train"][0], digits["unseen"][0]])  # 1,447 rows for 1,100 real training rows
     labels = np.concatenate([digits["train"][1], digits["unseen"][1]])
     order = np.argsort(labels, kind="stable")  # sorted by label, as `vaegen sample`'s grid orders them
-    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], images[order], generated_labels=labels[order])
+    metrics, _ = quality_report(
+        model, *digits["train"], *digits["heldout"], images[order], generated_labels=labels[order]
+    )
     assert metrics["tstr_accuracy"] > 0.85  # the first 1,100 sorted rows would hold no 8 or 9, and TSTR would be None
 
 
@@ -373,7 +379,12 @@ def test_tstr_in_the_report_sees_every_class_of_labels_that_cycle(digits, classi
     images, labels = digits["train"]
     order = np.stack([np.flatnonzero(labels == k)[:90] for k in range(10)]).T.ravel()  # 0, 1, ..., 9, 0, 1, ...
     assert len(order) == 900
-    generated, generated_labels = np.concatenate([images[order]] * 2)[:1_375], np.concatenate([labels[order]] * 2)[:1_375]
+    generated, generated_labels = (
+        np.concatenate([images[order]] * 2)[:1_375],
+        np.concatenate([labels[order]] * 2)[:1_375],
+    )
     assert (generated_labels[:20] == np.tile(np.arange(10), 2)).all()
-    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], generated, generated_labels=generated_labels)
+    metrics, _ = quality_report(
+        model, *digits["train"], *digits["heldout"], generated, generated_labels=generated_labels
+    )
     assert metrics["tstr_accuracy"] > 0.85

@@ -109,7 +109,11 @@ class Child:
 
     def finish(self) -> tuple[int, str, str]:
         wait_until(lambda: self.exit_code() is not None, PROCESS_TIMEOUT_S, f"vaegen process {self.pid} to exit")
-        return self.exit_code(), self.prefix.with_suffix(".stdout").read_text(), self.prefix.with_suffix(".stderr").read_text()
+        return (
+            self.exit_code(),
+            self.prefix.with_suffix(".stdout").read_text(),
+            self.prefix.with_suffix(".stderr").read_text(),
+        )
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -120,8 +124,14 @@ class Child:
 class Zygote:
     def __init__(self, env: dict[str, str], folder: Path):
         self.folder = folder
-        self.process = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, env=env, cwd=folder)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=folder,
+        )
         line = self.process.stdout.readline()
         assert line == "ready\n", line
         self.children: list[Child] = []
@@ -157,8 +167,11 @@ def register_versions(count: int) -> str:
 
 
 def lock_models(name: str) -> list[str]:
-    return [model.name for model in mlflow.MlflowClient().search_registered_models(filter_string=f"name LIKE '{name}%'")
-            if LOCK_MARK in model.name]
+    return [
+        model.name
+        for model in mlflow.MlflowClient().search_registered_models(filter_string=f"name LIKE '{name}%'")
+        if LOCK_MARK in model.name
+    ]
 
 
 def report(title: str, store: TrackingStore, counts: dict[str, Any]) -> None:
@@ -203,9 +216,18 @@ def zygote(store, ray_address, tmp_path_factory) -> Iterator[Zygote]:
 def test_eight_concurrent_promotions_form_one_chain(store, zygote):
     name = register_versions(1 + PROMOTERS)
     promotion.promote(f"{name}/1", promotion.PromotionConfig(reason="start", by="tester"))
-    racers = {version: zygote.spawn("promote", f"{name}/{version}", "--reason", f"race {version}",
-                                    "--by", f"racer-{version}", "--no-quality-gate")
-              for version in range(2, 2 + PROMOTERS)}
+    racers = {
+        version: zygote.spawn(
+            "promote",
+            f"{name}/{version}",
+            "--reason",
+            f"race {version}",
+            "--by",
+            f"racer-{version}",
+            "--no-quality-gate",
+        )
+        for version in range(2, 2 + PROMOTERS)
+    }
     outcomes = {version: racer.finish() for version, racer in racers.items()}
 
     winners, refused = [], []
@@ -223,9 +245,13 @@ def test_eight_concurrent_promotions_form_one_chain(store, zygote):
             refused.append(version)
 
     events = promotion.history(name, "champion")
-    said = {version: stdout.strip().splitlines()[-1:] + error_lines(stderr) for version, (_, stdout, stderr) in outcomes.items()}
-    story = json.dumps({"history": [(event["version"], event["previous_version"], event["at"]) for event in events],
-                        "racers": said})
+    said = {
+        version: stdout.strip().splitlines()[-1:] + error_lines(stderr)
+        for version, (_, stdout, stderr) in outcomes.items()
+    }
+    story = json.dumps(
+        {"history": [(event["version"], event["previous_version"], event["at"]) for event in events], "racers": said}
+    )
     assert events[0]["version"] == 1
     chain = events[1:]
     assert sorted(event["version"] for event in chain) == sorted(winners), story  # each winner exactly once
@@ -233,9 +259,16 @@ def test_eight_concurrent_promotions_form_one_chain(store, zygote):
         assert after["previous_version"] == before["version"], story  # each replaced the one before it
     assert int(mlflow.MlflowClient().get_registered_model(name).aliases["champion"]) == chain[-1]["version"]
     assert not lock_models(name)
-    report(f"{PROMOTERS} concurrent promotions", store,
-           {"won": len(winners), "refused_held_by": len(refused), "other": PROMOTERS - len(winners) - len(refused),
-            "order": [event["version"] for event in chain]})
+    report(
+        f"{PROMOTERS} concurrent promotions",
+        store,
+        {
+            "won": len(winners),
+            "refused_held_by": len(refused),
+            "other": PROMOTERS - len(winners) - len(refused),
+            "order": [event["version"] for event in chain],
+        },
+    )
 
 
 # ---------------------------------------------------------------- refreshes
@@ -249,8 +282,20 @@ def champion(store) -> str:
 
 
 def refresh_args(model: str, root: Path, *extra: str) -> list[str]:
-    return ["refresh", "--model", model, "--n", str(N), "--rows-per-shard", str(ROWS_PER_SHARD), "--out", str(root),
-            "--num-workers", "1", *extra]
+    return [
+        "refresh",
+        "--model",
+        model,
+        "--n",
+        str(N),
+        "--rows-per-shard",
+        str(ROWS_PER_SHARD),
+        "--out",
+        str(root),
+        "--num-workers",
+        "1",
+        *extra,
+    ]
 
 
 def committed(root: Path) -> list[str]:
@@ -268,8 +313,12 @@ def assert_consistent(root: Path) -> dict[str, Any]:
     for dataset_id in committed(root):
         result = inspect(str(root / dataset_id))
         assert result.ok, (dataset_id, result.problems)
-        assert not [path.name for path in (root / dataset_id).iterdir() if path.name.startswith((".", "_"))
-                    and path.name not in (MANIFEST, card.CARD, card.HF_YAML, CROISSANT, AUDIT)], dataset_id  # no temporary left
+        assert not [
+            path.name
+            for path in (root / dataset_id).iterdir()
+            if path.name.startswith((".", "_"))
+            and path.name not in (MANIFEST, card.CARD, card.HF_YAML, CROISSANT, AUDIT)
+        ], dataset_id  # no temporary left
     unfinished = [path.name for path in root.iterdir() if path.is_dir() and not (path / "_manifest.json").exists()]
     return {"committed": len(committed(root)), "unfinished": len(unfinished)}
 
@@ -280,8 +329,10 @@ def test_four_concurrent_refreshes_make_one_dataset(store, zygote, champion, tmp
     outcomes = [racer.finish() for racer in racers]
 
     assert [code for code, _, _ in outcomes] == [0] * REFRESHERS, [stderr[-2000:] for _, _, stderr in outcomes]
-    actions = collections.Counter(next(line for line in stdout.splitlines() if line.startswith("refresh: ")).split()[1]
-                                  for _, stdout, _ in outcomes)
+    actions = collections.Counter(
+        next(line for line in stdout.splitlines() if line.startswith("refresh: ")).split()[1]
+        for _, stdout, _ in outcomes
+    )
     assert actions["generated"] == 1 and set(actions) <= {"generated", "busy", "up-to-date"}, actions
     for _, _, stderr in outcomes:
         assert "Traceback" not in stderr and not error_lines(stderr), stderr[-2000:]
@@ -321,8 +372,14 @@ class Disk:
 
 
 # Where a trial kills: once the disk shows this step (the first that a refresh reaches), after a random delay.
-KILL_AFTER = ("before taking the lock", "holding the lock", "starting the dataset", "writing parts",
-              "committed, before moving latest", "after moving latest (pruning, releasing the lock)")
+KILL_AFTER = (
+    "before taking the lock",
+    "holding the lock",
+    "starting the dataset",
+    "writing parts",
+    "committed, before moving latest",
+    "after moving latest (pruning, releasing the lock)",
+)
 
 
 def test_refresh_killed_at_random_points_then_rerun_is_consistent(store, zygote, champion, tmp_path):
@@ -334,12 +391,19 @@ def test_refresh_killed_at_random_points_then_rerun_is_consistent(store, zygote,
     code, _, stderr = first.finish()
     assert code == 0, stderr[-3000:]
     for trial in range(KILL_TRIALS):
-        disk = Disk(root, frozenset(path.name for path in root.iterdir() if path.is_dir()),
-                    json.loads((root / LATEST).read_text())["dataset_id"])
+        disk = Disk(
+            root,
+            frozenset(path.name for path in root.iterdir() if path.is_dir()),
+            json.loads((root / LATEST).read_text())["dataset_id"],
+        )
         target = rng.choice(KILL_AFTER)
         victim = zygote.spawn(*args)
-        wait_until(lambda: victim.exit_code() is not None or KILL_AFTER.index(disk.phase()) >= KILL_AFTER.index(target),
-                   PROCESS_TIMEOUT_S, f"a refresh to reach {target!r}", interval_s=0.005)
+        wait_until(
+            lambda: victim.exit_code() is not None or KILL_AFTER.index(disk.phase()) >= KILL_AFTER.index(target),
+            PROCESS_TIMEOUT_S,
+            f"a refresh to reach {target!r}",
+            interval_s=0.005,
+        )
         time.sleep(rng.uniform(0, MAX_KILL_DELAY_S))
         finished = victim.exit_code() is not None
         victim.kill()
@@ -353,6 +417,12 @@ def test_refresh_killed_at_random_points_then_rerun_is_consistent(store, zygote,
         assert state["committed"] <= KEEP, state
     # A rerun that takes over a dead refresh's lock ends that refresh's MLflow run: none says RUNNING forever.
     refresh_runs = mlflow.search_runs(experiment_names=["vaegen-refresh"], output_format="list")
-    assert len(refresh_runs) > KILL_TRIALS and [run.info.run_name for run in refresh_runs if run.info.status == "RUNNING"] == []
-    report(f"{KILL_TRIALS} refreshes killed at random (seed {KILL_SEED})", store,
-           {"killed_while": dict(tally), "reruns_generated": KILL_TRIALS, "end_state": assert_consistent(root)})
+    assert (
+        len(refresh_runs) > KILL_TRIALS
+        and [run.info.run_name for run in refresh_runs if run.info.status == "RUNNING"] == []
+    )
+    report(
+        f"{KILL_TRIALS} refreshes killed at random (seed {KILL_SEED})",
+        store,
+        {"killed_while": dict(tally), "reruns_generated": KILL_TRIALS, "end_state": assert_consistent(root)},
+    )

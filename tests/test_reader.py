@@ -41,9 +41,13 @@ from vae_core.model import Decoder
 
 def parquet_encodings(path: Path, column: str) -> set[str]:
     metadata = pq.ParquetFile(path).metadata
-    return {encoding for group in range(metadata.num_row_groups) for index in range(metadata.num_columns)
-            if metadata.row_group(group).column(index).path_in_schema == column
-            for encoding in metadata.row_group(group).column(index).encodings}
+    return {
+        encoding
+        for group in range(metadata.num_row_groups)
+        for index in range(metadata.num_columns)
+        if metadata.row_group(group).column(index).path_in_schema == column
+        for encoding in metadata.row_group(group).column(index).encodings
+    }
 
 
 def sample_ids(loader: DataLoader) -> np.ndarray:
@@ -60,7 +64,9 @@ def test_format_2_and_format_3_parts_hold_the_same_values(tmp_path):
     paths = {version: write_dataset(tmp_path, spec, config, state, version=version) for version in (2, 3)}
     old, new = (pq.read_table(paths[version]) for version in (2, 3))
     assert isinstance(old.schema.field("x").type, pa.FixedShapeTensorType)
-    assert new.schema.field("x").type == pa.list_(pa.field("item", pa.list_(pa.field("item", pa.float32(), False), 8), False), 8)
+    assert new.schema.field("x").type == pa.list_(
+        pa.field("item", pa.list_(pa.field("item", pa.float32(), False), 8), False), 8
+    )
     assert old.column_names == new.column_names == ["sample_id", "seed", "z", "label", "x"]
     for name in ("sample_id", "seed", "z", "label"):
         assert old[name].equals(new[name]), name
@@ -77,7 +83,9 @@ def test_format_2_and_format_3_parts_hold_the_same_values(tmp_path):
 def test_the_reader_reads_formats_1_2_and_3_alike(tmp_path, dtype, layout):
     config, state = tiny_decoder(num_classes=10)
     spec = labelled_spec(dtype=dtype, layout=layout)
-    expected = np.concatenate([block["x"] for shard in range(spec.num_shards) for block in rows_of(spec, config, state, shard)])
+    expected = np.concatenate(
+        [block["x"] for shard in range(spec.num_shards) for block in rows_of(spec, config, state, shard)]
+    )
     for version in (1, 2, 3):
         dataset = reader.open_dataset(str(write_dataset(tmp_path, spec, config, state, version=version)))
         arrays = dataset.to_numpy()
@@ -108,11 +116,16 @@ def test_x_numpy_reads_every_layout_into_writable_arrays():
     # Ray Data's helper: x of any layout becomes the fixed-shape tensor, shape and dtype from the field metadata
     metadata = {"shape": "2,4", "dtype": "float32", "layout": "binary"}
     for column in (nested, tensor, binary):
-        table = pa.table({"sample_id": pa.array([7, 8, 9]), "x": column}).cast(pa.schema([
-            pa.field("sample_id", pa.int64()), pa.field("x", column.type, nullable=False, metadata=metadata)]))
+        table = pa.table({"sample_id": pa.array([7, 8, 9]), "x": column}).cast(
+            pa.schema(
+                [pa.field("sample_id", pa.int64()), pa.field("x", column.type, nullable=False, metadata=metadata)]
+            )
+        )
         shaped = reader.shaped_x(table)
         assert isinstance(shaped.schema.field("x").type, pa.FixedShapeTensorType) and shaped.schema.field("x").metadata
-        assert np.array_equal(shaped["x"].combine_chunks().to_numpy_ndarray(), x) and shaped["sample_id"].equals(table["sample_id"])
+        assert np.array_equal(shaped["x"].combine_chunks().to_numpy_ndarray(), x) and shaped["sample_id"].equals(
+            table["sample_id"]
+        )
 
 
 # ---------------------------------------------------------------- 2. the torch reader: sharding, shuffling
@@ -193,12 +206,15 @@ def test_batches_from_the_stream_itself(labelled):
     assert np.array_equal(np.sort(np.concatenate([batch["sample_id"].numpy() for batch in batches])), np.arange(1_000))
 
 
-@pytest.mark.parametrize(("arguments", "fragment"), [
-    ({"rank": 2, "world_size": 2}, "rank must lie in [0, world_size = 2), got 2"),
-    ({"rank": 0}, "pass both rank and world_size, or neither"),
-    ({"batch_size": 0}, "batch_size must be a positive integer or None, got 0"),
-    ({"columns": ["x", "pixels"]}, "has no column 'pixels'; it has sample_id, seed, z, label, x"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        ({"rank": 2, "world_size": 2}, "rank must lie in [0, world_size = 2), got 2"),
+        ({"rank": 0}, "pass both rank and world_size, or neither"),
+        ({"batch_size": 0}, "batch_size must be a positive integer or None, got 0"),
+        ({"columns": ["x", "pixels"]}, "has no column 'pixels'; it has sample_id, seed, z, label, x"),
+    ],
+)
 def test_bad_reader_arguments_are_usage_errors(labelled, arguments, fragment):
     with pytest.raises(UsageError) as error:
         labelled.torch(**arguments)
@@ -243,22 +259,45 @@ def test_the_card_describes_the_dataset_and_hugging_face_loads_the_directory_as_
     import datasets
 
     config, state = tiny_decoder(num_classes=10)
-    quality = card.from_version_tags({"quality.precision": "0.9123", "quality.label_accuracy": "0.97",
-                                      "quality.unknown_metric": "1", "data_source": "digits"})
+    quality = card.from_version_tags(
+        {
+            "quality.precision": "0.9123",
+            "quality.label_accuracy": "0.97",
+            "quality.unknown_metric": "1",
+            "data_source": "digits",
+        }
+    )
     directory = write_dataset(tmp_path, labelled_spec(dtype="uint8"), config, state, quality=quality)
     record = json.loads((directory / manifest.MANIFEST).read_text())
     text = (directory / card.CARD).read_text()
     header = yaml.safe_load(text.split("---\n")[1])
     assert header == yaml.safe_load((directory / card.HF_YAML).read_text())
-    assert header["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "part-*.parquet"}]}]
+    assert header["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "part-*.parquet"}]}
+    ]
     features = {feature["name"]: feature for feature in header["dataset_info"]["features"]}
     assert list(features) == ["sample_id", "seed", "z", "label", "x"]
     assert features["x"]["dtype"] == {"array2_d": {"shape": [8, 8], "dtype": "uint8"}}
-    assert header["dataset_info"]["download_size"] == record["total_bytes"] and header["size_categories"] == ["1K<n<10K"]
-    for fact in ("`tiny` version 3", "`tiny@champion`", TINY_MODEL["run_id"], TINY_LINEAGE["run_id"], "1,000",
-                 "splitmix64-boxmuller-v1", "| dataset seed | 42 |", "= round(255 x)", "| rows per part | 300",
-                 "policy `balanced`", "`vaegen-dataset/3`", "| precision | 0.9123 |", "| label_accuracy | 0.97 |",
-                 f"vaegen inspect {directory} --deep", "x::UTINYINT[8][8]"):
+    assert header["dataset_info"]["download_size"] == record["total_bytes"] and header["size_categories"] == [
+        "1K<n<10K"
+    ]
+    for fact in (
+        "`tiny` version 3",
+        "`tiny@champion`",
+        TINY_MODEL["run_id"],
+        TINY_LINEAGE["run_id"],
+        "1,000",
+        "splitmix64-boxmuller-v1",
+        "| dataset seed | 42 |",
+        "= round(255 x)",
+        "| rows per part | 300",
+        "policy `balanced`",
+        "`vaegen-dataset/3`",
+        "| precision | 0.9123 |",
+        "| label_accuracy | 0.97 |",
+        f"vaegen inspect {directory} --deep",
+        "x::UTINYINT[8][8]",
+    ):
         assert fact in text, fact
     assert "unknown_metric" not in text
     loaded = datasets.load_dataset(str(directory), split="train", cache_dir=str(tmp_path / "hf"))
@@ -269,7 +308,9 @@ def test_the_card_describes_the_dataset_and_hugging_face_loads_the_directory_as_
     without = write_dataset(tmp_path / "plain", tiny_spec(), config=tiny_decoder()[0], state=tiny_decoder()[1])
     text = (without / card.CARD).read_text()
     assert "No quality report was known" in text and f"vaegen report --dataset {without}" in text
-    assert "label" not in {feature["name"] for feature in yaml.safe_load((without / card.HF_YAML).read_text())["dataset_info"]["features"]}
+    assert "label" not in {
+        feature["name"] for feature in yaml.safe_load((without / card.HF_YAML).read_text())["dataset_info"]["features"]
+    }
 
 
 def test_rows_of_features_have_a_card_and_read_back_in_every_way(tmp_path):
@@ -281,7 +322,9 @@ def test_rows_of_features_have_a_card_and_read_back_in_every_way(tmp_path):
     state = {key: value.numpy().copy() for key, value in Decoder(config).eval().state_dict().items()}
     spec = tiny_spec(sample_shape=(12,))
     directory = write_dataset(tmp_path, spec, config, state)
-    expected = np.concatenate([block["x"] for shard in range(spec.num_shards) for block in rows_of(spec, config, state, shard)])
+    expected = np.concatenate(
+        [block["x"] for shard in range(spec.num_shards) for block in rows_of(spec, config, state, shard)]
+    )
     assert expected.shape == (1_000, 12)
     loaded = datasets.load_dataset(str(directory), split="train", cache_dir=str(tmp_path / "hf"))
     assert loaded.features["x"] == datasets.List(datasets.Value("float32"), length=12)
@@ -314,13 +357,19 @@ class Conditional:
 def conditional(module_sqlite, cache_root, tiny_train_config, local_ray_module, tmp_path_factory) -> Conditional:
     from jobs.train import run
 
-    result = run(tiny_train_config(epochs=COND_EPOCHS, conditional=True, register_as=COND,
-                                   report_dir=str(tmp_path_factory.mktemp("report"))))
+    result = run(
+        tiny_train_config(
+            epochs=COND_EPOCHS, conditional=True, register_as=COND, report_dir=str(tmp_path_factory.mktemp("report"))
+        )
+    )
     assert result.quality is not None  # the version carries vaegen.quality.* tags: the card quotes them
     local_ray_module.ensure()
     reference = f"{COND}/{result.pinned.version}"
-    generated = generate(GenerateConfig(n=COND_N, model=reference, out=str(tmp_path_factory.mktemp("cond")), seed=COND_SEED,
-                                        rows_per_shard=COND_R))
+    generated = generate(
+        GenerateConfig(
+            n=COND_N, model=reference, out=str(tmp_path_factory.mktemp("cond")), seed=COND_SEED, rows_per_shard=COND_R
+        )
+    )
     return Conditional(reference, Path(generated.location))
 
 
@@ -333,7 +382,9 @@ def test_a_classifier_trained_through_the_torch_reader_recognises_real_held_out_
     assert dataset.has_labels and dataset.n == COND_N
     stream = dataset.torch(shuffle=True, seed=0)
     loader = DataLoader(stream, batch_size=128, num_workers=2, multiprocessing_context="spawn")
-    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    classifier = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+    )
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
     rows = 0
     for epoch in range(3):
@@ -365,11 +416,18 @@ def test_the_job_writes_the_card_before_the_manifest_and_report_rewrites_it(cond
     text = (directory / card.CARD).read_text()
     pinned = models.resolve(conditional.reference)
     tags = models.load_decoder(pinned).tags
-    for fact in (f"`{COND}` version {pinned.version}", f"resolved from | `{conditional.reference}`", pinned.run_id,
-                 record["lineage"]["run_id"], f"| dataset seed | {COND_SEED} |", f"| rows (n) | {COND_N:,} |",
-                 f"| rows per part | {COND_R:,}", "the model version's own quality report",
-                 f"| precision | {float(tags['quality.precision']):.4g} |",
-                 f"| label_accuracy | {float(tags['quality.label_accuracy']):.4g} |"):
+    for fact in (
+        f"`{COND}` version {pinned.version}",
+        f"resolved from | `{conditional.reference}`",
+        pinned.run_id,
+        record["lineage"]["run_id"],
+        f"| dataset seed | {COND_SEED} |",
+        f"| rows (n) | {COND_N:,} |",
+        f"| rows per part | {COND_R:,}",
+        "the model version's own quality report",
+        f"| precision | {float(tags['quality.precision']):.4g} |",
+        f"| label_accuracy | {float(tags['quality.label_accuracy']):.4g} |",
+    ):
         assert fact in text, fact
     loaded = datasets.load_dataset(str(directory), split="train", cache_dir=str(tmp_path / "hf"))
     assert loaded.features["x"] == datasets.Array2D(shape=(8, 8), dtype="float32") and loaded.num_rows == COND_N
@@ -391,11 +449,23 @@ def test_older_format_datasets_are_read_by_inspect_report_and_the_reader(conditi
     value for value like the format-3 one the job wrote."""
     new = reader.open_dataset(str(conditional.dataset))
     loaded = models.load_decoder(models.resolve(conditional.reference))
-    spec = DatasetSpec(**{key: tuple(value) if isinstance(value, list) else value
-                          for key, value in new.manifest["spec"].items() if key not in ("format", "seed_scheme")})
+    spec = DatasetSpec(
+        **{
+            key: tuple(value) if isinstance(value, list) else value
+            for key, value in new.manifest["spec"].items()
+            if key not in ("format", "seed_scheme")
+        }
+    )
     spec = dataclasses.replace(spec, n=6_000)  # two parts are enough
-    old = write_dataset(tmp_path, spec, loaded.config, loaded.state, version=version, model=new.manifest["model"],
-                        lineage=new.manifest["lineage"])
+    old = write_dataset(
+        tmp_path,
+        spec,
+        loaded.config,
+        loaded.state,
+        version=version,
+        model=new.manifest["model"],
+        lineage=new.manifest["lineage"],
+    )
     inspected = invoke("inspect", str(old), "--deep")
     assert inspected.exit_code == 0, inspected.output
     assert json.loads((old / manifest.MANIFEST).read_text())["format"] == f"vaegen-dataset/{version}"
@@ -407,7 +477,9 @@ def test_older_format_datasets_are_read_by_inspect_report_and_the_reader(conditi
     assert arrays.keys() == newer.keys()
     for name in arrays:
         assert arrays[name].dtype == newer[name].dtype and np.array_equal(arrays[name], newer[name]), name
-    ids = sample_ids(DataLoader(reader.open_dataset(str(old)).torch(columns=["sample_id"], rank=0, world_size=3), batch_size=500))
+    ids = sample_ids(
+        DataLoader(reader.open_dataset(str(old)).torch(columns=["sample_id"], rank=0, world_size=3), batch_size=500)
+    )
     np.testing.assert_array_equal(ids, np.arange(2_000))
 
 

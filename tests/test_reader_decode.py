@@ -43,8 +43,9 @@ def decoders(module_sqlite) -> dict[str, Registered]:
     registered = {}
     for kind, config in CONFIGS.items():
         torch.manual_seed(1)
-        result = TrainResult(model=VAE(config), history=[], val_neg_elbo=40.0, train_size=1, holdout_size=1,
-                             seconds=0.0)
+        result = TrainResult(
+            model=VAE(config), history=[], val_neg_elbo=40.0, train_size=1, holdout_size=1, seconds=0.0
+        )
         with models.training_run("vaegen-train", kind, {}) as run:
             pinned = run.register(result, f"dec-{kind}", {})
         registered[kind] = Registered(pinned, models.load_decoder(pinned))
@@ -54,13 +55,32 @@ def decoders(module_sqlite) -> dict[str, Registered]:
 def stored_dataset(root: Path, decoder: Registered, **fields) -> reader.Dataset:
     """A dataset of `decoder` written by the job's PartWriter (no Ray), its manifest pinning the registered version."""
     config = decoder.loaded.config
-    spec = DatasetSpec(**{"model_name": decoder.pinned.name, "model_version": decoder.pinned.version, "n": 700,
-                          "seed": 42, "latent_dim": config.latent_dim, "sample_shape": tuple(config.input_shape),
-                          "rows_per_shard": 300, "block_rows": 128, **fields,
-                          **({"num_classes": 10, "label_policy": "balanced", "label_classes": tuple(range(10)),
-                              "class_prior": tuple(config.class_prior)} if config.conditional else {})})
-    return reader.open_dataset(str(write_dataset(root, spec, config, decoder.loaded.state,
-                                                 model=dataclasses.asdict(decoder.pinned))))
+    spec = DatasetSpec(
+        **{
+            "model_name": decoder.pinned.name,
+            "model_version": decoder.pinned.version,
+            "n": 700,
+            "seed": 42,
+            "latent_dim": config.latent_dim,
+            "sample_shape": tuple(config.input_shape),
+            "rows_per_shard": 300,
+            "block_rows": 128,
+            **fields,
+            **(
+                {
+                    "num_classes": 10,
+                    "label_policy": "balanced",
+                    "label_classes": tuple(range(10)),
+                    "class_prior": tuple(config.class_prior),
+                }
+                if config.conditional
+                else {}
+            ),
+        }
+    )
+    return reader.open_dataset(
+        str(write_dataset(root, spec, config, decoder.loaded.state, model=dataclasses.asdict(decoder.pinned)))
+    )
 
 
 def batches(stream) -> dict[str, np.ndarray]:
@@ -69,8 +89,17 @@ def batches(stream) -> dict[str, np.ndarray]:
 
 
 # every dtype with MLP and conv, conditional and not, in six datasets rather than all twelve pairs
-@pytest.mark.parametrize(("kind", "dtype"), [("mlp", "float32"), ("mlp-cond", "float16"), ("mlp", "uint8"),
-                                             ("conv", "float16"), ("conv-cond", "uint8"), ("conv-cond", "float32")])
+@pytest.mark.parametrize(
+    ("kind", "dtype"),
+    [
+        ("mlp", "float32"),
+        ("mlp-cond", "float16"),
+        ("mlp", "uint8"),
+        ("conv", "float16"),
+        ("conv-cond", "uint8"),
+        ("conv-cond", "float32"),
+    ],
+)
 def test_decode_on_read_equals_the_stored_rows(decoders, tmp_path, kind, dtype):
     dataset = stored_dataset(tmp_path, decoders[kind], dtype=dtype)
     columns = ["sample_id", "seed", "z", "x"] + (["label"] if dataset.has_labels else [])
@@ -95,8 +124,18 @@ def test_decoding_elsewhere_than_where_the_rows_were_made_says_so(decoders, tmp_
 
 def test_a_recipe_only_dataset_of_a_billion_rows_is_created_inspected_and_read_in_seconds(decoders, tmp_path):
     started = time.perf_counter()
-    made = invoke("generate", "--recipe-only", "--n", str(10**9), "--model", "dec-mlp-cond/1", "--seed", "42",
-                  "--out", str(tmp_path))
+    made = invoke(
+        "generate",
+        "--recipe-only",
+        "--n",
+        str(10**9),
+        "--model",
+        "dec-mlp-cond/1",
+        "--seed",
+        "42",
+        "--out",
+        str(tmp_path),
+    )
     assert made.exit_code == 0, made.output
     location = Path(made.stdout.split("location: ")[1].strip())
     assert location.name == "dec-mlp-cond-v1-n1000000000-seed42-float32-labels-balanced-f3-recipe"
@@ -113,11 +152,19 @@ def test_a_recipe_only_dataset_of_a_billion_rows_is_created_inspected_and_read_i
         with pytest.raises(UsageError, match="is recipe-only .*torch\\(source='decode'\\)"):
             stored_read()
     first = next(iter(DataLoader(dataset.torch(columns=["sample_id", "x", "label"], source="decode"), batch_size=256)))
-    shuffled = next(iter(DataLoader(dataset.torch(columns=["sample_id"], shuffle=True, source="decode", rank=2,
-                                                  world_size=8), batch_size=256)))
+    shuffled = next(
+        iter(
+            DataLoader(
+                dataset.torch(columns=["sample_id"], shuffle=True, source="decode", rank=2, world_size=8),
+                batch_size=256,
+            )
+        )
+    )
     read = time.perf_counter()
-    print(f"recipe of 10**9 rows: created in {created - started:.2f} s, inspected in {read - created:.2f} s "
-          f"with its first rows read")
+    print(
+        f"recipe of 10**9 rows: created in {created - started:.2f} s, inspected in {read - created:.2f} s "
+        f"with its first rows read"
+    )
     # the same rows as a stored dataset of the same model and seed (the job's default decode grid)
     stored = stored_dataset(tmp_path / "stored", decoders["mlp-cond"], n=1_000, rows_per_shard=1_000, block_rows=4_096)
     expected = stored.to_numpy(["sample_id", "x", "label"])
@@ -126,8 +173,18 @@ def test_a_recipe_only_dataset_of_a_billion_rows_is_created_inspected_and_read_i
     ids = shuffled["sample_id"].tolist()
     assert min(ids) >= 0 and max(ids) < 10**9 and len(set(ids)) == 256
     assert read - started < 60  # seconds, on a loaded 2-core machine (measured: see the printed line)
-    again = invoke("generate", "--recipe-only", "--n", str(10**9), "--model", "dec-mlp-cond/1", "--seed", "42",
-                   "--out", str(tmp_path))
+    again = invoke(
+        "generate",
+        "--recipe-only",
+        "--n",
+        str(10**9),
+        "--model",
+        "dec-mlp-cond/1",
+        "--seed",
+        "42",
+        "--out",
+        str(tmp_path),
+    )
     assert again.exit_code == 0 and "already committed" in again.output
 
 
@@ -136,8 +193,9 @@ def test_a_tampered_recipe_fails_inspect_and_recipe_only_takes_no_resume(decoder
 
     from jobs.generate.config import GenerateConfig
 
-    made = invoke("generate", "--recipe-only", "--n", "5000", "--model", "dec-mlp/1", "--seed", "3",
-                  "--out", str(tmp_path))
+    made = invoke(
+        "generate", "--recipe-only", "--n", "5000", "--model", "dec-mlp/1", "--seed", "3", "--out", str(tmp_path)
+    )
     assert made.exit_code == 0, made.output
     location = Path(made.stdout.split("location: ")[1].strip())
     assert invoke("inspect", str(location)).exit_code == 0

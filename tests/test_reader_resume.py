@@ -39,8 +39,10 @@ def test_ranges_split_skip_and_merge():
     assert reader_state.split_evenly([(0, 2), (5, 9)], 2) == [[(0, 2), (5, 6)], [(6, 9)]]
     assert reader_state.skip([(0, 2), (5, 9)], 3) == [(6, 9)]
     identity = {"dataset_id": "d", "n": 10, "seed": 1, "shuffle": True, "epoch": 4}
-    states = [reader_state.slot_state(identity, slot, 2, ranges, consumed)
-              for slot, (ranges, consumed) in enumerate([([(0, 5)], 2), ([(5, 10)], 5)])]
+    states = [
+        reader_state.slot_state(identity, slot, 2, ranges, consumed)
+        for slot, (ranges, consumed) in enumerate([([(0, 5)], 2), ([(5, 10)], 5)])
+    ]
     merged = reader_state.merge_states(json.loads(json.dumps(states)))  # survives JSON
     assert merged["remaining"] == [[2, 5]] and merged["epoch"] == 4
     with pytest.raises(UsageError, match=r"one state per reader slot 0..1 .*missing \[1\]"):
@@ -119,8 +121,12 @@ def test_a_loop_killed_with_sigkill_resumes_from_its_last_checkpoint(labelled, t
     steps = random.Random(5).randrange(2, N // 32)
     checkpoint = tmp_path / "checkpoint.pt"
     script = Path(__file__).with_name("reader_loop.py")
-    done = subprocess.run([sys.executable, str(script), labelled.location, str(steps), "2", str(checkpoint)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), labelled.location, str(steps), "2", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr
     saved = torch.load(checkpoint, weights_only=True)
     stream = labelled.torch(columns=["sample_id"], shuffle=True, seed=7)  # a new process would build it so

@@ -32,11 +32,23 @@ def conditional_dataset(module_sqlite, tmp_path_factory) -> Path:
     with models.training_run("vaegen-train", "readme", {}) as run:
         pinned = run.register(result, "readme-cvae", {})
     loaded = models.load_decoder(pinned)
-    spec = DatasetSpec(model_name=pinned.name, model_version=pinned.version, n=N, seed=42, latent_dim=2,
-                       sample_shape=(8, 8), rows_per_shard=1_000, block_rows=256, num_classes=10,
-                       label_policy="balanced", label_classes=tuple(range(10)), class_prior=(0.1,) * 10)
-    return write_dataset(tmp_path_factory.mktemp("datasets"), spec, loaded.config, loaded.state,
-                         model=dataclasses.asdict(pinned))
+    spec = DatasetSpec(
+        model_name=pinned.name,
+        model_version=pinned.version,
+        n=N,
+        seed=42,
+        latent_dim=2,
+        sample_shape=(8, 8),
+        rows_per_shard=1_000,
+        block_rows=256,
+        num_classes=10,
+        label_policy="balanced",
+        label_classes=tuple(range(10)),
+        class_prior=(0.1,) * 10,
+    )
+    return write_dataset(
+        tmp_path_factory.mktemp("datasets"), spec, loaded.config, loaded.state, model=dataclasses.asdict(pinned)
+    )
 
 
 def test_the_readme_training_block_runs_verbatim_and_keeps_its_promises(conditional_dataset, tmp_path, monkeypatch):

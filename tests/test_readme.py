@@ -31,20 +31,23 @@ RUN_BY = {  # (heading, language) -> the test that runs its blocks verbatim
     (READER_SECTION, "python"): "tests/test_readme.py::test_reader_lines_run_verbatim_beside_a_stale_ray_address",
     ("## Training on a vaegen dataset", "python"): "tests/test_reader_training.py",
     ("## Publishing and consuming datasets", "bash"): "tests/test_readme_publishing.py",
-    ("## Watching a job", "bash"): "tests/test_metrics.py::test_readme_block_shows_progress_and_metrics_of_a_submitted_job",
+    (
+        "## Watching a job",
+        "bash",
+    ): "tests/test_metrics.py::test_readme_block_shows_progress_and_metrics_of_a_submitted_job",
 }
 NOT_RUN = {  # (heading, language) -> why no test runs it (the lead decides whether that is acceptable)
     ("# vaegen", ""): "a diagram, not code",
     ("## Quick start: one command", "bash"): "installs a virtualenv (about a minute) and trains the full recipe: "
-                                              "timed by hand on a fresh clone, see the issue's closing note",
+    "timed by hand on a fresh clone, see the issue's closing note",
     ("## Tests: one command", "bash"): "it is the test suite itself (.ci/run runs it)",
     ("## Commands", "bash"): "a reference of every command with placeholder data, registries and buckets "
-                             "(mnist:/data/mnist, https://mlflow.prod.example, s3://bucket); "
-                             "each command has CLI tests",
+    "(mnist:/data/mnist, https://mlflow.prod.example, s3://bucket); "
+    "each command has CLI tests",
     ("### GPU check: `bash benchmarks/gpu_check.sh`", "bash"): "needs a GPU node and n = 10,000,000; "
-        "tests/test_gpu_check.py runs the same script with CUDA absent at a small n",
+    "tests/test_gpu_check.py runs the same script with CUDA absent at a small n",
     ("### Refresh on promotion", "bash"): "starts an `mlflow server` and a receiver in the background; "
-        "tests/test_webhook.py runs the same commands (serve, register, promote) against the session's server",
+    "tests/test_webhook.py runs the same commands (serve, register, promote) against the session's server",
 }
 PROCESS_TIMEOUT_S = 420  # imports torch, Ray, datasets, polars, DuckDB and starts a local Ray; minutes under load
 
@@ -126,9 +129,15 @@ def test_reader_lines_run_verbatim_beside_a_stale_ray_address(dataset_28x28):
     stale.write_text(f"127.0.0.1:{free_port()}")
     root = Path(__file__).resolve().parents[1]
     try:
-        done = subprocess.run([sys.executable, "-c", HARNESS, str(dataset_28x28)], input=json.dumps(parts),
-                              env=ray_env.environ(PYTHONPATH=str(root)), cwd=root, capture_output=True, text=True,
-                              timeout=PROCESS_TIMEOUT_S)
+        done = subprocess.run(
+            [sys.executable, "-c", HARNESS, str(dataset_28x28)],
+            input=json.dumps(parts),
+            env=ray_env.environ(PYTHONPATH=str(root)),
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT_S,
+        )
     finally:
         survivors = stop_tagged(ray_env.tag)
     assert not survivors, survivors

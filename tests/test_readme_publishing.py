@@ -24,8 +24,14 @@ def test_readme_publishing_lines_run_verbatim(tmp_path):
     quick_start_folder(tmp_path)
     ray_env = make_ray_env()
     try:
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block(SECTION)], cwd=tmp_path,
-                              env=shell_env(ray_env), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", readme_block(SECTION)],
+            cwd=tmp_path,
+            env=shell_env(ray_env),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
     finally:
         survivors = stop_tagged(ray_env.tag)
         shutil.rmtree(ray_env.root, ignore_errors=True)
@@ -40,7 +46,8 @@ def test_readme_publishing_lines_run_verbatim(tmp_path):
     assert "audit: PASS" in done.stdout
     listed = [text for text in done.stdout.splitlines() if text.startswith(dataset_id + " ") and " pass " in text]
     assert listed and listed[0].endswith("published, tagged first-release"), done.stdout  # `vaegen datasets`
-    assert ("alias: vae-decoder@champion -> version 1 (gated by vaegen promote), latest was made from it"
-            in done.stdout), done.stdout
+    assert (
+        "alias: vae-decoder@champion -> version 1 (gated by vaegen promote), latest was made from it" in done.stdout
+    ), done.stdout
     assert "\ncurrent\n" in done.stdout, done.stdout
     assert "champion(ungated)" not in done.stdout and "champion" in done.stdout

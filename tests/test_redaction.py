@@ -35,7 +35,9 @@ def alice(mlflow_server, tiny_train_config, tmp_path_factory) -> Iterator[tuple[
     """This process on the shared server as alice (credentials in the URI); a model of its own trained there."""
     from jobs.train import run
 
-    with use_tracking_store(with_credentials(mlflow_server, "alice", SOURCE_PASSWORD), tmp_path_factory.mktemp("alice")) as store:
+    with use_tracking_store(
+        with_credentials(mlflow_server, "alice", SOURCE_PASSWORD), tmp_path_factory.mktemp("alice")
+    ) as store:
         name = f"redact-{uuid.uuid4().hex[:8]}"
         run(tiny_train_config(register_as=name, report=False))
         yield store, name
@@ -64,8 +66,12 @@ def test_generate_records_and_prints_no_credentials(alice, local_ray, mlflow_ser
     run = mlflow.MlflowClient().get_run(record["lineage"]["run_id"])
     artifact = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/manifest.json")
     assert artifact["lineage"]["tracking_uri"] == record["lineage"]["tracking_uri"]
-    assert_no_secret(json.dumps(artifact), json.dumps(run.data.params), json.dumps(run.data.tags),
-                     *(item.dataset.source for item in run.inputs.dataset_inputs))
+    assert_no_secret(
+        json.dumps(artifact),
+        json.dumps(run.data.params),
+        json.dumps(run.data.tags),
+        *(item.dataset.source for item in run.inputs.dataset_inputs),
+    )
 
 
 @pytest.mark.slow
@@ -81,8 +87,17 @@ def test_promote_to_another_tracking_uri_stores_and_prints_no_credentials(alice,
     store, name = alice
     target_uri = with_credentials(mlflow_server, "bob", TARGET_PASSWORD)
     target_model = f"{name}-prod"
-    result = invoke("promote", f"{name}/1", "--to-model", target_model, "--to-tracking-uri", target_uri,
-                    "--reason", "to prod", "--no-quality-gate")
+    result = invoke(
+        "promote",
+        f"{name}/1",
+        "--to-model",
+        target_model,
+        "--to-tracking-uri",
+        target_uri,
+        "--reason",
+        "to prod",
+        "--no-quality-gate",
+    )
     assert result.exit_code == 0, result.output
     assert f"at {mlflow_server.replace('http://', 'http://***@')}" in result.stderr
     assert_no_secret(result.output)

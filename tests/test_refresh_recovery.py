@@ -29,8 +29,20 @@ N, ROWS_PER_SHARD = 2_000, 1_000
 
 
 def refresh(root: Path, *extra: str):
-    result = invoke("refresh", "--model", MODEL, "--n", str(N), "--rows-per-shard", str(ROWS_PER_SHARD),
-                    "--num-workers", "1", "--out", str(root), *extra)
+    result = invoke(
+        "refresh",
+        "--model",
+        MODEL,
+        "--n",
+        str(N),
+        "--rows-per-shard",
+        str(ROWS_PER_SHARD),
+        "--num-workers",
+        "1",
+        "--out",
+        str(root),
+        *extra,
+    )
     assert result.exit_code == 0, result.output
     return result
 
@@ -48,8 +60,10 @@ def champion(untrained_version) -> Iterator[str]:
 
 def lock_held_by_a_killed_process(root: Path) -> dict:
     """What `kill -9` of a refresh holding the lock leaves: the lock of a process that no longer exists."""
-    script = ("import os, signal, sys; from jobs.generate.storage import Storage; from jobs.refresh import RefreshLock; "
-              "assert RefreshLock(Storage(sys.argv[1]), 900.0).acquire(); os.kill(os.getpid(), signal.SIGKILL)")
+    script = (
+        "import os, signal, sys; from jobs.generate.storage import Storage; from jobs.refresh import RefreshLock; "
+        "assert RefreshLock(Storage(sys.argv[1]), 900.0).acquire(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     done = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr
     return json.loads((root / LOCK).read_text())

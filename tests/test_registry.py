@@ -88,7 +88,13 @@ def test_run_metrics_params_and_artifacts(two_versions):
 
 @pytest.mark.parametrize(
     "reference, version",
-    [(f"{NAME}/1", 1), (f"{NAME}/2", 2), (f"{NAME}/latest", 2), (f"models:/{NAME}/1", 1), (f"models:/{NAME}/latest", 2)],
+    [
+        (f"{NAME}/1", 1),
+        (f"{NAME}/2", 2),
+        (f"{NAME}/latest", 2),
+        (f"models:/{NAME}/1", 1),
+        (f"models:/{NAME}/latest", 2),
+    ],
 )
 def test_resolve_versions(two_versions, reference, version):
     pinned = models.resolve(reference)

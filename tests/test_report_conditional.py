@@ -36,8 +36,17 @@ GOOD_EPOCHS = 50  # TrainConfig's default: a properly trained digits model (READ
 COND_EPOCHS = 20  # a few epochs; the model report measured label accuracy 0.96 here (0.61 after 10)
 COND_N, COND_SEED, COND_R = 5_000, 17, 1_000  # 5 parts: enough for two workers to share
 REPORT_N = 4_000  # rows of the generated datasets that `report --dataset` reads
-HEADLINE_KEYS = {"frechet_distance", "frechet_floor", "precision", "recall", "class_coverage", "memorisation_share",
-                 "class_histogram", "classifier", "model"}
+HEADLINE_KEYS = {
+    "frechet_distance",
+    "frechet_floor",
+    "precision",
+    "recall",
+    "class_coverage",
+    "memorisation_share",
+    "class_histogram",
+    "classifier",
+    "model",
+}
 # Label accuracy of the reference classifier on a Ray-generated dataset of the 20-epoch CVAE, measured on
 # this machine (2 cores, CPU): 0.9606. Chance is 0.1; the assertion leaves a wide margin for other hardware.
 MEASURED_LABEL_ACCURACY = 0.9606
@@ -126,7 +135,15 @@ def test_model_report_through_the_cli_writes_logs_tags_and_caches_its_classifier
     logged_json = mlflow.artifacts.load_dict(f"runs:/{pinned.run_id}/quality/report.json")
     assert logged_json == metrics
     tags = MlflowClient().get_model_version(GOOD, "1").tags
-    for key in ("precision", "class_coverage", "coverage", "density", "memorisation_share", "frechet_distance", "recall"):
+    for key in (
+        "precision",
+        "class_coverage",
+        "coverage",
+        "density",
+        "memorisation_share",
+        "frechet_distance",
+        "recall",
+    ):
         assert float(tags[f"vaegen.quality.{key}"]) == pytest.approx(metrics[key], rel=1e-5), key
 
     before = {path: path.stat().st_mtime_ns for path in (cache / "classifiers").iterdir()}
@@ -212,8 +229,21 @@ def test_balanced_labels_cycle_exactly_also_over_a_subset(trained, generated, lo
     assert rows["label"].dtype == np.int16
     np.testing.assert_array_equal(rows["label"], np.arange(COND_N) % 10)  # classes[sample_id % 10]
 
-    result = invoke("generate", "--model", f"{COND}/1", "--n", "1000", "--seed", "3", "--labels", "3,5",
-                    "--rows-per-shard", "400", "--out", str(tmp_path))
+    result = invoke(
+        "generate",
+        "--model",
+        f"{COND}/1",
+        "--n",
+        "1000",
+        "--seed",
+        "3",
+        "--labels",
+        "3,5",
+        "--rows-per-shard",
+        "400",
+        "--out",
+        str(tmp_path),
+    )
     assert result.exit_code == 0, result.output
     directory = tmp_path / f"{COND}-v1-n1000-seed3-float32-labels-balanced-classes-3.5-f3"
     subset = read_rows(str(directory))
@@ -233,9 +263,18 @@ def test_prior_labels_reproduce_the_training_frequencies(trained):
     np.testing.assert_allclose(prior, np.bincount(target, minlength=10) / len(target))  # stored with the model
 
     n = 100_000
-    spec = DatasetSpec(model_name=COND, model_version=1, n=n, seed=123, latent_dim=loaded.config.latent_dim,
-                       sample_shape=(8, 8), num_classes=10, label_policy="prior", label_classes=tuple(range(10)),
-                       class_prior=tuple(prior))
+    spec = DatasetSpec(
+        model_name=COND,
+        model_version=1,
+        n=n,
+        seed=123,
+        latent_dim=loaded.config.latent_dim,
+        sample_shape=(8, 8),
+        num_classes=10,
+        label_policy="prior",
+        label_classes=tuple(range(10)),
+        class_prior=tuple(prior),
+    )
     labels = Predictor(spec, loaded.config.to_dict(), loaded.state)({"sample_id": np.arange(n)})["label"]
     counts = np.bincount(labels, minlength=10)
     sigma = np.sqrt(prior * (1 - prior) / n)
@@ -264,7 +303,9 @@ def test_the_classifier_agrees_with_the_requested_labels(trained, generated, tmp
     train_split, _ = reports.reference_split(loaded, None)
     classifier, _, _ = reports.classifier_for(train_split, reports.ReportConfig())
     rows = read_rows(dataset.location)
-    predicted = quality.predict_proba(classifier, rows["x"].copy()).argmax(axis=1)  # copy: pyarrow's arrays are read-only
+    predicted = quality.predict_proba(classifier, rows["x"].copy()).argmax(
+        axis=1
+    )  # copy: pyarrow's arrays are read-only
     accuracy = float(np.mean(predicted == rows["label"]))
     print(f"label accuracy of the {COND_EPOCHS}-epoch CVAE's dataset: {accuracy:.4f}")
     assert metrics["label_accuracy"] == pytest.approx(accuracy, abs=1e-12)
@@ -299,7 +340,9 @@ def golden_decoder() -> tuple[VAEConfig, dict[str, np.ndarray], Decoder]:
     config = VAEConfig(input_shape=(8, 8), latent_dim=3, hidden_sizes=(16,))
     decoder = Decoder(config)
     rng = np.random.default_rng(0)
-    state = {key: (0.5 * rng.standard_normal(value.shape)).astype(np.float32) for key, value in decoder.state_dict().items()}
+    state = {
+        key: (0.5 * rng.standard_normal(value.shape)).astype(np.float32) for key, value in decoder.state_dict().items()
+    }
     decoder.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()})
     return config, state, decoder.eval()
 
@@ -360,6 +403,9 @@ def test_pyfunc_decodes_like_our_loader_and_models_shows_the_kind(trained, no_pi
 
     listing = invoke("models")
     assert listing.exit_code == 0, listing.output
-    kinds = {line.split()[0]: line.split()[6] for line in listing.stdout.splitlines()
-             if line.split() and line.split()[0] in (GOOD, RAW, COND)}
+    kinds = {
+        line.split()[0]: line.split()[6]
+        for line in listing.stdout.splitlines()
+        if line.split() and line.split()[0] in (GOOD, RAW, COND)
+    }
     assert kinds == {GOOD: "unconditional", RAW: "unconditional", COND: "conditional"}, listing.stdout

@@ -31,15 +31,22 @@ def signed(body: dict, *, secret: str = SECRET, delivery_id: str | None = None, 
     raw = json.dumps(body).encode()
     delivery_id = delivery_id or str(uuid.uuid4())
     timestamp = str(int(time.time()) if timestamp is None else timestamp)
-    headers = {webhooks.DELIVERY_ID_HEADER: delivery_id, webhooks.TIMESTAMP_HEADER: timestamp,
-               webhooks.SIGNATURE_HEADER: webhooks.signature(secret, delivery_id, timestamp, raw),
-               "Content-Type": "application/json"}
+    headers = {
+        webhooks.DELIVERY_ID_HEADER: delivery_id,
+        webhooks.TIMESTAMP_HEADER: timestamp,
+        webhooks.SIGNATURE_HEADER: webhooks.signature(secret, delivery_id, timestamp, raw),
+        "Content-Type": "application/json",
+    }
     return headers, raw
 
 
 def alias_event(name: str, alias: str = "champion", version: str = "1") -> dict:
-    return {"entity": "model_version_alias", "action": "created", "timestamp": "2026-12-02T00:00:00+00:00",
-            "data": {"name": name, "alias": alias, "version": version}}
+    return {
+        "entity": "model_version_alias",
+        "action": "created",
+        "timestamp": "2026-12-02T00:00:00+00:00",
+        "data": {"name": name, "alias": alias, "version": version},
+    }
 
 
 # ---------------------------------------------------------------- verification, pure
@@ -72,20 +79,40 @@ def test_verify_accepts_mlflows_signature_and_refuses_everything_else():
 def test_serve_refuses_bad_configuration_in_one_line(tmp_path):
     env = {**os.environ, "VAEGEN_WEBHOOK_SECRET": SECRET, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     cases = {
-        ("--refresh", "--n 10 --out /tmp/x --model m/3"): "--refresh '--n 10 --out /tmp/x --model m/3': a refresh on promotion watches an alias",
+        (
+            "--refresh",
+            "--n 10 --out /tmp/x --model m/3",
+        ): "--refresh '--n 10 --out /tmp/x --model m/3': a refresh on promotion watches an alias",
         ("--refresh", "--n -1 --out /tmp/x"): "--refresh '--n -1 --out /tmp/x': --n must be a positive integer",
         ("--refresh", "--bogus"): "--refresh '--bogus': No such option '--bogus'",
     }
     for args, fragment in cases.items():
-        done = subprocess.run([sys.executable, "-c", VAEGEN, "webhook", "serve", *args], env=env, capture_output=True,
-                              text=True, timeout=60)
-        assert done.returncode == 2 and done.stderr.count("vaegen: error:") == 1 and fragment in done.stderr, done.stderr
+        done = subprocess.run(
+            [sys.executable, "-c", VAEGEN, "webhook", "serve", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and done.stderr.count("vaegen: error:") == 1 and fragment in done.stderr, (
+            done.stderr
+        )
     short = {**env, "VAEGEN_WEBHOOK_SECRET": "short"}
-    done = subprocess.run([sys.executable, "-c", VAEGEN, "webhook", "serve", "--refresh", "--n 1 --out /tmp/x"],
-                          env=short, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", VAEGEN, "webhook", "serve", "--refresh", "--n 1 --out /tmp/x"],
+        env=short,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "VAEGEN_WEBHOOK_SECRET has 5 characters" in done.stderr, done.stderr
-    done = subprocess.run([sys.executable, "-c", VAEGEN, "webhook", "register", "--url", "http://127.0.0.1:1/"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", VAEGEN, "webhook", "register", "--url", "http://127.0.0.1:1/"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "webhooks are sent by an `mlflow server`" in done.stderr, done.stderr
 
 
@@ -100,8 +127,11 @@ class Receiver:
         return self.log.read_text().splitlines()
 
     def wait_for(self, fragment: str, timeout_s: float) -> str:
-        wait_until(lambda: any(fragment in line for line in self.lines()), timeout_s,
-                   f"{fragment!r} in the receiver's log:\n" + self.log.read_text()[-3000:])
+        wait_until(
+            lambda: any(fragment in line for line in self.lines()),
+            timeout_s,
+            f"{fragment!r} in the receiver's log:\n" + self.log.read_text()[-3000:],
+        )
         return next(line for line in self.lines() if fragment in line)
 
 
@@ -126,8 +156,12 @@ def receiver(store, model_name, tmp_path_factory) -> Iterator[Receiver]:
     env.pop("RAY_ADDRESS", None)
     refresh = f"--model {model_name}@champion --n 256 --rows-per-shard 128 --num-workers 1 --out {root / 'datasets'}"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-c", VAEGEN, "webhook", "serve", "--port", str(port),
-                                    "--refresh", refresh], env=env, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-c", VAEGEN, "webhook", "serve", "--port", str(port), "--refresh", refresh],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     served = Receiver(process, f"http://127.0.0.1:{port}/", log)
     try:
         served.wait_for("webhook: listening on", 60)
@@ -166,10 +200,14 @@ def test_only_a_genuine_promotion_starts_a_refresh_and_it_moves_latest(store, mo
     lying_headers, lying_body = signed(alias_event(model_name, version="1"))
     assert post(lying_headers, lying_body).status_code == 202
     assert requests.get(receiver.url + "health", timeout=10).status_code == 200
-    for fragment in ("refused: bad signature", "refused: unsigned", "a replay?",
-                     "someone-elses-model@champion is not watched here",
-                     f"{foreign_headers[webhooks.DELIVERY_ID_HEADER]}: ignored: duplicate delivery",
-                     f"{model_name}@champion is not set in the registry; nothing to do"):
+    for fragment in (
+        "refused: bad signature",
+        "refused: unsigned",
+        "a replay?",
+        "someone-elses-model@champion is not watched here",
+        f"{foreign_headers[webhooks.DELIVERY_ID_HEADER]}: ignored: duplicate delivery",
+        f"{model_name}@champion is not set in the registry; nothing to do",
+    ):
         receiver.wait_for(fragment, 30)
     assert not [line for line in receiver.lines() if "started `vaegen refresh" in line]
 
@@ -206,8 +244,10 @@ def test_the_deployed_receivers_refresh_arguments_are_accepted_as_serve_would():
     compose_command = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]["webhook"]["command"]
     compose_refresh = compose_command[compose_command.index("--refresh") + 1]
     compose_refresh = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", compose_refresh)  # Compose's defaults
-    for command, refresh in ((k8s_command, k8s_command[k8s_command.index("--refresh") + 1]),
-                             (compose_command, compose_refresh)):
+    for command, refresh in (
+        (k8s_command, k8s_command[k8s_command.index("--refresh") + 1]),
+        (compose_command, compose_refresh),
+    ):
         assert command[:3] == ["vaegen", "webhook", "serve"] and "--ray-address" in command
         target = _refresh_target(refresh)
         assert (target.name, target.alias) == ("vae-decoder", "champion"), refresh

@@ -19,10 +19,22 @@ CONV_KERNEL, CONV_STRIDE, CONV_PADDING = 4, 2, 1
 # Each architecture's defaults for `vaegen train` (jobs.train.TrainJobConfig.for_architecture). mlp is the tutorial's
 # model as it always was; conv is the recipe measured to reach Frechet within 2x of real on MNIST (README, decisions).
 RECIPES: dict[str, dict] = {
-    "mlp": {"latent_dim": 2, "hidden_sizes": (128,), "conv_channels": (), "prior_flow_layers": 0,
-            "lr_schedule": "constant", "steps": None},
-    "conv": {"latent_dim": 16, "hidden_sizes": (), "conv_channels": (32, 64), "prior_flow_layers": 8,
-             "lr_schedule": "cosine", "steps": 3_000},
+    "mlp": {
+        "latent_dim": 2,
+        "hidden_sizes": (128,),
+        "conv_channels": (),
+        "prior_flow_layers": 0,
+        "lr_schedule": "constant",
+        "steps": None,
+    },
+    "conv": {
+        "latent_dim": 16,
+        "hidden_sizes": (),
+        "conv_channels": (32, 64),
+        "prior_flow_layers": 8,
+        "lr_schedule": "cosine",
+        "steps": 3_000,
+    },
 }
 
 
@@ -46,7 +58,9 @@ def conv_side(side: int) -> int:
 class VAEConfig:
     input_shape: tuple[int, ...] = (8, 8)  # set from the data; 8x8 is the embedded digits set
     latent_dim: int = 2  # the classic example: a 2-D latent space you can plot
-    hidden_sizes: tuple[int, ...] = (128,)  # decoder hidden layers (conv: between z and the feature maps); the encoder mirrors them
+    hidden_sizes: tuple[int, ...] = (
+        128,
+    )  # decoder hidden layers (conv: between z and the feature maps); the encoder mirrors them
     num_classes: int = 0  # 0 = unconditional; K > 0 = class-conditional (CVAE, one-hot label)
     class_prior: tuple[float, ...] = ()  # training class frequencies (conditional models only)
     pixel_semantics: str = PIXEL_SEMANTICS
@@ -61,8 +75,10 @@ class VAEConfig:
         if self.architecture not in ARCHITECTURES:
             raise UsageError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if self.prior_flow_layers < 0 or self.prior_flow_hidden < 1:
-            raise UsageError(f"prior flow layers must be >= 0 and its hidden width >= 1, "
-                             f"got {self.prior_flow_layers} and {self.prior_flow_hidden}")
+            raise UsageError(
+                f"prior flow layers must be >= 0 and its hidden width >= 1, "
+                f"got {self.prior_flow_layers} and {self.prior_flow_hidden}"
+            )
         if self.architecture == "conv":
             self._check_conv()
         elif self.conv_channels:
@@ -106,10 +122,17 @@ class VAEConfig:
 
     def _check_types_and_caps(self) -> None:
         """Every field of the right JSON type and within the caps, before any other check computes with it."""
-        integers = {"latent_dim": (1, MAX_LATENT_DIM), "num_classes": (0, MAX_CLASSES),
-                    "prior_flow_layers": (0, MAX_FLOW_LAYERS), "prior_flow_hidden": (1, MAX_FLOW_HIDDEN)}
-        lists = {"input_shape": (MAX_INPUT_RANK, MAX_INPUT_VALUES), "hidden_sizes": (MAX_HIDDEN_LAYERS, MAX_HIDDEN_SIZE),
-                 "conv_channels": (MAX_CONV_LAYERS, MAX_CONV_CHANNELS)}
+        integers = {
+            "latent_dim": (1, MAX_LATENT_DIM),
+            "num_classes": (0, MAX_CLASSES),
+            "prior_flow_layers": (0, MAX_FLOW_LAYERS),
+            "prior_flow_hidden": (1, MAX_FLOW_HIDDEN),
+        }
+        lists = {
+            "input_shape": (MAX_INPUT_RANK, MAX_INPUT_VALUES),
+            "hidden_sizes": (MAX_HIDDEN_LAYERS, MAX_HIDDEN_SIZE),
+            "conv_channels": (MAX_CONV_LAYERS, MAX_CONV_CHANNELS),
+        }
         for name, (low, high) in integers.items():
             _check_int(name, getattr(self, name), low, high)
         for name, (most_entries, high) in lists.items():
@@ -119,19 +142,28 @@ class VAEConfig:
             for value in values:
                 _check_int(f"each of {name}", value, 1, high)
         if math.prod(self.input_shape) > MAX_INPUT_VALUES:
-            raise UsageError(f"input_shape {self.input_shape} has {math.prod(self.input_shape):,} values per sample, "
-                             f"more than the {MAX_INPUT_VALUES:,} vaegen allows")
-        if not isinstance(self.class_prior, tuple) or len(self.class_prior) > MAX_CLASSES or not all(
-                isinstance(value, (int, float)) and not isinstance(value, bool) for value in self.class_prior):
-            raise UsageError(f"class_prior must be a list of at most {MAX_CLASSES:,} numbers, got {_short(self.class_prior)}")
+            raise UsageError(
+                f"input_shape {self.input_shape} has {math.prod(self.input_shape):,} values per sample, "
+                f"more than the {MAX_INPUT_VALUES:,} vaegen allows"
+            )
+        if (
+            not isinstance(self.class_prior, tuple)
+            or len(self.class_prior) > MAX_CLASSES
+            or not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in self.class_prior)
+        ):
+            raise UsageError(
+                f"class_prior must be a list of at most {MAX_CLASSES:,} numbers, got {_short(self.class_prior)}"
+            )
         for name in ("architecture", "pixel_semantics"):
             if not isinstance(getattr(self, name), str):
                 raise UsageError(f"{name} must be a string, got {_short(getattr(self, name))}")
 
     def _check_conv(self) -> None:
         if len(self.input_shape) not in (2, 3):
-            raise UsageError(f"architecture conv needs images of shape (H, W) or (C, H, W), got {self.input_shape}; "
-                             "use architecture mlp for flat feature vectors")
+            raise UsageError(
+                f"architecture conv needs images of shape (H, W) or (C, H, W), got {self.input_shape}; "
+                "use architecture mlp for flat feature vectors"
+            )
         if not self.conv_channels or any(channels < 1 for channels in self.conv_channels):
             raise UsageError(f"conv channels must be one or more positive integers, got {self.conv_channels}")
         if min(self.conv_sides[-1]) < 1:
@@ -139,8 +171,10 @@ class VAEConfig:
             most = 0
             while min(height, width) >= 2:
                 height, width, most = conv_side(height), conv_side(width), most + 1
-            raise UsageError(f"{len(self.conv_channels)} conv layers halve a {self.image_shape[1]}x{self.image_shape[2]} "
-                             f"image below one pixel; use at most {most} (got conv channels {self.conv_channels})")
+            raise UsageError(
+                f"{len(self.conv_channels)} conv layers halve a {self.image_shape[1]}x{self.image_shape[2]} "
+                f"image below one pixel; use at most {most} (got conv channels {self.conv_channels})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,7 +191,9 @@ class VAEConfig:
         if unknown:
             raise UsageError(f"unknown VAEConfig fields {unknown}; this vaegen knows {sorted(known)}")
         tuples = {"input_shape", "hidden_sizes", "class_prior", "conv_channels"}
-        return cls(**{key: tuple(value) if key in tuples and isinstance(value, list) else value for key, value in data.items()})
+        return cls(
+            **{key: tuple(value) if key in tuples and isinstance(value, list) else value for key, value in data.items()}
+        )
 
 
 def _short(value: Any) -> str:
@@ -167,8 +203,9 @@ def _short(value: Any) -> str:
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise UsageError(f"{name} must be an integer in [{low}, {high:,}] (vaegen's cap, README \"Limits\"), "
-                         f"got {_short(value)}")
+        raise UsageError(
+            f'{name} must be an integer in [{low}, {high:,}] (vaegen\'s cap, README "Limits"), got {_short(value)}'
+        )
 
 
 def _mlp_shapes(prefix: str, sizes: list[int]) -> dict[str, tuple[int, ...]]:
@@ -186,7 +223,9 @@ def decoder_state_shapes(config: VAEConfig) -> dict[str, tuple[int, ...]]:
     conditioned = config.latent_dim + config.num_classes
     if config.architecture == "conv":
         (small_height, small_width), channels = config.conv_sides[-1], [config.image_channels, *config.conv_channels]
-        shapes = _mlp_shapes("net.fc.0.", [conditioned, *config.hidden_sizes, channels[-1] * small_height * small_width])
+        shapes = _mlp_shapes(
+            "net.fc.0.", [conditioned, *config.hidden_sizes, channels[-1] * small_height * small_width]
+        )
         for position, index in enumerate(range(len(config.conv_channels), 0, -1)):
             layer = f"net.up.{2 * position}."  # transposed convolutions with a ReLU between each two
             shapes[layer + "weight"] = (channels[index], channels[index - 1], CONV_KERNEL, CONV_KERNEL)

@@ -191,7 +191,9 @@ def _load_parquet(rest: str, spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     elif pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type):
         rows = values.to_numpy(zero_copy_only=False)
         if len({len(row) for row in rows}) > 1:
-            raise UsageError(f"data source {spec}: rows of column {column!r} have different lengths; need one image size")
+            raise UsageError(
+                f"data source {spec}: rows of column {column!r} have different lengths; need one image size"
+            )
         flat = np.stack(rows) if len(rows) else np.empty((0, 0))  # an empty column is reported as empty below
         side = math.isqrt(flat.shape[1])
         images = flat.reshape(-1, side, side) if len(flat) and side * side == flat.shape[1] else flat

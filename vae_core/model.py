@@ -56,15 +56,20 @@ class _ConvDecoderNet(nn.Module):
         sides = config.conv_sides  # [(H, W), (H1, W1), ..., (h_last, w_last)]
         self.start_shape = (config.conv_channels[-1], *sides[-1])
         start_size = self.start_shape[0] * sides[-1][0] * sides[-1][1]
-        self.fc = nn.Sequential(_mlp([config.latent_dim + config.num_classes, *config.hidden_sizes, start_size]), nn.ReLU())
+        self.fc = nn.Sequential(
+            _mlp([config.latent_dim + config.num_classes, *config.hidden_sizes, start_size]), nn.ReLU()
+        )
         layers: list[nn.Module] = []
         channels = [config.image_channels, *config.conv_channels]
         for index in range(len(config.conv_channels), 0, -1):
             (height, width), (small_height, small_width) = sides[index - 1], sides[index]
             # A transposed conv maps side s to 2s exactly; output padding adds the row/column an odd side lost.
             padding = (height - CONV_STRIDE * small_height, width - CONV_STRIDE * small_width)
-            layers.append(nn.ConvTranspose2d(channels[index], channels[index - 1], CONV_KERNEL, CONV_STRIDE,
-                                             CONV_PADDING, output_padding=padding))
+            layers.append(
+                nn.ConvTranspose2d(
+                    channels[index], channels[index - 1], CONV_KERNEL, CONV_STRIDE, CONV_PADDING, output_padding=padding
+                )
+            )
             if index > 1:
                 layers.append(nn.ReLU())
         self.up = nn.Sequential(*layers)
@@ -229,9 +234,7 @@ class VAE(nn.Module):
         return self.decoder.logits(z, labels), mu, logvar
 
 
-def negative_elbo(
-    x: torch.Tensor, x_logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-) -> torch.Tensor:
+def negative_elbo(x: torch.Tensor, x_logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of -ELBO per sample, in nats.
 
     Reconstruction: Bernoulli negative log-likelihood summed over pixels.

@@ -20,8 +20,14 @@ from vae_core.errors import UsageError
 
 # The privacy block of a report: each figure and its real floor, the same figure with real rows in the samples'
 # place (privacy_metrics says which; DCR's ratio is to its floor already: unseen real data scores 1).
-FLOORS = {"mia_auc": "mia_auc_floor", "dcr_ratio": None, "dcr_p5": "dcr_floor_p5", "dcr_median": "dcr_floor_median",
-          "authenticity": "authenticity_floor", "detection_auc": "detection_auc_floor"}
+FLOORS = {
+    "mia_auc": "mia_auc_floor",
+    "dcr_ratio": None,
+    "dcr_p5": "dcr_floor_p5",
+    "dcr_median": "dcr_floor_median",
+    "authenticity": "authenticity_floor",
+    "detection_auc": "detection_auc_floor",
+}
 HEADLINE_KEYS = tuple(key for pair in FLOORS.items() for key in pair if key)
 _MIN_LOG_DISTANCE = 1e-12  # an exact copy sits at distance 0; log(0) would make every copy tie at -inf
 
@@ -84,12 +90,25 @@ def _kth_distance(queries: torch.Tensor, references: torch.Tensor, k: int, chunk
     """Distance from each query to its k-th nearest reference row, (Q,) float64."""
     if len(references) < k:
         raise UsageError(f"k = {k} needs at least {k} reference rows, got {len(references)}")
-    return torch.cat([torch.cdist(chunk, references).topk(k, dim=1, largest=False).values[:, k - 1]
-                      for chunk in queries.split(chunk_rows)]).double().numpy()
+    return (
+        torch.cat(
+            [
+                torch.cdist(chunk, references).topk(k, dim=1, largest=False).values[:, k - 1]
+                for chunk in queries.split(chunk_rows)
+            ]
+        )
+        .double()
+        .numpy()
+    )
 
 
-def domias_scores(candidates: np.ndarray, generated: np.ndarray, reference: np.ndarray,
-                  k: int = PrivacyConfig.mia_k, chunk_rows: int = PrivacyConfig.chunk_rows) -> np.ndarray:
+def domias_scores(
+    candidates: np.ndarray,
+    generated: np.ndarray,
+    reference: np.ndarray,
+    k: int = PrivacyConfig.mia_k,
+    chunk_rows: int = PrivacyConfig.chunk_rows,
+) -> np.ndarray:
     """DOMIAS (van Breugel et al. 2023, eq. 2): the attacker's score of each candidate, log p_G(x) / p_R(x), the
     density of the generated set over that of reference real data. A generator that overfits puts density on its
     training rows beyond what the real data has there.
@@ -104,15 +123,22 @@ def domias_scores(candidates: np.ndarray, generated: np.ndarray, reference: np.n
     _same_width(candidates=queries, generated=fake, reference=real)
     if len(fake) < len(real):
         raise UsageError(f"generated needs at least as many rows as reference, got {len(fake)} < {len(real)}")
-    blocks = fake[:len(fake) // len(real) * len(real)].split(len(real))
-    log_radius_generated = np.mean([np.log(np.maximum(_kth_distance(queries, block, k, chunk_rows),
-                                                      _MIN_LOG_DISTANCE)) for block in blocks], axis=0)
+    blocks = fake[: len(fake) // len(real) * len(real)].split(len(real))
+    log_radius_generated = np.mean(
+        [np.log(np.maximum(_kth_distance(queries, block, k, chunk_rows), _MIN_LOG_DISTANCE)) for block in blocks],
+        axis=0,
+    )
     return np.log(np.maximum(_kth_distance(queries, real, k, chunk_rows), _MIN_LOG_DISTANCE)) - log_radius_generated
 
 
-def membership_inference_auc(members: np.ndarray, non_members: np.ndarray, generated: np.ndarray,
-                             reference: np.ndarray, k: int = PrivacyConfig.mia_k,
-                             chunk_rows: int = PrivacyConfig.chunk_rows) -> float:
+def membership_inference_auc(
+    members: np.ndarray,
+    non_members: np.ndarray,
+    generated: np.ndarray,
+    reference: np.ndarray,
+    k: int = PrivacyConfig.mia_k,
+    chunk_rows: int = PrivacyConfig.chunk_rows,
+) -> float:
     """AUC of the DOMIAS attack telling training rows (members) from unseen real rows (non-members), given the
     generated set and a reference set of real rows that holds neither: 0.5 = the generated set says nothing about
     who was in the training set, 1 = it names every member."""
@@ -137,8 +163,13 @@ def authenticity(train: np.ndarray, queries: np.ndarray, chunk_rows: int = Priva
     return float(np.mean(distance > radius[nearest]))
 
 
-def detection_auc(real_feats: np.ndarray, fake_feats: np.ndarray, folds: int = PrivacyConfig.detection_folds,
-                  seed: int = PrivacyConfig.seed, max_iter: int = PrivacyConfig.detection_max_iter) -> float:
+def detection_auc(
+    real_feats: np.ndarray,
+    fake_feats: np.ndarray,
+    folds: int = PrivacyConfig.detection_folds,
+    seed: int = PrivacyConfig.seed,
+    max_iter: int = PrivacyConfig.detection_max_iter,
+) -> float:
     """Classifier two-sample test (Lopez-Paz and Oquab 2017; SDMetrics' LogisticDetection): out-of-fold ROC AUC
     of a logistic regression on standardised features telling real rows from generated ones, on equal counts.
     0.5 = indistinguishable, 1 = told apart every time. SDMetrics reports 1 - (2 max(AUC, 0.5) - 1)."""
@@ -155,8 +186,9 @@ def detection_auc(real_feats: np.ndarray, fake_feats: np.ndarray, folds: int = P
     if count < folds:
         raise UsageError(f"detection needs at least {folds} rows per set (one per fold), got {count}")
     rng = np.random.default_rng(seed)
-    rows = np.concatenate([real[rng.choice(len(real), count, replace=False)],
-                           fake[rng.choice(len(fake), count, replace=False)]])
+    rows = np.concatenate(
+        [real[rng.choice(len(real), count, replace=False)], fake[rng.choice(len(fake), count, replace=False)]]
+    )
     truth = np.concatenate([np.zeros(count), np.ones(count)])
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     split = StratifiedKFold(folds, shuffle=True, random_state=seed)
@@ -174,9 +206,15 @@ def _detection_or_none(real_feats: np.ndarray, fake_feats: np.ndarray, config: P
     return detection_auc(real_feats, fake_feats, config.detection_folds, config.seed, config.detection_max_iter)
 
 
-def privacy_metrics(train_images: np.ndarray, heldout_images: np.ndarray, generated_images: np.ndarray,
-                    train_feats: np.ndarray, heldout_feats: np.ndarray, generated_feats: np.ndarray,
-                    config: PrivacyConfig = PrivacyConfig()) -> dict[str, Any]:
+def privacy_metrics(
+    train_images: np.ndarray,
+    heldout_images: np.ndarray,
+    generated_images: np.ndarray,
+    train_feats: np.ndarray,
+    heldout_feats: np.ndarray,
+    generated_feats: np.ndarray,
+    config: PrivacyConfig = PrivacyConfig(),
+) -> dict[str, Any]:
     """Membership inference, authenticity (pixel space, like DCR: a leak is a near copy, whatever a classifier
     sees) and detection (the reference classifier's features, like Frechet), each with its real floor.
 
@@ -192,12 +230,15 @@ def privacy_metrics(train_images: np.ndarray, heldout_images: np.ndarray, genera
     generated = generated_images[generated_rows]
     metrics: dict[str, Any] = {
         "authenticity": authenticity(train_images, generated, config.chunk_rows),
-        "authenticity_floor": authenticity(train_images, _rows(heldout_images, config.max_rows, rng),
-                                           config.chunk_rows),
-        "detection_auc": _detection_or_none(_rows(train_feats, config.max_rows, rng), generated_feats[generated_rows],
-                                            config),
+        "authenticity_floor": authenticity(
+            train_images, _rows(heldout_images, config.max_rows, rng), config.chunk_rows
+        ),
+        "detection_auc": _detection_or_none(
+            _rows(train_feats, config.max_rows, rng), generated_feats[generated_rows], config
+        ),
         "detection_auc_floor": _detection_or_none(train_feats, heldout_feats, config),
-        "mia_auc": None, "mia_auc_floor": None,
+        "mia_auc": None,
+        "mia_auc_floor": None,
     }
     count = min(len(heldout_images), len(train_images) // 3, config.max_rows)
     size = min((len(train_images) - count) // 2, len(generated), config.max_rows)
@@ -205,13 +246,15 @@ def privacy_metrics(train_images: np.ndarray, heldout_images: np.ndarray, genera
         return metrics
     order = rng.permutation(len(train_images))
     members = train_images[np.sort(order[:count])]
-    reference = train_images[np.sort(order[count:count + size])]
-    stand_in = train_images[np.sort(order[count + size:count + 2 * size])]
+    reference = train_images[np.sort(order[count : count + size])]
+    stand_in = train_images[np.sort(order[count + size : count + 2 * size])]
     non_members = _rows(heldout_images, count, rng)
     shuffled = generated[rng.permutation(len(generated))]  # its blocks must not follow an order of the rows
-    metrics["mia_auc"] = membership_inference_auc(members, non_members, shuffled, reference, config.mia_k,
-                                                  config.chunk_rows)
-    metrics["mia_auc_floor"] = membership_inference_auc(members, non_members, stand_in, reference, config.mia_k,
-                                                        config.chunk_rows)
+    metrics["mia_auc"] = membership_inference_auc(
+        members, non_members, shuffled, reference, config.mia_k, config.chunk_rows
+    )
+    metrics["mia_auc_floor"] = membership_inference_auc(
+        members, non_members, stand_in, reference, config.mia_k, config.chunk_rows
+    )
     metrics["mia_members"] = count
     return metrics

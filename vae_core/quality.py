@@ -44,13 +44,24 @@ class QualityConfig:
     dcr_percentile: float = 5.0  # DCR's low tail: the 5th percentile is the customary figure (median beside it)
     max_knn_samples: int = 10_000  # kNN cost is quadratic; 10k x 10k in float64 takes ~1 s on 2 cores
     knn_chunk_rows: int = 1024  # rows of one distance block: 1024 x 10k float64 = 80 MB
-    class_coverage_fair_share_fraction: float = 0.1  # a class is covered if it gets >= 0.1/K of the argmaxes (1% for K=10)
+    class_coverage_fair_share_fraction: float = (
+        0.1  # a class is covered if it gets >= 0.1/K of the argmaxes (1% for K=10)
+    )
     frechet_eps: float = 1e-6  # pytorch-fid's diagonal offset for near-singular covariances
     inference_batch_size: int = 4096  # bounds activation memory (4096 x 256 float32 = 4 MB) with few Python steps
 
     def __post_init__(self) -> None:
-        positive_ints = ("hidden_dim", "feature_dim", "epochs", "batch_size", "k_nearest", "density_coverage_k",
-                         "max_knn_samples", "knn_chunk_rows", "inference_batch_size")
+        positive_ints = (
+            "hidden_dim",
+            "feature_dim",
+            "epochs",
+            "batch_size",
+            "k_nearest",
+            "density_coverage_k",
+            "max_knn_samples",
+            "knn_chunk_rows",
+            "inference_batch_size",
+        )
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -123,8 +134,10 @@ def _check_images(name: str, images: Any, image_shape: tuple[int, ...] | None = 
 
 def _check_labels(name: str, labels: Any, count: int, num_classes: int | None = None) -> np.ndarray:
     if not isinstance(labels, np.ndarray) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise UsageError(f"{name} must be a 1-D numpy array of integers, got {type(labels).__name__} "
-                         f"{getattr(labels, 'shape', '')} {getattr(labels, 'dtype', '')}")
+        raise UsageError(
+            f"{name} must be a 1-D numpy array of integers, got {type(labels).__name__} "
+            f"{getattr(labels, 'shape', '')} {getattr(labels, 'dtype', '')}"
+        )
     if len(labels) != count:
         raise UsageError(f"{name} has {len(labels)} labels for {count} images")
     if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
@@ -349,8 +362,10 @@ def label_distribution_metrics(
     if reference_distribution is not None:
         reference = np.asarray(reference_distribution, dtype=np.float64)
         if reference.shape != (num_classes,) or reference.min() < 0 or abs(reference.sum() - 1) > 1e-6:
-            raise UsageError(f"reference_distribution must be {num_classes} non-negative shares summing to 1, "
-                             f"got {reference.tolist()}")
+            raise UsageError(
+                f"reference_distribution must be {num_classes} non-negative shares summing to 1, "
+                f"got {reference.tolist()}"
+            )
         label_kl = float(scipy.special.rel_entr(reference, probs.mean(axis=0)).sum())
     return {
         "class_coverage": float(np.mean(class_histogram >= class_coverage_fair_share_fraction / num_classes)),
@@ -378,11 +393,15 @@ def closest_record_distances(
         raise UsageError(f"train, heldout and generated differ in size per sample: {[p.shape[1] for p in flat]}")
     dtype = np.result_type(*flat, np.float32)  # pixels stay float32, features stay float64
     train_t, heldout_t, generated_t = (torch.from_numpy(np.ascontiguousarray(p, dtype=dtype)) for p in flat)
-    return (_nearest_distance(heldout_t, train_t, chunk_rows).double().numpy(),
-            _nearest_distance(generated_t, train_t, chunk_rows).double().numpy())
+    return (
+        _nearest_distance(heldout_t, train_t, chunk_rows).double().numpy(),
+        _nearest_distance(generated_t, train_t, chunk_rows).double().numpy(),
+    )
 
 
-def _memorisation(heldout_distance: np.ndarray, generated_distance: np.ndarray, percentile: float) -> tuple[float, float]:
+def _memorisation(
+    heldout_distance: np.ndarray, generated_distance: np.ndarray, percentile: float
+) -> tuple[float, float]:
     if not 0 < percentile <= 100:
         raise UsageError(f"percentile must lie in (0, 100], got {percentile}")
     threshold = float(np.percentile(heldout_distance, percentile))
@@ -405,12 +424,16 @@ def memorisation_share(
     return _memorisation(*closest_record_distances(train, heldout, generated, chunk_rows), percentile)[0]
 
 
-def distance_to_closest_record(heldout_distance: np.ndarray, generated_distance: np.ndarray,
-                               percentile: float = QualityConfig.dcr_percentile) -> dict[str, float]:
+def distance_to_closest_record(
+    heldout_distance: np.ndarray, generated_distance: np.ndarray, percentile: float = QualityConfig.dcr_percentile
+) -> dict[str, float]:
     """DCR: the 5th percentile and the median of generated-to-train distances, beside the same figures for held-out
     real data (the floor), and dcr_ratio = generated / held-out at the percentile. Unseen real data has ratio ~1;
     a generator that copies training records has ratio ~0 (its low tail sits on them)."""
-    low, floor_low = float(np.percentile(generated_distance, percentile)), float(np.percentile(heldout_distance, percentile))
+    low, floor_low = (
+        float(np.percentile(generated_distance, percentile)),
+        float(np.percentile(heldout_distance, percentile)),
+    )
     return {
         "dcr_p5": low,
         "dcr_median": float(np.median(generated_distance)),
@@ -487,9 +510,18 @@ def _per_class_metrics(
     rng: np.random.Generator,
 ) -> dict[str, Any]:
     predicted = generated_probs.argmax(axis=1)
-    report: dict[str, list] = {key: [] for key in (
-        "per_class_label_accuracy", "per_class_frechet_distance", "per_class_frechet_floor", "per_class_precision",
-        "per_class_recall", "per_class_precision_floor", "per_class_recall_floor")}
+    report: dict[str, list] = {
+        key: []
+        for key in (
+            "per_class_label_accuracy",
+            "per_class_frechet_distance",
+            "per_class_frechet_floor",
+            "per_class_precision",
+            "per_class_recall",
+            "per_class_precision_floor",
+            "per_class_recall_floor",
+        )
+    }
     for label in range(generated_probs.shape[1]):
         train_c = train_feats[train_labels == label]
         heldout_c = heldout_feats[heldout_labels == label]
@@ -545,8 +577,10 @@ def quality_report(
     if generated_labels is not None:
         generated_labels = _check_labels("generated_labels", generated_labels, len(generated_images), num_classes)
     if min(len(train_images), len(heldout_images), len(generated_images)) < config.k_nearest + 1:
-        raise UsageError(f"train, held-out and generated sets need at least k_nearest + 1 = {config.k_nearest + 1} "
-                         f"images each, got {len(train_images)}, {len(heldout_images)}, {len(generated_images)}")
+        raise UsageError(
+            f"train, held-out and generated sets need at least k_nearest + 1 = {config.k_nearest + 1} "
+            f"images each, got {len(train_images)}, {len(heldout_images)}, {len(generated_images)}"
+        )
 
     batch_size = config.inference_batch_size
     train_feats, _ = _embed_and_classify(classifier, train_images, batch_size)
@@ -557,9 +591,11 @@ def quality_report(
     done(REPORT_STAGES[0])
 
     precision, recall, density, coverage, knn_generated_count = _balanced_precision_recall(
-        train_feats, generated_feats, config, rng, with_density=True)
+        train_feats, generated_feats, config, rng, with_density=True
+    )
     precision_floor, recall_floor, density_floor, coverage_floor, knn_floor_count = _balanced_precision_recall(
-        train_feats, heldout_feats, config, rng, with_density=True)
+        train_feats, heldout_feats, config, rng, with_density=True
+    )
     train_distribution = np.bincount(train_labels, minlength=num_classes) / len(train_labels)
     labels = label_distribution_metrics(
         generated_probs, num_classes, train_distribution, config.class_coverage_fair_share_fraction
@@ -570,17 +606,31 @@ def quality_report(
         _subsample(generated_images, config.max_knn_samples, rng),
         config.knn_chunk_rows,
     )
-    memorisation, memorisation_threshold = _memorisation(heldout_distance, generated_distance,
-                                                         config.memorisation_percentile)
+    memorisation, memorisation_threshold = _memorisation(
+        heldout_distance, generated_distance, config.memorisation_percentile
+    )
     done(REPORT_STAGES[1])
     trtr = float(np.mean(heldout_probs.argmax(axis=1) == heldout_labels))
     # TSTR trains on as many generated rows as TRTR had real ones, so the two differ only in where the rows come
     # from; drawn at random (an RNG of its own leaves the other metrics' draws alone): rows sorted by label, or
     # cycling through the classes, would lose whole classes to a prefix or a stride.
-    tstr_rows = np.sort(np.random.default_rng(config.seed).choice(
-        len(generated_images), size=min(len(train_images), len(generated_images)), replace=False))
-    tstr = None if generated_labels is None else tstr_accuracy(
-        generated_images[tstr_rows], generated_labels[tstr_rows], heldout_images, heldout_labels, num_classes, config)
+    tstr_rows = np.sort(
+        np.random.default_rng(config.seed).choice(
+            len(generated_images), size=min(len(train_images), len(generated_images)), replace=False
+        )
+    )
+    tstr = (
+        None
+        if generated_labels is None
+        else tstr_accuracy(
+            generated_images[tstr_rows],
+            generated_labels[tstr_rows],
+            heldout_images,
+            heldout_labels,
+            num_classes,
+            config,
+        )
+    )
     done(REPORT_STAGES[2])
     metrics: dict[str, Any] = {
         "frechet_distance": frechet_distance(generated_feats, train_feats, config.frechet_eps),
@@ -610,17 +660,33 @@ def quality_report(
         "feature_dim": classifier.feature_dim,
     }
     if generated_labels is not None:
-        metrics.update(_per_class_metrics(
-            train_feats, train_labels, heldout_feats, heldout_labels, generated_feats, generated_probs,
-            generated_labels, config, rng,
-        ))
+        metrics.update(
+            _per_class_metrics(
+                train_feats,
+                train_labels,
+                heldout_feats,
+                heldout_labels,
+                generated_feats,
+                generated_probs,
+                generated_labels,
+                config,
+                rng,
+            )
+        )
         metrics["per_class_grouping"] = "requested"
     else:
         # No label was asked for: group the samples by the class the classifier sees, so per-class
         # fidelity compares with conditional models. Label accuracy is meaningless here and is dropped.
         by_prediction = _per_class_metrics(
-            train_feats, train_labels, heldout_feats, heldout_labels, generated_feats, generated_probs,
-            generated_probs.argmax(axis=1), config, rng,
+            train_feats,
+            train_labels,
+            heldout_feats,
+            heldout_labels,
+            generated_feats,
+            generated_probs,
+            generated_probs.argmax(axis=1),
+            config,
+            rng,
         )
         for key in ("label_accuracy", "per_class_label_accuracy", "requested_class_histogram"):
             by_prediction.pop(key)
@@ -629,6 +695,10 @@ def quality_report(
     generated_mean, generated_std = pixel_stats(generated_images)
     real_mean, real_std = pixel_stats(train_images)
     done(REPORT_STAGES[3])
-    images = {"generated_mean": generated_mean, "generated_std": generated_std,
-              "real_mean": real_mean, "real_std": real_std}
+    images = {
+        "generated_mean": generated_mean,
+        "generated_std": generated_std,
+        "real_mean": real_mean,
+        "real_std": real_std,
+    }
     return metrics, images

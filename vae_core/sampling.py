@@ -24,8 +24,12 @@ def draw(dataset_seed: int, sample_ids: np.ndarray, latent_dim: int) -> tuple[np
 
 
 def labels_for(
-    policy: str, sample_ids: np.ndarray, seeds: np.ndarray, latent_dim: int,
-    classes: tuple[int, ...], class_prior: tuple[float, ...],
+    policy: str,
+    sample_ids: np.ndarray,
+    seeds: np.ndarray,
+    latent_dim: int,
+    classes: tuple[int, ...],
+    class_prior: tuple[float, ...],
 ) -> np.ndarray:
     """Contract 1b: `balanced` cycles through `classes`; `prior` draws from the training frequencies."""
     if policy == "prior":

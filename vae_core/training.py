@@ -49,12 +49,23 @@ def class_prior(labels: np.ndarray, num_classes: int) -> tuple[float, ...]:
 
 
 def model_config_for(
-    data: Dataset, latent_dim: int, hidden_sizes: tuple[int, ...], conditional: bool,
-    architecture: str = "mlp", conv_channels: tuple[int, ...] = (), prior_flow_layers: int = 0,
+    data: Dataset,
+    latent_dim: int,
+    hidden_sizes: tuple[int, ...],
+    conditional: bool,
+    architecture: str = "mlp",
+    conv_channels: tuple[int, ...] = (),
+    prior_flow_layers: int = 0,
 ) -> VAEConfig:
     """The model config that fits a data source: its image shape and, for a CVAE, its classes."""
-    sizes = {"input_shape": data.shape, "latent_dim": latent_dim, "hidden_sizes": hidden_sizes,
-             "architecture": architecture, "conv_channels": conv_channels, "prior_flow_layers": prior_flow_layers}
+    sizes = {
+        "input_shape": data.shape,
+        "latent_dim": latent_dim,
+        "hidden_sizes": hidden_sizes,
+        "architecture": architecture,
+        "conv_channels": conv_channels,
+        "prior_flow_layers": prior_flow_layers,
+    }
     if not conditional:
         return VAEConfig(**sizes)
     if data.labels is None:
@@ -89,7 +100,9 @@ def evaluate(model: VAE, data: Dataset, seed: int, with_prior_flow: bool = False
     return total / len(data.images)
 
 
-def _lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+def _lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule == "cosine" else None
 
 
@@ -98,14 +111,19 @@ def _posterior(model: VAE, data: Dataset) -> tuple[torch.Tensor, torch.Tensor, t
     """mu, logvar (N, latent_dim) of q(z | x[, y]) for every training image, and the labels a conditional flow sees."""
     model.eval()
     labels = torch.from_numpy(data.labels) if model.config.conditional else None
-    parts = [model.encode(torch.from_numpy(data.images[start : start + EVAL_BATCH_SIZE]),
-                          None if labels is None else labels[start : start + EVAL_BATCH_SIZE])
-             for start in range(0, len(data.images), EVAL_BATCH_SIZE)]
+    parts = [
+        model.encode(
+            torch.from_numpy(data.images[start : start + EVAL_BATCH_SIZE]),
+            None if labels is None else labels[start : start + EVAL_BATCH_SIZE],
+        )
+        for start in range(0, len(data.images), EVAL_BATCH_SIZE)
+    ]
     return torch.cat([mu for mu, _ in parts]), torch.cat([logvar for _, logvar in parts]), labels
 
 
-def fit_prior_flow(model: VAE, data: Dataset, train_config: TrainConfig,
-                   on_step: Callable[[int, int], None] | None = None) -> float:
+def fit_prior_flow(
+    model: VAE, data: Dataset, train_config: TrainConfig, on_step: Callable[[int, int], None] | None = None
+) -> float:
     """Fit the decoder's prior flow by maximum likelihood to the aggregate posterior of the training images
     (fresh draws z ~ q(z | x) on every pass), the encoder and decoder frozen, for prior_flow_steps steps;
     returns the mean -log p(z) of the last pass, nats."""
@@ -118,7 +136,9 @@ def fit_prior_flow(model: VAE, data: Dataset, train_config: TrainConfig,
     step, total = 0, 0.0
     while step < train_config.prior_flow_steps:
         total, seen = 0.0, 0
-        for index in torch.randperm(len(mu), generator=generator).split(PRIOR_FLOW_BATCH_SIZE)[: train_config.prior_flow_steps - step]:
+        for index in torch.randperm(len(mu), generator=generator).split(PRIOR_FLOW_BATCH_SIZE)[
+            : train_config.prior_flow_steps - step
+        ]:
             z = model.reparameterize(mu[index], logvar[index], generator)  # (B, latent_dim), a fresh posterior draw
             loss = -flow.log_prob(z, None if labels is None else labels[index]).mean()
             optimizer.zero_grad()

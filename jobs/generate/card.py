@@ -33,8 +33,15 @@ DESIGN_DOC = "docs/DESIGN.md"  # in the vaegen repository: the contracts a card 
 AUDIT_HEADING = "## Audit before publish"
 QUALITY_TAG_PREFIX = "quality."  # the model version's quality figures, as registry.models.LoadedDecoder.tags names them
 # Hugging Face's size buckets (n<1K, 1K<n<10K, ...), for the Hub's size filter
-SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+SIZE_BUCKETS = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+)
 QUALITY_MEANINGS = {  # jobs/report.py HEADLINE, in the words of README's quality table
     "frechet_distance": "Fréchet distance to the real training data (reference classifier features; lower is better)",
     "frechet_floor": "Fréchet distance of real held-out data to real training data (the best a generator can score)",
@@ -60,12 +67,18 @@ class Quality:
 
 def from_version_tags(tags: dict[str, str]) -> Quality | None:
     """The quality figures a model version carries as `vaegen.quality.*` tags (`vaegen report --model`)."""
-    figures = {key.removeprefix(QUALITY_TAG_PREFIX): float(value) for key, value in tags.items()
-               if key.startswith(QUALITY_TAG_PREFIX) and key.removeprefix(QUALITY_TAG_PREFIX) in QUALITY_MEANINGS}
+    figures = {
+        key.removeprefix(QUALITY_TAG_PREFIX): float(value)
+        for key, value in tags.items()
+        if key.startswith(QUALITY_TAG_PREFIX) and key.removeprefix(QUALITY_TAG_PREFIX) in QUALITY_MEANINGS
+    }
     if not figures:
         return None
-    return Quality(figures, "the model version's own quality report (`vaegen report --model`), as it stood when "
-                            "this dataset was generated: fresh samples of the same model, not these rows")
+    return Quality(
+        figures,
+        "the model version's own quality report (`vaegen report --model`), as it stood when "
+        "this dataset was generated: fresh samples of the same model, not these rows",
+    )
 
 
 def write(storage: Storage, dataset_id: str, record: dict[str, Any], quality: Quality | None) -> None:
@@ -90,8 +103,9 @@ def record_audit(storage: Storage, dataset_id: str, audit: dict[str, Any]) -> No
     """Put the publish audit's verdict into an existing card (atomically), keeping the rest as it is."""
     if not storage.exists(dataset_id, CARD):
         return
-    text = re.sub(rf"\n\n{AUDIT_HEADING}\n.*?(?=\n\n## |\Z)", "", storage.read_bytes(dataset_id, CARD).decode(),
-                  flags=re.S)
+    text = re.sub(
+        rf"\n\n{AUDIT_HEADING}\n.*?(?=\n\n## |\Z)", "", storage.read_bytes(dataset_id, CARD).decode(), flags=re.S
+    )
     text = text.replace("\n\n## Load it\n", f"\n\n{_audit_text(audit)}\n\n## Load it\n", 1)
     with storage.atomic_writer(dataset_id, CARD) as stream:
         stream.write(text.encode())
@@ -99,13 +113,22 @@ def record_audit(storage: Storage, dataset_id: str, audit: dict[str, Any]) -> No
 
 def _audit_text(audit: dict[str, Any]) -> str:
     if audit.get("verdict") == "skipped":
-        return (f"{AUDIT_HEADING}\n\nSkipped ({audit.get('reason')}), {audit.get('audited_at')}: nothing checked "
-                "these rows before publication.")
+        return (
+            f"{AUDIT_HEADING}\n\nSkipped ({audit.get('reason')}), {audit.get('audited_at')}: nothing checked "
+            "these rows before publication."
+        )
     rows = [(check["name"], check["status"], check["detail"].replace("|", "/")) for check in audit.get("checks", [])]
-    table = "\n".join(["| check | result | detail |", "| --- | --- | --- |",
-                       *[f"| {name} | {status} | {detail} |" for name, status, detail in rows]])
-    return (f"{AUDIT_HEADING}\n\nVerdict: **{audit.get('verdict')}** ({audit.get('audited_at')}; `_audit.json` holds "
-            f"every figure and tolerance).\n\n{table}")
+    table = "\n".join(
+        [
+            "| check | result | detail |",
+            "| --- | --- | --- |",
+            *[f"| {name} | {status} | {detail} |" for name, status, detail in rows],
+        ]
+    )
+    return (
+        f"{AUDIT_HEADING}\n\nVerdict: **{audit.get('verdict')}** ({audit.get('audited_at')}; `_audit.json` holds "
+        f"every figure and tolerance).\n\n{table}"
+    )
 
 
 def has_card(record: dict[str, Any]) -> bool:
@@ -154,7 +177,9 @@ def hf_header(record: dict[str, Any]) -> str:
         lines.append(f"  - name: {feature.pop('name')}")
         for key, value in feature.items():
             lines.append(f"    {key}: {json.dumps(value)}")
-    lines.append(f"  download_size: {record['total_bytes']}")  # no `splits`: datasets wants their size in its own Arrow bytes
+    lines.append(
+        f"  download_size: {record['total_bytes']}"
+    )  # no `splits`: datasets wants their size in its own Arrow bytes
     provenance = manifest.record_provenance(record)  # what the parts' Parquet metadata and _croissant.json say too
     lines += [f"{key}: {json.dumps(value, sort_keys=True)}" for key, value in provenance.items()]
     return "\n".join(lines) + "\n"
@@ -165,8 +190,9 @@ def pretty_name(record: dict[str, Any]) -> str:
     return f"{model['name']} v{model['version']}: {record['n']:,} synthetic samples, seed {record['dataset_seed']}, {record['dtype']}"
 
 
-def card_text(record: dict[str, Any], quality: Quality | None, location: str, header: str,
-              audit: dict[str, Any] | None = None) -> str:
+def card_text(
+    record: dict[str, Any], quality: Quality | None, location: str, header: str, audit: dict[str, Any] | None = None
+) -> str:
     model, lineage, spec = record["model"], record["lineage"], record["spec"]
     provenance = manifest.record_provenance(record)
     shape = tuple(record["sample_shape"])
@@ -178,37 +204,66 @@ def card_text(record: dict[str, Any], quality: Quality | None, location: str, he
         f"{record['n']:,} synthetic samples ({shape_text}, {record['dtype']}) decoded from latent draws of the "
         f"registered VAE decoder {_code(model['name'])} version {model['version']}{alias}, by vaegen "
         f"{record['vaegen_version']}. Every row carries the seed it was drawn from: anyone can regenerate it.",
-        "## What made it\n\n" + _table([
-            ("AI-generated", "yes: every row was decoded by a generative model (`ai_generated: true` in each part's "
-                             "Parquet metadata, this card's header and `_croissant.json`)"),
-            ("model", f"{_code(model['name'])} version {model['version']}"),
-            ("resolved from", _code(model.get("resolved_from"))
-                              + (f", alias gate: {_code(model['alias_gate'])}" if model.get("alias_gate") else "")),
-            ("model run", _code(model["run_id"])),
-            ("model source", _code(model.get("source"))),
-            ("tracking server", _code(lineage.get("tracking_uri"))),
-            ("dataset run", f"{_code(lineage.get('run_id'))} (experiment {_code(lineage.get('experiment'))})"),
-            ("generated", f"{record['timings'].get('finished_at')} on {record['execution'].get('num_workers')} "
-                          f"{record['execution'].get('device')} worker(s), {record['timings'].get('seconds')} s"),
-        ]),
-        "## How\n\n" + _table([
-            ("rows (n)", f"{record['n']:,}"),
-            ("dataset seed", str(record["dataset_seed"])),
-            ("seed scheme", f"`{record['seed_scheme']}`: row i's latent is a pure function of (dataset seed, sample_id) "
-                            f"(vaegen `{DESIGN_DOC}`, contract 1)"),
-            ("x", f"{shape_text} {record['dtype']}" + (" = round(255 x) of the decoder's [0, 1] output"
-                                                        if record["dtype"] == "uint8" else "")
-             + (", one fixed-size binary value per row (C order)" if record["layout"] == "binary"
-                else f", nested fixed-size lists ({' lists of '.join(map(str, shape))} values)")),
-            ("labels", _labels_text(record["labels"])),
-            ("rows per part", f"{record['rows_per_shard']:,} (part k holds sample ids [k R, (k+1) R))"),
-            ("parts", f"{len(record['files'])} files `{PART_GLOB}`, {record['total_bytes']:,} bytes, "
-                      f"{record['compression']} compressed, {record['checksum_algorithm']} checksums in `_manifest.json`"),
-            ("format", f"`{record['format']}` (decode block {spec['block_rows']:,} rows)"),
-            ("recipe digest", f"`{provenance['recipe_digest']}` (sha256 of the spec and the pinned version; "
-                              "in every part)"),
-            ("manifest sha256", f"`{provenance['manifest_sha256']}` (of `_manifest.json`'s bytes)"),
-        ]),
+        "## What made it\n\n"
+        + _table(
+            [
+                (
+                    "AI-generated",
+                    "yes: every row was decoded by a generative model (`ai_generated: true` in each part's "
+                    "Parquet metadata, this card's header and `_croissant.json`)",
+                ),
+                ("model", f"{_code(model['name'])} version {model['version']}"),
+                (
+                    "resolved from",
+                    _code(model.get("resolved_from"))
+                    + (f", alias gate: {_code(model['alias_gate'])}" if model.get("alias_gate") else ""),
+                ),
+                ("model run", _code(model["run_id"])),
+                ("model source", _code(model.get("source"))),
+                ("tracking server", _code(lineage.get("tracking_uri"))),
+                ("dataset run", f"{_code(lineage.get('run_id'))} (experiment {_code(lineage.get('experiment'))})"),
+                (
+                    "generated",
+                    f"{record['timings'].get('finished_at')} on {record['execution'].get('num_workers')} "
+                    f"{record['execution'].get('device')} worker(s), {record['timings'].get('seconds')} s",
+                ),
+            ]
+        ),
+        "## How\n\n"
+        + _table(
+            [
+                ("rows (n)", f"{record['n']:,}"),
+                ("dataset seed", str(record["dataset_seed"])),
+                (
+                    "seed scheme",
+                    f"`{record['seed_scheme']}`: row i's latent is a pure function of (dataset seed, sample_id) "
+                    f"(vaegen `{DESIGN_DOC}`, contract 1)",
+                ),
+                (
+                    "x",
+                    f"{shape_text} {record['dtype']}"
+                    + (" = round(255 x) of the decoder's [0, 1] output" if record["dtype"] == "uint8" else "")
+                    + (
+                        ", one fixed-size binary value per row (C order)"
+                        if record["layout"] == "binary"
+                        else f", nested fixed-size lists ({' lists of '.join(map(str, shape))} values)"
+                    ),
+                ),
+                ("labels", _labels_text(record["labels"])),
+                ("rows per part", f"{record['rows_per_shard']:,} (part k holds sample ids [k R, (k+1) R))"),
+                (
+                    "parts",
+                    f"{len(record['files'])} files `{PART_GLOB}`, {record['total_bytes']:,} bytes, "
+                    f"{record['compression']} compressed, {record['checksum_algorithm']} checksums in `_manifest.json`",
+                ),
+                ("format", f"`{record['format']}` (decode block {spec['block_rows']:,} rows)"),
+                (
+                    "recipe digest",
+                    f"`{provenance['recipe_digest']}` (sha256 of the spec and the pinned version; in every part)",
+                ),
+                ("manifest sha256", f"`{provenance['manifest_sha256']}` (of `_manifest.json`'s bytes)"),
+            ]
+        ),
         "## Quality\n\n" + _quality_text(quality, location),
         *([_audit_text(audit)] if audit else []),
         "## Load it\n\n" + _loading_text(record, location),
@@ -248,12 +303,19 @@ def _labels_text(labels: dict[str, Any] | None) -> str:
 
 def _quality_text(quality: Quality | None, location: str) -> str:
     if quality is None:
-        return ("No quality report was known when this card was written. "
-                f"{_code(f'vaegen report --dataset {location}')} measures these rows against the real data and "
-                "rewrites this card with its figures.")
+        return (
+            "No quality report was known when this card was written. "
+            f"{_code(f'vaegen report --dataset {location}')} measures these rows against the real data and "
+            "rewrites this card with its figures."
+        )
     rows = [(name, f"{value:.4g}", QUALITY_MEANINGS.get(name, "")) for name, value in quality.figures.items()]
-    table = "\n".join(["| figure | value | meaning |", "| --- | ---: | --- |",
-                       *[f"| {name} | {value} | {meaning} |" for name, value, meaning in rows]])
+    table = "\n".join(
+        [
+            "| figure | value | meaning |",
+            "| --- | ---: | --- |",
+            *[f"| {name} | {value} | {meaning} |" for name, value, meaning in rows],
+        ]
+    )
     return f"Measured by {quality.source}.\n\n{table}"
 
 
@@ -263,34 +325,60 @@ def _loading_text(record: dict[str, Any], location: str) -> str:
     dims = ", ".join(map(str, shape))
     parts = f"{location}/{PART_GLOB}"
     if record["layout"] == "binary":
-        return ("x is one fixed-size binary value per row; vaegen's reader API gives it its shape:\n\n```python\n"
-                "from jobs.reader import open_dataset\n"
-                f"data = open_dataset({location!r}).to_numpy()  # data['x']: (N, {dims}) {record['dtype']}\n```\n")
-    duckdb_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[record["dtype"]] + "".join(f"[{size}]" for size in shape)
+        return (
+            "x is one fixed-size binary value per row; vaegen's reader API gives it its shape:\n\n```python\n"
+            "from jobs.reader import open_dataset\n"
+            f"data = open_dataset({location!r}).to_numpy()  # data['x']: (N, {dims}) {record['dtype']}\n```\n"
+        )
+    duckdb_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[record["dtype"]] + "".join(
+        f"[{size}]" for size in shape
+    )
     pandas_x = {1: "np.stack(frame['x'])", 2: "np.stack(frame['x'].map(np.stack))"}.get(
-        len(shape), "np.stack([np.array(cell.tolist()) for cell in frame['x']])")
+        len(shape), "np.stack([np.array(cell.tolist()) for cell in frame['x']])"
+    )
     hf_type = f"Array{len(shape)}D" if 2 <= len(shape) <= 5 else "fixed-length lists"
     blocks = [
-        ("pyarrow", "import pyarrow.parquet as pq\n"
-                    f"table = pq.read_table({location!r})  # x: nested fixed-size lists, one level per dimension\n"
-                    f"x = table['x'].combine_chunks(){'.flatten()' * len(shape)}.to_numpy().reshape(-1, {dims})"),
-        ("pandas", "import numpy as np, pandas as pd\n"
-                   f"frame = pd.read_parquet({location!r})  # each x cell: nested arrays\n"
-                   f"x = {pandas_x}  # (N, {dims})"),
-        ("polars", "import polars as pl\n"
-                   f"frame = pl.read_parquet({parts!r})  # x: Array(shape=({dims}))\n"
-                   f"x = frame['x'].to_numpy()  # frame.drop('seed').to_torch('dict') for torch: polars refuses uint64"),
-        ("DuckDB", "import duckdb  # x is a nested list; the cast makes it the fixed ARRAY type\n"
-                   f"rel = duckdb.sql(\"SELECT sample_id, x::{duckdb_type} AS x FROM read_parquet('{parts}')\")"),
-        ("Ray Data", "import ray.data\nfrom jobs.reader import shaped_x  # Ray Data shapes only Arrow tensors: this makes x one, zero-copy\n"
-                     f"data = ray.data.read_parquet({location!r}).map_batches(shaped_x, batch_format='pyarrow')"),
-        ("Hugging Face datasets (reads this card's header, `.huggingface.yaml`)",
-         "from datasets import load_dataset\n"
-         f"data = load_dataset({location!r}, split='train').with_format('numpy')  # x: {hf_type}"),
-        ("Hugging Face datasets, the Parquet files only",
-         f"from datasets import load_dataset\ndata = load_dataset('parquet', data_files={parts!r}, split='train')"),
-        ("PyTorch (vaegen's reader: streams parts, shards over workers and ranks)",
-         "from torch.utils.data import DataLoader\nfrom jobs.reader import open_dataset\n"
-         f"loader = DataLoader(open_dataset({location!r}).torch(shuffle=True, seed=0), batch_size=256, num_workers=2)"),
+        (
+            "pyarrow",
+            "import pyarrow.parquet as pq\n"
+            f"table = pq.read_table({location!r})  # x: nested fixed-size lists, one level per dimension\n"
+            f"x = table['x'].combine_chunks(){'.flatten()' * len(shape)}.to_numpy().reshape(-1, {dims})",
+        ),
+        (
+            "pandas",
+            "import numpy as np, pandas as pd\n"
+            f"frame = pd.read_parquet({location!r})  # each x cell: nested arrays\n"
+            f"x = {pandas_x}  # (N, {dims})",
+        ),
+        (
+            "polars",
+            "import polars as pl\n"
+            f"frame = pl.read_parquet({parts!r})  # x: Array(shape=({dims}))\n"
+            f"x = frame['x'].to_numpy()  # frame.drop('seed').to_torch('dict') for torch: polars refuses uint64",
+        ),
+        (
+            "DuckDB",
+            "import duckdb  # x is a nested list; the cast makes it the fixed ARRAY type\n"
+            f"rel = duckdb.sql(\"SELECT sample_id, x::{duckdb_type} AS x FROM read_parquet('{parts}')\")",
+        ),
+        (
+            "Ray Data",
+            "import ray.data\nfrom jobs.reader import shaped_x  # Ray Data shapes only Arrow tensors: this makes x one, zero-copy\n"
+            f"data = ray.data.read_parquet({location!r}).map_batches(shaped_x, batch_format='pyarrow')",
+        ),
+        (
+            "Hugging Face datasets (reads this card's header, `.huggingface.yaml`)",
+            "from datasets import load_dataset\n"
+            f"data = load_dataset({location!r}, split='train').with_format('numpy')  # x: {hf_type}",
+        ),
+        (
+            "Hugging Face datasets, the Parquet files only",
+            f"from datasets import load_dataset\ndata = load_dataset('parquet', data_files={parts!r}, split='train')",
+        ),
+        (
+            "PyTorch (vaegen's reader: streams parts, shards over workers and ranks)",
+            "from torch.utils.data import DataLoader\nfrom jobs.reader import open_dataset\n"
+            f"loader = DataLoader(open_dataset({location!r}).torch(shuffle=True, seed=0), batch_size=256, num_workers=2)",
+        ),
     ]
     return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks) + "\n"

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "vae-decoder@champion"
 DEVICES = ("auto", "cpu", "cuda")
 LABEL_POLICIES = ("balanced", "prior")
-DEFAULT_STALL_TIMEOUT_S = 600.0  # no shard finished for this long: fail (a lost node no restart can replace, a hung worker)
+DEFAULT_STALL_TIMEOUT_S = (
+    600.0  # no shard finished for this long: fail (a lost node no restart can replace, a hung worker)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +32,9 @@ class EngineOptions:
     device: str = "auto"  # auto: CUDA when the cluster has GPUs
     shared_fs: bool = False  # a local --out is visible to every node (NFS, a mounted volume)
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # covers worker start-up and a node's replacement by an autoscaler
-    metrics: bool = True  # export Prometheus metrics through Ray's metrics agent (jobs/metrics.py); off: to measure their cost
+    metrics: bool = (
+        True  # export Prometheus metrics through Ray's metrics agent (jobs/metrics.py); off: to measure their cost
+    )
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -87,8 +91,10 @@ def output_root(out: str | None) -> str:
 def checked_root(root: str) -> str:
     """Inside a Ray job a relative local root would land in Ray's temporary copy of the working directory."""
     if RAY_JOB_MARKER in os.environ and "://" not in root and not os.path.isabs(os.path.expanduser(root)):
-        raise UsageError(f"output root {root!r} is a relative path, which inside a Ray job means Ray's temporary "
-                         "copy of the working directory; pass an absolute path shared by the nodes, or s3://bucket/prefix")
+        raise UsageError(
+            f"output root {root!r} is a relative path, which inside a Ray job means Ray's temporary "
+            "copy of the working directory; pass an absolute path shared by the nodes, or s3://bucket/prefix"
+        )
     return root
 
 
@@ -106,15 +112,26 @@ def dataset_spec(config: GenerateConfig, pinned: PinnedModel, model_config: VAEC
     if model_config.conditional:
         label_policy, classes = parse_labels(config.labels, model_config.num_classes)
     elif config.labels != GenerateConfig.labels:  # the default, balanced, means nothing here and is accepted
-        raise UsageError(f"--labels {config.labels}: {pinned.name}/{pinned.version} is unconditional "
-                         "(it draws no labels); drop --labels, or use a version trained with --conditional")
+        raise UsageError(
+            f"--labels {config.labels}: {pinned.name}/{pinned.version} is unconditional "
+            "(it draws no labels); drop --labels, or use a version trained with --conditional"
+        )
     return DatasetSpec(
-        model_name=pinned.name, model_version=pinned.version, n=config.n, seed=seed,
-        latent_dim=model_config.latent_dim, sample_shape=tuple(model_config.input_shape), dtype=config.dtype,
-        layout=config.layout, compression=config.compression,
+        model_name=pinned.name,
+        model_version=pinned.version,
+        n=config.n,
+        seed=seed,
+        latent_dim=model_config.latent_dim,
+        sample_shape=tuple(model_config.input_shape),
+        dtype=config.dtype,
+        layout=config.layout,
+        compression=config.compression,
         compression_level=config.compression_level if config.compression in ("zstd", "gzip") else None,
-        rows_per_shard=config.rows_per_shard, block_rows=config.batch_size,
-        num_classes=model_config.num_classes, label_policy=label_policy, label_classes=classes,
+        rows_per_shard=config.rows_per_shard,
+        block_rows=config.batch_size,
+        num_classes=model_config.num_classes,
+        label_policy=label_policy,
+        label_classes=classes,
         class_prior=tuple(model_config.class_prior),
     )
 

@@ -118,7 +118,10 @@ def _loopback_only() -> Iterator[None]:
     the constant computed at import, so both are set, and restored once the cluster is up.
     """
 
-    saved_env, saved_constant = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    saved_env, saved_constant = (
+        os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR),
+        ray_constants.ENABLE_RAY_CLUSTER,
+    )
     os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
@@ -166,8 +169,9 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-def plan_placement(options: EngineOptions, num_shards: int, storage: Storage,
-                   log: Callable[[str], None] = lambda message: None) -> Placement:
+def plan_placement(
+    options: EngineOptions, num_shards: int, storage: Storage, log: Callable[[str], None] = lambda message: None
+) -> Placement:
     """Workers for the cluster as it is: one per GPU (or CPU), never more than it can run at once or than shards."""
     resources = ray.cluster_resources()
     cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
@@ -182,15 +186,19 @@ def plan_placement(options: EngineOptions, num_shards: int, storage: Storage,
     if device == "auto":
         device = "cuda" if gpus > 0 else "cpu"
     if device == "cuda" and gpus == 0 and options.num_workers is None:
-        raise UsageError("--device cuda but the Ray cluster has no GPUs now; use --device cpu or auto, or pass "
-                         "--num-workers N to ask an autoscaling cluster for N GPU workers")
+        raise UsageError(
+            "--device cuda but the Ray cluster has no GPUs now; use --device cpu or auto, or pass "
+            "--num-workers N to ask an autoscaling cluster for N GPU workers"
+        )
     # Each worker holds a whole CPU (or GPU) and a decoder: more than the cluster has would only
     # share them out in slivers, each worker one more process with torch loaded (~0.5 GB).
     capacity = gpus if device == "cuda" else cpus
     workers = options.num_workers or max(capacity, 1)
     if capacity > 0 and workers > capacity:
-        log(f"--num-workers {workers} capped at {capacity}: the Ray cluster has {capacity} "
-            f"{'GPU' if device == 'cuda' else 'CPU'}(s) now")
+        log(
+            f"--num-workers {workers} capped at {capacity}: the Ray cluster has {capacity} "
+            f"{'GPU' if device == 'cuda' else 'CPU'}(s) now"
+        )
         workers = capacity
     workers = min(workers, num_shards)
     if device == "cuda":
@@ -230,8 +238,9 @@ class ShardWorker:
             self.writer = PartWriter(predictor, self.storage, spec.dataset_id, metadata)
         info = self.writer(shard)
         if self.export_metrics and not info.reused:
-            metrics.record_part_timings(metrics.labels_of(spec.dataset_id, spec.model_name, spec.model_version),
-                                        info.decode_s, info.encode_s)
+            metrics.record_part_timings(
+                metrics.labels_of(spec.dataset_id, spec.model_name, spec.model_version), info.decode_s, info.encode_s
+            )
         return info
 
 
@@ -265,8 +274,13 @@ class WorkerPool:
     no shard finishes for `stall_timeout_s` fails with a line that says how to resume.
     """
 
-    def __init__(self, storage: Storage, placement: Placement, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
-                 export_metrics: bool = True):
+    def __init__(
+        self,
+        storage: Storage,
+        placement: Placement,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        export_metrics: bool = True,
+    ):
         self.placement = placement
         self.storage = storage
         self.stall_timeout_s = stall_timeout_s
@@ -277,8 +291,10 @@ class WorkerPool:
             max_task_retries=0,
             max_concurrency=placement.threads_per_worker,
         )
-        self.workers = [worker_class.remote(storage.uri, placement.device, placement.threads_per_worker, export_metrics)
-                        for _ in range(placement.num_workers)]
+        self.workers = [
+            worker_class.remote(storage.uri, placement.device, placement.threads_per_worker, export_metrics)
+            for _ in range(placement.num_workers)
+        ]
         self.idle_tail_s = 0.0  # after run(): summed over live workers, the time from their last shard to the job's end
         self._outstanding: set[Any] = set()  # refs not collected yet: drained on exit so that no error goes unhandled
 
@@ -291,9 +307,16 @@ class WorkerPool:
         _drain(list(self._outstanding))
         self._outstanding.clear()
 
-    def run(self, spec: DatasetSpec, config: dict, state: dict, shards: Sequence[int],
-            on_part: Callable[[PartInfo], None], metadata: dict[str, str] | None = None,
-            monitor: metrics.Unmonitored = metrics.Unmonitored()) -> list[PartInfo]:
+    def run(
+        self,
+        spec: DatasetSpec,
+        config: dict,
+        state: dict,
+        shards: Sequence[int],
+        on_part: Callable[[PartInfo], None],
+        metadata: dict[str, str] | None = None,
+        monitor: metrics.Unmonitored = metrics.Unmonitored(),
+    ) -> list[PartInfo]:
         """Write every shard (a lazy sequence: `range(num_shards)`), each on whichever worker is free.
 
         The weights go into the object store once; each task carries the reference, and Ray
@@ -314,20 +337,31 @@ class WorkerPool:
                     monitor.part(info.rows, info.size_bytes)
                     on_part(info)
         finished = time.monotonic()
-        self.idle_tail_s = sum(finished - worker.last_done_s for worker in job.workers
-                               if worker.alive and worker.last_done_s is not None)
+        self.idle_tail_s = sum(
+            finished - worker.last_done_s for worker in job.workers if worker.alive and worker.last_done_s is not None
+        )
         return job.done
 
     def resume_hint(self, spec: DatasetSpec, committed: int) -> str:
-        return (f"the {committed} shard(s) written are kept: rerun the same command, or "
-                f"`vaegen generate --resume {self.storage.location(spec.dataset_id)}`, to finish the rest")
+        return (
+            f"the {committed} shard(s) written are kept: rerun the same command, or "
+            f"`vaegen generate --resume {self.storage.location(spec.dataset_id)}`, to finish the rest"
+        )
 
 
 class _Job:
     """One run of the pool: which shards are where, what failed how often, which workers are down."""
 
-    def __init__(self, pool: WorkerPool, spec: DatasetSpec, config: dict, state_ref: Any, shards: Sequence[int],
-                 metadata: dict[str, str] | None = None, monitor: metrics.Unmonitored = metrics.Unmonitored()):
+    def __init__(
+        self,
+        pool: WorkerPool,
+        spec: DatasetSpec,
+        config: dict,
+        state_ref: Any,
+        shards: Sequence[int],
+        metadata: dict[str, str] | None = None,
+        monitor: metrics.Unmonitored = metrics.Unmonitored(),
+    ):
         self.pool, self.spec, self.config, self.state_ref = pool, spec, config, state_ref
         self.monitor = monitor
         self.metadata = metadata  # Parquet key-value metadata of every part
@@ -353,8 +387,10 @@ class _Job:
         live = [index for index, worker in enumerate(self.workers) if worker.alive]
         self.ping_down_workers()
         if not live and not self.pings and not any(worker.next_ping_s for worker in self.workers):
-            raise VaegenError(f"all {len(self.workers)} worker(s) are gone and Ray cannot restart them "
-                              f"({self.gone_reason}); {self.pool.resume_hint(self.spec, len(self.done))}")
+            raise VaegenError(
+                f"all {len(self.workers)} worker(s) are gone and Ray cannot restart them "
+                f"({self.gone_reason}); {self.pool.resume_hint(self.spec, len(self.done))}"
+            )
         running_retry = {task.worker for task in self.tasks.values() if task.isolated}
         reserved: set[int] = set()
         for _ in range(len(self.retries)):
@@ -438,8 +474,10 @@ class _Job:
             return info
         self.attempts[task.shard] += 1
         if self.attempts[task.shard] >= MAX_SHARD_ATTEMPTS:
-            raise VaegenError(f"shard {task.shard} failed {self.attempts[task.shard]} times, last: {' '.join(reason.split())}; "
-                              f"{self.pool.resume_hint(self.spec, len(self.done))}")
+            raise VaegenError(
+                f"shard {task.shard} failed {self.attempts[task.shard]} times, last: {' '.join(reason.split())}; "
+                f"{self.pool.resume_hint(self.spec, len(self.done))}"
+            )
         self.retries.append(task.shard)
         self.monitor.shard_retried()
         return None

@@ -42,8 +42,10 @@ RETIRING_TIMEOUT_S = 600.0  # a notice lives from before the holds are read unti
 
 def check_tag_name(name: str) -> str:
     if not TAG_NAME.fullmatch(name) or RESERVED_TAG.fullmatch(name):
-        raise UsageError(f"tag name {name!r}: use a letter then letters, digits, '.', '_' or '-' (not 'latest' or "
-                         "vN, which name the published dataset and a model version's), e.g. paper-2026")
+        raise UsageError(
+            f"tag name {name!r}: use a letter then letters, digits, '.', '_' or '-' (not 'latest' or "
+            "vN, which name the published dataset and a model version's), e.g. paper-2026"
+        )
     return name
 
 
@@ -70,11 +72,19 @@ def set_tag(storage: Storage, dataset_id: str, name: str, by: str) -> dict[str, 
     check_tag_name(name)
     manifest = storage.read_bytes(dataset_id, MANIFEST) if storage.exists(dataset_id, MANIFEST) else None
     if manifest is None:
-        raise UsageError(f"{storage.location(dataset_id)} is not a committed dataset (no {MANIFEST}); tag a dataset "
-                         "that `vaegen datasets` or `vaegen inspect` shows")
+        raise UsageError(
+            f"{storage.location(dataset_id)} is not a committed dataset (no {MANIFEST}); tag a dataset "
+            "that `vaegen datasets` or `vaegen inspect` shows"
+        )
     previous = _read(storage, TAGS, f"{name}.json")
-    record = {"format": TAG_FORMAT, "tag": name, "dataset_id": dataset_id, "by": by, "at": utc_now(),
-              "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+    record = {
+        "format": TAG_FORMAT,
+        "tag": name,
+        "dataset_id": dataset_id,
+        "by": by,
+        "at": utc_now(),
+        "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+    }
     storage.write_json(record, TAGS, f"{name}.json")
     if retirement_pending(storage, dataset_id):  # being pruned (it read the holds before our write): keep no tag
         storage.delete(TAGS, f"{name}.json")
@@ -86,8 +96,9 @@ def delete_tag(storage: Storage, name: str, dataset_id: str) -> None:
     """Remove tag `name`, which must name `dataset_id` (so a tag moved meanwhile by someone else is not lost)."""
     previous = _read(storage, TAGS, f"{check_tag_name(name)}.json")
     if previous is None:
-        raise UsageError(f"no tag {name!r} under {storage.location()}; "
-                         f"`vaegen datasets {storage.location()}` lists them")
+        raise UsageError(
+            f"no tag {name!r} under {storage.location()}; `vaegen datasets {storage.location()}` lists them"
+        )
     if previous["dataset_id"] != dataset_id:
         raise UsageError(f"tag {name!r} names {previous['dataset_id']}, not {dataset_id}; nothing deleted")
     storage.delete(TAGS, f"{name}.json")
@@ -100,8 +111,14 @@ class Lease:
         self.storage, self.dataset_id = storage, dataset_id
         self.name = f"{dataset_id}.{uuid.uuid4().hex}.json"
         now = time.time()
-        self.record = {"format": LEASE_FORMAT, "dataset_id": dataset_id, **holders.this_process(),
-                       "started_at": now, "heartbeat_at": now, "timeout_s": timeout_s}
+        self.record = {
+            "format": LEASE_FORMAT,
+            "dataset_id": dataset_id,
+            **holders.this_process(),
+            "started_at": now,
+            "heartbeat_at": now,
+            "timeout_s": timeout_s,
+        }
         self._stop = threading.Event()
         storage.write_json(self.record, LEASES, self.name)
         self._thread = threading.Thread(target=self._beat, name="vaegen-lease-heartbeat", daemon=True)

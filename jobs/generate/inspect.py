@@ -62,9 +62,15 @@ def open_committed(location: str) -> tuple[Storage, str, dict]:
     record = storage.read_json(dataset_id, MANIFEST)  # unparsable: CorruptRecord, "corrupt manifest at PATH"
     if record is None:
         if not storage.exists(dataset_id):
-            raise UsageError(f"dataset {storage.location(dataset_id)} not found: check the path "
-                             f"(a dataset is the folder that holds {MANIFEST}, under generate's --out)")
-        state = "an unfinished dataset (rerun its generate command to resume)" if storage.exists(dataset_id, PROGRESS) else "no dataset"
+            raise UsageError(
+                f"dataset {storage.location(dataset_id)} not found: check the path "
+                f"(a dataset is the folder that holds {MANIFEST}, under generate's --out)"
+            )
+        state = (
+            "an unfinished dataset (rerun its generate command to resume)"
+            if storage.exists(dataset_id, PROGRESS)
+            else "no dataset"
+        )
         raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: it is {state}")
     broken = structure_problems(record)
     if broken:
@@ -81,8 +87,10 @@ def ensure_intact(storage: Storage, dataset_id: str, record: dict[str, Any]) -> 
     problems = manifest_problems(record) or folder_problems(storage.listing(dataset_id), record)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DamagedDataset(f"dataset {storage.location(dataset_id)} is committed but damaged: {problems[0]}{more}; "
-                             "`vaegen inspect` lists every problem; regenerate it with --overwrite")
+        raise DamagedDataset(
+            f"dataset {storage.location(dataset_id)} is committed but damaged: {problems[0]}{more}; "
+            "`vaegen inspect` lists every problem; regenerate it with --overwrite"
+        )
 
 
 def inspect(location: str, deep: bool = False, sample_seed: int | None = None) -> InspectReport:
@@ -111,9 +119,25 @@ def inspect(location: str, deep: bool = False, sample_seed: int | None = None) -
 
 # ---------------------------------------------------------------- the manifest on its own
 
-REQUIRED = {"format": str, "dataset_id": str, "n": int, "rows_per_shard": int, "dataset_seed": int, "dtype": str,
-            "layout": str, "latent_dim": int, "sample_shape": list, "spec": dict, "spec_fingerprint": str, "model": dict,
-            "checksum_algorithm": str, "files": list, "total_bytes": int, "lineage": dict, "timings": dict}
+REQUIRED = {
+    "format": str,
+    "dataset_id": str,
+    "n": int,
+    "rows_per_shard": int,
+    "dataset_seed": int,
+    "dtype": str,
+    "layout": str,
+    "latent_dim": int,
+    "sample_shape": list,
+    "spec": dict,
+    "spec_fingerprint": str,
+    "model": dict,
+    "checksum_algorithm": str,
+    "files": list,
+    "total_bytes": int,
+    "lineage": dict,
+    "timings": dict,
+}
 MODEL_FIELDS = {"name": str, "version": int, "run_id": str}
 FILE_FIELDS = {"name": str, "first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str}
 JSON_TYPES = {str: "string", int: "integer", list: "list", dict: "object"}
@@ -121,21 +145,29 @@ JSON_TYPES = {str: "string", int: "integer", list: "list", dict: "object"}
 
 def structure_problems(record: dict[str, Any]) -> list[str]:
     """Fields a manifest cannot do without, with their types."""
-    problems = [f"field {key!r} is missing or not a JSON {JSON_TYPES[kind]}"
-                for key, kind in REQUIRED.items() if not isinstance(record.get(key), kind)]
+    problems = [
+        f"field {key!r} is missing or not a JSON {JSON_TYPES[kind]}"
+        for key, kind in REQUIRED.items()
+        if not isinstance(record.get(key), kind)
+    ]
     if problems:
         return problems
     if not isinstance(record.get("labels", ()), (dict, type(None))):
         problems.append("field 'labels' is missing or not an object or null")
-    problems += [f"field 'model.{key}' is missing or not a JSON {JSON_TYPES[kind]}"
-                 for key, kind in MODEL_FIELDS.items() if not isinstance(record["model"].get(key), kind)]
+    problems += [
+        f"field 'model.{key}' is missing or not a JSON {JSON_TYPES[kind]}"
+        for key, kind in MODEL_FIELDS.items()
+        if not isinstance(record["model"].get(key), kind)
+    ]
     if problems:
         return problems
     problems = bound_problems(record)
     if problems:
         return problems
     for index, entry in enumerate(record["files"]):
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(key), kind) for key, kind in FILE_FIELDS.items()):
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(key), kind) for key, kind in FILE_FIELDS.items()
+        ):
             return [f"files[{index}] lacks one of {', '.join(FILE_FIELDS)}"]
     return []
 
@@ -147,16 +179,27 @@ def manifest_problems(record: dict[str, Any]) -> list[str]:
         return problems
     files = record["files"]
     if record["checksum_algorithm"] != CHECKSUM:
-        problems.append(f"manifest: checksum algorithm {record['checksum_algorithm']!r}, this vaegen verifies {CHECKSUM}")
+        problems.append(
+            f"manifest: checksum algorithm {record['checksum_algorithm']!r}, this vaegen verifies {CHECKSUM}"
+        )
     if record["format"] == FORMAT:  # older formats' specs fingerprint differently; their parts are checked all the same
         try:
             spec = spec_from_record(record, record["dataset_id"])
         except UsageError as error:
             return [f"manifest: {error}"]
-        top_level = {"n": spec.n, "rows_per_shard": spec.rows_per_shard, "dataset_seed": spec.seed, "dtype": spec.dtype,
-                     "latent_dim": spec.latent_dim, "sample_shape": list(spec.sample_shape)}
-        problems += [f"manifest: {key} = {record[key]!r} but its spec says {value!r}"
-                     for key, value in top_level.items() if record[key] != value]
+        top_level = {
+            "n": spec.n,
+            "rows_per_shard": spec.rows_per_shard,
+            "dataset_seed": spec.seed,
+            "dtype": spec.dtype,
+            "latent_dim": spec.latent_dim,
+            "sample_shape": list(spec.sample_shape),
+        }
+        problems += [
+            f"manifest: {key} = {record[key]!r} but its spec says {value!r}"
+            for key, value in top_level.items()
+            if record[key] != value
+        ]
     n, rows_per_shard = record["n"], record["rows_per_shard"]
     listed_rows = sum(entry["rows"] for entry in files)
     if listed_rows != n:
@@ -166,16 +209,20 @@ def manifest_problems(record: dict[str, Any]) -> list[str]:
     if names != expected:
         absent = sorted(set(expected) - set(names))
         extra = sorted(set(names) - set(expected))
-        problems.append(f"manifest: files[] must list {expected[0]}..{expected[-1]} ({len(expected):,} parts for "
-                        f"n = {n:,} at {rows_per_shard:,} rows per part) in order"
-                        + (f"; missing {', '.join(absent[:5])}" if absent else "")
-                        + (f"; not expected {', '.join(extra[:5])}" if extra else ""))
+        problems.append(
+            f"manifest: files[] must list {expected[0]}..{expected[-1]} ({len(expected):,} parts for "
+            f"n = {n:,} at {rows_per_shard:,} rows per part) in order"
+            + (f"; missing {', '.join(absent[:5])}" if absent else "")
+            + (f"; not expected {', '.join(extra[:5])}" if extra else "")
+        )
         return problems
     for shard, entry in enumerate(files):
         first, stop = shard * rows_per_shard, min((shard + 1) * rows_per_shard, n)
         if (entry["first_sample_id"], entry["rows"]) != (first, stop - first):
-            problems.append(f"{entry['name']}: manifest says ids {entry['first_sample_id']:,} + {entry['rows']:,} rows, "
-                            f"shard {shard} holds ids {first:,}..{stop - 1:,}")
+            problems.append(
+                f"{entry['name']}: manifest says ids {entry['first_sample_id']:,} + {entry['rows']:,} rows, "
+                f"shard {shard} holds ids {first:,}..{stop - 1:,}"
+            )
     return problems
 
 
@@ -244,8 +291,14 @@ def _deep(storage: Storage, dataset_id: str, record: dict, sample_seed: int | No
 
     spec = spec_of(record)
     predictor, tolerance = _registered_predictor(record, spec)
-    notes = () if tolerance is None else (f"made on CUDA, re-decoded on this CPU: x compared within {tolerance} "
-                                          "(CPU and CUDA kernels differ in the last bits)",)
+    notes = (
+        ()
+        if tolerance is None
+        else (
+            f"made on CUDA, re-decoded on this CPU: x compared within {tolerance} "
+            "(CPU and CUDA kernels differ in the last bits)",
+        )
+    )
     problems, derived, decoded = [], 0, 0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as CPU workers decode: the same kernels, so the same bits
@@ -253,8 +306,9 @@ def _deep(storage: Storage, dataset_id: str, record: dict, sample_seed: int | No
         with Progress(record["n"], f"inspect --deep {dataset_id}") as progress:
             for entry in record["files"]:
                 with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
-                    found, rows_decoded = _deep_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance,
-                                                      sample_seed)
+                    found, rows_decoded = _deep_check(
+                        pq.ParquetFile(handle), entry, record, spec, predictor, tolerance, sample_seed
+                    )
                 problems += found
                 derived += entry["rows"]
                 decoded += rows_decoded
@@ -301,15 +355,24 @@ def registered_weights(record: dict, purpose: str) -> tuple[dict, dict[str, Any]
     except VaegenError as error:
         raise VaegenError(f"{purpose} with {reference} from the registry: {error}") from None
     if pinned.run_id != model["run_id"]:
-        raise VaegenError(f"{purpose}: {reference} in this registry ({tracking.shown_uri()}) comes from run "
-                          f"{pinned.run_id}, this dataset from run {model['run_id']}; point MLFLOW_TRACKING_URI at "
-                          "the registry that made the dataset")
+        raise VaegenError(
+            f"{purpose}: {reference} in this registry ({tracking.shown_uri()}) comes from run "
+            f"{pinned.run_id}, this dataset from run {model['run_id']}; point MLFLOW_TRACKING_URI at "
+            "the registry that made the dataset"
+        )
     loaded = models.load_decoder(pinned)
     return loaded.config.to_dict(), loaded.state
 
 
-def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: DatasetSpec, predictor: Any,
-                tolerance: float | None, sample_seed: int | None = None) -> tuple[list[str], int]:
+def _deep_check(
+    parquet: pq.ParquetFile,
+    entry: dict,
+    record: dict,
+    spec: DatasetSpec,
+    predictor: Any,
+    tolerance: float | None,
+    sample_seed: int | None = None,
+) -> tuple[list[str], int]:
     from vae_core import sampling
 
     name, first, rows = entry["name"], entry["first_sample_id"], entry["rows"]
@@ -326,7 +389,9 @@ def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: Datase
     if not np.array_equal(stored_z, z):
         return [f"{name}: row {_first_difference(stored_z, z)}: z differs from {record['seed_scheme']}"], 0
     if spec.label_policy is not None:
-        labels = sampling.labels_for(spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior)
+        labels = sampling.labels_for(
+            spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior
+        )
         stored_labels = table.column("label").to_numpy()
         if not np.array_equal(stored_labels, labels):
             return [f"{name}: row {_first_difference(stored_labels, labels)}: label differs from contract 1b"], 0
@@ -334,12 +399,14 @@ def _deep_check(parquet: pq.ParquetFile, entry: dict, record: dict, spec: Datase
     for block_start, block_stop in _deep_blocks(first, first + rows, spec.block_rows, sample_seed):
         block = predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})  # whole block: same bits
         low, high = max(first, block_start), min(first + rows, block_stop)
-        expected = block["x"][low - block_start: high - block_start].reshape(high - low, -1)
+        expected = block["x"][low - block_start : high - block_start].reshape(high - low, -1)
         stored = _x_rows(parquet, low - first, high - first, spec)
         mismatch = _x_mismatch(stored, expected, tolerance)
         if mismatch is not None:
-            return [f"{name}: row {low - first + mismatch} (sample id {low + mismatch}): x differs from what "
-                    f"{record['model']['name']}/{record['model']['version']} decodes"], decoded
+            return [
+                f"{name}: row {low - first + mismatch} (sample id {low + mismatch}): x differs from what "
+                f"{record['model']['name']}/{record['model']['version']} decodes"
+            ], decoded
         decoded += high - low
     return [], decoded
 
@@ -367,7 +434,7 @@ def _x_rows(parquet: pq.ParquetFile, low: int, high: int, spec: DatasetSpec) -> 
         offset += count
     column = parquet.read_row_groups(groups, columns=["x"]).column("x").combine_chunks()
     values = _flat_values(column, spec.dtype).reshape(len(column), -1)
-    return values[low - skip: high - skip]
+    return values[low - skip : high - skip]
 
 
 def _flat_values(array: pa.Array, dtype: str) -> np.ndarray:
@@ -378,7 +445,9 @@ def _flat_values(array: pa.Array, dtype: str) -> np.ndarray:
         array = array.flatten()
     if pa.types.is_fixed_size_binary(array.type):  # --layout binary: raw C-ordered rows
         width = array.type.byte_width
-        return np.frombuffer(array.buffers()[1], dtype=np.uint8)[array.offset * width:(array.offset + len(array)) * width].view(dtype)
+        return np.frombuffer(array.buffers()[1], dtype=np.uint8)[
+            array.offset * width : (array.offset + len(array)) * width
+        ].view(dtype)
     return array.to_numpy(zero_copy_only=False).astype(np.dtype(dtype), copy=False)
 
 
@@ -387,7 +456,9 @@ def _x_mismatch(stored: np.ndarray, expected: np.ndarray, tolerance: float | Non
     if stored.shape != expected.shape or stored.dtype != expected.dtype:
         return 0
     if tolerance is None:
-        difference = stored.view(np.uint8).reshape(len(stored), -1) != expected.view(np.uint8).reshape(len(expected), -1)
+        difference = stored.view(np.uint8).reshape(len(stored), -1) != expected.view(np.uint8).reshape(
+            len(expected), -1
+        )
     else:
         difference = np.abs(stored.astype(np.float64) - expected.astype(np.float64)) > tolerance
     rows = np.flatnonzero(difference.any(axis=1))

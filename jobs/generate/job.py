@@ -74,8 +74,11 @@ def generate(
     # thread pool is left first, so a plan still running after a failure here has let go of it too.
     # The workers (killed first on the way out) are started as soon as Ray is up when the shard count is known
     # without the model (not a --resume): they import torch while this process takes the guard and reads the weights.
-    with contextlib.ExitStack() as guard, ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread, \
-            contextlib.ExitStack() as workers:
+    with (
+        contextlib.ExitStack() as guard,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread,
+        contextlib.ExitStack() as workers,
+    ):
         resolving = registry_thread.submit(_resolve, config, storage, resume_id, pinned)
         planned = registry_thread.submit(_plan, config, storage, resolving, guard)
         resolving.result()  # a wrong model reference is reported before Ray starts, not after (seconds)
@@ -83,7 +86,9 @@ def generate(
         try:
             pool = None
             if resume_id is None and config.n is not None:
-                pool = workers.enter_context(_worker_pool(config, math.ceil(config.n / config.rows_per_shard), storage, log))
+                pool = workers.enter_context(
+                    _worker_pool(config, math.ceil(config.n / config.rows_per_shard), storage, log)
+                )
             plan = planned.result()
         except BaseException:
             workers.close()
@@ -92,31 +97,42 @@ def generate(
             raise
         pinned, spec = plan.pinned, plan.spec
         dataset_id = spec.dataset_id
-        log(f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
-            + (" (random: pass --seed to reproduce)" if plan.seed_was_random else ""))
+        log(
+            f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
+            + (" (random: pass --seed to reproduce)" if plan.seed_was_random else "")
+        )
         if plan.committed is not None:
-            return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", plan.committed, plan.seed_was_random)
+            return GenerateResult(
+                dataset_id, storage.location(dataset_id), "up-to-date", plan.committed, plan.seed_was_random
+            )
         if pool is None:
             pool = workers.enter_context(_worker_pool(config, spec.num_shards, storage, log))
         if plan.started_on not in (None, pool.placement.device):  # one device's bits per dataset (docs/decisions.md)
-            raise UsageError(f"dataset {storage.location(dataset_id)} was started on {plan.started_on} workers and "
-                             f"this run would decode on {pool.placement.device}: CUDA and CPU decodes differ in the "
-                             f"last bits; resume it with --device {plan.started_on}, or pass --overwrite to start it anew")
+            raise UsageError(
+                f"dataset {storage.location(dataset_id)} was started on {plan.started_on} workers and "
+                f"this run would decode on {pool.placement.device}: CUDA and CPU decodes differ in the "
+                f"last bits; resume it with --device {plan.started_on}, or pass --overwrite to start it anew"
+            )
         if on_workers is not None:
             on_workers(pool.workers)
         loading = registry_thread.submit(_load, pinned)
-        record = _run(spec, pinned, loading, plan.fresh, storage, pool, log, config.redact_provenance, config.engine.metrics)
+        record = _run(
+            spec, pinned, loading, plan.fresh, storage, pool, log, config.redact_provenance, config.engine.metrics
+        )
     status = "generated" if record["timings"]["shards_reused"] == 0 else "resumed"
     return GenerateResult(dataset_id, storage.location(dataset_id), status, record, plan.seed_was_random)
 
 
-def _worker_pool(config: GenerateConfig, num_shards: int, storage: Storage, log: Callable[[str], None]) -> engine.WorkerPool:
+def _worker_pool(
+    config: GenerateConfig, num_shards: int, storage: Storage, log: Callable[[str], None]
+) -> engine.WorkerPool:
     placement = engine.plan_placement(config.engine, num_shards, storage, log)
     return engine.WorkerPool(storage, placement, config.engine.stall_timeout_s, config.engine.metrics)
 
 
-def _resolve(config: GenerateConfig, storage: Storage, resume_id: str | None,
-             resolved: PinnedModel | None) -> tuple[PinnedModel, DatasetSpec, bool]:
+def _resolve(
+    config: GenerateConfig, storage: Storage, resume_id: str | None, resolved: PinnedModel | None
+) -> tuple[PinnedModel, DatasetSpec, bool]:
     """Resolve the reference once and define the dataset: (pinned version, spec, whether the seed was drawn here)."""
     from registry import models, tracking
 
@@ -126,14 +142,18 @@ def _resolve(config: GenerateConfig, storage: Storage, resume_id: str | None,
         if record is None:
             raise UsageError(f"--resume {config.resume}: no dataset in progress at {storage.location(resume_id)}")
         if record.get("format") != FORMAT:
-            raise UsageError(f"--resume {config.resume}: started by another vaegen version "
-                             f"(format {str(record.get('format'))[:40]}, "
-                             f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume")
+            raise UsageError(
+                f"--resume {config.resume}: started by another vaegen version "
+                f"(format {str(record.get('format'))[:40]}, "
+                f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume"
+            )
         spec = spec_from_record(record, resume_id)  # refused unless it names exactly this folder and its model
         pinned, seed_was_random = models.PinnedModel(**record["model"]), False
         if config.n is not None and config.n != spec.n:
-            raise UsageError(f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
-                             "drop --n to resume it as it is")
+            raise UsageError(
+                f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
+                "drop --n to resume it as it is"
+            )
     else:
         from registry import promotion
 
@@ -151,7 +171,9 @@ def _plan(config: GenerateConfig, storage: Storage, resolving: Future, guard: co
 
     pinned, spec, seed_was_random = resolving.result()
     dataset_id = spec.dataset_id
-    guard.enter_context(storage.writer_guard(dataset_id))  # one writer per dataset: a second run is refused, naming this one
+    guard.enter_context(
+        storage.writer_guard(dataset_id)
+    )  # one writer per dataset: a second run is refused, naming this one
     if config.overwrite:  # before parsing anything there: a corrupt manifest is what --overwrite repairs
         lineage.end_stale_run(manifest.recorded_run_id(storage, dataset_id))
         storage.delete_dir(dataset_id)
@@ -175,8 +197,14 @@ def _plan(config: GenerateConfig, storage: Storage, resolving: Future, guard: co
     if in_progress is not None:  # its job was killed (we hold the guard): its run would say RUNNING forever
         lineage.end_stale_run(manifest.recorded_run_id(storage, dataset_id))
     storage.check_free_space(dataset_id, spec.estimated_bytes)
-    return Plan(pinned, spec, seed_was_random, None, fresh=in_progress is None,
-                started_on=None if in_progress is None else in_progress.get("device"))
+    return Plan(
+        pinned,
+        spec,
+        seed_was_random,
+        None,
+        fresh=in_progress is None,
+        started_on=None if in_progress is None else in_progress.get("device"),
+    )
 
 
 def _load(pinned: PinnedModel) -> LoadedDecoder:
@@ -185,15 +213,29 @@ def _load(pinned: PinnedModel) -> LoadedDecoder:
     return models.load_decoder(pinned)  # the weights, read once, here on the driver
 
 
-def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, storage: Storage, pool: engine.WorkerPool,
-         log: Callable[[str], None], redact_provenance: bool, export_metrics: bool) -> dict[str, Any]:
+def _run(
+    spec: DatasetSpec,
+    pinned: PinnedModel,
+    loading: Future,
+    fresh: bool,
+    storage: Storage,
+    pool: engine.WorkerPool,
+    log: Callable[[str], None],
+    redact_provenance: bool,
+    export_metrics: bool,
+) -> dict[str, Any]:
     """Write every shard, commit the manifest, log the lineage run; returns the manifest."""
     from registry import lineage, tracking
 
     dataset_id, placement = spec.dataset_id, pool.placement
     model_record = dataclasses.asdict(pinned)
-    params = {**{f"spec.{key}": value for key, value in spec.to_dict().items()}, "model_uri": pinned.uri,
-              "resolved_from": pinned.resolved_from, "num_workers": placement.num_workers, "device": placement.device}
+    params = {
+        **{f"spec.{key}": value for key, value in spec.to_dict().items()},
+        "model_uri": pinned.uri,
+        "resolved_from": pinned.resolved_from,
+        "num_workers": placement.num_workers,
+        "device": placement.device,
+    }
     started_at, started = manifest.utc_now(), time.perf_counter()
     # one count of rows, parts, retries and workers for the progress lines and the metrics
     labels = metrics.labels_of(dataset_id, pinned.name, pinned.version)
@@ -205,36 +247,64 @@ def _run(spec: DatasetSpec, pinned: PinnedModel, loading: Future, fresh: bool, s
         reused += info.reused
 
     try:
-        log(f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
-            f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}")
+        log(
+            f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
+            f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}"
+        )
         loaded = loading.result()  # before anything is written: a refused version (registry.artifacts) leaves nothing
         planned_from = (spec.latent_dim, spec.sample_shape, spec.num_classes)
         if (loaded.config.latent_dim, tuple(loaded.config.input_shape), loaded.config.num_classes) != planned_from:
-            raise VaegenError(f"{pinned.name}/{pinned.version} is refused: its vaegen.config tag (latent_dim, shape, "
-                              f"classes {planned_from}) disagrees with its config.json; register it with `vaegen train`")
+            raise VaegenError(
+                f"{pinned.name}/{pinned.version} is refused: its vaegen.config tag (latent_dim, shape, "
+                f"classes {planned_from}) disagrees with its config.json; register it with `vaegen train`"
+            )
         with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
-            storage.write_json(manifest.progress_record(spec, model_record, run.run_id, placement.device), dataset_id,
-                               manifest.PROGRESS)
+            storage.write_json(
+                manifest.progress_record(spec, model_record, run.run_id, placement.device),
+                dataset_id,
+                manifest.PROGRESS,
+            )
             registry = None if redact_provenance else tracking.shown_uri()
             digest = manifest.recipe_digest(spec, model_record)
             provenance = manifest.provenance_metadata(digest, model_record, registry)
-            parts = pool.run(spec, loaded.config.to_dict(), loaded.state, range(spec.num_shards), on_part,
-                             manifest.parquet_metadata(provenance), monitor)
+            parts = pool.run(
+                spec,
+                loaded.config.to_dict(),
+                loaded.state,
+                range(spec.num_shards),
+                on_part,
+                manifest.parquet_metadata(provenance),
+                monitor,
+            )
             seconds = time.perf_counter() - started
             record = manifest.build(
-                spec, model_record, parts,
-                timings={"started_at": started_at, "finished_at": manifest.utc_now(), "seconds": round(seconds, 3),
-                         "rows_per_s": round(spec.n / seconds, 1), "shards_reused": reused},
+                spec,
+                model_record,
+                parts,
+                timings={
+                    "started_at": started_at,
+                    "finished_at": manifest.utc_now(),
+                    "seconds": round(seconds, 3),
+                    "rows_per_s": round(spec.n / seconds, 1),
+                    "shards_reused": reused,
+                },
                 lineage={"tracking_uri": tracking.shown_uri(), "run_id": run.run_id, "experiment": run.experiment},
                 execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
-                label_counts=label_counts(spec), redact_provenance=redact_provenance,
+                label_counts=label_counts(spec),
+                redact_provenance=redact_provenance,
             )
             card.write(storage, dataset_id, record, card.from_version_tags(loaded.tags))  # before the commit
             croissant.write(storage, dataset_id, record)
             storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
             _cleanup(storage, dataset_id)
-            run.log_metrics({"seconds": seconds, "rows_per_s": spec.n / seconds,
-                             "total_bytes": record["total_bytes"], "shards_reused": reused})
+            run.log_metrics(
+                {
+                    "seconds": seconds,
+                    "rows_per_s": spec.n / seconds,
+                    "total_bytes": record["total_bytes"],
+                    "shards_reused": reused,
+                }
+            )
             run.log_dataset(record, storage.location(dataset_id))
     except BrokenVersion:
         if fresh:  # a broken version (NaN output, weights that do not fit) never completes this dataset: leave nothing
@@ -260,7 +330,9 @@ def label_counts(spec: DatasetSpec) -> dict[str, int] | None:
     for start in range(0, spec.n, LABEL_COUNT_CHUNK_ROWS):
         ids = np.arange(start, min(start + LABEL_COUNT_CHUNK_ROWS, spec.n), dtype=np.int64)
         seeds = row_seeds(spec.seed, ids) if spec.label_policy == "prior" else None
-        labels = sampling.labels_for(spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior)
+        labels = sampling.labels_for(
+            spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior
+        )
         counts += np.bincount(labels, minlength=spec.num_classes)
     return {str(label): int(count) for label, count in enumerate(counts) if count}
 

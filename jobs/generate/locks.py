@@ -23,8 +23,16 @@ from registry import holders
 from vae_core.errors import UsageError
 
 # The variables a boto3 client reads once, when it is made: a client is reused while they stay the same.
-S3_SETTINGS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID",
-               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+S3_SETTINGS = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
 _CLIENTS: dict[tuple[str | None, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
@@ -85,8 +93,10 @@ def _s3(storage: Storage, names: tuple[str, ...]) -> tuple[Any, str, str]:
     import boto3.session
 
     if not _is_s3(storage):
-        raise UsageError(f"output root {storage.location()}: vaegen can lock datasets only on a local filesystem or "
-                         "S3 (conditional writes); use one of those for --out")
+        raise UsageError(
+            f"output root {storage.location()}: vaegen can lock datasets only on a local filesystem or "
+            "S3 (conditional writes); use one of those for --out"
+        )
     bucket, _, key = storage.path(*names).partition("/")
     settings = tuple(os.environ.get(name) for name in S3_SETTINGS)
     with _CLIENTS_LOCK:  # creating clients is slow (~0.1 s) and not thread-safe; using one is both fast and safe
@@ -118,8 +128,11 @@ def writer_guard(storage: Storage, dataset_id: str) -> Iterator[None]:
     another host must be deleted by hand if its run died (the message names it).
     """
     name = f".{check_name(dataset_id)}.lock"
-    holder = {**holders.this_process(), "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "token": uuid.uuid4().hex}
+    holder = {
+        **holders.this_process(),
+        "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "token": uuid.uuid4().hex,
+    }
     created = storage._missing_local_folders()
     storage.fs.create_dir(storage.root, recursive=True)
     try:
@@ -156,11 +169,15 @@ def _lock_record(storage: Storage, dataset_id: str, name: str, holder: dict) -> 
 
 def _busy(storage: Storage, dataset_id: str, name: str, held: dict | None) -> DatasetBusy:
     held = held or {}
-    who = (f"pid {held.get('pid', '?')} on {held.get('host', '?')}, user {held.get('user', '?')}, "
-           f"since {held.get('since', '?')}")
+    who = (
+        f"pid {held.get('pid', '?')} on {held.get('host', '?')}, user {held.get('user', '?')}, "
+        f"since {held.get('since', '?')}"
+    )
     hint = "" if storage.is_local else f"; if that run is dead, delete {storage.location(name)}"
-    return DatasetBusy(f"dataset {storage.location(dataset_id)} is being written by another vaegen run ({who}); "
-                       f"wait for it to finish and rerun (the dataset will then be committed){hint}")
+    return DatasetBusy(
+        f"dataset {storage.location(dataset_id)} is being written by another vaegen run ({who}); "
+        f"wait for it to finish and rerun (the dataset will then be committed){hint}"
+    )
 
 
 def _parsed_record(raw: bytes | None) -> dict:

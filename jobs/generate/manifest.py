@@ -56,13 +56,21 @@ def schema_description(schema: pa.Schema) -> list[dict[str, str]]:
 PROVENANCE_REDACTED = "redacted"  # the manifest's `provenance` when names, hosts and locations were left out
 
 
-def progress_record(spec: DatasetSpec, model: dict[str, Any], run_id: str | None = None,
-                    device: str | None = None) -> dict[str, Any]:
+def progress_record(
+    spec: DatasetSpec, model: dict[str, Any], run_id: str | None = None, device: str | None = None
+) -> dict[str, Any]:
     """`device`: the workers' (cpu or cuda); a resume on the other one is refused, so that every part of a dataset
     comes from the device its manifest names."""
-    return {"format": FORMAT, "dataset_id": spec.dataset_id, "spec": spec.to_dict(),
-            "spec_fingerprint": spec.fingerprint(), "model": model, "started_at": utc_now(), "run_id": run_id,
-            "device": device}
+    return {
+        "format": FORMAT,
+        "dataset_id": spec.dataset_id,
+        "spec": spec.to_dict(),
+        "spec_fingerprint": spec.fingerprint(),
+        "model": model,
+        "started_at": utc_now(),
+        "run_id": run_id,
+        "device": device,
+    }
 
 
 def redacted(record: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +90,10 @@ def has_provenance(record: dict[str, Any]) -> bool:
 def check_provenance(committed: dict[str, Any], redact_provenance: bool, location: str) -> None:
     """A committed dataset is reused as it is: asking for less provenance than it records needs a rewrite."""
     if redact_provenance and has_provenance(committed):
-        raise UsageError(f"dataset {location} is committed with provenance (user, host, locations); "
-                         "--redact-provenance applies when a dataset is written: add --overwrite to rewrite it without")
+        raise UsageError(
+            f"dataset {location} is committed with provenance (user, host, locations); "
+            "--redact-provenance applies when a dataset is written: add --overwrite to rewrite it without"
+        )
 
 
 MAX_RECORD_STRING = 4_096  # the longest string a manifest may hold (ids, names, URIs, checksums)
@@ -97,13 +107,20 @@ def bound_problems(record: dict[str, Any]) -> list[str]:
         return [f"n = {n} and rows_per_shard = {rows_per_shard} must be positive, n at most 2**63 - 1"]
     shards = -(-n // rows_per_shard)
     if shards > MAX_SHARDS or len(record["files"]) > MAX_SHARDS:
-        return [f"n = {n:,} at rows_per_shard = {rows_per_shard:,} makes {shards:,} parts and files[] lists "
-                f"{len(record['files']):,}; a dataset has at most {MAX_SHARDS:,}"]
-    if not 1 <= record["latent_dim"] <= MAX_LATENT_DIM or not 1 <= len(shape) <= MAX_INPUT_RANK or not all(
-            isinstance(size, int) and 1 <= size <= MAX_INPUT_VALUES for size in shape) \
-            or math.prod(shape) > MAX_INPUT_VALUES:
-        return [f"latent_dim {record['latent_dim']} / sample_shape {str(shape)[:60]} exceed vaegen's caps "
-                f"(latent_dim {MAX_LATENT_DIM:,}, {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values)"]
+        return [
+            f"n = {n:,} at rows_per_shard = {rows_per_shard:,} makes {shards:,} parts and files[] lists "
+            f"{len(record['files']):,}; a dataset has at most {MAX_SHARDS:,}"
+        ]
+    if (
+        not 1 <= record["latent_dim"] <= MAX_LATENT_DIM
+        or not 1 <= len(shape) <= MAX_INPUT_RANK
+        or not all(isinstance(size, int) and 1 <= size <= MAX_INPUT_VALUES for size in shape)
+        or math.prod(shape) > MAX_INPUT_VALUES
+    ):
+        return [
+            f"latent_dim {record['latent_dim']} / sample_shape {str(shape)[:60]} exceed vaegen's caps "
+            f"(latent_dim {MAX_LATENT_DIM:,}, {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values)"
+        ]
     labels = record.get("labels") or {}
     for key in ("classes", "counts"):
         if not isinstance(labels.get(key) or [], (list, dict)) or len(labels.get(key) or []) > MAX_CLASSES:
@@ -149,13 +166,18 @@ def build(
     assert [part.shard for part in parts] == list(range(spec.num_shards)), "every shard must be committed once"
     assert sum(part.rows for part in parts) == spec.n, "shard rows must add up to n"
     record = describe(spec, model, lineage, label_counts)
-    record.update(files=[part.to_dict() for part in parts], total_bytes=sum(part.size_bytes for part in parts),
-                  timings=timings, execution=execution)
+    record.update(
+        files=[part.to_dict() for part in parts],
+        total_bytes=sum(part.size_bytes for part in parts),
+        timings=timings,
+        execution=execution,
+    )
     return redacted(record) if redact_provenance else record
 
 
-def describe(spec: DatasetSpec, model: dict[str, Any], lineage: dict[str, Any],
-             label_counts: dict[str, int] | None) -> dict[str, Any]:
+def describe(
+    spec: DatasetSpec, model: dict[str, Any], lineage: dict[str, Any], label_counts: dict[str, int] | None
+) -> dict[str, Any]:
     """The fields every manifest has, stored or recipe-only (jobs/generate/recipe.py), in their order."""
     from jobs.generate.parts import arrow_schema
 
@@ -172,8 +194,9 @@ def describe(spec: DatasetSpec, model: dict[str, Any], lineage: dict[str, Any],
         "compression_level": spec.compression_level,
         "latent_dim": spec.latent_dim,
         "sample_shape": list(spec.sample_shape),
-        "labels": None if spec.label_policy is None else {
-            "policy": spec.label_policy, "classes": list(spec.label_classes), "counts": label_counts},
+        "labels": None
+        if spec.label_policy is None
+        else {"policy": spec.label_policy, "classes": list(spec.label_classes), "counts": label_counts},
         "spec": spec.to_dict(),
         "spec_fingerprint": spec.fingerprint(),
         "schema": schema_description(arrow_schema(spec)),
@@ -223,8 +246,12 @@ def provenance_metadata(digest: str, model: dict[str, Any], registry: str | None
 
 def parquet_metadata(provenance: dict[str, Any]) -> dict[str, str]:
     """provenance_metadata as Parquet key-value metadata (strings; JSON for the generator)."""
-    return {"ai_generated": "true", "vaegen.generator": json.dumps(provenance["generator"], sort_keys=True),
-            "vaegen.seed_scheme": provenance["seed_scheme"], "vaegen.recipe_digest": provenance["recipe_digest"]}
+    return {
+        "ai_generated": "true",
+        "vaegen.generator": json.dumps(provenance["generator"], sort_keys=True),
+        "vaegen.seed_scheme": provenance["seed_scheme"],
+        "vaegen.recipe_digest": provenance["recipe_digest"],
+    }
 
 
 def record_provenance(record: dict[str, Any]) -> dict[str, Any]:

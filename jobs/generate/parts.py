@@ -35,13 +35,18 @@ MAX_CHECKSUM_CHARS = 128
 def sidecar_matches(sidecar: dict[str, Any], fingerprint: str, shard_range: tuple[int, int]) -> bool:
     """A part's sidecar (written after the part) vouches for it only if it is whole and names this spec and shard;
     anything else (edited, half-written, another spec's) means the part is written again."""
-    if not all(isinstance(sidecar.get(key), kind) and not isinstance(sidecar.get(key), bool)
-               for key, kind in SIDECAR_FIELDS.items()):
+    if not all(
+        isinstance(sidecar.get(key), kind) and not isinstance(sidecar.get(key), bool)
+        for key, kind in SIDECAR_FIELDS.items()
+    ):
         return False
     start, stop = shard_range
-    return (sidecar["spec_fingerprint"] == fingerprint
-            and (sidecar["first_sample_id"], sidecar["rows"]) == (start, stop - start)
-            and sidecar["size_bytes"] >= 0 and len(sidecar["checksum"]) <= MAX_CHECKSUM_CHARS)
+    return (
+        sidecar["spec_fingerprint"] == fingerprint
+        and (sidecar["first_sample_id"], sidecar["rows"]) == (start, stop - start)
+        and sidecar["size_bytes"] >= 0
+        and len(sidecar["checksum"]) <= MAX_CHECKSUM_CHARS
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +63,11 @@ class PartInfo:
 
     def to_dict(self) -> dict:
         """What the manifest and the sidecar record: the file, not how long it took."""
-        return {key: value for key, value in dataclasses.asdict(self).items()
-                if key not in ("reused", "decode_s", "encode_s")}
+        return {
+            key: value
+            for key, value in dataclasses.asdict(self).items()
+            if key not in ("reused", "decode_s", "encode_s")
+        }
 
 
 def x_type(spec: DatasetSpec, format_version: int = FORMAT_VERSION) -> pa.DataType:
@@ -89,8 +97,10 @@ def arrow_schema(spec: DatasetSpec, format_version: int = FORMAT_VERSION) -> pa.
         fields.append(pa.field("label", pa.int16(), nullable=False))
     x_metadata = {"dtype": spec.dtype, "shape": ",".join(map(str, spec.sample_shape)), "layout": spec.layout}
     fields.append(pa.field("x", x_type(spec, format_version), nullable=False, metadata=x_metadata))
-    return pa.schema(fields, metadata={"vaegen.format": f"vaegen-dataset/{format_version}",
-                                       "vaegen.spec_fingerprint": spec.fingerprint()})
+    return pa.schema(
+        fields,
+        metadata={"vaegen.format": f"vaegen-dataset/{format_version}", "vaegen.spec_fingerprint": spec.fingerprint()},
+    )
 
 
 def _nested(values: pa.Array, list_type: pa.DataType) -> pa.Array:
@@ -174,11 +184,22 @@ class PartWriter:
         sidecar = self.storage.read_json(self.dataset_id, SIDECAR_DIR, name + ".json")
         if sidecar is None or not sidecar_matches(sidecar, self.spec.fingerprint(), self.spec.shard_range(shard)):
             return None
-        if not self.storage.exists(self.dataset_id, name) or self.storage.size(self.dataset_id, name) != sidecar["size_bytes"]:
+        if (
+            not self.storage.exists(self.dataset_id, name)
+            or self.storage.size(self.dataset_id, name) != sidecar["size_bytes"]
+        ):
             return None
         if self.storage.checksum(self.dataset_id, name) != sidecar["checksum"]:
             return None
-        return PartInfo(shard, name, sidecar["first_sample_id"], sidecar["rows"], sidecar["size_bytes"], sidecar["checksum"], reused=True)
+        return PartInfo(
+            shard,
+            name,
+            sidecar["first_sample_id"],
+            sidecar["rows"],
+            sidecar["size_bytes"],
+            sidecar["checksum"],
+            reused=True,
+        )
 
     def write(self, shard: int) -> PartInfo:
         spec = self.spec
@@ -192,8 +213,10 @@ class PartWriter:
             encode_s[0] += time.perf_counter() - began
 
         with self.storage.atomic_writer(self.dataset_id, name) as stream:
-            with parquet_writer(stream, self.schema, spec) as writer, \
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool:
+            with (
+                parquet_writer(stream, self.schema, spec) as writer,
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool,
+            ):
                 pending: Future | None = None
                 for block_start, block_stop in block_ranges(start, stop, spec.block_rows):
                     began = time.perf_counter()
@@ -206,8 +229,16 @@ class PartWriter:
                     pending = pool.submit(encode, batch)
                 if pending is not None:
                     pending.result()
-        info = PartInfo(shard, name, start, stop - start, stream.size_bytes, stream.digest.hexdigest(),
-                        decode_s=decode_s, encode_s=encode_s[0])
+        info = PartInfo(
+            shard,
+            name,
+            start,
+            stop - start,
+            stream.size_bytes,
+            stream.digest.hexdigest(),
+            decode_s=decode_s,
+            encode_s=encode_s[0],
+        )
         self.storage.write_json(
             {**info.to_dict(), "spec_fingerprint": spec.fingerprint()}, self.dataset_id, SIDECAR_DIR, name + ".json"
         )

@@ -55,7 +55,8 @@ class Predictor:
             raise IncompatibleWeights(
                 f"model {spec.model_name}/{spec.model_version} does not load: its config.json and weights.npz "
                 f"disagree ({' '.join(first.split())}); this version is broken and the dataset cannot be resumed: "
-                "retrain it or pick another version") from None
+                "retrain it or pick another version"
+            ) from None
         self.decoder.to(device).eval()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -65,7 +66,9 @@ class Predictor:
         rows = {"sample_id": ids, "seed": seeds, "z": z}
         labels = None
         if spec.label_policy is not None:
-            labels = sampling.labels_for(spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior)
+            labels = sampling.labels_for(
+                spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior
+            )
             rows["label"] = labels
         x = sampling.decode(self.decoder, z, labels, self.device)  # (N, *sample_shape) float32
         if not np.isfinite(x).all():

@@ -31,8 +31,9 @@ def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]
             record = storage.read_json(name, MANIFEST)
             finished_at = str(record["timings"]["finished_at"])
         except (OSError, ValueError, KeyError, TypeError, VaegenError) as error:
-            unreadable.append(f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} "
-                              f"({type(error).__name__})")
+            unreadable.append(
+                f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} ({type(error).__name__})"
+            )
             continue
         found.append((finished_at, name, record))
     return [(name, record) for _, name, record in sorted(found)], unreadable
@@ -68,8 +69,10 @@ def resolve(location: str) -> str:
     if reference == LATEST:
         dataset_id = latest_dataset(storage)
         if dataset_id is None:
-            raise UsageError(f"{storage.location()} has no readable `latest`: nothing is published there yet "
-                             "(`vaegen refresh` or `vaegen generate --publish` publishes)")
+            raise UsageError(
+                f"{storage.location()} has no readable `latest`: nothing is published there yet "
+                "(`vaegen refresh` or `vaegen generate --publish` publishes)"
+            )
         return storage.location(dataset_id)
     match = VERSION_REFERENCE.fullmatch(reference)
     if match is None:
@@ -77,13 +80,18 @@ def resolve(location: str) -> str:
 
         tagged = tags(storage).get(reference)
         if tagged is None:
-            raise UsageError(f"{location}: no tag {reference!r} under {storage.location()}; use ROOT@latest, ROOT@vN "
-                             "(a model version) or ROOT@TAG (`vaegen datasets ROOT` lists the tags)")
+            raise UsageError(
+                f"{location}: no tag {reference!r} under {storage.location()}; use ROOT@latest, ROOT@vN "
+                "(a model version) or ROOT@TAG (`vaegen datasets ROOT` lists the tags)"
+            )
         return storage.location(tagged["dataset_id"])
     version, named = int(match["version"]), latest_dataset(storage)
-    published = [dataset_id for dataset_id, record in committed_datasets(storage)[0]
-                 if record.get("model", {}).get("version") == version
-                 and (dataset_id == named or _was_published(storage, dataset_id))]
+    published = [
+        dataset_id
+        for dataset_id, record in committed_datasets(storage)[0]
+        if record.get("model", {}).get("version") == version
+        and (dataset_id == named or _was_published(storage, dataset_id))
+    ]
     if not published:
         raise UsageError(f"{location}: no published dataset of model version {version} under {storage.location()}")
     return storage.location(published[-1])
@@ -105,21 +113,49 @@ def listing(storage: Storage) -> list[dict[str, Any]]:
     rows = []
     for dataset_id, record in committed:
         audit_record = _read_audit(storage, dataset_id)
-        states = (["published"] if dataset_id == named else [])
+        states = ["published"] if dataset_id == named else []
         states += [f"tagged {name}" for name, tag in sorted(tag_records.items()) if tag["dataset_id"] == dataset_id]
         states += [f"leased x{live.count(dataset_id)}"] if dataset_id in live else []
         if audit_record and audit_record.get("verdict") == "fail":
             states.append("unpublished")
-        rows.append({"dataset_id": dataset_id, "model_version": record.get("model", {}).get("version"),
-                     "n": record.get("n"), "bytes": record.get("total_bytes"), "states": states,
-                     "audit": (audit_record or {}).get("verdict", "none")})
-    rows += [{"dataset_id": problem.split(":", 1)[0], "model_version": None, "n": None, "bytes": None,
-              "states": ["unreadable"], "audit": "none"} for problem in unreadable]
+        rows.append(
+            {
+                "dataset_id": dataset_id,
+                "model_version": record.get("model", {}).get("version"),
+                "n": record.get("n"),
+                "bytes": record.get("total_bytes"),
+                "states": states,
+                "audit": (audit_record or {}).get("verdict", "none"),
+            }
+        )
+    rows += [
+        {
+            "dataset_id": problem.split(":", 1)[0],
+            "model_version": None,
+            "n": None,
+            "bytes": None,
+            "states": ["unreadable"],
+            "audit": "none",
+        }
+        for problem in unreadable
+    ]
     for name in storage.list():
-        if not name.startswith((".", "_")) and name != LATEST and storage.exists(name, PROGRESS) \
-                and not storage.exists(name, MANIFEST):
-            rows.append({"dataset_id": name, "model_version": None, "n": None, "bytes": None, "states": ["unfinished"],
-                         "audit": "none"})
+        if (
+            not name.startswith((".", "_"))
+            and name != LATEST
+            and storage.exists(name, PROGRESS)
+            and not storage.exists(name, MANIFEST)
+        ):
+            rows.append(
+                {
+                    "dataset_id": name,
+                    "model_version": None,
+                    "n": None,
+                    "bytes": None,
+                    "states": ["unfinished"],
+                    "audit": "none",
+                }
+            )
     return rows
 
 

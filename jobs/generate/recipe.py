@@ -37,13 +37,23 @@ def recipe_id(spec: DatasetSpec) -> str:
     return spec.dataset_id + RECIPE_SUFFIX
 
 
-def build(spec: DatasetSpec, model: dict[str, Any], tracking_uri: str, label_counts: dict[str, int] | None,
-          redact_provenance: bool) -> dict[str, Any]:
-    record = manifest.describe(spec, model, {"tracking_uri": tracking_uri, "run_id": None, "experiment": None},
-                               label_counts)
-    record.update(format=RECIPE_FORMAT, dataset_id=recipe_id(spec), recipe_only=True,
-                  timings={"started_at": manifest.utc_now(), "finished_at": manifest.utc_now(), "seconds": 0.0},
-                  execution={"device": "cpu"})  # the reference bits: a CPU decodes them exactly
+def build(
+    spec: DatasetSpec,
+    model: dict[str, Any],
+    tracking_uri: str,
+    label_counts: dict[str, int] | None,
+    redact_provenance: bool,
+) -> dict[str, Any]:
+    record = manifest.describe(
+        spec, model, {"tracking_uri": tracking_uri, "run_id": None, "experiment": None}, label_counts
+    )
+    record.update(
+        format=RECIPE_FORMAT,
+        dataset_id=recipe_id(spec),
+        recipe_only=True,
+        timings={"started_at": manifest.utc_now(), "finished_at": manifest.utc_now(), "seconds": 0.0},
+        execution={"device": "cpu"},
+    )  # the reference bits: a CPU decodes them exactly
     return manifest.redacted(record) if redact_provenance else record
 
 
@@ -53,8 +63,9 @@ def recipe_problems(record: dict[str, Any]) -> list[str]:
     if not dataset_id.endswith(RECIPE_SUFFIX):
         return [f"manifest: a recipe's dataset id ends in {RECIPE_SUFFIX!r}, got {dataset_id!r}"]
     try:
-        spec = spec_from_record({**record, "dataset_id": dataset_id.removesuffix(RECIPE_SUFFIX)},
-                                dataset_id.removesuffix(RECIPE_SUFFIX))
+        spec = spec_from_record(
+            {**record, "dataset_id": dataset_id.removesuffix(RECIPE_SUFFIX)}, dataset_id.removesuffix(RECIPE_SUFFIX)
+        )
     except UsageError as error:
         return [f"manifest: {error}"]
     problems = [] if not record["files"] and record["total_bytes"] == 0 else ["manifest: a recipe lists no files"]
@@ -69,12 +80,16 @@ def balanced_counts(spec: DatasetSpec) -> dict[str, int] | None:
     if spec.label_policy != "balanced":
         return None
     classes, n = spec.label_classes, spec.n
-    return {str(label): n // len(classes) + (index < n % len(classes)) for index, label in enumerate(classes)
-            if n // len(classes) + (index < n % len(classes))}
+    return {
+        str(label): n // len(classes) + (index < n % len(classes))
+        for index, label in enumerate(classes)
+        if n // len(classes) + (index < n % len(classes))
+    }
 
 
-def generate_recipe(config: GenerateConfig, log: Callable[[str], None],
-                    pinned: PinnedModel | None = None) -> GenerateResult:
+def generate_recipe(
+    config: GenerateConfig, log: Callable[[str], None], pinned: PinnedModel | None = None
+) -> GenerateResult:
     from registry import models, tracking
 
     storage: Storage = storage_from_env(config.out)
@@ -84,8 +99,10 @@ def generate_recipe(config: GenerateConfig, log: Callable[[str], None],
     seed = secrets.randbits(32) if config.seed is None else config.seed
     spec = dataset_spec(config, pinned, models.version_config(pinned), seed)
     dataset_id = recipe_id(spec)
-    log(f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), recipe {dataset_id}, seed {seed}"
-        + (" (random: pass --seed to reproduce)" if config.seed is None else ""))
+    log(
+        f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), recipe {dataset_id}, seed {seed}"
+        + (" (random: pass --seed to reproduce)" if config.seed is None else "")
+    )
     with contextlib.ExitStack() as guard:
         guard.enter_context(storage.writer_guard(dataset_id))
         if config.overwrite:
@@ -93,11 +110,15 @@ def generate_recipe(config: GenerateConfig, log: Callable[[str], None],
         committed = storage.read_json(dataset_id, manifest.MANIFEST)
         if committed is not None:
             if committed.get("spec_fingerprint") != spec.fingerprint():
-                raise UsageError(f"recipe {storage.location(dataset_id)} is committed with other options; use the same "
-                                 "options, another --out, or --overwrite")
-            return GenerateResult(dataset_id, storage.location(dataset_id), "up-to-date", committed,
-                                  config.seed is None)
-        record = build(spec, dataclasses.asdict(pinned), tracking.shown_uri(), balanced_counts(spec),
-                       config.redact_provenance)
+                raise UsageError(
+                    f"recipe {storage.location(dataset_id)} is committed with other options; use the same "
+                    "options, another --out, or --overwrite"
+                )
+            return GenerateResult(
+                dataset_id, storage.location(dataset_id), "up-to-date", committed, config.seed is None
+            )
+        record = build(
+            spec, dataclasses.asdict(pinned), tracking.shown_uri(), balanced_counts(spec), config.redact_provenance
+        )
         storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit, atomic, and the whole dataset
     return GenerateResult(dataset_id, storage.location(dataset_id), "recipe", record, config.seed is None)

@@ -49,13 +49,17 @@ def check_sizes(n: int | None, rows_per_shard: int, block_rows: int) -> None:
         raise UsageError(f"--batch-size must be a positive integer, got {block_rows}")
     shards = -(-n // rows_per_shard) if n is not None else 0
     if shards > MAX_SHARDS:
-        raise UsageError(f"--n {n:,} at --rows-per-shard {rows_per_shard:,} makes {shards:,} part files, more than "
-                         f"{MAX_SHARDS:,} (part names have 5 digits); raise --rows-per-shard or lower --n "
-                         f"(at most {MAX_SHARDS * rows_per_shard:,} at this shard size)")
+        raise UsageError(
+            f"--n {n:,} at --rows-per-shard {rows_per_shard:,} makes {shards:,} part files, more than "
+            f"{MAX_SHARDS:,} (part names have 5 digits); raise --rows-per-shard or lower --n "
+            f"(at most {MAX_SHARDS * rows_per_shard:,} at this shard size)"
+        )
     most_block_rows = max(rows_per_shard, DEFAULT_BLOCK_ROWS)
     if block_rows > most_block_rows:
-        raise UsageError(f"--batch-size {block_rows:,} is larger than a shard (--rows-per-shard {rows_per_shard:,}): "
-                         f"each shard would decode rows it never writes; use at most {most_block_rows:,}")
+        raise UsageError(
+            f"--batch-size {block_rows:,} is larger than a shard (--rows-per-shard {rows_per_shard:,}): "
+            f"each shard would decode rows it never writes; use at most {most_block_rows:,}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +89,10 @@ class DatasetSpec:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise UsageError(f"{name} must be an integer, got {value!r}")
         if not isinstance(self.model_name, str) or not MODEL_NAME.fullmatch(self.model_name):
-            raise UsageError(f"model name {self.model_name!r} cannot name a dataset folder: use letters, digits and "
-                             ". _ + -, starting with a letter or digit, at most 128 characters; register the model under such a name")
+            raise UsageError(
+                f"model name {self.model_name!r} cannot name a dataset folder: use letters, digits and "
+                ". _ + -, starting with a letter or digit, at most 128 characters; register the model under such a name"
+            )
         if self.model_version < 1:
             raise UsageError(f"model version must be a positive integer, got {self.model_version}")
         check_sizes(self.n, self.rows_per_shard, self.block_rows)
@@ -105,35 +111,60 @@ class DatasetSpec:
         """What the model contributes, within vae_core.config's caps: a spec read back from a record on disk is
         bounded before anything (a label list, a decode block) is built from it."""
         shape, classes, prior = self.sample_shape, self.label_classes, self.class_prior
-        if not isinstance(shape, tuple) or not 1 <= len(shape) <= MAX_INPUT_RANK \
-                or not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in shape) \
-                or math.prod(shape) > MAX_INPUT_VALUES or not 1 <= self.latent_dim <= MAX_LATENT_DIM:
-            raise UsageError(f"sample shape {str(shape)[:60]} / latent_dim {self.latent_dim} are not a decoder's "
-                             f"(at most {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values, "
-                             f"latent_dim {MAX_LATENT_DIM:,})")
+        if (
+            not isinstance(shape, tuple)
+            or not 1 <= len(shape) <= MAX_INPUT_RANK
+            or not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in shape)
+            or math.prod(shape) > MAX_INPUT_VALUES
+            or not 1 <= self.latent_dim <= MAX_LATENT_DIM
+        ):
+            raise UsageError(
+                f"sample shape {str(shape)[:60]} / latent_dim {self.latent_dim} are not a decoder's "
+                f"(at most {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values, "
+                f"latent_dim {MAX_LATENT_DIM:,})"
+            )
         if not 0 <= self.num_classes <= MAX_CLASSES:
             raise UsageError(f"num_classes must lie in [0, {MAX_CLASSES:,}], got {self.num_classes:,}")
-        if not isinstance(classes, tuple) or len(classes) > self.num_classes or not all(
-                isinstance(label, int) and not isinstance(label, bool) and 0 <= label < self.num_classes for label in classes):
-            raise UsageError(f"label classes {str(classes)[:60]} must be at most num_classes = {self.num_classes} "
-                             f"integers in 0..{self.num_classes - 1}")
-        if not isinstance(prior, tuple) or len(prior) not in (0, self.num_classes) or not all(
-                isinstance(value, (int, float)) and not isinstance(value, bool) for value in prior):
+        if (
+            not isinstance(classes, tuple)
+            or len(classes) > self.num_classes
+            or not all(
+                isinstance(label, int) and not isinstance(label, bool) and 0 <= label < self.num_classes
+                for label in classes
+            )
+        ):
+            raise UsageError(
+                f"label classes {str(classes)[:60]} must be at most num_classes = {self.num_classes} "
+                f"integers in 0..{self.num_classes - 1}"
+            )
+        if (
+            not isinstance(prior, tuple)
+            or len(prior) not in (0, self.num_classes)
+            or not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in prior)
+        ):
             raise UsageError(f"class prior {str(prior)[:60]} must be num_classes = {self.num_classes} numbers")
-        if self.label_policy not in (None, "balanced", "prior") or (self.label_policy is None) != (self.num_classes == 0):
-            raise UsageError(f"label policy {str(self.label_policy)[:40]!r} does not fit num_classes = {self.num_classes}")
+        if self.label_policy not in (None, "balanced", "prior") or (self.label_policy is None) != (
+            self.num_classes == 0
+        ):
+            raise UsageError(
+                f"label policy {str(self.label_policy)[:40]!r} does not fit num_classes = {self.num_classes}"
+            )
 
     def _check_plan(self) -> None:
         """Bounds that keep a plan runnable: every limit names the option that reaches it."""
         max_rows_per_shard = max(1, MAX_PART_BYTES // self.row_bytes)
         if self.rows_per_shard > max_rows_per_shard:
-            raise UsageError(f"--rows-per-shard {self.rows_per_shard:,} makes parts of about "
-                             f"{self.rows_per_shard * self.row_bytes / 2**30:,.1f} GiB; the most is {MAX_PART_BYTES >> 30} GiB "
-                             f"(one S3 copy commits a part): use at most {max_rows_per_shard:,}")
+            raise UsageError(
+                f"--rows-per-shard {self.rows_per_shard:,} makes parts of about "
+                f"{self.rows_per_shard * self.row_bytes / 2**30:,.1f} GiB; the most is {MAX_PART_BYTES >> 30} GiB "
+                f"(one S3 copy commits a part): use at most {max_rows_per_shard:,}"
+            )
         block_bytes = self.block_rows * math.prod(self.sample_shape) * 4
         if block_bytes > MAX_BLOCK_BYTES:
-            raise UsageError(f"--batch-size {self.block_rows:,} decodes {block_bytes / 2**30:,.1f} GiB per block; the most is "
-                             f"{MAX_BLOCK_BYTES >> 30} GiB: use at most {MAX_BLOCK_BYTES // (math.prod(self.sample_shape) * 4):,}")
+            raise UsageError(
+                f"--batch-size {self.block_rows:,} decodes {block_bytes / 2**30:,.1f} GiB per block; the most is "
+                f"{MAX_BLOCK_BYTES >> 30} GiB: use at most {MAX_BLOCK_BYTES // (math.prod(self.sample_shape) * 4):,}"
+            )
 
     @property
     def row_bytes(self) -> int:
@@ -189,16 +220,22 @@ def spec_from_record(record: dict[str, Any], dataset_id: str) -> DatasetSpec:
         recorded_id, fingerprint = record["dataset_id"], record["spec_fingerprint"]
         model_matches = model["name"] == spec.model_name and model["version"] == spec.model_version
     except (KeyError, TypeError, AttributeError) as error:
-        raise UsageError(f"{where} is not a vaegen dataset record ({type(error).__name__}: {error}); "
-                         "generate the dataset anew instead of resuming it") from None
+        raise UsageError(
+            f"{where} is not a vaegen dataset record ({type(error).__name__}: {error}); "
+            "generate the dataset anew instead of resuming it"
+        ) from None
     except UsageError as error:
         raise UsageError(f"{where} is refused: {error}") from None
     if spec.dataset_id != dataset_id or recorded_id != dataset_id:
-        raise UsageError(f"{where} describes dataset {spec.dataset_id!r}, not {dataset_id!r}; a dataset is resumed "
-                         "only in the folder named by its id")
+        raise UsageError(
+            f"{where} describes dataset {spec.dataset_id!r}, not {dataset_id!r}; a dataset is resumed "
+            "only in the folder named by its id"
+        )
     if fingerprint != spec.fingerprint() or not model_matches:
-        raise UsageError(f"{where} is inconsistent (its spec, fingerprint and model disagree); "
-                         "generate the dataset anew instead of resuming it")
+        raise UsageError(
+            f"{where} is inconsistent (its spec, fingerprint and model disagree); "
+            "generate the dataset anew instead of resuming it"
+        )
     return spec
 
 

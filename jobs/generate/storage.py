@@ -87,10 +87,21 @@ def open_regular(path: str) -> int:
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            kind = "FIFO" if stat.S_ISFIFO(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
-                "folder" if stat.S_ISDIR(mode) else "socket" if stat.S_ISSOCK(mode) else "special file"
-            raise NotRegularFile(f"{path} is a {kind}, not a regular file; vaegen reads records and parts only from "
-                                 "regular files: remove it, or regenerate the dataset (generate --overwrite)")
+            kind = (
+                "FIFO"
+                if stat.S_ISFIFO(mode)
+                else "device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "folder"
+                if stat.S_ISDIR(mode)
+                else "socket"
+                if stat.S_ISSOCK(mode)
+                else "special file"
+            )
+            raise NotRegularFile(
+                f"{path} is a {kind}, not a regular file; vaegen reads records and parts only from "
+                "regular files: remove it, or regenerate the dataset (generate --overwrite)"
+            )
         os.set_blocking(descriptor, True)
     except BaseException:
         os.close(descriptor)
@@ -108,10 +119,17 @@ def split_location(location: str) -> tuple[str, str]:
 
 def check_name(name: str) -> str:
     """One plain path component: joined under a root, it can only name something inside it."""
-    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
-            or any(ord(character) < 32 for character in name)):
-        raise UsageError(f"{name!r} is not a plain file or folder name (no '/', '..', or control characters); "
-                         "a dataset id or file name can only name something inside its root")
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or any(ord(character) < 32 for character in name)
+    ):
+        raise UsageError(
+            f"{name!r} is not a plain file or folder name (no '/', '..', or control characters); "
+            "a dataset id or file name can only name something inside its root"
+        )
     return name
 
 
@@ -122,17 +140,23 @@ class Storage:
         if has_scheme(root):
             shown = redact_uri(root)
             if has_credentials(root):
-                raise UsageError(f"output root {shown} carries credentials; give the bare URI and set "
-                                 "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL_S3) instead")
+                raise UsageError(
+                    f"output root {shown} carries credentials; give the bare URI and set "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL_S3) instead"
+                )
             if "?" in root:
-                raise UsageError(f"output root {shown} has a query string; give the bare URI and set the endpoint and "
-                                 "credentials in AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+                raise UsageError(
+                    f"output root {shown} has a query string; give the bare URI and set the endpoint and "
+                    "credentials in AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                )
             self.uri = root
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(root)
             except Exception as error:  # pyarrow raises several types for unusable URIs
-                raise UsageError(f"output root {shown} is not a usable location ({redact_text(str(error))}); "
-                                 "use a local path or s3://bucket/prefix") from None
+                raise UsageError(
+                    f"output root {shown} is not a usable location ({redact_text(str(error))}); "
+                    "use a local path or s3://bucket/prefix"
+                ) from None
         else:  # a path, never parsed as a URI: '#', '%41', ' ' and 'é' are just characters
             self.uri = self.root = str(Path(root).expanduser().resolve())
             self.fs = pafs.LocalFileSystem()
@@ -165,8 +189,10 @@ class Storage:
         written = sum(size for name, size in self.listing(dataset_id).items() if size is not None)
         missing = needed_bytes - written
         if missing > free:
-            raise UsageError(f"{self.location(dataset_id)} needs about {missing / 1e9:,.1f} GB more but its filesystem has "
-                             f"{free / 1e9:,.1f} GB free; free some space, choose another --out, or lower --n")
+            raise UsageError(
+                f"{self.location(dataset_id)} needs about {missing / 1e9:,.1f} GB more but its filesystem has "
+                f"{free / 1e9:,.1f} GB free; free some space, choose another --out, or lower --n"
+            )
 
     def check_writable(self) -> None:
         """Fail early, before any work, if the root is a file or cannot be written; leave no trace either way
@@ -183,7 +209,9 @@ class Storage:
                 stream.write(b"ok")
             self.fs.delete_file(probe)
         except OSError as error:
-            raise UsageError(f"output root {self.location()} is not writable ({error}); fix its permissions or choose another --out") from None
+            raise UsageError(
+                f"output root {self.location()} is not writable ({error}); fix its permissions or choose another --out"
+            ) from None
         finally:
             for folder in reversed(created):  # deepest first; rmdir removes only empty folders, so never another run's
                 with contextlib.suppress(OSError):
@@ -198,9 +226,11 @@ class Storage:
         while folder and "/" in folder:
             if self.fs.get_file_info(f"{folder}/{MANIFEST}").type != pafs.FileType.NotFound:
                 shown = folder if self.is_local else redact_uri(f"{self.fs.type_name}://{folder}")
-                raise UsageError(f"output root {self.location()} is inside the committed dataset {shown} (it holds "
-                                 f"{MANIFEST}); writing there would damage it: choose an --out outside it, e.g. "
-                                 "its parent")
+                raise UsageError(
+                    f"output root {self.location()} is inside the committed dataset {shown} (it holds "
+                    f"{MANIFEST}); writing there would damage it: choose an --out outside it, e.g. "
+                    "its parent"
+                )
             folder = folder.rpartition("/")[0]
 
     def _missing_local_folders(self) -> list[Path]:
@@ -244,8 +274,10 @@ class Storage:
                 reason = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
         if reason is not None:
             what = names[-1].removeprefix("_").removesuffix(".json")
-            raise CorruptRecord(f"corrupt {what} at {self.location(*names)}: {reason}; "
-                                "regenerate the dataset (generate --overwrite) or delete it")
+            raise CorruptRecord(
+                f"corrupt {what} at {self.location(*names)}: {reason}; "
+                "regenerate the dataset (generate --overwrite) or delete it"
+            )
         return record
 
     def checksum(self, *names: str) -> str:
@@ -269,8 +301,10 @@ class Storage:
     def listing(self, *names: str) -> dict[str, int | None]:
         """{base name: size in bytes, None for a folder} directly under a folder, in one call; {} if it does not exist."""
         selector = pafs.FileSelector(self.path(*names), allow_not_found=True)
-        return {info.base_name: info.size if info.type == pafs.FileType.File else None
-                for info in self.fs.get_file_info(selector)}
+        return {
+            info.base_name: info.size if info.type == pafs.FileType.File else None
+            for info in self.fs.get_file_info(selector)
+        }
 
     @contextlib.contextmanager
     def atomic_writer(self, *names: str) -> Iterator[HashingStream]:
@@ -314,9 +348,16 @@ def lock_fields(record: Any) -> dict[str, Any]:
     dropped, so a hand-edited record can neither crash its reader nor flood the message that names its holder."""
     if not isinstance(record, dict):
         return {}
-    return {key: value for key, value in record.items() if isinstance(key, str) and len(key) <= MAX_LOCK_FIELD_CHARS
-            and ((isinstance(value, (int, float)) and not isinstance(value, bool))
-                 or (isinstance(value, str) and len(value) <= MAX_LOCK_FIELD_CHARS and value.isprintable()))}
+    return {
+        key: value
+        for key, value in record.items()
+        if isinstance(key, str)
+        and len(key) <= MAX_LOCK_FIELD_CHARS
+        and (
+            (isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (isinstance(value, str) and len(value) <= MAX_LOCK_FIELD_CHARS and value.isprintable())
+        )
+    }
 
 
 def parse_lock(data: bytes) -> dict[str, Any]:
@@ -334,7 +375,6 @@ def storage_from_env(out: str | None) -> Storage:
     from jobs.generate.config import output_root
 
     return Storage(output_root(out))
-
 
 
 def json_bytes(data: dict) -> bytes:
