@@ -86,6 +86,7 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
         os.environ.setdefault("VAEGEN_CACHE", str(store / "cache"))
         import generate as bench
+
         from jobs import report
 
         if args.untrained:

@@ -82,7 +82,7 @@ class WorkerMemoryPoller:
                     continue
             self.stop.wait(0.2)
 
-    def __enter__(self) -> "WorkerMemoryPoller":
+    def __enter__(self) -> WorkerMemoryPoller:
         self.thread.start()
         return self
 
@@ -342,7 +342,6 @@ def setup_conv_model(store: Path) -> str:
 
     from jobs.train import TrainJobConfig
     from registry import models
-    from vae_core.config import TrainConfig
     from vae_core.training import model_config_for, train
 
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")

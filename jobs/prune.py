@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import uuid
 
-from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate import holds
+from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate.published import committed_datasets
 from jobs.generate.storage import Storage
 from vae_core.errors import VaegenError

@@ -19,7 +19,8 @@ import atexit
 import dataclasses
 import math
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +89,7 @@ def shaped_x(batch: pa.Table) -> pa.Table:
     return batch.set_column(index, pa.field("x", column.type, nullable=False, metadata=field.metadata), column)
 
 
-def ray_dataset(location: str, **read_options: Any) -> "ray.data.Dataset":
+def ray_dataset(location: str, **read_options: Any) -> ray.data.Dataset:
     """A dataset folder as a Ray Dataset whose batches hold x as (B, *shape) arrays (shaped_x).
 
     Ray is reached as `vaegen generate` reaches it (jobs.generate.engine.connect): RAY_ADDRESS when set,
@@ -144,7 +145,7 @@ class Dataset:
         if self.lease is not None:
             self.lease.release()
 
-    def __enter__(self) -> "Dataset":
+    def __enter__(self) -> Dataset:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -235,13 +236,13 @@ class Dataset:
         world_size: int | None = None,
         source: str = "stored",
         device: str = "cpu",
-    ) -> "TorchDataset":
+    ) -> TorchDataset:
         """A torch IterableDataset over the parts (see TorchDataset); columns default to x and label.
         source="decode" regenerates the rows on `device` from the pinned model the manifest names."""
         names = self._columns(columns if columns is not None else ["x", "label"] if self.has_labels else ["x"])
         return torch_dataset_class()(self, names, shuffle, seed, batch_size, rank, world_size, source, device)
 
-    def hf_features(self) -> "datasets.Features":
+    def hf_features(self) -> datasets.Features:
         """The columns as Hugging Face features; x as Array2D..Array5D (any layout: the reader decodes it)."""
         import datasets
 
@@ -263,7 +264,7 @@ class Dataset:
             features["x"] = array_types[len(self.sample_shape)](shape=self.sample_shape, dtype=self.dtype)
         return datasets.Features(features)
 
-    def to_hf(self, streaming: bool = False) -> "datasets.Dataset | datasets.IterableDataset":
+    def to_hf(self, streaming: bool = False) -> datasets.Dataset | datasets.IterableDataset:
         """A Hugging Face dataset of every column. In memory unless streaming (an IterableDataset that
         reads a row group at a time and shards the parts over DataLoader workers); for a
         memory-mapped copy in Hugging Face's cache, `load_dataset(DIR)` reads the card instead."""

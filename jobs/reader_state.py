@@ -18,7 +18,8 @@ imports torch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from vae_core.errors import UsageError
 

@@ -24,7 +24,8 @@ import secrets
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from jobs import audit, metrics
 from jobs.generate import card, locks

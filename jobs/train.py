@@ -6,8 +6,9 @@ import dataclasses
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ class TrainJobConfig:
     @classmethod
     def for_architecture(
         cls, architecture: str, train: dict[str, Any] | None = None, **fields: Any
-    ) -> "TrainJobConfig":
+    ) -> TrainJobConfig:
         """An architecture's recipe (vae_core.config.RECIPES), any job or TrainConfig field overridden."""
         if architecture not in RECIPES:
             raise UsageError(f"--arch must be one of {', '.join(RECIPES)}, got {architecture!r}")
@@ -108,7 +109,7 @@ class TrainingProgress:
         self.training: Progress | None = None
         self.flow: Progress | None = None
 
-    def __enter__(self) -> "TrainingProgress":
+    def __enter__(self) -> TrainingProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -15,8 +15,9 @@ import re
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import mlflow
 from mlflow.data.dataset_source import DatasetSource
@@ -29,7 +30,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from registry import descriptions, filters
 from registry.pinned import PinnedModel
-
 
 DATASETS_EXPERIMENT = "vaegen-datasets"  # dataset runs of versions without a logged model here
 REFRESH_EXPERIMENT = "vaegen-refresh"
@@ -58,14 +58,14 @@ class DataSpecSource(DatasetSource):
         return False  # never claims a source someone else logged
 
     @classmethod
-    def _resolve(cls, raw_source: Any) -> "DataSpecSource":
+    def _resolve(cls, raw_source: Any) -> DataSpecSource:
         raise NotImplementedError("construct DataSpecSource(spec) directly")
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec}
 
     @classmethod
-    def from_dict(cls, source_dict: dict[Any, Any]) -> "DataSpecSource":
+    def from_dict(cls, source_dict: dict[Any, Any]) -> DataSpecSource:
         return cls(source_dict["spec"])
 
 
@@ -241,7 +241,7 @@ def _model_experiment(client: mlflow.MlflowClient, model_id: str | None) -> str:
 
 
 @contextlib.contextmanager
-def dataset_run(dataset_id: str, fingerprint: str, model: "PinnedModel", params: dict[str, Any]) -> Iterator[JobRun]:
+def dataset_run(dataset_id: str, fingerprint: str, model: PinnedModel, params: dict[str, Any]) -> Iterator[JobRun]:
     """job_run for one generated dataset, linked both ways to the version it came from: the run
     sits in the experiment of the version's logged model and has that model as an input (its page
     shows the model and the registered version); its metrics name the model and the dataset (the

@@ -19,12 +19,14 @@ import socket
 import tempfile
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from registry import descriptions, holders
+from registry.artifacts import RefusedVersion
 from registry.models import (
     LOCK_MARK,
     MODEL_ARTIFACT,
@@ -37,7 +39,6 @@ from registry.models import (
     resolve,
     version_refusal,
 )
-from registry.artifacts import RefusedVersion
 from registry.redaction import redact_uri
 from vae_core.errors import UsageError, VaegenError
 
@@ -71,7 +72,7 @@ class PromotionConfig:
     elbo_tolerance_nats: float = 0.5  # seed-to-seed noise of held-out -ELBO on digits is ~0.3 nats
     force: bool = False  # promote even when the ELBO or quality gate has nothing to compare with; never past a failure
     probe_rows: int = 256  # decoded by the load gate: seed-scheme rows 0..255 of dataset seed 0
-    quality: "QualityThresholds | None" = None  # None skips gate 3; the CLI passes the defaults
+    quality: QualityThresholds | None = None  # None skips gate 3; the CLI passes the defaults
     # What generate and refresh write from the alias (x's shape, a label column) changes only when asked by name:
     # --force, meant for "nothing to compare with", never does it.
     allow_schema_change: bool = False

@@ -13,7 +13,8 @@ import dataclasses
 import hashlib
 import hmac
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from registry.redaction import redact_uri
 from vae_core.errors import UsageError

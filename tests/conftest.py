@@ -14,10 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+
 from ray_cluster import (
     TAG_VARIABLE,
     RayEnv,
@@ -677,6 +679,7 @@ def private_local_ray(num_cpus: int = 2, num_gpus: int | None = None) -> Iterato
     import logging
 
     import ray
+
     from ray_cluster import make_ray_env, stop_tagged
 
     env = make_ray_env()

@@ -15,14 +15,14 @@ import tempfile
 import time
 import traceback
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from jobs.generate import inspect, manifest
+from jobs.generate import inspect, locks, manifest
 from jobs.generate.spec import DatasetSpec, spec_from_record
-from jobs.generate import locks
 from jobs.generate.storage import Storage, check_name, parse_lock
 from registry import artifacts
 from vae_core.errors import VaegenError

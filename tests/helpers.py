@@ -4,9 +4,9 @@ errors, read a dataset's rows back with pyarrow alone. No test module imports an
 from __future__ import annotations
 
 import os
-import sys
-import subprocess
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np

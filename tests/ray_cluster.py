@@ -21,8 +21,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 TAG_VARIABLE = "VAEGEN_TEST_RAY_TAG"
 STOP_GRACE_S = (

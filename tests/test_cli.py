@@ -13,9 +13,9 @@ import matplotlib.image
 import pytest
 from click.testing import CliRunner
 
+from helpers import invoke
 from jobs.cli import main
 from vae_core.errors import UsageError
-from helpers import invoke
 
 
 def assert_one_line_error(result, exit_code: int, *fragments: str) -> str:

@@ -19,11 +19,12 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 import pytest
+
 from helpers import quick_start_folder, readme_block, shell_env
 from ray_cluster import RayEnv, make_ray_env, stop_tagged, tagged_pids, wait_until
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from helpers import assert_one_error_line, generate_dataset, invoke, part_hashes, read_rows
 from jobs import report as reports
 from jobs.generate import manifest
 from jobs.generate.spec import part_name
@@ -29,8 +30,6 @@ from vae_core.config import VAEConfig
 from vae_core.model import VAE
 from vae_core.sampling import block_ranges
 from vae_core.training import TrainResult
-
-from helpers import assert_one_error_line, generate_dataset, invoke, part_hashes, read_rows
 
 CONV, COND = "vae-conv", "vae-conv-cond"
 N, SEED, BLOCK_ROWS = 6_000, 23, 1_000  # 1,000-row decode blocks: every worker and shard size meets the same blocks

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from crd_schema import OBJECT_META, StrictValidator, FORMATS, to_strict_json_schema  # tests/ is on sys.path
+from crd_schema import FORMATS, OBJECT_META, StrictValidator, to_strict_json_schema  # tests/ is on sys.path
 
 
 def errors(schema: dict[str, Any], instance: Any) -> list[str]:

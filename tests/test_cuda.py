@@ -80,7 +80,6 @@ def cuda_datasets(request, tmp_path_factory) -> dict[int, Path]:
             pytest.skip(f"{module} is not installed here: the job-level CUDA tests need it")
     request.getfixturevalue("module_sqlite")
     from conftest import private_local_ray, register_untrained_decoder
-
     from jobs.generate.config import EngineOptions
     from jobs.generate.job import GenerateConfig, generate
 

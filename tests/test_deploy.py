@@ -19,9 +19,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-from functools import lru_cache
+from collections.abc import Iterator
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -62,7 +63,7 @@ def rel(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_docs(path: Path) -> tuple[dict[str, Any], ...]:
     with path.open() as handle:
         return tuple(doc for doc in yaml.safe_load_all(handle) if doc is not None)

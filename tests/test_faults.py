@@ -14,26 +14,27 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
 
+from helpers import invoke, metric_value, scrape_metrics
 from jobs.generate import card, engine
-from jobs.generate.croissant import CROISSANT
-from jobs.generate.manifest import MANIFEST
 from jobs.generate.config import EngineOptions
+from jobs.generate.croissant import CROISSANT
 from jobs.generate.engine import MAX_SHARD_ATTEMPTS, Placement, WorkerPool
 from jobs.generate.job import GenerateConfig, dataset_spec, generate
+from jobs.generate.manifest import MANIFEST
 from jobs.generate.spec import FORMAT, part_name
 from jobs.generate.storage import Storage
 from ray_cluster import ray_cluster, tagged_pids, wait_until
 from registry import models
 from vae_core.errors import VaegenError
-from helpers import invoke, metric_value, scrape_metrics
 
 pytestmark = pytest.mark.slow  # a two-node Ray cluster, jobs killed in the middle
 

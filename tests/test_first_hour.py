@@ -16,8 +16,8 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import register_untrained_decoder
 
+from conftest import register_untrained_decoder
 from jobs import plots
 from jobs.cli import main
 from jobs.generate import engine

@@ -15,8 +15,9 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,20 +26,13 @@ import pytest
 import ray
 import torch
 
+from helpers import assert_one_error_line, checksum_file, invoke, part_hashes, x_from_arrow
 from jobs.generate.engine import EngineOptions
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.parts import PartWriter
 from jobs.generate.predictor import NonFiniteOutput, Predictor
 from jobs.generate.spec import DatasetSpec, part_name
 from jobs.generate.storage import Storage
-from registry import models
-from vae_core import seeds
-from vae_core.config import VAEConfig
-from vae_core.errors import UsageError
-from vae_core.model import VAE, Decoder
-from vae_core.sampling import block_ranges
-from vae_core.training import TrainResult
-
 from ray_cluster import (
     RayEnv,
     make_ray_env,
@@ -46,7 +40,13 @@ from ray_cluster import (
     stop_tagged,
     wait_until,
 )  # tests/ is on sys.path (rootdir conftest)
-from helpers import assert_one_error_line, checksum_file, invoke, part_hashes, x_from_arrow
+from registry import models
+from vae_core import seeds
+from vae_core.config import VAEConfig
+from vae_core.errors import UsageError
+from vae_core.model import VAE, Decoder
+from vae_core.sampling import block_ranges
+from vae_core.training import TrainResult
 
 MODEL = "vae-decoder/1"
 BLOCK_ROWS = 4_096  # GenerateConfig's default decode grid

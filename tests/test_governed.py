@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -17,13 +17,13 @@ import pytest
 import xxhash
 
 from conftest import private_local_ray, register_untrained_decoder
-from jobs import audit
 from helpers import invoke
+from jobs import audit
 from jobs.generate import holds
 from jobs.generate.card import CARD
 from jobs.generate.manifest import AUDIT, MANIFEST
-from jobs.reader import open_dataset
 from jobs.prune import select_for_pruning
+from jobs.reader import open_dataset
 from jobs.refresh import LATEST
 from jobs.status import parse_duration
 from registry import promotion

@@ -25,20 +25,19 @@ import pyarrow.parquet as pq
 import pytest
 import xxhash
 
+from helpers import assert_one_error_line, invoke, part_hashes
 from jobs.generate import manifest
 from jobs.generate.engine import EngineOptions
 from jobs.generate.inspect import _flat_values, inspect
-from jobs.generate.parts import _nested
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
+from jobs.generate.parts import _nested
 from jobs.generate.spec import FORMAT_VERSION, DatasetSpec, spec_from_record
 from jobs.generate.storage import DatasetBusy, Storage
 from jobs.refresh import RefreshConfig, refresh
+from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 from registry import models
 from registry.redaction import has_credentials, redact_text, redact_uri
 from vae_core.errors import UsageError
-
-from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
-from helpers import assert_one_error_line, invoke, part_hashes
 
 MODEL = "vae-decoder/1"
 N, R, SEED = 20_000, 5_000, 3  # 4 parts; on the default 4,096-row decode grid --deep re-decodes every row's x
@@ -551,13 +550,11 @@ def test_a_writer_guard_of_a_killed_process_does_not_block(tmp_path):
 
 def test_the_writer_guard_on_an_object_store(moto_s3):
     storage = Storage(f"{moto_s3}/root")
-    with storage.writer_guard("ds"):
-        with pytest.raises(
-            DatasetBusy,
-            match=f"pid {os.getpid()} on {socket.gethostname()}.*if that run is dead, delete {moto_s3}/root/.ds.lock",
-        ):
-            with storage.writer_guard("ds"):
-                pass
+    with storage.writer_guard("ds"), pytest.raises(
+        DatasetBusy,
+        match=f"pid {os.getpid()} on {socket.gethostname()}.*if that run is dead, delete {moto_s3}/root/.ds.lock",
+    ), storage.writer_guard("ds"):
+        pass
     assert not storage.exists(".ds.lock")
     dead = subprocess.run(
         [PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -566,9 +563,8 @@ def test_the_writer_guard_on_an_object_store(moto_s3):
     with storage.writer_guard("ds"):  # a record of a process gone from this host is taken over
         assert storage.read_json(".ds.lock")["pid"] == os.getpid()
     storage.write_json({"pid": 1, "host": "another-host", "user": "x", "since": "then"}, ".ds.lock")
-    with pytest.raises(DatasetBusy, match="pid 1 on another-host"):
-        with storage.writer_guard("ds"):
-            pass
+    with pytest.raises(DatasetBusy, match="pid 1 on another-host"), storage.writer_guard("ds"):
+        pass
 
 
 # ---------------------------------------------------------------- bounded plans

@@ -16,6 +16,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from helpers import assert_one_error_line, invoke
 from jobs import report as reports
 from jobs.generate.engine import EngineOptions
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
@@ -24,8 +25,6 @@ from registry import descriptions, lineage
 from registry.promotion import PromotionConfig, promote, rollback
 from vae_core import data as data_sources
 from vae_core.errors import UsageError
-
-from helpers import assert_one_error_line, invoke
 
 NAME = "vae-lineage"
 ANY_ELBO = 1e9  # gate 2 off in effect: these tiny models differ by seed, the test is about what gets recorded

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from ray_cluster import make_ray_env, stop_tagged, tagged_pids, wait_until
 
 pytestmark = pytest.mark.slow  # starts a real local Ray

@@ -11,6 +11,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import yaml
+
+from jobs import reader
+from jobs.generate import card, croissant, manifest
 from tiny_datasets import (
     TINY_LINEAGE,
     TINY_MODEL,
@@ -18,9 +21,6 @@ from tiny_datasets import (
     tiny_decoder,
     write_dataset,
 )
-
-from jobs import reader
-from jobs.generate import card, croissant, manifest
 
 
 def test_parts_card_and_croissant_say_the_rows_are_ai_generated_and_by_what(tmp_path):

@@ -17,19 +17,19 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import ray
+
 from conftest import register_untrained_decoder
 from helpers import metric_value as value
 from helpers import readme_block
 from helpers import scrape_metrics as scrape
-from ray_cluster import RayCluster, ray_cluster, wait_until
-
 from jobs import metrics
 from jobs.progress import Progress
+from ray_cluster import RayCluster, ray_cluster, wait_until
 from vae_core.config import VAEConfig
 
 pytestmark = pytest.mark.slow  # a real `ray start` cluster and `ray job submit`

@@ -6,15 +6,15 @@ command goes through the CLI; what the server stored is read back from PostgreSQ
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import mlflow
 import pytest
 
 from conftest import Postgres, private_local_ray
+from helpers import invoke
 from registry import promotion
 from registry.models import LOCK_MARK
-from helpers import invoke
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server, an mlflow server and a Ray
 

@@ -8,10 +8,10 @@ import json
 import mlflow
 import numpy as np
 
+from helpers import invoke
 from jobs.train import run
 from registry import models
 from vae_core import sampling
-from helpers import invoke
 
 
 def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pickle, tmp_path, monkeypatch):

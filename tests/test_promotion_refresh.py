@@ -18,20 +18,24 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import numpy as np
-import xxhash
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
+import xxhash
 
+import helpers
+from conftest import private_local_ray
 from jobs.generate.engine import EngineOptions
 from jobs.generate.job import GenerateConfig
 from jobs.refresh import LATEST, LOCK, RefreshConfig, RefreshResult, refresh
+from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 from registry import models, promotion
 from registry.lineage import REFRESH_EXPERIMENT
 from registry.models import LOCK_MARK, TAG_PREFIX
@@ -41,10 +45,6 @@ from vae_core.config import VAEConfig
 from vae_core.errors import VaegenError
 from vae_core.model import VAE
 from vae_core.training import TrainResult
-
-import helpers
-from conftest import private_local_ray
-from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 
 pytestmark = pytest.mark.slow  # real mlflow server, real Ray, real (moto) S3 throughout
 

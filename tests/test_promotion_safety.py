@@ -12,16 +12,16 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 import pytest
 import yaml
 
+from helpers import invoke
 from registry import promotion
 from registry.models import MODEL_ARTIFACT, TAG_PREFIX, resolve
-from helpers import invoke
 
 MODEL_NAME = "vae-decoder"
 COPIED_TAGS = ("config", "val_neg_elbo", "latent_dim", "conditional", "data_sha256", "holdout_fraction")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from tiny_datasets import tiny_decoder, tiny_spec, write_dataset  # tests/ is on sys.path (rootdir conftest)
 
 from jobs.generate import holds
 from jobs.generate.published import LATEST, committed_datasets
 from jobs.generate.storage import Storage
 from jobs.prune import PRUNED, prune
+from tiny_datasets import tiny_decoder, tiny_spec, write_dataset  # tests/ is on sys.path (rootdir conftest)
 from vae_core.errors import VaegenError
 
 DATASETS = 10  # the last one is `latest`; prune dooms the other nine

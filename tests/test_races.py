@@ -22,17 +22,18 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import pytest
 
-from helpers import invoke
 from conftest import TrackingStore, private_local_ray, register_untrained_decoder, sqlite_uri, use_tracking_store
+from helpers import invoke
 from jobs.generate import card
-from jobs.generate.inspect import inspect
 from jobs.generate.croissant import CROISSANT
+from jobs.generate.inspect import inspect
 from jobs.generate.manifest import AUDIT, MANIFEST
 from jobs.refresh import LATEST, LOCK
 from ray_cluster import wait_until

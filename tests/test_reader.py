@@ -16,7 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from torch.utils.data import DataLoader
+
 from helpers import invoke, x_from_arrow
+from jobs import reader
+from jobs.generate import card, manifest
+from jobs.generate.job import GenerateConfig, generate
+from jobs.generate.spec import DatasetSpec, part_name
+from registry import models
 from tiny_datasets import (
     TINY_LINEAGE,
     TINY_MODEL,
@@ -26,13 +33,6 @@ from tiny_datasets import (
     tiny_spec,
     write_dataset,
 )
-from torch.utils.data import DataLoader
-
-from jobs import reader
-from jobs.generate import card, manifest
-from jobs.generate.job import GenerateConfig, generate
-from jobs.generate.spec import DatasetSpec, part_name
-from registry import models
 from vae_core import data as data_sources
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError, VaegenError
@@ -165,6 +165,7 @@ def test_two_workers_on_each_of_two_ranks_read_every_row_once(labelled):
 def test_ranks_come_from_torch_distributed_when_not_given(labelled, tmp_path):
     """Two processes in a real gloo process group, each with 2 DataLoader workers: every row once."""
     import torch.multiprocessing
+
     from ray_cluster import free_port  # tests/ is on sys.path
     from torch_ranks import read_share
 

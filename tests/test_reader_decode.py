@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import invoke
-from tiny_datasets import write_dataset
 from torch.utils.data import DataLoader
 
+from helpers import invoke
 from jobs import reader
 from jobs.generate.spec import DatasetSpec
 from registry import models
+from tiny_datasets import write_dataset
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
 from vae_core.model import VAE

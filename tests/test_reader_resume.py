@@ -11,10 +11,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from tiny_datasets import labelled_spec, tiny_decoder, write_dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from jobs import reader, reader_state
+from tiny_datasets import labelled_spec, tiny_decoder, write_dataset
 from vae_core.errors import UsageError
 
 N = 1_000
@@ -159,6 +159,7 @@ def test_two_gloo_ranks_resumed_as_three_read_every_row_of_the_epoch_once(labell
     """A real gloo group of 3 processes: ranks 0 and 1 read as a world of 2 for a random number of steps,
     gather their states (all_gather_object) into one checkpoint; then all 3 resume it as a world of 3."""
     import torch.multiprocessing
+
     from ray_cluster import free_port  # tests/ is on sys.path
     from torch_ranks import read_resumed
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import readme_block
-from tiny_datasets import write_dataset
 
+from helpers import readme_block
 from jobs.generate.spec import DatasetSpec
 from registry import models
+from tiny_datasets import write_dataset
 from vae_core.config import VAEConfig
 from vae_core.model import VAE
 from vae_core.training import TrainResult

@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+
 from helpers import readme_blocks
+from jobs.generate import card
 from ray_cluster import free_port, make_ray_env, stop_tagged
 from tiny_datasets import labelled_spec, write_dataset
-
-from jobs.generate import card
 from vae_core.config import VAEConfig
 from vae_core.model import Decoder
 

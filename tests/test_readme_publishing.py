@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ray_cluster import make_ray_env, stop_tagged
+
 from helpers import quick_start_folder, readme_block, shell_env
+from ray_cluster import make_ray_env, stop_tagged
 
 pytestmark = pytest.mark.slow  # a trained model, `vaegen` processes, a private Ray
 

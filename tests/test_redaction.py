@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import mlflow
 import pytest
 
 from conftest import TrackingStore, use_tracking_store
-from jobs.generate.spec import FORMAT_VERSION
-from registry.models import TAG_PREFIX
-
-from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 from helpers import invoke
+from jobs.generate.spec import FORMAT_VERSION
+from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
+from registry.models import TAG_PREFIX
 
 SOURCE_PASSWORD, TARGET_PASSWORD = "S3cretPW", "TargetPW"
 

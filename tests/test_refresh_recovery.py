@@ -13,16 +13,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from conftest import private_local_ray
+from helpers import invoke
 from jobs.generate.storage import Storage
 from jobs.refresh import LATEST, LOCK, RefreshLock
 from registry import promotion
-from helpers import invoke
 
 MODEL = "vae-decoder@champion"
 N, ROWS_PER_SHARD = 2_000, 1_000

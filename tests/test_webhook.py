@@ -10,14 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
+
 from conftest import TrackingStore, register_untrained_decoder
 from ray_cluster import free_port, make_ray_env, stop_tagged, wait_until
-
 from registry import webhooks
 
 SECRET = "test-secret-0123456789abcdef"

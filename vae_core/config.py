@@ -183,7 +183,7 @@ class VAEConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VAEConfig":
+    def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
         if not isinstance(data, dict):
             raise UsageError(f"a VAEConfig must be a JSON object, got {_short(data)}")
         known = {field.name for field in dataclasses.fields(cls)}

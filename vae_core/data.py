@@ -45,7 +45,7 @@ class Dataset:
             digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         return digest.hexdigest()
 
-    def split(self, holdout_fraction: float) -> tuple["Dataset", "Dataset"]:
+    def split(self, holdout_fraction: float) -> tuple[Dataset, Dataset]:
         """Train on the first rows, hold out the LAST round(N * fraction): reproducible, no shuffle."""
         n_holdout = max(1, round(len(self.images) * holdout_fraction))
         n_train = len(self.images) - n_holdout

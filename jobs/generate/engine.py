@@ -21,8 +21,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import ray
 from ray._private import ray_constants
@@ -298,7 +299,7 @@ class WorkerPool:
         self.idle_tail_s = 0.0  # after run(): summed over live workers, the time from their last shard to the job's end
         self._outstanding: set[Any] = set()  # refs not collected yet: drained on exit so that no error goes unhandled
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

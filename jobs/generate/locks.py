@@ -16,7 +16,8 @@ import os
 import stat
 import threading
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from jobs.generate.storage import MAX_LOCK_BYTES, DatasetBusy, NotRegularFile, Storage, check_name, parse_lock
 from registry import holders

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from jobs.generate import manifest
 from jobs.generate.config import GenerateConfig, GenerateResult, dataset_spec
