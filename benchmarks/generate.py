@@ -335,7 +335,10 @@ def scenario_decode(model: str, n: int, dtype: str, layout: str, out: Path) -> d
 
 
 def setup_conv_model(store: Path) -> str:
-    """A conv decoder of `vaegen train`'s recipe (28x28, with its prior flow), trained 1 epoch; returns its reference."""
+    """A conv decoder of `vaegen train`'s recipe (28x28, with its prior flow), trained 1 epoch.
+
+    Returns its reference.
+    """
     import dataclasses
 
     import mlflow
@@ -442,8 +445,10 @@ def run_scenario(store: Path, model: str, scenario: str, n: int, dtype: str, lay
     result = json.loads(lines[-1][len("RESULT ") :])
     result.update({"scenario": scenario, "n": n, "dtype": dtype, "layout": layout, "rows_per_s": n / result["seconds"]})
     print(
-        f"{scenario:8} {dtype:8} {layout:7} n={n:>9,}  {result['seconds']:8.2f} s  {result['rows_per_s']:>10,.0f} rows/s  "
-        f"driver {result['driver_peak_rss_bytes'] / 2**20:6.0f} MiB  workers {result.get('worker_peak_rss_bytes', 0) / 2**20:6.0f} MiB",
+        f"{scenario:8} {dtype:8} {layout:7} n={n:>9,}  {result['seconds']:8.2f} s  "
+        f"{result['rows_per_s']:>10,.0f} rows/s  "
+        f"driver {result['driver_peak_rss_bytes'] / 2**20:6.0f} MiB  "
+        f"workers {result.get('worker_peak_rss_bytes', 0) / 2**20:6.0f} MiB",
         file=sys.stderr,
         flush=True,
     )

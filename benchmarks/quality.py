@@ -65,8 +65,10 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {row['data']} | {row['model']} | {'conditional' if row['conditional'] else 'unconditional'} | "
             f"{row['held_out_neg_elbo']:.1f} | {fmt(row['frechet_distance'])} ({fmt(row['frechet_floor'])}) | "
-            f"{fmt(row['precision'])} ({fmt(row['precision_floor'])}) | {fmt(row['recall'])} ({fmt(row['recall_floor'])}) | "
-            f"{fmt(row['density'])} ({fmt(row['density_floor'])}) | {fmt(row['coverage'])} ({fmt(row['coverage_floor'])}) | "
+            f"{fmt(row['precision'])} ({fmt(row['precision_floor'])}) | "
+            f"{fmt(row['recall'])} ({fmt(row['recall_floor'])}) | "
+            f"{fmt(row['density'])} ({fmt(row['density_floor'])}) | "
+            f"{fmt(row['coverage'])} ({fmt(row['coverage_floor'])}) | "
             f"{fmt(row['label_accuracy'])} | {fmt(row['tstr_accuracy'])} ({fmt(row['trtr_accuracy'])}) | "
             f"{fmt(row['memorisation_share'], 2)} | {fmt(row['dcr_ratio'])} | {row['train_s']:.0f} |"
         )

@@ -8,9 +8,9 @@ One MLflow store (SQLite, in a temporary folder) holds an untrained decoder of e
 written by the job's own PartWriter (default 4,096-row decode blocks, 65,536-row parts), then read for one
 shuffled epoch through `open_dataset(DIR).torch(batch_size=256, ...)` and torch's DataLoader(batch_size=None)
 into a training step (a linear layer on x, Adam): source="stored" reads and decompresses the parts,
-source="decode" regenerates every row from the manifest. Reported: rows/s of the epoch, and the machine's load average, since the figures
-on a shared machine move with it, and rows per CPU second (this process and its DataLoader workers), which
-move less.
+source="decode" regenerates every row from the manifest. Reported: rows/s of the epoch, and the machine's load
+average, since the figures on a shared machine move with it, and rows per CPU second (this process and its
+DataLoader workers), which move less.
 """
 
 from __future__ import annotations

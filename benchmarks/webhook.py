@@ -193,7 +193,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(
-        f"promote -> refresh start: median {median:.2f} s (target < {TARGET_S} s, met={results['met']}); wrote {args.out}"
+        f"promote -> refresh start: median {median:.2f} s (target < {TARGET_S} s, met={results['met']}); "
+        f"wrote {args.out}"
     )
 
 

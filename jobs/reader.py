@@ -223,7 +223,10 @@ class Dataset:
                     yield columns_numpy(parquet.read_row_group(index, columns=names), self.sample_shape, self.dtype)
 
     def to_numpy(self, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """The whole dataset in memory (3.1 GB per million float32 28x28 rows): use torch() or iter_numpy() to stream."""
+        """The whole dataset in memory (3.1 GB per million float32 28x28 rows).
+
+        Use torch() or iter_numpy() to stream instead.
+        """
         return columns_numpy(self.read(self._columns(columns)), self.sample_shape, self.dtype)
 
     def torch(

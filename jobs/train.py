@@ -60,9 +60,7 @@ class TrainJobConfig:
         }
 
     @classmethod
-    def for_architecture(
-        cls, architecture: str, train: dict[str, Any] | None = None, **fields: Any
-    ) -> TrainJobConfig:
+    def for_architecture(cls, architecture: str, train: dict[str, Any] | None = None, **fields: Any) -> TrainJobConfig:
         """An architecture's recipe (vae_core.config.RECIPES), any job or TrainConfig field overridden."""
         if architecture not in RECIPES:
             raise UsageError(f"--arch must be one of {', '.join(RECIPES)}, got {architecture!r}")

@@ -330,7 +330,10 @@ def end_stale_run(run_id: str | None) -> None:
 
 
 def end_stale_runs_tagged(experiment: str, key: str, value: str) -> None:
-    """end_stale_run for every RUNNING run of `experiment` tagged key=value (a dead refresh's run, found by its lock)."""
+    """end_stale_run for every RUNNING run of `experiment` tagged key=value.
+
+    Such a run is a dead refresh's run, found by its lock.
+    """
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is None:

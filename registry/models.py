@@ -245,7 +245,8 @@ _RUNS_URI = re.compile(rf"^runs:/(?P<run_id>[0-9a-zA-Z]{{1,64}})/{MODEL_ARTIFACT
 
 def _unknown_model_error(name: str) -> UsageError:
     return UsageError(
-        f"model {name!r} is not registered at {redact_uri(mlflow.get_tracking_uri())}; run `vaegen models` to list models"
+        f"model {name!r} is not registered at {redact_uri(mlflow.get_tracking_uri())}; "
+        "run `vaegen models` to list models"
     )
 
 
@@ -276,7 +277,8 @@ def resolve(reference: str) -> PinnedModel:
             version = mlflow_client.get_model_version_by_alias(name, alias)
         except MlflowException:
             raise UsageError(
-                f"model {name!r} has no alias {alias!r}; promote a version first (`vaegen promote {name}/N --alias {alias}`)"
+                f"model {name!r} has no alias {alias!r}; "
+                f"promote a version first (`vaegen promote {name}/N --alias {alias}`)"
             ) from None
         return PinnedModel(name, int(version.version), version.run_id, version.source, reference, alias)
     if "/" in body:

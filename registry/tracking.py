@@ -52,7 +52,10 @@ def shown_uri(uri: str | None = None) -> str:
 
 
 def local_store_path(uri: str) -> Path | None:
-    """The file or folder of a local store (`sqlite:///...`, `file:...` or a plain path); None for servers and databases."""
+    """The file or folder of a local store (`sqlite:///...`, `file:...` or a plain path).
+
+    None for servers and databases.
+    """
     if uri.startswith("sqlite:///"):
         path = uri.removeprefix("sqlite:///").split("?", 1)[0]
         return Path(path) if path and path != ":memory:" else None

@@ -170,7 +170,8 @@ class CrdSchemas:
         if validator is None:
             served = sorted(f"{api} {kind}" for api, kind in self.validators)
             return [
-                f"no served CRD version for {doc.get('apiVersion')} {doc.get('kind')} in {self.directory} (served: {served})"
+                f"no served CRD version for {doc.get('apiVersion')} {doc.get('kind')} in {self.directory} "
+                f"(served: {served})"
             ]
         found = sorted(validator.iter_errors(doc), key=lambda error: list(map(str, error.absolute_path)))
         return [f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}" for error in found]

@@ -1,4 +1,7 @@
-"""The strict CRD validator (tests/crd_schema.py) on small schemas: each Kubernetes extension read as the API server reads it."""
+"""The strict CRD validator (tests/crd_schema.py) on small schemas.
+
+Each Kubernetes extension is read as the API server reads it.
+"""
 
 from __future__ import annotations
 

@@ -550,10 +550,14 @@ def test_a_writer_guard_of_a_killed_process_does_not_block(tmp_path):
 
 def test_the_writer_guard_on_an_object_store(moto_s3):
     storage = Storage(f"{moto_s3}/root")
-    with storage.writer_guard("ds"), pytest.raises(
-        DatasetBusy,
-        match=f"pid {os.getpid()} on {socket.gethostname()}.*if that run is dead, delete {moto_s3}/root/.ds.lock",
-    ), storage.writer_guard("ds"):
+    with (
+        storage.writer_guard("ds"),
+        pytest.raises(
+            DatasetBusy,
+            match=f"pid {os.getpid()} on {socket.gethostname()}.*if that run is dead, delete {moto_s3}/root/.ds.lock",
+        ),
+        storage.writer_guard("ds"),
+    ):
         pass
     assert not storage.exists(".ds.lock")
     dead = subprocess.run(

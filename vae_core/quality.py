@@ -563,9 +563,9 @@ def quality_report(
     metrics is JSON-serialisable (floats, ints, lists; None where a class has too few samples). Each `*_floor`
     is the same metric for real held-out images against the training set: what a perfect generator reaches
     at the held-out set's size (k-NN metrics compare equal-sized subsamples, so theirs hold at any size).
-    TSTR (generated_labels only) sits beside TRTR, the reference classifier's held-out accuracy. The generated set is compared with the training set, on which the classifier
-    and the generator were trained. images holds (H, W) float64 arrays: generated_mean, generated_std,
-    real_mean, real_std (real = training set), for plotting.
+    TSTR (generated_labels only) sits beside TRTR, the reference classifier's held-out accuracy. The generated set
+    is compared with the training set, on which the classifier and the generator were trained. images holds
+    (H, W) float64 arrays: generated_mean, generated_std, real_mean, real_std (real = training set), for plotting.
     With generated_labels (the classes a conditional model was asked for), metrics also hold label_accuracy
     and per-class lists indexed by class.
     """

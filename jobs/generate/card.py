@@ -47,14 +47,20 @@ QUALITY_MEANINGS = {  # jobs/report.py HEADLINE, in the words of README's qualit
     "frechet_floor": "Fréchet distance of real held-out data to real training data (the best a generator can score)",
     "precision": "share of samples that fall within the real data's manifold (fidelity)",
     "recall": "share of the real data's manifold that the samples cover (diversity)",
-    "density": "how many real neighbourhoods a sample falls in, relative to real data (1 for real data; Naeem et al. 2020)",
+    "density": (
+        "how many real neighbourhoods a sample falls in, relative to real data (1 for real data; Naeem et al. 2020)"
+    ),
     "coverage": "share of real neighbourhoods that hold at least one sample (Naeem et al. 2020)",
     "class_coverage": "share of classes the samples give a fair share of rows",
-    "dcr_ratio": "distance of samples to their closest training image, over that of real held-out images (5th percentile)",
+    "dcr_ratio": (
+        "distance of samples to their closest training image, over that of real held-out images (5th percentile)"
+    ),
     "memorisation_share": "share of samples closer to a training image than real held-out images are",
     "mean_confidence": "mean confidence of the reference classifier on the samples",
     "label_accuracy": "share of samples the reference classifier gives the label they were generated for",
-    "tstr_accuracy": "accuracy on real held-out data of a classifier trained on samples (train on synthetic, test on real)",
+    "tstr_accuracy": (
+        "accuracy on real held-out data of a classifier trained on samples (train on synthetic, test on real)"
+    ),
     "trtr_accuracy": "the same classifier trained on as many real rows (train on real, test on real)",
 }
 
@@ -187,7 +193,10 @@ def hf_header(record: dict[str, Any]) -> str:
 
 def pretty_name(record: dict[str, Any]) -> str:
     model = record["model"]
-    return f"{model['name']} v{model['version']}: {record['n']:,} synthetic samples, seed {record['dataset_seed']}, {record['dtype']}"
+    return (
+        f"{model['name']} v{model['version']}: {record['n']:,} synthetic samples, "
+        f"seed {record['dataset_seed']}, {record['dtype']}"
+    )
 
 
 def card_text(
@@ -363,7 +372,8 @@ def _loading_text(record: dict[str, Any], location: str) -> str:
         ),
         (
             "Ray Data",
-            "import ray.data\nfrom jobs.reader import shaped_x  # Ray Data shapes only Arrow tensors: this makes x one, zero-copy\n"
+            "import ray.data\n"
+            "from jobs.reader import shaped_x  # Ray Data shapes only Arrow tensors: this makes x one, zero-copy\n"
             f"data = ray.data.read_parquet({location!r}).map_batches(shaped_x, batch_format='pyarrow')",
         ),
         (
@@ -378,7 +388,8 @@ def _loading_text(record: dict[str, Any], location: str) -> str:
         (
             "PyTorch (vaegen's reader: streams parts, shards over workers and ranks)",
             "from torch.utils.data import DataLoader\nfrom jobs.reader import open_dataset\n"
-            f"loader = DataLoader(open_dataset({location!r}).torch(shuffle=True, seed=0), batch_size=256, num_workers=2)",
+            f"loader = DataLoader(open_dataset({location!r}).torch(shuffle=True, seed=0), "
+            "batch_size=256, num_workers=2)",
         ),
     ]
     return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks) + "\n"

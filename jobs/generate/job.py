@@ -60,7 +60,8 @@ def generate(
     on_workers: Callable[[list[Any]], None] | None = None,
     pinned: PinnedModel | None = None,
 ) -> GenerateResult:
-    """`pinned`: config.model already resolved by the caller (refresh), so the manifest records the alias it came from."""
+    """`pinned`: config.model already resolved by the caller (refresh), so the manifest records the alias it came
+    from."""
     if config.recipe_only:
         from jobs.generate.recipe import generate_recipe
 
@@ -99,7 +100,8 @@ def generate(
         pinned, spec = plan.pinned, plan.spec
         dataset_id = spec.dataset_id
         log(
-            f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), dataset {dataset_id}, seed {spec.seed}"
+            f"model {pinned.name}/{pinned.version} (from {pinned.resolved_from}), "
+            f"dataset {dataset_id}, seed {spec.seed}"
             + (" (random: pass --seed to reproduce)" if plan.seed_was_random else "")
         )
         if plan.committed is not None:

@@ -182,7 +182,10 @@ def _busy(storage: Storage, dataset_id: str, name: str, held: dict | None) -> Da
 
 
 def _parsed_record(raw: bytes | None) -> dict:
-    """A lock record's bounded fields (storage.parse_lock); {} for an absent or unreadable one (held by someone unknown)."""
+    """A lock record's bounded fields (storage.parse_lock).
+
+    {} for an absent or unreadable one (held by someone unknown).
+    """
     return {} if raw is None else parse_lock(raw)
 
 

@@ -300,7 +300,10 @@ class Storage:
         return sorted(self.listing(*names))
 
     def listing(self, *names: str) -> dict[str, int | None]:
-        """{base name: size in bytes, None for a folder} directly under a folder, in one call; {} if it does not exist."""
+        """{base name: size in bytes, None for a folder} directly under a folder, in one call.
+
+        {} if the folder does not exist.
+        """
         selector = pafs.FileSelector(self.path(*names), allow_not_found=True)
         return {
             info.base_name: info.size if info.type == pafs.FileType.File else None
