@@ -179,7 +179,7 @@ def _recipe_default(field: str) -> str:
 )
 @click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
-def train(
+def train(  # noqa: PLR0913 (a click command takes one parameter per option)
     data,
     architecture,
     epochs,
@@ -488,41 +488,18 @@ def _audit_config(no_audit: bool, audit_rows: int, audit_tolerance: tuple[str, .
     return AuditConfig(enabled=not no_audit, quality_rows=audit_rows, tolerances=parse_tolerances(audit_tolerance))
 
 
-def _generate_config(
-    model_ref,
-    n,
-    out,
-    dtype,
-    layout,
-    compression,
-    rows_per_shard,
-    batch_size,
-    num_workers,
-    device,
-    labels,
-    shared_fs,
-    stall_timeout,
-    allow_ungated,
-    **extra,
-):
+def _generate_config(**options: Any):
+    """The GenerateConfig of generate's options, passed by name as click passes them (refresh and --resume too):
+    --model is the config's model, the engine's four options its EngineOptions, every other one a field."""
     from jobs.generate.config import EngineOptions, GenerateConfig  # light: checks input before anything heavy
 
-    config = GenerateConfig(
-        n=n,
-        model=model_ref,
-        out=out,
-        dtype=dtype,
-        layout=layout,
-        compression=compression,
-        rows_per_shard=rows_per_shard,
-        batch_size=batch_size,
-        labels=labels,
-        allow_ungated=allow_ungated,
-        engine=EngineOptions(
-            num_workers=num_workers, device=device, shared_fs=shared_fs, stall_timeout_s=stall_timeout
-        ),
-        **extra,
+    engine = EngineOptions(
+        num_workers=options.pop("num_workers"),
+        device=options.pop("device"),
+        shared_fs=options.pop("shared_fs"),
+        stall_timeout_s=options.pop("stall_timeout"),
     )
+    config = GenerateConfig(model=options.pop("model_ref"), engine=engine, **options)
     config.check_output()
     return config
 
@@ -588,7 +565,7 @@ def _stdout_for_results() -> Any:
 @_audit_options
 @click.option("--debug", is_flag=True, hidden=True)
 @handle_errors
-def generate(
+def generate(  # noqa: PLR0913 (a click command takes one parameter per option)
     seed, overwrite, resume, recipe_only, publish, no_audit, audit_rows, audit_tolerance, debug, **options
 ) -> None:
     """Generate a synthetic dataset from a registered decoder on Ray (Parquet + manifest).
@@ -836,7 +813,7 @@ def inspect_command(dataset, deep) -> None:
     help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.",
 )
 @handle_errors
-def promote(
+def promote(  # noqa: PLR0913 (a click command takes one parameter per option)
     reference,
     alias,
     reason,

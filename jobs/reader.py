@@ -532,6 +532,12 @@ def torch_dataset_class() -> type:
     return globals()["TorchDataset"]
 
 
+if TYPE_CHECKING:  # the static name of the class torch_dataset_class() builds on first use (for annotations)
+    from torch.utils.data import IterableDataset
+
+    class TorchDataset(RowStream, IterableDataset): ...
+
+
 def __getattr__(name: str) -> Any:
     """`jobs.reader.TorchDataset` by name, as DataLoader workers started with spawn unpickle it."""
     if name == "TorchDataset":

@@ -417,9 +417,10 @@ def gate_quality(candidate: LoadedDecoder, thresholds: QualityThresholds) -> Gat
             f"class_coverage (its quality.coverage is the old class share); run {rerun}",
             forceable=True,
         )
-    ratio = lambda top, bottom: (
-        None if top not in metrics or not metrics.get(bottom) else metrics[top] / metrics[bottom]
-    )  # noqa: E731
+
+    def ratio(top: str, bottom: str) -> float | None:
+        return None if top not in metrics or not metrics.get(bottom) else metrics[top] / metrics[bottom]
+
     checks = [
         ("precision", metrics.get("precision"), thresholds.min_precision, ">="),
         ("class_coverage", metrics.get("class_coverage"), thresholds.min_class_coverage, ">="),

@@ -464,11 +464,11 @@ def _create_database(server: Postgres, process: subprocess.Popen, log_path: Path
                 host="127.0.0.1", port=server.port, user=server.user, dbname="postgres", connect_timeout=2
             )
             break
-        except psycopg2.OperationalError:
+        except psycopg2.OperationalError as error:
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"postgres not ready after {POSTGRES_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}"
-                )
+                ) from error
             time.sleep(0.2)
     try:
         connection.autocommit = True  # CREATE DATABASE cannot run in a transaction

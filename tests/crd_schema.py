@@ -115,7 +115,9 @@ def _list_type(validator, list_type, instance, schema) -> Iterator[jsonschema.Va
                 continue
             key = tuple(item.get(name) for name in keys)
             if key in seen_keys:
-                yield jsonschema.ValidationError(f"duplicate entry with {dict(zip(keys, key))} in a list of type map")
+                yield jsonschema.ValidationError(
+                    f"duplicate entry with {dict(zip(keys, key, strict=True))} in a list of type map"
+                )
             seen_keys.add(key)
 
 

@@ -326,7 +326,7 @@ def main(seed: int, cases: int) -> None:
     work += [("npz", case, fuzzer.npz, weights if case == 0 else mutate_npz(weights, rng)) for case in range(cases)]
     work += [("npz-crafted", case, fuzzer.npz, crafted_npz(*args)) for case, args in enumerate(CRAFTED)]
     work.append(("npz-bomb", 0, fuzzer.npz, bomb_bytes()))
-    used = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+    used = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (used + MEMORY_BUDGET_BYTES, resource.RLIM_INFINITY))
     for kind, case, parse, data in work:
         run_case(kind, case, parse, data)

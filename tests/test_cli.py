@@ -65,7 +65,7 @@ def test_sample_writes_a_png(trained_version, tmp_path):
 
 def test_sample_is_reproducible_and_depends_on_seed(trained_version, tmp_path):
     paths = [tmp_path / name for name in ("a.png", "b.png", "c.png")]
-    for path, seed in zip(paths, ("1", "1", "2")):
+    for path, seed in zip(paths, ("1", "1", "2"), strict=True):
         assert invoke("sample", "--model", "vae-decoder/latest", "--seed", seed, "--out", str(path)).exit_code == 0
     first, same, other = (read_png(path) for path in paths)
     assert (first == same).all()
@@ -200,7 +200,7 @@ def test_installed_console_script_end_to_end(tmp_path):
 
 
 def test_every_command_help_shows_examples_that_use_it():
-    for name, command in main.commands.items():
+    for name in main.commands:
         result = invoke(name, "--help")
         assert result.exit_code == 0, result.output
         examples = (

@@ -153,7 +153,7 @@ def test_a_job_whose_store_or_output_the_cluster_cannot_reach_fails_in_one_line(
                 text=True,
             )
         )
-    for submit, (tracking, out, fragment) in zip(submits, UNREACHABLE):
+    for submit, (tracking, out, fragment) in zip(submits, UNREACHABLE, strict=True):
         stdout, _ = submit.communicate(timeout=COMMAND_TIMEOUT_S)  # the job's log is on stdout
         assert submit.returncode != 0, (tracking, out, stdout[-2000:])
         errors = {line for line in stdout.splitlines() if "vaegen: error:" in line}  # Ray echoes the job's log twice

@@ -29,7 +29,6 @@ from vae_core import seeds
 from vae_core.config import VAEConfig
 from vae_core.model import VAE
 from vae_core.sampling import block_ranges
-from vae_core.training import TrainResult
 
 CONV, COND = "vae-conv", "vae-conv-cond"
 N, SEED, BLOCK_ROWS = 6_000, 23, 1_000  # 1,000-row decode blocks: every worker and shard size meets the same blocks
@@ -142,8 +141,7 @@ def test_a_version_registered_before_the_conv_fields_still_loads_serves_and_pass
     }
     torch.manual_seed(0)
     model = VAE(VAEConfig.from_dict(older))
-    result = TrainResult(model=model, history=[], val_neg_elbo=30.0, train_size=1, holdout_size=1, seconds=0.0)
-    with models.training_run("vaegen-train", "older", {}) as training_run, tempfile.TemporaryDirectory() as folder:
+    with models.training_run("vaegen-train", "older", {}), tempfile.TemporaryDirectory() as folder:
         weights, config_path = Path(folder, "weights.npz"), Path(folder, "config.json")
         np.savez(weights, **{key: value.numpy() for key, value in model.decoder.state_dict().items()})
         config_path.write_text(json.dumps(older, sort_keys=True))

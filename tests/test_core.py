@@ -122,8 +122,10 @@ def test_negative_elbo_matches_hand_computation():
         return 1.0 / (1.0 + math.exp(-value))
 
     per_sample = []
-    for xs, ls, m, lv in zip(x, logits, mu, logvar):
-        bce = -sum(xi * math.log(sigmoid(li)) + (1 - xi) * math.log(1 - sigmoid(li)) for xi, li in zip(xs, ls))
+    for xs, ls, m, lv in zip(x, logits, mu, logvar, strict=True):
+        bce = -sum(
+            xi * math.log(sigmoid(li)) + (1 - xi) * math.log(1 - sigmoid(li)) for xi, li in zip(xs, ls, strict=True)
+        )
         kl = -0.5 * (1 + lv[0] - m[0] ** 2 - math.exp(lv[0]))
         per_sample.append(bce + kl)
     expected = sum(per_sample) / len(per_sample)
@@ -251,7 +253,7 @@ def test_decoding_on_the_block_grid_is_bit_identical_for_any_split():
     whole = _decode_shard(decoder, 9, 0, 300, 64, 3)
     assert whole.shape == (300, 8, 8) and whole.dtype == np.float32
     for cuts in ([0, 1, 300], [0, 64, 128, 300], [0, 37, 100, 101, 250, 300], [0, 299, 300]):
-        pieces = [_decode_shard(decoder, 9, a, b, 64, 3) for a, b in zip(cuts[:-1], cuts[1:])]
+        pieces = [_decode_shard(decoder, 9, a, b, 64, 3) for a, b in itertools.pairwise(cuts)]
         assert np.concatenate(pieces).tobytes() == whole.tobytes(), cuts
 
 
@@ -281,7 +283,10 @@ def test_training_is_deterministic_for_a_seed(small_digits):
     second = train(small_digits, config, TrainConfig(epochs=2, seed=3))
     other = train(small_digits, config, TrainConfig(epochs=2, seed=4))
     assert _losses(first) == _losses(second)
-    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True)
+    )
     assert _losses(first) != _losses(other)
     assert [metrics.epoch for metrics in first.history] == [1, 2]
     assert (first.train_size, first.holdout_size) == (320, 80)
@@ -422,7 +427,7 @@ def test_conv_decoding_on_the_block_grid_is_bit_identical_for_any_split(threads)
         whole = _decode_shard(decoder, 9, 0, 300, 64, 5)
         assert whole.shape == (300, 28, 28) and whole.dtype == np.float32
         for cuts in ([0, 1, 300], [0, 64, 128, 300], [0, 37, 100, 101, 250, 300], [0, 299, 300]):
-            pieces = [_decode_shard(decoder, 9, a, b, 64, 5) for a, b in zip(cuts[:-1], cuts[1:])]
+            pieces = [_decode_shard(decoder, 9, a, b, 64, 5) for a, b in itertools.pairwise(cuts)]
             assert np.concatenate(pieces).tobytes() == whole.tobytes(), cuts
     finally:
         torch.set_num_threads(before)
@@ -458,7 +463,9 @@ def test_prior_flow_density_is_the_change_of_variables(num_classes):
     z = flow(u, labels)
     for row in range(4):
         label = None if labels is None else labels[row : row + 1]
-        jacobian = torch.autograd.functional.jacobian(lambda point: flow(point[None], label)[0], u[row])  # (5, 5)
+        jacobian = torch.autograd.functional.jacobian(
+            lambda point, label=label: flow(point[None], label)[0], u[row]
+        )  # (5, 5)
         standard_normal = -0.5 * float(u[row] @ u[row]) - 2.5 * math.log(2 * math.pi)
         expected = standard_normal - math.log(abs(float(torch.linalg.det(jacobian))))
         assert float(flow.log_prob(z[row : row + 1], label)) == pytest.approx(expected, abs=1e-9)

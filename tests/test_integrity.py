@@ -534,9 +534,11 @@ def test_a_writer_guard_of_a_killed_process_does_not_block(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(DatasetBusy, match=f"pid {holder.pid} on {socket.gethostname()}"):
-            with Storage(str(tmp_path)).writer_guard("some-dataset"):
-                pass
+        with (
+            pytest.raises(DatasetBusy, match=f"pid {holder.pid} on {socket.gethostname()}"),
+            Storage(str(tmp_path)).writer_guard("some-dataset"),
+        ):
+            pass
         holder.send_signal(signal.SIGKILL)
         holder.wait(30)
         with Storage(str(tmp_path)).writer_guard("some-dataset"):
@@ -658,11 +660,12 @@ def test_provenance_is_recorded_and_can_be_left_out(committed, local_ray, tmp_pa
         str(tmp_path.parent) not in (directory / "_README.md").read_text()
     )  # nor in the card that is published with it
     assert record["model"]["run_id"] == recorded["model"]["run_id"]
+
     # The same rows in the same parts; the bytes differ only by the parts' key-value metadata, which names the
     # registry where provenance is recorded (issue 23) and not where it is redacted.
-    layout = lambda files: [
-        {key: entry[key] for key in ("shard", "name", "first_sample_id", "rows")} for entry in files
-    ]  # noqa: E731
+    def layout(files):
+        return [{key: entry[key] for key in ("shard", "name", "first_sample_id", "rows")} for entry in files]
+
     assert layout(record["files"]) == layout(recorded["files"])
     assert pq.read_table(directory).equals(pq.read_table(committed.location))
     assert inspect(str(directory)).ok

@@ -37,10 +37,12 @@ def query(server: Postgres, sql: str, *params) -> list[tuple]:
     """What PostgreSQL holds, read without MLflow."""
     import psycopg2
 
-    with psycopg2.connect(host="127.0.0.1", port=server.port, user=server.user, dbname=server.database) as connection:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
+    with (
+        psycopg2.connect(host="127.0.0.1", port=server.port, user=server.user, dbname=server.database) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 @pytest.fixture(scope="module")

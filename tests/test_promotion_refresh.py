@@ -411,9 +411,11 @@ def test_stale_promotion_lock_is_taken_over_and_a_fresh_one_is_not(trained):
 
     client.create_registered_model(lock, tags={"vaegen.lock_owner": "alive", "vaegen.lock_since": str(time.time())})
     try:
-        with pytest.raises(VaegenError, match="held by another promotion: promotion by alive"):
-            with promotion.alias_lock(name, "champion", wait_s=1.0):
-                pass
+        with (
+            pytest.raises(VaegenError, match="held by another promotion: promotion by alive"),
+            promotion.alias_lock(name, "champion", wait_s=1.0),
+        ):
+            pass
         assert client.get_registered_model(lock).tags["vaegen.lock_owner"] == "alive"  # a waiter never deletes it
     finally:
         client.delete_registered_model(lock)

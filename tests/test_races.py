@@ -14,6 +14,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -256,7 +257,7 @@ def test_eight_concurrent_promotions_form_one_chain(store, zygote):
     assert events[0]["version"] == 1
     chain = events[1:]
     assert sorted(event["version"] for event in chain) == sorted(winners), story  # each winner exactly once
-    for before, after in zip(events, chain):
+    for before, after in itertools.pairwise(events):
         assert after["previous_version"] == before["version"], story  # each replaced the one before it
     assert int(mlflow.MlflowClient().get_registered_model(name).aliases["champion"]) == chain[-1]["version"]
     assert not lock_models(name)
@@ -400,7 +401,9 @@ def test_refresh_killed_at_random_points_then_rerun_is_consistent(store, zygote,
         target = rng.choice(KILL_AFTER)
         victim = zygote.spawn(*args)
         wait_until(
-            lambda: victim.exit_code() is not None or KILL_AFTER.index(disk.phase()) >= KILL_AFTER.index(target),
+            lambda victim=victim, disk=disk, target=target: (
+                victim.exit_code() is not None or KILL_AFTER.index(disk.phase()) >= KILL_AFTER.index(target)
+            ),
             PROCESS_TIMEOUT_S,
             f"a refresh to reach {target!r}",
             interval_s=0.005,

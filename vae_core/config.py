@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from typing import Any
@@ -211,7 +212,7 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 def _mlp_shapes(prefix: str, sizes: list[int]) -> dict[str, tuple[int, ...]]:
     """vae_core.model._mlp's parameters: Linear layers at even indices (a ReLU between each two)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for index, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for index, (size_in, size_out) in enumerate(itertools.pairwise(sizes)):
         shapes[f"{prefix}{2 * index}.weight"], shapes[f"{prefix}{2 * index}.bias"] = (size_out, size_in), (size_out,)
     return shapes
 

@@ -15,6 +15,7 @@ The dataset's z stays that N(0, I) draw (contract 1); the registered decoder map
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -27,7 +28,7 @@ from vae_core.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
 def _mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with ReLU between them, none after the last."""
     layers: list[nn.Module] = []
-    for index, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for index, (size_in, size_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(size_in, size_out))
         if index < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -42,7 +43,7 @@ def _conv_down(config: VAEConfig) -> nn.Sequential:
     """(B, C, H, W) -> (B, c_last, h_last, w_last): one strided convolution + ReLU per entry of conv_channels."""
     layers: list[nn.Module] = []
     channels = [config.image_channels, *config.conv_channels]
-    for size_in, size_out in zip(channels[:-1], channels[1:]):
+    for size_in, size_out in itertools.pairwise(channels):
         layers += [nn.Conv2d(size_in, size_out, CONV_KERNEL, CONV_STRIDE, CONV_PADDING), nn.ReLU()]
     return nn.Sequential(*layers)
 

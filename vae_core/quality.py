@@ -9,6 +9,7 @@ side with the floors that real held-out data reaches.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -252,10 +253,8 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = Qual
     covariance_mean = None
     with warnings.catch_warnings():
         warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
-        try:
+        with contextlib.suppress(scipy.linalg.LinAlgWarning):  # singular product: retried below with the offset
             covariance_mean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
-        except scipy.linalg.LinAlgWarning:
-            pass  # singular product: retried below with the offset
     if covariance_mean is None or not np.isfinite(covariance_mean).all():
         offset = np.eye(len(sigma_a)) * eps
         covariance_mean = scipy.linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))

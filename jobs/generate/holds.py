@@ -18,6 +18,7 @@ with `Storage.write_json` (a temp file, then a move: atomic on local disks; one 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -127,10 +128,8 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(self.record["timeout_s"] / HEARTBEAT_DIVISOR):
             self.record["heartbeat_at"] = time.time()
-            try:
+            with contextlib.suppress(OSError):  # a transient store error: the next beat tries again, well in time
                 self.storage.write_json(self.record, LEASES, self.name)
-            except OSError:  # a transient store error: the next beat tries again, well within the timeout
-                pass
 
     def release(self) -> None:
         if not self._stop.is_set():

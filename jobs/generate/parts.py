@@ -212,23 +212,23 @@ class PartWriter:
             writer.write_batch(batch, row_group_size=spec.block_rows)
             encode_s[0] += time.perf_counter() - began
 
-        with self.storage.atomic_writer(self.dataset_id, name) as stream:
-            with (
-                parquet_writer(stream, self.schema, spec) as writer,
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool,
-            ):
-                pending: Future | None = None
-                for block_start, block_stop in block_ranges(start, stop, spec.block_rows):
-                    began = time.perf_counter()
-                    rows = self.predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})
-                    keep = slice(max(start, block_start) - block_start, min(stop, block_stop) - block_start)
-                    batch = record_batch({key: value[keep] for key, value in rows.items()}, self.schema)
-                    decode_s += time.perf_counter() - began
-                    if pending is not None:
-                        pending.result()  # at most one block encoding while the next decodes
-                    pending = pool.submit(encode, batch)
+        with (
+            self.storage.atomic_writer(self.dataset_id, name) as stream,
+            parquet_writer(stream, self.schema, spec) as writer,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool,
+        ):
+            pending: Future | None = None
+            for block_start, block_stop in block_ranges(start, stop, spec.block_rows):
+                began = time.perf_counter()
+                rows = self.predictor({"sample_id": np.arange(block_start, block_stop, dtype=np.int64)})
+                keep = slice(max(start, block_start) - block_start, min(stop, block_stop) - block_start)
+                batch = record_batch({key: value[keep] for key, value in rows.items()}, self.schema)
+                decode_s += time.perf_counter() - began
                 if pending is not None:
-                    pending.result()
+                    pending.result()  # at most one block encoding while the next decodes
+                pending = pool.submit(encode, batch)
+            if pending is not None:
+                pending.result()
         info = PartInfo(
             shard,
             name,
