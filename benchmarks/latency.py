@@ -122,6 +122,27 @@ def setup_store(store: Path, env: dict[str, str]) -> None:
         raise SystemExit(f"set-up failed:\n{done.stderr[-3000:]}")
 
 
+def scenario_report(name: str, runs: list[dict]) -> dict:
+    """One scenario's summary: median, min and max of its timings, stage medians, and the budgets it met."""
+    entry = {"whole_s": summary(runs), "exit_after_last_line_s": summary(runs, "exit_after_last_line_s")}
+    if name.startswith("generate"):
+        entry["stages_s_median"] = {
+            stage: round(statistics.median([run["stages_s"][stage] for run in runs]), 3)
+            for stage in STAGES
+            if all(run["stages_s"][stage] is not None for run in runs)
+        }
+    if name in BUDGETS_S:
+        entry["budget_s"] = BUDGETS_S[name]
+        entry["met"] = entry["whole_s"]["median"] <= BUDGETS_S[name]
+    if name == "generate_1m":
+        entry["job_s"] = summary(runs, "job_s")
+        entry["ratio"] = summary(runs, "ratio")
+        entry["met"] = entry["ratio"]["median"] <= RATIO_BUDGET
+    if name.startswith("generate") and name != "generate_1m":
+        entry["exit_met"] = entry["exit_after_last_line_s"]["median"] <= EXIT_LAG_BUDGET_S
+    return entry
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
@@ -216,26 +237,7 @@ def main() -> None:
             scenarios["generate_1m"] = big
             timed([VAEGEN, "inspect", str(dataset)], store, own)  # reads the 2.4 GB into the page cache
             repeat("inspect_1m", lambda _: [VAEGEN, "inspect", str(dataset)], own)
-        report = {}
-        for name, runs in scenarios.items():
-            entry = {"whole_s": summary(runs), "exit_after_last_line_s": summary(runs, "exit_after_last_line_s")}
-            if name.startswith("generate"):
-                entry["stages_s_median"] = {
-                    stage: round(statistics.median([run["stages_s"][stage] for run in runs]), 3)
-                    for stage in STAGES
-                    if all(run["stages_s"][stage] is not None for run in runs)
-                }
-            if name in BUDGETS_S:
-                entry["budget_s"] = BUDGETS_S[name]
-                entry["met"] = entry["whole_s"]["median"] <= BUDGETS_S[name]
-            if name == "generate_1m":
-                entry["job_s"] = summary(runs, "job_s")
-                entry["ratio"] = summary(runs, "ratio")
-                entry["met"] = entry["ratio"]["median"] <= RATIO_BUDGET
-            if name.startswith("generate") and name != "generate_1m":
-                entry["exit_met"] = entry["exit_after_last_line_s"]["median"] <= EXIT_LAG_BUDGET_S
-            report[name] = entry
-        results["scenarios"] = report
+        results["scenarios"] = {name: scenario_report(name, runs) for name, runs in scenarios.items()}
         results["raw"] = {
             name: [{key: value for key, value in run.items() if key not in ("stdout",)} for run in runs]
             for name, runs in scenarios.items()

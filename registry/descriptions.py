@@ -149,6 +149,41 @@ def model_facts(config: dict[str, Any], params: dict[str, str]) -> dict[str, str
     }
 
 
+def _data_rows(tags: dict[str, str]) -> list[tuple[str, str]]:
+    """version_description's rows on the training data: its source and digest, and the split."""
+    rows = []
+    if "data_source" in tags:
+        rows.append(("data", f"`{tags['data_source']}`, sha256 `{tags.get('data_sha256', '?')[:SHA_CHARS]}…`"))
+    if "holdout_size" in tags:
+        fraction = float(tags.get("holdout_fraction", "nan"))
+        rows.append(
+            (
+                "split",
+                f"{int(tags.get('train_size', 0)):,} train / {int(tags['holdout_size']):,} held out "
+                f"(the last {fraction:.0%} of the source)",
+            )
+        )
+    return rows
+
+
+def _link_rows(run: dict[str, Any], model_id: str | None) -> list[tuple[str, str]]:
+    """version_description's links: the training run and the logged model, where they are known."""
+    rows = []
+    if run.get("run_id"):
+        rows.append(
+            ("training run", f"[{run.get('name') or run['run_id']}]({run_link(run['experiment_id'], run['run_id'])})")
+        )
+    if model_id and run.get("experiment_id"):
+        rows.append(
+            (
+                "logged model",
+                f"[{model_id}]({logged_model_link(run['experiment_id'], model_id)}): "
+                "its page lists the datasets generated from this version",
+            )
+        )
+    return rows
+
+
 def version_description(
     name: str, version: int, tags: dict[str, str], run: dict[str, Any], model_id: str | None
 ) -> str:
@@ -166,18 +201,7 @@ def version_description(
     if "val_neg_elbo" in tags:
         summary += f"; held-out -ELBO {float(tags['val_neg_elbo']):.3f} nats"
     lines = [summary + ".", ""]  # plain text first: the versions list shows the description's start
-    rows = []
-    if "data_source" in tags:
-        rows.append(("data", f"`{tags['data_source']}`, sha256 `{tags.get('data_sha256', '?')[:SHA_CHARS]}…`"))
-    if "holdout_size" in tags:
-        fraction = float(tags.get("holdout_fraction", "nan"))
-        rows.append(
-            (
-                "split",
-                f"{int(tags.get('train_size', 0)):,} train / {int(tags['holdout_size']):,} held out "
-                f"(the last {fraction:.0%} of the source)",
-            )
-        )
+    rows = _data_rows(tags)
     if config:
         rows += [
             ("architecture", facts["architecture"]),
@@ -192,18 +216,7 @@ def version_description(
             rows.append(("training", ", ".join(settings)))
     if "val_neg_elbo" in tags:
         rows.append(("held-out -ELBO", f"{float(tags['val_neg_elbo']):.3f} nats per sample"))
-    if run.get("run_id"):
-        rows.append(
-            ("training run", f"[{run.get('name') or run['run_id']}]({run_link(run['experiment_id'], run['run_id'])})")
-        )
-    if model_id and run.get("experiment_id"):
-        rows.append(
-            (
-                "logged model",
-                f"[{model_id}]({logged_model_link(run['experiment_id'], model_id)}): "
-                "its page lists the datasets generated from this version",
-            )
-        )
+    rows += _link_rows(run, model_id)
     lines += [table(("", ""), rows), ""]
 
     quality = {key.removeprefix("quality."): value for key, value in tags.items() if key.startswith("quality.")}

@@ -78,11 +78,26 @@ def to_strict_json_schema(node: dict[str, Any], *, in_junctor: bool = False) -> 
     if "not" in node:
         out["not"] = to_strict_json_schema(node["not"], in_junctor=True)
     if node.get("x-kubernetes-embedded-resource"):
-        properties = out.setdefault("properties", {})
-        properties.setdefault("apiVersion", {"type": "string"})
-        properties.setdefault("kind", {"type": "string"})
-        properties.setdefault("metadata", OBJECT_META)
-        out["required"] = sorted({*out.get("required", []), "apiVersion", "kind"})
+        _add_embedded_resource_fields(out)
+    _close_unknown_fields(node, out, in_junctor)
+    if node.get("nullable"):
+        _allow_null(out)
+    return out
+
+
+def _add_embedded_resource_fields(out: dict[str, Any]) -> None:
+    """An embedded resource (x-kubernetes-embedded-resource) has apiVersion, kind and metadata, the first two
+    required."""
+    properties = out.setdefault("properties", {})
+    properties.setdefault("apiVersion", {"type": "string"})
+    properties.setdefault("kind", {"type": "string"})
+    properties.setdefault("metadata", OBJECT_META)
+    out["required"] = sorted({*out.get("required", []), "apiVersion", "kind"})
+
+
+def _close_unknown_fields(node: dict[str, Any], out: dict[str, Any], in_junctor: bool) -> None:
+    """additionalProperties as the API server reads it: an object's unknown fields are refused unless the node
+    says otherwise (additionalProperties, x-kubernetes-preserve-unknown-fields) or sits in a junctor."""
     preserve = bool(node.get("x-kubernetes-preserve-unknown-fields"))
     if isinstance(node.get("additionalProperties"), dict):
         out["additionalProperties"] = to_strict_json_schema(node["additionalProperties"], in_junctor=in_junctor)
@@ -90,12 +105,14 @@ def to_strict_json_schema(node: dict[str, Any], *, in_junctor: bool = False) -> 
         out["additionalProperties"] = node["additionalProperties"]
     elif not in_junctor and not preserve and (node.get("type") == "object" or "properties" in node):
         out["additionalProperties"] = False
-    if node.get("nullable"):
-        if "type" in out:
-            out["type"] = [out["type"], "null"]
-        if "anyOf" in out:
-            out["anyOf"] = [*out["anyOf"], {"type": "null"}]
-    return out
+
+
+def _allow_null(out: dict[str, Any]) -> None:
+    """nullable: true admits null, in the type and as one more anyOf branch."""
+    if "type" in out:
+        out["type"] = [out["type"], "null"]
+    if "anyOf" in out:
+        out["anyOf"] = [*out["anyOf"], {"type": "null"}]
 
 
 def _list_type(validator, list_type, instance, schema) -> Iterator[jsonschema.ValidationError]:
