@@ -243,7 +243,16 @@ class Dataset:
         """A torch IterableDataset over the parts (see TorchDataset); columns default to x and label.
         source="decode" regenerates the rows on `device` from the pinned model the manifest names."""
         names = self._columns(columns if columns is not None else ["x", "label"] if self.has_labels else ["x"])
-        return torch_dataset_class()(self, names, shuffle, seed, batch_size, rank, world_size, source, device)
+        return torch_dataset_class()(
+            self,
+            names,
+            shuffle=shuffle,
+            seed=seed,
+            batch_size=batch_size,
+            ranks=Ranks(rank, world_size),
+            source=source,
+            device=device,
+        )
 
     def hf_features(self) -> datasets.Features:
         """The columns as Hugging Face features; x as Array2D..Array5D (any layout: the reader decodes it)."""
@@ -348,6 +357,15 @@ def _verify(location: str, storage: Storage, dataset_id: str, verify: bool, deep
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """This reader's place among distributed ranks, as given to Dataset.torch(): both or neither (None asks
+    torch.distributed, see torch_rank_and_world_size)."""
+
+    rank: int | None = None
+    world_size: int | None = None
+
+
 def torch_rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """Given ones win; else torch.distributed's when it is initialised (call init_process_group
     before building the dataset); else one process."""
@@ -382,11 +400,11 @@ class RowStream(reader_state.Resumable):
         self,
         dataset: Dataset,
         columns: list[str],
+        *,
         shuffle: bool,
         seed: int,
         batch_size: int | None,
-        rank: int | None,
-        world_size: int | None,
+        ranks: Ranks = Ranks(),
         source: str = "stored",
         device: str = "cpu",
     ):
@@ -400,11 +418,10 @@ class RowStream(reader_state.Resumable):
         self.columns = columns
         self.shuffle = shuffle
         self.seed = seed
-        self.batch_size = (
-            batch_size  # None: one row at a time (DataLoader batches); else batches (DataLoader(batch_size=None))
-        )
+        # None: one row at a time (DataLoader batches); else batches (DataLoader(batch_size=None))
+        self.batch_size = batch_size
         # here, in the training process: DataLoader workers are other processes, outside the process group
-        self.rank, self.world_size = torch_rank_and_world_size(rank, world_size)
+        self.rank, self.world_size = torch_rank_and_world_size(ranks.rank, ranks.world_size)
         # here, once: DataLoader workers get a copy, not a footer read each
         self.row_groups = self.decoded.row_groups() if self.decoded else dataset.row_groups()
         self.n = sum(group.rows for group in self.row_groups)

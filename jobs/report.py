@@ -195,10 +195,8 @@ def compare(
     progress.advance(1, "reference classifier ready")
     metrics, images = quality.quality_report(
         classifier,
-        train.images,
-        train.labels,
-        holdout.images,
-        holdout.labels,
+        train,
+        holdout,
         generated.astype(np.float32),
         config.quality,
         generated_labels,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from vae_core.data import Dataset
 from vae_core.errors import UsageError
 from vae_core.quality import (
     QualityConfig,
@@ -40,6 +41,11 @@ def digits():
         "heldout": (images[heldout], data.target[heldout]),
         "unseen": (images[unseen], data.target[unseen]),
     }
+
+
+def labelled(digits, split: str) -> Dataset:
+    """One split of the digits fixture as quality_report takes it."""
+    return Dataset("digits", *digits[split])
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +214,12 @@ def test_report_of_real_unseen_images_matches_its_floors(digits, classifier):
     model, _ = classifier
     unseen_images, unseen_labels = digits["unseen"]
     metrics, images = quality_report(
-        model, *digits["train"], *digits["heldout"], unseen_images, QualityConfig(), generated_labels=unseen_labels
+        model,
+        labelled(digits, "train"),
+        labelled(digits, "heldout"),
+        unseen_images,
+        QualityConfig(),
+        generated_labels=unseen_labels,
     )
     json.dumps(metrics, allow_nan=False)
     assert metrics["label_accuracy"] > 0.9
@@ -227,7 +238,7 @@ def test_report_of_real_unseen_images_matches_its_floors(digits, classifier):
 
 def test_report_of_the_heldout_set_equals_its_frechet_floor(digits, classifier):
     model, _ = classifier
-    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], digits["heldout"][0])
+    metrics, _ = quality_report(model, labelled(digits, "train"), labelled(digits, "heldout"), digits["heldout"][0])
     assert metrics["frechet_distance"] == pytest.approx(metrics["frechet_floor"], rel=1e-12)
     assert "label_accuracy" not in metrics
 
@@ -236,18 +247,22 @@ def test_shuffled_requested_labels_drop_label_accuracy(digits, classifier):
     model, _ = classifier
     unseen_images, unseen_labels = digits["unseen"]
     shuffled = np.random.default_rng(7).permutation(unseen_labels)
-    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], unseen_images, generated_labels=shuffled)
+    metrics, _ = quality_report(
+        model, labelled(digits, "train"), labelled(digits, "heldout"), unseen_images, generated_labels=shuffled
+    )
     assert metrics["label_accuracy"] < 0.3
 
 
 def test_report_flags_noise_and_copies(digits, classifier):
     model, _ = classifier
     noise = np.random.default_rng(8).uniform(size=(400, 8, 8)).astype(np.float32)
-    noisy, _ = quality_report(model, *digits["train"], *digits["heldout"], noise)
+    noisy, _ = quality_report(model, labelled(digits, "train"), labelled(digits, "heldout"), noise)
     assert noisy["frechet_distance"] > 10 * noisy["frechet_floor"]
     assert noisy["precision"] < 0.5 * noisy["precision_floor"]
     assert noisy["memorisation_share"] == 0.0
-    copies, _ = quality_report(model, *digits["train"], *digits["heldout"], digits["train"][0][:400].copy())
+    copies, _ = quality_report(
+        model, labelled(digits, "train"), labelled(digits, "heldout"), digits["train"][0][:400].copy()
+    )
     assert copies["memorisation_share"] == 1.0
 
 
@@ -268,7 +283,11 @@ def test_bad_inputs_fail_with_the_value_and_the_fix(digits, classifier):
         features(model, np.zeros((3, 28, 28), dtype=np.float32))
     with pytest.raises(UsageError, match="generated_labels must lie in 0..K-1"):
         quality_report(
-            model, train_images, train_labels, *digits["heldout"], train_images[:10], generated_labels=np.full(10, 10)
+            model,
+            Dataset("digits", train_images, train_labels),
+            labelled(digits, "heldout"),
+            train_images[:10],
+            generated_labels=np.full(10, 10),
         )
     with pytest.raises(UsageError, match="k_nearest must be a positive integer, got 0"):
         QualityConfig(k_nearest=0)
@@ -280,7 +299,7 @@ def test_unconditional_per_class_groups_by_predicted_class(digits, classifier):
     """Without requested labels, per-class fidelity is still reported, grouped by the classifier's
     prediction; real held-out images scored that way sit near their own floor."""
     model, _ = classifier
-    metrics, _ = quality_report(model, *digits["train"], *digits["heldout"], digits["heldout"][0])
+    metrics, _ = quality_report(model, labelled(digits, "train"), labelled(digits, "heldout"), digits["heldout"][0])
     assert metrics["per_class_grouping"] == "predicted"
     assert "label_accuracy" not in metrics and "per_class_label_accuracy" not in metrics
     assert len(metrics["per_class_frechet_distance"]) == 10
@@ -351,14 +370,14 @@ def test_report_holds_density_coverage_tstr_and_dcr_beside_their_floors(digits, 
     model, _ = classifier
     unseen_images, unseen_labels = digits["unseen"]
     metrics, _ = quality_report(
-        model, *digits["train"], *digits["heldout"], unseen_images, generated_labels=unseen_labels
+        model, labelled(digits, "train"), labelled(digits, "heldout"), unseen_images, generated_labels=unseen_labels
     )
     assert metrics["density"] == pytest.approx(metrics["density_floor"], rel=0.3)
     assert metrics["coverage"] == pytest.approx(metrics["coverage_floor"], abs=0.1)
     assert metrics["trtr_accuracy"] == metrics["classifier_heldout_accuracy"] > 0.9
     assert metrics["tstr_accuracy"] > 0.85
     assert 0.7 < metrics["dcr_ratio"] < 1.4
-    unlabelled, _ = quality_report(model, *digits["train"], *digits["heldout"], unseen_images)
+    unlabelled, _ = quality_report(model, labelled(digits, "train"), labelled(digits, "heldout"), unseen_images)
     assert unlabelled["tstr_accuracy"] is None and unlabelled["trtr_accuracy"] > 0.9
 
 
@@ -368,7 +387,7 @@ def test_tstr_in_the_report_uses_as_many_rows_as_trtr_and_every_class_even_when_
     labels = np.concatenate([digits["train"][1], digits["unseen"][1]])
     order = np.argsort(labels, kind="stable")  # sorted by label, as `vaegen sample`'s grid orders them
     metrics, _ = quality_report(
-        model, *digits["train"], *digits["heldout"], images[order], generated_labels=labels[order]
+        model, labelled(digits, "train"), labelled(digits, "heldout"), images[order], generated_labels=labels[order]
     )
     assert metrics["tstr_accuracy"] > 0.85  # the first 1,100 sorted rows would hold no 8 or 9, and TSTR would be None
 
@@ -385,6 +404,6 @@ def test_tstr_in_the_report_sees_every_class_of_labels_that_cycle(digits, classi
     )
     assert (generated_labels[:20] == np.tile(np.arange(10), 2)).all()
     metrics, _ = quality_report(
-        model, *digits["train"], *digits["heldout"], generated, generated_labels=generated_labels
+        model, labelled(digits, "train"), labelled(digits, "heldout"), generated, generated_labels=generated_labels
     )
     assert metrics["tstr_accuracy"] > 0.85

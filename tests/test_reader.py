@@ -141,7 +141,7 @@ def labelled(tmp_path_factory) -> reader.Dataset:
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("slots", [1, 3, 4, 7])
 def test_every_row_once_per_epoch_across_all_reader_slots(labelled, shuffle, slots):
-    stream = reader.RowStream(labelled, ["sample_id"], shuffle, seed=5, batch_size=None, rank=None, world_size=None)
+    stream = reader.RowStream(labelled, ["sample_id"], shuffle=shuffle, seed=5, batch_size=None)
     shares = [np.concatenate([block["sample_id"] for block in stream.blocks(slot, slots)]) for slot in range(slots)]
     together = np.concatenate(shares)
     assert len(together) == 1_000 and np.array_equal(np.sort(together), np.arange(1_000))

@@ -22,6 +22,7 @@ import scipy.special
 import torch
 from torch import nn
 
+from vae_core.data import Dataset
 from vae_core.errors import UsageError
 
 # Rows of a probability matrix must sum to 1; softmax in float32 is off by about 1e-7, so this admits it.
@@ -498,11 +499,17 @@ def _frechet_or_none(feats_a: np.ndarray, feats_b: np.ndarray, eps: float) -> fl
     return frechet_distance(feats_a, feats_b, eps)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Features:
+    """A real set as the classifier sees it: its features and their classes."""
+
+    feats: np.ndarray  # (N, F)
+    labels: np.ndarray  # (N,) int64
+
+
 def _per_class_metrics(
-    train_feats: np.ndarray,
-    train_labels: np.ndarray,
-    heldout_feats: np.ndarray,
-    heldout_labels: np.ndarray,
+    train: _Features,
+    heldout: _Features,
     generated_feats: np.ndarray,
     generated_probs: np.ndarray,
     generated_labels: np.ndarray,
@@ -523,8 +530,8 @@ def _per_class_metrics(
         )
     }
     for label in range(generated_probs.shape[1]):
-        train_c = train_feats[train_labels == label]
-        heldout_c = heldout_feats[heldout_labels == label]
+        train_c = train.feats[train.labels == label]
+        heldout_c = heldout.feats[heldout.labels == label]
         generated_mask = generated_labels == label
         generated_c = generated_feats[generated_mask]
         report["per_class_label_accuracy"].append(
@@ -547,16 +554,15 @@ def _per_class_metrics(
 
 def quality_report(
     classifier: ReferenceClassifier,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    heldout_images: np.ndarray,
-    heldout_labels: np.ndarray,
+    train: Dataset,
+    heldout: Dataset,
     generated_images: np.ndarray,
     config: QualityConfig = QualityConfig(),
     generated_labels: np.ndarray | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Compare generated images with the real training set; returns (metrics, images). on_stage gets the name of
+    """Compare generated images with the real training set (`train`: images and labels, `heldout` likewise);
+    returns (metrics, images). on_stage gets the name of
     each of REPORT_STAGES as it is done (TSTR's also for an unconditional report, where it costs nothing).
 
     metrics is JSON-serialisable (floats, ints, lists; None where a class has too few samples). Each `*_floor`
@@ -569,11 +575,11 @@ def quality_report(
     and per-class lists indexed by class.
     """
     num_classes = classifier.num_classes
-    train_images = _check_images("train_images", train_images, classifier.image_shape)
-    heldout_images = _check_images("heldout_images", heldout_images, classifier.image_shape)
+    train_images = _check_images("train.images", train.images, classifier.image_shape)
+    heldout_images = _check_images("heldout.images", heldout.images, classifier.image_shape)
     generated_images = _check_images("generated_images", generated_images, classifier.image_shape)
-    train_labels = _check_labels("train_labels", train_labels, len(train_images), num_classes)
-    heldout_labels = _check_labels("heldout_labels", heldout_labels, len(heldout_images), num_classes)
+    train_labels = _check_labels("train.labels", train.labels, len(train_images), num_classes)
+    heldout_labels = _check_labels("heldout.labels", heldout.labels, len(heldout_images), num_classes)
     if generated_labels is not None:
         generated_labels = _check_labels("generated_labels", generated_labels, len(generated_images), num_classes)
     if min(len(train_images), len(heldout_images), len(generated_images)) < config.k_nearest + 1:
@@ -662,10 +668,8 @@ def quality_report(
     if generated_labels is not None:
         metrics.update(
             _per_class_metrics(
-                train_feats,
-                train_labels,
-                heldout_feats,
-                heldout_labels,
+                _Features(train_feats, train_labels),
+                _Features(heldout_feats, heldout_labels),
                 generated_feats,
                 generated_probs,
                 generated_labels,
@@ -678,10 +682,8 @@ def quality_report(
         # No label was asked for: group the samples by the class the classifier sees, so per-class
         # fidelity compares with conditional models. Label accuracy is meaningless here and is dropped.
         by_prediction = _per_class_metrics(
-            train_feats,
-            train_labels,
-            heldout_feats,
-            heldout_labels,
+            _Features(train_feats, train_labels),
+            _Features(heldout_feats, heldout_labels),
             generated_feats,
             generated_probs,
             generated_probs.argmax(axis=1),
