@@ -156,6 +156,9 @@ class Unmonitored:
     def tick(self, in_flight: int, workers_alive: int) -> None: ...
 
 
+UNMONITORED = Unmonitored()  # stateless: one instance serves every caller that passes no monitor
+
+
 class JobMonitor(Unmonitored):
     """The driver's numbers of one generate job: what it exports, and what its stderr progress lines say.
 

@@ -316,7 +316,7 @@ class WorkerPool:
         shards: Sequence[int],
         on_part: Callable[[PartInfo], None],
         metadata: dict[str, str] | None = None,
-        monitor: metrics.Unmonitored = metrics.Unmonitored(),
+        monitor: metrics.Unmonitored = metrics.UNMONITORED,
     ) -> list[PartInfo]:
         """Write every shard (a lazy sequence: `range(num_shards)`), each on whichever worker is free.
 
@@ -361,7 +361,7 @@ class _Job:
         state_ref: Any,
         shards: Sequence[int],
         metadata: dict[str, str] | None = None,
-        monitor: metrics.Unmonitored = metrics.Unmonitored(),
+        monitor: metrics.Unmonitored = metrics.UNMONITORED,
     ):
         self.pool, self.spec, self.config, self.state_ref = pool, spec, config, state_ref
         self.monitor = monitor

@@ -119,9 +119,7 @@ def generate(
         if on_workers is not None:
             on_workers(pool.workers)
         loading = registry_thread.submit(_load, pinned)
-        record = _run(
-            spec, pinned, loading, plan.fresh, storage, pool, log, config.redact_provenance, config.engine.metrics
-        )
+        record = _run(spec, pinned, loading, plan.fresh, storage, pool, log, config)
     status = "generated" if record["timings"]["shards_reused"] == 0 else "resumed"
     return GenerateResult(dataset_id, storage.location(dataset_id), status, record, plan.seed_was_random)
 
@@ -224,10 +222,11 @@ def _run(
     storage: Storage,
     pool: engine.WorkerPool,
     log: Callable[[str], None],
-    redact_provenance: bool,
-    export_metrics: bool,
+    config: GenerateConfig,
 ) -> dict[str, Any]:
-    """Write every shard, commit the manifest, log the lineage run; returns the manifest."""
+    """Write every shard, commit the manifest, log the lineage run; returns the manifest. From `config`: whether
+    to leave provenance out, and whether to export metrics."""
+    redact_provenance, export_metrics = config.redact_provenance, config.engine.metrics
     from registry import lineage, tracking
 
     dataset_id, placement = spec.dataset_id, pool.placement
