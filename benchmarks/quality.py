@@ -48,6 +48,17 @@ KEYS = (
     "label_accuracy",
     "tstr_accuracy",
     "trtr_accuracy",
+    # the privacy block (vae_core/privacy.py): each figure beside its real floor
+    "mia_auc",
+    "mia_auc_floor",
+    "dcr_p5",
+    "dcr_floor_p5",
+    "dcr_median",
+    "dcr_floor_median",
+    "authenticity",
+    "authenticity_floor",
+    "detection_auc",
+    "detection_auc_floor",
 )
 
 
@@ -58,8 +69,9 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| data | model | kind | held-out -ELBO | Fréchet (floor) | precision (floor) | recall (floor) | "
-        "density (floor) | coverage (floor) | label acc. | TSTR (TRTR) | memorised | DCR ratio | train s |",
-        "|" + " --- |" * 3 + " ---: |" * 11,
+        "density (floor) | coverage (floor) | label acc. | TSTR (TRTR) | memorised | DCR ratio | MIA AUC (floor) | "
+        "authenticity (floor) | detection AUC (floor) | train s |",
+        "|" + " --- |" * 3 + " ---: |" * 14,
     ]
     for row in rows:
         lines.append(
@@ -70,9 +82,30 @@ def markdown(rows: list[dict]) -> str:
             f"{fmt(row['density'])} ({fmt(row['density_floor'])}) | "
             f"{fmt(row['coverage'])} ({fmt(row['coverage_floor'])}) | "
             f"{fmt(row['label_accuracy'])} | {fmt(row['tstr_accuracy'])} ({fmt(row['trtr_accuracy'])}) | "
-            f"{fmt(row['memorisation_share'], 2)} | {fmt(row['dcr_ratio'])} | {row['train_s']:.0f} |"
+            f"{fmt(row['memorisation_share'], 2)} | {fmt(row['dcr_ratio'])} | "
+            f"{fmt(row['mia_auc'])} ({fmt(row['mia_auc_floor'])}) | "
+            f"{fmt(row['authenticity'])} ({fmt(row['authenticity_floor'])}) | "
+            f"{fmt(row['detection_auc'])} ({fmt(row['detection_auc_floor'])}) | {row['train_s']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def privacy_seconds(reports, reference: str) -> float:
+    """What the privacy block adds to a 10k-sample report: the same report's figures without and with it."""
+    from registry import models
+    from vae_core import privacy, quality
+
+    loaded = models.load_decoder(models.resolve(reference))
+    config = reports.ReportConfig()
+    train, holdout = reports.reference_split(loaded, None)
+    classifier, _, _ = reports.classifier_for(train, config)
+    generated, _ = reports.draw_images(loaded.build(), config.n, config.seed)
+    feats = [
+        quality._embed_and_classify(classifier, images, 4096)[0] for images in (train.images, holdout.images, generated)
+    ]
+    started = time.perf_counter()
+    privacy.privacy_metrics(train.images, holdout.images, generated.astype("float32"), *feats)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -85,6 +118,7 @@ def main() -> None:
         help="only the models of one architecture",
     )
     parser.add_argument("--data", choices=["digits", "mnist"], default=None, help="only one data source")
+    parser.add_argument("--mnist", default=str(MNIST), help="folder of MNIST's IDX files [default: %(default)s]")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "quality.json"))
     args = parser.parse_args()
     started = time.perf_counter()
@@ -100,10 +134,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         sources = {"digits": "digits"}
-        if MNIST.is_dir():
-            sources["MNIST"] = f"mnist:{MNIST}"
+        if Path(args.mnist).is_dir():
+            sources["MNIST"] = f"mnist:{args.mnist}"
         else:
-            print(f"skipping MNIST: {MNIST} not found", file=sys.stderr)
+            print(f"skipping MNIST: {args.mnist} not found", file=sys.stderr)
         if args.data:
             sources = {name: spec for name, spec in sources.items() if name.lower() == args.data}
         rows = []
@@ -127,6 +161,7 @@ def main() -> None:
                         f"quality-bench/{result.pinned.version}", reports.ReportConfig(root=f"{folder}/again")
                     )
                     report_s = time.perf_counter() - report_started  # the classifier is cached: the report alone
+                    privacy_s = privacy_seconds(reports, f"quality-bench/{result.pinned.version}")
                     row = {
                         "data": source_name,
                         "model": model_name,
@@ -136,6 +171,7 @@ def main() -> None:
                         "held_out_neg_elbo": result.val_neg_elbo,
                         "train_s": result.train_seconds,
                         "report_10k_s": report_s,
+                        "privacy_10k_s": privacy_s,
                         **{key: metrics.get(key) for key in KEYS},
                         "per_class_frechet": metrics.get("per_class_frechet_distance"),
                         "per_class_frechet_floor": metrics.get("per_class_frechet_floor"),

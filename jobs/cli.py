@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from vae_core import privacy_block
 from vae_core.errors import Terminated, UsageError, VaegenError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 128 + signal.SIGTERM
@@ -525,6 +526,10 @@ def _refuse_dataset_options_with_resume(ctx: click.Context) -> None:
         raise UsageError(f"--resume continues a dataset with its own options; drop {', '.join(given)}")
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _log(message: str) -> None:
     click.echo(message, err=True)
 
@@ -768,7 +773,12 @@ def inspect_command(dataset, deep) -> None:
 @click.option("--alias", default="champion", show_default=True)
 @click.option("--reason", required=True, help="Why this version should serve; recorded on the version.")
 @click.option("--by", default=None, help="Who promotes [default: the OS user].")
-@click.option("--force", is_flag=True, help="Promote even if a gate cannot compare (never past a failing gate).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even if a gate cannot compare, or past a failing privacy gate (the "
+    "data may be disclosed: say so in --reason); never past another failing gate.",
+)
 @click.option(
     "--allow-schema-change",
     is_flag=True,
@@ -812,6 +822,34 @@ def inspect_command(dataset, deep) -> None:
     show_default=True,
     help="Conditional models only: train-on-synthetic / train-on-real accuracy on real held-out data.",
 )
+@click.option(
+    "--privacy-gate/--no-privacy-gate",
+    default=True,
+    show_default=True,
+    help="The privacy gates over the report's privacy block: membership inference, DCR ratio, detection "
+    "(one gate each; --no-quality-gate skips them too).",
+)
+@click.option(
+    "--max-mia-auc",
+    type=float,
+    default=privacy_block.GATES["mia_auc"][1],
+    show_default=True,
+    help="Membership-inference AUC (DOMIAS attack; 0.5 = the samples say nothing of who was trained on).",
+)
+@click.option(
+    "--min-dcr-ratio",
+    type=float,
+    default=privacy_block.GATES["dcr_ratio"][1],
+    show_default=True,
+    help="5th-percentile distance of samples to the closest training row / that of unseen real rows.",
+)
+@click.option(
+    "--max-detection-auc",
+    type=float,
+    default=privacy_block.GATES["detection_auc"][1],
+    show_default=True,
+    help="AUC of a classifier telling samples from real rows (0.5 = indistinguishable).",
+)
 @handle_errors
 def promote(  # noqa: PLR0913 (a click command takes one parameter per option)
     reference,
@@ -831,6 +869,10 @@ def promote(  # noqa: PLR0913 (a click command takes one parameter per option)
     max_frechet_ratio,
     min_label_accuracy,
     min_tstr_ratio,
+    privacy_gate,
+    max_mia_auc,
+    min_dcr_ratio,
+    max_detection_auc,
 ) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result.
 
@@ -867,6 +909,10 @@ def promote(  # noqa: PLR0913 (a click command takes one parameter per option)
         allow_schema_change=allow_schema_change,
         elbo_tolerance_nats=elbo_tolerance,
         quality=thresholds if quality_gate else None,
+        # the privacy gates read the same report: --no-quality-gate skips them too
+        privacy=promotion.PrivacyThresholds(max_mia_auc, min_dcr_ratio, max_detection_auc)
+        if privacy_gate and quality_gate
+        else None,
     )
     result = promotion.promote(reference, config)
     for gate in result.gates:
@@ -1100,9 +1146,15 @@ def report(model_ref, dataset, n, data, out_dir) -> None:
     tracking.ensure_reachable()
     config = reports.ReportConfig(n=n, out_dir=out_dir, data=data)
     result = reports.model_report(model_ref, config) if model_ref else reports.dataset_report(dataset, config)
+    block = privacy_block.block(result.metrics)
+    shown = set(privacy_block.HEADLINE_KEYS)
     for key in reports.HEADLINE:
-        if isinstance(result.metrics.get(key), (int, float)):
+        if key not in shown and isinstance(result.metrics.get(key), (int, float)):
             click.echo(f"{key:<20} {result.metrics[key]:.4g}")
+    click.echo("privacy (figure, real floor, promote's default gate; docs/decisions.md defines each):")
+    for row in block:
+        value, floor = (_figure(row[key]) for key in ("value", "floor"))
+        click.echo(f"  {row['figure']:<18} {value:>8}  floor {floor:<8} gate {row['gate'] or '-'}")
     click.echo(f"report: {result.json_path} {result.png_path} (logged to MLflow run {result.run_id})")
 
 

@@ -28,7 +28,7 @@ from jobs.sample import draw_images
 from registry import lineage, models
 from registry.models import LoadedDecoder
 from vae_core import data as data_sources
-from vae_core import quality
+from vae_core import privacy, quality
 from vae_core.errors import UsageError
 
 REPORT_SEED = 20_260_101  # fixed: every version's report decodes the same z, so reports compare
@@ -52,6 +52,8 @@ HEADLINE = (
     "label_accuracy",
     "tstr_accuracy",
     "trtr_accuracy",
+    # the privacy block: each figure beside its real floor (vae_core/privacy.py)
+    *(key for key in privacy.HEADLINE_KEYS if key != "dcr_ratio"),
 )
 
 
@@ -63,6 +65,8 @@ class ReportConfig:
     root: str = DEFAULT_ROOT
     data: str | None = None  # the real data; None = the source the version was trained on
     quality: quality.QualityConfig = quality.QualityConfig()
+    # None skips the privacy block (the publish audit compares fidelity only); not in the classifier's cache key
+    privacy: privacy.PrivacyConfig | None = privacy.PrivacyConfig()
     cache_dir: str = dataclasses.field(  # classifiers are cached here by data hash [env: VAEGEN_CACHE]
         default_factory=lambda: os.environ.get("VAEGEN_CACHE", str(Path.home() / ".cache" / "vaegen"))
     )
@@ -201,6 +205,7 @@ def compare(
         config.quality,
         generated_labels,
         on_stage=lambda stage: progress.advance(1, f"{stage} done"),
+        privacy_config=config.privacy,
     )
     metrics["classifier"] = info
     metrics["data_source"] = config.data or loaded.tags.get("data_source")

@@ -14,6 +14,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from vae_core import privacy_block
 from vae_core.config import RECIPES
 
 GENERATED_END = "<!-- vaegen: the text above is generated from the vaegen.* tags and replaced; write yours below -->"
@@ -221,10 +222,23 @@ def version_description(
 
     quality = {key.removeprefix("quality."): value for key, value in tags.items() if key.startswith("quality.")}
     if quality:
+        privacy_keys = set(privacy_block.HEADLINE_KEYS)
+        shown = lambda value: "–" if value is None else _number(value)  # noqa: E731
+        rows = [
+            (row["figure"], shown(row["value"]), shown(row["floor"]), row["gate"] or "–", row["meaning"])
+            for row in privacy_block.block(quality)
+        ]
         lines += [
             "**Quality** (`vaegen report`: fresh samples vs the held-out data)",
             "",
-            table(("metric", "value"), [(key, _number(value)) for key, value in sorted(quality.items())]),
+            table(
+                ("metric", "value"),
+                [(key, _number(value)) for key, value in sorted(quality.items()) if key not in privacy_keys],
+            ),
+            "",
+            "**Privacy** (each figure beside its real floor: held-out real data in the samples' place)",
+            "",
+            table(("figure", "value", "real floor", "promotion gate (default)", "meaning"), rows),
             "",
         ]
     else:

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from registry import descriptions, holders
 from registry.artifacts import RefusedVersion
+from registry.gates import GateResult
 from registry.models import (
     LOCK_MARK,
     MODEL_ARTIFACT,
@@ -39,6 +40,7 @@ from registry.models import (
     resolve,
     version_refusal,
 )
+from registry.privacy_gate import PrivacyThresholds, gate_privacy
 from registry.redaction import redact_uri
 from vae_core.errors import UsageError, VaegenError
 
@@ -54,25 +56,17 @@ COPY_EXPERIMENT = "vaegen-copies"  # the runs holding versions copied in from an
 
 
 @dataclasses.dataclass(frozen=True)
-class GateResult:
-    name: str
-    passed: bool
-    detail: str
-    forceable: bool = False  # only "nothing to compare with" is; a safety or load failure never is
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
 class PromotionConfig:
     alias: str = "champion"
     reason: str = ""
     by: str = dataclasses.field(default_factory=getpass.getuser)
     elbo_tolerance_nats: float = 0.5  # seed-to-seed noise of held-out -ELBO on digits is ~0.3 nats
-    force: bool = False  # promote even when the ELBO or quality gate has nothing to compare with; never past a failure
+    # promote even when the ELBO, quality or privacy gates have nothing to compare with, or past a failing privacy
+    # gate (whether a leak matters depends on the data: public digits, or private records); never past another failure
+    force: bool = False
     probe_rows: int = 256  # decoded by the load gate: seed-scheme rows 0..255 of dataset seed 0
     quality: QualityThresholds | None = None  # None skips gate 3; the CLI passes the defaults
+    privacy: PrivacyThresholds | None = None  # None skips the privacy gates; the CLI passes the defaults
     # What generate and refresh write from the alias (x's shape, a label column) changes only when asked by name:
     # --force, meant for "nothing to compare with", never does it.
     allow_schema_change: bool = False
@@ -492,6 +486,8 @@ def promote(reference: str, config: PromotionConfig) -> PromotionResult:
         ]
         if config.quality is not None:
             gates.append(gate_quality(candidate, config.quality))
+        if config.privacy is not None:
+            gates += gate_privacy(candidate, config.privacy)
         blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.forceable)]
         if blocking:
             return PromotionResult(

@@ -586,10 +586,11 @@ def trained_version(module_sqlite: TrackingStore, request: pytest.FixtureRequest
     return TrainedVersion(module_sqlite, trained.config, result)
 
 
-def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0, config=None):
+def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 40.0, config=None, init=None):
     """A seeded, untrained decoder registered through the path training uses (weights-only, config, tags), in
     the active store: for tests that need a version to decode with and gates to pass, not a good model. Seconds,
-    where training takes tens of seconds on a loaded 2-core box. `config`: a VAEConfig, default VAEConfig()."""
+    where training takes tens of seconds on a loaded 2-core box. `config`: a VAEConfig, default VAEConfig();
+    `init(model)`, when given, sets the weights instead (a decoder built to behave some way)."""
     import torch
 
     from registry import models
@@ -598,14 +599,10 @@ def register_untrained_decoder(name: str = "vae-decoder", val_neg_elbo: float = 
     from vae_core.training import TrainResult
 
     torch.manual_seed(0)
-    result = TrainResult(
-        model=VAE(config or VAEConfig()),
-        history=[],
-        val_neg_elbo=val_neg_elbo,
-        train_size=1,
-        holdout_size=1,
-        seconds=0.0,
-    )
+    model = VAE(config or VAEConfig())
+    if init is not None:
+        init(model)
+    result = TrainResult(model=model, history=[], val_neg_elbo=val_neg_elbo, train_size=1, holdout_size=1, seconds=0.0)
     with models.training_run("vaegen-train", "untrained-decoder", {}) as run:
         return run.register(result, name, {})
 

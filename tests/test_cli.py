@@ -183,7 +183,7 @@ def test_installed_console_script_end_to_end(tmp_path):
     assert "registered: vae-decoder/1" in trained.stdout
     assert re.search(r"train: 36/36 steps, .*; epoch 3/3", trained.stderr), trained.stderr  # digits: 12 steps an epoch
     assert re.search(r"prior flow fit: 50/50 steps, .*done in", trained.stderr), trained.stderr
-    report_done = r"quality report: 6/6 stages, .*done in .*; per-class figures done"
+    report_done = r"quality report: 7/7 stages, .*done in .*; privacy done"
     assert re.search(report_done, trained.stderr), trained.stderr
     assert (tmp_path / "mlflow.db").is_file()
     assert (tmp_path / "mlruns").is_dir() and any((tmp_path / "mlruns").rglob("weights.npz"))

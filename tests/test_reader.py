@@ -440,6 +440,7 @@ def test_the_job_writes_the_card_before_the_manifest_and_report_rewrites_it(cond
     assert "`vaegen report --dataset` on the first 2,000 rows of this dataset" in rewritten
     assert f"| precision | {metrics['precision']:.4g} |" in rewritten
     assert f"| label_accuracy | {metrics['label_accuracy']:.4g} |" in rewritten
+    assert f"| mia_auc | {metrics['mia_auc']:.4g} | {metrics['mia_auc_floor']:.4g} | <= 0.6 |" in rewritten  # privacy
     assert invoke("inspect", str(directory)).exit_code == 0  # the parts and manifest are untouched
 
 

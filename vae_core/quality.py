@@ -22,14 +22,16 @@ import scipy.special
 import torch
 from torch import nn
 
+from vae_core import privacy
 from vae_core.data import Dataset
 from vae_core.errors import UsageError
 
+DEFAULT_PRIVACY = privacy.PrivacyConfig()  # quality_report's privacy block (None: none)
 # Rows of a probability matrix must sum to 1; softmax in float32 is off by about 1e-7, so this admits it.
 _PROBABILITY_SUM_TOLERANCE = 1e-4
 _MIN_SAMPLES_FOR_COVARIANCE = 2
 # What quality_report reports done, in order: its callers show them as progress.
-REPORT_STAGES = ("features", "precision, recall, closest records", "TSTR", "per-class figures")
+REPORT_STAGES = ("features", "precision, recall, closest records", "TSTR", "per-class figures", "privacy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -560,6 +562,7 @@ def quality_report(
     config: QualityConfig = QualityConfig(),
     generated_labels: np.ndarray | None = None,
     on_stage: Callable[[str], None] | None = None,
+    privacy_config: privacy.PrivacyConfig | None = DEFAULT_PRIVACY,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Compare generated images with the real training set (`train`: images and labels, `heldout` likewise);
     returns (metrics, images). on_stage gets the name of
@@ -572,7 +575,8 @@ def quality_report(
     is compared with the training set, on which the classifier and the generator were trained. images holds
     (H, W) float64 arrays: generated_mean, generated_std, real_mean, real_std (real = training set), for plotting.
     With generated_labels (the classes a conditional model was asked for), metrics also hold label_accuracy
-    and per-class lists indexed by class.
+    and per-class lists indexed by class. The privacy block (privacy.privacy_metrics: membership inference,
+    authenticity, detection, each beside its floor) sits beside DCR, unless privacy_config is None.
     """
     num_classes = classifier.num_classes
     train_images = _check_images("train.images", train.images, classifier.image_shape)
@@ -697,6 +701,19 @@ def quality_report(
     generated_mean, generated_std = pixel_stats(generated_images)
     real_mean, real_std = pixel_stats(train_images)
     done(REPORT_STAGES[3])
+    if privacy_config is not None:
+        metrics.update(
+            privacy.privacy_metrics(
+                train_images,
+                heldout_images,
+                generated_images,
+                train_feats,
+                heldout_feats,
+                generated_feats,
+                privacy_config,
+            )
+        )
+    done(REPORT_STAGES[4])
     images = {
         "generated_mean": generated_mean,
         "generated_std": generated_std,

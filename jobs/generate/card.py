@@ -24,6 +24,7 @@ from typing import Any
 from jobs.generate import manifest
 from jobs.generate.manifest import AUDIT
 from jobs.generate.storage import Storage
+from vae_core import privacy_block
 from vae_core.errors import VaegenError
 
 CARD = "_README.md"
@@ -31,6 +32,7 @@ HF_YAML = ".huggingface.yaml"
 PART_GLOB = "part-*.parquet"
 DESIGN_DOC = "docs/DESIGN.md"  # in the vaegen repository: the contracts a card cites (seed scheme, dataset layout)
 AUDIT_HEADING = "## Audit before publish"
+PRIVACY_HEADING = "### Privacy"  # inside the quality section
 QUALITY_TAG_PREFIX = "quality."  # the model version's quality figures, as registry.models.LoadedDecoder.tags names them
 # Hugging Face's size buckets (n<1K, 1K<n<10K, ...), for the Hub's size filter
 SIZE_BUCKETS = (
@@ -73,10 +75,11 @@ class Quality:
 
 def from_version_tags(tags: dict[str, str]) -> Quality | None:
     """The quality figures a model version carries as `vaegen.quality.*` tags (`vaegen report --model`)."""
+    shown = set(QUALITY_MEANINGS) | set(privacy_block.HEADLINE_KEYS)
     figures = {
         key.removeprefix(QUALITY_TAG_PREFIX): float(value)
         for key, value in tags.items()
-        if key.startswith(QUALITY_TAG_PREFIX) and key.removeprefix(QUALITY_TAG_PREFIX) in QUALITY_MEANINGS
+        if key.startswith(QUALITY_TAG_PREFIX) and key.removeprefix(QUALITY_TAG_PREFIX) in shown
     }
     if not figures:
         return None
@@ -317,7 +320,11 @@ def _quality_text(quality: Quality | None, location: str) -> str:
             f"{_code(f'vaegen report --dataset {location}')} measures these rows against the real data and "
             "rewrites this card with its figures."
         )
-    rows = [(name, f"{value:.4g}", QUALITY_MEANINGS.get(name, "")) for name, value in quality.figures.items()]
+    rows = [
+        (name, f"{value:.4g}", QUALITY_MEANINGS[name])
+        for name, value in quality.figures.items()
+        if name in QUALITY_MEANINGS and name not in privacy_block.FLOORS
+    ]
     table = "\n".join(
         [
             "| figure | value | meaning |",
@@ -325,7 +332,25 @@ def _quality_text(quality: Quality | None, location: str) -> str:
             *[f"| {name} | {value} | {meaning} |" for name, value, meaning in rows],
         ]
     )
-    return f"Measured by {quality.source}.\n\n{table}"
+    return f"Measured by {quality.source}.\n\n{table}\n\n{_privacy_text(quality.figures)}"
+
+
+def _privacy_text(figures: dict[str, float]) -> str:
+    """The privacy block: each figure beside its real floor (held-out real data in the samples' place) and the
+    bound `vaegen promote` gates it at by default; "–" where the report predates the block."""
+    shown = lambda value: "–" if value is None else f"{value:.4g}"  # noqa: E731
+    rows = [
+        f"| {row['figure']} | {shown(row['value'])} | {shown(row['floor'])} | {row['gate'] or '–'} | {row['meaning']} |"
+        for row in privacy_block.block(figures)
+    ]
+    return "\n".join(
+        [
+            f"{PRIVACY_HEADING}\n",
+            "| figure | value | real floor | promotion gate (default) | meaning |",
+            "| --- | ---: | ---: | --- | --- |",
+            *rows,
+        ]
+    )
 
 
 def _loading_text(record: dict[str, Any], location: str) -> str:
