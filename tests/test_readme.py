@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import readme_blocks
+from helpers import readme_block, readme_blocks
 from jobs.generate import card
 from ray_cluster import free_port, make_ray_env, stop_tagged
 from tiny_datasets import labelled_spec, write_dataset
@@ -40,7 +40,7 @@ NOT_RUN = {  # (heading, language) -> why no test runs it (the lead decides whet
     ("# vaegen", ""): "a diagram, not code",
     ("## Quick start: one command", "bash"): "installs a virtualenv (about a minute) and trains the full recipe: "
     "timed by hand on a fresh clone, see the issue's closing note",
-    ("## Tests: one command", "bash"): "it is the test suite itself (.ci/run runs it)",
+    ("## Tests: one command", "bash"): "it is the test suite itself (.ci/run runs it: test_ci_runs_the_readme_line)",
     ("## Commands", "bash"): "a reference of every command with placeholder data, registries and buckets "
     "(mnist:/data/mnist, https://mlflow.prod.example, s3://bucket); "
     "each command has CLI tests",
@@ -153,3 +153,9 @@ def test_reader_lines_run_verbatim_beside_a_stale_ray_address(dataset_28x28):
             assert np.array_equal(np.asarray(item["first"], dtype=np.float32), values[0].ravel()), item["line"]
             whole += 1
     assert whole >= 6, found  # pyarrow, pandas, polars, DuckDB, datasets, to_numpy
+
+
+def test_ci_runs_the_readme_test_line():
+    """CI runs the README's test command, character for character, as its last line."""
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == readme_block("## Tests: one command").strip()
