@@ -578,138 +578,42 @@ def quality_report(
     and per-class lists indexed by class. The privacy block (privacy.privacy_metrics: membership inference,
     authenticity, detection, each beside its floor) sits beside DCR, unless privacy_config is None.
     """
-    num_classes = classifier.num_classes
-    train_images = _check_images("train.images", train.images, classifier.image_shape)
-    heldout_images = _check_images("heldout.images", heldout.images, classifier.image_shape)
-    generated_images = _check_images("generated_images", generated_images, classifier.image_shape)
-    train_labels = _check_labels("train.labels", train.labels, len(train_images), num_classes)
-    heldout_labels = _check_labels("heldout.labels", heldout.labels, len(heldout_images), num_classes)
-    if generated_labels is not None:
-        generated_labels = _check_labels("generated_labels", generated_labels, len(generated_images), num_classes)
-    if min(len(train_images), len(heldout_images), len(generated_images)) < config.k_nearest + 1:
-        raise UsageError(
-            f"train, held-out and generated sets need at least k_nearest + 1 = {config.k_nearest + 1} "
-            f"images each, got {len(train_images)}, {len(heldout_images)}, {len(generated_images)}"
-        )
-
-    batch_size = config.inference_batch_size
-    train_feats, _ = _embed_and_classify(classifier, train_images, batch_size)
-    heldout_feats, heldout_probs = _embed_and_classify(classifier, heldout_images, batch_size)
-    generated_feats, generated_probs = _embed_and_classify(classifier, generated_images, batch_size)
+    train, heldout, generated = _embedded(classifier, train, heldout, generated_images, generated_labels, config)
     rng = np.random.default_rng(config.seed)
     done = on_stage or (lambda stage: None)
     done(REPORT_STAGES[0])
-
-    precision, recall, density, coverage, knn_generated_count = _balanced_precision_recall(
-        train_feats, generated_feats, config, rng, with_density=True
-    )
-    precision_floor, recall_floor, density_floor, coverage_floor, knn_floor_count = _balanced_precision_recall(
-        train_feats, heldout_feats, config, rng, with_density=True
-    )
-    train_distribution = np.bincount(train_labels, minlength=num_classes) / len(train_labels)
-    labels = label_distribution_metrics(
-        generated_probs, num_classes, train_distribution, config.class_coverage_fair_share_fraction
-    )
-    heldout_distance, generated_distance = closest_record_distances(
-        train_images,
-        _subsample(heldout_images, config.max_knn_samples, rng),
-        _subsample(generated_images, config.max_knn_samples, rng),
-        config.knn_chunk_rows,
-    )
-    memorisation, memorisation_threshold = _memorisation(
-        heldout_distance, generated_distance, config.memorisation_percentile
-    )
+    fidelity, distances, knn_counts = _fidelity(train, heldout, generated, classifier.num_classes, config, rng)
     done(REPORT_STAGES[1])
-    trtr = float(np.mean(heldout_probs.argmax(axis=1) == heldout_labels))
-    # TSTR trains on as many generated rows as TRTR had real ones, so the two differ only in where the rows come
-    # from; drawn at random (an RNG of its own leaves the other metrics' draws alone): rows sorted by label, or
-    # cycling through the classes, would lose whole classes to a prefix or a stride.
-    tstr_rows = np.sort(
-        np.random.default_rng(config.seed).choice(
-            len(generated_images), size=min(len(train_images), len(generated_images)), replace=False
-        )
-    )
-    tstr = (
-        None
-        if generated_labels is None
-        else tstr_accuracy(
-            generated_images[tstr_rows],
-            generated_labels[tstr_rows],
-            heldout_images,
-            heldout_labels,
-            num_classes,
-            config,
-        )
-    )
+    trtr = float(np.mean(heldout.probs.argmax(axis=1) == heldout.labels))
+    tstr = None if generated.labels is None else _tstr(train, heldout, generated, classifier.num_classes, config)
     done(REPORT_STAGES[2])
     metrics: dict[str, Any] = {
-        "frechet_distance": frechet_distance(generated_feats, train_feats, config.frechet_eps),
-        "frechet_floor": frechet_distance(heldout_feats, train_feats, config.frechet_eps),
-        "precision": precision,
-        "recall": recall,
-        "precision_floor": precision_floor,
-        "recall_floor": recall_floor,
-        "density": density,
-        "coverage": coverage,
-        "density_floor": density_floor,
-        "coverage_floor": coverage_floor,
-        **labels,
+        **fidelity,
         "classifier_heldout_accuracy": trtr,
         # TSTR needs labelled generated rows (a conditional model's); TRTR is the reference classifier's accuracy.
         "tstr_accuracy": tstr,
         "trtr_accuracy": trtr,
-        "memorisation_share": memorisation,
-        "memorisation_threshold": memorisation_threshold,
-        **distance_to_closest_record(heldout_distance, generated_distance, config.dcr_percentile),
-        "n_train": len(train_images),
-        "n_heldout": len(heldout_images),
-        "n_generated": len(generated_images),
-        "n_knn_generated": knn_generated_count,
-        "n_knn_floor": knn_floor_count,
-        "num_classes": num_classes,
+        **distances,
+        "n_train": len(train.images),
+        "n_heldout": len(heldout.images),
+        "n_generated": len(generated.images),
+        **knn_counts,
+        "num_classes": classifier.num_classes,
         "feature_dim": classifier.feature_dim,
     }
-    if generated_labels is not None:
-        metrics.update(
-            _per_class_metrics(
-                _Features(train_feats, train_labels),
-                _Features(heldout_feats, heldout_labels),
-                generated_feats,
-                generated_probs,
-                generated_labels,
-                config,
-                rng,
-            )
-        )
-        metrics["per_class_grouping"] = "requested"
-    else:
-        # No label was asked for: group the samples by the class the classifier sees, so per-class
-        # fidelity compares with conditional models. Label accuracy is meaningless here and is dropped.
-        by_prediction = _per_class_metrics(
-            _Features(train_feats, train_labels),
-            _Features(heldout_feats, heldout_labels),
-            generated_feats,
-            generated_probs,
-            generated_probs.argmax(axis=1),
-            config,
-            rng,
-        )
-        for key in ("label_accuracy", "per_class_label_accuracy", "requested_class_histogram"):
-            by_prediction.pop(key)
-        metrics.update(by_prediction)
-        metrics["per_class_grouping"] = "predicted"
-    generated_mean, generated_std = pixel_stats(generated_images)
-    real_mean, real_std = pixel_stats(train_images)
+    metrics.update(_per_class(train, heldout, generated, config, rng))
+    generated_mean, generated_std = pixel_stats(generated.images)
+    real_mean, real_std = pixel_stats(train.images)
     done(REPORT_STAGES[3])
     if privacy_config is not None:
         metrics.update(
             privacy.privacy_metrics(
-                train_images,
-                heldout_images,
-                generated_images,
-                train_feats,
-                heldout_feats,
-                generated_feats,
+                train.images,
+                heldout.images,
+                generated.images,
+                train.feats,
+                heldout.feats,
+                generated.feats,
                 privacy_config,
             )
         )
@@ -721,3 +625,133 @@ def quality_report(
         "real_std": real_std,
     }
     return metrics, images
+
+
+@dataclasses.dataclass(frozen=True)
+class _Embedded:
+    """One image set of a report, checked, with its classifier features and class probabilities."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    feats: np.ndarray
+    probs: np.ndarray
+
+
+def _embedded(
+    classifier: ReferenceClassifier,
+    train: Dataset,
+    heldout: Dataset,
+    generated_images: np.ndarray,
+    generated_labels: np.ndarray | None,
+    config: QualityConfig,
+) -> tuple[_Embedded, _Embedded, _Embedded]:
+    """The three sets checked (shapes, labels, sizes) and embedded by the reference classifier."""
+    num_classes, shape = classifier.num_classes, classifier.image_shape
+    train_images = _check_images("train.images", train.images, shape)
+    heldout_images = _check_images("heldout.images", heldout.images, shape)
+    generated_images = _check_images("generated_images", generated_images, shape)
+    train_labels = _check_labels("train.labels", train.labels, len(train_images), num_classes)
+    heldout_labels = _check_labels("heldout.labels", heldout.labels, len(heldout_images), num_classes)
+    if generated_labels is not None:
+        generated_labels = _check_labels("generated_labels", generated_labels, len(generated_images), num_classes)
+    if min(len(train_images), len(heldout_images), len(generated_images)) < config.k_nearest + 1:
+        raise UsageError(
+            f"train, held-out and generated sets need at least k_nearest + 1 = {config.k_nearest + 1} "
+            f"images each, got {len(train_images)}, {len(heldout_images)}, {len(generated_images)}"
+        )
+    sets = ((train_images, train_labels), (heldout_images, heldout_labels), (generated_images, generated_labels))
+    embedded = []
+    for images, labels in sets:
+        feats, probs = _embed_and_classify(classifier, images, config.inference_batch_size)
+        embedded.append(_Embedded(images, labels, feats, probs))
+    return embedded[0], embedded[1], embedded[2]
+
+
+def _fidelity(
+    train: _Embedded,
+    heldout: _Embedded,
+    generated: _Embedded,
+    num_classes: int,
+    config: QualityConfig,
+    rng: np.random.Generator,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+    """(Fréchet, precision/recall/density/coverage and the label distribution, each beside its floor; the
+    memorisation and DCR figures; the k-NN subsample sizes). The draws from `rng` come in a fixed order: the
+    report is seeded."""
+    precision, recall, density, coverage, knn_generated_count = _balanced_precision_recall(
+        train.feats, generated.feats, config, rng, with_density=True
+    )
+    precision_floor, recall_floor, density_floor, coverage_floor, knn_floor_count = _balanced_precision_recall(
+        train.feats, heldout.feats, config, rng, with_density=True
+    )
+    train_distribution = np.bincount(train.labels, minlength=num_classes) / len(train.labels)
+    labels = label_distribution_metrics(
+        generated.probs, num_classes, train_distribution, config.class_coverage_fair_share_fraction
+    )
+    heldout_distance, generated_distance = closest_record_distances(
+        train.images,
+        _subsample(heldout.images, config.max_knn_samples, rng),
+        _subsample(generated.images, config.max_knn_samples, rng),
+        config.knn_chunk_rows,
+    )
+    memorisation, memorisation_threshold = _memorisation(
+        heldout_distance, generated_distance, config.memorisation_percentile
+    )
+    fidelity = {
+        "frechet_distance": frechet_distance(generated.feats, train.feats, config.frechet_eps),
+        "frechet_floor": frechet_distance(heldout.feats, train.feats, config.frechet_eps),
+        "precision": precision,
+        "recall": recall,
+        "precision_floor": precision_floor,
+        "recall_floor": recall_floor,
+        "density": density,
+        "coverage": coverage,
+        "density_floor": density_floor,
+        "coverage_floor": coverage_floor,
+        **labels,
+    }
+    distances = {
+        "memorisation_share": memorisation,
+        "memorisation_threshold": memorisation_threshold,
+        **distance_to_closest_record(heldout_distance, generated_distance, config.dcr_percentile),
+    }
+    counts = {"n_knn_generated": knn_generated_count, "n_knn_floor": knn_floor_count}
+    return fidelity, distances, counts
+
+
+def _tstr(train: _Embedded, heldout: _Embedded, generated: _Embedded, num_classes: int, config: QualityConfig) -> float:
+    """Train on synthetic, test on real. TSTR trains on as many generated rows as TRTR had real ones, so the two
+    differ only in where the rows come from; drawn at random (an RNG of its own leaves the other metrics' draws
+    alone): rows sorted by label, or cycling through the classes, would lose whole classes to a prefix or a
+    stride."""
+    rows = np.sort(
+        np.random.default_rng(config.seed).choice(
+            len(generated.images), size=min(len(train.images), len(generated.images)), replace=False
+        )
+    )
+    return tstr_accuracy(
+        generated.images[rows], generated.labels[rows], heldout.images, heldout.labels, num_classes, config
+    )
+
+
+def _per_class(
+    train: _Embedded, heldout: _Embedded, generated: _Embedded, config: QualityConfig, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Per-class fidelity, grouped by the requested labels, or (an unconditional model, which was asked for
+    none) by the class the classifier sees, so that it compares with conditional models; label accuracy is
+    meaningless then and dropped."""
+    grouping = generated.labels if generated.labels is not None else generated.probs.argmax(axis=1)
+    per_class = _per_class_metrics(
+        _Features(train.feats, train.labels),
+        _Features(heldout.feats, heldout.labels),
+        generated.feats,
+        generated.probs,
+        grouping,
+        config,
+        rng,
+    )
+    if generated.labels is None:
+        for key in ("label_accuracy", "per_class_label_accuracy", "requested_class_histogram"):
+            per_class.pop(key)
+    per_class["per_class_grouping"] = "requested" if generated.labels is not None else "predicted"
+    return per_class
