@@ -43,7 +43,15 @@ fi
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 echo "deploy/install.sh: torch build: $torch; installing $target into $venv" >&2
-"$venv/bin/pip" "${pip_args[@]}"
+if ! "$venv/bin/pip" "${pip_args[@]}"; then
+  if [ "$torch" = cpu ] && [[ " ${pip_args[*]} " != *" --extra-index-url "* ]]; then
+    # Without PyTorch's CPU index, only a local wheelhouse can supply a CPU build: say how to give one.
+    echo "deploy/install.sh: no CPU build of torch found: $cpu_index did not answer and pip's find-links" \
+      "(pip config, PIP_FIND_LINKS) hold none; point PIP_FIND_LINKS at a folder with a torch +cpu wheel," \
+      "VAEGEN_TORCH_CPU_INDEX at a reachable index, or use VAEGEN_TORCH=cuda" >&2
+  fi
+  exit 1
+fi
 # Files that do not compile (a package's Python 2 examples, say) are skipped, as pip skips them.
 "$venv/bin/python" -m compileall -q -j 0 "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null 2>&1 || true
 "$venv/bin/python" -c "import torch; print('deploy/install.sh: torch', torch.__version__, 'CUDA', torch.version.cuda)" >&2
