@@ -231,13 +231,6 @@ def _run(
 
     dataset_id, placement = spec.dataset_id, pool.placement
     model_record = dataclasses.asdict(pinned)
-    params = {
-        **{f"spec.{key}": value for key, value in spec.to_dict().items()},
-        "model_uri": pinned.uri,
-        "resolved_from": pinned.resolved_from,
-        "num_workers": placement.num_workers,
-        "device": placement.device,
-    }
     started_at, started = manifest.utc_now(), time.perf_counter()
     # one count of rows, parts, retries and workers for the progress lines and the metrics
     labels = metrics.labels_of(dataset_id, pinned.name, pinned.version)
@@ -254,21 +247,17 @@ def _run(
             f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}"
         )
         loaded = loading.result()  # before anything is written: a refused version (registry.artifacts) leaves nothing
-        planned_from = (spec.latent_dim, spec.sample_shape, spec.num_classes)
-        if (loaded.config.latent_dim, tuple(loaded.config.input_shape), loaded.config.num_classes) != planned_from:
-            raise VaegenError(
-                f"{pinned.name}/{pinned.version} is refused: its vaegen.config tag (latent_dim, shape, "
-                f"classes {planned_from}) disagrees with its config.json; register it with `vaegen train`"
-            )
-        with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, params) as run:
+        _check_planned_shape(spec, pinned, loaded)
+        with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, _run_params(spec, pinned, placement)) as run:
             storage.write_json(
                 manifest.progress_record(spec, model_record, run.run_id, placement.device),
                 dataset_id,
                 manifest.PROGRESS,
             )
             registry = None if redact_provenance else tracking.shown_uri()
-            digest = manifest.recipe_digest(spec, model_record)
-            provenance = manifest.provenance_metadata(digest, model_record, registry)
+            provenance = manifest.provenance_metadata(
+                manifest.recipe_digest(spec, model_record), model_record, registry
+            )
             parts = pool.run(
                 spec,
                 loaded.config.to_dict(),
@@ -295,19 +284,7 @@ def _run(
                 label_counts=label_counts(spec),
                 redact_provenance=redact_provenance,
             )
-            card.write(storage, dataset_id, record, card.from_version_tags(loaded.tags))  # before the commit
-            croissant.write(storage, dataset_id, record)
-            storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit: last, atomic
-            _cleanup(storage, dataset_id)
-            run.log_metrics(
-                {
-                    "seconds": seconds,
-                    "rows_per_s": spec.n / seconds,
-                    "total_bytes": record["total_bytes"],
-                    "shards_reused": reused,
-                }
-            )
-            run.log_dataset(record, storage.location(dataset_id))
+            _commit(storage, dataset_id, record, loaded.tags, run)
     except BrokenVersion:
         if fresh:  # a broken version (NaN output, weights that do not fit) never completes this dataset: leave nothing
             storage.delete_dir(dataset_id)
@@ -315,6 +292,45 @@ def _run(
     finally:
         monitor.close()
     return record
+
+
+def _run_params(spec: DatasetSpec, pinned: PinnedModel, placement: engine.Placement) -> dict[str, Any]:
+    """The dataset run's MLflow parameters: the spec, the version and where it ran."""
+    return {
+        **{f"spec.{key}": value for key, value in spec.to_dict().items()},
+        "model_uri": pinned.uri,
+        "resolved_from": pinned.resolved_from,
+        "num_workers": placement.num_workers,
+        "device": placement.device,
+    }
+
+
+def _check_planned_shape(spec: DatasetSpec, pinned: PinnedModel, loaded: LoadedDecoder) -> None:
+    """The spec was planned from the version's tags; the weights' own config must agree, or nothing is written."""
+    planned_from = (spec.latent_dim, spec.sample_shape, spec.num_classes)
+    if (loaded.config.latent_dim, tuple(loaded.config.input_shape), loaded.config.num_classes) != planned_from:
+        raise VaegenError(
+            f"{pinned.name}/{pinned.version} is refused: its vaegen.config tag (latent_dim, shape, "
+            f"classes {planned_from}) disagrees with its config.json; register it with `vaegen train`"
+        )
+
+
+def _commit(storage: Storage, dataset_id: str, record: dict[str, Any], version_tags: dict[str, str], run: Any) -> None:
+    """Card and Croissant file, then the manifest (the commit: last, atomic), then the run's figures."""
+    card.write(storage, dataset_id, record, card.from_version_tags(version_tags))
+    croissant.write(storage, dataset_id, record)
+    storage.write_json(record, dataset_id, manifest.MANIFEST)
+    _cleanup(storage, dataset_id)
+    timings = record["timings"]
+    run.log_metrics(
+        {
+            "seconds": timings["seconds"],
+            "rows_per_s": timings["rows_per_s"],
+            "total_bytes": record["total_bytes"],
+            "shards_reused": timings["shards_reused"],
+        }
+    )
+    run.log_dataset(record, storage.location(dataset_id))
 
 
 def _output(config: GenerateConfig) -> tuple[Storage, str | None]:
