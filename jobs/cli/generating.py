@@ -19,7 +19,19 @@ def generate_options(n_help: str) -> Callable[[Callable[..., Any]], Callable[...
 
 
 def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[..., Any]:
-    options = [
+    return _add_options(command, [*_dataset_options(n_help), *_run_options()])
+
+
+def _add_options(command: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Apply click options so that --help lists them in the order given."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _dataset_options(n_help: str) -> list[Callable[..., Any]]:
+    """What to generate and where it goes (with --resume, most come from the dataset: DATASET_OPTIONS)."""
+    return [
         click.option(
             "--model",
             "model_ref",
@@ -51,6 +63,12 @@ def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[
             "--rows-per-shard", type=int, default=65_536, show_default=True, help="Rows per Parquet part file."
         ),
         click.option("--batch-size", type=int, default=4_096, show_default=True, help="Rows per decode block."),
+    ]
+
+
+def _run_options() -> list[Callable[..., Any]]:
+    """How the job runs (the engine's options), which labels it draws, and what it lets through."""
+    return [
         click.option(
             "--num-workers", type=int, default=None, help="Decoder replicas [default: one per GPU, else per CPU]."
         ),
@@ -77,38 +95,35 @@ def _add_generate_options(command: Callable[..., Any], n_help: str) -> Callable[
             help="Fail (resumably) when no shard finishes for this many seconds: a lost node, a hung worker.",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 def audit_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The publish audit's options, shared by `refresh` and `generate --publish`."""
-    options = [
-        click.option(
-            "--no-audit",
-            is_flag=True,
-            help="Publish without the audit (recorded as skipped beside the manifest, in the card and in the "
-            "dataset's run).",
-        ),
-        click.option(
-            "--audit-rows",
-            type=int,
-            default=2_000,
-            show_default=True,
-            help="Rows whose quality figures the audit compares with the model version's report.",
-        ),
-        click.option(
-            "--audit-tolerance",
-            multiple=True,
-            metavar="FIGURE=VALUE",
-            help="Allowed absolute difference of a quality figure [defaults: precision=0.15, density=0.3, "
-            "mean_confidence=0.1, label_accuracy=0.05]; repeatable.",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _add_options(
+        command,
+        [
+            click.option(
+                "--no-audit",
+                is_flag=True,
+                help="Publish without the audit (recorded as skipped beside the manifest, in the card and in the "
+                "dataset's run).",
+            ),
+            click.option(
+                "--audit-rows",
+                type=int,
+                default=2_000,
+                show_default=True,
+                help="Rows whose quality figures the audit compares with the model version's report.",
+            ),
+            click.option(
+                "--audit-tolerance",
+                multiple=True,
+                metavar="FIGURE=VALUE",
+                help="Allowed absolute difference of a quality figure [defaults: precision=0.15, density=0.3, "
+                "mean_confidence=0.1, label_accuracy=0.05]; repeatable.",
+            ),
+        ],
+    )
 
 
 def make_audit_config(no_audit: bool, audit_rows: int, audit_tolerance: tuple[str, ...]):
