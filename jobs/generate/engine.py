@@ -79,7 +79,7 @@ def connect() -> bool:
 def _own_sigterm() -> Iterator[None]:
     """Keep the process's SIGTERM handler across ray.init, which replaces it twice: with `sys.exit(15)` in
     Python, then with the core worker's C++ handler that dumps every thread's stack. The command line's
-    handler (jobs.cli) ends a job as Ctrl-C does: one line, exit 143, locks released, runs marked KILLED."""
+    handler (jobs.cli.plumbing) ends a job as Ctrl-C does: one line, exit 143, locks released, runs marked KILLED."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     saved = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     try:
