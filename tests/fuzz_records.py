@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.generate import inspect, locks, manifest
+from jobs.generate import inspect, locks, manifest, parts
 from jobs.generate.spec import DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, check_name, parse_lock
 from registry import artifacts
@@ -228,7 +228,7 @@ class Fuzzer:
     def sidecar(self, data: bytes) -> str:
         self.write(f"{SPEC.dataset_id}/_parts/part-00000.parquet.json", data)
         record = self.storage.read_json(SPEC.dataset_id, "_parts", "part-00000.parquet.json")
-        return str(manifest.sidecar_matches(record, SPEC.fingerprint(), SPEC.shard_range(0)))
+        return str(parts.sidecar_matches(record, SPEC.fingerprint(), SPEC.shard_range(0)))
 
     def lock(self, data: bytes) -> str:
         held = parse_lock(data)

@@ -124,6 +124,15 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05)
     raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def agent_healthy(port: int) -> bool:
+    """Whether a node's dashboard agent answers its health check (it registers for jobs right after)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/healthz", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 @dataclasses.dataclass
 class RayCluster:
     """A `ray start --head` on 127.0.0.1, plus worker nodes joined with `ray start --address`."""
@@ -134,6 +143,7 @@ class RayCluster:
     gcs_port: int = dataclasses.field(default_factory=free_port)
     dashboard_port: int = dataclasses.field(default_factory=free_port)
     metrics_port: int = dataclasses.field(default_factory=free_port)  # the head's --metrics-export-port
+    agent_port: int = dataclasses.field(default_factory=free_port)  # the head's --dashboard-agent-listen-port
     extra_env: dict[str, str] = dataclasses.field(default_factory=dict)  # for the Ray processes (RAY_* settings)
     log: list[str] = dataclasses.field(default_factory=list)
 
@@ -145,19 +155,24 @@ class RayCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _node_ports(self, metrics_port: int | None = None) -> list[str]:
+    def _node_ports(self, metrics_port: int | None = None, agent_port: int | None = None) -> list[str]:
         """Every fixed-default port moved to a free one: two nodes (and other runs) share this host."""
         options = [
             "--node-manager-port",
             "--object-manager-port",
-            "--dashboard-agent-listen-port",
             "--dashboard-agent-grpc-port",
             "--runtime-env-agent-port",
         ]
         ports = [part for option in options for part in (option, str(free_port()))]
-        return [*ports, "--metrics-export-port", str(metrics_port or free_port())]
+        return [
+            *ports,
+            "--dashboard-agent-listen-port",
+            str(agent_port or free_port()),
+            "--metrics-export-port",
+            str(metrics_port or free_port()),
+        ]
 
-    def _ray_start(self, arguments: list[str], metrics_port: int | None = None) -> None:
+    def _ray_start(self, arguments: list[str], metrics_port: int | None = None, agent_port: int | None = None) -> None:
         command = [
             RAY_BIN,
             "start",
@@ -165,7 +180,7 @@ class RayCluster:
             "127.0.0.1",
             "--disable-usage-stats",
             *arguments,
-            *self._node_ports(metrics_port),
+            *self._node_ports(metrics_port, agent_port),
         ]
         done = subprocess.run(
             command,
@@ -200,7 +215,10 @@ class RayCluster:
                 str(self.env.temp_dir),
             ],
             self.metrics_port,
+            self.agent_port,
         )
+        # `ray start` returns before the head's job agent serves: a submission then fails "No available agent"
+        wait_until(lambda: agent_healthy(self.agent_port), START_TIMEOUT_S, "the head's job agent to serve")
         for cpus in self.worker_node_cpus:
             self._ray_start(["--address", self.gcs_address, "--num-cpus", str(cpus)])
         wait_until(

@@ -243,7 +243,14 @@ def test_eight_concurrent_promotions_form_one_chain(store, zygote):
         else:
             errors = error_lines(stderr)
             assert code == 1 and len(errors) == 1 and "Traceback" not in stderr, (version, stderr[-3000:])
-            assert f"{name}@champion is held by another promotion: promote v" in errors[0], errors[0]
+            # Refused while another held the lock, or (a loaded server: a holder's retried delete of its own lock
+            # landing after the next holder took it) found its lock gone just before moving the alias: either way
+            # it changed nothing, which the chain below checks.
+            held = f"{name}@champion is held by another promotion: promote v" in errors[0]
+            lost = (
+                f"lost the promotion lock '{name}.vaegen-lock.champion' before moving the alias; nothing" in errors[0]
+            )
+            assert held or lost, errors[0]
             refused.append(version)
 
     events = promotion.history(name, "champion")

@@ -254,8 +254,13 @@ class Storage:
         if self.is_local:
             with open(open_regular(self.path(*names)), "rb") as handle:
                 return handle.read()
-        with self.fs.open_input_stream(self.path(*names)) as stream:
-            return stream.read()
+        try:
+            with self.fs.open_input_stream(self.path(*names)) as stream:
+                return stream.read()
+        except OSError as error:  # an object deleted between the open and the read: S3 says NO_SUCH_KEY
+            if "NO_SUCH_KEY" in str(error):
+                raise FileNotFoundError(self.location(*names)) from error
+            raise
 
     def read_json(self, *names: str) -> dict | None:
         """The parsed record, None if absent; unparsable (truncated, edited) is a one-line CorruptRecord."""
