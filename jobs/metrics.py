@@ -51,6 +51,7 @@ METRICS = {
         Metric("vaegen_shards_retried", "counter", "Shards tried again after a worker died or raised"),
         Metric("vaegen_workers_lost", "counter", "Workers seen dead while running a shard"),
         Metric("vaegen_workers_restarted", "counter", "Workers that came back (restarted by Ray) after being lost"),
+        Metric("vaegen_workers_added", "counter", "Workers a growing pool (--num-workers MIN:MAX, auto) added mid-job"),
         Metric("vaegen_shards_in_flight", "gauge", "Shards running on workers now"),
         Metric("vaegen_workers_alive", "gauge", "Workers that take shards now"),
         Metric("vaegen_rows_per_second", "gauge", "Rows committed per second since the job started"),
@@ -153,7 +154,8 @@ class Unmonitored:
     def shard_retried(self) -> None: ...
     def worker_lost(self) -> None: ...
     def worker_restarted(self) -> None: ...
-    def tick(self, in_flight: int, workers_alive: int) -> None: ...
+    def worker_added(self) -> None: ...
+    def tick(self, in_flight: int, workers_alive: int, workers_total: int) -> None: ...
 
 
 UNMONITORED = Unmonitored()  # stateless: one instance serves every caller that passes no monitor
@@ -210,9 +212,12 @@ class JobMonitor(Unmonitored):
         self.restarted += 1
         self._count("vaegen_workers_restarted")
 
-    def tick(self, in_flight: int, workers_alive: int) -> None:
+    def worker_added(self) -> None:
+        self._count("vaegen_workers_added")
+
+    def tick(self, in_flight: int, workers_alive: int, workers_total: int) -> None:
         """At every poll of the driver: the gauges, at most every TICK_S."""
-        self.in_flight, self.workers_alive = in_flight, workers_alive
+        self.in_flight, self.workers_alive, self.workers_total = in_flight, workers_alive, workers_total
         now = time.monotonic()
         if not self.export or now < self.next_tick_s:
             return
@@ -230,5 +235,5 @@ class JobMonitor(Unmonitored):
 
     def close(self) -> None:
         self.next_tick_s = 0.0
-        self.tick(0, self.workers_alive)
+        self.tick(0, self.workers_alive, self.workers_total)
         self.progress.close()

@@ -220,10 +220,14 @@ class RayCluster:
         # `ray start` returns before the head's job agent serves: a submission then fails "No available agent"
         wait_until(lambda: agent_healthy(self.agent_port), START_TIMEOUT_S, "the head's job agent to serve")
         for cpus in self.worker_node_cpus:
-            self._ray_start(["--address", self.gcs_address, "--num-cpus", str(cpus)])
+            self.add_node(cpus)
         wait_until(
             lambda: len(self.alive_nodes()) == 1 + len(self.worker_node_cpus), START_TIMEOUT_S, "every node alive"
         )
+
+    def add_node(self, cpus: int) -> None:
+        """A worker node joined with `cpus` CPUs (as an autoscaler's new node would); stopped with the cluster."""
+        self._ray_start(["--address", self.gcs_address, "--num-cpus", str(cpus)])
 
     def alive_nodes(self) -> list[dict]:
         try:

@@ -22,6 +22,7 @@ from jobs import audit
 from jobs.generate import holds
 from jobs.generate.card import CARD
 from jobs.generate.manifest import AUDIT, MANIFEST
+from jobs.generate.storage import Storage
 from jobs.prune import select_for_pruning
 from jobs.reader import open_dataset
 from jobs.refresh import LATEST
@@ -42,7 +43,8 @@ def line(stdout: str, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_ray(module_sqlite) -> Iterator[str]:
+def local_ray(module_sqlite, moto_s3) -> Iterator[str]:
+    """After moto's AWS_* variables are set: the Ray workers inherit them and write to the S3 root too."""
     with private_local_ray() as address:
         yield address
 
@@ -352,3 +354,66 @@ def test_tag_names_exclude_references_and_nonsense(tmp_path):
             holds.check_tag_name(bad)
     result = invoke("tag", str(tmp_path / "no-such-dataset"), "paper")
     assert result.exit_code == 2 and "is not a committed dataset" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_governed_flow_on_an_object_store(champion, collapsed, moto_s3, tmp_path):
+    """The same commands on moto's S3 server: audit before publish, a failed audit keeping `latest`, a tag and a
+    reader's lease (another process) surviving `refresh --keep 1` twice, references, `status --max-lag`."""
+    root = f"{moto_s3}/governed"
+    storage = Storage(root)
+    model = f"{champion}@champion"
+
+    def latest() -> str | None:
+        record = storage.read_json(LATEST)
+        return None if record is None else record["dataset_id"]
+
+    result = invoke("refresh", "--model", model, *COMMON, "--out", root)
+    assert result.exit_code == 0, result.output
+    published = line(result.stdout, "refresh: generated").split()[2]
+    assert latest() == published and storage.read_json(published, AUDIT)["verdict"] == "pass"
+    inspected = invoke("inspect", f"{root}@latest")
+    assert inspected.exit_code == 0 and f"dataset: {published} at {root}/{published}" in inspected.stdout
+    assert "audit: PASS" in inspected.stdout, inspected.output
+
+    failed = invoke("generate", "--model", collapsed, *COMMON, "--seed", "0", "--out", root, "--publish")
+    assert failed.exit_code == 1 and "failed, quality_vs_version: " in failed.stderr, failed.output[-600:]
+    assert latest() == published
+
+    made = invoke("generate", "--model", model, *COMMON, "--seed", "3", "--out", root)
+    assert made.exit_code == 0, made.output
+    leased = line(made.stdout, "dataset_id:").split()[1]
+    tag = invoke("tag", f"{root}/{published}", "paper")
+    assert tag.exit_code == 0 and f"tagged: {root}@paper -> {published}" in tag.stdout, tag.output
+    reader = subprocess.Popen([sys.executable, "-c", READER, f"{root}/{leased}"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().split() == ["open", leased]
+        for seed in ("5", "6"):  # two newer datasets published, each refresh pruning with --keep 1
+            result = invoke(
+                "refresh", "--model", model, *COMMON, "--out", root, "--keep", "1", "--seed", seed, "--no-audit"
+            )
+            assert result.exit_code == 0, result.output
+            assert f"kept: {published} (tagged paper)" in result.stdout, result.stdout
+            assert f"kept: {leased} (leased by pid {reader.pid} on " in result.stdout, result.stdout
+        assert storage.exists(published, MANIFEST) and storage.exists(leased, MANIFEST)
+        with open_dataset(f"{root}@paper") as by_tag, open_dataset(f"{root}@latest") as by_latest:
+            assert by_tag.dataset_id == published and by_latest.dataset_id == latest() != published
+            by_folder = open_dataset(f"{root}/{published}", lease=False)
+            np.testing.assert_array_equal(by_tag.to_numpy()["x"], by_folder.to_numpy()["x"])
+    finally:
+        reader.kill()
+        reader.wait()
+
+    # `vaegen status` on the object store: current, stale once the alias moves, current after the next refresh.
+    assert invoke("status", root, "--model", model, "--max-lag", "0s").exit_code == 0
+    other = mlflow.MlflowClient().copy_model_version(f"models:/{champion}/1", champion)  # a new version, same weights
+    try:
+        moved = invoke("promote", f"{champion}/{other.version}", "--reason", "s3", "--force", "--no-quality-gate")
+        assert moved.exit_code == 0, moved.output
+        stale = invoke("status", root, "--model", model, "--max-lag", "0s")
+        assert stale.exit_code == 3 and "STALE: " in stale.stdout, stale.output
+        refreshed = invoke("refresh", "--model", model, *COMMON, "--out", root, "--no-audit")
+        assert refreshed.exit_code == 0, refreshed.output
+        assert invoke("status", root, "--model", model, "--max-lag", "0s").exit_code == 0
+    finally:  # the module's champion again, for whatever runs after this test
+        invoke("promote", f"{champion}/1", "--reason", "restore", "--force", "--no-quality-gate")

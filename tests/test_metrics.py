@@ -183,12 +183,12 @@ def test_every_dashboard_query_names_a_metric_the_code_or_ray_emits(watched, clu
 def test_progress_and_metrics_read_the_same_numbers():
     stream = io.StringIO()
     monitor = metrics.JobMonitor(100, "generate d", metrics.labels_of("d", "m", 1), workers=2, stream=stream)
-    monitor.tick(2, 2)
+    monitor.tick(2, 2, 2)
     monitor.shard_retried()
     monitor.worker_lost()
     monitor.part(40, 1_000)
     monitor.progress.log_interval_s = 0.0
-    monitor.tick(1, 1)
+    monitor.tick(1, 1, 2)
     monitor.part(60, 1_000)
     monitor.close()
     lines = stream.getvalue().splitlines()

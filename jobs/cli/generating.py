@@ -70,7 +70,11 @@ def _run_options() -> list[Callable[..., Any]]:
     """How the job runs (the engine's options), which labels it draws, and what it lets through."""
     return [
         click.option(
-            "--num-workers", type=int, default=None, help="Decoder replicas [default: one per GPU, else per CPU]."
+            "--num-workers",
+            default=None,
+            metavar="N|MIN:MAX|auto",
+            help="Decoder replicas: N; MIN:MAX or auto grow the pool as nodes join [default: one per GPU, else per "
+            "CPU the cluster has at start].",
         ),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option(
@@ -135,10 +139,16 @@ def make_audit_config(no_audit: bool, audit_rows: int, audit_tolerance: tuple[st
 def make_generate_config(**options: Any):
     """The GenerateConfig of generate's options, passed by name as click passes them (refresh and --resume too):
     --model is the config's model, the engine's four options its EngineOptions, every other one a field."""
-    from jobs.generate.config import EngineOptions, GenerateConfig  # light: checks input before anything heavy
+    from jobs.generate.config import (  # light: checks input before anything heavy
+        EngineOptions,
+        GenerateConfig,
+        parse_num_workers,
+    )
 
+    num_workers, max_workers = parse_num_workers(options.pop("num_workers"))
     engine = EngineOptions(
-        num_workers=options.pop("num_workers"),
+        num_workers=num_workers,
+        max_workers=max_workers,
         device=options.pop("device"),
         shared_fs=options.pop("shared_fs"),
         stall_timeout_s=options.pop("stall_timeout"),

@@ -26,9 +26,30 @@ DEFAULT_STALL_TIMEOUT_S = (
 )
 
 
+GROW_UNBOUNDED = 2**31 - 1  # --num-workers auto's maximum: as many as the cluster can run, at most one per shard
+
+
+def parse_num_workers(text: str | None) -> tuple[int | None, int | None]:
+    """--num-workers: N (that many, fixed), MIN:MAX (start on what the cluster has, at least MIN, and grow up to
+    MAX as nodes join) or auto (1:as many as the cluster grows to). Returns (num_workers, max_workers)."""
+    if text is None:
+        return None, None
+    if text.strip().lower() == "auto":
+        return None, GROW_UNBOUNDED
+    low, sep, high = text.partition(":")
+    try:
+        bounds = (int(low), int(high) if sep else int(low))
+    except ValueError:
+        raise UsageError(f"--num-workers must be N, MIN:MAX or auto (e.g. 4, 1:8), got {text!r}") from None
+    if bounds[0] < 1 or bounds[1] < bounds[0]:
+        raise UsageError(f"--num-workers needs 1 <= MIN <= MAX, got {text!r}: e.g. 1:8")
+    return bounds[0], (bounds[1] if sep else None)
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineOptions:
-    num_workers: int | None = None  # None: one per GPU, else one per CPU of the cluster
+    num_workers: int | None = None  # None: one per GPU, else one per CPU of the cluster; with max_workers: the minimum
+    max_workers: int | None = None  # grow the pool up to this many as nodes join (MIN:MAX, auto); None: never grows
     device: str = "auto"  # auto: CUDA when the cluster has GPUs
     shared_fs: bool = False  # a local --out is visible to every node (NFS, a mounted volume)
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # covers worker start-up and a node's replacement by an autoscaler
@@ -41,6 +62,8 @@ class EngineOptions:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.num_workers is not None and self.num_workers < 1:
             raise UsageError(f"--num-workers must be a positive integer, got {self.num_workers}")
+        if self.max_workers is not None and self.max_workers < (self.num_workers or 1):
+            raise UsageError(f"--num-workers MIN:MAX needs MAX >= MIN, got {self.num_workers}:{self.max_workers}")
         if not self.stall_timeout_s > 0:
             raise UsageError(f"--stall-timeout must be a positive number of seconds, got {self.stall_timeout_s}")
 
@@ -75,9 +98,22 @@ class GenerateConfig:
     def check_output(self) -> None:
         """Where the run would write, checked without touching it: the command line asks before importing Ray."""
         if self.resume is not None and "/" in self.resume.rstrip("/"):  # a resume by path names its own root
-            checked_root(self.resume)
+            root = checked_root(self.resume)
         else:
-            output_root(self.out)
+            root = output_root(self.out)
+        check_growth(self.engine, root, local="://" not in root or root.startswith("file://"))
+
+
+def check_growth(engine: EngineOptions, location: str, local: bool) -> None:
+    """A pool that grows (--num-workers MIN:MAX, auto) puts workers on nodes that join: they must see the output."""
+    if engine.max_workers is None or engine.shared_fs or not local:
+        return
+    given = "auto" if engine.max_workers == GROW_UNBOUNDED else f"{engine.num_workers or 1}:{engine.max_workers}"
+    raise UsageError(
+        f"--num-workers {given} grows the pool onto nodes that join, but --out {location} is a local path only "
+        "this node sees; use an object store (s3://...), --shared-fs for a filesystem mounted on every node, "
+        "or a fixed --num-workers N"
+    )
 
 
 def output_root(out: str | None) -> str:

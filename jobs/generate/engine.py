@@ -30,7 +30,7 @@ from ray._private import ray_constants
 from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
 
 from jobs import metrics
-from jobs.generate.config import DEFAULT_STALL_TIMEOUT_S, EngineOptions
+from jobs.generate.config import DEFAULT_STALL_TIMEOUT_S, EngineOptions, check_growth
 from jobs.generate.parts import PartInfo, PartWriter
 from jobs.generate.spec import DatasetSpec
 from jobs.generate.storage import Storage
@@ -38,6 +38,7 @@ from vae_core.errors import UsageError, VaegenError
 
 MAX_SHARD_ATTEMPTS = 3  # a shard whose worker dies or that raises an unexpected error is tried this often
 POLL_S = 1.0  # the driver looks up from ray.wait this often to check the stall clock
+GROW_CHECK_S = 2.0  # a growing pool looks at the cluster's resources this often
 DRAIN_TIMEOUT_S = 10.0  # on exit, how long the killed workers' in-flight shards get to report
 AUTOSCALE_CPUS_PER_GPU = 4  # CPUs asked beside each GPU when no GPU node exists yet (common cloud shapes have >= 4)
 
@@ -50,6 +51,9 @@ class Placement:
     gpus_per_worker: float
     threads_per_worker: int  # torch intra-op threads, and shards a GPU worker runs at once
     nodes: int
+    max_workers: int = (
+        0  # the pool grows up to this many as nodes join (--num-workers MIN:MAX, auto); 0: it never grows
+    )
 
 
 def connect() -> bool:
@@ -194,6 +198,10 @@ def plan_placement(
     # Each worker holds a whole CPU (or GPU) and a decoder: more than the cluster has would only
     # share them out in slivers, each worker one more process with torch loaded (~0.5 GB).
     capacity = gpus if device == "cuda" else cpus
+    if options.max_workers is not None:  # MIN:MAX, auto: what the cluster has now, at least MIN (the autoscaler's cue)
+        check_growth(options, storage.location(), storage.is_local)
+        workers = min(max(capacity, options.num_workers or 1), options.max_workers, num_shards)
+        return _placement(device, workers, cpus, gpus, nodes, max_workers=min(options.max_workers, num_shards))
     workers = options.num_workers or max(capacity, 1)
     if capacity > 0 and workers > capacity:
         log(
@@ -201,13 +209,29 @@ def plan_placement(
             f"{'GPU' if device == 'cuda' else 'CPU'}(s) now"
         )
         workers = capacity
-    workers = min(workers, num_shards)
+    return _placement(device, min(workers, num_shards), cpus, gpus, nodes)
+
+
+def _placement(device: str, workers: int, cpus: int, gpus: int, nodes: int, max_workers: int = 0) -> Placement:
     if device == "cuda":
         # The CPUs beside each GPU encode its Parquet; an autoscaling cluster with no GPU node up
         # yet cannot tell us its node shape, so ask for a modest share there.
         cpus_per_worker = max(1, cpus // gpus) if gpus else AUTOSCALE_CPUS_PER_GPU
-        return Placement(device, workers, cpus_per_worker, 1.0, cpus_per_worker, nodes)
-    return Placement(device, workers, 1.0, 0.0, 1, nodes)
+        return Placement(device, workers, cpus_per_worker, 1.0, cpus_per_worker, nodes, max_workers)
+    return Placement(device, workers, 1.0, 0.0, 1, nodes, max_workers)
+
+
+def room_to_grow(placement: Placement, workers: int, shards_left: int) -> int:
+    """How many workers a growing pool adds now: what the cluster can run beyond the `workers` it has (each holds
+    cpus_per_worker CPUs, or a GPU), up to max_workers and to one per shard not yet handed out."""
+    if placement.max_workers <= workers or shards_left <= 0:
+        return 0
+    resources = ray.cluster_resources()
+    if placement.device == "cuda":
+        capacity = int(resources.get("GPU", 0) // placement.gpus_per_worker)
+    else:
+        capacity = int(resources.get("CPU", 0) // placement.cpus_per_worker)
+    return max(0, min(capacity, placement.max_workers, workers + shards_left) - workers)
 
 
 @ray.remote
@@ -285,19 +309,29 @@ class WorkerPool:
         self.placement = placement
         self.storage = storage
         self.stall_timeout_s = stall_timeout_s
-        worker_class = ShardWorker.options(
+        self.export_metrics = export_metrics
+        self.workers = [self._start_worker() for _ in range(placement.num_workers)]
+        self.added = 0  # workers a growing pool started after the job began
+        self.idle_tail_s = 0.0  # after run(): summed over live workers, the time from their last shard to the job's end
+        self._outstanding: set[Any] = set()  # refs not collected yet: drained on exit so that no error goes unhandled
+
+    def _start_worker(self) -> Any:
+        placement = self.placement
+        return ShardWorker.options(
             num_cpus=placement.cpus_per_worker,
             num_gpus=placement.gpus_per_worker,
             max_restarts=-1,  # the driver bounds failures per shard and in time; Ray just brings workers back
             max_task_retries=0,
             max_concurrency=placement.threads_per_worker,
-        )
-        self.workers = [
-            worker_class.remote(storage.uri, placement.device, placement.threads_per_worker, export_metrics)
-            for _ in range(placement.num_workers)
-        ]
-        self.idle_tail_s = 0.0  # after run(): summed over live workers, the time from their last shard to the job's end
-        self._outstanding: set[Any] = set()  # refs not collected yet: drained on exit so that no error goes unhandled
+        ).remote(self.storage.uri, placement.device, placement.threads_per_worker, self.export_metrics)
+
+    def grow(self, shards_left: int) -> list[Any]:
+        """The workers added for nodes that joined (--num-workers MIN:MAX, auto); [] when the pool is fixed or full.
+        Contract 2 makes the content independent of which worker writes which shard: growing changes no byte."""
+        added = [self._start_worker() for _ in range(room_to_grow(self.placement, len(self.workers), shards_left))]
+        self.workers += added
+        self.added += len(added)
+        return added
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -328,9 +362,15 @@ class WorkerPool:
         `monitor` hears of every committed part, retry, lost and restarted worker, and of each poll.
         """
         job = _Job(self, spec, config, ray.put(state), shards, metadata, monitor)
+        next_grow_s = time.monotonic() + GROW_CHECK_S
         while job.unsubmitted or job.retries or job.tasks:
+            if self.placement.max_workers and time.monotonic() >= next_grow_s:
+                next_grow_s = time.monotonic() + GROW_CHECK_S
+                for handle in self.grow(job.unsubmitted):
+                    job.workers.append(_Worker(handle))  # pinged like any starting worker, fed once it answers
+                    monitor.worker_added()
             job.dispatch()
-            monitor.tick(len(job.tasks), sum(worker.alive for worker in job.workers))
+            monitor.tick(len(job.tasks), sum(worker.alive for worker in job.workers), len(job.workers))
             for ref in job.wait():
                 self._outstanding.discard(ref)
                 info = job.collect(ref)

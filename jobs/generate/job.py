@@ -244,7 +244,9 @@ def _run(
     try:
         log(
             f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
-            f"worker(s) across {placement.nodes} node(s) -> {storage.location(dataset_id)}"
+            f"worker(s) across {placement.nodes} node(s)"
+            + (f", growing up to {placement.max_workers} as nodes join" if placement.max_workers else "")
+            + f" -> {storage.location(dataset_id)}"
         )
         loaded = loading.result()  # before anything is written: a refused version (registry.artifacts) leaves nothing
         _check_planned_shape(spec, pinned, loaded)
@@ -280,7 +282,7 @@ def _run(
                     "shards_reused": reused,
                 },
                 lineage={"tracking_uri": tracking.shown_uri(), "run_id": run.run_id, "experiment": run.experiment},
-                execution={"device": placement.device, "num_workers": placement.num_workers, "nodes": placement.nodes},
+                execution=_execution(pool),
                 label_counts=label_counts(spec),
                 redact_provenance=redact_provenance,
             )
@@ -292,6 +294,13 @@ def _run(
     finally:
         monitor.close()
     return record
+
+
+def _execution(pool: engine.WorkerPool) -> dict[str, Any]:
+    """Where the job ran, for the manifest: a growing pool's size at the end, and how many workers it added."""
+    placement = pool.placement
+    grown = {"workers_added": pool.added, "max_workers": placement.max_workers} if placement.max_workers else {}
+    return {"device": placement.device, "num_workers": len(pool.workers), "nodes": placement.nodes, **grown}
 
 
 def _run_params(spec: DatasetSpec, pinned: PinnedModel, placement: engine.Placement) -> dict[str, Any]:
