@@ -176,11 +176,11 @@ def scenario_floor(model: str, n: int, dtype: str, layout: str, out: Path) -> di
 
 
 def scenario_vaegen(model: str, n: int, dtype: str, layout: str, out: Path) -> dict:
-    from jobs.generate import engine
+    from jobs.generate import ray_session
     from jobs.generate.job import GenerateConfig, generate
 
     started = time.perf_counter()
-    engine.connect()
+    ray_session.connect()
     ray_start_s = time.perf_counter() - started
     warm_up_imports()
     ready: dict[str, float] = {}

@@ -92,14 +92,14 @@ def shaped_x(batch: pa.Table) -> pa.Table:
 def ray_dataset(location: str, **read_options: Any) -> ray.data.Dataset:
     """A dataset folder as a Ray Dataset whose batches hold x as (B, *shape) arrays (shaped_x).
 
-    Ray is reached as `vaegen generate` reaches it (jobs.generate.engine.connect): RAY_ADDRESS when set,
+    Ray is reached as `vaegen generate` reaches it (jobs.generate.ray_session.connect): RAY_ADDRESS when set,
     else a private local Ray. A plain ray.data.read_parquet would join whatever /tmp/ray/ray_current_cluster
     names, and hangs when a killed cluster left that file behind."""
     import ray.data
 
-    from jobs.generate import engine
+    from jobs.generate import ray_session
 
-    engine.connect()
+    ray_session.connect()
     return ray.data.read_parquet(location, **read_options).map_batches(shaped_x, batch_format="pyarrow")
 
 

@@ -174,9 +174,9 @@ def no_ray_left_behind() -> Iterator[None]:
         import ray
 
         if ray.is_initialized():
-            from jobs.generate import engine
+            from jobs.generate import ray_session
 
-            engine.stop_local_ray()
+            ray_session.stop_local_ray()
             ray.shutdown()
 
 
@@ -643,7 +643,7 @@ def local_ray_module() -> Iterator[LocalRay]:
     """A LocalRay for the module (its env active, started by ensure()); killed and its processes stopped by tag."""
     import ray
 
-    from jobs.generate import engine
+    from jobs.generate import ray_session
 
     env = make_ray_env()
     with pytest.MonkeyPatch.context() as patch:
@@ -654,7 +654,7 @@ def local_ray_module() -> Iterator[LocalRay]:
         try:
             yield local
         finally:
-            engine.stop_local_ray()  # kill, not Ray's graceful shutdown: nothing on it is kept
+            ray_session.stop_local_ray()  # kill, not Ray's graceful shutdown: nothing on it is kept
             ray.shutdown()
             survivors = stop_tagged(env.tag)
             shutil.rmtree(env.root, ignore_errors=True)

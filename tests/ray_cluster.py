@@ -254,3 +254,18 @@ def ray_cluster(
         survivors = cluster.stop()
         shutil.rmtree(cluster.env.root, ignore_errors=True)
         assert not survivors, f"Ray processes survived teardown: {survivors}"
+
+
+@contextlib.contextmanager
+def as_driver(cluster: RayCluster, monkeypatch) -> Iterator[RayCluster]:
+    """This process as a Ray driver of `cluster` through RAY_ADDRESS, as a job on it would be; disconnected after."""
+    import ray
+
+    ray.shutdown()
+    for key, value in cluster.env.variables().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.gcs_address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()

@@ -24,7 +24,7 @@ import pytest
 import ray
 
 from helpers import invoke, metric_value, scrape_metrics
-from jobs.generate import card, engine
+from jobs.generate import card, ray_session
 from jobs.generate.config import EngineOptions
 from jobs.generate.croissant import CROISSANT
 from jobs.generate.engine import MAX_SHARD_ATTEMPTS, Placement, WorkerPool
@@ -32,7 +32,7 @@ from jobs.generate.job import GenerateConfig, dataset_spec, generate
 from jobs.generate.manifest import MANIFEST
 from jobs.generate.spec import FORMAT, part_name
 from jobs.generate.storage import Storage
-from ray_cluster import ray_cluster, tagged_pids, wait_until
+from ray_cluster import as_driver, ray_cluster, tagged_pids, wait_until
 from registry import models
 from vae_core.errors import VaegenError
 
@@ -128,14 +128,8 @@ def cluster() -> Iterator:
 @pytest.fixture
 def driver(cluster, monkeypatch) -> Iterator:
     """This process as a Ray driver of the cluster through RAY_ADDRESS, as a job on it would be."""
-    ray.shutdown()
-    for key, value in cluster.env.variables().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("RAY_ADDRESS", cluster.gcs_address)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
+    with as_driver(cluster, monkeypatch) as driving:
+        yield driving
 
 
 # ---------------------------------------------------------------- tests
@@ -237,7 +231,7 @@ def test_shards_are_read_lazily_and_only_go_to_workers_that_started(driver, untr
             self.read = max(self.read, index + 1)
             return index
 
-    engine.connect()
+    ray_session.connect()
     pinned = models.resolve(MODEL)
     loaded = models.load_decoder(pinned)
     spec = dataset_spec(GenerateConfig(n=12_000, rows_per_shard=1_000), pinned, loaded.config, seed=2)

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from conftest import register_untrained_decoder
 from jobs import plots
 from jobs.cli import main
-from jobs.generate import engine
+from jobs.generate import ray_session
 from jobs.generate.job import GenerateConfig, dataset_spec
 from jobs.progress import Progress
 from jobs.train import TrainJobConfig
@@ -191,7 +191,7 @@ def test_a_wrong_model_reference_is_reported_before_ray_starts(two_shapes, tmp_p
     def no_ray() -> bool:
         raise AssertionError("Ray was started before the model reference was resolved")
 
-    monkeypatch.setattr(engine, "connect", no_ray)
+    monkeypatch.setattr(ray_session, "connect", no_ray)
     typo = invoke("generate", "--model", "vae-decodr@champion", "--n", "10", "--out", str(tmp_path))
     assert typo.exit_code == 2 and "vae-decodr" in typo.stderr, typo.output
     labels = invoke("generate", "--model", "vae-decoder/1", "--labels", "3,5", "--n", "10", "--out", str(tmp_path))

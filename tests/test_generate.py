@@ -33,13 +33,14 @@ from jobs.generate.parts import PartWriter
 from jobs.generate.predictor import NonFiniteOutput, Predictor
 from jobs.generate.spec import DatasetSpec, part_name
 from jobs.generate.storage import Storage
-from ray_cluster import (
+from ray_cluster import (  # tests/ is on sys.path (rootdir conftest)
     RayEnv,
+    as_driver,
     make_ray_env,
     ray_cluster,
     stop_tagged,
     wait_until,
-)  # tests/ is on sys.path (rootdir conftest)
+)
 from registry import models
 from vae_core import seeds
 from vae_core.config import VAEConfig
@@ -226,14 +227,8 @@ def cluster() -> Iterator:
 @pytest.fixture
 def cluster_driver(cluster, monkeypatch) -> Iterator:
     """This process as a Ray driver of the cluster through RAY_ADDRESS, as a job on it would be."""
-    ray.shutdown()
-    for key, value in cluster.env.variables().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("RAY_ADDRESS", cluster.gcs_address)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
+    with as_driver(cluster, monkeypatch) as driving:
+        yield driving
 
 
 # ---------------------------------------------------------------- 1. units, no Ray

@@ -1,4 +1,4 @@
-"""The private Ray that a job without RAY_ADDRESS starts (jobs/generate/engine.py connect / stop_local_ray):
+"""The private Ray that a job without RAY_ADDRESS starts (jobs/generate/ray_session.py connect / stop_local_ray):
 every server of it listens on loopback only, and stopping it leaves no process behind."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow  # starts a real local Ray
 
 DRIVER = """
 import os, sys
-from jobs.generate import engine
-assert engine.connect(), "expected to start a private Ray"
+from jobs.generate import ray_session
+assert ray_session.connect(), "expected to start a private Ray"
 import ray
 
 @ray.remote
@@ -31,7 +31,7 @@ probe = Probe.remote()
 ray.get(probe.pid.remote())  # a worker process is up and serving too
 print("ready", flush=True)
 sys.stdin.readline()
-engine.stop_local_ray()
+ray_session.stop_local_ray()
 os._exit(0)
 """
 

@@ -23,7 +23,7 @@ from helpers import invoke
 from jobs.generate.config import GROW_UNBOUNDED, EngineOptions, parse_num_workers
 from jobs.generate.job import GenerateConfig, generate
 from jobs.generate.manifest import MANIFEST
-from ray_cluster import ray_cluster
+from ray_cluster import as_driver, ray_cluster
 from vae_core.errors import UsageError
 
 MODEL = "vae-decoder/1"
@@ -54,15 +54,8 @@ def test_a_growing_pool_with_a_local_out_is_refused_in_one_line(untrained_versio
 @pytest.fixture
 def cluster(untrained_version, monkeypatch) -> Iterator:
     """A one-node cluster (`ray start --head --num-cpus 1`) with this process as its driver (RAY_ADDRESS)."""
-    ray.shutdown()
-    with ray_cluster(head_cpus=1, worker_node_cpus=()) as started:
-        for key, value in started.env.variables().items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.setenv("RAY_ADDRESS", started.gcs_address)
-        try:
-            yield started
-        finally:
-            ray.shutdown()
+    with ray_cluster(head_cpus=1, worker_node_cpus=()) as started, as_driver(started, monkeypatch) as driving:
+        yield driving
 
 
 def run(root: Path, engine: EngineOptions, on_workers=None):

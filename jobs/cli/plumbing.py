@@ -143,9 +143,9 @@ def _exit(code: int) -> None:
     process started, end an MLflow run still open, flush, and exit."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        from jobs.generate import engine
+        from jobs.generate import ray_session
 
-        engine.stop_local_ray()
+        ray_session.stop_local_ray()
         if ray.is_initialized():  # a cluster's driver: disconnecting sends its last metric points (jobs/metrics.py)
             ray.shutdown()
     mlflow = sys.modules.get("mlflow")

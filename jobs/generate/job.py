@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from jobs import metrics
-from jobs.generate import card, croissant, engine, inspect, manifest
+from jobs.generate import card, croissant, engine, inspect, manifest, ray_session
 from jobs.generate.config import (  # noqa: F401 (GenerateConfig, GenerateResult, dataset_spec: re-exported)
     DEFAULT_MODEL,
     GenerateConfig,
@@ -84,7 +84,7 @@ def generate(
         resolving = registry_thread.submit(_resolve, config, storage, resume_id, pinned)
         planned = registry_thread.submit(_plan, config, storage, resolving, guard)
         resolving.result()  # a wrong model reference is reported before Ray starts, not after (seconds)
-        started_ray = engine.connect()
+        started_ray = ray_session.connect()
         try:
             pool = None
             if resume_id is None and config.n is not None:
@@ -95,7 +95,7 @@ def generate(
         except BaseException:
             workers.close()
             if started_ray:  # nothing ran on it: leave no Ray behind a failed start
-                engine.stop_local_ray()
+                ray_session.stop_local_ray()
             raise
         pinned, spec = plan.pinned, plan.spec
         dataset_id = spec.dataset_id
