@@ -47,9 +47,9 @@ def setup_untrained(store: Path) -> str:
 
 def measure(model: str, n: int, dtype: str, out: Path) -> dict:
     from jobs import audit
-    from jobs.generate.inspect import inspect
     from jobs.generate.job import GenerateConfig, generate
     from jobs.generate.storage import Storage
+    from jobs.generate.verify import inspect
 
     started = time.perf_counter()
     result = generate(GenerateConfig(n=n, model=model, out=str(out), seed=42, dtype=dtype))

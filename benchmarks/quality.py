@@ -93,7 +93,7 @@ def markdown(rows: list[dict]) -> str:
 def privacy_seconds(reports, reference: str) -> float:
     """What the privacy block adds to a 10k-sample report: the same report's figures without and with it."""
     from registry import models
-    from vae_core import privacy, quality
+    from vae_core import privacy, reference_classifier
 
     loaded = models.load_decoder(models.resolve(reference))
     config = reports.ReportConfig()
@@ -101,7 +101,8 @@ def privacy_seconds(reports, reference: str) -> float:
     classifier, _, _ = reports.classifier_for(train, config)
     generated, _ = reports.draw_images(loaded.build(), config.n, config.seed)
     feats = [
-        quality._embed_and_classify(classifier, images, 4096)[0] for images in (train.images, holdout.images, generated)
+        reference_classifier.embed_and_classify(classifier, images, 4096)[0]
+        for images in (train.images, holdout.images, generated)
     ]
     started = time.perf_counter()
     privacy.privacy_metrics(train.images, holdout.images, generated.astype("float32"), *feats)

@@ -103,7 +103,7 @@ def skipped_record(storage: Storage, dataset_id: str, reason: str) -> dict[str, 
 
 def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str | None) -> dict[str, Any]:
     """Run every check on the committed dataset; returns its record (not written: see write_record)."""
-    from jobs.generate.inspect import inspect
+    from jobs.generate.verify import inspect
 
     started = time.perf_counter()
     report = inspect(storage.location(dataset_id), deep=True, sample_seed=config.sample_seed)

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 from jobs import reader_decode, reader_state
 from jobs.generate.holds import DEFAULT_LEASE_TIMEOUT_S, Lease, retirement_pending
-from jobs.generate.inspect import inspect, open_committed
 from jobs.generate.storage import Storage
+from jobs.generate.verify import inspect, open_committed
 from jobs.reader_state import RowGroup
 from registry import tracking
 from vae_core.errors import UsageError, VaegenError

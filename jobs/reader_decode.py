@@ -31,7 +31,7 @@ class DecodedRows:
     """The rows of a manifest's recipe, by row group: what RowStream reads when source="decode"."""
 
     def __init__(self, record: dict[str, Any], device: str):
-        from jobs.generate.inspect import registered_weights, spec_of
+        from jobs.generate.verify import registered_weights, spec_of
 
         self.spec = spec_of(record)
         self.device = device

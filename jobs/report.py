@@ -28,8 +28,9 @@ from jobs.sample import draw_images
 from registry import lineage, models
 from registry.models import LoadedDecoder
 from vae_core import data as data_sources
-from vae_core import privacy, quality
+from vae_core import privacy, quality, reference_classifier
 from vae_core.errors import UsageError
+from vae_core.quality_config import QualityConfig
 
 REPORT_SEED = 20_260_101  # fixed: every version's report decodes the same z, so reports compare
 DEFAULT_ROOT = "report"  # reports go to report/<model>/v<version>/ and report/datasets/<dataset id>/
@@ -64,7 +65,7 @@ class ReportConfig:
     out_dir: str | None = None  # None: ROOT/<model>/v<version>/ or ROOT/datasets/<dataset id>/, one per subject
     root: str = DEFAULT_ROOT
     data: str | None = None  # the real data; None = the source the version was trained on
-    quality: quality.QualityConfig = quality.QualityConfig()
+    quality: QualityConfig = QualityConfig()
     # None skips the privacy block (the publish audit compares fidelity only); not in the classifier's cache key
     privacy: privacy.PrivacyConfig | None = privacy.PrivacyConfig()
     cache_dir: str = dataclasses.field(  # classifiers are cached here by data hash [env: VAEGEN_CACHE]
@@ -100,7 +101,9 @@ def reference_split(loaded: LoadedDecoder, data: str | None) -> tuple[data_sourc
     return dataset.split(float(loaded.tags.get("holdout_fraction", "0.2")))
 
 
-def classifier_for(train: data_sources.Dataset, config: ReportConfig) -> tuple[quality.ReferenceClassifier, dict, Path]:
+def classifier_for(
+    train: data_sources.Dataset, config: ReportConfig
+) -> tuple[reference_classifier.ReferenceClassifier, dict, Path]:
     """Train the reference classifier once per (data, classifier config); later calls load the cached weights."""
     key = hashlib.sha256(
         (train.content_sha256() + json.dumps(config.quality.to_dict(), sort_keys=True)).encode()
@@ -109,13 +112,13 @@ def classifier_for(train: data_sources.Dataset, config: ReportConfig) -> tuple[q
     weights_path, info_path = folder / f"{key}.npz", folder / f"{key}.json"
     if weights_path.exists() and info_path.exists():
         info = json.loads(info_path.read_text())
-        model = quality.ReferenceClassifier(
+        model = reference_classifier.ReferenceClassifier(
             train.shape, info["num_classes"], config.quality.hidden_dim, config.quality.feature_dim
         )
         with np.load(weights_path, allow_pickle=False) as weights:
             model.load_state_dict({name: torch.from_numpy(weights[name]) for name in weights.files})
         return model.eval(), info, weights_path
-    model, info = quality.train_reference_classifier(train.images, train.labels, config.quality)
+    model, info = reference_classifier.train_reference_classifier(train.images, train.labels, config.quality)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(weights_path, **{name: value.detach().numpy() for name, value in model.state_dict().items()})
     info_path.write_text(json.dumps(info))

@@ -634,8 +634,11 @@ class LocalRay:
 
         if ray.is_initialized() and os.environ.get("RAY_ADDRESS") is None:
             return
+        from jobs.generate.ray_session import free_ports_only
+
         ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        with free_ports_only():  # not Ray's default agent port: a `ray start` test beside it needs that one
+            ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
 
 
 @pytest.fixture(scope="module")
@@ -677,6 +680,7 @@ def private_local_ray(num_cpus: int = 2, num_gpus: int | None = None) -> Iterato
 
     import ray
 
+    from jobs.generate.ray_session import free_ports_only
     from ray_cluster import make_ray_env, stop_tagged
 
     env = make_ray_env()
@@ -685,7 +689,8 @@ def private_local_ray(num_cpus: int = 2, num_gpus: int | None = None) -> Iterato
             patch.setenv(key, value)
         patch.delenv("RAY_ADDRESS", raising=False)
         ray.shutdown()
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.WARNING)
+        with free_ports_only():  # not Ray's default agent port: a `ray start` test beside it needs that one
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.WARNING)
         try:
             yield ray.get_runtime_context().gcs_address
         finally:

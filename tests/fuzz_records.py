@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.generate import inspect, locks, manifest, parts
+from jobs.generate import locks, manifest, parts, verify
 from jobs.generate.spec import DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, check_name, parse_lock
 from registry import artifacts
@@ -213,8 +213,8 @@ class Fuzzer:
 
     def manifest(self, data: bytes) -> str:
         self.write(f"{SPEC.dataset_id}/{manifest.MANIFEST}", data)
-        _, _, record = inspect.open_committed(str(self.folder / SPEC.dataset_id))
-        problems = inspect.manifest_problems(record)
+        _, _, record = verify.open_committed(str(self.folder / SPEC.dataset_id))
+        problems = verify.manifest_problems(record)
         if problems:
             raise VaegenError(problems[0])
         return "ok"

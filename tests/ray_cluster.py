@@ -32,11 +32,20 @@ START_TIMEOUT_S = 180  # `ray start` takes ~5 s alone; far longer on a loaded 2-
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port() gave this process: a cluster's ports must all differ
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (bound, read, released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now (bound, read, released), never one this process
+    was given before: the OS may hand a just-released port out again, and a `ray start` given one port for two
+    of its components refuses to start."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from jobs import report as reports
 from jobs.generate import manifest
 from jobs.generate.spec import part_name
 from jobs.train import TrainJobConfig, TrainJobResult, run
-from registry import evidence, models, promotion
+from registry import evidence, gates, models
 from registry.models import TrainingRun
 from vae_core import seeds
 from vae_core.config import VAEConfig
@@ -158,7 +158,7 @@ def test_a_version_registered_before_the_conv_fields_still_loads_serves_and_pass
         expected = model.decoder(torch.from_numpy(z)).numpy()
     np.testing.assert_array_equal(loaded.build()(torch.from_numpy(z)).detach().numpy(), expected)
     np.testing.assert_array_equal(mlflow.pyfunc.load_model("models:/vae-older/1").predict(z), expected)
-    assert promotion.gate_loads(loaded, 64).passed
+    assert gates.gate_loads(loaded, 64).passed
 
 
 # ---------------------------------------------------------------- quality gates and the renamed class coverage
@@ -205,7 +205,7 @@ def test_a_report_from_before_class_coverage_is_refused_by_the_gate_not_reread(t
     }
     older_tags["quality.coverage"] = "1.0"  # what an older report stored there: the class share
     older_tags[evidence.SEAL_TAG] = evidence.seal(loaded.artifacts_sha256, older_tags)  # as vaegen sealed that report
-    gate = promotion.gate_quality(dataclasses.replace(loaded, tags=older_tags), promotion.QualityThresholds())
+    gate = gates.gate_quality(dataclasses.replace(loaded, tags=older_tags), gates.QualityThresholds())
     assert not gate.passed
     assert gate.detail.startswith("cannot compare") and "predates class_coverage" in gate.detail
     assert f"vaegen report --model {CONV}/1" in gate.detail

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.generate.inspect import X_TOLERANCE
 from jobs.generate.predictor import Predictor
 from jobs.generate.spec import DatasetSpec
+from jobs.generate.verify import X_TOLERANCE
 from vae_core.config import VAEConfig
 from vae_core.model import VAE
 

@@ -245,8 +245,8 @@ def test_prune_on_an_object_store_marks_first_and_a_later_prune_finishes_a_kille
 
 LOCK_AND_DIE = """
 import os, signal
-from registry import promotion
-with promotion.alias_lock("vae-decoder", "canary", purpose="killed"):
+from registry.alias_lock import alias_lock
+with alias_lock("vae-decoder", "canary", purpose="killed"):
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -284,10 +284,10 @@ def test_a_promotion_killed_with_its_lock_held_blocks_no_later_one(untrained_ver
 LOCK_AND_TERMINATE = """
 import os, signal, time
 from jobs import cli
-from registry import promotion
+from registry.alias_lock import alias_lock
 signal.signal(signal.SIGTERM, cli._terminate)  # the console script's handler
 try:
-    with promotion.alias_lock("vae-decoder", "termed", purpose="terminated"):
+    with alias_lock("vae-decoder", "termed", purpose="terminated"):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(60)
 except KeyboardInterrupt as error:

@@ -16,7 +16,7 @@ from helpers import invoke
 from jobs.generate import card
 from registry import models
 from registry.privacy_gate import PrivacyThresholds, privacy_verdicts
-from vae_core import data, privacy, quality
+from vae_core import data, fidelity, privacy
 from vae_core.config import VAEConfig
 
 COPIER = "copier"
@@ -139,8 +139,8 @@ def test_held_out_real_data_as_samples_passes_and_each_gate_says_why_it_fails():
     figures = privacy.privacy_metrics(
         train.images, unseen, stand_in, pixels(train.images), pixels(unseen), pixels(stand_in)
     )
-    heldout_distance, generated_distance = quality.closest_record_distances(train.images, unseen, stand_in)
-    figures.update(quality.distance_to_closest_record(heldout_distance, generated_distance))
+    heldout_distance, generated_distance = fidelity.closest_record_distances(train.images, unseen, stand_in)
+    figures.update(fidelity.distance_to_closest_record(heldout_distance, generated_distance))
     verdicts = privacy_verdicts(figures, PrivacyThresholds(), "v1", "`vaegen report`")
     assert [(gate.name, gate.passed) for gate in verdicts] == [
         ("mia_auc", True),

@@ -37,6 +37,7 @@ from jobs.generate.job import GenerateConfig
 from jobs.refresh import LATEST, LOCK, RefreshConfig, RefreshResult, refresh
 from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 from registry import models, promotion
+from registry.alias_lock import alias_lock
 from registry.lineage import REFRESH_EXPERIMENT
 from registry.models import LOCK_MARK, TAG_PREFIX
 from vae_core import data as data_sources
@@ -413,7 +414,7 @@ def test_stale_promotion_lock_is_taken_over_and_a_fresh_one_is_not(trained):
     try:
         with (
             pytest.raises(VaegenError, match="held by another promotion: promotion by alive"),
-            promotion.alias_lock(name, "champion", wait_s=1.0),
+            alias_lock(name, "champion", wait_s=1.0),
         ):
             pass
         assert client.get_registered_model(lock).tags["vaegen.lock_owner"] == "alive"  # a waiter never deletes it

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from helpers import invoke
-from registry import promotion
+from registry import gates, promotion
 from registry.models import MODEL_ARTIFACT, TAG_PREFIX, resolve
 
 MODEL_NAME = "vae-decoder"
@@ -101,7 +101,7 @@ def evil(trained_version, tmp_path_factory) -> tuple[int, Path]:
 
 
 def test_a_trained_version_passes_the_safety_gate(trained_version):
-    gate = promotion.gate_artifacts(trained_version.result.pinned)
+    gate = gates.gate_artifacts(trained_version.result.pinned)
     assert gate.passed and not gate.forceable, gate
 
 
@@ -167,7 +167,7 @@ def other_artifacts(local: Path) -> None:
 )
 def test_the_gate_allows_only_vaegens_own_files(trained_version, tmp_path, doctor, fragment):
     version = register_doctored(trained_version, tmp_path, doctor)
-    gate = promotion.gate_artifacts(resolve(f"{MODEL_NAME}/{version}"))
+    gate = gates.gate_artifacts(resolve(f"{MODEL_NAME}/{version}"))
     assert not gate.passed and not gate.forceable and fragment in gate.detail, gate
     result = promotion.promote(
         f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias=f"probe{version}", reason="probe", force=True)
@@ -177,7 +177,7 @@ def test_the_gate_allows_only_vaegens_own_files(trained_version, tmp_path, docto
 
 def test_force_overrides_only_a_comparison_with_nothing_to_compare(trained_version, tmp_path):
     version = register_doctored(trained_version, tmp_path, lambda local: None)  # clean files, no quality report
-    thresholds = promotion.QualityThresholds()
+    thresholds = gates.QualityThresholds()
     blocked = promotion.promote(
         f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias="forced", reason="x", quality=thresholds)
     )
@@ -186,5 +186,5 @@ def test_force_overrides_only_a_comparison_with_nothing_to_compare(trained_versi
     forced = promotion.promote(
         f"{MODEL_NAME}/{version}", promotion.PromotionConfig(alias="forced", reason="x", quality=thresholds, force=True)
     )
-    gates = ["safe_artifacts", "loads", "schema", "held_out_elbo", "quality"]
-    assert forced.promoted and [gate.name for gate in forced.gates] == gates
+    names = ["safe_artifacts", "loads", "schema", "held_out_elbo", "quality"]
+    assert forced.promoted and [gate.name for gate in forced.gates] == names

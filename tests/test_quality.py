@@ -12,22 +12,19 @@ from sklearn.datasets import load_digits
 
 from vae_core.data import Dataset
 from vae_core.errors import UsageError
-from vae_core.quality import (
-    QualityConfig,
+from vae_core.fidelity import (
     closest_record_distances,
     density_coverage,
     distance_to_closest_record,
-    features,
     frechet_distance,
     label_distribution_metrics,
     memorisation_share,
     pixel_stats,
     precision_recall,
-    predict_proba,
-    quality_report,
-    train_reference_classifier,
-    tstr_accuracy,
 )
+from vae_core.quality import quality_report
+from vae_core.quality_config import QualityConfig
+from vae_core.reference_classifier import features, predict_proba, train_reference_classifier, tstr_accuracy
 
 
 @pytest.fixture(scope="module")

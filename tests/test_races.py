@@ -34,8 +34,8 @@ from conftest import TrackingStore, private_local_ray, register_untrained_decode
 from helpers import invoke
 from jobs.generate import card
 from jobs.generate.croissant import CROISSANT
-from jobs.generate.inspect import inspect
 from jobs.generate.manifest import AUDIT, MANIFEST
+from jobs.generate.verify import inspect
 from jobs.refresh import LATEST, LOCK
 from ray_cluster import wait_until
 from registry import promotion

@@ -26,7 +26,7 @@ from jobs.generate.spec import DatasetSpec
 from jobs.sample import draw_images
 from jobs.train import TrainJobConfig, TrainJobResult, run
 from registry import models
-from vae_core import quality, sampling, seeds
+from vae_core import reference_classifier, sampling, seeds
 from vae_core.config import TrainConfig, VAEConfig
 from vae_core.model import Decoder
 
@@ -302,7 +302,7 @@ def test_the_classifier_agrees_with_the_requested_labels(trained, generated, tmp
     train_split, _ = reports.reference_split(loaded, None)
     classifier, _, _ = reports.classifier_for(train_split, reports.ReportConfig())
     rows = read_rows(dataset.location)
-    predicted = quality.predict_proba(classifier, rows["x"].copy()).argmax(
+    predicted = reference_classifier.predict_proba(classifier, rows["x"].copy()).argmax(
         axis=1
     )  # copy: pyarrow's arrays are read-only
     accuracy = float(np.mean(predicted == rows["label"]))

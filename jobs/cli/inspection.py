@@ -34,7 +34,7 @@ def inspect_command(dataset, deep) -> None:
       vaegen inspect ./datasets/vae-decoder-v7-n1000000-seed42-float32-f3
       vaegen inspect s3://bucket/synthetic/vae-decoder-v7-n1000000-seed42-float32-f3 --deep
     """
-    from jobs.generate.inspect import inspect
+    from jobs.generate.verify import inspect
     from registry.redaction import redact_uri
 
     report = inspect(dataset, deep=deep)

@@ -199,7 +199,7 @@ def promote(  # noqa: PLR0913 (a click command takes one parameter per option)
       vaegen promote vae-decoder/7 --reason "retrained on March data"
       vaegen promote vae-decoder/latest --alias staging --reason "nightly"
     """
-    from registry import promotion, tracking
+    from registry import copying, gates, promotion, tracking
 
     if renamed_min_coverage is not None:  # "coverage" is k-NN coverage now: never guess which one was meant
         raise UsageError(
@@ -212,11 +212,11 @@ def promote(  # noqa: PLR0913 (a click command takes one parameter per option)
     if to_model:
         if to_tracking_uri:
             tracking.ensure_reachable(to_tracking_uri, create=True)  # copying into a new local store creates it
-        reference = promotion.copy_version(reference, to_model, to_tracking_uri)
+        reference = copying.copy_version(reference, to_model, to_tracking_uri)
         if to_tracking_uri:  # the gates and the alias move happen in the target registry
             tracking.use(to_tracking_uri)
         log(f"copied to {reference}" + (f" at {tracking.shown_uri(to_tracking_uri)}" if to_tracking_uri else ""))
-    thresholds = promotion.QualityThresholds(
+    thresholds = gates.QualityThresholds(
         min_precision, min_class_coverage, max_memorisation, min_label_accuracy, max_frechet_ratio, min_tstr_ratio
     )
     config = promotion.PromotionConfig(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from jobs import metrics
-from jobs.generate import card, croissant, engine, inspect, manifest, ray_session
+from jobs.generate import card, croissant, engine, manifest, ray_session, verify
 from jobs.generate.config import (  # noqa: F401 (GenerateConfig, GenerateResult, dataset_spec: re-exported)
     DEFAULT_MODEL,
     GenerateConfig,
@@ -180,7 +180,7 @@ def _plan(config: GenerateConfig, storage: Storage, resolving: Future, guard: co
         storage.delete_dir(dataset_id)
     committed = storage.read_json(dataset_id, manifest.MANIFEST)
     if committed is not None:
-        inspect.ensure_intact(storage, dataset_id, committed)  # one listing: a damaged dataset is never "up to date"
+        verify.ensure_intact(storage, dataset_id, committed)  # one listing: a damaged dataset is never "up to date"
         if committed["spec_fingerprint"] != spec.fingerprint():
             raise UsageError(
                 f"dataset {storage.location(dataset_id)} is committed with other options "

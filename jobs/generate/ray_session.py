@@ -36,7 +36,7 @@ def connect() -> bool:
         # Ray's own default (token authentication on, ~/.ray/auth_token written) stays; its notice about it on
         # every job is noise here (README, "Run on a Ray cluster", says what it means for `ray start`).
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        with _loopback_only(), _free_ports_only():
+        with _loopback_only(), free_ports_only():
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     return True
 
@@ -56,7 +56,7 @@ def _own_sigterm() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _free_ports_only() -> Iterator[None]:
+def free_ports_only() -> Iterator[None]:
     """Make the private Ray take free ports only. ray.init() asks the OS for free ports for everything but
     the dashboard agent, which gets Ray's default 52365: a `ray start --head` begun while the job runs
     then comes up without a job agent ("No available agent to submit job"). Port 0 lets the OS choose
