@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import xxhash
 
 from conftest import private_local_ray, register_untrained_decoder
 from helpers import invoke
@@ -136,22 +135,22 @@ def test_refresh_audits_before_publishing_and_records_the_verdict_everywhere(cha
     assert {(tag.key, tag.value) for tag in inputs[0].tags} == {("mlflow.data.context", "training")}
 
 
-def alter_part_consistently(folder: Path, name: str) -> None:
-    """Rewrite one part with every x inverted, and its size and checksum in the manifest to match."""
-    path = folder / name
-    table = pq.read_table(path)
+def alter_part_consistently(storage: Storage, dataset_id: str, name: str) -> None:
+    """Rewrite one part with every x inverted, and its size and checksum in the manifest to match (any root)."""
+    path = storage.path(dataset_id, name)
+    table = pq.read_table(path, filesystem=storage.fs)
     x = table.column("x").combine_chunks()
     flat = x.flatten().flatten()
     inverted = pa.array(1.0 - flat.to_numpy(), type=flat.type)
     rows = pa.FixedSizeListArray.from_arrays(inverted, x.type.value_type.list_size)
     rebuilt = pa.FixedSizeListArray.from_arrays(rows, x.type.list_size)
     table = table.set_column(table.schema.get_field_index("x"), table.schema.field("x"), rebuilt.cast(x.type))
-    pq.write_table(table, path)
-    manifest = json.loads((folder / MANIFEST).read_text())
+    pq.write_table(table, path, filesystem=storage.fs)
+    manifest = storage.read_json(dataset_id, MANIFEST)
     entry = next(entry for entry in manifest["files"] if entry["name"] == name)
-    entry["size_bytes"] = path.stat().st_size
-    entry["checksum"] = xxhash.xxh3_128(path.read_bytes()).hexdigest()
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    entry["size_bytes"] = storage.size(dataset_id, name)
+    entry["checksum"] = storage.checksum(dataset_id, name)
+    storage.write_json(manifest, dataset_id, MANIFEST)
 
 
 @pytest.mark.slow
@@ -164,7 +163,7 @@ def test_failed_audits_keep_latest_exit_1_naming_the_check_and_are_not_pruned(ch
     made = invoke("generate", "--model", f"{champion}@champion", *COMMON, "--seed", "7", "--out", str(root))
     assert made.exit_code == 0, made.output
     altered = line(made.stdout, "dataset_id:").split()[1]
-    alter_part_consistently(root / altered, "part-00001.parquet")
+    alter_part_consistently(Storage(str(root)), altered, "part-00001.parquet")
     assert invoke("inspect", str(root / altered)).exit_code == 0
     result = invoke(
         "generate", "--model", f"{champion}@champion", *COMMON, "--seed", "7", "--out", str(root), "--publish"
@@ -358,8 +357,10 @@ def test_tag_names_exclude_references_and_nonsense(tmp_path):
 
 @pytest.mark.slow
 def test_the_governed_flow_on_an_object_store(champion, collapsed, moto_s3, tmp_path):
-    """The same commands on moto's S3 server: audit before publish, a failed audit keeping `latest`, a tag and a
-    reader's lease (another process) surviving `refresh --keep 1` twice, references, `status --max-lag`."""
+    """The same commands on moto's S3 server: audit before publish; failed audits (a collapsed version, a part altered
+    consistently with its checksum) keeping `latest`; a tag and a reader's lease (another process) surviving
+    `refresh --keep 1` twice, the lease of the killed reader then not; references; an alias moved around the gates
+    refused; `status --max-lag`."""
     root = f"{moto_s3}/governed"
     storage = Storage(root)
     model = f"{champion}@champion"
@@ -378,6 +379,16 @@ def test_the_governed_flow_on_an_object_store(champion, collapsed, moto_s3, tmp_
 
     failed = invoke("generate", "--model", collapsed, *COMMON, "--seed", "0", "--out", root, "--publish")
     assert failed.exit_code == 1 and "failed, quality_vs_version: " in failed.stderr, failed.output[-600:]
+    assert latest() == published
+    made = invoke("generate", "--model", model, *COMMON, "--seed", "7", "--out", root)
+    assert made.exit_code == 0, made.output
+    altered = line(made.stdout, "dataset_id:").split()[1]
+    alter_part_consistently(storage, altered, "part-00001.parquet")
+    assert invoke("inspect", f"{root}/{altered}").exit_code == 0  # sizes and checksums agree: only re-decoding sees it
+    failed = invoke("generate", "--model", model, *COMMON, "--seed", "7", "--out", root, "--publish")
+    assert failed.exit_code == 1, failed.output
+    error = failed.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"vaegen: error: audit of {altered} failed, deep: part-00001.parquet"), error
     assert latest() == published
 
     made = invoke("generate", "--model", model, *COMMON, "--seed", "3", "--out", root)
@@ -401,13 +412,22 @@ def test_the_governed_flow_on_an_object_store(champion, collapsed, moto_s3, tmp_
             by_folder = open_dataset(f"{root}/{published}", lease=False)
             np.testing.assert_array_equal(by_tag.to_numpy()["x"], by_folder.to_numpy()["x"])
     finally:
-        reader.kill()
+        reader.kill()  # kill -9: no atexit, its lease stays behind on the bucket
         reader.wait()
+    pruning = invoke("refresh", "--model", model, *COMMON, "--out", root, "--keep", "1", "--seed", "6", "--no-audit")
+    assert f"pruned: {leased}" in pruning.stdout, pruning.output  # its reader is gone from this host: at once
+    assert not storage.exists(leased, MANIFEST) and storage.exists(published, MANIFEST)
 
-    # `vaegen status` on the object store: current, stale once the alias moves, current after the next refresh.
+    # An alias moved around the gates is refused; `vaegen status`: current, stale once the alias moves through
+    # `vaegen promote`, current after the next refresh.
     assert invoke("status", root, "--model", model, "--max-lag", "0s").exit_code == 0
-    other = mlflow.MlflowClient().copy_model_version(f"models:/{champion}/1", champion)  # a new version, same weights
+    client = mlflow.MlflowClient()
+    other = client.copy_model_version(f"models:/{champion}/1", champion)  # a new version, same weights
     try:
+        client.set_registered_model_alias(champion, "champion", other.version)  # as the MLflow UI would
+        refused = invoke("refresh", "--model", model, *COMMON, "--out", root, "--no-audit")
+        assert refused.exit_code == 1, refused.output
+        assert "set outside `vaegen promote`" in refused.stderr, refused.stderr[-600:]
         moved = invoke("promote", f"{champion}/{other.version}", "--reason", "s3", "--force", "--no-quality-gate")
         assert moved.exit_code == 0, moved.output
         stale = invoke("status", root, "--model", model, "--max-lag", "0s")
