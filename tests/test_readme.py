@@ -31,6 +31,7 @@ RUN_BY = {  # (heading, language) -> the test that runs its blocks verbatim
     (READER_SECTION, "python"): "tests/test_readme.py::test_reader_lines_run_verbatim_beside_a_stale_ray_address",
     ("## Training on a vaegen dataset", "python"): "tests/test_reader_training.py",
     ("## Publishing and consuming datasets", "bash"): "tests/test_readme_publishing.py",
+    ("### Refresh on promotion", "bash"): "tests/test_webhook.py::test_readme_refresh_on_promotion_lines_run_verbatim",
     (
         "## Watching a job",
         "bash",
@@ -46,8 +47,6 @@ NOT_RUN = {  # (heading, language) -> why no test runs it (the lead decides whet
     "each command has CLI tests",
     ("### GPU check: `bash benchmarks/gpu_check.sh`", "bash"): "needs a GPU node and n = 10,000,000; "
     "tests/test_gpu_check.py runs the same script with CUDA absent at a small n",
-    ("### Refresh on promotion", "bash"): "starts an `mlflow server` and a receiver in the background; "
-    "tests/test_webhook.py runs the same commands (serve, register, promote) against the session's server",
 }
 PROCESS_TIMEOUT_S = 420  # imports torch, Ray, datasets, polars, DuckDB and starts a local Ray; minutes under load
 

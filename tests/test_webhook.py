@@ -3,9 +3,12 @@ which starts a real `vaegen refresh`; forged, replayed, stale and foreign delive
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +20,7 @@ import pytest
 import requests
 
 from conftest import TrackingStore, register_untrained_decoder
+from helpers import readme_block, shell_env
 from ray_cluster import free_port, make_ray_env, stop_tagged, wait_until
 from registry import webhooks
 
@@ -251,3 +255,69 @@ def test_the_deployed_receivers_refresh_arguments_are_accepted_as_serve_would():
         assert command[:3] == ["vaegen", "webhook", "serve"] and "--ray-address" in command
         target = _refresh_target(refresh)
         assert (target.name, target.alias) == ("vae-decoder", "champion"), refresh
+
+
+# ---------------------------------------------------------------- the README's block, verbatim
+
+README_SECTION = "### Refresh on promotion"
+README_PORTS = (5000, 8090)  # the block's mlflow server and receiver: fixed, as a user types them
+README_TIMEOUT_S = 540  # the quick start's training and report; the block: a server, a receiver, a promotion
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """The block's shell and what it left in the background (the mlflow server, the receiver): its process group."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=20)
+            time.sleep(2)  # the group's other members take a moment after the shell
+
+
+@pytest.mark.slow  # a training, an mlflow server, a receiver, a promotion, a refresh on a local Ray
+def test_readme_refresh_on_promotion_lines_run_verbatim(tmp_path):
+    wait_until(lambda: all(map(port_is_free, README_PORTS)), 120, f"ports {README_PORTS} to be free", 1.0)
+    folder = tmp_path / "quickstart"
+    folder.mkdir()
+    (folder / ".venv").symlink_to(sys.prefix)
+    ray_env = make_ray_env()
+    env = shell_env(ray_env)
+    try:
+        # The quick start's `vaegen train` (its default recipe and report: a version that passes every gate)
+        trained = subprocess.run(
+            [str(Path(sys.executable).with_name("vaegen")), "train"],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=README_TIMEOUT_S,
+        )
+        assert trained.returncode == 0 and "registered: vae-decoder/1" in trained.stdout, trained.stderr[-3000:]
+        log = tmp_path / "block.log"
+        with open(log, "wb") as sink:  # a file, not a pipe: the background processes keep it open
+            shell = subprocess.Popen(
+                ["bash", "-euo", "pipefail", "-c", readme_block(README_SECTION)],
+                cwd=folder,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            assert shell.wait(timeout=README_TIMEOUT_S) == 0, log.read_text()[-4000:]
+            assert "promoted: vae-decoder@staging -> version 1 (was None)" in log.read_text(), log.read_text()[-4000:]
+            latest = folder / "staging" / "latest"
+            wait_until(latest.is_file, REFRESH_DONE_TIMEOUT_S, "the refresh started by the webhook to move latest", 1.0)
+            assert json.loads(latest.read_text())["dataset_id"].startswith("vae-decoder-v1-n100000-")
+            assert re.search(r": started `vaegen refresh --model vae-decoder@staging --n 100000 ", log.read_text())
+        finally:
+            stop_group(shell)
+    finally:
+        survivors = stop_tagged(ray_env.tag)
+        assert not survivors, survivors
+    assert all(map(port_is_free, README_PORTS))  # nothing the block started is left listening
