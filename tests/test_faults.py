@@ -135,9 +135,10 @@ def driver(cluster, monkeypatch) -> Iterator:
 # ---------------------------------------------------------------- tests
 
 
-def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, untrained_version, tmp_path):
-    out = tmp_path / "out"
-    directory = out / dataset_id(1)
+def run_with_a_poison_shard(cluster, untrained_version, tmp_path: Path, seed: int):
+    """`vaegen generate` on the cluster while a PartKiller strikes every attempt at shard POISON."""
+    out = tmp_path / f"out-{seed}"
+    directory = out / dataset_id(seed)
     directory.mkdir(parents=True)
     killer = PartKiller(cluster.env.tag, directory, POISON)
     killer.start()
@@ -149,7 +150,7 @@ def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, 
         "--n",
         str(N),
         "--seed",
-        "1",
+        str(seed),
         "--rows-per-shard",
         str(R),
         "--num-workers",
@@ -169,7 +170,17 @@ def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, 
         killer.join(timeout=10)
         with contextlib.suppress(ProcessLookupError):
             process.kill()
+    return directory, killer, process, stdout, stderr
 
+
+def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, untrained_version, tmp_path):
+    # The killer is a thread of this process polling the folder; on a loaded box it can miss a part's few
+    # hundred milliseconds and the shard then simply succeeds. That is the harness missing its fault, not the
+    # product passing: run again with another seed (a dataset of its own, metrics with their own labels).
+    for seed in (1, 11, 21):
+        directory, killer, process, stdout, stderr = run_with_a_poison_shard(cluster, untrained_version, tmp_path, seed)
+        if not (process.returncode == 0 and len(killer.kills) < MAX_SHARD_ATTEMPTS):
+            break
     assert process.returncode == 1, stderr[-3000:]
     assert stdout == ""  # results only on stdout, and there are none: no "(raylet) ..." lines either
     errors = [line for line in stderr.splitlines() if line.startswith("vaegen: error: ")]
@@ -181,7 +192,7 @@ def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, 
     assert len(killer.kills) == MAX_SHARD_ATTEMPTS, killer.kills  # it was tried 3 times, and stopped there
     assert not (directory / part_name(POISON)).exists() and not (directory / "_manifest.json").exists()
     # the driver's metrics, flushed as it exits: 2 retries, 3 workers lost (each attempt killed its worker)
-    labels = {"dataset_id": dataset_id(1), "model_name": "vae-decoder", "model_version": "1"}
+    labels = {"dataset_id": dataset_id(seed), "model_name": "vae-decoder", "model_version": "1"}
 
     def exported() -> dict | None:
         samples = scrape_metrics(cluster.metrics_port)
