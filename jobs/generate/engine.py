@@ -46,9 +46,8 @@ class Placement:
     gpus_per_worker: float
     threads_per_worker: int  # torch intra-op threads, and shards a GPU worker runs at once
     nodes: int
-    max_workers: int = (
-        0  # the pool grows up to this many as nodes join (--num-workers MIN:MAX, auto); 0: it never grows
-    )
+    # the pool grows up to this many as nodes join (--num-workers MIN:MAX, auto); 0: it never grows
+    max_workers: int = 0
 
 
 def plan_placement(
@@ -188,7 +187,6 @@ class WorkerPool:
         self.stall_timeout_s = stall_timeout_s
         self.export_metrics = export_metrics
         self.workers = [self._start_worker() for _ in range(placement.num_workers)]
-        self.added = 0  # workers a growing pool started after the job began
         self.idle_tail_s = 0.0  # after run(): summed over live workers, the time from their last shard to the job's end
         self._outstanding: set[Any] = set()  # refs not collected yet: drained on exit so that no error goes unhandled
 
@@ -207,8 +205,12 @@ class WorkerPool:
         Contract 2 makes the content independent of which worker writes which shard: growing changes no byte."""
         added = [self._start_worker() for _ in range(room_to_grow(self.placement, len(self.workers), shards_left))]
         self.workers += added
-        self.added += len(added)
         return added
+
+    @property
+    def added(self) -> int:
+        """Workers a growing pool started after the job began."""
+        return len(self.workers) - self.placement.num_workers
 
     def __enter__(self) -> WorkerPool:
         return self
