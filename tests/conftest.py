@@ -225,7 +225,10 @@ def _wait_for_health(uri: str, process: subprocess.Popen, log_path: Path) -> Non
         if process.poll() is not None:
             raise RuntimeError(f"mlflow server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            if requests.get(f"{uri}/health", timeout=2).status_code == 200:
+            # /health answers before the store does: also one request that reads the backend store
+            if requests.get(f"{uri}/health", timeout=2).status_code == 200 and (
+                requests.get(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10).status_code == 200
+            ):
                 return
         except requests.RequestException:
             pass
@@ -244,6 +247,15 @@ def _stop_process_group(process: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+
+
+SERVER_LOGS: dict[str, Path] = {}  # each test server's URI -> its log, for a failing test's message
+
+
+def server_log_tail(uri: str, chars: int = 3000) -> str:
+    """The end of the log of the test `mlflow server` at `uri` (what a failing request's test prints)."""
+    path = SERVER_LOGS.get(uri)
+    return path.read_text(errors="replace")[-chars:] if path is not None and path.exists() else f"(no log for {uri})"
 
 
 @contextlib.contextmanager
@@ -278,6 +290,7 @@ def run_mlflow_server(root: Path, backend_store_uri: str, workers: int = 1) -> I
         MLFLOW_WEBHOOK_CACHE_TTL="1",
     )
     log_path = root / "server.log"
+    SERVER_LOGS[f"http://127.0.0.1:{port}"] = log_path
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

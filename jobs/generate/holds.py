@@ -134,7 +134,9 @@ class Lease:
     def release(self) -> None:
         if not self._stop.is_set():
             self._stop.set()
-            self.storage.delete(LEASES, self.name)
+            # Unreachable store (at exit, say): the lease stops protecting when its heartbeat ages past timeout_s
+            with contextlib.suppress(OSError):
+                self.storage.delete(LEASES, self.name)
 
     def __getstate__(self) -> dict[str, Any]:  # a copy in a DataLoader worker holds nothing: the parent does
         return {"dataset_id": self.dataset_id, "name": self.name, "record": self.record}
