@@ -153,6 +153,46 @@ def alter_part_consistently(storage: Storage, dataset_id: str, name: str) -> Non
     storage.write_json(manifest, dataset_id, MANIFEST)
 
 
+def alter_z_consistently(storage: Storage, dataset_id: str, name: str) -> None:
+    """Rewrite one part with every z negated (x, seeds untouched), its size and checksum in the manifest to match."""
+    path = storage.path(dataset_id, name)
+    table = pq.read_table(path, filesystem=storage.fs)
+    z = table.column("z").combine_chunks()
+    negated = pa.FixedSizeListArray.from_arrays(pa.array(-z.flatten().to_numpy()), z.type.list_size).cast(z.type)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("z"), table.schema.field("z"), negated),
+        path,
+        filesystem=storage.fs,
+    )
+    manifest = storage.read_json(dataset_id, MANIFEST)
+    entry = next(entry for entry in manifest["files"] if entry["name"] == name)
+    entry["size_bytes"], entry["checksum"] = storage.size(dataset_id, name), storage.checksum(dataset_id, name)
+    storage.write_json(manifest, dataset_id, MANIFEST)
+
+
+@pytest.mark.slow
+def test_the_audit_re_derives_and_re_decodes_one_sampled_block_per_part(champion, tmp_path):
+    """inspect --deep re-derives every row; the audit only its sampled block's rows (checksums cover the rest),
+    and still fails a part whose z was rewritten with a matching checksum."""
+    from jobs.generate import verify
+
+    made = invoke("generate", "--model", f"{champion}@champion", *COMMON, "--batch-size", "250", "--out", str(tmp_path))
+    assert made.exit_code == 0, made.output
+    dataset_id = line(made.stdout, "dataset_id:").split()[1]
+    location = str(tmp_path / dataset_id)
+    full = verify.inspect(location, deep=True)
+    sampled = verify.inspect(location, deep=True, sample_seed=audit.AUDIT_SEED)
+    assert full.ok and sampled.ok, (full.problems, sampled.problems)
+    assert full.rows_checked_deep == N and full.rows_decoded_deep == 3 * 3 * 250  # first, middle, last block per part
+    assert sampled.rows_checked_deep == sampled.rows_decoded_deep == 3 * 250  # one block of 250 rows per part
+
+    alter_z_consistently(Storage(str(tmp_path)), dataset_id, "part-00002.parquet")
+    assert verify.inspect(location).ok  # sizes and checksums match the manifest
+    problems = verify.inspect(location, deep=True, sample_seed=audit.AUDIT_SEED).problems
+    assert len(problems) == 1 and problems[0].startswith("part-00002.parquet: row "), problems
+    assert "z differs from" in problems[0]
+
+
 @pytest.mark.slow
 def test_failed_audits_keep_latest_exit_1_naming_the_check_and_are_not_pruned(champion, collapsed, tmp_path):
     root = tmp_path / "out"
