@@ -288,6 +288,13 @@ def run_mlflow_server(root: Path, backend_store_uri: str, workers: int = 1) -> I
         MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
         MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https",
         MLFLOW_WEBHOOK_CACHE_TTL="1",
+        # As deploy/ runs it: no GenAI job runner (three more processes per server, huey consumers polling
+        # the backend store all session long; vaegen uses no MLflow server job, webhooks are sent by the
+        # server's own threads), and a bounded connection pool per worker and store (PostgreSQL's 100
+        # connections are shared by the session's servers and the race tests' bursts).
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        MLFLOW_SQLALCHEMYSTORE_POOL_SIZE="5",
+        MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="5",
     )
     log_path = root / "server.log"
     SERVER_LOGS[f"http://127.0.0.1:{port}"] = log_path

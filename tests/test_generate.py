@@ -643,9 +643,11 @@ def test_ray_data_reads_x_in_its_shape_with_the_shaped_x_helper(by_dtype, dtype,
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     data = by_dtype[dtype]
-    dataset = ray.data.read_parquet(str(data.path)).map_batches(
-        shaped_x, batch_format="pyarrow"
-    )  # skips the _ and . files
+    dataset = (
+        ray.data.read_parquet(str(data.path))  # skips the _ and . files
+        .map_batches(shaped_x, batch_format="pyarrow")
+        .materialize()  # run once: count, iter_batches and iter_torch_batches below read the same blocks
+    )
     assert dataset.count() == len(data.x)
     batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
     ids = np.concatenate([batch["sample_id"] for batch in batches])
