@@ -160,7 +160,7 @@ def _quality_checks(
     dataset = reader.open_dataset(storage.location(dataset_id), verify=False, lease=False)
     generated, labels = reports.read_samples(dataset, config.quality_rows)
     try:
-        metrics, *_ = reports.compare(loaded, generated, labels, reports.ReportConfig(n=len(generated), privacy=None))
+        metrics = reports.audit_figures(loaded, generated, labels, reports.ReportConfig(n=len(generated), privacy=None))
     except UsageError as error:  # no training data source to compare with, or it has no labels
         reason = f"cannot measure quality: {error}"
         return [Check("quality_vs_version", "skipped", reason), Check("quality_vs_latest", "skipped", reason)]

@@ -216,6 +216,15 @@ def compare(
     return metrics, images, real_histogram.tolist(), weights_path
 
 
+def audit_figures(
+    loaded: LoadedDecoder, generated: np.ndarray, generated_labels: np.ndarray | None, config: ReportConfig
+) -> dict[str, float | None]:
+    """quality.audit_figures of `generated` against the version's real data, in the report's feature space."""
+    train, _ = reference_split(loaded, config.data)
+    classifier, _, _ = classifier_for(train, config)
+    return quality.audit_figures(classifier, train, generated.astype(np.float32), config.quality, generated_labels)
+
+
 def model_report(reference: str, config: ReportConfig) -> ReportResult:
     loaded = models.load_decoder(models.resolve(reference))
     name, version = loaded.pinned.name, loaded.pinned.version

@@ -249,6 +249,13 @@ def _stop_process_group(process: subprocess.Popen) -> None:
         process.wait(timeout=SERVER_STOP_TIMEOUT_S)
 
 
+def untagged_environ() -> dict[str, str]:
+    """os.environ without a test Ray's tag, for the session's servers (mlflow, PostgreSQL): a module's Ray env
+    may be active when one first starts, and that Ray's teardown stops every process carrying its tag (CI lost
+    its PostgreSQL that way: started while test_races' Ray env was active, stopped with that Ray)."""
+    return {key: value for key, value in os.environ.items() if key != TAG_VARIABLE}
+
+
 SERVER_LOGS: dict[str, Path] = {}  # each test server's URI -> its log, for a failing test's message
 
 
@@ -279,9 +286,7 @@ def run_mlflow_server(root: Path, backend_store_uri: str, workers: int = 1) -> I
         "--artifacts-destination",
         str(root / "artifacts"),
     ]
-    # Not the tag of a test Ray either (when a module's Ray env is active as the server first starts):
-    # that Ray's teardown stops every process carrying its tag, which would take this shared server down.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_") and key != TAG_VARIABLE}
+    env = {key: value for key, value in untagged_environ().items() if not key.startswith("MLFLOW_")}
     # Webhooks to receivers on loopback (tests/test_webhook.py): MLflow sends only to public https by default,
     # and caches each event's webhook list for 60 s (a webhook registered mid-session would wait for it).
     env.update(
@@ -433,6 +438,7 @@ def run_postgres(database: str = "mlflow") -> Iterator[Postgres]:
             capture_output=True,
             timeout=POSTGRES_START_TIMEOUT_S,
             cwd=root,
+            env=untagged_environ(),
             **as_user,
         )
         with open(log_path, "wb") as log:
@@ -458,6 +464,7 @@ def run_postgres(database: str = "mlflow") -> Iterator[Postgres]:
                     "full_page_writes=off",
                 ],
                 cwd=root,
+                env=untagged_environ(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -22,7 +22,7 @@ from vae_core.fidelity import (
     pixel_stats,
     precision_recall,
 )
-from vae_core.quality import quality_report
+from vae_core.quality import audit_figures, quality_report
 from vae_core.quality_config import QualityConfig
 from vae_core.reference_classifier import features, predict_proba, train_reference_classifier, tstr_accuracy
 
@@ -248,6 +248,20 @@ def test_shuffled_requested_labels_drop_label_accuracy(digits, classifier):
         model, labelled(digits, "train"), labelled(digits, "heldout"), unseen_images, generated_labels=shuffled
     )
     assert metrics["label_accuracy"] < 0.3
+
+
+def test_audit_figures_are_the_reports_own(digits, classifier):
+    """The publish audit's figures-only pass gives exactly what the full report gives for those figures."""
+    model, _ = classifier
+    images, labels = digits["unseen"]
+    for requested in (None, np.random.default_rng(3).permutation(labels)):
+        metrics, _ = quality_report(
+            model, labelled(digits, "train"), labelled(digits, "heldout"), images, generated_labels=requested
+        )
+        figures = audit_figures(model, labelled(digits, "train"), images, generated_labels=requested)
+        names = {"precision", "density", "mean_confidence"} | ({"label_accuracy"} if requested is not None else set())
+        assert set(figures) == names
+        assert figures == {name: metrics[name] for name in names}
 
 
 def test_report_flags_noise_and_copies(digits, classifier):
