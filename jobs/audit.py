@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jobs.generate.manifest import AUDIT, MANIFEST, utc_now
@@ -104,17 +103,13 @@ def skipped_record(storage: Storage, dataset_id: str, reason: str) -> dict[str, 
 
 def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str | None) -> dict[str, Any]:
     """Run every check on the committed dataset; returns its record (not written: see write_record)."""
-    from jobs.generate.verify import inspect, open_committed
+    from jobs.generate.verify import inspect
 
     started = time.perf_counter()
-    _, _, manifest = open_committed(storage.location(dataset_id))
-    # The quality figures are measured beside inspect (Arrow and torch release the GIL: ~40% less wall time on
-    # 2 cores) and used only if the dataset is intact; a part too broken to read makes the thread raise, unseen.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-audit-quality") as pool:
-        quality = pool.submit(_quality_checks, storage, dataset_id, manifest, config, latest_id)
-        report = inspect(storage.location(dataset_id), deep=True, sample_seed=config.sample_seed)
-        if report.problems:
-            quality.cancel()
+    # Quality after inspect, not beside it in a thread: inspect --deep resizes torch's thread pool (one thread,
+    # as CPU workers decode) while the other thread would run torch; a CI refresh hung with both in flight.
+    report = inspect(storage.location(dataset_id), deep=True, sample_seed=config.sample_seed)
+    manifest = report.manifest
     if report.problems:
         more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
         failed = "deep" if report.rows_checked_deep else "integrity"
@@ -128,7 +123,7 @@ def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str
             Check("integrity", "pass", f"{len(manifest['files'])} parts: sizes, checksums, row counts, ids"),
             Check("deep", "pass", deep),
         ]
-        checks += quality.result()
+        checks += _quality_checks(storage, dataset_id, manifest, config, latest_id)
     failed_checks = [check for check in checks if check.status == "fail"]
     return {
         "format": AUDIT_FORMAT,
