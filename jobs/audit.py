@@ -106,8 +106,8 @@ def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str
     from jobs.generate.verify import inspect
 
     started = time.perf_counter()
-    # Quality after inspect, not beside it in a thread: inspect --deep resizes torch's thread pool (one thread,
-    # as CPU workers decode) while the other thread would run torch; a CI refresh hung with both in flight.
+    # Quality after inspect, not beside it in a thread: inspect --deep sets torch's process-wide thread count
+    # (one thread, as CPU workers decode) while that thread would be running torch.
     report = inspect(storage.location(dataset_id), deep=True, sample_seed=config.sample_seed)
     manifest = report.manifest
     if report.problems:
