@@ -67,7 +67,8 @@ class TrainJobConfig:
         recipe, train = dict(RECIPES[architecture]), dict(train or {})
         if "epochs" in train and "steps" not in train:
             train["steps"] = None  # epochs asked for: the recipe's step budget would override them
-        train_fields = {"lr_schedule": recipe.pop("lr_schedule"), "steps": recipe.pop("steps"), **train}
+        trainer = {field.name for field in dataclasses.fields(TrainConfig)}
+        train_fields = {**{key: recipe.pop(key) for key in list(recipe) if key in trainer}, **train}
         return cls(architecture=architecture, **{**recipe, **fields}, train=TrainConfig(**train_fields))
 
 

@@ -103,7 +103,7 @@ def _sizes(values: Any, separator: str = ",") -> str:
 
 
 def _training_budget(params: dict[str, str]) -> str:
-    """'3000 steps of 128, cosine schedule; prior flow 1000 steps' from the training run's train.* params."""
+    """'3000 steps of 128, cosine schedule; prior flow 1000 steps[; augmented: ...]' from the run's train.* params."""
     steps, epochs = params.get("train.steps"), params.get("train.epochs")
     if steps not in (None, "None", ""):
         budget = f"{steps} steps"
@@ -115,6 +115,9 @@ def _training_budget(params: dict[str, str]) -> str:
     budget += f", {params['train.lr_schedule']} schedule" if "train.lr_schedule" in params else ""
     if params.get("prior_flow_layers", "0") != "0" and "train.prior_flow_steps" in params:
         budget += f"; prior flow {params['train.prior_flow_steps']} steps"
+    shift, rotate = params.get("train.augment_shift", "0"), params.get("train.augment_rotate", "0.0")
+    if shift != "0" or float(rotate):
+        budget += f"; augmented: shifts up to {shift} px, rotations up to {float(rotate):g} degrees"
     return budget
 
 

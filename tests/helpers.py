@@ -125,6 +125,35 @@ def quick_start_folder(root: Path) -> None:
     (root / ".venv").symlink_to(sys.prefix)
 
 
+def repository_copy(destination: Path) -> None:
+    """A clone of this repository as the quick start's user has it (the files git tracks), with a `.venv` whose
+    packages are the suite's: its site-packages lists the suite's through a .pth file, so the README's
+    `bash deploy/install.sh` runs for real (pip, the editable install of this copy, compileall) in seconds and
+    leaves the suite's environment alone."""
+    repo = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        source = repo / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            (destination / name).write_bytes(source.read_bytes())
+    subprocess.run([sys.executable, "-m", "venv", str(destination / ".venv")], check=True)
+    python = destination / ".venv" / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    suite = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(purelib) / "suite-packages.pth").write_text(suite + "\n")
+
+
 def shell_env(ray_env) -> dict[str, str]:
     """A shell as a new user has it: no MLflow or Ray variables, a private HOME and Ray temp dir."""
     base = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_", "VAEGEN_"))}

@@ -18,7 +18,7 @@ from vae_core.config import TrainConfig, VAEConfig
 from vae_core.data import Dataset, load
 from vae_core.errors import UsageError
 from vae_core.model import VAE, Decoder, Encoder, PriorFlow, negative_elbo
-from vae_core.training import evaluate, model_config_for, train
+from vae_core.training import augment, evaluate, model_config_for, train
 
 MASK64 = 2**64 - 1
 
@@ -301,6 +301,34 @@ def test_training_reduces_held_out_loss(small_digits):
     assert result.val_neg_elbo == result.history[-1].val_loss
     assert result.history[-1].val_loss < result.history[0].val_loss
     assert result.val_neg_elbo < untrained - 5.0, (untrained, result.val_neg_elbo)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (1, 28, 28), (3, 6, 10)])
+def test_augmentation_moves_each_image_by_whole_pixels_reproducibly_and_is_off_by_default(shape):
+    x = torch.zeros(64, *shape)
+    x[..., 3, 4] = 1.0  # one lit pixel per image (and channel)
+    shifted = augment(x, 2, 0.0, torch.Generator().manual_seed(7))
+    assert torch.equal(shifted, augment(x, 2, 0.0, torch.Generator().manual_seed(7)))
+    assert shifted.shape == x.shape and torch.allclose(shifted, shifted.round(), atol=1e-5)  # whole pixels: no blur
+    lit = [torch.nonzero(image.reshape(-1, *shape[-2:])[0] > 0.5).tolist() for image in shifted]
+    offsets = {(row - 3, column - 4) for ((row, column),) in lit}
+    assert offsets <= {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)} and len(offsets) > 10, offsets
+    assert torch.equal(augment(x, 0, 0.0, torch.Generator()), x)
+    turned = augment(x, 0, 30.0, torch.Generator().manual_seed(0))
+    assert not torch.equal(turned, x) and turned.shape == x.shape
+    assert (TrainConfig().augment_shift, TrainConfig().augment_rotate) == (0, 0.0)
+    for bad in ({"augment_shift": -1}, {"augment_rotate": 181.0}):
+        with pytest.raises(UsageError, match="--augment"):
+            TrainConfig(**bad)
+
+
+def test_augmented_training_is_deterministic_and_differs_from_plain_training(small_digits):
+    config = model_config_for(small_digits, 2, (32,), conditional=False)
+    augmented = TrainConfig(epochs=2, seed=3, augment_shift=1, augment_rotate=10.0)
+    assert _losses(train(small_digits, config, augmented)) == _losses(train(small_digits, config, augmented))
+    assert _losses(train(small_digits, config, augmented)) != _losses(
+        train(small_digits, config, TrainConfig(epochs=2, seed=3))
+    )
 
 
 def test_conditional_training_records_class_prior(small_digits):

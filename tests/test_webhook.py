@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from conftest import TrackingStore, register_untrained_decoder
-from helpers import readme_block, shell_env
+from helpers import readme_block, repository_copy, shell_env
 from ray_cluster import free_port, make_ray_env, stop_tagged, wait_until
 from registry import webhooks
 
@@ -260,8 +260,9 @@ def test_the_deployed_receivers_refresh_arguments_are_accepted_as_serve_would():
 # ---------------------------------------------------------------- the README's block, verbatim
 
 README_SECTION = "### Refresh on promotion"
+QUICK_START_SECTION = "## Quick start: one command"
 README_PORTS = (5000, 8090)  # the block's mlflow server and receiver: fixed, as a user types them
-README_TIMEOUT_S = 540  # the quick start's training and report; the block: a server, a receiver, a promotion
+README_TIMEOUT_S = 540  # each block: the quick start (install, training, report, generation); a server, a receiver...
 
 
 def port_is_free(port: int) -> bool:
@@ -279,35 +280,41 @@ def stop_group(process: subprocess.Popen) -> None:
             time.sleep(2)  # the group's other members take a moment after the shell
 
 
-@pytest.mark.slow  # a training, an mlflow server, a receiver, a promotion, a refresh on a local Ray
-def test_readme_refresh_on_promotion_lines_run_verbatim(tmp_path):
-    wait_until(lambda: all(map(port_is_free, README_PORTS)), 120, f"ports {README_PORTS} to be free", 1.0)
-    folder = tmp_path / "quickstart"
-    folder.mkdir()
-    (folder / ".venv").symlink_to(sys.prefix)
-    ray_env = make_ray_env()
-    env = shell_env(ray_env)
-    try:
-        # The quick start's `vaegen train` (its default recipe and report: a version that passes every gate)
-        trained = subprocess.run(
-            [str(Path(sys.executable).with_name("vaegen")), "train"],
+def run_block(block: str, folder: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A README block in bash -euo pipefail, in its own process group (what it starts in the background too)."""
+    with open(log, "ab") as sink:  # a file, not a pipe: the background processes keep it open
+        return subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", block],
             cwd=folder,
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=README_TIMEOUT_S,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        assert trained.returncode == 0 and "registered: vae-decoder/1" in trained.stdout, trained.stderr[-3000:]
-        log = tmp_path / "block.log"
-        with open(log, "wb") as sink:  # a file, not a pipe: the background processes keep it open
-            shell = subprocess.Popen(
-                ["bash", "-euo", "pipefail", "-c", readme_block(README_SECTION)],
-                cwd=folder,
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+
+
+@pytest.mark.slow  # an install, a training, a promotion, a generation; a server, a receiver, a refresh on local Rays
+def test_readme_quick_start_then_refresh_on_promotion_run_verbatim(tmp_path):
+    """The quick start's line, verbatim, in a copy of the repository, then the "Refresh on promotion" block in
+    the folder it left, as the README tells a new user."""
+    wait_until(lambda: all(map(port_is_free, README_PORTS)), 120, f"ports {README_PORTS} to be free", 1.0)
+    folder = tmp_path / "clone"
+    repository_copy(folder)
+    ray_env = make_ray_env()
+    env = shell_env(ray_env)
+    log = tmp_path / "blocks.log"
+    try:
+        quick_start = run_block(readme_block(QUICK_START_SECTION), folder, env, log)
+        try:
+            assert quick_start.wait(timeout=README_TIMEOUT_S) == 0, log.read_text()[-4000:]
+        finally:
+            stop_group(quick_start)
+        said = log.read_text()
+        assert "registered: vae-decoder/1" in said and "promoted: vae-decoder@champion -> version 1" in said, said
+        assert (folder / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        (dataset,) = (folder / "datasets").glob("vae-decoder-v1-n100000-seed0-*")
+        assert json.loads((dataset / "_manifest.json").read_text())["n"] == 100_000
+        shell = run_block(readme_block(README_SECTION), folder, env, log)
         try:
             assert shell.wait(timeout=README_TIMEOUT_S) == 0, log.read_text()[-4000:]
             assert "promoted: vae-decoder@staging -> version 1 (was None)" in log.read_text(), log.read_text()[-4000:]

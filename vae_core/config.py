@@ -27,6 +27,8 @@ RECIPES: dict[str, dict] = {
         "prior_flow_layers": 0,
         "lr_schedule": "constant",
         "steps": None,
+        "augment_shift": 0,
+        "augment_rotate": 0.0,
     },
     "conv": {
         "latent_dim": 16,
@@ -35,6 +37,8 @@ RECIPES: dict[str, dict] = {
         "prior_flow_layers": 8,
         "lr_schedule": "cosine",
         "steps": 3_000,
+        "augment_shift": 0,
+        "augment_rotate": 0.0,
     },
 }
 
@@ -252,6 +256,10 @@ class TrainConfig:
     seed: int = 0  # fixes init, shuffling and the reparameterisation noise
     lr_schedule: str = "constant"  # "cosine": anneal to 0 over the run (Loshchilov and Hutter 2017), per step
     prior_flow_steps: int = 1_000  # models with a prior flow: Adam steps of 256 latents (~31 passes over MNIST's 8,000)
+    # Each training batch randomly shifted by up to augment_shift pixels and rotated by up to augment_rotate
+    # degrees (the classic MNIST augmentation): the decoder learns the digits, not the training rows' exact pixels
+    augment_shift: int = 0
+    augment_rotate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -270,6 +278,10 @@ class TrainConfig:
             raise UsageError(f"--steps must be a positive integer, got {self.steps}")
         if self.prior_flow_steps < 1:
             raise UsageError(f"--prior-flow-steps must be a positive integer, got {self.prior_flow_steps}")
+        if self.augment_shift < 0:
+            raise UsageError(f"--augment-shift must be a non-negative number of pixels, got {self.augment_shift}")
+        if not 0 <= self.augment_rotate <= 180:
+            raise UsageError(f"--augment-rotate must lie in [0, 180] degrees, got {self.augment_rotate}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

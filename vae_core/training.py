@@ -5,6 +5,7 @@ carries each epoch's metrics out to whoever records them."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 
@@ -100,6 +101,24 @@ def evaluate(model: VAE, data: Dataset, seed: int, with_prior_flow: bool = False
     return total / len(data.images)
 
 
+def augment(x: torch.Tensor, shift: int, rotate: float, generator: torch.Generator) -> torch.Tensor:
+    """x (B, [C,] H, W) with each image moved by a random whole-pixel shift in [-shift, shift] on each axis and
+    turned by a random angle in [-rotate, rotate] degrees (bilinear, zeros outside): the same draws for a seed."""
+    if not shift and not rotate:
+        return x
+    n, (height, width) = len(x), x.shape[-2:]
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotate)
+    # affine_grid's coordinates span [-1, 1]: one pixel is 2 / side
+    dx = torch.randint(-shift, shift + 1, (n,), generator=generator) * (2 / width)
+    dy = torch.randint(-shift, shift + 1, (n,), generator=generator) * (2 / height)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, dx], 1), torch.stack([sin, cos, dy], 1)], 1)  # (B, 2, 3)
+    images = x.reshape(n, -1, height, width)  # grid_sample wants the channels axis, (B, H, W) sources have none
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return moved.reshape(x.shape)
+
+
 def _lr_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -185,7 +204,7 @@ def train(
         order = torch.randperm(len(images), generator=generator)
         total, seen = 0.0, 0
         for index in order.split(train_config.batch_size)[: total_steps - step]:
-            x = images[index]
+            x = augment(images[index], train_config.augment_shift, train_config.augment_rotate, generator)
             batch_labels = None if labels is None else labels[index]
             logits, mu, logvar = model(x, batch_labels, generator)
             loss = negative_elbo(x, logits, mu, logvar)

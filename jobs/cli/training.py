@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
 
 from jobs.cli.plumbing import handle_errors, log
+from vae_core.config import TrainConfig
 from vae_core.errors import UsageError
 
 
@@ -75,6 +77,18 @@ def _recipe_default(field: str) -> str:
     "--prior-flow-steps", type=int, default=1_000, show_default=True, help="Adam steps fitting the prior flow."
 )
 @click.option(
+    "--augment-shift",
+    type=int,
+    default=None,
+    help="Shift each training image by up to this many pixels per axis, at random. " + _recipe_default("augment_shift"),
+)
+@click.option(
+    "--augment-rotate",
+    type=float,
+    default=None,
+    help="Rotate each training image by up to this many degrees, at random. " + _recipe_default("augment_rotate"),
+)
+@click.option(
     "--holdout-fraction",
     type=float,
     default=0.2,
@@ -91,28 +105,7 @@ def _recipe_default(field: str) -> str:
 )
 @click.option("--report/--no-report", default=True, show_default=True, help="Quality report for the new version.")
 @handle_errors
-def train(  # noqa: PLR0913 (a click command takes one parameter per option)
-    data,
-    architecture,
-    epochs,
-    steps,
-    batch_size,
-    learning_rate,
-    lr_schedule,
-    latent_dim,
-    hidden,
-    channels,
-    prior_flow_layers,
-    prior_flow_steps,
-    holdout_fraction,
-    seed,
-    threads,
-    conditional,
-    register_as,
-    experiment,
-    run_name,
-    report,
-) -> None:
+def train(**options: Any) -> None:
     """Train a VAE, log the run to MLflow and register the decoder as a new version.
 
     \b
@@ -123,45 +116,45 @@ def train(  # noqa: PLR0913 (a click command takes one parameter per option)
     """
     from jobs import train as train_job
 
-    if epochs is not None and steps is not None:
-        raise UsageError(f"pass --epochs or --steps, not both (got --epochs {epochs} --steps {steps})")
-    if channels is not None and architecture != "conv":
-        raise UsageError(f"--channels sets conv layers; pass --arch conv with it, or drop --channels {channels}")
+    threads = options.pop("threads")
     if threads is not None:
         if threads < 1:
             raise UsageError(f"--threads must be a positive integer, got {threads}")
         import torch
 
         torch.set_num_threads(threads)
-    given = {
-        "latent_dim": latent_dim,
-        "prior_flow_layers": prior_flow_layers,
+    result = train_job.run(_train_job_config(options))  # progress (steps, epochs, losses, ETA) on stderr
+    _echo_trained(result, options["report"])
+
+
+def _train_job_config(options: dict[str, Any]) -> Any:
+    """jobs.train.TrainJobConfig from train's options: what was not given keeps the --arch recipe's value."""
+    from jobs import train as train_job
+
+    if options["epochs"] is not None and options["steps"] is not None:
+        raise UsageError(
+            f"pass --epochs or --steps, not both (got --epochs {options['epochs']} --steps {options['steps']})"
+        )
+    if options["channels"] is not None and options["architecture"] != "conv":
+        raise UsageError(
+            f"--channels sets conv layers; pass --arch conv with it, or drop --channels {options['channels']}"
+        )
+    hidden, channels = options.pop("hidden"), options.pop("channels")
+    model = {
+        "latent_dim": options.pop("latent_dim"),
+        "prior_flow_layers": options.pop("prior_flow_layers"),
         "hidden_sizes": None if hidden is None else _parse_sizes(hidden, "--hidden", allow_none=True),
         "conv_channels": None if channels is None else _parse_sizes(channels, "--channels"),
     }
-    train_given = {
-        "epochs": epochs,
-        "steps": steps,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "lr_schedule": lr_schedule,
-        "holdout_fraction": holdout_fraction,
-        "seed": seed,
-        "prior_flow_steps": prior_flow_steps,
-    }
-    config = train_job.TrainJobConfig.for_architecture(
-        architecture,
-        train={key: value for key, value in train_given.items() if value is not None},
-        **{key: value for key, value in given.items() if value is not None},
-        data=data,
-        conditional=conditional,
-        register_as=register_as,
-        experiment=experiment,
-        run_name=run_name,
-        report=report,
+    trainer = {field.name for field in dataclasses.fields(TrainConfig)}
+    training = {key: options.pop(key) for key in list(options) if key in trainer}
+    given = lambda fields: {key: value for key, value in fields.items() if value is not None}  # noqa: E731
+    return train_job.TrainJobConfig.for_architecture(
+        options.pop("architecture"), train=given(training), **given(model), **options
     )
 
-    result = train_job.run(config)  # progress (steps, epochs, losses, ETA) on stderr
+
+def _echo_trained(result: Any, report: bool) -> None:
     click.echo(f"run_id: {result.pinned.run_id}")
     click.echo(f"registered: {result.pinned.name}/{result.pinned.version}")
     click.echo(f"held-out negative ELBO: {result.val_neg_elbo:.3f} nats per sample")
