@@ -1,4 +1,4 @@
-"""Where a torch reader stands in an epoch: resumable and elastic reading (jobs/reader.py's RowStream).
+"""Where a torch reader stands in an epoch: resumable and elastic reading (jobs/reader_stream.py's RowStream).
 
 An epoch is one canonical sequence of the dataset's n rows, a pure function of (seed, epoch,
 shuffle) and the row groups: it does not depend on the world size or the DataLoader workers.
