@@ -27,12 +27,13 @@ import xxhash
 
 from helpers import assert_one_error_line, invoke, part_hashes
 from jobs.generate import manifest
+from jobs.generate.deep_check import _flat_values
 from jobs.generate.engine import EngineOptions
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.parts import _nested
 from jobs.generate.spec import FORMAT_VERSION, DatasetSpec, spec_from_record
 from jobs.generate.storage import DatasetBusy, Storage
-from jobs.generate.verify import _flat_values, inspect
+from jobs.generate.verify import inspect
 from jobs.refresh import RefreshConfig, refresh
 from ray_cluster import free_port  # tests/ is on sys.path (rootdir conftest)
 from registry import models

@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 from jobs.generate import manifest
+from jobs.generate.card_loading import loading_text
 from jobs.generate.manifest import AUDIT
 from jobs.generate.storage import Storage
 from vae_core import privacy_block
@@ -205,80 +206,15 @@ def pretty_name(record: dict[str, Any]) -> str:
 def card_text(
     record: dict[str, Any], quality: Quality | None, location: str, header: str, audit: dict[str, Any] | None = None
 ) -> str:
-    model, lineage, spec = record["model"], record["lineage"], record["spec"]
-    provenance = manifest.record_provenance(record)
-    shape = tuple(record["sample_shape"])
-    shape_text = "x".join(map(str, shape))
-    alias = f" (resolved from {_code(model['resolved_from'])})" if model.get("resolved_from") else ""
     sections = [
         f"---\n{header}---",
         f"# {_code(record['dataset_id'])}",
-        f"{record['n']:,} synthetic samples ({shape_text}, {record['dtype']}) decoded from latent draws of the "
-        f"registered VAE decoder {_code(model['name'])} version {model['version']}{alias}, by vaegen "
-        f"{record['vaegen_version']}. Every row carries the seed it was drawn from: anyone can regenerate it.",
-        "## What made it\n\n"
-        + _table(
-            [
-                (
-                    "AI-generated",
-                    "yes: every row was decoded by a generative model (`ai_generated: true` in each part's "
-                    "Parquet metadata, this card's header and `_croissant.json`)",
-                ),
-                ("model", f"{_code(model['name'])} version {model['version']}"),
-                (
-                    "resolved from",
-                    _code(model.get("resolved_from"))
-                    + (f", alias gate: {_code(model['alias_gate'])}" if model.get("alias_gate") else ""),
-                ),
-                ("model run", _code(model["run_id"])),
-                ("model source", _code(model.get("source"))),
-                ("tracking server", _code(lineage.get("tracking_uri"))),
-                ("dataset run", f"{_code(lineage.get('run_id'))} (experiment {_code(lineage.get('experiment'))})"),
-                (
-                    "generated",
-                    f"{record['timings'].get('finished_at')} on {record['execution'].get('num_workers')} "
-                    f"{record['execution'].get('device')} worker(s), {record['timings'].get('seconds')} s",
-                ),
-            ]
-        ),
-        "## How\n\n"
-        + _table(
-            [
-                ("rows (n)", f"{record['n']:,}"),
-                ("dataset seed", str(record["dataset_seed"])),
-                (
-                    "seed scheme",
-                    f"`{record['seed_scheme']}`: row i's latent is a pure function of (dataset seed, sample_id) "
-                    f"(vaegen `{DESIGN_DOC}`, contract 1)",
-                ),
-                (
-                    "x",
-                    f"{shape_text} {record['dtype']}"
-                    + (" = round(255 x) of the decoder's [0, 1] output" if record["dtype"] == "uint8" else "")
-                    + (
-                        ", one fixed-size binary value per row (C order)"
-                        if record["layout"] == "binary"
-                        else f", nested fixed-size lists ({' lists of '.join(map(str, shape))} values)"
-                    ),
-                ),
-                ("labels", _labels_text(record["labels"])),
-                ("rows per part", f"{record['rows_per_shard']:,} (part k holds sample ids [k R, (k+1) R))"),
-                (
-                    "parts",
-                    f"{len(record['files'])} files `{PART_GLOB}`, {record['total_bytes']:,} bytes, "
-                    f"{record['compression']} compressed, {record['checksum_algorithm']} checksums in `_manifest.json`",
-                ),
-                ("format", f"`{record['format']}` (decode block {spec['block_rows']:,} rows)"),
-                (
-                    "recipe digest",
-                    f"`{provenance['recipe_digest']}` (sha256 of the spec and the pinned version; in every part)",
-                ),
-                ("manifest sha256", f"`{provenance['manifest_sha256']}` (of `_manifest.json`'s bytes)"),
-            ]
-        ),
+        _summary_text(record),
+        "## What made it\n\n" + _table(_made_by_rows(record)),
+        "## How\n\n" + _table(_how_rows(record)),
         "## Quality\n\n" + _quality_text(quality, location),
         *([_audit_text(audit)] if audit else []),
-        "## Load it\n\n" + _loading_text(record, location),
+        "## Load it\n\n" + loading_text(record, location, f"{location}/{PART_GLOB}"),
         "## Verify it\n\n"
         f"{_code(f'vaegen inspect {location} --deep')} checks every part's checksum and row count against "
         "`_manifest.json` and "
@@ -286,6 +222,84 @@ def card_text(
         "not a dataset.",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _summary_text(record: dict[str, Any]) -> str:
+    model = record["model"]
+    alias = f" (resolved from {_code(model['resolved_from'])})" if model.get("resolved_from") else ""
+    return (
+        f"{record['n']:,} synthetic samples ({_shape_text(record)}, {record['dtype']}) decoded from latent draws of "
+        f"the registered VAE decoder {_code(model['name'])} version {model['version']}{alias}, by vaegen "
+        f"{record['vaegen_version']}. Every row carries the seed it was drawn from: anyone can regenerate it."
+    )
+
+
+def _shape_text(record: dict[str, Any]) -> str:
+    return "x".join(map(str, record["sample_shape"]))
+
+
+def _made_by_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """The model, the runs and the machines behind the rows."""
+    model, lineage = record["model"], record["lineage"]
+    return [
+        (
+            "AI-generated",
+            "yes: every row was decoded by a generative model (`ai_generated: true` in each part's "
+            "Parquet metadata, this card's header and `_croissant.json`)",
+        ),
+        ("model", f"{_code(model['name'])} version {model['version']}"),
+        (
+            "resolved from",
+            _code(model.get("resolved_from"))
+            + (f", alias gate: {_code(model['alias_gate'])}" if model.get("alias_gate") else ""),
+        ),
+        ("model run", _code(model["run_id"])),
+        ("model source", _code(model.get("source"))),
+        ("tracking server", _code(lineage.get("tracking_uri"))),
+        ("dataset run", f"{_code(lineage.get('run_id'))} (experiment {_code(lineage.get('experiment'))})"),
+        (
+            "generated",
+            f"{record['timings'].get('finished_at')} on {record['execution'].get('num_workers')} "
+            f"{record['execution'].get('device')} worker(s), {record['timings'].get('seconds')} s",
+        ),
+    ]
+
+
+def _how_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """What regenerates the rows and how they are laid out: seed scheme, x's type, parts, digests."""
+    provenance = manifest.record_provenance(record)
+    return [
+        ("rows (n)", f"{record['n']:,}"),
+        ("dataset seed", str(record["dataset_seed"])),
+        (
+            "seed scheme",
+            f"`{record['seed_scheme']}`: row i's latent is a pure function of (dataset seed, sample_id) "
+            f"(vaegen `{DESIGN_DOC}`, contract 1)",
+        ),
+        (
+            "x",
+            f"{_shape_text(record)} {record['dtype']}"
+            + (" = round(255 x) of the decoder's [0, 1] output" if record["dtype"] == "uint8" else "")
+            + (
+                ", one fixed-size binary value per row (C order)"
+                if record["layout"] == "binary"
+                else f", nested fixed-size lists ({' lists of '.join(map(str, record['sample_shape']))} values)"
+            ),
+        ),
+        ("labels", _labels_text(record["labels"])),
+        ("rows per part", f"{record['rows_per_shard']:,} (part k holds sample ids [k R, (k+1) R))"),
+        (
+            "parts",
+            f"{len(record['files'])} files `{PART_GLOB}`, {record['total_bytes']:,} bytes, "
+            f"{record['compression']} compressed, {record['checksum_algorithm']} checksums in `_manifest.json`",
+        ),
+        ("format", f"`{record['format']}` (decode block {record['spec']['block_rows']:,} rows)"),
+        (
+            "recipe digest",
+            f"`{provenance['recipe_digest']}` (sha256 of the spec and the pinned version; in every part)",
+        ),
+        ("manifest sha256", f"`{provenance['manifest_sha256']}` (of `_manifest.json`'s bytes)"),
+    ]
 
 
 def _code(value: Any) -> str:
@@ -351,70 +365,3 @@ def _privacy_text(figures: dict[str, float]) -> str:
             *rows,
         ]
     )
-
-
-def _loading_text(record: dict[str, Any], location: str) -> str:
-    """At most three lines per reader; README.md "Reading a dataset" says the same in general."""
-    shape = tuple(record["sample_shape"])
-    dims = ", ".join(map(str, shape))
-    parts = f"{location}/{PART_GLOB}"
-    if record["layout"] == "binary":
-        return (
-            "x is one fixed-size binary value per row; vaegen's reader API gives it its shape:\n\n```python\n"
-            "from jobs.reader import open_dataset\n"
-            f"data = open_dataset({location!r}).to_numpy()  # data['x']: (N, {dims}) {record['dtype']}\n```\n"
-        )
-    duckdb_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[record["dtype"]] + "".join(
-        f"[{size}]" for size in shape
-    )
-    pandas_x = {1: "np.stack(frame['x'])", 2: "np.stack(frame['x'].map(np.stack))"}.get(
-        len(shape), "np.stack([np.array(cell.tolist()) for cell in frame['x']])"
-    )
-    hf_type = f"Array{len(shape)}D" if 2 <= len(shape) <= 5 else "fixed-length lists"
-    blocks = [
-        (
-            "pyarrow",
-            "import pyarrow.parquet as pq\n"
-            f"table = pq.read_table({location!r})  # x: nested fixed-size lists, one level per dimension\n"
-            f"x = table['x'].combine_chunks(){'.flatten()' * len(shape)}.to_numpy().reshape(-1, {dims})",
-        ),
-        (
-            "pandas",
-            "import numpy as np, pandas as pd\n"
-            f"frame = pd.read_parquet({location!r})  # each x cell: nested arrays\n"
-            f"x = {pandas_x}  # (N, {dims})",
-        ),
-        (
-            "polars",
-            "import polars as pl\n"
-            f"frame = pl.read_parquet({parts!r})  # x: Array(shape=({dims}))\n"
-            f"x = frame['x'].to_numpy()  # frame.drop('seed').to_torch('dict') for torch: polars refuses uint64",
-        ),
-        (
-            "DuckDB",
-            "import duckdb  # x is a nested list; the cast makes it the fixed ARRAY type\n"
-            f"rel = duckdb.sql(\"SELECT sample_id, x::{duckdb_type} AS x FROM read_parquet('{parts}')\")",
-        ),
-        (
-            "Ray Data",
-            "import ray.data\n"
-            "from jobs.reader import shaped_x  # Ray Data shapes only Arrow tensors: this makes x one, zero-copy\n"
-            f"data = ray.data.read_parquet({location!r}).map_batches(shaped_x, batch_format='pyarrow')",
-        ),
-        (
-            "Hugging Face datasets (reads this card's header, `.huggingface.yaml`)",
-            "from datasets import load_dataset\n"
-            f"data = load_dataset({location!r}, split='train').with_format('numpy')  # x: {hf_type}",
-        ),
-        (
-            "Hugging Face datasets, the Parquet files only",
-            f"from datasets import load_dataset\ndata = load_dataset('parquet', data_files={parts!r}, split='train')",
-        ),
-        (
-            "PyTorch (vaegen's reader: streams parts, shards over workers and ranks)",
-            "from torch.utils.data import DataLoader\nfrom jobs.reader import open_dataset\n"
-            f"loader = DataLoader(open_dataset({location!r}).torch(shuffle=True, seed=0), "
-            "batch_size=256, num_workers=2)",
-        ),
-    ]
-    return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks) + "\n"
