@@ -30,6 +30,8 @@ MODELS = (
     ("larger MLP (latent 16, 512)", "mlp", {"latent_dim": 16, "hidden_sizes": (512,)}),
     ("larger MLP + prior flow", "mlp", {"latent_dim": 16, "hidden_sizes": (512,), "prior_flow_layers": 8}),
     ("conv + prior flow (`vaegen train` default)", "conv", {}),
+    # issue 25's recipe for private data: the conv recipe trained on randomly shifted and rotated images
+    ("conv + prior flow + augmentation", "conv", {"train": {"augment_shift": 2, "augment_rotate": 10}}),
 )
 KEYS = (
     "frechet_distance",
