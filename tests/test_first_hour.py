@@ -139,6 +139,24 @@ def test_a_recipe_changed_by_flags_names_the_flags():
     assert facts["architecture"] == "MLP, hidden 512, RealNVP prior flow of 8 couplings"
 
 
+def test_an_augmented_training_says_so_in_its_budget():
+    config = TrainJobConfig.for_architecture("conv", latent_dim=32, train={"augment_shift": 2, "augment_rotate": 10})
+    model_config = VAEConfig(
+        input_shape=(1, 28, 28),
+        latent_dim=32,
+        hidden_sizes=(),
+        architecture="conv",
+        conv_channels=(32, 64),
+        prior_flow_layers=8,
+    )
+    facts = descriptions.model_facts(model_config.to_dict(), config.params())
+    assert facts["recipe"] == "--arch conv --latent-dim 32"
+    assert facts["training_budget"] == (
+        "3000 steps of 128, cosine schedule; prior flow 1000 steps; augmented: shifts up to 2 px, rotations up to "
+        "10 degrees"
+    )
+
+
 def test_a_forced_promotion_says_so_and_past_which_gates():
     assert descriptions.action_text({"action": "promote", "forced": []}) == "promote"
     assert (
