@@ -37,7 +37,8 @@ def run_once(export: bool, spec, config: dict, state: dict, root: Path) -> dict:
     import ray
 
     from jobs import metrics
-    from jobs.generate.engine import Placement, WorkerPool
+    from jobs.generate.engine import Placement
+    from jobs.generate.pool import WorkerPool
     from jobs.generate.storage import Storage
 
     placement = Placement("cpu", 2, 1.0, 0.0, 1, 1)

@@ -96,7 +96,8 @@ def dispatch_before(pool, spec, config: dict, state: dict) -> list[float | None]
 def run_once(policy: str, slow_worker: bool, spec, config: dict, state: dict, root: Path) -> dict:
     import ray
 
-    from jobs.generate.engine import Placement, WorkerPool
+    from jobs.generate.engine import Placement
+    from jobs.generate.pool import WorkerPool
     from jobs.generate.storage import Storage
 
     workers = os.cpu_count()

@@ -178,7 +178,7 @@ class JobMonitor(Unmonitored):
         stream: TextIO | None = None,
     ):
         self.labels, self.export = labels, export
-        self.workers_total, self.workers_alive = workers, 0  # alive once they answer (engine._Job pings them)
+        self.workers_total, self.workers_alive = workers, 0  # alive once they answer (pool._Job pings them)
         self.in_flight = self.retries = self.lost = self.restarted = 0
         self.progress = Progress(total_rows, description, stream=stream, note=self.note)
         self.next_tick_s = 0.0

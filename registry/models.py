@@ -272,7 +272,7 @@ def resolve(reference: str) -> PinnedModel:
     body = models_match["rest"] if models_match else reference
     if "@" in body:
         name, alias = body.split("@", 1)
-        _check_model_exists(mlflow_client, name)
+        check_model_exists(mlflow_client, name)
         try:
             version = mlflow_client.get_model_version_by_alias(name, alias)
         except MlflowException:
@@ -283,9 +283,9 @@ def resolve(reference: str) -> PinnedModel:
         return PinnedModel(name, int(version.version), version.run_id, version.source, reference, alias)
     if "/" in body:
         name, version_text = body.rsplit("/", 1)
-        _check_model_exists(mlflow_client, name)
+        check_model_exists(mlflow_client, name)
         if version_text == "latest":
-            versions = _versions_of(mlflow_client, name)
+            versions = versions_of(mlflow_client, name)
             if not versions:
                 raise UsageError(f"model {name!r} has no versions yet; run `vaegen train` first")
             version_text = str(max(int(version.version) for version in versions))
@@ -301,11 +301,11 @@ def resolve(reference: str) -> PinnedModel:
     raise UsageError(f"model reference {reference!r} names no version or alias; {REF_HELP}")
 
 
-def _versions_of(mlflow_client: mlflow.MlflowClient, name: str) -> list[Any]:
+def versions_of(mlflow_client: mlflow.MlflowClient, name: str) -> list[Any]:
     return filters.search_equal(mlflow_client.search_model_versions, "name", name, lambda found: found.name)
 
 
-def _check_model_exists(mlflow_client: mlflow.MlflowClient, name: str) -> None:
+def check_model_exists(mlflow_client: mlflow.MlflowClient, name: str) -> None:
     try:
         mlflow_client.get_registered_model(name)
     except MlflowException:
@@ -360,60 +360,6 @@ def load_decoder(pinned: PinnedModel) -> LoadedDecoder:
         if key.startswith(TAG_PREFIX)
     }
     return LoadedDecoder(pinned, config, state, tags, artifacts_sha256)
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionSummary:
-    name: str
-    version: int
-    aliases: tuple[str, ...]
-    run_id: str
-    created_ms: int
-    tags: dict[str, str]
-
-
-def list_versions(name: str | None = None) -> list[VersionSummary]:
-    mlflow_client = client()
-    names = (
-        [name]
-        if name
-        else [model.name for model in mlflow_client.search_registered_models() if LOCK_MARK not in model.name]
-    )
-    summaries = []
-    for model_name in names:
-        _check_model_exists(mlflow_client, model_name)
-        aliases: dict[int, list[str]] = {}
-        for alias, version_text in mlflow_client.get_registered_model(model_name).aliases.items():
-            aliases.setdefault(int(version_text), []).append(alias)
-        for version in _versions_of(mlflow_client, model_name):
-            summaries.append(
-                VersionSummary(
-                    name=version.name,
-                    version=int(version.version),
-                    aliases=tuple(sorted(aliases.get(int(version.version), []))),
-                    run_id=version.run_id,
-                    created_ms=version.creation_timestamp,
-                    tags={
-                        key.removeprefix(TAG_PREFIX): value
-                        for key, value in version.tags.items()
-                        if key.startswith(TAG_PREFIX)
-                    },
-                )
-            )
-    return sorted(summaries, key=lambda summary: (summary.name, summary.version))
-
-
-def alias_histories(name: str | None = None) -> list[tuple[str, str, list[dict[str, Any]]]]:
-    """(model, alias, events) from the promotion history tags, oldest event first."""
-    mlflow_client = client()
-    found = []
-    for model in mlflow_client.search_registered_models():
-        if LOCK_MARK in model.name or (name and model.name != name):
-            continue
-        for key, value in sorted(model.tags.items()):
-            if key.startswith(f"{TAG_PREFIX}history."):
-                found.append((model.name, key.removeprefix(f"{TAG_PREFIX}history."), json.loads(value)))
-    return found
 
 
 def set_version_tags(pinned: PinnedModel, tags: dict[str, str]) -> None:

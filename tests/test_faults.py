@@ -27,9 +27,10 @@ from helpers import invoke, metric_value, scrape_metrics
 from jobs.generate import card, ray_session
 from jobs.generate.config import EngineOptions
 from jobs.generate.croissant import CROISSANT
-from jobs.generate.engine import MAX_SHARD_ATTEMPTS, Placement, WorkerPool
+from jobs.generate.engine import Placement
 from jobs.generate.job import GenerateConfig, dataset_spec, generate
 from jobs.generate.manifest import MANIFEST
+from jobs.generate.pool import MAX_SHARD_ATTEMPTS, WorkerPool
 from jobs.generate.spec import FORMAT, part_name
 from jobs.generate.storage import Storage
 from ray_cluster import as_driver, ray_cluster, tagged_pids, wait_until
@@ -220,7 +221,7 @@ def test_a_poison_shard_fails_the_job_after_its_own_attempts_naming_it(cluster, 
 
 @ray.remote(num_cpus=1)
 class CpuHolder:
-    """Holds one CPU of the cluster, as a killed actor's leftover worker process did here (engine.py)."""
+    """Holds one CPU of the cluster, as a killed actor's leftover worker process did here (pool.py)."""
 
     def ready(self) -> bool:
         return True

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from jobs.cli import main
 from jobs.train import run
-from registry import models, tracking
+from registry import listing, models, tracking
 from vae_core import data as data_sources
 from vae_core.errors import UsageError, VaegenError
 from vae_core.training import model_config_for, train
@@ -176,12 +176,12 @@ def test_logged_model_has_no_pickle(two_versions, tmp_path):
 
 
 def test_list_versions(two_versions):
-    summaries = models.list_versions(NAME)
+    summaries = listing.list_versions(NAME)
     assert [(summary.name, summary.version) for summary in summaries] == [(NAME, 1), (NAME, 2)]
     assert summaries[0].tags["data_source"] == "digits"
-    assert [summary for summary in models.list_versions() if summary.name == NAME] == summaries
+    assert [summary for summary in listing.list_versions() if summary.name == NAME] == summaries
     with pytest.raises(UsageError, match="not registered"):
-        models.list_versions("no-such-model")
+        listing.list_versions("no-such-model")
 
 
 def test_conditional_model_round_trip(module_sqlite, tiny_train_config, no_pickle):

@@ -26,14 +26,14 @@ def list_models(name) -> None:
       vaegen models
       vaegen models vae-decoder
     """
-    from registry import descriptions, models, promotion, tracking
+    from registry import descriptions, listing, models, promotion, tracking
 
     tracking.ensure_reachable()
-    summaries = models.list_versions(name)
+    summaries = listing.list_versions(name)
     if not summaries:
         click.echo("no registered models; run `vaegen train` first", err=True)
         return
-    histories = {(model_name, alias): events for model_name, alias, events in models.alias_histories(name)}
+    histories = {(model_name, alias): events for model_name, alias, events in listing.alias_histories(name)}
     ungated = [
         promotion.ungated_reason(summary.name, alias, summary.version, histories.get((summary.name, alias), []))
         for summary in summaries

@@ -29,6 +29,7 @@ from jobs.generate.config import (  # noqa: F401 (GenerateConfig, GenerateResult
     dataset_spec,
 )
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
+from jobs.generate.pool import WorkerPool
 from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, split_location, storage_from_env
 from vae_core import sampling
@@ -74,8 +75,6 @@ def generate(
         tracking.check_store(os.environ["MLFLOW_TRACKING_URI"])
     # The guard is taken on the registry thread once the dataset id is known, and held to the end; the
     # thread pool is left first, so a plan still running after a failure here has let go of it too.
-    # The workers (killed first on the way out) are started as soon as Ray is up when the shard count is known
-    # without the model (not a --resume): they import torch while this process takes the guard and reads the weights.
     with (
         contextlib.ExitStack() as guard,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaegen-registry") as registry_thread,
@@ -84,19 +83,7 @@ def generate(
         resolving = registry_thread.submit(_resolve, config, storage, resume_id, pinned)
         planned = registry_thread.submit(_plan, config, storage, resolving, guard)
         resolving.result()  # a wrong model reference is reported before Ray starts, not after (seconds)
-        started_ray = ray_session.connect()
-        try:
-            pool = None
-            if resume_id is None and config.n is not None:
-                pool = workers.enter_context(
-                    _worker_pool(config, math.ceil(config.n / config.rows_per_shard), storage, log)
-                )
-            plan = planned.result()
-        except BaseException:
-            workers.close()
-            if started_ray:  # nothing ran on it: leave no Ray behind a failed start
-                ray_session.stop_local_ray()
-            raise
+        plan, pool = _start(config, storage, planned, workers, log, early=resume_id is None and config.n is not None)
         pinned, spec = plan.pinned, plan.spec
         dataset_id = spec.dataset_id
         log(
@@ -110,25 +97,53 @@ def generate(
             )
         if pool is None:
             pool = workers.enter_context(_worker_pool(config, spec.num_shards, storage, log))
-        if plan.started_on not in (None, pool.placement.device):  # one device's bits per dataset (docs/decisions.md)
-            raise UsageError(
-                f"dataset {storage.location(dataset_id)} was started on {plan.started_on} workers and "
-                f"this run would decode on {pool.placement.device}: CUDA and CPU decodes differ in the "
-                f"last bits; resume it with --device {plan.started_on}, or pass --overwrite to start it anew"
-            )
+        _check_device(plan, pool.placement.device, storage.location(dataset_id))
         if on_workers is not None:
             on_workers(pool.workers)
-        loading = registry_thread.submit(_load, pinned)
-        record = _run(spec, pinned, loading, plan.fresh, storage, pool, log, config)
+        record = _run(plan, registry_thread.submit(_load, pinned), storage, pool, log, config)
     status = "generated" if record["timings"]["shards_reused"] == 0 else "resumed"
     return GenerateResult(dataset_id, storage.location(dataset_id), status, record, plan.seed_was_random)
 
 
-def _worker_pool(
-    config: GenerateConfig, num_shards: int, storage: Storage, log: Callable[[str], None]
-) -> engine.WorkerPool:
+def _start(
+    config: GenerateConfig,
+    storage: Storage,
+    planned: Future,
+    workers: contextlib.ExitStack,
+    log: Callable[[str], None],
+    early: bool,
+) -> tuple[Plan, WorkerPool | None]:
+    """Start or join Ray, then wait for the plan. `early` (the shard count is known without the model: not a
+    --resume): the workers start now and import torch while the registry thread takes the guard and reads the
+    weights. A failure here leaves no workers (killed first on the way out), and no Ray that this job started."""
+    started_ray = ray_session.connect()
+    try:
+        pool = None
+        if early:
+            pool = workers.enter_context(
+                _worker_pool(config, math.ceil(config.n / config.rows_per_shard), storage, log)
+            )
+        return planned.result(), pool
+    except BaseException:
+        workers.close()
+        if started_ray:  # nothing ran on it: leave no Ray behind a failed start
+            ray_session.stop_local_ray()
+        raise
+
+
+def _check_device(plan: Plan, device: str, location: str) -> None:
+    """One device's bits per dataset (docs/decisions.md): a resume decodes where the run it continues did."""
+    if plan.started_on not in (None, device):
+        raise UsageError(
+            f"dataset {location} was started on {plan.started_on} workers and this run would decode on {device}: "
+            f"CUDA and CPU decodes differ in the last bits; resume it with --device {plan.started_on}, or pass "
+            "--overwrite to start it anew"
+        )
+
+
+def _worker_pool(config: GenerateConfig, num_shards: int, storage: Storage, log: Callable[[str], None]) -> WorkerPool:
     placement = engine.plan_placement(config.engine, num_shards, storage, log)
-    return engine.WorkerPool(storage, placement, config.engine.stall_timeout_s, config.engine.metrics)
+    return WorkerPool(storage, placement, config.engine.stall_timeout_s, config.engine.metrics)
 
 
 def _resolve(
@@ -215,80 +230,51 @@ def _load(pinned: PinnedModel) -> LoadedDecoder:
 
 
 def _run(
-    spec: DatasetSpec,
-    pinned: PinnedModel,
+    plan: Plan,
     loading: Future,
-    fresh: bool,
     storage: Storage,
-    pool: engine.WorkerPool,
+    pool: WorkerPool,
     log: Callable[[str], None],
     config: GenerateConfig,
 ) -> dict[str, Any]:
     """Write every shard, commit the manifest, log the lineage run; returns the manifest. From `config`: whether
     to leave provenance out, and whether to export metrics."""
-    redact_provenance, export_metrics = config.redact_provenance, config.engine.metrics
     from registry import lineage, tracking
 
-    dataset_id, placement = spec.dataset_id, pool.placement
-    model_record = dataclasses.asdict(pinned)
+    spec, pinned, placement = plan.spec, plan.pinned, pool.placement
+    dataset_id = spec.dataset_id
     started_at, started = manifest.utc_now(), time.perf_counter()
     # one count of rows, parts, retries and workers for the progress lines and the metrics
     labels = metrics.labels_of(dataset_id, pinned.name, pinned.version)
-    monitor = metrics.JobMonitor(spec.n, f"generate {dataset_id}", labels, placement.num_workers, export_metrics)
-    reused = 0
-
-    def on_part(info: PartInfo) -> None:
-        nonlocal reused
-        reused += info.reused
-
+    monitor = metrics.JobMonitor(spec.n, f"generate {dataset_id}", labels, placement.num_workers, config.engine.metrics)
     try:
         log(
-            f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement.num_workers} {placement.device} "
-            f"worker(s) across {placement.nodes} node(s)"
-            + (f", growing up to {placement.max_workers} as nodes join" if placement.max_workers else "")
-            + f" -> {storage.location(dataset_id)}"
+            f"{spec.num_shards} shards of {spec.rows_per_shard:,} rows on {placement} -> {storage.location(dataset_id)}"
         )
         loaded = loading.result()  # before anything is written: a refused version (registry.artifacts) leaves nothing
         _check_planned_shape(spec, pinned, loaded)
         with lineage.dataset_run(dataset_id, spec.fingerprint(), pinned, _run_params(spec, pinned, placement)) as run:
-            storage.write_json(
-                manifest.progress_record(spec, model_record, run.run_id, placement.device),
-                dataset_id,
-                manifest.PROGRESS,
-            )
-            registry = None if redact_provenance else tracking.shown_uri()
-            provenance = manifest.provenance_metadata(
-                manifest.recipe_digest(spec, model_record), model_record, registry
-            )
-            parts = pool.run(
-                spec,
-                loaded.config.to_dict(),
-                loaded.state,
-                range(spec.num_shards),
-                on_part,
-                manifest.parquet_metadata(provenance),
-                monitor,
-            )
+            parts = _write_parts(plan, loaded, storage, pool, run.run_id, config.redact_provenance, monitor)
             seconds = time.perf_counter() - started
             record = manifest.build(
                 spec,
-                model_record,
+                dataclasses.asdict(pinned),
                 parts,
                 timings={
                     "started_at": started_at,
                     "finished_at": manifest.utc_now(),
                     "seconds": round(seconds, 3),
                     "rows_per_s": round(spec.n / seconds, 1),
-                    "shards_reused": reused,
+                    "shards_reused": sum(part.reused for part in parts),
                 },
                 lineage={"tracking_uri": tracking.shown_uri(), "run_id": run.run_id, "experiment": run.experiment},
                 execution=_execution(pool),
                 label_counts=label_counts(spec),
-                redact_provenance=redact_provenance,
+                redact_provenance=config.redact_provenance,
             )
             _commit(storage, dataset_id, record, loaded.tags, run)
-    except BrokenVersion:
-        if fresh:  # a broken version (NaN output, weights that do not fit) never completes this dataset: leave nothing
+    except BrokenVersion:  # a broken version (NaN output, weights that do not fit) never completes this dataset
+        if plan.fresh:  # so a fresh one leaves nothing
             storage.delete_dir(dataset_id)
         raise
     finally:
@@ -296,7 +282,36 @@ def _run(
     return record
 
 
-def _execution(pool: engine.WorkerPool) -> dict[str, Any]:
+def _write_parts(
+    plan: Plan,
+    loaded: LoadedDecoder,
+    storage: Storage,
+    pool: WorkerPool,
+    run_id: str,
+    redact_provenance: bool,
+    monitor: metrics.JobMonitor,
+) -> list[PartInfo]:
+    """The progress record first (what a resume reads), then every shard, each part carrying the provenance."""
+    from registry import tracking
+
+    spec, model_record = plan.spec, dataclasses.asdict(plan.pinned)
+    storage.write_json(
+        manifest.progress_record(spec, model_record, run_id, pool.placement.device), spec.dataset_id, manifest.PROGRESS
+    )
+    registry = None if redact_provenance else tracking.shown_uri()
+    provenance = manifest.provenance_metadata(manifest.recipe_digest(spec, model_record), model_record, registry)
+    return pool.run(
+        spec,
+        loaded.config.to_dict(),
+        loaded.state,
+        range(spec.num_shards),
+        lambda info: None,  # the monitor hears of every part, and the manifest counts the reused ones
+        manifest.parquet_metadata(provenance),
+        monitor,
+    )
+
+
+def _execution(pool: WorkerPool) -> dict[str, Any]:
     """Where the job ran, for the manifest: a growing pool's size at the end, and how many workers it added."""
     placement = pool.placement
     grown = {"workers_added": pool.added, "max_workers": placement.max_workers} if placement.max_workers else {}
