@@ -29,12 +29,13 @@ from typing import Any
 
 from jobs import audit, metrics
 from jobs.generate import card, locks
-from jobs.generate.job import GenerateConfig, generate
+from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate.published import LATEST, latest_dataset
 from jobs.generate.storage import MAX_LOCK_BYTES, Storage, parse_lock, storage_from_env
 from jobs.prune import prune
 from registry import holders, lineage, models, promotion, tracking
+from registry.pinned import PinnedModel
 from vae_core.errors import UsageError, VaegenError
 
 LOCK = ".refresh.lock"
@@ -274,13 +275,9 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
     storage = storage_from_env(config.generate.out)
     storage.check_writable()
     tracking.ensure_reachable()
-    lock = RefreshLock(storage, config.lock_timeout_s)
-    if not lock.acquire():
-        log(f"another refresh holds {storage.location(LOCK)} ({lock.describe_holder()}); exiting without work")
+    lock = _acquire(storage, config, log)
+    if lock is None:
         return RefreshResult("busy", None, None, [])
-    if lock.taken_over:
-        log(f"took over {storage.location(LOCK)}: {lock.taken_over}")
-        lineage.end_stale_runs_tagged(lineage.REFRESH_EXPERIMENT, LOCK_OWNER_TAG, str(lock.holder.get("owner")))
     started = time.perf_counter()
     try:
         # once; generation gets the pinned version, alias recorded; an alias must hold what `vaegen promote` put there
@@ -288,47 +285,14 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
         if lock.taken_over:
             metrics.record_lock_takeover(pinned.name, pinned.version)
         seed = seed_for(config)
-        params = {
-            "model": config.generate.model,
-            "resolved_version": pinned.version,
-            "seed_policy": config.seed_policy,
-            "seed": seed,
-            "n": config.generate.n,
-            "out": storage.location(),
-            "keep": config.keep,
-        }
         with lineage.job_run(
             lineage.REFRESH_EXPERIMENT,
             f"refresh-{pinned.name}-v{pinned.version}",
-            params,
+            _run_params(config, pinned, seed, storage),
             tags={LOCK_OWNER_TAG: lock.token["owner"]},
         ) as run:  # a refresh that takes over ends it
-            result = generate(
-                dataclasses.replace(
-                    config.generate, model=f"{pinned.name}/{pinned.version}", seed=seed, out=storage.uri, resume=None
-                ),
-                log=log,
-                pinned=pinned,
-            )
-            if not lock.still_held():
-                raise VaegenError(
-                    f"{storage.location(LOCK)} was taken over while this refresh ran (it was judged dead: "
-                    f"--lock-timeout {config.lock_timeout_s:g} s); dataset {result.dataset_id} is committed "
-                    "but `latest` was not moved: rerun the refresh"
-                )
-            if result.status != "up-to-date":
-                action = "generated"
-            elif latest_dataset(storage) != result.dataset_id:
-                action = "pointer-moved"
-            else:
-                action = "up-to-date"
-            if action != "up-to-date":
-                try:
-                    verdict = publish(storage, result.dataset_id, result.manifest, config.audit_config, log)
-                except AuditFailed:
-                    run.set_tags({"vaegen.action": "audit-failed", "vaegen.dataset_id": result.dataset_id})
-                    raise
-                run.set_tags({"vaegen.audit": verdict["verdict"]})
+            result = _generate_holding(config, storage, lock, pinned, seed, log)
+            action = _publish_if_new(storage, result, config.audit_config, run, log)
             pruned, unreadable, kept = prune(storage, config.keep, protected=result.dataset_id)
             for problem in unreadable:
                 log(f"not pruned: {problem}; repair or delete it by hand")
@@ -344,3 +308,79 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
     finally:
         lock.release()
     return RefreshResult(action, result.dataset_id, pinned.version, pruned, unreadable, kept)
+
+
+def _acquire(storage: Storage, config: RefreshConfig, log: Callable[[str], None]) -> RefreshLock | None:
+    """The root's refresh lock, or None while a live refresh holds it; taking over a dead holder's lock ends
+    the run that holder left open."""
+    lock = RefreshLock(storage, config.lock_timeout_s)
+    if not lock.acquire():
+        log(f"another refresh holds {storage.location(LOCK)} ({lock.describe_holder()}); exiting without work")
+        return None
+    if lock.taken_over:
+        log(f"took over {storage.location(LOCK)}: {lock.taken_over}")
+        lineage.end_stale_runs_tagged(lineage.REFRESH_EXPERIMENT, LOCK_OWNER_TAG, str(lock.holder.get("owner")))
+    return lock
+
+
+def _run_params(config: RefreshConfig, pinned: PinnedModel, seed: int, storage: Storage) -> dict[str, Any]:
+    """The refresh run's params: the reference asked for beside the version it named, and the seed drawn."""
+    return {
+        "model": config.generate.model,
+        "resolved_version": pinned.version,
+        "seed_policy": config.seed_policy,
+        "seed": seed,
+        "n": config.generate.n,
+        "out": storage.location(),
+        "keep": config.keep,
+    }
+
+
+def _generate_holding(
+    config: RefreshConfig,
+    storage: Storage,
+    lock: RefreshLock,
+    pinned: PinnedModel,
+    seed: int,
+    log: Callable[[str], None],
+) -> GenerateResult:
+    """The pinned version's dataset for this seed, generated or found committed; an error if the lock was taken
+    over meanwhile, so that only its holder moves `latest`."""
+    result = generate(
+        dataclasses.replace(
+            config.generate, model=f"{pinned.name}/{pinned.version}", seed=seed, out=storage.uri, resume=None
+        ),
+        log=log,
+        pinned=pinned,
+    )
+    if not lock.still_held():
+        raise VaegenError(
+            f"{storage.location(LOCK)} was taken over while this refresh ran (it was judged dead: "
+            f"--lock-timeout {config.lock_timeout_s:g} s); dataset {result.dataset_id} is committed "
+            "but `latest` was not moved: rerun the refresh"
+        )
+    return result
+
+
+def _publish_if_new(
+    storage: Storage,
+    result: GenerateResult,
+    audit_config: audit.AuditConfig,
+    run: lineage.JobRun,
+    log: Callable[[str], None],
+) -> str:
+    """The refresh's action: "generated" or "pointer-moved" once the dataset is audited and `latest` names it,
+    "up-to-date" when `latest` named it already."""
+    if result.status != "up-to-date":
+        action = "generated"
+    elif latest_dataset(storage) != result.dataset_id:
+        action = "pointer-moved"
+    else:
+        return "up-to-date"
+    try:
+        verdict = publish(storage, result.dataset_id, result.manifest, audit_config, log)
+    except AuditFailed:
+        run.set_tags({"vaegen.action": "audit-failed", "vaegen.dataset_id": result.dataset_id})
+        raise
+    run.set_tags({"vaegen.audit": verdict["verdict"]})
+    return action

@@ -21,7 +21,7 @@ from registry.pinned import PinnedModel
 from vae_core import data as data_sources
 from vae_core.config import RECIPES, TrainConfig
 from vae_core.errors import UsageError
-from vae_core.training import EpochMetrics, model_config_for, train
+from vae_core.training import EpochMetrics, TrainResult, model_config_for, train
 
 GRID_SAMPLES = 64  # an 8 x 8 grid of fresh samples, logged with every run
 GRID_SEED = 0  # the grid uses the dataset seed 0 rows, so every version's grid shows the same z
@@ -163,18 +163,7 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
             result = train(
                 dataset, model_config, config.train, on_epoch=record, on_prior_flow_step=progress.prior_flow_step
             )
-        decoder = result.model.decoder
-        images, labels = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
-        figures = {
-            "plots/samples.png": plots.image_grid(*plots.class_rows(images, labels), "samples, seed 0"),
-            "plots/loss_curves.png": plots.loss_curves(result.history),
-        }
-        manifold = manifold_images(decoder)
-        if manifold is not None:
-            figures["plots/manifold.png"] = plots.image_grid(manifold, MANIFOLD_POINTS_PER_SIDE, "latent manifold")
-        for path, figure in figures.items():
-            training_run.log_figure(figure, path)
-            plots.close(figure)  # pyplot keeps every figure alive until closed: a leak per run in a long process
+        _log_figures(training_run, result)
         training_run.log_dict([dataclasses.asdict(metrics) for metrics in result.history], "history.json")
         data_tags = {
             **descriptions.model_facts(model_config.to_dict(), config.params()),
@@ -184,14 +173,34 @@ def run(config: TrainJobConfig, on_epoch: Callable[[EpochMetrics], None] | None 
             "holdout_size": str(result.holdout_size),
         }
         pinned = training_run.register(result, config.register_as, data_tags)
-    quality, skipped = None, None
-    if config.report:
-        from jobs import report as reports
-
-        try:
-            quality = reports.model_report(
-                f"{pinned.name}/{pinned.version}", reports.ReportConfig(root=config.report_dir)
-            )
-        except UsageError as error:  # e.g. an unlabelled source: the version is registered all the same
-            skipped = str(error)
+    quality, skipped = _quality_report(config, pinned) if config.report else (None, None)
     return TrainJobResult(pinned, result.val_neg_elbo, result.seconds, uri, quality, skipped)
+
+
+def _log_figures(training_run: models.TrainingRun, result: TrainResult) -> None:
+    """The run's pictures: a grid of fresh samples (the same z for every version), the loss curves, and for a 2-D
+    latent space (unconditional) the manifold it decodes."""
+    decoder = result.model.decoder
+    images, labels = draw_images(decoder, GRID_SAMPLES, GRID_SEED)
+    figures = {
+        "plots/samples.png": plots.image_grid(*plots.class_rows(images, labels), "samples, seed 0"),
+        "plots/loss_curves.png": plots.loss_curves(result.history),
+    }
+    manifold = manifold_images(decoder)
+    if manifold is not None:
+        figures["plots/manifold.png"] = plots.image_grid(manifold, MANIFOLD_POINTS_PER_SIDE, "latent manifold")
+    for path, figure in figures.items():
+        training_run.log_figure(figure, path)
+        plots.close(figure)  # pyplot keeps every figure alive until closed: a leak per run in a long process
+
+
+def _quality_report(config: TrainJobConfig, pinned: PinnedModel) -> tuple[Any, str | None]:
+    """(the new version's report, None), or (None, why not): a source the report cannot use (e.g. unlabelled)
+    leaves the version registered all the same."""
+    from jobs import report as reports
+
+    reference = f"{pinned.name}/{pinned.version}"
+    try:
+        return reports.model_report(reference, reports.ReportConfig(root=config.report_dir)), None
+    except UsageError as error:
+        return None, str(error)

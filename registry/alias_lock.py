@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from registry import holders
@@ -38,23 +39,30 @@ class AliasLock:
     """`<name>.vaegen-lock.<alias>`, held: a registered model whose creation is atomic (a unique name in
     the store), tagged with who holds it, for what, since when, and a token only the holder knows."""
 
-    def __init__(self, lock: str, tags: dict[str, str]):
-        self.lock, self.tags = lock, tags
+    def __init__(self, lock: str, tags: dict[str, str], mlflow_client: MlflowClient):
+        self.lock, self.tags, self.client = lock, tags, mlflow_client
 
     def confirm(self) -> None:
         """Raise unless the lock still carries our token: called before the alias moves, so that a holder
         whose lock was taken over (judged stale, or deleted by a stray retried request) changes nothing."""
         with contextlib.suppress(MlflowException):
-            if client().get_registered_model(self.lock).tags.get("vaegen.lock_token") == self.tags["vaegen.lock_token"]:
+            token = self.client.get_registered_model(self.lock).tags.get("vaegen.lock_token")
+            if token == self.tags["vaegen.lock_token"]:
                 return
         raise VaegenError(f"lost the promotion lock {self.lock!r} before moving the alias; nothing was changed: retry")
 
 
 @contextlib.contextmanager
 def alias_lock(
-    name: str, alias: str, purpose: str = "", wait_s: float = LOCK_WAIT_S, stale_s: float = LOCK_STALE_S
+    name: str,
+    alias: str,
+    purpose: str = "",
+    wait_s: float = LOCK_WAIT_S,
+    stale_s: float = LOCK_STALE_S,
+    tracking_uri: str | None = None,
 ) -> Iterator[AliasLock]:
-    mlflow_client = client()
+    """The lock of `name@alias` in the registry at `tracking_uri` (None: this process's), held until the block ends."""
+    mlflow_client = client(tracking_uri)
     lock = _lock_name(name, alias)
     owner = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
     tags = {
@@ -93,7 +101,7 @@ def alias_lock(
                 ) from None
             time.sleep(LOCK_POLL_S)
     try:
-        yield AliasLock(lock, tags)
+        yield AliasLock(lock, tags, mlflow_client)
     finally:
         with contextlib.suppress(MlflowException):
             if mlflow_client.get_registered_model(lock).tags.get("vaegen.lock_token") == tags["vaegen.lock_token"]:

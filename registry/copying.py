@@ -36,15 +36,14 @@ def copy_version(reference: str, to_model: str, to_tracking_uri: str | None = No
     tags[f"{TAG_PREFIX}copied_from"] = pinned.uri
     if to_tracking_uri is not None:
         tags[f"{TAG_PREFIX}copied_from_tracking_uri"] = redact_uri(mlflow.get_tracking_uri())
+    target = client(to_tracking_uri)
     if to_tracking_uri is None:
-        target = client()
         copied = target.copy_model_version(pinned.uri, to_model)
         for key in source_tags:  # MLflow copies every tag; drop the alias records
             if key.startswith(alias_records):
                 target.delete_model_version_tag(to_model, copied.version, key)
         version = copied.version
     else:
-        target = mlflow.MlflowClient(tracking_uri=to_tracking_uri, registry_uri=to_tracking_uri)
         version = _copy_across_registries(pinned, target, to_model)
     for key, value in tags.items():
         target.set_model_version_tag(to_model, str(version), key, value)

@@ -196,6 +196,16 @@ def version_description(
     config = json.loads(tags.get("config", "{}"))
     params = run.get("params", {})
     facts = model_facts(config, params)
+    lines = [_summary_sentence(facts, tags), ""]  # plain text first: the versions list shows the description's start
+    rows = _data_rows(tags) + _model_rows(config, params, facts, tags) + _link_rows(run, model_id)
+    lines += [table(("", ""), rows), ""]
+    lines += _quality_lines(name, version, tags)
+    lines += _promotion_lines(tags)
+    return "\n".join(lines)
+
+
+def _summary_sentence(facts: dict[str, str], tags: dict[str, str]) -> str:
+    """version_description's opening sentence: what the decoder draws, from which data, how well it fits."""
     summary = (
         f"{facts['conditioning'].capitalize()} VAE decoder ({facts['architecture']}), "
         f"{facts['input_shape']} samples, latent {facts['latent_dim']}"
@@ -204,8 +214,14 @@ def version_description(
         summary += f", trained on {tags['data_source']}"
     if "val_neg_elbo" in tags:
         summary += f"; held-out -ELBO {float(tags['val_neg_elbo']):.3f} nats"
-    lines = [summary + ".", ""]  # plain text first: the versions list shows the description's start
-    rows = _data_rows(tags)
+    return summary + "."
+
+
+def _model_rows(
+    config: dict[str, Any], params: dict[str, str], facts: dict[str, str], tags: dict[str, str]
+) -> list[tuple[str, str]]:
+    """version_description's rows on the network, the recipe that trained it and its held-out loss."""
+    rows = []
     if config:
         rows += [
             ("architecture", facts["architecture"]),
@@ -220,56 +236,60 @@ def version_description(
             rows.append(("training", ", ".join(settings)))
     if "val_neg_elbo" in tags:
         rows.append(("held-out -ELBO", f"{float(tags['val_neg_elbo']):.3f} nats per sample"))
-    rows += _link_rows(run, model_id)
-    lines += [table(("", ""), rows), ""]
+    return rows
 
+
+def _quality_lines(name: str, version: int, tags: dict[str, str]) -> list[str]:
+    """version_description's quality and privacy tables, or how to make the report it lacks."""
     quality = {key.removeprefix("quality."): value for key, value in tags.items() if key.startswith("quality.")}
-    if quality:
-        privacy_keys = set(privacy_block.HEADLINE_KEYS)
-        shown = lambda value: "–" if value is None else _number(value)  # noqa: E731
-        rows = [
-            (row["figure"], shown(row["value"]), shown(row["floor"]), row["gate"] or "–", row["meaning"])
-            for row in privacy_block.block(quality)
-        ]
-        lines += [
-            "**Quality** (`vaegen report`: fresh samples vs the held-out data)",
-            "",
-            table(
-                ("metric", "value"),
-                [(key, _number(value)) for key, value in sorted(quality.items()) if key not in privacy_keys],
-            ),
-            "",
-            "**Privacy** (each figure beside its real floor: held-out real data in the samples' place)",
-            "",
-            table(("figure", "value", "real floor", "promotion gate (default)", "meaning"), rows),
-            "",
-        ]
-    else:
-        lines += [f"**Quality**: no report yet (`vaegen report --model {name}/{version}`)", ""]
+    if not quality:
+        return [f"**Quality**: no report yet (`vaegen report --model {name}/{version}`)", ""]
+    privacy_keys = set(privacy_block.HEADLINE_KEYS)
+    shown = lambda value: "–" if value is None else _number(value)  # noqa: E731
+    rows = [
+        (row["figure"], shown(row["value"]), shown(row["floor"]), row["gate"] or "–", row["meaning"])
+        for row in privacy_block.block(quality)
+    ]
+    return [
+        "**Quality** (`vaegen report`: fresh samples vs the held-out data)",
+        "",
+        table(
+            ("metric", "value"),
+            [(key, _number(value)) for key, value in sorted(quality.items()) if key not in privacy_keys],
+        ),
+        "",
+        "**Privacy** (each figure beside its real floor: held-out real data in the samples' place)",
+        "",
+        table(("figure", "value", "real floor", "promotion gate (default)", "meaning"), rows),
+        "",
+    ]
 
+
+def _promotion_lines(tags: dict[str, str]) -> list[str]:
+    """version_description's newest promotions and rollbacks of the version; none when it never had an alias."""
     events = sorted(
         (json.loads(value) for key, value in tags.items() if key.startswith(("promotion.", "rolled_back."))),
         key=lambda event: (event["at"], event["action"] == "rollback"),
         reverse=True,
     )[:VERSION_EVENTS_SHOWN]
-    if events:
-        rows = [
-            (
-                event["at"],
-                action_text(event),
-                event["alias"],
-                event.get("by", ""),
-                event.get("reason", ""),
-                gates_text(event.get("gates", [])),
-            )
-            for event in events
-        ]
-        lines += [
-            "**Promotions** (the latest per alias)",
-            "",
-            table(("at (UTC)", "action", "alias", "by", "reason", "gates"), rows),
-        ]
-    return "\n".join(lines)
+    if not events:
+        return []
+    rows = [
+        (
+            event["at"],
+            action_text(event),
+            event["alias"],
+            event.get("by", ""),
+            event.get("reason", ""),
+            gates_text(event.get("gates", [])),
+        )
+        for event in events
+    ]
+    return [
+        "**Promotions** (the latest per alias)",
+        "",
+        table(("at (UTC)", "action", "alias", "by", "reason", "gates"), rows),
+    ]
 
 
 def history_description(name: str, histories: dict[str, list[dict[str, Any]]], limit: int = DESCRIPTION_LIMIT) -> str:

@@ -26,11 +26,11 @@ class GateResult:
         return dataclasses.asdict(self)
 
 
-def gate_artifacts(pinned: PinnedModel) -> GateResult:
+def gate_artifacts(pinned: PinnedModel, tracking_uri: str | None = None) -> GateResult:
     """Gate 0, safety: the version is vaegen's models-from-code pyfunc and nothing else, its code byte-identical to
     vaegen's own (registry.artifacts), so that neither vaegen nor a generic `mlflow.pyfunc.load_model` of the alias
     can be made to unpickle or run anything else. Never forceable."""
-    reason = version_refusal(pinned)
+    reason = version_refusal(pinned, tracking_uri)
     if reason is not None:
         return GateResult(
             "safe_artifacts", False, f"refused: {reason} (loading it could run code that is not vaegen's)"

@@ -64,8 +64,12 @@ class LoadedDecoder:
         return decoder.to(device).eval()
 
 
-def client() -> mlflow.MlflowClient:
-    return mlflow.MlflowClient()
+def client(tracking_uri: str | None = None) -> mlflow.MlflowClient:
+    """This process's tracking server and registry, or the server at `tracking_uri` and its registry: another
+    registry is named per call, never by repointing the process, whose other work stays where it was."""
+    if tracking_uri is None:
+        return mlflow.MlflowClient()
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def signature_for(config: VAEConfig) -> ModelSignature:
@@ -191,10 +195,10 @@ class TrainingRun:
         return pinned
 
 
-def describe_version(name: str, version: int) -> None:
+def describe_version(name: str, version: int, tracking_uri: str | None = None) -> None:
     """Render the version's description from its vaegen.* tags and training run: data, config,
     held-out loss, quality and promotions, readable on its page in the MLflow UI."""
-    mlflow_client = client()
+    mlflow_client = client(tracking_uri)
     model_version = mlflow_client.get_model_version(name, str(version))
     tags = {
         key.removeprefix(TAG_PREFIX): value for key, value in model_version.tags.items() if key.startswith(TAG_PREFIX)
@@ -243,16 +247,15 @@ _MODELS_URI = re.compile(r"^models:/(?P<rest>.+)$")
 _RUNS_URI = re.compile(rf"^runs:/(?P<run_id>[0-9a-zA-Z]{{1,64}})/{MODEL_ARTIFACT}/?\Z")
 
 
-def _unknown_model_error(name: str) -> UsageError:
+def _unknown_model_error(name: str, tracking_uri: str) -> UsageError:
     return UsageError(
-        f"model {name!r} is not registered at {redact_uri(mlflow.get_tracking_uri())}; "
-        "run `vaegen models` to list models"
+        f"model {name!r} is not registered at {redact_uri(tracking_uri)}; run `vaegen models` to list models"
     )
 
 
-def resolve(reference: str) -> PinnedModel:
+def resolve(reference: str, tracking_uri: str | None = None) -> PinnedModel:
     """Turn any model reference into one pinned version; unknown names, versions or aliases are UsageErrors."""
-    mlflow_client = client()
+    mlflow_client = client(tracking_uri)
     runs_match = _RUNS_URI.match(reference)
     if reference.startswith("runs:") and not runs_match:
         raise UsageError(
@@ -309,7 +312,7 @@ def check_model_exists(mlflow_client: mlflow.MlflowClient, name: str) -> None:
     try:
         mlflow_client.get_registered_model(name)
     except MlflowException:
-        raise _unknown_model_error(name) from None
+        raise _unknown_model_error(name, mlflow_client.tracking_uri) from None
 
 
 def version_config(pinned: PinnedModel) -> VAEConfig:
@@ -327,21 +330,33 @@ def version_config(pinned: PinnedModel) -> VAEConfig:
         ) from None
 
 
-def version_refusal(pinned: PinnedModel) -> str | None:
+def _download(pinned: PinnedModel, folder: str, tracking_uri: str | None) -> Path:
+    """The version's artifacts, downloaded into `folder` from its storage location. Not through its models:/ URI,
+    which MLflow (3.17) looks up in the process's registry whatever tracking_uri it is given."""
+    mlflow_client = client(tracking_uri)
+    location = mlflow_client.get_model_version_download_uri(pinned.name, str(pinned.version))
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=location, dst_path=folder, tracking_uri=mlflow_client.tracking_uri
+        )
+    )
+
+
+def version_refusal(pinned: PinnedModel, tracking_uri: str | None = None) -> str | None:
     """Why vaegen refuses to load this version (foreign code, pickle), or None; downloads it."""
     with tempfile.TemporaryDirectory() as folder:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder))
+            local = _download(pinned, folder, tracking_uri)
         except (MlflowException, OSError) as error:  # refused, not listed as fine: nothing unverified ever loads
             return f"its artifacts cannot be downloaded ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
         return artifacts.unsafe_reason(local)
 
 
-def load_decoder(pinned: PinnedModel) -> LoadedDecoder:
+def load_decoder(pinned: PinnedModel, tracking_uri: str | None = None) -> LoadedDecoder:
     """Read config.json and weights.npz of a pinned version, after checking that its code is vaegen's own and
     that its weights are exactly what its config implies (registry.artifacts); never executes registry code."""
     with tempfile.TemporaryDirectory() as folder:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned.uri, dst_path=folder))
+        local = _download(pinned, folder, tracking_uri)
         config_path, weights_path = (local / path for path in artifacts.WEIGHT_ARTIFACTS.values())
         try:
             reason = artifacts.unsafe_reason(local)
@@ -356,7 +371,7 @@ def load_decoder(pinned: PinnedModel) -> LoadedDecoder:
         artifacts_sha256 = evidence.artifacts_digest(config_path, weights_path)
     tags = {
         key.removeprefix(TAG_PREFIX): value
-        for key, value in client().get_model_version(pinned.name, str(pinned.version)).tags.items()
+        for key, value in client(tracking_uri).get_model_version(pinned.name, str(pinned.version)).tags.items()
         if key.startswith(TAG_PREFIX)
     }
     return LoadedDecoder(pinned, config, state, tags, artifacts_sha256)

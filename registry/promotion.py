@@ -113,27 +113,30 @@ def gate_alias(pinned: PinnedModel, allow_ungated: bool) -> PinnedModel:
     return dataclasses.replace(pinned, alias_gate="ungated (--allow-ungated)")
 
 
-def current_holder(name: str, alias: str) -> PinnedModel | None:
+def current_holder(name: str, alias: str, tracking_uri: str | None = None) -> PinnedModel | None:
     try:
-        return resolve(f"{name}@{alias}")
+        return resolve(f"{name}@{alias}", tracking_uri)
     except UsageError:
         return None
 
 
-def history(name: str, alias: str) -> list[dict[str, Any]]:
-    tags = client().get_registered_model(name).tags
+def history(name: str, alias: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    tags = client(tracking_uri).get_registered_model(name).tags
     return json.loads(tags.get(f"{TAG_PREFIX}history.{alias}", "[]"))
 
 
-def _record(name: str, alias: str, version: int, kind: str, event: dict[str, Any]) -> None:
+def _record(
+    name: str, alias: str, version: int, kind: str, event: dict[str, Any], tracking_uri: str | None = None
+) -> None:
     """Store an alias event: a `vaegen.<kind>.<alias>` tag on the version it concerns, the alias's
     history tag (what rollback reads), and both as readable descriptions in the MLflow UI."""
-    client().set_model_version_tag(name, str(version), f"{TAG_PREFIX}{kind}.{alias}", json.dumps(event))
-    client().set_registered_model_tag(
-        name, f"{TAG_PREFIX}history.{alias}", json.dumps(_bounded_history(history(name, alias), event))
+    mlflow_client = client(tracking_uri)
+    mlflow_client.set_model_version_tag(name, str(version), f"{TAG_PREFIX}{kind}.{alias}", json.dumps(event))
+    mlflow_client.set_registered_model_tag(
+        name, f"{TAG_PREFIX}history.{alias}", json.dumps(_bounded_history(history(name, alias, tracking_uri), event))
     )
-    describe_version(name, version)
-    describe_history(name)
+    describe_version(name, version, tracking_uri)
+    describe_history(name, tracking_uri)
 
 
 def _bounded_history(events: list[dict[str, Any]], event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -146,92 +149,124 @@ def _bounded_history(events: list[dict[str, Any]], event: dict[str, Any]) -> lis
     return events
 
 
-def describe_history(name: str) -> None:
+def describe_history(name: str, tracking_uri: str | None = None) -> None:
     """Render every alias's history into the registered model's description (its page in the UI)."""
-    model = client().get_registered_model(name)
+    mlflow_client = client(tracking_uri)
+    model = mlflow_client.get_registered_model(name)
     prefix = f"{TAG_PREFIX}history."
     histories = {
         key.removeprefix(prefix): json.loads(value) for key, value in model.tags.items() if key.startswith(prefix)
     }
     body = descriptions.history_description(name, histories, descriptions.budget(model.description))
-    client().update_registered_model(name, descriptions.replace_generated(model.description, body))
+    mlflow_client.update_registered_model(name, descriptions.replace_generated(model.description, body))
 
 
-def promote(reference: str, config: PromotionConfig) -> PromotionResult:
-    """Run the gates and, only if they pass, move the alias; returns what was actually done."""
+@dataclasses.dataclass(frozen=True)
+class _Promotion:
+    """One promotion, read under the alias's lock: the candidate, the alias's holder and its recorded history, in
+    the registry at tracking_uri (None: this process's)."""
+
+    pinned: PinnedModel
+    config: PromotionConfig
+    holder: PinnedModel | None
+    events: list[dict[str, Any]]
+    tracking_uri: str | None
+
+    @classmethod
+    def read(cls, pinned: PinnedModel, config: PromotionConfig, tracking_uri: str | None) -> _Promotion:
+        """Called holding the lock, so that the holder read is the one the alias move replaces."""
+        holder = current_holder(pinned.name, config.alias, tracking_uri)
+        return cls(pinned, config, holder, history(pinned.name, config.alias, tracking_uri), tracking_uri)
+
+    @property
+    def holder_version(self) -> int | None:
+        return None if self.holder is None else self.holder.version
+
+    @property
+    def holds_ungated(self) -> bool:
+        """The alias names the candidate already, but not by a promotion: promoting it gates it."""
+        return (
+            self.holder_version == self.pinned.version
+            and ungated_reason(self.pinned.name, self.config.alias, self.pinned.version, self.events) is not None
+        )
+
+    def result(self, previous: int | None, gates: list[GateResult], promoted: bool) -> PromotionResult:
+        return PromotionResult(self.pinned, self.config.alias, previous, gates, promoted)
+
+
+def promote(reference: str, config: PromotionConfig, tracking_uri: str | None = None) -> PromotionResult:
+    """Run the gates and, only if they pass, move the alias; returns what was actually done. `tracking_uri` names
+    the registry to promote in when it is not this process's (a version copied into prod's registry)."""
     if not config.reason.strip():
         raise UsageError(
             '--reason is required: say why this version should serve, e.g. --reason "retrained on March data"'
         )
-    pinned = resolve(reference)
-    with alias_lock(pinned.name, config.alias, purpose=f"promote v{pinned.version}") as lock:
-        holder_pin = current_holder(pinned.name, config.alias)
-        events = history(pinned.name, config.alias)
-        holds_ungated = (
-            holder_pin is not None
-            and holder_pin.version == pinned.version
-            and ungated_reason(pinned.name, config.alias, pinned.version, events) is not None
-        )
-        if holder_pin is not None and holder_pin.version == pinned.version and not holds_ungated:
-            return PromotionResult(
-                pinned,
-                config.alias,
-                holder_pin.version,
-                [GateResult("already_holder", True, f"{pinned.name}@{config.alias} is already v{pinned.version}")],
-                False,
-            )
-        safety = gate_artifacts(pinned)
-        if not safety.passed:  # nothing else is looked at, and --force does not apply
-            return PromotionResult(
-                pinned, config.alias, None if holder_pin is None else holder_pin.version, [safety], False
-            )
-        previous = None if holder_pin is None else holder_pin.version
-        try:  # sizes before allocations: a config or weights.npz that does not add up stops here
-            candidate = load_decoder(pinned)
-        except RefusedVersion as error:
-            return PromotionResult(
-                pinned, config.alias, previous, [safety, GateResult("loads", False, str(error))], False
-            )
-        try:
-            holder = load_decoder(holder_pin) if holder_pin is not None else None
-            elbo = gate_elbo(candidate, holder, config.elbo_tolerance_nats)
-        except RefusedVersion as error:
-            holder = None
-            elbo = GateResult("held_out_elbo", False, f"cannot compare with the holder: {error}", forceable=True)
-        gates = [
-            safety,
-            gate_loads(candidate, config.probe_rows),
-            gate_schema(candidate, holder, config.alias, config.allow_schema_change),
-            elbo,
-        ]
-        if config.quality is not None:
-            gates.append(gate_quality(candidate, config.quality))
-        if config.privacy is not None:
-            gates += gate_privacy(candidate, config.privacy)
-        blocking = [gate for gate in gates if not gate.passed and not (config.force and gate.forceable)]
-        if blocking:
-            return PromotionResult(
-                pinned, config.alias, None if holder_pin is None else holder_pin.version, gates, False
-            )
-        previous = None if holder_pin is None else holder_pin.version
-        if holds_ungated:  # gating the version an alias was moved to by hand: rollback returns to the last gated one
-            previous = events[-1]["version"] if events else None
+    pinned = resolve(reference, tracking_uri)
+    with alias_lock(pinned.name, config.alias, f"promote v{pinned.version}", tracking_uri=tracking_uri) as lock:
+        promotion = _Promotion.read(pinned, config, tracking_uri)
+        if promotion.holder_version == pinned.version and not promotion.holds_ungated:
+            already = GateResult("already_holder", True, f"{pinned.name}@{config.alias} is already v{pinned.version}")
+            return promotion.result(promotion.holder_version, [already], False)
+        gates = _run_gates(promotion)
+        if any(not gate.passed and not (config.force and gate.forceable) for gate in gates):
+            return promotion.result(promotion.holder_version, gates, False)
         lock.confirm()
-        client().set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
-        record = {
-            "action": "promote",
-            "alias": config.alias,
-            "version": pinned.version,
-            "previous_version": previous,
-            # the gates --force took it past (each had nothing to compare with); [] when none
-            "at": _now(),
-            "by": config.by,
-            "reason": config.reason,
-            "forced": [gate.name for gate in gates if not gate.passed],
-            "gates": [gate.to_dict() for gate in gates],
-        }
-        _record(pinned.name, config.alias, pinned.version, "promotion", record)
-    return PromotionResult(pinned, config.alias, previous, gates, True)
+        previous = _move_alias(promotion, gates)
+    return promotion.result(previous, gates, True)
+
+
+def _run_gates(promotion: _Promotion) -> list[GateResult]:
+    """The gates in order; a failed safety or load gate ends the list (nothing else is looked at, and --force
+    never takes a version past them)."""
+    config, tracking_uri = promotion.config, promotion.tracking_uri
+    safety = gate_artifacts(promotion.pinned, tracking_uri)
+    if not safety.passed:
+        return [safety]
+    try:  # sizes before allocations: a config or weights.npz that does not add up stops here
+        candidate = load_decoder(promotion.pinned, tracking_uri)
+    except RefusedVersion as error:
+        return [safety, GateResult("loads", False, str(error))]
+    try:
+        holder = load_decoder(promotion.holder, tracking_uri) if promotion.holder is not None else None
+        elbo = gate_elbo(candidate, holder, config.elbo_tolerance_nats)
+    except RefusedVersion as error:
+        holder = None
+        elbo = GateResult("held_out_elbo", False, f"cannot compare with the holder: {error}", forceable=True)
+    gates = [
+        safety,
+        gate_loads(candidate, config.probe_rows),
+        gate_schema(candidate, holder, config.alias, config.allow_schema_change),
+        elbo,
+    ]
+    if config.quality is not None:
+        gates.append(gate_quality(candidate, config.quality))
+    if config.privacy is not None:
+        gates += gate_privacy(candidate, config.privacy)
+    return gates
+
+
+def _move_alias(promotion: _Promotion, gates: list[GateResult]) -> int | None:
+    """Point the alias at the candidate and record why; returns the version rollback will return to."""
+    pinned, config = promotion.pinned, promotion.config
+    previous = promotion.holder_version
+    # gating the version an alias was moved to by hand: rollback returns to the last gated one
+    if promotion.holds_ungated:
+        previous = promotion.events[-1]["version"] if promotion.events else None
+    client(promotion.tracking_uri).set_registered_model_alias(pinned.name, config.alias, str(pinned.version))
+    record = {
+        "action": "promote",
+        "alias": config.alias,
+        "version": pinned.version,
+        "previous_version": previous,
+        # the gates --force took it past (each had nothing to compare with); [] when none
+        "at": _now(),
+        "by": config.by,
+        "reason": config.reason,
+        "forced": [gate.name for gate in gates if not gate.passed],
+        "gates": [gate.to_dict() for gate in gates],
+    }
+    _record(pinned.name, config.alias, pinned.version, "promotion", record, promotion.tracking_uri)
+    return previous
 
 
 def rollback(name: str, alias: str = "champion", by: str | None = None, reason: str = "rollback") -> tuple[int, int]:

@@ -123,14 +123,6 @@ def ensure_reachable(uri: str | None = None, create: bool = False) -> str:
     return redact_uri(uri)
 
 
-def use(uri: str) -> None:
-    """Point this process (and any child it starts) at another tracking server; its registry follows."""
-    import mlflow
-
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-
-
 def active_run_id() -> str | None:
     """The active MLflow run of this process, without importing mlflow (no import: no run can be active)."""
     import sys

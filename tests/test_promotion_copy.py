@@ -4,6 +4,7 @@ showing a conditional version's classes: real SQLite stores, no mocks."""
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -14,7 +15,7 @@ from registry import models
 from vae_core import sampling
 
 
-def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pickle, tmp_path, monkeypatch):
+def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pickle, tmp_path):
     source = run(tiny_train_config(epochs=50, register_as="dev-decoder"))  # 50 epochs passes the quality gate
     prod_uri = f"sqlite:///{tmp_path}/prod/mlflow.db"
     (tmp_path / "prod").mkdir()
@@ -38,10 +39,11 @@ def test_promote_into_another_registry(mlflow_sqlite, tiny_train_config, no_pick
     assert [model.name for model in dev.search_registered_models()] == ["dev-decoder"]
     assert dev.get_registered_model("dev-decoder").aliases == {}
 
+    # The command named the target registry per call: this process still points at the source one.
+    assert mlflow.get_tracking_uri() == mlflow_sqlite.uri
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_sqlite.uri
+
     # The copy decodes exactly like the original, through our loader and for generic pyfunc users.
-    # (The command switched its process to the target registry; read the source explicitly.)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_sqlite.uri)
-    mlflow.set_tracking_uri(mlflow_sqlite.uri)
     z = sampling.draw(0, np.arange(16), 2)[1]
     expected = sampling.decode(models.load_decoder(models.resolve("dev-decoder/1")).build(), z)
     mlflow.set_tracking_uri(prod_uri)

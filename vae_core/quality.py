@@ -146,9 +146,44 @@ def quality_report(
     authenticity, detection, each beside its floor) sits beside DCR, unless privacy_config is None.
     """
     train, heldout, generated = _embedded(classifier, train, heldout, generated_images, generated_labels, config)
-    rng = np.random.default_rng(config.seed)
     done = on_stage or (lambda stage: None)
     done(REPORT_STAGES[0])
+    metrics = _fidelity_metrics(train, heldout, generated, classifier, config, done)
+    if privacy_config is not None:
+        metrics.update(
+            privacy.privacy_metrics(
+                train.images,
+                heldout.images,
+                generated.images,
+                train.feats,
+                heldout.feats,
+                generated.feats,
+                privacy_config,
+            )
+        )
+    done(REPORT_STAGES[4])
+    generated_mean, generated_std = pixel_stats(generated.images)
+    real_mean, real_std = pixel_stats(train.images)
+    images = {
+        "generated_mean": generated_mean,
+        "generated_std": generated_std,
+        "real_mean": real_mean,
+        "real_std": real_std,
+    }
+    return metrics, images
+
+
+def _fidelity_metrics(
+    train: _Embedded,
+    heldout: _Embedded,
+    generated: _Embedded,
+    classifier: ReferenceClassifier,
+    config: QualityConfig,
+    done: Callable[[str], None],
+) -> dict[str, Any]:
+    """Every figure of quality_report but the privacy block, reporting REPORT_STAGES[1:4] to `done`. One RNG,
+    seeded here, serves the whole-set and the per-class figures in that order: the report is seeded."""
+    rng = np.random.default_rng(config.seed)
     fidelity, distances, knn_counts = _fidelity(train, heldout, generated, classifier.num_classes, config, rng)
     done(REPORT_STAGES[1])
     trtr = float(np.mean(heldout.probs.argmax(axis=1) == heldout.labels))
@@ -169,29 +204,8 @@ def quality_report(
         "feature_dim": classifier.feature_dim,
     }
     metrics.update(_per_class(train, heldout, generated, config, rng))
-    generated_mean, generated_std = pixel_stats(generated.images)
-    real_mean, real_std = pixel_stats(train.images)
     done(REPORT_STAGES[3])
-    if privacy_config is not None:
-        metrics.update(
-            privacy.privacy_metrics(
-                train.images,
-                heldout.images,
-                generated.images,
-                train.feats,
-                heldout.feats,
-                generated.feats,
-                privacy_config,
-            )
-        )
-    done(REPORT_STAGES[4])
-    images = {
-        "generated_mean": generated_mean,
-        "generated_std": generated_std,
-        "real_mean": real_mean,
-        "real_std": real_std,
-    }
-    return metrics, images
+    return metrics
 
 
 def audit_figures(

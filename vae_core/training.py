@@ -171,6 +171,63 @@ def fit_prior_flow(
     return total / seen
 
 
+@dataclasses.dataclass(frozen=True)
+class _Optimisation:
+    """What every epoch of the VAE's training shares: Adam over the VAE's own parameters, its schedule, the
+    seeded generator of batch orders, augmentations and reparameterisations, and the step budget."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    generator: torch.Generator
+    total_steps: int
+    total_epochs: int
+
+
+def _optimisation(model: VAE, train_config: TrainConfig, train_size: int) -> _Optimisation:
+    """Adam and its schedule over the encoder and decoder only, and the budget in steps and in epochs."""
+    # The prior flow is fitted after the VAE, to the posterior the VAE ended with.
+    flow = model.decoder.prior_flow
+    flow_parameters = set() if flow is None else set(flow.parameters())
+    vae_parameters = [parameter for parameter in model.parameters() if parameter not in flow_parameters]
+    optimizer = torch.optim.Adam(vae_parameters, lr=train_config.learning_rate)
+    steps_per_epoch = -(-train_size // train_config.batch_size)
+    total_steps = train_config.steps or train_config.epochs * steps_per_epoch
+    return _Optimisation(
+        optimizer=optimizer,
+        scheduler=_lr_scheduler(optimizer, train_config.lr_schedule, total_steps),
+        generator=torch.Generator().manual_seed(train_config.seed),
+        total_steps=total_steps,
+        total_epochs=-(-total_steps // steps_per_epoch),
+    )
+
+
+def _train_epoch(
+    model: VAE,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    loop: _Optimisation,
+    train_config: TrainConfig,
+    step: int,
+) -> tuple[float, int]:
+    """One pass over the training images in a fresh order, stopping at the budget: (mean -ELBO per sample, nats;
+    the optimizer steps done so far)."""
+    model.train()
+    order = torch.randperm(len(images), generator=loop.generator)
+    total, seen = 0.0, 0
+    for index in order.split(train_config.batch_size)[: loop.total_steps - step]:
+        x = augment(images[index], train_config.augment_shift, train_config.augment_rotate, loop.generator)
+        batch_labels = None if labels is None else labels[index]
+        logits, mu, logvar = model(x, batch_labels, loop.generator)
+        loss = negative_elbo(x, logits, mu, logvar)
+        loop.optimizer.zero_grad()
+        loss.backward()
+        loop.optimizer.step()
+        if loop.scheduler is not None:
+            loop.scheduler.step()
+        total, seen, step = total + float(loss.detach()) * len(index), seen + len(index), step + 1
+    return total / seen, step
+
+
 def train(
     data: Dataset,
     model_config: VAEConfig,
@@ -184,50 +241,28 @@ def train(
     train_set, holdout_set = data.split(train_config.holdout_fraction)
     torch.manual_seed(train_config.seed)
     model = VAE(model_config)
-    # The prior flow is fitted after the VAE, to the posterior the VAE ended with.
-    flow = model.decoder.prior_flow
-    flow_parameters = set() if flow is None else set(flow.parameters())
-    vae_parameters = [parameter for parameter in model.parameters() if parameter not in flow_parameters]
-    optimizer = torch.optim.Adam(vae_parameters, lr=train_config.learning_rate)
-    steps_per_epoch = -(-len(train_set.images) // train_config.batch_size)
-    total_steps = train_config.steps or train_config.epochs * steps_per_epoch
-    scheduler = _lr_scheduler(optimizer, train_config.lr_schedule, total_steps)
-    generator = torch.Generator().manual_seed(train_config.seed)
+    loop = _optimisation(model, train_config, len(train_set.images))
     images = torch.from_numpy(train_set.images)
     labels = None if train_set.labels is None or not model_config.conditional else torch.from_numpy(train_set.labels)
     history: list[EpochMetrics] = []
     step = 0
-    total_epochs = -(-total_steps // steps_per_epoch)
-    for epoch in range(1, total_epochs + 1):  # the last pass stops at total_steps
+    for epoch in range(1, loop.total_epochs + 1):  # the last pass stops at total_steps
         epoch_started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(images), generator=generator)
-        total, seen = 0.0, 0
-        for index in order.split(train_config.batch_size)[: total_steps - step]:
-            x = augment(images[index], train_config.augment_shift, train_config.augment_rotate, generator)
-            batch_labels = None if labels is None else labels[index]
-            logits, mu, logvar = model(x, batch_labels, generator)
-            loss = negative_elbo(x, logits, mu, logvar)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            total, seen, step = total + float(loss.detach()) * len(index), seen + len(index), step + 1
+        train_loss, step = _train_epoch(model, images, labels, loop, train_config, step)
         metrics = EpochMetrics(
             epoch=epoch,
-            train_loss=total / seen,
+            train_loss=train_loss,
             val_loss=evaluate(model, holdout_set, train_config.seed),
             seconds=time.perf_counter() - epoch_started,
             step=step,
-            total_steps=total_steps,
-            total_epochs=total_epochs,
+            total_steps=loop.total_steps,
+            total_epochs=loop.total_epochs,
         )
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
     val_neg_elbo = history[-1].val_loss
-    if flow is not None:
+    if model.decoder.prior_flow is not None:
         fit_prior_flow(model, train_set, train_config, on_prior_flow_step)
         val_neg_elbo = evaluate(model, holdout_set, train_config.seed, with_prior_flow=True)
     model.eval()

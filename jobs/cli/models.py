@@ -169,29 +169,7 @@ def _alias_marks(summary: Any, histories: dict[tuple[str, str], list[dict[str, A
     help="AUC of a classifier telling samples from real rows (0.5 = indistinguishable).",
 )
 @handle_errors
-def promote(  # noqa: PLR0913 (a click command takes one parameter per option)
-    reference,
-    alias,
-    reason,
-    by,
-    force,
-    allow_schema_change,
-    elbo_tolerance,
-    to_model,
-    to_tracking_uri,
-    quality_gate,
-    min_precision,
-    min_class_coverage,
-    renamed_min_coverage,
-    max_memorisation,
-    max_frechet_ratio,
-    min_label_accuracy,
-    min_tstr_ratio,
-    privacy_gate,
-    max_mia_auc,
-    min_dcr_ratio,
-    max_detection_auc,
-) -> None:
+def promote(**options: Any) -> None:
     """Move an alias to a version only after its gates pass; prints each gate's result.
 
     \b
@@ -199,43 +177,72 @@ def promote(  # noqa: PLR0913 (a click command takes one parameter per option)
       vaegen promote vae-decoder/7 --reason "retrained on March data"
       vaegen promote vae-decoder/latest --alias staging --reason "nightly"
     """
-    from registry import copying, gates, promotion, tracking
+    from registry import promotion, tracking
 
-    if renamed_min_coverage is not None:  # "coverage" is k-NN coverage now: never guess which one was meant
+    _check_promote_options(options)
+    tracking.ensure_reachable()
+    reference, to_tracking_uri = options["reference"], options["to_tracking_uri"]
+    if options["to_model"]:  # the gates and the alias move happen where the copy is
+        reference = _copy_for_promotion(reference, options["to_model"], to_tracking_uri)
+    result = promotion.promote(reference, _promotion_config(options), to_tracking_uri)
+    _echo_promotion(result)
+
+
+def _check_promote_options(options: dict[str, Any]) -> None:
+    """Usage errors before anything is reached or copied."""
+    if options["renamed_min_coverage"] is not None:  # "coverage" is k-NN coverage now: never guess which one was meant
         raise UsageError(
             "--min-coverage was renamed --min-class-coverage (the share of classes generated); "
-            f"pass --min-class-coverage {renamed_min_coverage}"
+            f"pass --min-class-coverage {options['renamed_min_coverage']}"
         )
-    if to_tracking_uri and not to_model:
+    if options["to_tracking_uri"] and not options["to_model"]:
         raise UsageError("--to-tracking-uri needs --to-model NAME: the registered model to copy into there")
-    tracking.ensure_reachable()
-    if to_model:
-        if to_tracking_uri:
-            tracking.ensure_reachable(to_tracking_uri, create=True)  # copying into a new local store creates it
-        reference = copying.copy_version(reference, to_model, to_tracking_uri)
-        if to_tracking_uri:  # the gates and the alias move happen in the target registry
-            tracking.use(to_tracking_uri)
-        log(f"copied to {reference}" + (f" at {tracking.shown_uri(to_tracking_uri)}" if to_tracking_uri else ""))
+
+
+def _copy_for_promotion(reference: str, to_model: str, to_tracking_uri: str | None) -> str:
+    """Copy the version into --to-model, in this registry or in the one at --to-tracking-uri; the copy's reference."""
+    from registry import copying, tracking
+
+    if to_tracking_uri:
+        tracking.ensure_reachable(to_tracking_uri, create=True)  # copying into a new local store creates it
+    copied = copying.copy_version(reference, to_model, to_tracking_uri)
+    log(f"copied to {copied}" + (f" at {tracking.shown_uri(to_tracking_uri)}" if to_tracking_uri else ""))
+    return copied
+
+
+def _promotion_config(options: dict[str, Any]) -> Any:
+    """registry.promotion.PromotionConfig from promote's options."""
+    from registry import gates, promotion
+
     thresholds = gates.QualityThresholds(
-        min_precision, min_class_coverage, max_memorisation, min_label_accuracy, max_frechet_ratio, min_tstr_ratio
+        options["min_precision"],
+        options["min_class_coverage"],
+        options["max_memorisation"],
+        options["min_label_accuracy"],
+        options["max_frechet_ratio"],
+        options["min_tstr_ratio"],
     )
-    config = promotion.PromotionConfig(
-        alias=alias,
-        reason=reason,
-        by=by or getpass.getuser(),
-        force=force,
-        allow_schema_change=allow_schema_change,
-        elbo_tolerance_nats=elbo_tolerance,
-        quality=thresholds if quality_gate else None,
+    privacy = promotion.PrivacyThresholds(
+        options["max_mia_auc"], options["min_dcr_ratio"], options["max_detection_auc"]
+    )
+    return promotion.PromotionConfig(
+        alias=options["alias"],
+        reason=options["reason"],
+        by=options["by"] or getpass.getuser(),
+        force=options["force"],
+        allow_schema_change=options["allow_schema_change"],
+        elbo_tolerance_nats=options["elbo_tolerance"],
+        quality=thresholds if options["quality_gate"] else None,
         # the privacy gates read the same report: --no-quality-gate skips them too
-        privacy=promotion.PrivacyThresholds(max_mia_auc, min_dcr_ratio, max_detection_auc)
-        if privacy_gate and quality_gate
-        else None,
+        privacy=privacy if options["privacy_gate"] and options["quality_gate"] else None,
     )
-    result = promotion.promote(reference, config)
+
+
+def _echo_promotion(result: Any) -> None:
+    """Each gate's verdict, then what happened to the alias; a promotion the gates refused exits 1."""
     for gate in result.gates:
         click.echo(f"gate {gate.name:<14} {'PASS' if gate.passed else 'FAIL'}  {gate.detail}")
-    target = f"{result.pinned.name}@{alias}"
+    target = f"{result.pinned.name}@{result.alias}"
     if not result.promoted:
         if any(gate.name == "already_holder" for gate in result.gates):
             click.echo(f"{target} already points to version {result.pinned.version}; nothing to do")
