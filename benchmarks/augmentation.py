@@ -76,7 +76,7 @@ def main() -> None:
         "val_neg_elbo": result.val_neg_elbo,
         "train_s": result.train_seconds,
         "total_s": time.perf_counter() - started,
-        **{key: metrics.get(key) for key in KEYS},
+        **{key: metrics.figure(key) for key in KEYS},
     }
     print(json.dumps(row))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -179,9 +179,9 @@ def main() -> None:
                         "train_s": result.train_seconds,
                         "report_10k_s": report_s,
                         "privacy_10k_s": privacy_s,
-                        **{key: metrics.get(key) for key in KEYS},
-                        "per_class_frechet": metrics.get("per_class_frechet_distance"),
-                        "per_class_frechet_floor": metrics.get("per_class_frechet_floor"),
+                        **{key: metrics.figure(key) for key in KEYS},
+                        "per_class_frechet": metrics.per_class_frechet_distance,
+                        "per_class_frechet_floor": metrics.per_class_frechet_floor,
                     }
                     rows.append(row)
                     print(

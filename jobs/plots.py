@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # headless: servers, CI and Ray workers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vae_core.quality_record import QualityReport  # noqa: E402
 from vae_core.training import EpochMetrics  # noqa: E402
 
 PREVIEW_COLUMNS = 8  # a report's sample preview: 8 x 8 unlabelled samples, or 8 of each class, one row per class
@@ -81,7 +82,7 @@ def close(figure: plt.Figure) -> None:
 def quality_figure(
     samples: np.ndarray,
     images: dict[str, np.ndarray],
-    metrics: dict,
+    metrics: QualityReport,
     real_histogram: list[float],
     title: str,
     columns: int = PREVIEW_COLUMNS,
@@ -101,7 +102,7 @@ def quality_figure(
             axes.axis("off")
     axes = figure.add_subplot(grid[0, 3])
     classes = np.arange(len(real_histogram))
-    generated = np.asarray(metrics["class_histogram"], dtype=float)
+    generated = np.asarray(metrics.class_histogram, dtype=float)
     axes.bar(classes - 0.2, real_histogram, width=0.4, label="real (train)")
     axes.bar(classes + 0.2, generated / max(generated.sum(), 1e-12), width=0.4, label="generated")
     axes.set_xticks(classes)
@@ -110,7 +111,7 @@ def quality_figure(
     axes = figure.add_subplot(grid[1, 3])
     axes.axis("off")
     rows = [
-        (key, metrics.get(key))
+        (key, metrics.figure(key))
         for key in (
             "frechet_distance",
             "frechet_floor",

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import math
 import os
 import secrets
@@ -32,9 +31,10 @@ from jobs.generate import card, locks
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate.published import LATEST, latest_dataset
-from jobs.generate.storage import MAX_LOCK_BYTES, Storage, parse_lock, storage_from_env
+from jobs.generate.storage import Storage, storage_from_env
 from jobs.prune import prune
 from registry import holders, lineage, models, promotion, tracking
+from registry.holders import MAX_LOCK_BYTES, LockRecord
 from registry.pinned import PinnedModel
 from vae_core.errors import UsageError, VaegenError
 
@@ -93,10 +93,10 @@ class RefreshLock:
     def __init__(self, storage: Storage, timeout_s: float):
         self.storage = storage
         self.timeout_s = timeout_s
-        self.token = {"owner": uuid.uuid4().hex, **holders.this_process(), "acquired_at": time.time()}
-        self.holder: dict[str, Any] = {}  # after a failed acquire(): what the lock said about its holder
+        self.token = dataclasses.replace(holders.this_process(), owner=uuid.uuid4().hex, acquired_at=time.time())
+        self.holder = LockRecord()  # after a failed acquire(): what the lock said about its holder
         self.taken_over: str | None = None  # why a dead holder's lock was replaced, if it was
-        self._data = json.dumps(self.token).encode()
+        self._data = self.token.to_bytes()
         self._tag: str | None = None  # object stores: the version of the lock last read (its ETag)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -126,7 +126,7 @@ class RefreshLock:
         return True
 
     def still_held(self) -> bool:
-        return self._read().get("owner") == self.token["owner"]
+        return self._read().owner == self.token.owner
 
     def release(self) -> None:
         self._stop.set()
@@ -140,53 +140,54 @@ class RefreshLock:
 
     def describe_holder(self) -> str:
         held = self.holder
-        if not held:
+        if not held.known:
             return "an unreadable lock"
-        age_s = time.time() - held.get("heartbeat_at", held.get("acquired_at", 0))
-        return f"pid {held.get('pid')} on {held.get('host')}, last heartbeat {age_s:,.0f} s ago"
+        age_s = time.time() - (0 if held.last_heard_at is None else held.last_heard_at)
+        return f"pid {held.pid} on {held.host}, last heartbeat {age_s:,.0f} s ago"
 
-    def _read(self) -> dict[str, Any]:
-        """The lock's record, with its mtime as `heartbeat_at`; {} if absent or unreadable."""
+    def _read(self) -> LockRecord:
+        """The lock's record, with its mtime as `heartbeat_at`; LockRecord() (unknown) if absent or unreadable."""
         try:
             raw, self._tag = locks.read_versioned(self.storage, LOCK)
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
         except (OSError, VaegenError):  # gone meanwhile, or not a regular file
-            return {}
-        record = parse_lock(raw) if raw is not None and (info.size or 0) <= MAX_LOCK_BYTES else {}
-        if not record:  # absent, half-written, oversized or not a record of short fields
-            return {}
+            return LockRecord()
+        record = LockRecord.from_bytes(raw) if raw is not None and (info.size or 0) <= MAX_LOCK_BYTES else LockRecord()
+        if not record.known:  # absent, half-written, oversized or not a record of short fields
+            return record
         if info.mtime is not None:
-            record["heartbeat_at"] = info.mtime.timestamp()
+            record = dataclasses.replace(record, heartbeat_at=info.mtime.timestamp())
         return record
 
-    def _stale_reason(self, held: dict[str, Any]) -> str | None:
+    def _stale_reason(self, held: LockRecord) -> str | None:
         """Why the holder is dead, or None while it may be alive."""
         dead = holders.dead_reason(held)
         if dead is not None:
             return dead
-        last_s = held.get("heartbeat_at", held.get("acquired_at"))
+        last_s = held.last_heard_at
         if not isinstance(last_s, (int, float)) or not math.isfinite(
             last_s
         ):  # unreadable: judge by the file's age alone
             info = self.storage.fs.get_file_info(self.storage.path(LOCK))
             last_s = info.mtime.timestamp() if info.mtime is not None else 0.0
         if time.time() - last_s > self.timeout_s:
-            return f"no heartbeat from {held.get('host', 'its holder')} for over {self.timeout_s:g} s (--lock-timeout)"
+            host = "its holder" if held.host is None else held.host
+            return f"no heartbeat from {host} for over {self.timeout_s:g} s (--lock-timeout)"
         return None
 
-    def _move_aside(self, stale: dict[str, Any]) -> bool:
+    def _move_aside(self, stale: LockRecord) -> bool:
         """Local roots: remove the stale lock, unless another refresh replaced it meanwhile; True if it is gone."""
-        aside_name = f"{LOCK}.stale-{self.token['owner']}"
+        aside_name = f"{LOCK}.stale-{self.token.owner}"
         aside = self.storage.path(aside_name)
         try:
             os.rename(self.storage.path(LOCK), aside)  # atomic: of two takers, one moves it
         except FileNotFoundError:
             return True  # another taker moved it: try to create ours
         try:
-            moved = parse_lock(self.storage.read_bytes(aside_name))
+            moved = LockRecord.from_bytes(self.storage.read_bytes(aside_name))
         except (OSError, VaegenError):
-            moved = {}
-        if moved.get("owner") != stale.get("owner"):  # a fresh lock, taken meanwhile: put it back
+            moved = LockRecord()
+        if moved.owner != stale.owner:  # a fresh lock, taken meanwhile: put it back
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.storage.path(LOCK))
             os.unlink(aside)
@@ -289,7 +290,7 @@ def refresh(config: RefreshConfig, log: Callable[[str], None] = lambda message: 
             lineage.REFRESH_EXPERIMENT,
             f"refresh-{pinned.name}-v{pinned.version}",
             _run_params(config, pinned, seed, storage),
-            tags={LOCK_OWNER_TAG: lock.token["owner"]},
+            tags={LOCK_OWNER_TAG: lock.token.owner},
         ) as run:  # a refresh that takes over ends it
             result = _generate_holding(config, storage, lock, pinned, seed, log)
             action = _publish_if_new(storage, result, config.audit_config, run, log)
@@ -319,7 +320,7 @@ def _acquire(storage: Storage, config: RefreshConfig, log: Callable[[str], None]
         return None
     if lock.taken_over:
         log(f"took over {storage.location(LOCK)}: {lock.taken_over}")
-        lineage.end_stale_runs_tagged(lineage.REFRESH_EXPERIMENT, LOCK_OWNER_TAG, str(lock.holder.get("owner")))
+        lineage.end_stale_runs_tagged(lineage.REFRESH_EXPERIMENT, LOCK_OWNER_TAG, str(lock.holder.owner))
     return lock
 
 

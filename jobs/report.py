@@ -4,7 +4,7 @@ reference classifier trained once per data source (cached by the data's content 
 
 Writes `report.json` and `report.png` into one folder per subject (`report/<model>/v<version>/`,
 `report/datasets/<dataset id>/`), logs both (and the classifier) to MLflow on the model's
-training run or the dataset's run, logs the HEADLINE figures as metrics of that run, and
+training run or the dataset's run, logs the HEADLINE figures (vae_core/quality_names.py) as metrics of that run, and
 stores them on the model version as `vaegen.quality.*` tags, where the promotion gate reads them.
 """
 
@@ -31,31 +31,11 @@ from vae_core import data as data_sources
 from vae_core import privacy, quality, reference_classifier
 from vae_core.errors import UsageError
 from vae_core.quality_config import QualityConfig
+from vae_core.quality_names import HEADLINE
+from vae_core.quality_record import QualityReport
 
 REPORT_SEED = 20_260_101  # fixed: every version's report decodes the same z, so reports compare
 DEFAULT_ROOT = "report"  # reports go to report/<model>/v<version>/ and report/datasets/<dataset id>/
-# Stored on the version as quality.* tags (the promotion gate reads them) and printed by `vaegen report`.
-HEADLINE = (
-    "frechet_distance",
-    "frechet_floor",
-    "precision",
-    "precision_floor",
-    "recall",
-    "recall_floor",
-    "density",
-    "density_floor",
-    "coverage",
-    "coverage_floor",
-    "class_coverage",
-    "memorisation_share",
-    "dcr_ratio",
-    "mean_confidence",
-    "label_accuracy",
-    "tstr_accuracy",
-    "trtr_accuracy",
-    # the privacy block: each figure beside its real floor (vae_core/privacy.py)
-    *(key for key in privacy.HEADLINE_KEYS if key != "dcr_ratio"),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +59,7 @@ class ReportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ReportResult:
-    metrics: dict[str, Any]
+    metrics: QualityReport
     json_path: Path
     png_path: Path
     run_id: str
@@ -125,12 +105,15 @@ def classifier_for(
     return model.eval(), info, weights_path
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, float]:
-    """The HEADLINE figures a report has (some apply to conditional models only), as floats."""
+def headline(metrics: QualityReport | dict[str, Any]) -> dict[str, float]:
+    """The HEADLINE figures a report (or its JSON, report.json read back) has, some for conditional models only, as
+    floats."""
+    values = metrics.to_json() if isinstance(metrics, QualityReport) else metrics
+    figures = {key: values.get(key) for key in HEADLINE}
     return {
-        key: float(metrics[key])
-        for key in HEADLINE
-        if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics[key], bool)
+        key: float(value)
+        for key, value in figures.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
 
 
@@ -163,7 +146,7 @@ def _path_segment(name: str) -> str:
 
 
 def _write(
-    metrics: dict[str, Any],
+    metrics: QualityReport,
     images: dict[str, np.ndarray],
     samples: tuple[np.ndarray, np.ndarray | None],
     title: str,
@@ -173,7 +156,7 @@ def _write(
     """samples: the generated (images, labels or None); the page previews one row per class of labelled ones."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "report.json"
-    json_path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+    json_path.write_text(json.dumps(metrics.to_json(), indent=2, sort_keys=True, default=float))
     generated, labels = samples
     if labels is None:
         generated = generated[: plots.PREVIEW_COLUMNS**2]
@@ -194,7 +177,7 @@ def compare(
     generated_labels: np.ndarray | None,
     config: ReportConfig,
     progress: Progress | None = None,
-) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float], Path]:
+) -> tuple[QualityReport, dict[str, np.ndarray], list[float], Path]:
     """Quality figures of `generated` against the version's real data (report, and the publish audit's sample)."""
     progress = progress or _progress()
     train, holdout = reference_split(loaded, config.data)
@@ -210,8 +193,7 @@ def compare(
         on_stage=lambda stage: progress.advance(1, f"{stage} done"),
         privacy_config=config.privacy,
     )
-    metrics["classifier"] = info
-    metrics["data_source"] = config.data or loaded.tags.get("data_source")
+    metrics = dataclasses.replace(metrics, classifier=info, data_source=config.data or loaded.tags.get("data_source"))
     real_histogram = np.bincount(train.labels, minlength=info["num_classes"]) / len(train.labels)
     return metrics, images, real_histogram.tolist(), weights_path
 
@@ -233,7 +215,9 @@ def model_report(reference: str, config: ReportConfig) -> ReportResult:
         generated, labels = draw_images(loaded.build(), config.n, config.seed)
         progress.advance(1, f"{config.n:,} samples decoded")
         metrics, images, real_histogram, weights_path = compare(loaded, generated, labels, config, progress)
-    metrics.update({"model": loaded.pinned.to_dict(), "report_seed": config.seed, "n": config.n, "subject": "model"})
+    metrics = dataclasses.replace(
+        metrics, model=loaded.pinned.to_dict(), report_seed=config.seed, n=config.n, subject="model"
+    )
     title = f"{loaded.pinned.name}/{loaded.pinned.version}: {config.n:,} samples, report seed {config.seed}"
     json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
     run_id = loaded.pinned.run_id
@@ -266,7 +250,9 @@ def dataset_report(location: str, config: ReportConfig) -> ReportResult:
         generated, labels = read_samples(dataset, config.n)
         progress.advance(1, f"{len(generated):,} rows read")
         metrics, images, real_histogram, weights_path = compare(loaded, generated, labels, config, progress)
-    metrics.update({"dataset_id": record["dataset_id"], "n": len(generated), "subject": "dataset", "model": model})
+    metrics = dataclasses.replace(
+        metrics, dataset_id=record["dataset_id"], n=len(generated), subject="dataset", model=model
+    )
     title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
     json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
     figures = headline(metrics)

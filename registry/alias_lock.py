@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import getpass
-import json
 import os
 import socket
 import time
@@ -70,7 +69,7 @@ def alias_lock(
         "vaegen.lock_purpose": purpose or "promotion",
         "vaegen.lock_token": uuid.uuid4().hex,
         "vaegen.lock_since": str(time.time()),
-        LOCK_HOLDER_TAG: json.dumps(holders.this_process()),
+        LOCK_HOLDER_TAG: holders.this_process().to_bytes().decode(),
     }
     deadline = time.monotonic() + wait_s
     holder: dict[str, str] = {}
@@ -111,10 +110,7 @@ def alias_lock(
 def _lock_is_stale(tags: dict[str, str], stale_s: float) -> bool:
     """A lock whose holder is gone from this host (killed with -9 or SIGTERM) is stale at once, as the
     refresh lock is; any other once it is `stale_s` old."""
-    try:
-        held = json.loads(tags.get(LOCK_HOLDER_TAG, "{}"))
-    except ValueError:
-        held = {}
+    held = holders.LockRecord.from_bytes(tags.get(LOCK_HOLDER_TAG, "{}").encode(errors="surrogatepass"))
     if holders.dead_reason(held) is not None:
         return True
     try:

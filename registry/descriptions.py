@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from vae_core import privacy_block
 from vae_core.config import RECIPES
+from vae_core.quality_names import figures_from_tags
 
 GENERATED_END = "<!-- vaegen: the text above is generated from the vaegen.* tags and replaced; write yours below -->"
 SHA_CHARS = 12  # of a sha256 shown in prose; the full value is in the tags
@@ -241,7 +242,7 @@ def _model_rows(
 
 def _quality_lines(name: str, version: int, tags: dict[str, str]) -> list[str]:
     """version_description's quality and privacy tables, or how to make the report it lacks."""
-    quality = {key.removeprefix("quality."): value for key, value in tags.items() if key.startswith("quality.")}
+    quality = figures_from_tags(tags)
     if not quality:
         return [f"**Quality**: no report yet (`vaegen report --model {name}/{version}`)", ""]
     privacy_keys = set(privacy_block.HEADLINE_KEYS)

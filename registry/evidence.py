@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from vae_core.quality_names import is_quality_tag
+
 SEAL_TAG = "evidence_seal"  # under registry.models.TAG_PREFIX
 KEY_ENV = "VAEGEN_EVIDENCE_KEY"
 UNKEYED = b"vaegen-evidence-unkeyed-v1"
@@ -24,7 +26,7 @@ EVIDENCE_KEYS = ("val_neg_elbo", "data_sha256", "holdout_fraction")  # and every
 
 
 def is_evidence(key: str) -> bool:
-    return key in EVIDENCE_KEYS or key.startswith("quality.")
+    return key in EVIDENCE_KEYS or is_quality_tag(key)
 
 
 def artifacts_digest(config_path: Path, weights_path: Path) -> str:

@@ -11,6 +11,7 @@ from registry.models import (
     PinnedModel,
     version_refusal,
 )
+from vae_core.quality_names import figures_from_tags, is_quality_tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,17 +148,13 @@ def gate_quality(candidate: LoadedDecoder, thresholds: QualityThresholds) -> Gat
     """Gate 3: the quality report's metrics, as stored on the version by `vaegen report` / `vaegen train`."""
     rerun = f"`vaegen report --model {candidate.pinned.name}/{candidate.pinned.version}`"
     try:
-        metrics = {
-            key.removeprefix("quality."): float(value)
-            for key, value in candidate.evidence.items()
-            if key.startswith("quality.")
-        }
+        metrics = {name: float(value) for name, value in figures_from_tags(candidate.evidence).items()}
     except ValueError:
         return GateResult(
             "quality", False, f"a quality tag of v{candidate.pinned.version} is not a number; run {rerun}"
         )
     if not metrics:
-        unsealed = any(key.startswith("quality.") for key in candidate.tags)
+        unsealed = any(is_quality_tag(key) for key in candidate.tags)
         why = "its quality tags are not sealed by vaegen for its artifacts" if unsealed else "no quality report"
         return GateResult(
             "quality", False, f"cannot compare: {why} on v{candidate.pinned.version}; run {rerun}", forceable=True

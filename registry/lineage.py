@@ -30,6 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from registry import descriptions, filters
 from registry.pinned import PinnedModel
+from vae_core.quality_names import quality_metrics
 
 DATASETS_EXPERIMENT = "vaegen-datasets"  # dataset runs of versions without a logged model here
 REFRESH_EXPERIMENT = "vaegen-refresh"
@@ -278,7 +279,7 @@ def log_dataset_quality(manifest: dict[str, Any], figures: dict[str, float]) -> 
     model_id = logged_model_id(mlflow.MlflowClient().get_model_version(model["name"], str(model["version"])))
     log_linked_metrics(
         run_id,
-        {f"quality.{key}": value for key, value in figures.items()},
+        quality_metrics(figures),
         model_id,
         DataRef(manifest["dataset_id"], manifest["spec_fingerprint"]),
     )

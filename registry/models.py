@@ -25,6 +25,7 @@ from registry.pinned import PinnedModel
 from registry.redaction import redact_uri
 from vae_core.config import VAEConfig
 from vae_core.errors import UsageError
+from vae_core.quality_names import is_quality_tag, quality_metrics, quality_tags
 
 if TYPE_CHECKING:  # torch is imported where a network is built or logged, never to resolve or list versions
     from vae_core.model import Decoder
@@ -215,7 +216,7 @@ def record_quality(loaded: LoadedDecoder, figures: dict[str, float]) -> None:
     training run that also name the logged model (sortable and comparable in the UI), the description.
     The seal is renewed over the new figures and whatever evidence was validly sealed before, nothing else."""
     pinned = loaded.pinned
-    quality = {f"quality.{key}": f"{value:.6g}" for key, value in figures.items()}
+    quality = quality_tags(figures)
     current = {
         key.removeprefix(TAG_PREFIX): value
         for key, value in client().get_model_version(pinned.name, str(pinned.version)).tags.items()
@@ -223,13 +224,13 @@ def record_quality(loaded: LoadedDecoder, figures: dict[str, float]) -> None:
     kept = {
         key: value
         for key, value in evidence.sealed_evidence(loaded.artifacts_sha256, current).items()
-        if not key.startswith("quality.")
+        if not is_quality_tag(key)
     }
     set_version_tags(
         pinned, {**quality, evidence.SEAL_TAG: evidence.seal(loaded.artifacts_sha256, {**kept, **quality})}
     )
     model_id = lineage.logged_model_id(client().get_model_version(pinned.name, str(pinned.version)))
-    lineage.log_linked_metrics(pinned.run_id, {f"quality.{key}": value for key, value in figures.items()}, model_id)
+    lineage.log_linked_metrics(pinned.run_id, quality_metrics(figures), model_id)
     describe_version(pinned.name, pinned.version)
 
 

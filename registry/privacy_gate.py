@@ -8,6 +8,7 @@ import dataclasses
 from registry.gates import GateResult
 from registry.models import LoadedDecoder
 from vae_core import privacy_block as privacy
+from vae_core.quality_names import figures_from_tags, is_quality_tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +32,8 @@ _PRIVACY_RISKS = {
 
 def gate_privacy(candidate: LoadedDecoder, thresholds: PrivacyThresholds) -> list[GateResult]:
     """The privacy gates, one per figure, over the sealed quality.* figures of `vaegen report`."""
-    figures = {
-        key.removeprefix("quality."): value for key, value in candidate.evidence.items() if key.startswith("quality.")
-    }
-    unsealed = not figures and any(key.startswith("quality.") for key in candidate.tags)
+    figures = figures_from_tags(candidate.evidence)
+    unsealed = not figures and any(is_quality_tag(key) for key in candidate.tags)
     return privacy_verdicts(
         figures,
         thresholds,

@@ -23,8 +23,9 @@ import numpy as np
 
 from jobs.generate import locks, manifest, parts, verify
 from jobs.generate.spec import DatasetSpec, spec_from_record
-from jobs.generate.storage import Storage, check_name, parse_lock
+from jobs.generate.storage import Storage, check_name
 from registry import artifacts
+from registry.holders import LockRecord
 from vae_core.errors import VaegenError
 
 MEMORY_BUDGET_BYTES = 500 << 20
@@ -231,7 +232,7 @@ class Fuzzer:
         return str(parts.sidecar_matches(record, SPEC.fingerprint(), SPEC.shard_range(0)))
 
     def lock(self, data: bytes) -> str:
-        held = parse_lock(data)
+        held = LockRecord.from_bytes(data)
         message = str(locks._busy(self.storage, SPEC.dataset_id, ".x.lock", held))
         if "\n" in message or len(message) > 2_000:
             raise AssertionError(f"busy message of {len(message)} characters or several lines")

@@ -177,7 +177,7 @@ def test_conv_versions_carry_the_new_metrics_and_promote_behind_the_gates(traine
             "trtr_accuracy",
         ):
             assert float(tags[f"vaegen.quality.{key}"]) == pytest.approx(
-                trained_result.quality.metrics[key], rel=1e-5
+                getattr(trained_result.quality.metrics, key), rel=1e-5
             ), key
         result = invoke("promote", f"{name}/1", "--reason", "conv", *LENIENT)
         assert result.exit_code == 0, result.output
@@ -186,8 +186,8 @@ def test_conv_versions_carry_the_new_metrics_and_promote_behind_the_gates(traine
         assert ("tstr_ratio" in gate) == (name == COND), gate
         assert models.resolve(f"{name}@champion").version == 1
     metrics = trained.cond.quality.metrics
-    assert 0.1 < metrics["tstr_accuracy"] <= 1 and metrics["trtr_accuracy"] > 0.9
-    assert trained.conv.quality.metrics["tstr_accuracy"] is None  # no labels asked for, nothing to train on
+    assert 0.1 < metrics.tstr_accuracy <= 1 and metrics.trtr_accuracy > 0.9
+    assert trained.conv.quality.metrics.tstr_accuracy is None  # no labels asked for, nothing to train on
     assert "vaegen.quality.tstr_accuracy" not in MlflowClient().get_model_version(CONV, "1").tags
 
 
@@ -279,8 +279,8 @@ def test_a_conditional_conv_dataset_reports_tstr_beside_trtr(generated, tmp_path
         generated.cond.location, reports.ReportConfig(n=N, out_dir=str(tmp_path / "report"))
     )
     metrics = result.metrics
-    assert metrics["subject"] == "dataset" and metrics["n_generated"] == N
-    assert metrics["tstr_accuracy"] is not None and metrics["trtr_accuracy"] > 0.9
+    assert metrics.subject == "dataset" and metrics.n_generated == N
+    assert metrics.tstr_accuracy is not None and metrics.trtr_accuracy > 0.9
     for key in ("density", "coverage", "density_floor", "coverage_floor", "dcr_p5", "dcr_floor_p5", "dcr_ratio"):
-        assert metrics[key] is not None and np.isfinite(metrics[key]), key
-    assert json.loads((tmp_path / "report" / "report.json").read_text())["tstr_accuracy"] == metrics["tstr_accuracy"]
+        assert getattr(metrics, key) is not None and np.isfinite(getattr(metrics, key)), key
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["tstr_accuracy"] == metrics.tstr_accuracy

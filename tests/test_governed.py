@@ -27,6 +27,7 @@ from jobs.reader import open_dataset
 from jobs.refresh import LATEST
 from jobs.status import parse_duration
 from registry import promotion
+from registry.holders import LockRecord
 from vae_core.errors import UsageError
 
 N, ROWS_PER_SHARD = 3_000, 1_000  # 3 parts, each one decode block: the audit re-decodes all of every part
@@ -382,7 +383,7 @@ def test_tagged_and_leased_datasets_survive_keep_1_and_a_killed_readers_lease_do
 
 def test_a_lease_from_another_host_protects_until_its_heartbeat_is_older_than_its_timeout():
     now = 1_000_000.0
-    record = {"host": "another-host", "pid": 1, "heartbeat_at": now - 100, "timeout_s": 300}
+    record = LockRecord(host="another-host", pid=1, heartbeat_at=now - 100, timeout_s=300)
     assert holds.lease_state(record, now) is None
     assert "no heartbeat from another-host for 400 s" in holds.lease_state(record, now + 300)
 

@@ -408,7 +408,7 @@ def test_the_ui_reads_the_links_from_a_real_server(mlflow_http, cache_root, tiny
     [data] = training["inputs"]["dataset_inputs"]
     assert data["dataset"]["name"] == "digits" and data["tags"] == [{"key": "mlflow.data.context", "value": "training"}]
     latest = {metric["key"]: metric["value"] for metric in training["data"]["metrics"]}
-    assert latest["quality.precision"] == pytest.approx(trained.quality.metrics["precision"])
+    assert latest["quality.precision"] == pytest.approx(trained.quality.metrics.precision)
 
     # the version page: the description, and the logged model the UI's "Source Model" parses from the source
     version = rest(uri, "model-versions/get", name=name, version="1")["model_version"]

@@ -1,5 +1,6 @@
 """Tiny, seeded tests of vae_core.quality; each asserts a value that a wrong metric would miss."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -24,6 +25,7 @@ from vae_core.fidelity import (
 )
 from vae_core.quality import audit_figures, quality_report
 from vae_core.quality_config import QualityConfig
+from vae_core.quality_record import PRIVACY_KEYS, QualityReport
 from vae_core.reference_classifier import features, predict_proba, train_reference_classifier, tstr_accuracy
 
 
@@ -218,17 +220,17 @@ def test_report_of_real_unseen_images_matches_its_floors(digits, classifier):
         QualityConfig(),
         generated_labels=unseen_labels,
     )
-    json.dumps(metrics, allow_nan=False)
-    assert metrics["label_accuracy"] > 0.9
-    assert metrics["frechet_distance"] < 4 * metrics["frechet_floor"]  # FID at N=350 varies ~2x between real subsets
-    assert metrics["precision"] > 0.8 * metrics["precision_floor"]
-    assert metrics["recall"] > 0.8 * metrics["recall_floor"]
-    assert metrics["class_coverage"] == 1.0
-    assert metrics["label_kl"] < 0.05
-    assert metrics["memorisation_share"] < 0.05
-    assert len(metrics["per_class_frechet_distance"]) == 10
-    assert all(value is not None for value in metrics["per_class_precision_floor"])
-    assert min(metrics["per_class_label_accuracy"]) > 0.7
+    json.dumps(metrics.to_json(), allow_nan=False)
+    assert metrics.label_accuracy > 0.9
+    assert metrics.frechet_distance < 4 * metrics.frechet_floor  # FID at N=350 varies ~2x between real subsets
+    assert metrics.precision > 0.8 * metrics.precision_floor
+    assert metrics.recall > 0.8 * metrics.recall_floor
+    assert metrics.class_coverage == 1.0
+    assert metrics.label_kl < 0.05
+    assert metrics.memorisation_share < 0.05
+    assert len(metrics.per_class_frechet_distance) == 10
+    assert all(value is not None for value in metrics.per_class_precision_floor)
+    assert min(metrics.per_class_label_accuracy) > 0.7
     assert np.allclose(images["generated_mean"], unseen_images.mean(axis=0), atol=1e-6)
     assert images["real_std"].shape == (8, 8)
 
@@ -236,8 +238,8 @@ def test_report_of_real_unseen_images_matches_its_floors(digits, classifier):
 def test_report_of_the_heldout_set_equals_its_frechet_floor(digits, classifier):
     model, _ = classifier
     metrics, _ = quality_report(model, labelled(digits, "train"), labelled(digits, "heldout"), digits["heldout"][0])
-    assert metrics["frechet_distance"] == pytest.approx(metrics["frechet_floor"], rel=1e-12)
-    assert "label_accuracy" not in metrics
+    assert metrics.frechet_distance == pytest.approx(metrics.frechet_floor, rel=1e-12)
+    assert "label_accuracy" not in metrics.to_json()
 
 
 def test_shuffled_requested_labels_drop_label_accuracy(digits, classifier):
@@ -247,7 +249,7 @@ def test_shuffled_requested_labels_drop_label_accuracy(digits, classifier):
     metrics, _ = quality_report(
         model, labelled(digits, "train"), labelled(digits, "heldout"), unseen_images, generated_labels=shuffled
     )
-    assert metrics["label_accuracy"] < 0.3
+    assert metrics.label_accuracy < 0.3
 
 
 def test_audit_figures_are_the_reports_own(digits, classifier):
@@ -261,20 +263,20 @@ def test_audit_figures_are_the_reports_own(digits, classifier):
         figures = audit_figures(model, labelled(digits, "train"), images, generated_labels=requested)
         names = {"precision", "density", "mean_confidence"} | ({"label_accuracy"} if requested is not None else set())
         assert set(figures) == names
-        assert figures == {name: metrics[name] for name in names}
+        assert figures == {name: getattr(metrics, name) for name in names}
 
 
 def test_report_flags_noise_and_copies(digits, classifier):
     model, _ = classifier
     noise = np.random.default_rng(8).uniform(size=(400, 8, 8)).astype(np.float32)
     noisy, _ = quality_report(model, labelled(digits, "train"), labelled(digits, "heldout"), noise)
-    assert noisy["frechet_distance"] > 10 * noisy["frechet_floor"]
-    assert noisy["precision"] < 0.5 * noisy["precision_floor"]
-    assert noisy["memorisation_share"] == 0.0
+    assert noisy.frechet_distance > 10 * noisy.frechet_floor
+    assert noisy.precision < 0.5 * noisy.precision_floor
+    assert noisy.memorisation_share == 0.0
     copies, _ = quality_report(
         model, labelled(digits, "train"), labelled(digits, "heldout"), digits["train"][0][:400].copy()
     )
-    assert copies["memorisation_share"] == 1.0
+    assert copies.memorisation_share == 1.0
 
 
 def test_pixel_stats_are_per_pixel_mean_and_population_std():
@@ -311,11 +313,11 @@ def test_unconditional_per_class_groups_by_predicted_class(digits, classifier):
     prediction; real held-out images scored that way sit near their own floor."""
     model, _ = classifier
     metrics, _ = quality_report(model, labelled(digits, "train"), labelled(digits, "heldout"), digits["heldout"][0])
-    assert metrics["per_class_grouping"] == "predicted"
-    assert "label_accuracy" not in metrics and "per_class_label_accuracy" not in metrics
-    assert len(metrics["per_class_frechet_distance"]) == 10
-    measured = [value for value in metrics["per_class_frechet_distance"] if value is not None]
-    floors = [value for value in metrics["per_class_frechet_floor"] if value is not None]
+    assert metrics.per_class_grouping == "predicted"
+    assert "label_accuracy" not in metrics.to_json() and "per_class_label_accuracy" not in metrics.to_json()
+    assert len(metrics.per_class_frechet_distance) == 10
+    measured = [value for value in metrics.per_class_frechet_distance if value is not None]
+    floors = [value for value in metrics.per_class_frechet_floor if value is not None]
     assert len(measured) >= 8
     assert np.mean(measured) < 2 * np.mean(floors)  # held-out vs itself-grouped: within 2x of the floor
 
@@ -383,13 +385,13 @@ def test_report_holds_density_coverage_tstr_and_dcr_beside_their_floors(digits, 
     metrics, _ = quality_report(
         model, labelled(digits, "train"), labelled(digits, "heldout"), unseen_images, generated_labels=unseen_labels
     )
-    assert metrics["density"] == pytest.approx(metrics["density_floor"], rel=0.3)
-    assert metrics["coverage"] == pytest.approx(metrics["coverage_floor"], abs=0.1)
-    assert metrics["trtr_accuracy"] == metrics["classifier_heldout_accuracy"] > 0.9
-    assert metrics["tstr_accuracy"] > 0.85
-    assert 0.7 < metrics["dcr_ratio"] < 1.4
+    assert metrics.density == pytest.approx(metrics.density_floor, rel=0.3)
+    assert metrics.coverage == pytest.approx(metrics.coverage_floor, abs=0.1)
+    assert metrics.trtr_accuracy == metrics.classifier_heldout_accuracy > 0.9
+    assert metrics.tstr_accuracy > 0.85
+    assert 0.7 < metrics.dcr_ratio < 1.4
     unlabelled, _ = quality_report(model, labelled(digits, "train"), labelled(digits, "heldout"), unseen_images)
-    assert unlabelled["tstr_accuracy"] is None and unlabelled["trtr_accuracy"] > 0.9
+    assert unlabelled.tstr_accuracy is None and unlabelled.trtr_accuracy > 0.9
 
 
 def test_tstr_in_the_report_uses_as_many_rows_as_trtr_and_every_class_even_when_rows_are_sorted(digits, classifier):
@@ -400,7 +402,7 @@ def test_tstr_in_the_report_uses_as_many_rows_as_trtr_and_every_class_even_when_
     metrics, _ = quality_report(
         model, labelled(digits, "train"), labelled(digits, "heldout"), images[order], generated_labels=labels[order]
     )
-    assert metrics["tstr_accuracy"] > 0.85  # the first 1,100 sorted rows would hold no 8 or 9, and TSTR would be None
+    assert metrics.tstr_accuracy > 0.85  # the first 1,100 sorted rows would hold no 8 or 9, and TSTR would be None
 
 
 def test_tstr_in_the_report_sees_every_class_of_labels_that_cycle(digits, classifier):
@@ -417,4 +419,74 @@ def test_tstr_in_the_report_sees_every_class_of_labels_that_cycle(digits, classi
     metrics, _ = quality_report(
         model, labelled(digits, "train"), labelled(digits, "heldout"), generated, generated_labels=generated_labels
     )
-    assert metrics["tstr_accuracy"] > 0.85
+    assert metrics.tstr_accuracy > 0.85
+
+
+REPORT_KEYS = [  # a report's JSON, in the order quality_report has always listed it
+    "frechet_distance",
+    "frechet_floor",
+    "precision",
+    "recall",
+    "precision_floor",
+    "recall_floor",
+    "density",
+    "coverage",
+    "density_floor",
+    "coverage_floor",
+    "class_coverage",
+    "label_kl",
+    "mean_confidence",
+    "class_histogram",
+    "classifier_heldout_accuracy",
+    "tstr_accuracy",
+    "trtr_accuracy",
+    "memorisation_share",
+    "memorisation_threshold",
+    "dcr_p5",
+    "dcr_median",
+    "dcr_floor_p5",
+    "dcr_floor_median",
+    "dcr_ratio",
+    "n_train",
+    "n_heldout",
+    "n_generated",
+    "n_knn_generated",
+    "n_knn_floor",
+    "num_classes",
+    "feature_dim",
+    "per_class_label_accuracy",
+    "per_class_frechet_distance",
+    "per_class_frechet_floor",
+    "per_class_precision",
+    "per_class_recall",
+    "per_class_precision_floor",
+    "per_class_recall_floor",
+    "label_accuracy",
+    "requested_class_histogram",
+    "per_class_grouping",
+    "authenticity",
+    "authenticity_floor",
+    "detection_auc",
+    "detection_auc_floor",
+    "mia_auc",
+    "mia_auc_floor",
+    "mia_members",
+]
+CONDITIONAL_ONLY = {"per_class_label_accuracy", "label_accuracy", "requested_class_histogram"}
+
+
+def test_the_report_record_round_trips_its_json_in_the_reports_key_order(digits, classifier):
+    model, _ = classifier
+    unseen_images, unseen_labels = digits["unseen"]
+    train, heldout = labelled(digits, "train"), labelled(digits, "heldout")
+    report, _ = quality_report(model, train, heldout, unseen_images, generated_labels=unseen_labels)
+    record = report.to_json()
+    assert list(record) == REPORT_KEYS
+    assert QualityReport.from_json(json.loads(json.dumps(record))) == report
+    bare, _ = quality_report(model, train, heldout, unseen_images, privacy_config=None)
+    expected = [key for key in REPORT_KEYS if key not in CONDITIONAL_ONLY and key not in PRIVACY_KEYS]
+    assert list(bare.to_json()) == expected and bare.privacy is None and bare.label_accuracy is None
+    assert QualityReport.from_json(bare.to_json()) == bare
+    reported = dataclasses.replace(bare, classifier={"num_classes": 10}, data_source=None, n=5, subject="model")
+    assert list(reported.to_json())[len(expected) :] == ["classifier", "data_source", "n", "subject"]
+    assert reported.figure("subject") == "model" and reported.figure("no_such_figure") is None

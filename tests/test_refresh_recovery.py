@@ -23,6 +23,7 @@ from helpers import invoke
 from jobs.generate.storage import Storage
 from jobs.refresh import LATEST, LOCK, RefreshLock
 from registry import promotion
+from registry.holders import LockRecord
 
 MODEL = "vae-decoder@champion"
 N, ROWS_PER_SHARD = 2_000, 1_000
@@ -97,7 +98,8 @@ def test_lock_rules_live_holder_other_host_and_heartbeat(tmp_path):
         assert contender.describe_holder().startswith(f"pid {os.getpid()} on {socket.gethostname()}")
         time.sleep(2.5)  # longer than the timeout: only the holder's heartbeat keeps the lock fresh
         elsewhere = dict(json.loads((tmp_path / LOCK).read_text()), host="elsewhere")
-        assert RefreshLock(storage, timeout_s=1.5)._stale_reason({**elsewhere, "heartbeat_at": time.time()}) is None
+        fresh = LockRecord.from_json({**elsewhere, "heartbeat_at": time.time()})
+        assert RefreshLock(storage, timeout_s=1.5)._stale_reason(fresh) is None
         assert not RefreshLock(storage, timeout_s=1.5).acquire()
     finally:
         holder.release()

@@ -163,14 +163,14 @@ def test_dataset_report_matches_the_model_report_and_logs_to_the_lineage_run(tra
     model_metrics = trained.good.quality.metrics  # 10,000 fresh samples from the report seed
     assert metrics["subject"] == "dataset" and metrics["dataset_id"] == Path(dataset.location).name
     assert metrics["n_generated"] == REPORT_N and (metrics["model"]["name"], metrics["model"]["version"]) == (GOOD, 1)
-    assert metrics["frechet_floor"] == pytest.approx(model_metrics["frechet_floor"], rel=1e-9)  # same real data
+    assert metrics["frechet_floor"] == pytest.approx(model_metrics.frechet_floor, rel=1e-9)  # same real data
     # other draws of the same model: within sampling error of the model's report (uint8 rounding included).
     # Measured: Frechet 54.57 (float32), 54.56 (uint8) vs 54.66; precision 0.713, 0.716 vs 0.711.
-    assert metrics["frechet_distance"] == pytest.approx(model_metrics["frechet_distance"], rel=0.05)
-    assert metrics["precision"] == pytest.approx(model_metrics["precision"], abs=0.04)
-    assert metrics["class_coverage"] == model_metrics["class_coverage"] == 1.0
-    assert metrics["memorisation_share"] == pytest.approx(model_metrics["memorisation_share"], abs=0.01)
-    np.testing.assert_allclose(metrics["class_histogram"], model_metrics["class_histogram"], atol=0.025)
+    assert metrics["frechet_distance"] == pytest.approx(model_metrics.frechet_distance, rel=0.05)
+    assert metrics["precision"] == pytest.approx(model_metrics.precision, abs=0.04)
+    assert metrics["class_coverage"] == model_metrics.class_coverage == 1.0
+    assert metrics["memorisation_share"] == pytest.approx(model_metrics.memorisation_share, abs=0.01)
+    np.testing.assert_allclose(metrics["class_histogram"], model_metrics.class_histogram, atol=0.025)
     run_id = dataset.manifest["lineage"]["run_id"]
     assert run_id != trained.good.pinned.run_id
     assert {"report.json", "report.png"} <= quality_artifacts(run_id)
@@ -178,7 +178,7 @@ def test_dataset_report_matches_the_model_report_and_logs_to_the_lineage_run(tra
 
 
 def test_quality_gate_blocks_an_untrained_decoder_and_passes_a_trained_one(trained):
-    assert trained.raw.quality.metrics["precision"] < 0.3 and trained.good.quality.metrics["precision"] >= 0.3
+    assert trained.raw.quality.metrics.precision < 0.3 and trained.good.quality.metrics.precision >= 0.3
     blocked = invoke("promote", f"{RAW}/1", "--reason", "x")
     assert blocked.exit_code == 1, blocked.output
     assert re.search(r"^gate quality\s+FAIL\s+precision 0\.\d+ >= 0\.3", blocked.stdout, re.MULTILINE), blocked.stdout

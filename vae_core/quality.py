@@ -29,6 +29,7 @@ from vae_core.fidelity import (
     precision_recall,
 )
 from vae_core.quality_config import QualityConfig, check_images, check_labels
+from vae_core.quality_record import QualityReport
 from vae_core.reference_classifier import (
     ReferenceClassifier,
     embed_and_classify,
@@ -130,18 +131,18 @@ def quality_report(
     generated_labels: np.ndarray | None = None,
     on_stage: Callable[[str], None] | None = None,
     privacy_config: privacy.PrivacyConfig | None = DEFAULT_PRIVACY,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+) -> tuple[QualityReport, dict[str, np.ndarray]]:
     """Compare generated images with the real training set (`train`: images and labels, `heldout` likewise);
-    returns (metrics, images). on_stage gets the name of
+    returns (report, images). on_stage gets the name of
     each of REPORT_STAGES as it is done (TSTR's also for an unconditional report, where it costs nothing).
 
-    metrics is JSON-serialisable (floats, ints, lists; None where a class has too few samples). Each `*_floor`
+    report.to_json() is JSON-serialisable (floats, ints, lists; None where a class has too few samples). Each `*_floor`
     is the same metric for real held-out images against the training set: what a perfect generator reaches
     at the held-out set's size (k-NN metrics compare equal-sized subsamples, so theirs hold at any size).
     TSTR (generated_labels only) sits beside TRTR, the reference classifier's held-out accuracy. The generated set
     is compared with the training set, on which the classifier and the generator were trained. images holds
     (H, W) float64 arrays: generated_mean, generated_std, real_mean, real_std (real = training set), for plotting.
-    With generated_labels (the classes a conditional model was asked for), metrics also hold label_accuracy
+    With generated_labels (the classes a conditional model was asked for), the report also holds label_accuracy
     and per-class lists indexed by class. The privacy block (privacy.privacy_metrics: membership inference,
     authenticity, detection, each beside its floor) sits beside DCR, unless privacy_config is None.
     """
@@ -170,7 +171,7 @@ def quality_report(
         "real_mean": real_mean,
         "real_std": real_std,
     }
-    return metrics, images
+    return QualityReport.from_json(metrics), images
 
 
 def _fidelity_metrics(

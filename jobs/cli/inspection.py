@@ -9,7 +9,7 @@ import sys
 import click
 
 from jobs.cli.plumbing import EXIT_STALE, handle_errors, log
-from vae_core import privacy_block
+from vae_core import privacy_block, quality_names
 from vae_core.errors import UsageError, VaegenError
 
 
@@ -215,11 +215,11 @@ def report(model_ref, dataset, n, data, out_dir) -> None:
     tracking.ensure_reachable()
     config = reports.ReportConfig(n=n, out_dir=out_dir, data=data)
     result = reports.model_report(model_ref, config) if model_ref else reports.dataset_report(dataset, config)
-    block = privacy_block.block(result.metrics)
+    block = privacy_block.block(result.metrics.to_json())
     shown = set(privacy_block.HEADLINE_KEYS)
-    for key in reports.HEADLINE:
-        if key not in shown and isinstance(result.metrics.get(key), (int, float)):
-            click.echo(f"{key:<20} {result.metrics[key]:.4g}")
+    for key in quality_names.HEADLINE:
+        if key not in shown and isinstance(result.metrics.figure(key), (int, float)):
+            click.echo(f"{key:<20} {result.metrics.figure(key):.4g}")
     click.echo("privacy (figure, real floor, promote's default gate; docs/decisions.md defines each):")
     for row in block:
         value, floor = (_figure(row[key]) for key in ("value", "floor"))

@@ -162,9 +162,9 @@ def _echo_trained(result: Any, report: bool) -> None:
     if result.quality is not None:
         metrics = result.quality.metrics
         click.echo(
-            f"quality: Frechet {metrics['frechet_distance']:.3g} (real floor {metrics['frechet_floor']:.3g}), "
-            f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
-            f"class coverage {metrics['class_coverage']:.2f} -> {result.quality.png_path}"
+            f"quality: Frechet {metrics.frechet_distance:.3g} (real floor {metrics.frechet_floor:.3g}), "
+            f"precision {metrics.precision:.3f}, recall {metrics.recall:.3f}, "
+            f"class coverage {metrics.class_coverage:.2f} -> {result.quality.png_path}"
         )
     elif report:
         log(f"no quality report: {result.quality_skipped}")

@@ -27,6 +27,7 @@ from jobs.generate.manifest import AUDIT
 from jobs.generate.storage import Storage
 from vae_core import privacy_block
 from vae_core.errors import VaegenError
+from vae_core.quality_names import figures_from_tags
 
 CARD = "_README.md"
 HF_YAML = ".huggingface.yaml"
@@ -34,7 +35,6 @@ PART_GLOB = "part-*.parquet"
 DESIGN_DOC = "docs/DESIGN.md"  # in the vaegen repository: the contracts a card cites (seed scheme, dataset layout)
 AUDIT_HEADING = "## Audit before publish"
 PRIVACY_HEADING = "### Privacy"  # inside the quality section
-QUALITY_TAG_PREFIX = "quality."  # the model version's quality figures, as registry.models.LoadedDecoder.tags names them
 # Hugging Face's size buckets (n<1K, 1K<n<10K, ...), for the Hub's size filter
 SIZE_BUCKETS = (
     (1_000, "n<1K"),
@@ -45,7 +45,7 @@ SIZE_BUCKETS = (
     (100_000_000, "10M<n<100M"),
     (1_000_000_000, "100M<n<1B"),
 )
-QUALITY_MEANINGS = {  # jobs/report.py HEADLINE, in the words of README's quality table
+QUALITY_MEANINGS = {  # vae_core/quality_names.py HEADLINE, in the words of README's quality table
     "frechet_distance": "Fréchet distance to the real training data (reference classifier features; lower is better)",
     "frechet_floor": "Fréchet distance of real held-out data to real training data (the best a generator can score)",
     "precision": "share of samples that fall within the real data's manifold (fidelity)",
@@ -77,11 +77,7 @@ class Quality:
 def from_version_tags(tags: dict[str, str]) -> Quality | None:
     """The quality figures a model version carries as `vaegen.quality.*` tags (`vaegen report --model`)."""
     shown = set(QUALITY_MEANINGS) | set(privacy_block.HEADLINE_KEYS)
-    figures = {
-        key.removeprefix(QUALITY_TAG_PREFIX): float(value)
-        for key, value in tags.items()
-        if key.startswith(QUALITY_TAG_PREFIX) and key.removeprefix(QUALITY_TAG_PREFIX) in shown
-    }
+    figures = {name: float(value) for name, value in figures_from_tags(tags).items() if name in shown}
     if not figures:
         return None
     return Quality(

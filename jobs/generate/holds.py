@@ -4,21 +4,22 @@ Both are small JSON records under the root, in folders readers skip (a leading '
 with `Storage.write_json` (a temp file, then a move: atomic on local disks; one PUT on object stores):
 - `ROOT/.tags/NAME.json` (format `vaegen-tag/1`): {tag, dataset_id, manifest_sha256, by, at}. Moving a
   tag is rewriting its one record. A tagged dataset is never pruned.
-- `ROOT/.leases/DATASET_ID.UUID.json` (format `vaegen-lease/1`): {dataset_id, host, boot_id, pid,
-  pid_start, started_at, heartbeat_at, timeout_s}. `open_dataset` takes one and rewrites it every
-  timeout / HEARTBEAT_DIVISOR while the reader holds it. A lease protects its dataset until it is
+- `ROOT/.leases/DATASET_ID.UUID.json` (format `vaegen-lease/1`, a `registry.holders.LockRecord`):
+  {dataset_id, host, boot_id, pid, pid_start, started_at, heartbeat_at, timeout_s}. `open_dataset` takes one
+  and rewrites it every timeout / HEARTBEAT_DIVISOR while the reader holds it. A lease protects its dataset until it is
   released, its process is gone from this host, or its heartbeat is older than its timeout.
-- `ROOT/.retiring/DATASET_ID.json` (format `vaegen-retiring/1`): a prune's notice that it is about to delete
-  a dataset, written BEFORE it reads the tags and leases; a reader or tagger writes its lease or tag BEFORE it
-  looks for the notice. On a store where each write is seen by every later read (local disks, S3), one of the
-  two always sees the other: the prune finds the lease and keeps the dataset, or the reader finds the notice
-  and opens nothing (`retirement_pending`). A notice whose prune is gone (killed) or older than
-  RETIRING_TIMEOUT_S does not count, and the next prune removes it.
+- `ROOT/.retiring/DATASET_ID.json` (format `vaegen-retiring/1`, a `LockRecord` too): a prune's notice that it is
+  about to delete a dataset, written BEFORE it reads the tags and leases; a reader or tagger writes its lease or
+  tag BEFORE it looks for the notice. On a store where each write is seen by every later read (local disks,
+  S3), one of the two always sees the other: the prune finds the lease and keeps the dataset, or the reader
+  finds the notice and opens nothing (`retirement_pending`). A notice whose prune is gone (killed) or older
+  than RETIRING_TIMEOUT_S does not count, and the next prune removes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import re
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate.storage import Storage
 from registry import holders
+from registry.holders import LockRecord
 from vae_core.errors import UsageError, VaegenError
 
 TAGS, LEASES = ".tags", ".leases"
@@ -112,24 +114,25 @@ class Lease:
         self.storage, self.dataset_id = storage, dataset_id
         self.name = f"{dataset_id}.{uuid.uuid4().hex}.json"
         now = time.time()
-        self.record = {
-            "format": LEASE_FORMAT,
-            "dataset_id": dataset_id,
-            **holders.this_process(),
-            "started_at": now,
-            "heartbeat_at": now,
-            "timeout_s": timeout_s,
-        }
+        self.record = dataclasses.replace(
+            holders.this_process(),
+            format=LEASE_FORMAT,
+            dataset_id=dataset_id,
+            started_at=now,
+            heartbeat_at=now,
+            timeout_s=timeout_s,
+        )
         self._stop = threading.Event()
-        storage.write_json(self.record, LEASES, self.name)
+        storage.write_json(self.record.to_json(), LEASES, self.name)
         self._thread = threading.Thread(target=self._beat, name="vaegen-lease-heartbeat", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.record["timeout_s"] / HEARTBEAT_DIVISOR):
-            self.record["heartbeat_at"] = time.time()
+        timeout_s = DEFAULT_LEASE_TIMEOUT_S if self.record.timeout_s is None else self.record.timeout_s
+        while not self._stop.wait(timeout_s / HEARTBEAT_DIVISOR):
+            self.record = dataclasses.replace(self.record, heartbeat_at=time.time())
             with contextlib.suppress(OSError):  # a transient store error: the next beat tries again, well in time
-                self.storage.write_json(self.record, LEASES, self.name)
+                self.storage.write_json(self.record.to_json(), LEASES, self.name)
 
     def release(self) -> None:
         if not self._stop.is_set():
@@ -146,24 +149,24 @@ class Lease:
         self._stop.set()
 
 
-def lease_state(record: dict[str, Any], now: float) -> str | None:
+def lease_state(record: LockRecord, now: float) -> str | None:
     """None while the lease protects its dataset; else why it does not any more."""
     dead = holders.dead_reason(record)
     if dead is not None:
         return dead.replace("its holder", "its reader")
-    age_s = now - float(record.get("heartbeat_at", 0))
-    if age_s > float(record.get("timeout_s", DEFAULT_LEASE_TIMEOUT_S)):
-        return f"no heartbeat from {record.get('host')} for {age_s:,.0f} s (over its {record.get('timeout_s')} s)"
+    age_s = now - float(0 if record.heartbeat_at is None else record.heartbeat_at)
+    if age_s > float(DEFAULT_LEASE_TIMEOUT_S if record.timeout_s is None else record.timeout_s):
+        return f"no heartbeat from {record.host} for {age_s:,.0f} s (over its {record.timeout_s} s)"
     return None
 
 
-def leases(storage: Storage) -> list[tuple[str, dict[str, Any], str | None]]:
+def leases(storage: Storage) -> list[tuple[str, LockRecord, str | None]]:
     """(record name, record, why it is stale or None) of every readable lease under the root."""
     now, found = time.time(), []
     for name in storage.list(LEASES):
         if name.endswith(".json") and not name.startswith("."):
-            record = _read(storage, LEASES, name)
-            if record is not None and record.get("format") == LEASE_FORMAT:
+            record = LockRecord.from_json(_read(storage, LEASES, name))
+            if record.format == LEASE_FORMAT:
                 found.append((name, record, lease_state(record, now)))
     return found
 
@@ -175,27 +178,29 @@ def holds(storage: Storage) -> dict[str, str]:
         held.setdefault(record["dataset_id"], []).append(f"tagged {name}")
     for _, record, stale in leases(storage):
         if stale is None:
-            reader = f"leased by pid {record.get('pid')} on {record.get('host')}"
-            held.setdefault(record["dataset_id"], []).append(reader)
+            reader = f"leased by pid {record.pid} on {record.host}"
+            held.setdefault(record.dataset_id, []).append(reader)
     return {dataset_id: ", ".join(reasons) for dataset_id, reasons in held.items()}
 
 
 def announce_retirement(storage: Storage, dataset_ids: list[str]) -> None:
     """A prune's notice, per dataset, that it is about to delete it: written before it reads the holds."""
-    record = {"format": RETIRING_FORMAT, **holders.this_process(), "since": time.time()}
+    record = dataclasses.replace(holders.this_process(), format=RETIRING_FORMAT, since=time.time())
     for dataset_id in dataset_ids:
-        storage.write_json({**record, "dataset_id": dataset_id}, RETIRING, f"{dataset_id}.json")
+        storage.write_json(dataclasses.replace(record, dataset_id=dataset_id).to_json(), RETIRING, f"{dataset_id}.json")
 
 
 def withdraw_retirement(storage: Storage, dataset_id: str) -> None:
     storage.delete(RETIRING, f"{dataset_id}.json")
 
 
-def _notice_counts(record: dict[str, Any] | None, now: float) -> bool:
-    """Whether a notice still stands: its prune may be alive and it is younger than RETIRING_TIMEOUT_S."""
-    if record is None or record.get("format") != RETIRING_FORMAT or holders.dead_reason(record) is not None:
+def _notice_counts(record: LockRecord, now: float) -> bool:
+    """Whether a notice still stands: its prune may be alive and it is younger than RETIRING_TIMEOUT_S (a notice
+    whose `since` is not a number is as old as can be)."""
+    if record.format != RETIRING_FORMAT or holders.dead_reason(record) is not None:
         return False
-    return now - float(record.get("since", 0)) <= RETIRING_TIMEOUT_S
+    since = record.since if isinstance(record.since, (int, float)) else 0
+    return now - float(since) <= RETIRING_TIMEOUT_S
 
 
 def retirement_pending(storage: Storage, dataset_id: str) -> bool:
@@ -203,7 +208,7 @@ def retirement_pending(storage: Storage, dataset_id: str) -> bool:
     Call it AFTER writing the lease or tag (see the module's docstring for why that order is safe)."""
     if not storage.exists(dataset_id, MANIFEST):
         return True
-    return _notice_counts(_read(storage, RETIRING, f"{dataset_id}.json"), time.time())
+    return _notice_counts(LockRecord.from_json(_read(storage, RETIRING, f"{dataset_id}.json")), time.time())
 
 
 def clear_stale_notices(storage: Storage) -> None:
@@ -211,6 +216,6 @@ def clear_stale_notices(storage: Storage) -> None:
     now = time.time()
     for name in storage.list(RETIRING):
         if name.endswith(".json") and not name.startswith("."):
-            record = _read(storage, RETIRING, name)
+            record = LockRecord.from_json(_read(storage, RETIRING, name))
             if not _notice_counts(record, now) or not storage.exists(name.removesuffix(".json"), MANIFEST):
                 storage.delete(RETIRING, name)

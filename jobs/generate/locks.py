@@ -10,8 +10,8 @@ filesystem has none. Other object stores have no such primitive here and are ref
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
-import json
 import os
 import stat
 import threading
@@ -19,8 +19,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from jobs.generate.storage import MAX_LOCK_BYTES, DatasetBusy, NotRegularFile, Storage, check_name, parse_lock
+from jobs.generate.storage import DatasetBusy, NotRegularFile, Storage, check_name
 from registry import holders
+from registry.holders import MAX_LOCK_BYTES, LockRecord
 from vae_core.errors import UsageError
 
 # The variables a boto3 client reads once, when it is made: a client is reused while they stay the same.
@@ -129,11 +130,11 @@ def writer_guard(storage: Storage, dataset_id: str) -> Iterator[None]:
     another host must be deleted by hand if its run died (the message names it).
     """
     name = f".{check_name(dataset_id)}.lock"
-    holder = {
-        **holders.this_process(),
-        "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "token": uuid.uuid4().hex,
-    }
+    holder = dataclasses.replace(
+        holders.this_process(),
+        since=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        token=uuid.uuid4().hex,
+    )
     created = storage._missing_local_folders()
     storage.fs.create_dir(storage.root, recursive=True)
     try:
@@ -150,8 +151,8 @@ def writer_guard(storage: Storage, dataset_id: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _lock_record(storage: Storage, dataset_id: str, name: str, holder: dict) -> Iterator[None]:
-    data = json.dumps(holder).encode()
+def _lock_record(storage: Storage, dataset_id: str, name: str, holder: LockRecord) -> Iterator[None]:
+    data = holder.to_bytes()
     if not create_exclusive(storage, data, name):
         raw, tag = read_versioned(storage, name)
         held = _parsed_record(raw)
@@ -164,16 +165,12 @@ def _lock_record(storage: Storage, dataset_id: str, name: str, holder: dict) -> 
         yield
     finally:
         raw, tag = read_versioned(storage, name)
-        if _parsed_record(raw).get("token") == holder["token"]:
+        if _parsed_record(raw).token == holder.token:
             delete_if(storage, tag, name)
 
 
-def _busy(storage: Storage, dataset_id: str, name: str, held: dict | None) -> DatasetBusy:
-    held = held or {}
-    who = (
-        f"pid {held.get('pid', '?')} on {held.get('host', '?')}, user {held.get('user', '?')}, "
-        f"since {held.get('since', '?')}"
-    )
+def _busy(storage: Storage, dataset_id: str, name: str, held: LockRecord) -> DatasetBusy:
+    who = f"pid {_shown(held.pid)} on {_shown(held.host)}, user {_shown(held.user)}, since {_shown(held.since)}"
     hint = "" if storage.is_local else f"; if that run is dead, delete {storage.location(name)}"
     return DatasetBusy(
         f"dataset {storage.location(dataset_id)} is being written by another vaegen run ({who}); "
@@ -181,16 +178,17 @@ def _busy(storage: Storage, dataset_id: str, name: str, held: dict | None) -> Da
     )
 
 
-def _parsed_record(raw: bytes | None) -> dict:
-    """A lock record's bounded fields (storage.parse_lock).
+def _shown(value: Any) -> Any:
+    return "?" if value is None else value
 
-    {} for an absent or unreadable one (held by someone unknown).
-    """
-    return {} if raw is None else parse_lock(raw)
+
+def _parsed_record(raw: bytes | None) -> LockRecord:
+    """A lock record's bounded fields; the unknown holder, LockRecord(), for an absent or unreadable one."""
+    return LockRecord() if raw is None else LockRecord.from_bytes(raw)
 
 
 @contextlib.contextmanager
-def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
+def _flocked(path: str, holder: LockRecord, busy: Any) -> Iterator[None]:
     import fcntl
 
     while True:
@@ -201,7 +199,7 @@ def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            held = parse_lock(os.pread(descriptor, MAX_LOCK_BYTES, 0))
+            held = LockRecord.from_bytes(os.pread(descriptor, MAX_LOCK_BYTES, 0))
             os.close(descriptor)
             raise busy(held) from None
         # The previous holder unlinks the file before unlocking it: if it did so between our
@@ -215,7 +213,7 @@ def _flocked(path: str, holder: dict, busy: Any) -> Iterator[None]:
         os.close(descriptor)
     try:
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        os.pwrite(descriptor, holder.to_bytes(), 0)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

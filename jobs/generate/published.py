@@ -109,7 +109,7 @@ def listing(storage: Storage) -> list[dict[str, Any]]:
 
     committed, unreadable = committed_datasets(storage)
     named, tag_records = latest_dataset(storage), tags(storage)
-    live = [record["dataset_id"] for _, record, stale in leases(storage) if stale is None]
+    live = [record.dataset_id for _, record, stale in leases(storage) if stale is None]
     rows = []
     for dataset_id, record in committed:
         audit_record = _read_audit(storage, dataset_id)

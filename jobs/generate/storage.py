@@ -33,8 +33,6 @@ HASH_CHUNK_BYTES = 8 << 20  # 8 MiB reads when verifying checksums
 # Checksums of part files. sha256 (1.2 GB/s here) cost ~15% of a float32 job's CPU; xxh3-128
 # (9.5 GB/s) detects corruption as well and is a `pip install xxhash` away for any reader.
 CHECKSUM = "xxh3_128"
-MAX_LOCK_BYTES = 4_096  # a lock or lease record: a few short fields
-MAX_LOCK_FIELD_CHARS = 256
 MAX_RECORD_BYTES = 32 << 20  # a manifest of 100,000 parts is ~20 MB; a record larger than this is not vaegen's
 
 
@@ -350,33 +348,6 @@ class Storage:
         from jobs.generate import locks
 
         return locks.writer_guard(self, dataset_id)
-
-
-def lock_fields(record: Any) -> dict[str, Any]:
-    """The scalar fields of a lock or lease record (numbers, strings of at most MAX_LOCK_FIELD_CHARS); the rest is
-    dropped, so a hand-edited record can neither crash its reader nor flood the message that names its holder."""
-    if not isinstance(record, dict):
-        return {}
-    return {
-        key: value
-        for key, value in record.items()
-        if isinstance(key, str)
-        and len(key) <= MAX_LOCK_FIELD_CHARS
-        and (
-            (isinstance(value, (int, float)) and not isinstance(value, bool))
-            or (isinstance(value, str) and len(value) <= MAX_LOCK_FIELD_CHARS and value.isprintable())
-        )
-    }
-
-
-def parse_lock(data: bytes) -> dict[str, Any]:
-    """A lock record's fields from its bytes; {} when they are not a JSON object of at most MAX_LOCK_BYTES."""
-    if len(data) > MAX_LOCK_BYTES:
-        return {}
-    try:
-        return lock_fields(json.loads(data or b"{}"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return {}
 
 
 def storage_from_env(out: str | None) -> Storage:
