@@ -72,6 +72,8 @@ def test_a_manifest_reads_as_typed_fields_and_writes_back_the_same_bytes():
     assert json_bytes(read.to_json()) == written
     assert manifest.manifest_digest(read) == manifest.manifest_digest(Manifest.from_json(record))
     assert read["n"] == 10 and read["model"]["run_id"] == "r1"  # the JSON form, read-only, for notebooks
+    with pytest.raises(TypeError):
+        list(read)  # not a mapping: fields are attributes
     with pytest.raises(dataclasses.FrozenInstanceError):
         read.n = 11  # type: ignore[misc]
 

@@ -181,6 +181,8 @@ class Manifest:
         """Read-only: a field of the JSON form, for notebooks that index `open_dataset(...).manifest["n"]`."""
         return copy.deepcopy(self.raw[key])
 
+    __iter__ = None  # not a mapping or a sequence: __getitem__ alone must not make it iterable by index
+
     @property
     def has_provenance(self) -> bool:
         return self.provenance != PROVENANCE_REDACTED
