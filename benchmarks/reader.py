@@ -87,7 +87,7 @@ def write_dataset(root: Path, pinned, loaded, n: int) -> str:
         execution={"device": "cpu"},
         label_counts=None,
     )
-    storage.write_json(record, spec.dataset_id, manifest.MANIFEST)
+    storage.write_json(record.to_json(), spec.dataset_id, manifest.MANIFEST)
     return storage.location(spec.dataset_id)
 
 

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from jobs.generate.manifest import AUDIT, MANIFEST, utc_now
+from jobs.generate.records import Manifest, ManifestSummary
 from jobs.generate.storage import CorruptRecord, Storage
 from vae_core.errors import UsageError, VaegenError
 
@@ -120,7 +121,7 @@ def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str
             f"(one block per part, seed {config.sample_seed})"
         )
         checks = [
-            Check("integrity", "pass", f"{len(manifest['files'])} parts: sizes, checksums, row counts, ids"),
+            Check("integrity", "pass", f"{len(manifest.files)} parts: sizes, checksums, row counts, ids"),
             Check("deep", "pass", deep),
         ]
         checks += _quality_checks(storage, dataset_id, manifest, config, latest_id)
@@ -139,18 +140,18 @@ def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str
 
 
 def _quality_checks(
-    storage: Storage, dataset_id: str, manifest: dict[str, Any], config: AuditConfig, latest_id: str | None
+    storage: Storage, dataset_id: str, manifest: Manifest, config: AuditConfig, latest_id: str | None
 ) -> list[Check]:
     from jobs import reader
     from jobs import report as reports
     from jobs.generate import card
     from registry import models
 
-    model = manifest["model"]
-    loaded = models.load_decoder(models.resolve(f"{model['name']}/{model['version']}"))
+    model = manifest.model
+    loaded = models.load_decoder(models.resolve(f"{model.name}/{model.version}"))
     version_quality = card.from_version_tags(loaded.tags)
     if version_quality is None:  # then `latest`, if of the same version, was not measured either
-        reason = f"{model['name']}/{model['version']} has no quality report (`vaegen report --model` makes one)"
+        reason = f"{model.name}/{model.version} has no quality report (`vaegen report --model` makes one)"
         return [Check("quality_vs_version", "skipped", reason), Check("quality_vs_latest", "skipped", reason)]
     dataset = reader.open_dataset(storage.location(dataset_id), verify=False, lease=False)
     generated, labels = reports.read_samples(dataset, config.quality_rows)
@@ -168,7 +169,7 @@ def _quality_checks(
             figures,
             version_quality.figures,
             config,
-            f"the report of {model['name']}/{model['version']}",
+            f"the report of {model.name}/{model.version}",
         )
     ]
     checks.append(_against_latest(storage, latest_id, manifest, figures, config))
@@ -176,16 +177,16 @@ def _quality_checks(
 
 
 def _against_latest(
-    storage: Storage, latest_id: str | None, manifest: dict[str, Any], figures: dict[str, float], config: AuditConfig
+    storage: Storage, latest_id: str | None, manifest: Manifest, figures: dict[str, float], config: AuditConfig
 ) -> Check:
     name = "quality_vs_latest"
-    if latest_id is None or latest_id == manifest["dataset_id"]:
+    if latest_id is None or latest_id == manifest.dataset_id:
         return Check(name, "skipped", "no other dataset is published under this root")
     try:
-        latest_manifest = storage.read_json(latest_id, MANIFEST) or {}
-    except (OSError, VaegenError):
-        latest_manifest = {}
-    if latest_manifest.get("model", {}).get("version") != manifest["model"]["version"]:
+        latest_version = ManifestSummary.from_json(storage.read_json(latest_id, MANIFEST)).model_version
+    except (OSError, VaegenError, KeyError, TypeError):  # gone, unreadable, or not a committed manifest
+        latest_version = None
+    if latest_version != manifest.model.version:
         return Check(name, "skipped", f"latest ({latest_id}) was made from another model version")
     previous = read_record(storage, latest_id) or {}
     measured = next(

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from jobs import reader_decode
 from jobs.generate.holds import DEFAULT_LEASE_TIMEOUT_S, Lease, retirement_pending
+from jobs.generate.records import Manifest
 from jobs.generate.storage import Storage
 from jobs.generate.verify import inspect, open_committed
 from jobs.reader_arrow import columns_numpy, nested_x, ray_dataset, shaped_x, x_numpy
@@ -65,7 +66,7 @@ class Dataset:
     """A committed dataset: where it is, its manifest, and ways to read it."""
 
     location: str
-    manifest: dict[str, Any]
+    manifest: Manifest  # typed (jobs/generate/records.py); `manifest["n"]` still reads the JSON form
     storage: Storage  # of the dataset's parent folder (local or a pyarrow filesystem URI)
     dataset_id: str
     lease: Any = dataclasses.field(default=None, compare=False, repr=False)  # jobs.generate.holds.Lease, or None
@@ -83,19 +84,19 @@ class Dataset:
 
     @property
     def n(self) -> int:
-        return self.manifest["n"]
+        return self.manifest.n
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.manifest["sample_shape"])
+        return self.manifest.sample_shape
 
     @property
     def dtype(self) -> str:
-        return self.manifest["dtype"]
+        return self.manifest.dtype
 
     @property
     def has_labels(self) -> bool:
-        return bool(self.manifest["labels"])
+        return bool(self.manifest.labels)
 
     @property
     def recipe_only(self) -> bool:
@@ -106,7 +107,7 @@ class Dataset:
     def parts(self) -> list[str]:
         if self.recipe_only:  # every reader of parts goes through here
             raise UsageError(f"{self.location} is recipe-only (no parts): read it with torch(source='decode')")
-        return [entry["name"] for entry in self.manifest["files"]]
+        return self.manifest.file_names
 
     def parquet_file(self, part: str) -> pq.ParquetFile:
         """A part opened for reading; close() it (or use it in a `with` block) when done."""
@@ -196,7 +197,7 @@ class Dataset:
         features = {
             "sample_id": datasets.Value("int64"),
             "seed": datasets.Value("uint64"),
-            "z": datasets.Sequence(datasets.Value("float32"), length=self.manifest["latent_dim"]),
+            "z": datasets.Sequence(datasets.Value("float32"), length=self.manifest.latent_dim),
         }
         if self.has_labels:
             features["label"] = datasets.Value("int16")
@@ -255,7 +256,7 @@ def open_dataset(
     if log_to_mlflow or (log_to_mlflow is None and tracking.active_run_id() is not None):
         from registry import lineage  # imports mlflow: only for a run that consumes the dataset
 
-        lineage.log_consumed_dataset(record, storage.location(dataset_id))
+        lineage.log_consumed_dataset(record.to_json(), storage.location(dataset_id))  # registry reads JSON
     return Dataset(storage.location(dataset_id), record, storage, dataset_id, held)
 
 

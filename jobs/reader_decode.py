@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from jobs.generate.recipe import is_recipe  # noqa: F401 (re-exported for the reader)
+from jobs.generate.records import Manifest
 from jobs.generate.spec import DatasetSpec, part_name
 from jobs.reader_state import RowGroup
 from vae_core.sampling import block_ranges
@@ -30,13 +31,13 @@ class DeviceBitsWarning(UserWarning):
 class DecodedRows:
     """The rows of a manifest's recipe, by row group: what RowStream reads when source="decode"."""
 
-    def __init__(self, record: dict[str, Any], device: str):
+    def __init__(self, record: Manifest, device: str):
         from jobs.generate.verify import registered_weights, spec_of
 
         self.spec = spec_of(record)
         self.device = device
         self.config, self.state = registered_weights(record, "decoding on read")
-        made_on = record.get("execution", {}).get("device", "cpu")
+        made_on = record.execution.get("device", "cpu")
         if device.split(":")[0] != made_on:
             warnings.warn(
                 f"decoding on {device}, this dataset was made on {made_on}: x differs from the stored rows "

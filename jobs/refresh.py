@@ -31,6 +31,7 @@ from jobs.generate import card, locks
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.manifest import MANIFEST, utc_now
 from jobs.generate.published import LATEST, latest_dataset
+from jobs.generate.records import Manifest
 from jobs.generate.storage import Storage, storage_from_env
 from jobs.prune import prune
 from registry import holders, lineage, models, promotion, tracking
@@ -210,7 +211,7 @@ class AuditFailed(VaegenError):
 
 
 def publish(
-    storage: Storage, dataset_id: str, record: dict[str, Any], config: audit.AuditConfig, log: Callable[[str], None]
+    storage: Storage, dataset_id: str, record: Manifest, config: audit.AuditConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Audit the committed dataset (or reuse this commit's verdict under the same settings), record the verdict
     beside the manifest, in the card and in the dataset's run, then move `latest` to it unless the audit failed.
@@ -227,9 +228,9 @@ def publish(
             log(f"{dataset_id} was audited at {verdict['audited_at']} with these settings: {verdict['verdict']}")
     audit.write_record(storage, verdict)
     card.record_audit(storage, dataset_id, verdict)
-    lineage.log_dataset_audit(record, verdict)
+    lineage.log_dataset_audit(record.to_json(), verdict)  # registry reads the JSON form
     log(f"audit: {audit.summary(verdict)}")
-    metrics.record_audit(dataset_id, record["model"], verdict["verdict"])
+    metrics.record_audit(dataset_id, record.model.to_json(), verdict["verdict"])
     if verdict["verdict"] == "fail":
         raise AuditFailed(
             f"audit of {dataset_id} failed, {audit.failure_line(verdict)}; it stays committed but "
@@ -237,12 +238,12 @@ def publish(
             f"{storage.location(dataset_id, audit.AUDIT)}, or publish it anyway with --no-audit"
         )
     move_latest(storage, dataset_id, record, verdict)
-    metrics.record_published(dataset_id, record["model"])
+    metrics.record_published(dataset_id, record.model.to_json())
     return verdict
 
 
 def publish_generated(
-    storage: Storage, dataset_id: str, record: dict[str, Any], config: audit.AuditConfig, log: Callable[[str], None]
+    storage: Storage, dataset_id: str, record: Manifest, config: audit.AuditConfig, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """`generate --publish`: publish() under the root's refresh lock, so that it never races a refresh."""
     lock = RefreshLock(storage, DEFAULT_LOCK_TIMEOUT_S)
@@ -258,13 +259,13 @@ def publish_generated(
 
 
 def move_latest(
-    storage: Storage, dataset_id: str, record: dict[str, Any], verdict: dict[str, Any] | None = None
+    storage: Storage, dataset_id: str, record: Manifest, verdict: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     pointer = {
         "audit": None if verdict is None else {"verdict": verdict["verdict"], "audited_at": verdict["audited_at"]},
         "dataset_id": dataset_id,
         "location": storage.location(dataset_id),
-        "model": {"name": record["model"]["name"], "version": record["model"]["version"]},
+        "model": {"name": record.model.name, "version": record.model.version},
         "manifest_sha256": hashlib.sha256(storage.read_bytes(dataset_id, MANIFEST)).hexdigest(),
         "updated_at": utc_now(),
     }

@@ -242,21 +242,21 @@ def read_samples(dataset: reader.Dataset, n: int) -> tuple[np.ndarray, np.ndarra
 def dataset_report(location: str, config: ReportConfig) -> ReportResult:
     dataset = reader.open_dataset(location, verify=False, lease=False)  # reads a few thousand rows, then done
     record = dataset.manifest
-    dataset_id = record["dataset_id"]
+    dataset_id = record.dataset_id
     out = report_folder(config, Path("datasets", dataset_id), f"dataset {dataset_id}")
-    model = record["model"]
-    loaded = models.load_decoder(models.resolve(f"{model['name']}/{model['version']}"))
+    model = record.model
+    loaded = models.load_decoder(models.resolve(f"{model.name}/{model.version}"))
     with _progress() as progress:
         generated, labels = read_samples(dataset, config.n)
         progress.advance(1, f"{len(generated):,} rows read")
         metrics, images, real_histogram, weights_path = compare(loaded, generated, labels, config, progress)
     metrics = dataclasses.replace(
-        metrics, dataset_id=record["dataset_id"], n=len(generated), subject="dataset", model=model
+        metrics, dataset_id=dataset_id, n=len(generated), subject="dataset", model=model.to_json()
     )
-    title = f"dataset {record['dataset_id']}: first {len(generated):,} rows"
+    title = f"dataset {dataset_id}: first {len(generated):,} rows"
     json_path, png_path = _write(metrics, images, (generated, labels), title, out, real_histogram)
     figures = headline(metrics)
-    run_id = lineage.log_dataset_quality(record, figures)
+    run_id = lineage.log_dataset_quality(record.to_json(), figures)  # registry reads the JSON form
     lineage.log_artifacts(run_id, [json_path, png_path, weights_path], "quality")
     if card.has_card(record):  # the card now quotes the dataset's own figures
         source = (

@@ -274,7 +274,10 @@ def main(seed: int, cases: int) -> None:
     bases = {
         "manifest": (fuzzer.manifest, valid_manifest()),
         "manifest-format-2": (fuzzer.manifest, {**valid_manifest(), "format": "vaegen-dataset/2"}),
-        "progress": (fuzzer.progress, manifest.progress_record(SPEC, {"name": "vae-decoder", "version": 1}, "r1")),
+        "progress": (
+            fuzzer.progress,
+            manifest.progress_record(SPEC, {"name": "vae-decoder", "version": 1}, "r1").to_json(),
+        ),
         "sidecar": (
             fuzzer.sidecar,
             {

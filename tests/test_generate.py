@@ -31,6 +31,7 @@ from jobs.generate.engine import EngineOptions
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.parts import PartWriter
 from jobs.generate.predictor import NonFiniteOutput, Predictor
+from jobs.generate.records import Manifest
 from jobs.generate.spec import DatasetSpec, part_name
 from jobs.generate.storage import Storage
 from ray_cluster import (  # tests/ is on sys.path (rootdir conftest)
@@ -388,7 +389,7 @@ def test_manifest_and_lineage(datasets, trained_version):
     result = datasets.two_workers
     directory = Datasets.path(result)
     record = json.loads((directory / "_manifest.json").read_text())
-    assert record == as_json(result.manifest)
+    assert record == as_json(result.manifest.to_json()) and result.manifest == Manifest.from_json(record)
     assert (record["dataset_id"], record["n"], record["rows_per_shard"], record["dataset_seed"]) == (
         dataset_id(N, SEED),
         N,
@@ -462,7 +463,7 @@ def test_rerun_is_up_to_date_and_changes_nothing(datasets, local_ray):
     directory = Datasets.path(datasets.two_workers)
     before, runs_before = mtimes(directory), len(mlflow.search_runs(search_all_experiments=True))
     again = run_generate(directory.parent, num_workers=2)
-    assert again.status == "up-to-date" and again.manifest == as_json(datasets.two_workers.manifest)
+    assert again.status == "up-to-date" and again.manifest.to_json() == as_json(datasets.two_workers.manifest.to_json())
     cli = invoke(
         "generate",
         "--model",
@@ -803,7 +804,7 @@ def unfinished_dataset(root: Path, **record_changes: Any) -> Path:
     spec = dataset_spec(GenerateConfig(n=1000, model=MODEL), pinned, models.version_config(pinned), seed=1)
     directory = root / spec.dataset_id
     directory.mkdir(parents=True)
-    record = {**manifest.progress_record(spec, dataclasses.asdict(pinned)), **record_changes}
+    record = {**manifest.progress_record(spec, dataclasses.asdict(pinned)).to_json(), **record_changes}
     (directory / manifest.PROGRESS).write_text(json.dumps(record))
     return directory
 

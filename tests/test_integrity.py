@@ -227,7 +227,7 @@ def progress_of(trained_version, root: Path, folder: str, **spec_changes: Any) -
 
     pinned = models.resolve(MODEL)
     spec = dataset_spec(GenerateConfig(n=1000, model=MODEL), pinned, models.version_config(pinned), seed=1)
-    record = manifest.progress_record(spec, dataclasses.asdict(pinned))
+    record = manifest.progress_record(spec, dataclasses.asdict(pinned)).to_json()
     record["spec"].update(spec_changes)
     directory = root / folder
     directory.mkdir(parents=True)
@@ -630,7 +630,9 @@ def test_resuming_a_killed_job_marks_its_run_killed(committed, tmp_path):
     experiment = client.get_experiment_by_name(record["lineage"]["experiment"]).experiment_id
     killed = client.create_run(experiment, run_name=directory.name).info.run_id
     spec = spec_from_record(record, directory.name)
-    (directory / manifest.PROGRESS).write_text(json.dumps(manifest.progress_record(spec, record["model"], killed)))
+    (directory / manifest.PROGRESS).write_text(
+        json.dumps(manifest.progress_record(spec, record["model"], killed).to_json())
+    )
     assert client.get_run(killed).info.status == "RUNNING"
     result = generate(config(directory.parent))
     assert (

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from helpers import invoke
 from jobs import reader
+from jobs.generate.records import Manifest
 from jobs.generate.spec import DatasetSpec
 from registry import models
 from tiny_datasets import write_dataset
@@ -115,7 +116,8 @@ def test_decode_on_read_equals_the_stored_rows(decoders, tmp_path, kind, dtype):
 
 def test_decoding_elsewhere_than_where_the_rows_were_made_says_so(decoders, tmp_path):
     dataset = stored_dataset(tmp_path, decoders["mlp"])
-    dataset = dataclasses.replace(dataset, manifest={**dataset.manifest, "execution": {"device": "cuda"}})
+    made_on_cuda = Manifest.from_json({**dataset.manifest.to_json(), "execution": {"device": "cuda"}})
+    dataset = dataclasses.replace(dataset, manifest=made_on_cuda)
     with pytest.warns(reader.reader_decode.DeviceBitsWarning, match="made on cuda: x differs .* in the last bits"):
         dataset.torch(source="decode")
     with pytest.raises(UsageError, match="source must be one of stored, decode, got 'parts'"):

@@ -3,7 +3,6 @@ and manifest), or as formats 1 and 2 wrote them: for the reader, metadata and RE
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from jobs.generate.parts import (
     record_batch,
 )
 from jobs.generate.predictor import Predictor
+from jobs.generate.records import Manifest
 from jobs.generate.spec import DatasetSpec, part_name
 from jobs.generate.storage import Storage
 from vae_core.config import VAEConfig
@@ -142,7 +142,7 @@ def write_dataset(
         execution={"device": "cpu", "num_workers": 1, "nodes": 1},
         label_counts=label_counts,
     )
-    record = json.loads(json.dumps(record))  # as it reads back
+    record = record.to_json()  # as it reads back
     if version != 3:
         record.update(
             format=f"vaegen-dataset/{version}",
@@ -151,7 +151,8 @@ def write_dataset(
         )
         record["spec"]["format"] = f"vaegen-dataset/{version}"
     else:
-        card.write(storage, dataset_id, record, quality)
-        croissant.write(storage, dataset_id, record)
+        committed = Manifest.from_json(record)
+        card.write(storage, dataset_id, committed, quality)
+        croissant.write(storage, dataset_id, committed)
     storage.write_json(record, dataset_id, manifest.MANIFEST)
     return root / dataset_id

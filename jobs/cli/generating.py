@@ -249,18 +249,18 @@ def generate(  # noqa: PLR0913 (a click command takes one parameter per option)
         parent = result.location.rstrip("/").rpartition("/")[0]
         verdict = publish_generated(Storage(parent), result.dataset_id, result.manifest, audit_config, log)
         click.echo(f"published: {result.dataset_id} (audit {verdict['verdict']})", file=results)
-    timings = result.manifest["timings"]
+    timings = result.manifest.timings
     if result.status == "up-to-date":
         log(f"dataset {result.dataset_id} is already committed; nothing to do")
     elif result.status == "recipe":
         log(
-            f"recipe-only dataset of {result.manifest['n']:,} rows: a manifest, no parts; read it with "
+            f"recipe-only dataset of {result.manifest.n:,} rows: a manifest, no parts; read it with "
             "open_dataset(DIR).torch(source='decode')"
         )
     else:
         log(
-            f"{result.status} {result.manifest['n']:,} rows in {timings['seconds']:.1f} s "
-            f"({timings['rows_per_s']:,.0f} rows/s), {result.manifest['total_bytes'] / 1e6:,.1f} MB"
+            f"{result.status} {result.manifest.n:,} rows in {timings['seconds']:.1f} s "
+            f"({timings['rows_per_s']:,.0f} rows/s), {result.manifest.total_bytes / 1e6:,.1f} MB"
         )
     click.echo(f"dataset_id: {result.dataset_id}", file=results)
     click.echo(f"location: {result.location}", file=results)

@@ -39,25 +39,19 @@ def inspect_command(dataset, deep) -> None:
 
     report = inspect(dataset, deep=deep)
     record = report.manifest
-    model, labels, lineage = record["model"], record.get("labels") or {}, record["lineage"]
-    field = lambda mapping, key: str(mapping.get(key, "?"))[:200]  # noqa: E731 - a hand-edited manifest may lack any
-    click.echo(f"dataset: {record['dataset_id']} at {report.location}")
+    model, labels, lineage = record.model, record.labels, record.lineage
+    field = lambda value: str(value)[:200]  # noqa: E731 - a hand-edited manifest may hold anything there
+    click.echo(f"dataset: {record.dataset_id} at {report.location}")
+    click.echo(f"model: {model.name}/{model.version} (resolved from {field(model.resolved_from)}), run {model.run_id}")
     click.echo(
-        f"model: {model['name']}/{model['version']} (resolved from {field(model, 'resolved_from')}), "
-        f"run {model['run_id']}"
-    )
-    click.echo(
-        f"rows: {record['n']:,} in {len(record['files'])} files, {record['total_bytes'] / 1e6:,.1f} MB, "
-        f"dtype {record['dtype']}, layout {record['layout']}, seed {record['dataset_seed']} "
-        f"({field(record, 'seed_scheme')})"
+        f"rows: {record.n:,} in {len(record.files)} files, {record.total_bytes / 1e6:,.1f} MB, "
+        f"dtype {record.dtype}, layout {record.layout}, seed {record.dataset_seed} ({field(record.seed_scheme)})"
     )
     if labels:
-        click.echo(
-            f"labels: {field(labels, 'policy')} over {field(labels, 'classes')}, counts {field(labels, 'counts')}"
-        )
+        click.echo(f"labels: {field(labels.policy)} over {field(labels.classes)}, counts {field(labels.counts)}")
     click.echo(
-        f"lineage: MLflow run {field(lineage, 'run_id')} at "
-        f"{redact_uri(str(lineage.get('tracking_uri') or 'a redacted tracking URI'))}"
+        f"lineage: MLflow run {field(lineage.run_id)} at "
+        f"{redact_uri(str(lineage.tracking_uri or 'a redacted tracking URI'))}"
     )
     from jobs import audit
     from jobs.generate.storage import Storage
@@ -70,11 +64,11 @@ def inspect_command(dataset, deep) -> None:
         raise VaegenError(f"{len(report.problems)} problem(s) in {report.location}")
     for note in report.notes:
         log(f"note: {note}")
-    if record.get("recipe_only"):
+    if record.recipe_only:
         click.echo("verified: recipe-only (a manifest without parts; rows are decoded on read)")
         return
     click.echo(
-        f"verified: {len(record['files'])} files"
+        f"verified: {len(record.files)} files"
         + (
             f", {report.rows_checked_deep:,} rows re-derived, x of {report.rows_decoded_deep:,} re-decoded"
             if deep

@@ -24,6 +24,7 @@ from typing import Any
 from jobs.generate import manifest
 from jobs.generate.card_loading import loading_text
 from jobs.generate.manifest import AUDIT
+from jobs.generate.records import Labels, Manifest
 from jobs.generate.storage import Storage
 from vae_core import privacy_block
 from vae_core.errors import VaegenError
@@ -87,11 +88,11 @@ def from_version_tags(tags: dict[str, str]) -> Quality | None:
     )
 
 
-def write(storage: Storage, dataset_id: str, record: dict[str, Any], quality: Quality | None) -> None:
+def write(storage: Storage, dataset_id: str, record: Manifest, quality: Quality | None) -> None:
     """Write the card and its YAML header atomically; call it before the manifest is committed."""
     header = hf_header(record)
     # A dataset written with --redact-provenance is meant for publication: its card names no absolute path.
-    location = dataset_id if record.get("provenance") == "redacted" else storage.location(dataset_id)
+    location = storage.location(dataset_id) if record.has_provenance else dataset_id
     with storage.atomic_writer(dataset_id, HF_YAML) as stream:
         stream.write(header.encode())
     with storage.atomic_writer(dataset_id, CARD) as stream:
@@ -137,36 +138,36 @@ def _audit_text(audit: dict[str, Any]) -> str:
     )
 
 
-def has_card(record: dict[str, Any]) -> bool:
+def has_card(record: Manifest) -> bool:
     """Cards describe format 3 and later: older parts store x as a type Hugging Face cannot read."""
-    return int(record["format"].rsplit("/", 1)[1]) >= 3
+    return int(record.format.rsplit("/", 1)[1]) >= 3
 
 
-def hf_features(record: dict[str, Any]) -> list[dict[str, Any]]:
+def hf_features(record: Manifest) -> list[dict[str, Any]]:
     """The columns as Hugging Face `dataset_info.features` (YAML form); x as ArrayND in the tensor layout."""
     features: list[dict[str, Any]] = [
         {"name": "sample_id", "dtype": "int64"},
         {"name": "seed", "dtype": "uint64"},
-        {"name": "z", "sequence": "float32", "length": record["latent_dim"]},  # `sequence`: read by datasets 2.x to 5.x
+        {"name": "z", "sequence": "float32", "length": record.latent_dim},  # `sequence`: read by datasets 2.x to 5.x
     ]
-    if record["labels"]:
+    if record.labels:
         features.append({"name": "label", "dtype": "int16"})
-    shape = list(record["sample_shape"])
-    if record["layout"] == "binary":
+    shape = list(record.sample_shape)
+    if record.layout == "binary":
         features.append({"name": "x", "dtype": "binary"})
     elif 2 <= len(shape) <= 5:  # datasets' Array2D .. Array5D
-        features.append({"name": "x", "dtype": {f"array{len(shape)}_d": {"shape": shape, "dtype": record["dtype"]}}})
+        features.append({"name": "x", "dtype": {f"array{len(shape)}_d": {"shape": shape, "dtype": record.dtype}}})
     else:  # (N, features) rows, or more dimensions than datasets has array types for: fixed-length lists
-        feature: Any = record["dtype"]
+        feature: Any = record.dtype
         for size in reversed(shape[1:]):
             feature = {"sequence": feature, "length": size}
         features.append({"name": "x", "sequence": feature, "length": shape[0]})
     return features
 
 
-def hf_header(record: dict[str, Any]) -> str:
+def hf_header(record: Manifest) -> str:
     """Hugging Face's YAML header (strings as JSON, which is YAML); also the whole `.huggingface.yaml`."""
-    n = record["n"]
+    n = record.n
     lines = [
         f"pretty_name: {json.dumps(pretty_name(record))}",
         "tags: [synthetic, vaegen, variational-autoencoder]",
@@ -184,27 +185,24 @@ def hf_header(record: dict[str, Any]) -> str:
         for key, value in feature.items():
             lines.append(f"    {key}: {json.dumps(value)}")
     lines.append(
-        f"  download_size: {record['total_bytes']}"
+        f"  download_size: {record.total_bytes}"
     )  # no `splits`: datasets wants their size in its own Arrow bytes
     provenance = manifest.record_provenance(record)  # what the parts' Parquet metadata and _croissant.json say too
     lines += [f"{key}: {json.dumps(value, sort_keys=True)}" for key, value in provenance.items()]
     return "\n".join(lines) + "\n"
 
 
-def pretty_name(record: dict[str, Any]) -> str:
-    model = record["model"]
-    return (
-        f"{model['name']} v{model['version']}: {record['n']:,} synthetic samples, "
-        f"seed {record['dataset_seed']}, {record['dtype']}"
-    )
+def pretty_name(record: Manifest) -> str:
+    model = record.model
+    return f"{model.name} v{model.version}: {record.n:,} synthetic samples, seed {record.dataset_seed}, {record.dtype}"
 
 
 def card_text(
-    record: dict[str, Any], quality: Quality | None, location: str, header: str, audit: dict[str, Any] | None = None
+    record: Manifest, quality: Quality | None, location: str, header: str, audit: dict[str, Any] | None = None
 ) -> str:
     sections = [
         f"---\n{header}---",
-        f"# {_code(record['dataset_id'])}",
+        f"# {_code(record.dataset_id)}",
         _summary_text(record),
         "## What made it\n\n" + _table(_made_by_rows(record)),
         "## How\n\n" + _table(_how_rows(record)),
@@ -220,76 +218,75 @@ def card_text(
     return "\n\n".join(sections) + "\n"
 
 
-def _summary_text(record: dict[str, Any]) -> str:
-    model = record["model"]
-    alias = f" (resolved from {_code(model['resolved_from'])})" if model.get("resolved_from") else ""
+def _summary_text(record: Manifest) -> str:
+    model = record.model
+    alias = f" (resolved from {_code(model.resolved_from)})" if model.resolved_from else ""
     return (
-        f"{record['n']:,} synthetic samples ({_shape_text(record)}, {record['dtype']}) decoded from latent draws of "
-        f"the registered VAE decoder {_code(model['name'])} version {model['version']}{alias}, by vaegen "
-        f"{record['vaegen_version']}. Every row carries the seed it was drawn from: anyone can regenerate it."
+        f"{record.n:,} synthetic samples ({_shape_text(record)}, {record.dtype}) decoded from latent draws of "
+        f"the registered VAE decoder {_code(model.name)} version {model.version}{alias}, by vaegen "
+        f"{record.vaegen_version}. Every row carries the seed it was drawn from: anyone can regenerate it."
     )
 
 
-def _shape_text(record: dict[str, Any]) -> str:
-    return "x".join(map(str, record["sample_shape"]))
+def _shape_text(record: Manifest) -> str:
+    return "x".join(map(str, record.sample_shape))
 
 
-def _made_by_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
+def _made_by_rows(record: Manifest) -> list[tuple[str, str]]:
     """The model, the runs and the machines behind the rows."""
-    model, lineage = record["model"], record["lineage"]
+    model, lineage = record.model, record.lineage
     return [
         (
             "AI-generated",
             "yes: every row was decoded by a generative model (`ai_generated: true` in each part's "
             "Parquet metadata, this card's header and `_croissant.json`)",
         ),
-        ("model", f"{_code(model['name'])} version {model['version']}"),
+        ("model", f"{_code(model.name)} version {model.version}"),
         (
             "resolved from",
-            _code(model.get("resolved_from"))
-            + (f", alias gate: {_code(model['alias_gate'])}" if model.get("alias_gate") else ""),
+            _code(model.resolved_from) + (f", alias gate: {_code(model.alias_gate)}" if model.alias_gate else ""),
         ),
-        ("model run", _code(model["run_id"])),
-        ("model source", _code(model.get("source"))),
-        ("tracking server", _code(lineage.get("tracking_uri"))),
-        ("dataset run", f"{_code(lineage.get('run_id'))} (experiment {_code(lineage.get('experiment'))})"),
+        ("model run", _code(model.run_id)),
+        ("model source", _code(model.source)),
+        ("tracking server", _code(lineage.tracking_uri)),
+        ("dataset run", f"{_code(lineage.run_id)} (experiment {_code(lineage.experiment)})"),
         (
             "generated",
-            f"{record['timings'].get('finished_at')} on {record['execution'].get('num_workers')} "
-            f"{record['execution'].get('device')} worker(s), {record['timings'].get('seconds')} s",
+            f"{record.timings.get('finished_at')} on {record.execution.get('num_workers')} "
+            f"{record.execution.get('device')} worker(s), {record.timings.get('seconds')} s",
         ),
     ]
 
 
-def _how_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
+def _how_rows(record: Manifest) -> list[tuple[str, str]]:
     """What regenerates the rows and how they are laid out: seed scheme, x's type, parts, digests."""
     provenance = manifest.record_provenance(record)
     return [
-        ("rows (n)", f"{record['n']:,}"),
-        ("dataset seed", str(record["dataset_seed"])),
+        ("rows (n)", f"{record.n:,}"),
+        ("dataset seed", str(record.dataset_seed)),
         (
             "seed scheme",
-            f"`{record['seed_scheme']}`: row i's latent is a pure function of (dataset seed, sample_id) "
+            f"`{record.seed_scheme}`: row i's latent is a pure function of (dataset seed, sample_id) "
             f"(vaegen `{DESIGN_DOC}`, contract 1)",
         ),
         (
             "x",
-            f"{_shape_text(record)} {record['dtype']}"
-            + (" = round(255 x) of the decoder's [0, 1] output" if record["dtype"] == "uint8" else "")
+            f"{_shape_text(record)} {record.dtype}"
+            + (" = round(255 x) of the decoder's [0, 1] output" if record.dtype == "uint8" else "")
             + (
                 ", one fixed-size binary value per row (C order)"
-                if record["layout"] == "binary"
-                else f", nested fixed-size lists ({' lists of '.join(map(str, record['sample_shape']))} values)"
+                if record.layout == "binary"
+                else f", nested fixed-size lists ({' lists of '.join(map(str, record.sample_shape))} values)"
             ),
         ),
-        ("labels", _labels_text(record["labels"])),
-        ("rows per part", f"{record['rows_per_shard']:,} (part k holds sample ids [k R, (k+1) R))"),
+        ("labels", _labels_text(record.labels)),
+        ("rows per part", f"{record.rows_per_shard:,} (part k holds sample ids [k R, (k+1) R))"),
         (
             "parts",
-            f"{len(record['files'])} files `{PART_GLOB}`, {record['total_bytes']:,} bytes, "
-            f"{record['compression']} compressed, {record['checksum_algorithm']} checksums in `_manifest.json`",
+            f"{len(record.files)} files `{PART_GLOB}`, {record.total_bytes:,} bytes, "
+            f"{record.compression} compressed, {record.checksum_algorithm} checksums in `_manifest.json`",
         ),
-        ("format", f"`{record['format']}` (decode block {record['spec']['block_rows']:,} rows)"),
+        ("format", f"`{record.format}` (decode block {record.spec['block_rows']:,} rows)"),
         (
             "recipe digest",
             f"`{provenance['recipe_digest']}` (sha256 of the spec and the pinned version; in every part)",
@@ -315,12 +312,12 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "| --- | --- |", *[f"| {key} | {value} |" for key, value in rows]])
 
 
-def _labels_text(labels: dict[str, Any] | None) -> str:
+def _labels_text(labels: Labels | None) -> str:
     if not labels:
         return "none (an unconditional model)"
-    counts = labels.get("counts") or {}
+    counts = labels.counts or {}
     count_text = ", ".join(f"{label}: {count:,}" for label, count in counts.items())
-    return f"`label` int16, policy `{labels['policy']}` over classes {labels['classes']} (counts {count_text})"
+    return f"`label` int16, policy `{labels.policy}` over classes {labels.classes} (counts {count_text})"
 
 
 def _quality_text(quality: Quality | None, location: str) -> str:

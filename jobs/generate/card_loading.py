@@ -3,27 +3,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from jobs.generate.records import Manifest
 
 
-def loading_text(record: dict[str, Any], location: str, parts: str) -> str:
+def loading_text(record: Manifest, location: str, parts: str) -> str:
     """`parts`: the glob of the dataset's part files, for the readers that take files rather than a folder."""
-    if record["layout"] == "binary":
-        dims = ", ".join(map(str, record["sample_shape"]))
+    if record.layout == "binary":
+        dims = ", ".join(map(str, record.sample_shape))
         return (
             "x is one fixed-size binary value per row; vaegen's reader API gives it its shape:\n\n```python\n"
             "from jobs.reader import open_dataset\n"
-            f"data = open_dataset({location!r}).to_numpy()  # data['x']: (N, {dims}) {record['dtype']}\n```\n"
+            f"data = open_dataset({location!r}).to_numpy()  # data['x']: (N, {dims}) {record.dtype}\n```\n"
         )
     blocks = _table_snippets(record, location, parts) + _framework_snippets(record, location, parts)
     return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks) + "\n"
 
 
-def _table_snippets(record: dict[str, Any], location: str, parts: str) -> list[tuple[str, str]]:
+def _table_snippets(record: Manifest, location: str, parts: str) -> list[tuple[str, str]]:
     """(reader, code) for the table libraries, which read x as nested lists: each reshapes or casts it."""
-    shape = tuple(record["sample_shape"])
+    shape = tuple(record.sample_shape)
     dims = ", ".join(map(str, shape))
-    duckdb_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[record["dtype"]] + "".join(
+    duckdb_type = {"float32": "FLOAT", "float16": "FLOAT", "uint8": "UTINYINT"}[record.dtype] + "".join(
         f"[{size}]" for size in shape
     )
     pandas_x = {1: "np.stack(frame['x'])", 2: "np.stack(frame['x'].map(np.stack))"}.get(
@@ -56,9 +56,9 @@ def _table_snippets(record: dict[str, Any], location: str, parts: str) -> list[t
     ]
 
 
-def _framework_snippets(record: dict[str, Any], location: str, parts: str) -> list[tuple[str, str]]:
+def _framework_snippets(record: Manifest, location: str, parts: str) -> list[tuple[str, str]]:
     """(reader, code) for Ray Data, Hugging Face datasets and PyTorch."""
-    rank = len(record["sample_shape"])
+    rank = len(record.sample_shape)
     hf_type = f"Array{rank}D" if 2 <= rank <= 5 else "fixed-length lists"
     return [
         (

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jobs.generate.spec import DatasetSpec, check_sizes
 from registry.tracking import RAY_JOB_MARKER
 from vae_core.errors import UsageError
 
 if TYPE_CHECKING:
+    from jobs.generate.records import Manifest
     from registry.pinned import PinnedModel
     from vae_core.config import VAEConfig
 
@@ -139,7 +140,7 @@ class GenerateResult:
     dataset_id: str
     location: str
     status: str  # "generated" | "resumed" | "up-to-date"
-    manifest: dict[str, Any]
+    manifest: Manifest
     seed_was_random: bool = False
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.generate.records import FileEntry, Manifest
 from jobs.generate.spec import DatasetSpec
 from jobs.generate.storage import Storage
 from jobs.progress import Progress
@@ -29,7 +30,7 @@ X_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "uint8": 1}  # only for CUDA-ma
 
 
 def check(
-    storage: Storage, dataset_id: str, record: dict, sample_seed: int | None = None
+    storage: Storage, dataset_id: str, record: Manifest, sample_seed: int | None = None
 ) -> tuple[list[str], int, int, tuple[str, ...]]:
     """(problems, rows re-derived, rows re-decoded, notes on what could not be checked exactly) of a dataset
     whose parts already match its manifest."""
@@ -46,8 +47,8 @@ def check(
         )
     )
 
-    def check_part(entry: dict) -> tuple[list[str], int, int]:
-        with storage.fs.open_input_file(storage.path(dataset_id, entry["name"])) as handle:
+    def check_part(entry: FileEntry) -> tuple[list[str], int, int]:
+        with storage.fs.open_input_file(storage.path(dataset_id, entry.name)) as handle:
             return _part_check(pq.ParquetFile(handle), entry, record, spec, predictor, tolerance, sample_seed)
 
     problems, derived, decoded = [], 0, 0
@@ -55,32 +56,32 @@ def check(
     torch.set_num_threads(1)  # as CPU workers decode: the same kernels, so the same bits
     try:
         with (
-            Progress(record["n"], f"inspect --deep {dataset_id}") as progress,
+            Progress(record.n, f"inspect --deep {dataset_id}") as progress,
             ThreadPoolExecutor(max_workers=DEEP_CHECK_THREADS) as pool,
         ):
             for entry, (found, rows_derived, rows_decoded) in zip(
-                record["files"], pool.map(check_part, record["files"]), strict=True
+                record.files, pool.map(check_part, record.files), strict=True
             ):
                 problems += found
                 derived += rows_derived
                 decoded += rows_decoded
-                progress.advance(entry["rows"], f"{entry['name']} checked")
+                progress.advance(entry.rows, f"{entry.name} checked")
     finally:
         torch.set_num_threads(threads)
     return problems, derived, decoded, notes
 
 
-def spec_of(record: dict) -> DatasetSpec:
+def spec_of(record: Manifest) -> DatasetSpec:
     """The spec of any format's manifest (an older format's spec has the same fields that decide x)."""
     fields = {field.name for field in dataclasses.fields(DatasetSpec)}
-    values = {key: value for key, value in record["spec"].items() if key in fields}
+    values = {key: value for key, value in record.spec.items() if key in fields}
     for key in ("sample_shape", "label_classes", "class_prior"):
         value = values.get(key, ())
         values[key] = tuple(value) if isinstance(value, list) else value
     return DatasetSpec(**values)
 
 
-def _registered_predictor(record: dict, spec: DatasetSpec) -> tuple[Any, float | None]:
+def _registered_predictor(record: Manifest, spec: DatasetSpec) -> tuple[Any, float | None]:
     """The job's own Predictor around the decoder the manifest pins, loaded without pickle, on the device
     that made the dataset where this machine has one; and the tolerance for x (None: bit for bit)."""
     import torch
@@ -88,28 +89,28 @@ def _registered_predictor(record: dict, spec: DatasetSpec) -> tuple[Any, float |
     from jobs.generate.predictor import Predictor
 
     config, state = registered_weights(record, "inspect --deep re-decodes x")
-    made_on_cuda = record.get("execution", {}).get("device") == "cuda"
+    made_on_cuda = record.execution.get("device") == "cuda"
     device = "cuda" if made_on_cuda and torch.cuda.is_available() else "cpu"
     tolerance = X_TOLERANCE[spec.dtype] if made_on_cuda and device == "cpu" else None
     return Predictor(spec, config, state, device), tolerance
 
 
-def registered_weights(record: dict, purpose: str) -> tuple[dict, dict[str, Any]]:
+def registered_weights(record: Manifest, purpose: str) -> tuple[dict, dict[str, Any]]:
     """(config, weights) of the decoder a manifest pins, from the registry, without pickle; refused unless
     the registry's version comes from the run the manifest records."""
     from registry import models, tracking
 
-    model = record["model"]
-    reference = f"{model['name']}/{model['version']}"
+    model = record.model
+    reference = f"{model.name}/{model.version}"
     try:
         tracking.ensure_reachable()
         pinned = models.resolve(reference)
     except VaegenError as error:
         raise VaegenError(f"{purpose} with {reference} from the registry: {error}") from None
-    if pinned.run_id != model["run_id"]:
+    if pinned.run_id != model.run_id:
         raise VaegenError(
             f"{purpose}: {reference} in this registry ({tracking.shown_uri()}) comes from run "
-            f"{pinned.run_id}, this dataset from run {model['run_id']}; point MLFLOW_TRACKING_URI at "
+            f"{pinned.run_id}, this dataset from run {model.run_id}; point MLFLOW_TRACKING_URI at "
             "the registry that made the dataset"
         )
     loaded = models.load_decoder(pinned)
@@ -118,8 +119,8 @@ def registered_weights(record: dict, purpose: str) -> tuple[dict, dict[str, Any]
 
 def _part_check(
     parquet: pq.ParquetFile,
-    entry: dict,
-    record: dict,
+    entry: FileEntry,
+    record: Manifest,
     spec: DatasetSpec,
     predictor: Any,
     tolerance: float | None,
@@ -128,7 +129,7 @@ def _part_check(
     """(problems, rows re-derived, rows re-decoded) of one part. Without `sample_seed` (`inspect --deep`) every
     row's seed, z (and label) is re-derived; with it (the publish audit) only the rows of the sampled blocks:
     the checksums already tie every other byte to what the writer wrote."""
-    name, first, rows = entry["name"], entry["first_sample_id"], entry["rows"]
+    name, first, rows = entry.name, entry.first_sample_id, entry.rows
     blocks = _deep_blocks(first, first + rows, spec.block_rows, sample_seed)
     spans = [(max(first, start) - first, min(first + rows, stop) - first) for start, stop in blocks]  # part rows
     columns = ["sample_id", "seed", "z"] + (["label"] if spec.label_policy is not None else [])
@@ -155,7 +156,7 @@ def _part_check(
             return (
                 [
                     f"{name}: row {low + mismatch} (sample id {first + low + mismatch}): x differs from what "
-                    f"{record['model']['name']}/{record['model']['version']} decodes"
+                    f"{record.model.name}/{record.model.version} decodes"
                 ],
                 derived,
                 decoded,
@@ -164,7 +165,9 @@ def _part_check(
     return [], derived, decoded
 
 
-def _rederive_problem(table: pa.Table, name: str, first: int, low: int, record: dict, spec: DatasetSpec) -> str | None:
+def _rederive_problem(
+    table: pa.Table, name: str, first: int, low: int, record: Manifest, spec: DatasetSpec
+) -> str | None:
     """What differs between the stored ids, seeds, z (and labels) of the part's rows from `low` on (the part
     starts at sample id `first`) and the seed scheme's; None where nothing does."""
     from vae_core import sampling
@@ -176,10 +179,10 @@ def _rederive_problem(table: pa.Table, name: str, first: int, low: int, record: 
     seeds, z = sampling.draw(spec.seed, ids, spec.latent_dim)
     stored_seeds = table.column("seed").to_numpy()
     if not np.array_equal(stored_seeds, seeds):
-        return f"{name}: row {low + _first_difference(stored_seeds, seeds)}: seed differs from {record['seed_scheme']}"
+        return f"{name}: row {low + _first_difference(stored_seeds, seeds)}: seed differs from {record.seed_scheme}"
     stored_z = table.column("z").combine_chunks().flatten().to_numpy().reshape(rows, spec.latent_dim)
     if not np.array_equal(stored_z, z):
-        return f"{name}: row {low + _first_difference(stored_z, z)}: z differs from {record['seed_scheme']}"
+        return f"{name}: row {low + _first_difference(stored_z, z)}: z differs from {record.seed_scheme}"
     if spec.label_policy is not None:
         labels = sampling.labels_for(
             spec.label_policy, ids, seeds, spec.latent_dim, spec.label_classes, spec.class_prior

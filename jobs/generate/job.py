@@ -30,6 +30,7 @@ from jobs.generate.config import (  # noqa: F401 (GenerateConfig, GenerateResult
 )
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
 from jobs.generate.pool import WorkerPool
+from jobs.generate.records import Manifest, ProgressRecord
 from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, split_location, storage_from_env
 from vae_core import sampling
@@ -50,7 +51,7 @@ class Plan:
     pinned: PinnedModel
     spec: DatasetSpec
     seed_was_random: bool
-    committed: dict[str, Any] | None  # the manifest when this dataset is committed and kept
+    committed: Manifest | None  # the manifest when this dataset is committed and kept
     fresh: bool  # no unfinished run of this dataset to continue
     started_on: str | None = None  # the device of the unfinished run's workers, where its record says
 
@@ -101,7 +102,7 @@ def generate(
         if on_workers is not None:
             on_workers(pool.workers)
         record = _run(plan, registry_thread.submit(_load, pinned), storage, pool, log, config)
-    status = "generated" if record["timings"]["shards_reused"] == 0 else "resumed"
+    status = "generated" if record.timings["shards_reused"] == 0 else "resumed"
     return GenerateResult(dataset_id, storage.location(dataset_id), status, record, plan.seed_was_random)
 
 
@@ -154,17 +155,18 @@ def _resolve(
 
     tracking.ensure_reachable()
     if resume_id is not None:
-        record = storage.read_json(resume_id, manifest.PROGRESS) or storage.read_json(resume_id, manifest.MANIFEST)
-        if record is None:
+        found = storage.read_json(resume_id, manifest.PROGRESS) or storage.read_json(resume_id, manifest.MANIFEST)
+        if found is None:
             raise UsageError(f"--resume {config.resume}: no dataset in progress at {storage.location(resume_id)}")
-        if record.get("format") != FORMAT:
+        record = ProgressRecord.from_json(found)  # a committed manifest names its format, spec and model alike
+        if record.format != FORMAT:
             raise UsageError(
                 f"--resume {config.resume}: started by another vaegen version "
-                f"(format {str(record.get('format'))[:40]}, "
+                f"(format {str(record.format)[:40]}, "
                 f"this one writes {FORMAT}); finish it with that version, or generate it anew without --resume"
             )
-        spec = spec_from_record(record, resume_id)  # refused unless it names exactly this folder and its model
-        pinned, seed_was_random = models.PinnedModel(**record["model"]), False
+        spec = spec_from_record(record.to_json(), resume_id)  # refused unless it names this folder and its model
+        pinned, seed_was_random = models.PinnedModel(**record.model), False
         if config.n is not None and config.n != spec.n:
             raise UsageError(
                 f"--resume {config.resume}: that dataset has n = {spec.n:,}, not --n {config.n:,}; "
@@ -193,19 +195,20 @@ def _plan(config: GenerateConfig, storage: Storage, resolving: Future, guard: co
     if config.overwrite:  # before parsing anything there: a corrupt manifest is what --overwrite repairs
         lineage.end_stale_run(manifest.recorded_run_id(storage, dataset_id))
         storage.delete_dir(dataset_id)
-    committed = storage.read_json(dataset_id, manifest.MANIFEST)
-    if committed is not None:
-        verify.ensure_intact(storage, dataset_id, committed)  # one listing: a damaged dataset is never "up to date"
-        if committed["spec_fingerprint"] != spec.fingerprint():
+    found = storage.read_json(dataset_id, manifest.MANIFEST)
+    if found is not None:
+        committed = verify.ensure_intact(storage, dataset_id, found)  # one listing: a damaged one is not up to date
+        if committed.spec_fingerprint != spec.fingerprint():
             raise UsageError(
                 f"dataset {storage.location(dataset_id)} is committed with other options "
-                f"(fingerprint {committed['spec_fingerprint']}, this run {spec.fingerprint()}); "
+                f"(fingerprint {committed.spec_fingerprint}, this run {spec.fingerprint()}); "
                 "use the same options, another --out, or --overwrite"
             )
         manifest.check_provenance(committed, config.redact_provenance, storage.location(dataset_id))
         return Plan(pinned, spec, seed_was_random, committed, fresh=False)
-    in_progress = storage.read_json(dataset_id, manifest.PROGRESS)
-    if in_progress is not None and in_progress.get("spec_fingerprint") != spec.fingerprint():
+    found = storage.read_json(dataset_id, manifest.PROGRESS)
+    in_progress = None if found is None else ProgressRecord.from_json(found)
+    if in_progress is not None and in_progress.spec_fingerprint != spec.fingerprint():
         raise UsageError(
             f"an unfinished dataset with other options is at {storage.location(dataset_id)}; "
             f"rerun with its options (`--resume {dataset_id}`) or pass --overwrite"
@@ -219,7 +222,7 @@ def _plan(config: GenerateConfig, storage: Storage, resolving: Future, guard: co
         seed_was_random,
         None,
         fresh=in_progress is None,
-        started_on=None if in_progress is None else in_progress.get("device"),
+        started_on=None if in_progress is None else in_progress.device,
     )
 
 
@@ -236,7 +239,7 @@ def _run(
     pool: WorkerPool,
     log: Callable[[str], None],
     config: GenerateConfig,
-) -> dict[str, Any]:
+) -> Manifest:
     """Write every shard, commit the manifest, log the lineage run; returns the manifest. From `config`: whether
     to leave provenance out, and whether to export metrics."""
     from registry import lineage, tracking
@@ -296,7 +299,9 @@ def _write_parts(
 
     spec, model_record = plan.spec, dataclasses.asdict(plan.pinned)
     storage.write_json(
-        manifest.progress_record(spec, model_record, run_id, pool.placement.device), spec.dataset_id, manifest.PROGRESS
+        manifest.progress_record(spec, model_record, run_id, pool.placement.device).to_json(),
+        spec.dataset_id,
+        manifest.PROGRESS,
     )
     registry = None if redact_provenance else tracking.shown_uri()
     provenance = manifest.provenance_metadata(manifest.recipe_digest(spec, model_record), model_record, registry)
@@ -339,22 +344,22 @@ def _check_planned_shape(spec: DatasetSpec, pinned: PinnedModel, loaded: LoadedD
         )
 
 
-def _commit(storage: Storage, dataset_id: str, record: dict[str, Any], version_tags: dict[str, str], run: Any) -> None:
+def _commit(storage: Storage, dataset_id: str, record: Manifest, version_tags: dict[str, str], run: Any) -> None:
     """Card and Croissant file, then the manifest (the commit: last, atomic), then the run's figures."""
     card.write(storage, dataset_id, record, card.from_version_tags(version_tags))
     croissant.write(storage, dataset_id, record)
-    storage.write_json(record, dataset_id, manifest.MANIFEST)
+    storage.write_json(record.to_json(), dataset_id, manifest.MANIFEST)
     _cleanup(storage, dataset_id)
-    timings = record["timings"]
+    timings = record.timings
     run.log_metrics(
         {
             "seconds": timings["seconds"],
             "rows_per_s": timings["rows_per_s"],
-            "total_bytes": record["total_bytes"],
+            "total_bytes": record.total_bytes,
             "shards_reused": timings["shards_reused"],
         }
     )
-    run.log_dataset(record, storage.location(dataset_id))
+    run.log_dataset(record.to_json(), storage.location(dataset_id))  # registry reads the JSON form
 
 
 def _output(config: GenerateConfig) -> tuple[Storage, str | None]:

@@ -7,6 +7,8 @@ the MLflow run writing it, so that a rerun can end the run of a killed job.
 Provenance (the user and host that made a dataset, the tracking URI, the model's artifact
 location) is recorded by default: inside an organisation it says who to ask. A dataset meant
 for publication is written with `redact_provenance`, which leaves those fields out.
+
+The records as typed values (Manifest, ProgressRecord), and their validation: jobs/generate/records.py.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ import datetime as dt
 import getpass
 import hashlib
 import json
-import math
-import re
 import socket
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from jobs.generate.spec import FORMAT, MAX_N, MAX_SHARDS, DatasetSpec
+from jobs.generate.records import PROVENANCE_REDACTED, Manifest, ProgressRecord
+from jobs.generate.spec import FORMAT, DatasetSpec
 from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage
-from vae_core.config import MAX_CLASSES, MAX_INPUT_RANK, MAX_INPUT_VALUES, MAX_LATENT_DIM
 from vae_core.errors import UsageError
 from vae_core.seeds import SEED_SCHEME
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # parts imports the decoder (torch); `vaegen inspect` reads m
     from jobs.generate.parts import PartInfo
 
 MANIFEST = "_manifest.json"
-RUN_ID = re.compile(r"[0-9a-zA-Z]{1,64}")  # an MLflow run id, as a record may name one
 PROGRESS = "_progress.json"
 AUDIT = "_audit.json"  # the publish audit's verdict, beside the manifest (jobs/audit.py); written after the commit
 
@@ -53,15 +52,12 @@ def schema_description(schema: pa.Schema) -> list[dict[str, str]]:
     return [{"name": field.name, "type": str(field.type)} for field in schema]
 
 
-PROVENANCE_REDACTED = "redacted"  # the manifest's `provenance` when names, hosts and locations were left out
-
-
 def progress_record(
     spec: DatasetSpec, model: dict[str, Any], run_id: str | None = None, device: str | None = None
-) -> dict[str, Any]:
+) -> ProgressRecord:
     """`device`: the workers' (cpu or cuda); a resume on the other one is refused, so that every part of a dataset
     comes from the device its manifest names."""
-    return {
+    record = {
         "format": FORMAT,
         "dataset_id": spec.dataset_id,
         "spec": spec.to_dict(),
@@ -71,6 +67,7 @@ def progress_record(
         "run_id": run_id,
         "device": device,
     }
+    return ProgressRecord.from_json(record)
 
 
 def redacted(record: dict[str, Any]) -> dict[str, Any]:
@@ -83,63 +80,13 @@ def redacted(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "model": model, "lineage": lineage, "created_by": None, "provenance": PROVENANCE_REDACTED}
 
 
-def has_provenance(record: dict[str, Any]) -> bool:
-    return record.get("provenance") != PROVENANCE_REDACTED
-
-
-def check_provenance(committed: dict[str, Any], redact_provenance: bool, location: str) -> None:
+def check_provenance(committed: Manifest, redact_provenance: bool, location: str) -> None:
     """A committed dataset is reused as it is: asking for less provenance than it records needs a rewrite."""
-    if redact_provenance and has_provenance(committed):
+    if redact_provenance and committed.has_provenance:
         raise UsageError(
             f"dataset {location} is committed with provenance (user, host, locations); "
             "--redact-provenance applies when a dataset is written: add --overwrite to rewrite it without"
         )
-
-
-MAX_RECORD_STRING = 4_096  # the longest string a manifest may hold (ids, names, URIs, checksums)
-
-
-def bound_problems(record: dict[str, Any]) -> list[str]:
-    """Every size a manifest of any format states, bounded before anything is built from it (issue 20: a
-    hand-edited n = 10**12 at one row per shard made inspect list a trillion part names)."""
-    n, rows_per_shard, shape = record["n"], record["rows_per_shard"], record["sample_shape"]
-    if not 1 <= n <= MAX_N or rows_per_shard < 1:
-        return [f"n = {n} and rows_per_shard = {rows_per_shard} must be positive, n at most 2**63 - 1"]
-    shards = -(-n // rows_per_shard)
-    if shards > MAX_SHARDS or len(record["files"]) > MAX_SHARDS:
-        return [
-            f"n = {n:,} at rows_per_shard = {rows_per_shard:,} makes {shards:,} parts and files[] lists "
-            f"{len(record['files']):,}; a dataset has at most {MAX_SHARDS:,}"
-        ]
-    if (
-        not 1 <= record["latent_dim"] <= MAX_LATENT_DIM
-        or not 1 <= len(shape) <= MAX_INPUT_RANK
-        or not all(isinstance(size, int) and 1 <= size <= MAX_INPUT_VALUES for size in shape)
-        or math.prod(shape) > MAX_INPUT_VALUES
-    ):
-        return [
-            f"latent_dim {record['latent_dim']} / sample_shape {str(shape)[:60]} exceed vaegen's caps "
-            f"(latent_dim {MAX_LATENT_DIM:,}, {MAX_INPUT_RANK} axes, {MAX_INPUT_VALUES:,} values)"
-        ]
-    labels = record.get("labels") or {}
-    for key in ("classes", "counts"):
-        if not isinstance(labels.get(key) or [], (list, dict)) or len(labels.get(key) or []) > MAX_CLASSES:
-            return [f"labels.{key} must be a list or object of at most {MAX_CLASSES:,} entries"]
-    return _long_strings(record)
-
-
-def _long_strings(record: dict[str, Any]) -> list[str]:
-    """Strings longer than MAX_RECORD_STRING anywhere in the record, walked without recursion."""
-    pending: list[Any] = [record]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            pending += list(value.keys()) + list(value.values())
-        elif isinstance(value, list):
-            pending += value
-        elif isinstance(value, str) and len(value) > MAX_RECORD_STRING:
-            return [f"a string of {len(value):,} characters ({value[:20]!r}...); at most {MAX_RECORD_STRING:,}"]
-    return []
 
 
 def recorded_run_id(storage: Storage, dataset_id: str) -> str | None:
@@ -148,8 +95,7 @@ def recorded_run_id(storage: Storage, dataset_id: str) -> str | None:
         record = storage.read_json(dataset_id, PROGRESS)
     except CorruptRecord:
         return None
-    run_id = None if record is None else record.get("run_id")
-    return run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
+    return None if record is None else ProgressRecord.from_json(record).valid_run_id
 
 
 def build(
@@ -161,7 +107,7 @@ def build(
     execution: dict[str, Any],
     label_counts: dict[str, int] | None,
     redact_provenance: bool = False,
-) -> dict[str, Any]:
+) -> Manifest:
     parts = sorted(parts, key=lambda part: part.shard)
     assert [part.shard for part in parts] == list(range(spec.num_shards)), "every shard must be committed once"
     assert sum(part.rows for part in parts) == spec.n, "shard rows must add up to n"
@@ -172,7 +118,12 @@ def build(
         timings=timings,
         execution=execution,
     )
-    return redacted(record) if redact_provenance else record
+    return as_manifest(redacted(record) if redact_provenance else record)
+
+
+def as_manifest(record: dict[str, Any]) -> Manifest:
+    """A record just built, as it will read back (tuples become lists), validated like a committed one."""
+    return Manifest.from_json(json.loads(json_bytes(record)))
 
 
 def describe(
@@ -225,9 +176,9 @@ def _digest(spec: dict[str, Any], model: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
-def manifest_digest(record: dict[str, Any]) -> str:
+def manifest_digest(record: Manifest) -> str:
     """sha256 of `_manifest.json`'s bytes as Storage.write_json writes this record."""
-    return hashlib.sha256(json_bytes(record)).hexdigest()
+    return hashlib.sha256(json_bytes(record.to_json())).hexdigest()
 
 
 def json_bytes(record: dict[str, Any]) -> bytes:
@@ -254,8 +205,9 @@ def parquet_metadata(provenance: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def record_provenance(record: dict[str, Any]) -> dict[str, Any]:
+def record_provenance(record: Manifest) -> dict[str, Any]:
     """provenance_metadata of a record about to be committed (or committed), plus the manifest's own digest."""
-    registry = record["lineage"].get("tracking_uri") if has_provenance(record) else None
-    digest = record.get("recipe_digest") or _digest(record["spec"], record["model"])
-    return {**provenance_metadata(digest, record["model"], registry), "manifest_sha256": manifest_digest(record)}
+    registry = record.lineage.tracking_uri if record.has_provenance else None
+    model = record.model.to_json()
+    digest = record.recipe_digest or _digest(dict(record.spec), model)
+    return {**provenance_metadata(digest, model, registry), "manifest_sha256": manifest_digest(record)}

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from jobs.generate.manifest import AUDIT, MANIFEST
+from jobs.generate.records import ManifestSummary
 from jobs.generate.storage import Storage, check_name
 from vae_core.errors import UsageError, VaegenError
 
@@ -20,7 +21,7 @@ LATEST = "latest"
 VERSION_REFERENCE = re.compile(r"v(?P<version>[0-9]+)")
 
 
-def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+def committed_datasets(storage: Storage) -> tuple[list[tuple[str, ManifestSummary]], list[str]]:
     """(id, manifest) of every committed dataset under the root, oldest first; and "ID: why" of
     each folder whose manifest exists but cannot be read (truncated, edited): never pruned blindly."""
     found, unreadable = [], []
@@ -28,14 +29,13 @@ def committed_datasets(storage: Storage) -> tuple[list[tuple[str, dict[str, Any]
         if name.startswith((".", "_")) or name == LATEST or not storage.exists(name, MANIFEST):
             continue
         try:
-            record = storage.read_json(name, MANIFEST)
-            finished_at = str(record["timings"]["finished_at"])
+            record = ManifestSummary.from_json(storage.read_json(name, MANIFEST))
         except (OSError, ValueError, KeyError, TypeError, VaegenError) as error:
             unreadable.append(
                 f"{name}: unreadable manifest at {storage.location(name, MANIFEST)} ({type(error).__name__})"
             )
             continue
-        found.append((finished_at, name, record))
+        found.append((record.finished_at, name, record))
     return [(name, record) for _, name, record in sorted(found)], unreadable
 
 
@@ -89,8 +89,7 @@ def resolve(location: str) -> str:
     published = [
         dataset_id
         for dataset_id, record in committed_datasets(storage)[0]
-        if record.get("model", {}).get("version") == version
-        and (dataset_id == named or _was_published(storage, dataset_id))
+        if record.model_version == version and (dataset_id == named or _was_published(storage, dataset_id))
     ]
     if not published:
         raise UsageError(f"{location}: no published dataset of model version {version} under {storage.location()}")
@@ -121,9 +120,9 @@ def listing(storage: Storage) -> list[dict[str, Any]]:
         rows.append(
             {
                 "dataset_id": dataset_id,
-                "model_version": record.get("model", {}).get("version"),
-                "n": record.get("n"),
-                "bytes": record.get("total_bytes"),
+                "model_version": record.model_version,
+                "n": record.n,
+                "bytes": record.total_bytes,
                 "states": states,
                 "audit": (audit_record or {}).get("verdict", "none"),
             }

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobs.generate import manifest
 from jobs.generate.config import GenerateConfig, GenerateResult, dataset_spec
+from jobs.generate.records import Manifest
 from jobs.generate.spec import DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, storage_from_env
 from vae_core.errors import UsageError
@@ -30,8 +31,8 @@ RECIPE_FORMAT = "vaegen-recipe/1"  # a manifest without parts; its spec's own fo
 RECIPE_SUFFIX = "-recipe"
 
 
-def is_recipe(record: dict[str, Any]) -> bool:
-    return record.get("format") == RECIPE_FORMAT
+def is_recipe(record: Manifest) -> bool:
+    return record.format == RECIPE_FORMAT
 
 
 def recipe_id(spec: DatasetSpec) -> str:
@@ -44,7 +45,7 @@ def build(
     tracking_uri: str,
     label_counts: dict[str, int] | None,
     redact_provenance: bool,
-) -> dict[str, Any]:
+) -> Manifest:
     record = manifest.describe(
         spec, model, {"tracking_uri": tracking_uri, "run_id": None, "experiment": None}, label_counts
     )
@@ -55,22 +56,23 @@ def build(
         timings={"started_at": manifest.utc_now(), "finished_at": manifest.utc_now(), "seconds": 0.0},
         execution={"device": "cpu"},
     )  # the reference bits: a CPU decodes them exactly
-    return manifest.redacted(record) if redact_provenance else record
+    return manifest.as_manifest(manifest.redacted(record) if redact_provenance else record)
 
 
-def recipe_problems(record: dict[str, Any]) -> list[str]:
+def recipe_problems(record: Manifest) -> list[str]:
     """A recipe manifest is consistent: its spec names its folder, and it lists no files."""
-    dataset_id = record["dataset_id"]
+    dataset_id = record.dataset_id
     if not dataset_id.endswith(RECIPE_SUFFIX):
         return [f"manifest: a recipe's dataset id ends in {RECIPE_SUFFIX!r}, got {dataset_id!r}"]
     try:
         spec = spec_from_record(
-            {**record, "dataset_id": dataset_id.removesuffix(RECIPE_SUFFIX)}, dataset_id.removesuffix(RECIPE_SUFFIX)
+            {**record.to_json(), "dataset_id": dataset_id.removesuffix(RECIPE_SUFFIX)},
+            dataset_id.removesuffix(RECIPE_SUFFIX),
         )
     except UsageError as error:
         return [f"manifest: {error}"]
-    problems = [] if not record["files"] and record["total_bytes"] == 0 else ["manifest: a recipe lists no files"]
-    if record["n"] != spec.n or record["dataset_seed"] != spec.seed:
+    problems = [] if not record.files and record.total_bytes == 0 else ["manifest: a recipe lists no files"]
+    if record.n != spec.n or record.dataset_seed != spec.seed:
         problems.append("manifest: n or dataset_seed disagree with its spec")
     return problems
 
@@ -108,18 +110,20 @@ def generate_recipe(
         guard.enter_context(storage.writer_guard(dataset_id))
         if config.overwrite:
             storage.delete_dir(dataset_id)
-        committed = storage.read_json(dataset_id, manifest.MANIFEST)
-        if committed is not None:
-            if committed.get("spec_fingerprint") != spec.fingerprint():
+        found = storage.read_json(dataset_id, manifest.MANIFEST)
+        if found is not None:
+            # compared before parsing: a recipe of other options (or unreadable ones) is "other options", as always
+            if found.get("spec_fingerprint") != spec.fingerprint():
                 raise UsageError(
                     f"recipe {storage.location(dataset_id)} is committed with other options; use the same "
                     "options, another --out, or --overwrite"
                 )
+            committed = Manifest.from_json(found, storage.location(dataset_id, manifest.MANIFEST))
             return GenerateResult(
                 dataset_id, storage.location(dataset_id), "up-to-date", committed, config.seed is None
             )
         record = build(
             spec, dataclasses.asdict(pinned), tracking.shown_uri(), balanced_counts(spec), config.redact_provenance
         )
-        storage.write_json(record, dataset_id, manifest.MANIFEST)  # the commit, atomic, and the whole dataset
+        storage.write_json(record.to_json(), dataset_id, manifest.MANIFEST)  # the commit, atomic, and the whole dataset
     return GenerateResult(dataset_id, storage.location(dataset_id), "recipe", record, config.seed is None)

@@ -28,10 +28,11 @@ from jobs.generate.croissant import CROISSANT
 from jobs.generate.deep_check import X_TOLERANCE as X_TOLERANCE
 from jobs.generate.deep_check import registered_weights as registered_weights
 from jobs.generate.deep_check import spec_of as spec_of
-from jobs.generate.manifest import AUDIT, MANIFEST, PROGRESS, bound_problems
+from jobs.generate.manifest import AUDIT, MANIFEST, PROGRESS
 from jobs.generate.recipe import is_recipe, recipe_problems
+from jobs.generate.records import FileEntry, Manifest, structure_problems
 from jobs.generate.spec import FORMAT, part_name, spec_from_record
-from jobs.generate.storage import CHECKSUM, CorruptRecord, Storage, split_location
+from jobs.generate.storage import CHECKSUM, Storage, split_location
 from vae_core.errors import UsageError, VaegenError
 
 # Parts verified at once on object stores, where each read waits on the network. Local parts are
@@ -43,7 +44,7 @@ REMOTE_CHECK_THREADS = 4
 @dataclasses.dataclass(frozen=True)
 class InspectReport:
     location: str
-    manifest: dict
+    manifest: Manifest
     problems: list[str]
     rows_checked_deep: int  # rows whose id, seed, z (and label) were re-derived
     rows_decoded_deep: int = 0  # rows whose x was re-decoded with the registered decoder
@@ -54,7 +55,7 @@ class InspectReport:
         return not self.problems
 
 
-def open_committed(location: str) -> tuple[Storage, str, dict]:
+def open_committed(location: str) -> tuple[Storage, str, Manifest]:
     """(storage of the parent, dataset id, manifest) of a committed dataset (a folder, or ROOT@latest / ROOT@vN /
     ROOT@TAG, jobs/generate/published.py); anything else is a one-line error."""
     from jobs.generate.published import resolve
@@ -74,25 +75,26 @@ def open_committed(location: str) -> tuple[Storage, str, dict]:
             else "no dataset"
         )
         raise UsageError(f"{storage.location(dataset_id)} has no {MANIFEST}: it is {state}")
-    broken = structure_problems(record)
-    if broken:
-        raise CorruptRecord(f"corrupt manifest at {storage.location(dataset_id, MANIFEST)}: {'; '.join(broken[:3])}")
-    return storage, dataset_id, record
+    return storage, dataset_id, Manifest.from_json(record, storage.location(dataset_id, MANIFEST))
 
 
 class DamagedDataset(VaegenError):
     """A committed dataset whose folder no longer matches its manifest."""
 
 
-def ensure_intact(storage: Storage, dataset_id: str, record: dict[str, Any]) -> None:
-    """The cheap half of inspect (the manifest, one listing, sizes; no reads of parts), as a one-line error."""
-    problems = manifest_problems(record) or folder_problems(storage.listing(dataset_id), record)
+def ensure_intact(storage: Storage, dataset_id: str, record: dict[str, Any]) -> Manifest:
+    """The cheap half of inspect (the manifest, one listing, sizes; no reads of parts), as a one-line error;
+    returns the manifest, parsed."""
+    problems = manifest_problems(record)
+    manifest = None if problems else Manifest.from_json(record)
+    problems = problems or folder_problems(storage.listing(dataset_id), manifest)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DamagedDataset(
             f"dataset {storage.location(dataset_id)} is committed but damaged: {problems[0]}{more}; "
             "`vaegen inspect` lists every problem; regenerate it with --overwrite"
         )
+    return manifest
 
 
 def inspect(location: str, deep: bool = False, sample_seed: int | None = None) -> InspectReport:
@@ -109,7 +111,7 @@ def inspect(location: str, deep: bool = False, sample_seed: int | None = None) -
     listing = storage.listing(dataset_id)
     problems += folder_problems(listing, record)
     damaged = {problem.split(":", 1)[0] for problem in problems}
-    entries = [entry for entry in record["files"] if entry["name"] not in damaged]
+    entries = [entry for entry in record.files if entry.name not in damaged]
     threads = 1 if storage.is_local else min(REMOTE_CHECK_THREADS, max(1, len(entries)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for found in pool.map(lambda entry: _part_problems(storage, dataset_id, entry, record), entries):
@@ -122,93 +124,30 @@ def inspect(location: str, deep: bool = False, sample_seed: int | None = None) -
 
 # ---------------------------------------------------------------- the manifest on its own
 
-REQUIRED = {
-    "format": str,
-    "dataset_id": str,
-    "n": int,
-    "rows_per_shard": int,
-    "dataset_seed": int,
-    "dtype": str,
-    "layout": str,
-    "latent_dim": int,
-    "sample_shape": list,
-    "spec": dict,
-    "spec_fingerprint": str,
-    "model": dict,
-    "checksum_algorithm": str,
-    "files": list,
-    "total_bytes": int,
-    "lineage": dict,
-    "timings": dict,
-}
-MODEL_FIELDS = {"name": str, "version": int, "run_id": str}
-FILE_FIELDS = {"name": str, "first_sample_id": int, "rows": int, "size_bytes": int, "checksum": str}
-JSON_TYPES = {str: "string", int: "integer", list: "list", dict: "object"}
 
-
-def structure_problems(record: dict[str, Any]) -> list[str]:
-    """Fields a manifest cannot do without, with their types."""
-    problems = [
-        f"field {key!r} is missing or not a JSON {JSON_TYPES[kind]}"
-        for key, kind in REQUIRED.items()
-        if not isinstance(record.get(key), kind)
-    ]
-    if problems:
-        return problems
-    if not isinstance(record.get("labels", ()), (dict, type(None))):
-        problems.append("field 'labels' is missing or not an object or null")
-    problems += [
-        f"field 'model.{key}' is missing or not a JSON {JSON_TYPES[kind]}"
-        for key, kind in MODEL_FIELDS.items()
-        if not isinstance(record["model"].get(key), kind)
-    ]
-    if problems:
-        return problems
-    problems = bound_problems(record)
-    if problems:
-        return problems
-    for index, entry in enumerate(record["files"]):
-        if not isinstance(entry, dict) or not all(
-            isinstance(entry.get(key), kind) for key, kind in FILE_FIELDS.items()
-        ):
-            return [f"files[{index}] lacks one of {', '.join(FILE_FIELDS)}"]
-    return []
-
-
-def manifest_problems(record: dict[str, Any]) -> list[str]:
-    """What makes a manifest unusable or inconsistent: its files must be exactly the shards its n makes."""
-    problems = [f"manifest: {problem}" for problem in structure_problems(record)]
-    if problems:
-        return problems
-    files = record["files"]
-    if record["checksum_algorithm"] != CHECKSUM:
-        problems.append(
-            f"manifest: checksum algorithm {record['checksum_algorithm']!r}, this vaegen verifies {CHECKSUM}"
-        )
-    if record["format"] == FORMAT:  # older formats' specs fingerprint differently; their parts are checked all the same
+def manifest_problems(record: Manifest | dict[str, Any]) -> list[str]:
+    """What makes a manifest unusable or inconsistent: its files must be exactly the shards its n makes. `record`:
+    a Manifest, or the JSON form, whose missing fields and wrong types are problems here too."""
+    if not isinstance(record, Manifest):
+        problems = [f"manifest: {problem}" for problem in structure_problems(record)]
+        if problems:
+            return problems
+        record = Manifest.from_json(record)
+    problems = []
+    files = record.files
+    if record.checksum_algorithm != CHECKSUM:
+        problems.append(f"manifest: checksum algorithm {record.checksum_algorithm!r}, this vaegen verifies {CHECKSUM}")
+    if record.format == FORMAT:  # older formats' specs fingerprint differently; their parts are checked all the same
         try:
-            spec = spec_from_record(record, record["dataset_id"])
+            problems += _spec_problems(record)
         except UsageError as error:
             return [f"manifest: {error}"]
-        top_level = {
-            "n": spec.n,
-            "rows_per_shard": spec.rows_per_shard,
-            "dataset_seed": spec.seed,
-            "dtype": spec.dtype,
-            "latent_dim": spec.latent_dim,
-            "sample_shape": list(spec.sample_shape),
-        }
-        problems += [
-            f"manifest: {key} = {record[key]!r} but its spec says {value!r}"
-            for key, value in top_level.items()
-            if record[key] != value
-        ]
-    n, rows_per_shard = record["n"], record["rows_per_shard"]
-    listed_rows = sum(entry["rows"] for entry in files)
+    n, rows_per_shard = record.n, record.rows_per_shard
+    listed_rows = sum(entry.rows for entry in files)
     if listed_rows != n:
         problems.append(f"manifest: n = {n:,} but its files hold {listed_rows:,} rows")
     expected = [part_name(shard) for shard in range(-(-n // rows_per_shard))]
-    names = [entry["name"] for entry in files]
+    names = record.file_names
     if names != expected:
         absent = sorted(set(expected) - set(names))
         extra = sorted(set(names) - set(expected))
@@ -221,25 +160,43 @@ def manifest_problems(record: dict[str, Any]) -> list[str]:
         return problems
     for shard, entry in enumerate(files):
         first, stop = shard * rows_per_shard, min((shard + 1) * rows_per_shard, n)
-        if (entry["first_sample_id"], entry["rows"]) != (first, stop - first):
+        if (entry.first_sample_id, entry.rows) != (first, stop - first):
             problems.append(
-                f"{entry['name']}: manifest says ids {entry['first_sample_id']:,} + {entry['rows']:,} rows, "
+                f"{entry.name}: manifest says ids {entry.first_sample_id:,} + {entry.rows:,} rows, "
                 f"shard {shard} holds ids {first:,}..{stop - 1:,}"
             )
     return problems
 
 
-def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> list[str]:
+def _spec_problems(record: Manifest) -> list[str]:
+    """The top-level fields against the spec they copy; UsageError if the spec itself is refused."""
+    spec = spec_from_record(record.to_json(), record.dataset_id)
+    top_level = {
+        "n": (record.n, spec.n),
+        "rows_per_shard": (record.rows_per_shard, spec.rows_per_shard),
+        "dataset_seed": (record.dataset_seed, spec.seed),
+        "dtype": (record.dtype, spec.dtype),
+        "latent_dim": (record.latent_dim, spec.latent_dim),
+        "sample_shape": (list(record.sample_shape), list(spec.sample_shape)),
+    }
+    return [
+        f"manifest: {key} = {recorded!r} but its spec says {value!r}"
+        for key, (recorded, value) in top_level.items()
+        if recorded != value
+    ]
+
+
+def folder_problems(listing: dict[str, int | None], record: Manifest) -> list[str]:
     """The folder against the manifest from one listing: every part present with its size, nothing else there."""
     problems = []
-    for entry in record["files"]:
-        size = listing.get(entry["name"], -1)
+    for entry in record.files:
+        size = listing.get(entry.name, -1)
         if size == -1:
-            problems.append(f"{entry['name']}: missing")
-        elif size != entry["size_bytes"]:
-            problems.append(f"{entry['name']}: {size} bytes, manifest says {entry['size_bytes']}")
+            problems.append(f"{entry.name}: missing")
+        elif size != entry.size_bytes:
+            problems.append(f"{entry.name}: {size} bytes, manifest says {entry.size_bytes}")
     # the card: jobs/generate/card.py; the Croissant file: croissant.py; the publish audit's verdict: jobs/audit.py
-    allowed = {MANIFEST, CARD, HF_YAML, CROISSANT, AUDIT, *(entry["name"] for entry in record["files"])}
+    allowed = {MANIFEST, CARD, HF_YAML, CROISSANT, AUDIT, *record.file_names}
     for name in sorted(set(listing) - allowed):
         kind = "folder" if listing[name] is None else "file"
         seen = "" if name.startswith((".", "_")) else ": readers would take it for part of the dataset"
@@ -250,22 +207,22 @@ def folder_problems(listing: dict[str, int | None], record: dict[str, Any]) -> l
 # ---------------------------------------------------------------- each part: bytes and footer
 
 
-def _part_problems(storage: Storage, dataset_id: str, entry: dict, record: dict) -> list[str]:
-    name = entry["name"]
-    if storage.checksum(dataset_id, name) != entry["checksum"]:
+def _part_problems(storage: Storage, dataset_id: str, entry: FileEntry, record: Manifest) -> list[str]:
+    name = entry.name
+    if storage.checksum(dataset_id, name) != entry.checksum:
         return [f"{name}: checksum mismatch"]
     try:
         with storage.fs.open_input_file(storage.path(dataset_id, name)) as handle:
             metadata = pq.read_metadata(handle)
     except (OSError, pa.ArrowException) as error:
         return [f"{name}: unreadable Parquet ({error})"]
-    if metadata.num_rows != entry["rows"]:
-        return [f"{name}: {metadata.num_rows} rows, manifest says {entry['rows']}"]
+    if metadata.num_rows != entry.rows:
+        return [f"{name}: {metadata.num_rows} rows, manifest says {entry.rows}"]
     fingerprint = (metadata.metadata or {}).get(b"vaegen.spec_fingerprint")
-    if fingerprint is not None and fingerprint.decode() != record["spec_fingerprint"]:
-        return [f"{name}: written for spec {fingerprint.decode()}, the manifest is for {record['spec_fingerprint']}"]
+    if fingerprint is not None and fingerprint.decode() != record.spec_fingerprint:
+        return [f"{name}: written for spec {fingerprint.decode()}, the manifest is for {record.spec_fingerprint}"]
     low, high = _id_range(metadata)
-    first, last = entry["first_sample_id"], entry["first_sample_id"] + entry["rows"] - 1
+    first, last = entry.first_sample_id, entry.first_sample_id + entry.rows - 1
     if low is not None and (low, high) != (first, last):
         return [f"{name}: holds sample ids {low:,}..{high:,}, manifest says {first:,}..{last:,}"]
     return []

@@ -1,0 +1,131 @@
+"""The typed dataset records (jobs/generate/records.py): what is read is written back byte for byte, a broken
+manifest is refused with the messages `vaegen inspect` has always shown, and a progress record is never refused
+while parsing. Pure: no Ray, no MLflow, no files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from jobs.generate import manifest, verify
+from jobs.generate.records import FileEntry, Labels, Manifest, ManifestSummary, ProgressRecord
+from jobs.generate.spec import DatasetSpec
+from jobs.generate.storage import CorruptRecord, json_bytes
+
+SPEC = DatasetSpec("vae-decoder", 1, 10, 0, 2, (8, 8), rows_per_shard=4, block_rows=4)
+
+
+def valid_record() -> dict:
+    files = [
+        {"name": f"part-{shard:05d}.parquet", "first_sample_id": shard * 4, "rows": min(4, 10 - shard * 4)}
+        | {"size_bytes": 100, "checksum": "0" * 32}
+        for shard in range(3)
+    ]
+    return {
+        "format": "vaegen-dataset/3",
+        "dataset_id": SPEC.dataset_id,
+        "n": 10,
+        "rows_per_shard": 4,
+        "dataset_seed": 0,
+        "seed_scheme": "splitmix64-boxmuller-v1",
+        "dtype": "float32",
+        "layout": "tensor",
+        "latent_dim": 2,
+        "sample_shape": [8, 8],
+        "labels": {"policy": "balanced", "classes": [0, 1], "counts": {"0": 5, "1": 5}},
+        "spec": json.loads(json.dumps(SPEC.to_dict())),
+        "spec_fingerprint": SPEC.fingerprint(),
+        "model": {
+            "name": "vae-decoder",
+            "version": 1,
+            "run_id": "r1",
+            "source": None,
+            "resolved_from": "vae-decoder/1",
+        },
+        "checksum_algorithm": "xxh3_128",
+        "files": files,
+        "total_bytes": 300,
+        "timings": {"finished_at": "2026-12-07T00:00:00+00:00"},
+        "execution": {"device": "cpu", "num_workers": 1},
+        "lineage": {"tracking_uri": None, "run_id": "r2", "experiment": "e"},
+        "provenance": "redacted",
+    }
+
+
+def test_a_manifest_reads_as_typed_fields_and_writes_back_the_same_bytes():
+    record = valid_record()
+    written = json_bytes(record)
+    read = Manifest.from_json(json.loads(written))
+    assert (read.n, read.sample_shape, read.model.name, read.model.version, read.model.run_id) == (
+        10,
+        (8, 8),
+        "vae-decoder",
+        1,
+        "r1",
+    )
+    assert read.files[2] == FileEntry("part-00002.parquet", 8, 2, 100, "0" * 32)
+    assert read.labels == Labels("balanced", [0, 1], {"0": 5, "1": 5})
+    assert (read.lineage.run_id, read.lineage.tracking_uri, read.has_provenance) == ("r2", None, False)
+    assert (read.execution["device"], read.timings["finished_at"]) == ("cpu", "2026-12-07T00:00:00+00:00")
+    assert json_bytes(read.to_json()) == written
+    assert manifest.manifest_digest(read) == manifest.manifest_digest(Manifest.from_json(record))
+    assert read["n"] == 10 and read["model"]["run_id"] == "r1"  # the JSON form, read-only, for notebooks
+    with pytest.raises(TypeError):
+        list(read)  # not a mapping: fields are attributes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        read.n = 11  # type: ignore[misc]
+
+
+def test_fields_of_older_and_recipe_formats_round_trip_untouched():
+    older = {**valid_record(), "format": "vaegen-dataset/2", "shape_note": [1, 2], "labels": None}
+    older["model"] = {**older["model"], "registry_hint": "x"}
+    read = Manifest.from_json(older)
+    assert read.to_json() == older and read.model.to_json() == older["model"] and read.labels is None
+    recipe = {**valid_record(), "format": "vaegen-recipe/1", "recipe_only": True, "files": [], "total_bytes": 0}
+    assert Manifest.from_json(recipe).recipe_only and Manifest.from_json(recipe).to_json() == recipe
+    copied = read.to_json()
+    copied["model"]["name"] = "changed"
+    assert read.model.name == "vae-decoder" and read.to_json()["model"]["name"] == "vae-decoder"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": 3}, "field 'format' is missing or not a JSON string"),
+        ({"model": {"name": "vae-decoder", "version": "1", "run_id": "r1"}}, "field 'model.version' is missing"),
+        ({"n": 0}, "n = 0 and rows_per_shard = 4 must be positive"),
+        ({"labels": [1]}, "field 'labels' is missing or not an object or null"),
+        ({"files": [{"name": "part-00000.parquet"}]}, "files[0] lacks one of name, first_sample_id, rows"),
+        ({"dataset_id": "x" * 5000}, "a string of 5,000 characters"),
+    ],
+)
+def test_a_broken_manifest_is_refused_with_the_inspect_messages(change, message):
+    record = {**valid_record(), **change}
+    with pytest.raises(CorruptRecord, match="corrupt manifest at /d/_manifest.json: ") as refused:
+        Manifest.from_json(record, "/d/_manifest.json")
+    assert message in str(refused.value)
+    assert verify.manifest_problems(record)[0].startswith(f"manifest: {message}")
+
+
+def test_manifest_problems_takes_the_typed_record_or_its_json_form_alike():
+    record = {**valid_record(), "n": 11}
+    assert verify.manifest_problems(record) == verify.manifest_problems(Manifest.from_json(record))
+    assert "manifest: n = 11 but its spec says 10" in verify.manifest_problems(record)
+
+
+def test_a_progress_record_keeps_what_it_holds_and_names_a_run_only_if_valid():
+    built = manifest.progress_record(SPEC, {"name": "vae-decoder", "version": 1}, "run1", "cuda")
+    assert (built.spec_fingerprint, built.device, built.valid_run_id) == (SPEC.fingerprint(), "cuda", "run1")
+    assert ProgressRecord.from_json(built.to_json()) == built and built.to_json()["spec"] == SPEC.to_dict()
+    odd = ProgressRecord.from_json({"run_id": "../x", "device": 5, "extra": True})
+    assert (odd.valid_run_id, odd.device, odd.spec_fingerprint, odd.to_json()["extra"]) == (None, 5, None, True)
+
+
+def test_a_listing_reads_any_manifest_that_says_when_it_was_finished():
+    summary = ManifestSummary.from_json({"timings": {"finished_at": "t"}, "model": {"version": 2}})
+    assert (summary.finished_at, summary.model_version, summary.n) == ("t", 2, None)
+    for unlisted, error in (({"timings": {}}, KeyError), (None, TypeError), ({"timings": []}, TypeError)):
+        with pytest.raises(error):
+            ManifestSummary.from_json(unlisted)
