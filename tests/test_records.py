@@ -9,44 +9,18 @@ import json
 
 import pytest
 
+from fuzz_records import SPEC, valid_manifest
 from jobs.generate import manifest, verify
 from jobs.generate.records import FileEntry, Labels, Manifest, ManifestSummary, ProgressRecord
-from jobs.generate.spec import DatasetSpec
 from jobs.generate.storage import CorruptRecord, json_bytes
-
-SPEC = DatasetSpec("vae-decoder", 1, 10, 0, 2, (8, 8), rows_per_shard=4, block_rows=4)
 
 
 def valid_record() -> dict:
-    files = [
-        {"name": f"part-{shard:05d}.parquet", "first_sample_id": shard * 4, "rows": min(4, 10 - shard * 4)}
-        | {"size_bytes": 100, "checksum": "0" * 32}
-        for shard in range(3)
-    ]
-    return {
-        "format": "vaegen-dataset/3",
-        "dataset_id": SPEC.dataset_id,
-        "n": 10,
-        "rows_per_shard": 4,
-        "dataset_seed": 0,
-        "seed_scheme": "splitmix64-boxmuller-v1",
-        "dtype": "float32",
-        "layout": "tensor",
-        "latent_dim": 2,
-        "sample_shape": [8, 8],
+    """fuzz_records' valid manifest with labels, lineage, execution and redacted provenance: every nested record."""
+    record = json.loads(json.dumps(valid_manifest()))  # the spec as JSON holds it (lists, not tuples)
+    return record | {
         "labels": {"policy": "balanced", "classes": [0, 1], "counts": {"0": 5, "1": 5}},
-        "spec": json.loads(json.dumps(SPEC.to_dict())),
-        "spec_fingerprint": SPEC.fingerprint(),
-        "model": {
-            "name": "vae-decoder",
-            "version": 1,
-            "run_id": "r1",
-            "source": None,
-            "resolved_from": "vae-decoder/1",
-        },
-        "checksum_algorithm": "xxh3_128",
-        "files": files,
-        "total_bytes": 300,
+        "model": {**record["model"], "source": None, "resolved_from": "vae-decoder/1"},
         "timings": {"finished_at": "2026-12-07T00:00:00+00:00"},
         "execution": {"device": "cpu", "num_workers": 1},
         "lineage": {"tracking_uri": None, "run_id": "r2", "experiment": "e"},
