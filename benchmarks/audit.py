@@ -64,13 +64,13 @@ def measure(model: str, n: int, dtype: str, out: Path) -> dict:
     return {
         "n": n,
         "dtype": dtype,
-        "dataset_bytes": result.manifest["total_bytes"],
+        "dataset_bytes": result.manifest.total_bytes,
         "generation_s": round(generation_s, 3),
         "audit_s": round(audit_s, 3),
         "audit_share_of_generation": round(audit_s / generation_s, 4),
         "inspect_and_deep_s_rerun": round(inspect_s, 3),
-        "verdict": record["verdict"],
-        "checks": {check["name"]: check["status"] for check in record["checks"]},
+        "verdict": record.verdict,
+        "checks": {check.name: check.status for check in record.checks},
     }
 
 

@@ -210,10 +210,10 @@ def scenario_vaegen(model: str, n: int, dtype: str, layout: str, out: Path) -> d
         "cpu_s": cpu_s,
         "ray_start_s": ray_start_s,
         "workers_ready_s": ready.get("seconds"),
-        "bytes": result.manifest["total_bytes"],
-        "job_seconds_in_manifest": result.manifest["timings"]["seconds"],
+        "bytes": result.manifest.total_bytes,
+        "job_seconds_in_manifest": result.manifest.timings["seconds"],
         "worker_peak_rss_bytes": poller.max_peak,
-        "workers": result.manifest["execution"]["num_workers"],
+        "workers": result.manifest.execution["num_workers"],
     }
 
 

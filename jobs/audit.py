@@ -20,12 +20,14 @@ import hashlib
 import time
 from typing import Any
 
+from jobs.generate import audit_record
+from jobs.generate.audit_record import AuditCheck as Check
+from jobs.generate.audit_record import AuditRecord
 from jobs.generate.manifest import AUDIT, MANIFEST, utc_now
 from jobs.generate.records import Manifest, ManifestSummary
-from jobs.generate.storage import CorruptRecord, Storage
+from jobs.generate.storage import Storage
 from vae_core.errors import UsageError, VaegenError
 
-AUDIT_FORMAT = "vaegen-audit/1"
 AUDIT_SEED = 20_261_202  # fixed: every audit of a dataset re-decodes the same blocks and reads the same rows
 # Absolute tolerances of the figures compared. All four are averages over generated rows, so a 2,000-row
 # sample estimates the same quantity as the version's 10,000-row report (Frechet and k-NN coverage are
@@ -67,42 +69,23 @@ def parse_tolerances(items: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     return tuple(tolerances.items())
 
 
-@dataclasses.dataclass(frozen=True)
-class Check:
-    name: str
-    status: str  # "pass" | "fail" | "skipped"
-    detail: str  # one line: what was compared, or why it failed or was skipped
-    figures: dict[str, Any] = dataclasses.field(default_factory=dict)  # {figure: {"value", "reference", "tolerance"}}
-
-
 def manifest_sha256(storage: Storage, dataset_id: str) -> str:
     return hashlib.sha256(storage.read_bytes(dataset_id, MANIFEST)).hexdigest()
 
 
-def read_record(storage: Storage, dataset_id: str) -> dict[str, Any] | None:
+def read_record(storage: Storage, dataset_id: str) -> AuditRecord | None:
     """The dataset's audit record; None if absent, unreadable, or about another commit of the same id."""
-    try:
-        record = storage.read_json(dataset_id, AUDIT)
-    except (OSError, CorruptRecord):
-        return None
-    if record is None or record.get("manifest_sha256") != manifest_sha256(storage, dataset_id):
+    record = audit_record.read(storage, dataset_id)
+    if record is None or record.manifest_sha256 != manifest_sha256(storage, dataset_id):
         return None
     return record
 
 
-def skipped_record(storage: Storage, dataset_id: str, reason: str) -> dict[str, Any]:
-    return {
-        "format": AUDIT_FORMAT,
-        "dataset_id": dataset_id,
-        "manifest_sha256": manifest_sha256(storage, dataset_id),
-        "verdict": "skipped",
-        "reason": reason,
-        "audited_at": utc_now(),
-        "checks": [],
-    }
+def skipped_record(storage: Storage, dataset_id: str, reason: str) -> AuditRecord:
+    return AuditRecord("skipped", (), dataset_id, manifest_sha256(storage, dataset_id), utc_now(), reason=reason)
 
 
-def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str | None) -> dict[str, Any]:
+def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str | None) -> AuditRecord:
     """Run every check on the committed dataset; returns its record (not written: see write_record)."""
     from jobs.generate.verify import inspect
 
@@ -126,17 +109,16 @@ def audit(storage: Storage, dataset_id: str, config: AuditConfig, latest_id: str
         ]
         checks += _quality_checks(storage, dataset_id, manifest, config, latest_id)
     failed_checks = [check for check in checks if check.status == "fail"]
-    return {
-        "format": AUDIT_FORMAT,
-        "dataset_id": dataset_id,
-        "manifest_sha256": manifest_sha256(storage, dataset_id),
-        "verdict": "fail" if failed_checks else "pass",
-        "failed_check": failed_checks[0].name if failed_checks else None,
-        "audited_at": utc_now(),
-        "seconds": round(time.perf_counter() - started, 3),
-        "config": config.to_dict(),
-        "checks": [dataclasses.asdict(check) for check in checks],
-    }
+    return AuditRecord(
+        "fail" if failed_checks else "pass",
+        tuple(checks),
+        dataset_id,
+        manifest_sha256(storage, dataset_id),
+        utc_now(),
+        failed_check=failed_checks[0].name if failed_checks else None,
+        seconds=round(time.perf_counter() - started, 3),
+        config=config.to_dict(),
+    )
 
 
 def _quality_checks(
@@ -188,17 +170,21 @@ def _against_latest(
         latest_version = None
     if latest_version != manifest.model.version:
         return Check(name, "skipped", f"latest ({latest_id}) was made from another model version")
-    previous = read_record(storage, latest_id) or {}
-    measured = next(
-        (check for check in previous.get("checks", []) if check["name"] == "quality_vs_version" and check["figures"]),
-        None,
+    previous = read_record(storage, latest_id)
+    measured = (
+        next(
+            (check for check in previous.checks if check.name == "quality_vs_version" and check.figures),
+            None,
+        )
+        if previous is not None
+        else None
     )
     if measured is None:
         return Check(name, "skipped", f"latest ({latest_id}) has no audited quality figures")
     return _compare_figures(
         name,
         figures,
-        {key: value["value"] for key, value in measured["figures"].items()},
+        {key: value["value"] for key, value in measured.figures.items()},
         config,
         f"latest ({latest_id})",
     )
@@ -228,22 +214,6 @@ def _compare_figures(
     return Check(name, "pass", f"against {against}: {', '.join(compared)} within tolerance", compared)
 
 
-def failure_line(record: dict[str, Any]) -> str:
-    """The failed check and why, one line."""
-    check = next(check for check in record["checks"] if check["status"] == "fail")
-    return f"{check['name']}: {check['detail']}"
-
-
-def write_record(storage: Storage, record: dict[str, Any]) -> None:
+def write_record(storage: Storage, record: AuditRecord) -> None:
     """Atomic (temp file, then move); beside the manifest, which it names by sha256."""
-    storage.write_json(record, record["dataset_id"], AUDIT)
-
-
-def summary(record: dict[str, Any] | None) -> str:
-    """One line for `inspect`, `datasets` and the card."""
-    if record is None:
-        return "not audited"
-    if record["verdict"] == "skipped":
-        return f"skipped ({record.get('reason')}) at {record['audited_at']}"
-    checks = ", ".join(f"{check['name']} {check['status']}" for check in record["checks"])
-    return f"{record['verdict'].upper()} at {record['audited_at']} ({checks})"
+    storage.write_json(record.to_json(), record.dataset_id, AUDIT)

@@ -27,10 +27,11 @@ from collections.abc import Callable
 from typing import Any
 
 from jobs import audit, metrics
-from jobs.generate import card, locks
+from jobs.generate import audit_record, card, locks
+from jobs.generate.audit_record import AuditRecord
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
 from jobs.generate.manifest import MANIFEST, utc_now
-from jobs.generate.published import LATEST, latest_dataset
+from jobs.generate.published import LATEST, LatestPointer, latest_dataset
 from jobs.generate.records import Manifest
 from jobs.generate.storage import Storage, storage_from_env
 from jobs.prune import prune
@@ -212,7 +213,7 @@ class AuditFailed(VaegenError):
 
 def publish(
     storage: Storage, dataset_id: str, record: Manifest, config: audit.AuditConfig, log: Callable[[str], None]
-) -> dict[str, Any]:
+) -> AuditRecord:
     """Audit the committed dataset (or reuse this commit's verdict under the same settings), record the verdict
     beside the manifest, in the card and in the dataset's run, then move `latest` to it unless the audit failed.
     Call it holding the root's refresh lock. Returns the audit record."""
@@ -221,19 +222,19 @@ def publish(
         verdict = audit.skipped_record(storage, dataset_id, "--no-audit")
     else:
         verdict = audit.read_record(storage, dataset_id)
-        if verdict is None or verdict["verdict"] == "skipped" or verdict.get("config") != config.to_dict():
+        if verdict is None or verdict.verdict == "skipped" or verdict.config != config.to_dict():
             log(f"auditing {dataset_id} before publishing it")
             verdict = audit.audit(storage, dataset_id, config, published)
         else:
-            log(f"{dataset_id} was audited at {verdict['audited_at']} with these settings: {verdict['verdict']}")
+            log(f"{dataset_id} was audited at {verdict.audited_at} with these settings: {verdict.verdict}")
     audit.write_record(storage, verdict)
     card.record_audit(storage, dataset_id, verdict)
-    lineage.log_dataset_audit(record.to_json(), verdict)  # registry reads the JSON form
-    log(f"audit: {audit.summary(verdict)}")
-    metrics.record_audit(dataset_id, record.model.to_json(), verdict["verdict"])
-    if verdict["verdict"] == "fail":
+    lineage.log_dataset_audit(record.to_json(), verdict.to_json())  # registry reads the JSON forms
+    log(f"audit: {audit_record.summary(verdict)}")
+    metrics.record_audit(dataset_id, record.model.to_json(), verdict.verdict)
+    if verdict.verdict == "fail":
         raise AuditFailed(
-            f"audit of {dataset_id} failed, {audit.failure_line(verdict)}; it stays committed but "
+            f"audit of {dataset_id} failed, {verdict.failure_line}; it stays committed but "
             f"unpublished and `latest` still names {published or 'nothing'}; see "
             f"{storage.location(dataset_id, audit.AUDIT)}, or publish it anyway with --no-audit"
         )
@@ -244,7 +245,7 @@ def publish(
 
 def publish_generated(
     storage: Storage, dataset_id: str, record: Manifest, config: audit.AuditConfig, log: Callable[[str], None]
-) -> dict[str, Any]:
+) -> AuditRecord:
     """`generate --publish`: publish() under the root's refresh lock, so that it never races a refresh."""
     lock = RefreshLock(storage, DEFAULT_LOCK_TIMEOUT_S)
     if not lock.acquire():
@@ -259,17 +260,19 @@ def publish_generated(
 
 
 def move_latest(
-    storage: Storage, dataset_id: str, record: Manifest, verdict: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    pointer = {
-        "audit": None if verdict is None else {"verdict": verdict["verdict"], "audited_at": verdict["audited_at"]},
-        "dataset_id": dataset_id,
-        "location": storage.location(dataset_id),
-        "model": {"name": record.model.name, "version": record.model.version},
-        "manifest_sha256": hashlib.sha256(storage.read_bytes(dataset_id, MANIFEST)).hexdigest(),
-        "updated_at": utc_now(),
-    }
-    storage.write_json(pointer, LATEST)
+    storage: Storage, dataset_id: str, record: Manifest, verdict: AuditRecord | None = None
+) -> LatestPointer:
+    pointer = LatestPointer(
+        dataset_id,
+        storage.location(dataset_id),
+        record.model.name,
+        record.model.version,
+        hashlib.sha256(storage.read_bytes(dataset_id, MANIFEST)).hexdigest(),
+        utc_now(),
+        None if verdict is None else verdict.verdict,
+        None if verdict is None else verdict.audited_at,
+    )
+    storage.write_json(pointer.to_json(), LATEST)
     return pointer
 
 
@@ -384,5 +387,5 @@ def _publish_if_new(
     except AuditFailed:
         run.set_tags({"vaegen.action": "audit-failed", "vaegen.dataset_id": result.dataset_id})
         raise
-    run.set_tags({"vaegen.audit": verdict["verdict"]})
+    run.set_tags({"vaegen.audit": verdict.verdict})
     return action

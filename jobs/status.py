@@ -7,7 +7,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from jobs.generate.published import LATEST, listing
+from jobs.generate.published import LATEST, LatestPointer, listing
 from jobs.generate.storage import Storage
 from vae_core.errors import UsageError
 
@@ -60,7 +60,8 @@ def status(root: str, model: str | None = None, max_lag_s: float | None = None) 
     if not storage.exists():
         raise UsageError(f"output root {storage.location()} does not exist; pass the --out of a refresh")
     now = dt.datetime.now(dt.timezone.utc)
-    pointer = storage.read_json(LATEST)
+    record = storage.read_json(LATEST)  # a corrupt pointer is an error here, naming its path
+    pointer = None if record is None else LatestPointer.from_json(record)
     rows = listing(storage)
     state: dict[str, Any] = {
         "root": storage.location(),
@@ -74,11 +75,11 @@ def status(root: str, model: str | None = None, max_lag_s: float | None = None) 
         state["stale"].append(f"nothing is published under {storage.location()} (no `latest`)")
     else:
         state["latest"] = {
-            "dataset_id": pointer.get("dataset_id"),
-            "model_version": pointer.get("model", {}).get("version"),
-            "audit": (pointer.get("audit") or {}).get("verdict", "none"),
-            "published_at": pointer.get("updated_at"),
-            "age_s": _age_s(pointer.get("updated_at"), now),
+            "dataset_id": pointer.dataset_id,
+            "model_version": pointer.model_version,
+            "audit": pointer.audit_verdict or "none",
+            "published_at": pointer.updated_at,
+            "age_s": _age_s(pointer.updated_at, now),
         }
     if model is not None:
         alias = state["alias"] = _alias(model, (state["latest"] or {}).get("model_version"), now)

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.generate import locks, manifest, parts, verify
+from jobs.generate import audit_record, card, locks, manifest, parts, verify
+from jobs.generate.audit_record import AuditRecord
+from jobs.generate.published import LatestPointer
 from jobs.generate.spec import DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, check_name
 from registry import artifacts
@@ -238,10 +240,15 @@ class Fuzzer:
             raise AssertionError(f"busy message of {len(message)} characters or several lines")
         return "ok"
 
-    def latest(self, data: bytes) -> str:  # as jobs.refresh.latest_dataset reads ROOT/latest
+    def audit(self, data: bytes) -> str:  # as refresh, the card and `vaegen datasets` read DATASET/_audit.json
+        self.write(f"{SPEC.dataset_id}/{manifest.AUDIT}", data)
+        record = AuditRecord.from_json(self.storage.read_json(SPEC.dataset_id, manifest.AUDIT))
+        return " ".join([audit_record.summary(record), record.failure_line, card._audit_text(record)[:40]])
+
+    def latest(self, data: bytes) -> str:  # as `vaegen status` reads ROOT/latest, and then the id it names
         self.write("latest", data)
-        dataset_id = (self.storage.read_json("latest") or {}).get("dataset_id")
-        return check_name(dataset_id) if isinstance(dataset_id, str) else "none"
+        pointer = LatestPointer.from_json(self.storage.read_json("latest"))
+        return check_name(pointer.dataset_id) if pointer.dataset_id is not None else "none"
 
     def config(self, data: bytes) -> str:
         return str(artifacts.read_config(self.write("config.json", data)).latent_dim)
@@ -302,6 +309,20 @@ def main(seed: int, cases: int) -> None:
                 "user": "u",
                 "since": "2026",
                 "token": "t",
+            },
+        ),
+        "audit": (
+            fuzzer.audit,
+            {
+                "format": "vaegen-audit/1",
+                "dataset_id": SPEC.dataset_id,
+                "manifest_sha256": "0" * 64,
+                "verdict": "fail",
+                "failed_check": "deep",
+                "audited_at": "2026-12-07T00:00:00+00:00",
+                "seconds": 1.5,
+                "config": {"enabled": True},
+                "checks": [{"name": "deep", "status": "fail", "detail": "x differs", "figures": {}}],
             },
         ),
         "latest": (fuzzer.latest, {"dataset_id": SPEC.dataset_id, "location": "/x", "manifest_sha256": "0"}),

@@ -33,7 +33,7 @@ def test_every_mutated_record_is_accepted_or_refused_in_one_line_quickly_within_
     assert not slow, slow
     multi_line = [row for row in rows if row["status"] == "refused" and "\n" in row["message"]]
     assert not multi_line, multi_line[:3]
-    kinds = {"manifest", "manifest-format-2", "progress", "sidecar", "lock", "latest", "config", "npz"}
+    kinds = {"manifest", "manifest-format-2", "progress", "sidecar", "lock", "audit", "latest", "config", "npz"}
     assert len(rows) == len(kinds) * CASES_PER_KIND + 8 + 1, counts
     for kind in kinds:  # the unmutated record (case 0) parses, and the generator does reach refusals
         assert next(row for row in rows if row["kind"] == kind and row["case"] == 0)["status"] == "ok", kind

@@ -44,7 +44,7 @@ def test_tags_move_atomically_resolve_and_are_deleted_only_for_their_dataset(roo
     storage = Storage(str(root))
     assert holds.set_tag(storage, "a", "paper", "alice") is None
     assert published.resolve(f"{root}@paper") == str(root / "a")
-    assert holds.set_tag(storage, "b", "paper", "bob")["dataset_id"] == "a"  # moved: one record, rewritten
+    assert holds.set_tag(storage, "b", "paper", "bob").dataset_id == "a"  # moved: one record, rewritten
     assert json.loads((root / ".tags" / "paper.json").read_text())["dataset_id"] == "b"
     assert [path.name for path in (root / ".tags").iterdir()] == ["paper.json"]  # no temp file left
     with pytest.raises(UsageError, match="names b, not a; nothing deleted"):

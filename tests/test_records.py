@@ -1,6 +1,7 @@
-"""The typed dataset records (jobs/generate/records.py): what is read is written back byte for byte, a broken
-manifest is refused with the messages `vaegen inspect` has always shown, and a progress record is never refused
-while parsing. Pure: no Ray, no MLflow, no files."""
+"""The typed records of a dataset root (manifest, progress, audit verdict, `latest`, tags): what is read is written
+back byte for byte, a broken manifest is refused with the messages `vaegen inspect` has always shown, a progress
+record is never refused while parsing, and hostile fields of the small records read as None. Pure: no Ray, no
+MLflow, no files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import json
 import pytest
 
 from fuzz_records import SPEC, valid_manifest
-from jobs.generate import manifest, verify
+from jobs.generate import audit_record, manifest, verify
+from jobs.generate.audit_record import AuditCheck, AuditRecord
+from jobs.generate.holds import TagRecord
+from jobs.generate.published import LatestPointer
 from jobs.generate.records import FileEntry, Labels, Manifest, ManifestSummary, ProgressRecord
 from jobs.generate.storage import CorruptRecord, json_bytes
 
@@ -103,3 +107,65 @@ def test_a_listing_reads_any_manifest_that_says_when_it_was_finished():
     for unlisted, error in (({"timings": {}}, KeyError), (None, TypeError), ({"timings": []}, TypeError)):
         with pytest.raises(error):
             ManifestSummary.from_json(unlisted)
+
+
+def test_an_audit_record_writes_back_both_layouts_byte_for_byte_and_refuses_what_says_no_verdict():
+    checks = [{"name": "deep", "status": "fail", "detail": "x differs", "figures": {"precision": {"value": 0.5}}}]
+    run = {
+        "format": "vaegen-audit/1",
+        "dataset_id": "d",
+        "manifest_sha256": "0" * 64,
+        "verdict": "fail",
+        "failed_check": "deep",
+        "audited_at": "2026-12-07T00:00:00+00:00",
+        "seconds": 1.5,
+        "config": {"enabled": True, "quality_rows": 2000},
+        "checks": checks,
+    }
+    skipped = {key: run[key] for key in ("format", "dataset_id", "manifest_sha256", "audited_at")} | {
+        "verdict": "skipped",
+        "reason": "--no-audit",
+        "checks": [],
+    }
+    for record in (run, skipped):
+        assert json_bytes(AuditRecord.from_json(json.loads(json_bytes(record))).to_json()) == json_bytes(record)
+    read = AuditRecord.from_json(run)
+    assert read.checks == (AuditCheck("deep", "fail", "x differs", {"precision": {"value": 0.5}}),)
+    assert read.failure_line == "deep: x differs"
+    assert audit_record.summary(read) == "FAIL at 2026-12-07T00:00:00+00:00 (deep fail)"
+    assert audit_record.summary(AuditRecord.from_json(skipped)) == "skipped (--no-audit) at 2026-12-07T00:00:00+00:00"
+    assert audit_record.summary(None) == "not audited"
+    assert AuditRecord.from_json({"verdict": "fail"}).failure_line == "no check says why"  # hand-edited: no crash
+    for broken in ([], {"verdict": "maybe"}, {"verdict": "pass", "checks": [{"name": 1}]}):
+        with pytest.raises(CorruptRecord):
+            AuditRecord.from_json(broken)
+
+
+def test_the_latest_pointer_and_a_tag_write_back_what_they_read_and_read_hostile_fields_as_none():
+    pointer = {
+        "audit": {"verdict": "pass", "audited_at": "2026-12-07T00:00:00+00:00"},
+        "dataset_id": "d",
+        "location": "/out/d",
+        "model": {"name": "vae-decoder", "version": 3},
+        "manifest_sha256": "0" * 64,
+        "updated_at": "2026-12-07T00:00:01+00:00",
+    }
+    read = LatestPointer.from_json(json.loads(json_bytes(pointer)))
+    assert (read.dataset_id, read.model_version, read.audit_verdict) == ("d", 3, "pass")
+    assert json_bytes(read.to_json()) == json_bytes(pointer)
+    assert LatestPointer.from_json({**pointer, "audit": None}).to_json()["audit"] is None  # published unaudited
+    hostile = LatestPointer.from_json({"dataset_id": ["d"], "model": 5, "audit": "x", "updated_at": 7})
+    assert hostile == LatestPointer(None)
+    assert LatestPointer.from_json([1, 2]) == LatestPointer(None)
+    tag = {
+        "format": "vaegen-tag/1",
+        "tag": "paper",
+        "dataset_id": "d",
+        "by": "alice",
+        "at": "t",
+        "manifest_sha256": "0",
+    }
+    assert json_bytes(TagRecord.from_json(tag).to_json()) == json_bytes(tag)
+    assert TagRecord.from_json({**tag, "by": {"x": 1}}).by is None
+    for not_a_tag in ({**tag, "format": "vaegen-lease/1"}, {**tag, "dataset_id": None}, "paper"):
+        assert TagRecord.from_json(not_a_tag) is None

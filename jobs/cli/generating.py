@@ -248,7 +248,7 @@ def generate(  # noqa: PLR0913 (a click command takes one parameter per option)
 
         parent = result.location.rstrip("/").rpartition("/")[0]
         verdict = publish_generated(Storage(parent), result.dataset_id, result.manifest, audit_config, log)
-        click.echo(f"published: {result.dataset_id} (audit {verdict['verdict']})", file=results)
+        click.echo(f"published: {result.dataset_id} (audit {verdict.verdict})", file=results)
     timings = result.manifest.timings
     if result.status == "up-to-date":
         log(f"dataset {result.dataset_id} is already committed; nothing to do")

@@ -54,10 +54,12 @@ def inspect_command(dataset, deep) -> None:
         f"{redact_uri(str(lineage.tracking_uri or 'a redacted tracking URI'))}"
     )
     from jobs import audit
+    from jobs.generate import audit_record
     from jobs.generate.storage import Storage
 
     parent, _, dataset_id = report.location.rstrip("/").rpartition("/")
-    click.echo(f"audit: {audit.summary(audit.read_record(Storage(parent or '.'), dataset_id))}")  # before publishing
+    verdict = audit.read_record(Storage(parent or "."), dataset_id)  # None before publishing: "not audited"
+    click.echo(f"audit: {audit_record.summary(verdict)}")
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}")
     if not report.ok:
@@ -174,7 +176,7 @@ def tag(dataset, name, delete, by) -> None:
         click.echo(f"deleted tag {name} (was {dataset_id})")
         return
     previous = holds.set_tag(storage, dataset_id, name, by or getpass.getuser())
-    moved = f" (moved from {previous['dataset_id']})" if previous and previous["dataset_id"] != dataset_id else ""
+    moved = f" (moved from {previous.dataset_id})" if previous and previous.dataset_id != dataset_id else ""
     click.echo(f"tagged: {storage.location()}@{name} -> {dataset_id}{moved}")
 
 

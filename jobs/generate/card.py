@@ -21,13 +21,12 @@ import json
 import re
 from typing import Any
 
-from jobs.generate import manifest
+from jobs.generate import audit_record, manifest
+from jobs.generate.audit_record import AuditRecord
 from jobs.generate.card_loading import loading_text
-from jobs.generate.manifest import AUDIT
 from jobs.generate.records import Labels, Manifest
 from jobs.generate.storage import Storage
 from vae_core import privacy_block
-from vae_core.errors import VaegenError
 from vae_core.quality_names import figures_from_tags
 
 CARD = "_README.md"
@@ -96,17 +95,10 @@ def write(storage: Storage, dataset_id: str, record: Manifest, quality: Quality 
     with storage.atomic_writer(dataset_id, HF_YAML) as stream:
         stream.write(header.encode())
     with storage.atomic_writer(dataset_id, CARD) as stream:
-        stream.write(card_text(record, quality, location, header, _audit_record(storage, dataset_id)).encode())
+        stream.write(card_text(record, quality, location, header, audit_record.read(storage, dataset_id)).encode())
 
 
-def _audit_record(storage: Storage, dataset_id: str) -> dict[str, Any] | None:
-    try:
-        return storage.read_json(dataset_id, AUDIT)
-    except (OSError, VaegenError):
-        return None
-
-
-def record_audit(storage: Storage, dataset_id: str, audit: dict[str, Any]) -> None:
+def record_audit(storage: Storage, dataset_id: str, audit: AuditRecord) -> None:
     """Put the publish audit's verdict into an existing card (atomically), keeping the rest as it is."""
     if not storage.exists(dataset_id, CARD):
         return
@@ -118,13 +110,13 @@ def record_audit(storage: Storage, dataset_id: str, audit: dict[str, Any]) -> No
         stream.write(text.encode())
 
 
-def _audit_text(audit: dict[str, Any]) -> str:
-    if audit.get("verdict") == "skipped":
+def _audit_text(audit: AuditRecord) -> str:
+    if audit.verdict == "skipped":
         return (
-            f"{AUDIT_HEADING}\n\nSkipped ({audit.get('reason')}), {audit.get('audited_at')}: nothing checked "
+            f"{AUDIT_HEADING}\n\nSkipped ({audit.reason}), {audit.audited_at}: nothing checked "
             "these rows before publication."
         )
-    rows = [(check["name"], check["status"], check["detail"].replace("|", "/")) for check in audit.get("checks", [])]
+    rows = [(check.name, check.status, check.detail.replace("|", "/")) for check in audit.checks]
     table = "\n".join(
         [
             "| check | result | detail |",
@@ -133,7 +125,7 @@ def _audit_text(audit: dict[str, Any]) -> str:
         ]
     )
     return (
-        f"{AUDIT_HEADING}\n\nVerdict: **{audit.get('verdict')}** ({audit.get('audited_at')}; `_audit.json` holds "
+        f"{AUDIT_HEADING}\n\nVerdict: **{audit.verdict}** ({audit.audited_at}; `_audit.json` holds "
         f"every figure and tolerance).\n\n{table}"
     )
 
@@ -198,7 +190,7 @@ def pretty_name(record: Manifest) -> str:
 
 
 def card_text(
-    record: Manifest, quality: Quality | None, location: str, header: str, audit: dict[str, Any] | None = None
+    record: Manifest, quality: Quality | None, location: str, header: str, audit: AuditRecord | None = None
 ) -> str:
     sections = [
         f"---\n{header}---",

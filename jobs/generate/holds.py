@@ -59,18 +59,46 @@ def _read(storage: Storage, *names: str) -> dict[str, Any] | None:
         return None
 
 
-def tags(storage: Storage) -> dict[str, dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class TagRecord:
+    """`ROOT/.tags/NAME.json`: a name for one commit of a dataset, and who set it when."""
+
+    tag: str
+    dataset_id: str
+    by: str | None = None
+    at: str | None = None
+    manifest_sha256: str | None = None
+
+    @classmethod
+    def from_json(cls, record: Any) -> TagRecord | None:
+        """None unless a tag record (its format, a tag and a dataset id): such a file is not a tag."""
+        if not isinstance(record, dict) or record.get("format") != TAG_FORMAT:
+            return None
+        if not all(isinstance(record.get(key), str) for key in ("tag", "dataset_id")):
+            return None
+        by, at, digest = (record.get(key) for key in ("by", "at", "manifest_sha256"))
+        return cls(
+            record["tag"],
+            record["dataset_id"],
+            *(value if isinstance(value, str) else None for value in (by, at, digest)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": TAG_FORMAT, **dataclasses.asdict(self)}
+
+
+def tags(storage: Storage) -> dict[str, TagRecord]:
     """{tag name: its record} of every readable tag under the root."""
     found = {}
     for name in storage.list(TAGS):
         if name.endswith(".json") and not name.startswith("."):
-            record = _read(storage, TAGS, name)
-            if record is not None and record.get("format") == TAG_FORMAT:
+            record = TagRecord.from_json(_read(storage, TAGS, name))
+            if record is not None:
                 found[name.removesuffix(".json")] = record
     return found
 
 
-def set_tag(storage: Storage, dataset_id: str, name: str, by: str) -> dict[str, Any] | None:
+def set_tag(storage: Storage, dataset_id: str, name: str, by: str) -> TagRecord | None:
     """Point tag `name` at a committed dataset (atomically, moving it if it named another); the previous record."""
     check_tag_name(name)
     manifest = storage.read_bytes(dataset_id, MANIFEST) if storage.exists(dataset_id, MANIFEST) else None
@@ -79,16 +107,9 @@ def set_tag(storage: Storage, dataset_id: str, name: str, by: str) -> dict[str, 
             f"{storage.location(dataset_id)} is not a committed dataset (no {MANIFEST}); tag a dataset "
             "that `vaegen datasets` or `vaegen inspect` shows"
         )
-    previous = _read(storage, TAGS, f"{name}.json")
-    record = {
-        "format": TAG_FORMAT,
-        "tag": name,
-        "dataset_id": dataset_id,
-        "by": by,
-        "at": utc_now(),
-        "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-    }
-    storage.write_json(record, TAGS, f"{name}.json")
+    previous = TagRecord.from_json(_read(storage, TAGS, f"{name}.json"))
+    record = TagRecord(name, dataset_id, by, utc_now(), hashlib.sha256(manifest).hexdigest())
+    storage.write_json(record.to_json(), TAGS, f"{name}.json")
     if retirement_pending(storage, dataset_id):  # being pruned (it read the holds before our write): keep no tag
         storage.delete(TAGS, f"{name}.json")
         raise VaegenError(f"{storage.location(dataset_id)} was pruned while it was being tagged; tag another dataset")
@@ -97,13 +118,13 @@ def set_tag(storage: Storage, dataset_id: str, name: str, by: str) -> dict[str, 
 
 def delete_tag(storage: Storage, name: str, dataset_id: str) -> None:
     """Remove tag `name`, which must name `dataset_id` (so a tag moved meanwhile by someone else is not lost)."""
-    previous = _read(storage, TAGS, f"{check_tag_name(name)}.json")
+    previous = TagRecord.from_json(_read(storage, TAGS, f"{check_tag_name(name)}.json"))
     if previous is None:
         raise UsageError(
             f"no tag {name!r} under {storage.location()}; `vaegen datasets {storage.location()}` lists them"
         )
-    if previous["dataset_id"] != dataset_id:
-        raise UsageError(f"tag {name!r} names {previous['dataset_id']}, not {dataset_id}; nothing deleted")
+    if previous.dataset_id != dataset_id:
+        raise UsageError(f"tag {name!r} names {previous.dataset_id}, not {dataset_id}; nothing deleted")
     storage.delete(TAGS, f"{name}.json")
 
 
@@ -175,7 +196,7 @@ def holds(storage: Storage) -> dict[str, str]:
     """{dataset id: why it must not be pruned} from the tags and the live leases."""
     held: dict[str, list[str]] = {}
     for name, record in sorted(tags(storage).items()):
-        held.setdefault(record["dataset_id"], []).append(f"tagged {name}")
+        held.setdefault(record.dataset_id, []).append(f"tagged {name}")
     for _, record, stale in leases(storage):
         if stale is None:
             reader = f"leased by pid {record.pid} on {record.host}"

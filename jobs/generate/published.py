@@ -9,10 +9,12 @@ Resolution returns the dataset's own folder, so a run can pin the dataset id it 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
-from jobs.generate.manifest import AUDIT, MANIFEST
+from jobs.generate import audit_record
+from jobs.generate.manifest import MANIFEST
 from jobs.generate.records import ManifestSummary
 from jobs.generate.storage import Storage, check_name
 from vae_core.errors import UsageError, VaegenError
@@ -39,12 +41,68 @@ def committed_datasets(storage: Storage) -> tuple[list[tuple[str, ManifestSummar
     return [(name, record) for _, name, record in sorted(found)], unreadable
 
 
+@dataclasses.dataclass(frozen=True)
+class LatestPointer:
+    """`ROOT/latest`: the published dataset, the model version it was made from, its audit verdict and when it
+    was published. Written by refresh and `generate --publish` (jobs/refresh.py); read leniently: a field that is
+    missing or not what vaegen writes reads as None."""
+
+    dataset_id: str | None
+    location: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    manifest_sha256: str | None = None
+    updated_at: str | None = None
+    audit_verdict: str | None = None  # None: published before audits existed
+    audited_at: str | None = None
+
+    @classmethod
+    def from_json(cls, record: Any) -> LatestPointer:
+        record = record if isinstance(record, dict) else {}
+        model = record.get("model") if isinstance(record.get("model"), dict) else {}
+        audit = record.get("audit") if isinstance(record.get("audit"), dict) else {}
+        found = {
+            "dataset_id": record.get("dataset_id"),
+            "location": record.get("location"),
+            "model_name": model.get("name"),
+            "manifest_sha256": record.get("manifest_sha256"),
+            "updated_at": record.get("updated_at"),
+            "audit_verdict": audit.get("verdict"),
+            "audited_at": audit.get("audited_at"),
+        }
+        version = model.get("version")
+        return cls(
+            **{key: value if isinstance(value, str) else None for key, value in found.items()},
+            model_version=version if isinstance(version, int) and not isinstance(version, bool) else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        audit = None if self.audit_verdict is None else {"verdict": self.audit_verdict, "audited_at": self.audited_at}
+        return {
+            "audit": audit,
+            "dataset_id": self.dataset_id,
+            "location": self.location,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "manifest_sha256": self.manifest_sha256,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def read(cls, storage: Storage) -> LatestPointer | None:
+        """None if there is no pointer; an unreadable one reads as naming nothing (it is rewritten then)."""
+        try:
+            record = storage.read_json(LATEST)
+        except (OSError, VaegenError):
+            return cls(None)
+        return None if record is None else cls.from_json(record)
+
+
 def latest_dataset(storage: Storage) -> str | None:
     """The id `latest` names; None if there is no pointer or it cannot be read (it is rewritten then)."""
+    pointer = LatestPointer.read(storage)
     try:
-        dataset_id = (storage.read_json(LATEST) or {}).get("dataset_id")
-        return check_name(dataset_id) if isinstance(dataset_id, str) else None
-    except (OSError, ValueError, AttributeError, VaegenError):
+        return None if pointer is None or pointer.dataset_id is None else check_name(pointer.dataset_id)
+    except (ValueError, VaegenError):
         return None
 
 
@@ -84,7 +142,7 @@ def resolve(location: str) -> str:
                 f"{location}: no tag {reference!r} under {storage.location()}; use ROOT@latest, ROOT@vN "
                 "(a model version) or ROOT@TAG (`vaegen datasets ROOT` lists the tags)"
             )
-        return storage.location(tagged["dataset_id"])
+        return storage.location(tagged.dataset_id)
     version, named = int(match["version"]), latest_dataset(storage)
     published = [
         dataset_id
@@ -97,7 +155,8 @@ def resolve(location: str) -> str:
 
 
 def _was_published(storage: Storage, dataset_id: str) -> bool:
-    return (_read_audit(storage, dataset_id) or {}).get("verdict") in ("pass", "skipped")
+    verdict = audit_record.read(storage, dataset_id)
+    return verdict is not None and verdict.verdict in ("pass", "skipped")
 
 
 def listing(storage: Storage) -> list[dict[str, Any]]:
@@ -111,11 +170,11 @@ def listing(storage: Storage) -> list[dict[str, Any]]:
     live = [record.dataset_id for _, record, stale in leases(storage) if stale is None]
     rows = []
     for dataset_id, record in committed:
-        audit_record = _read_audit(storage, dataset_id)
+        verdict = audit_record.read(storage, dataset_id)
         states = ["published"] if dataset_id == named else []
-        states += [f"tagged {name}" for name, tag in sorted(tag_records.items()) if tag["dataset_id"] == dataset_id]
+        states += [f"tagged {name}" for name, tag in sorted(tag_records.items()) if tag.dataset_id == dataset_id]
         states += [f"leased x{live.count(dataset_id)}"] if dataset_id in live else []
-        if audit_record and audit_record.get("verdict") == "fail":
+        if verdict is not None and verdict.verdict == "fail":
             states.append("unpublished")
         rows.append(
             {
@@ -124,7 +183,7 @@ def listing(storage: Storage) -> list[dict[str, Any]]:
                 "n": record.n,
                 "bytes": record.total_bytes,
                 "states": states,
-                "audit": (audit_record or {}).get("verdict", "none"),
+                "audit": "none" if verdict is None else verdict.verdict,
             }
         )
     rows += [
@@ -156,10 +215,3 @@ def listing(storage: Storage) -> list[dict[str, Any]]:
                 }
             )
     return rows
-
-
-def _read_audit(storage: Storage, dataset_id: str) -> dict[str, Any] | None:
-    try:
-        return storage.read_json(dataset_id, AUDIT)
-    except (OSError, VaegenError):
-        return None
