@@ -150,11 +150,11 @@ def run_race(location: str, tmp_path: Path, kind: str) -> None:
     # Every tag that its tagger was told stands names a dataset still committed (or pruned after the tag moved on).
     tags = holds.tags(storage)
     remaining = {dataset_id for dataset_id, _ in committed_datasets(storage)[0]}
-    assert all(record["dataset_id"] in remaining for record in tags.values()), (tags, remaining)
+    assert all(record.dataset_id in remaining for record in tags.values()), (tags, remaining)
     assert set(pruned).isdisjoint(remaining)
     # Readers gone, tags removed: the next prune deletes all but the newest, and leaves no notice behind.
     for name, record in tags.items():
-        holds.delete_tag(storage, name, record["dataset_id"])
+        holds.delete_tag(storage, name, record.dataset_id)
     prune(storage, keep=1, protected=newest)
     assert [dataset_id for dataset_id, _ in committed_datasets(storage)[0]] == [newest]
     assert storage.list(holds.RETIRING) == [] and not any(name.startswith(PRUNED) for name in storage.list())
