@@ -30,7 +30,7 @@ from jobs import audit, metrics
 from jobs.generate import audit_record, card, locks
 from jobs.generate.audit_record import AuditRecord
 from jobs.generate.job import GenerateConfig, GenerateResult, generate
-from jobs.generate.manifest import MANIFEST, utc_now
+from jobs.generate.manifest import utc_now
 from jobs.generate.published import LATEST, LatestPointer, latest_dataset
 from jobs.generate.records import Manifest
 from jobs.generate.storage import Storage, storage_from_env
@@ -267,7 +267,7 @@ def move_latest(
         storage.location(dataset_id),
         record.model.name,
         record.model.version,
-        hashlib.sha256(storage.read_bytes(dataset_id, MANIFEST)).hexdigest(),
+        audit.manifest_sha256(storage, dataset_id),
         utc_now(),
         None if verdict is None else verdict.verdict,
         None if verdict is None else verdict.audited_at,
