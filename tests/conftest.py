@@ -28,6 +28,16 @@ from ray_cluster import (
     stop_tagged,
 )  # tests/ is on sys.path (rootdir conftest)
 
+# One pool of native threads per core, not per process: each of the suite's xdist workers (and every process it
+# starts) gets cores // workers threads. With torch's default, two workers' OpenMP pools (each sized to every core)
+# oversubscribe the 2-core CI machine and spin-wait against each other: two trainings at once took 9-17 s each
+# against 4.7 s with one thread each (docs/decisions.md, "A suite that fits CI's budget"). Set before torch or numpy
+# load; a test that passes its own thread count (--threads, torch.set_num_threads) still gets it.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # in each worker only: `-n 0` runs keep every core
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, _threads)  # a value the caller exported wins
+
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
 POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"  # Debian's `postgresql` package (.ci/run installs it where absent)

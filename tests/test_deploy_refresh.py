@@ -32,7 +32,7 @@ K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
 RUN_TIMEOUT_S = 240  # one pod's whole run: a few `ray job` calls of 2-4 s each on a loaded 2-core box
 
 RECORDER = """
-import pathlib, sys, time
+import pathlib, signal, sys, time
 log, seconds = pathlib.Path(sys.argv[1]), float(sys.argv[2])
 release = log.with_suffix(".release")  # the test lets a job end early by creating it
 def note(word):
@@ -44,6 +44,7 @@ try:
     while time.monotonic() < deadline and not release.exists():
         time.sleep(0.05)
 except KeyboardInterrupt:  # what vaegen does on SIGINT: clean up, exit non-zero
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second SIGINT must not cut the record short
     note("interrupted")
     sys.exit(130)
 note("finished")
@@ -220,5 +221,6 @@ def test_ray_job_stop_interrupts_with_the_configmap_signal(cluster: RayCluster, 
     finally:
         if running.poll() is None:
             os.killpg(running.pid, signal.SIGKILL)
+    wait_until(lambda: len(pod.events()) > 1, 10, "the Ray job's last record")  # flushed as the job ended
     assert pod.events() == ["started", "interrupted"]
     assert ray_jobs(cluster, job_name) == {pod.submission_id: "STOPPED"}

@@ -672,6 +672,46 @@ def test_generate_to_s3_commits_reads_back_and_a_failure_leaves_no_manifest(trai
     assert not [key for key in s3.keys(bucket) if key.endswith(".tmp")]
 
 
+def test_a_broken_version_is_deleted_only_after_its_workers_are_gone(trained, local_ray, tmp_path, monkeypatch):
+    """The failed generate's cleanup waits for the pool: a worker still writing a part when the dataset was deleted
+    landed it afterwards (seen on S3 under CI load: part-00000.parquet of a broken dataset, no manifest)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    from jobs.generate.job import generate
+    from jobs.generate.storage import Storage
+
+    workers: list[Any] = []
+    at_delete: list[tuple[list[str], list[str]]] = []  # (workers that still answer, temporary files) per delete
+    delete_dir = Storage.delete_dir
+
+    def answers(worker: Any) -> str:
+        try:
+            return str(ray.get(worker.pid.remote(), timeout=30))
+        except RayActorError:
+            return ""
+
+    def spied_delete_dir(storage: Storage, *parts: str) -> None:
+        at_delete.append(
+            ([pid for pid in map(answers, workers) if pid], [path.name for path in tmp_path.rglob("*.tmp")])
+        )
+        delete_dir(storage, *parts)
+
+    monkeypatch.setattr(Storage, "delete_dir", spied_delete_dir)
+    config = GenerateConfig(
+        n=N,
+        model=f"{trained.base}/{trained.spiky}",
+        out=str(tmp_path),
+        seed=SPIKY_SEED,
+        rows_per_shard=ROWS_PER_SHARD,
+        batch_size=SPIKY_BATCH,
+    )
+    with pytest.raises(VaegenError, match="to NaN or inf"):
+        generate(config, on_workers=workers.extend)
+    assert len(workers) >= 2 and at_delete == [([], [])]  # one delete, after every worker of the pool was stopped
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_refresh_to_s3_writes_latest_is_idempotent_and_prunes(trained, local_ray, s3):
     name = trained.model_with(trained.good, trained.good)
     promote(f"{name}/1")

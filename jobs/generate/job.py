@@ -29,7 +29,7 @@ from jobs.generate.config import (  # noqa: F401 (GenerateConfig, GenerateResult
     dataset_spec,
 )
 from jobs.generate.parts import SIDECAR_DIR, PartInfo
-from jobs.generate.pool import WorkerPool
+from jobs.generate.pool import DRAIN_TIMEOUT_S, WorkerPool
 from jobs.generate.records import Manifest, ProgressRecord
 from jobs.generate.spec import FORMAT, DatasetSpec, spec_from_record
 from jobs.generate.storage import Storage, split_location, storage_from_env
@@ -277,7 +277,8 @@ def _run(
             )
             _commit(storage, dataset_id, record, loaded.tags, run)
     except BrokenVersion:  # a broken version (NaN output, weights that do not fit) never completes this dataset
-        if plan.fresh:  # so a fresh one leaves nothing
+        if plan.fresh:  # so a fresh one leaves nothing, once no worker can still land a part in it
+            pool.stop(let_finish_s=DRAIN_TIMEOUT_S)
             storage.delete_dir(dataset_id)
         raise
     finally:

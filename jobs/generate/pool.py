@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from jobs import metrics
 from jobs.generate.config import DEFAULT_STALL_TIMEOUT_S
@@ -28,6 +28,7 @@ POLL_S = 1.0  # the driver looks up from ray.wait this often to check the stall 
 GROW_CHECK_S = 2.0  # a growing pool looks at the cluster's resources this often
 START_WAIT_S = 5.0  # on exit, how long workers still being created get to come up before they are killed
 DRAIN_TIMEOUT_S = 10.0  # on exit, how long the killed workers' in-flight shards get to report
+DEATH_POLL_S = 0.05  # on exit, how often the driver asks whether Ray has seen its killed workers die
 
 
 @dataclasses.dataclass
@@ -104,6 +105,14 @@ class WorkerPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self, let_finish_s: float = 0.0) -> None:
+        """Kill the workers, after giving their shards in flight up to `let_finish_s` to end (a shard that returned
+        has renamed its part into place: a failed job that deletes its dataset then deletes it too); returns once
+        Ray reports every worker dead and what was in flight has reported (each wait bounded). Idempotent."""
+        if let_finish_s and self._outstanding:
+            ray.wait(list(self._outstanding), num_returns=len(self._outstanding), timeout=let_finish_s)
         # An actor killed while Ray is still creating it can keep its CPU lease ("Mismatched ActorID: ignoring
         # KillActor"), and a later job's actors are then never scheduled (CI hung once): workers still starting
         # get START_WAIT_S to come up first. Bounded, so one that cannot be placed at all is killed all the same.
@@ -113,6 +122,8 @@ class WorkerPool:
             ray.kill(worker)
         _drain([*self._outstanding, *self._started])
         self._outstanding.clear()
+        self._started.clear()
+        _await_death(self.workers)
 
     def run(
         self,
@@ -316,3 +327,26 @@ def _drain(refs: list[Any]) -> None:
     for ref in ready:
         with contextlib.suppress(Exception):
             ray.get(ref, timeout=0)
+
+
+def _await_death(workers: list[Any]) -> None:
+    """Until Ray reports each killed worker dead (bounded): `ray.kill` returns before the kill lands, and a worker
+    it has not reached yet still runs its shard, so a failed job's cleanup could race a part landing."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while workers and time.monotonic() < deadline:
+        refs = [worker.pid.remote() for worker in workers]
+        ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
+        workers = [worker for worker, ref in zip(workers, refs, strict=True) if _answers(ref)]
+        if workers:
+            time.sleep(DEATH_POLL_S)
+
+
+def _answers(ref: Any) -> bool:
+    """Whether a ping returned (its worker is alive), or is still pending; False once its worker is dead."""
+    try:
+        ray.get(ref, timeout=0)
+    except GetTimeoutError:  # pending: not known dead yet
+        return True
+    except RayError:  # ActorDiedError, ...: gone
+        return False
+    return True
