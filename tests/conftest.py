@@ -30,9 +30,9 @@ from ray_cluster import (
 
 # One pool of native threads per core, not per process: each of the suite's xdist workers (and every process it
 # starts) gets cores // workers threads. With torch's default, two workers' OpenMP pools (each sized to every core)
-# oversubscribe the 2-core CI machine and spin-wait against each other: two trainings at once took 9-17 s each
-# against 4.7 s with one thread each (docs/decisions.md, "A suite that fits CI's budget"). Set before torch or numpy
-# load; a test that passes its own thread count (--threads, torch.set_num_threads) still gets it.
+# oversubscribe the 2-core CI machine and spin-wait against each other: two trainings at once took 21-30 s each
+# against 4.3 s with one thread each (benchmarks/threads.py; docs/decisions.md, "A suite that fits CI's budget").
+# Set before torch or numpy load; a test that passes its own thread count (--threads, set_num_threads) keeps it.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # in each worker only: `-n 0` runs keep every core
     _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
