@@ -26,11 +26,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+sys.path.insert(0, str(REPO))
 
 
 def train_seconds(steps: int) -> float:
     """The conv recipe's training for `steps` optimizer steps on the digits, in this process; seconds of training."""
-    sys.path.insert(0, str(REPO))
     from vae_core import data as sources
     from vae_core.config import RECIPES
     from vae_core.training import TrainConfig, model_config_for, train
