@@ -17,15 +17,22 @@ from click.testing import CliRunner
 
 
 def invoke(*args: str):
-    """`vaegen ARGS` in-process; the command's os.environ defaults (tracking.configure_environment) are undone."""
+    """`vaegen ARGS` in-process; the command's os.environ defaults (tracking.configure_environment) are undone.
+
+    Only the variables the command changed are written back: the module's Ray runs C++ threads in this process
+    that call getenv(), and rewriting the whole environment under them (clear, then update) crashed an xdist
+    worker with SIGSEGV in getenv (glibc's setenv is not safe against a concurrent getenv)."""
     from jobs.cli import main
 
     saved = dict(os.environ)
     try:
         return CliRunner().invoke(main, list(args))
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for key in os.environ.keys() - saved.keys():
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
 
 
 def assert_one_error_line(result, exit_code: int, *fragments: str) -> str:
