@@ -706,3 +706,34 @@ def test_refresh_into_a_root_with_a_hash_prunes_nothing_beside_it(trained_versio
     assert result.action == "generated" and result.pruned == []
     assert everything_under(victim) == before
     assert (tmp_path / "victim#x" / result.dataset_id / manifest.MANIFEST).exists()
+
+
+class _DeletesOnOpen:
+    """The object store's own filesystem, except that an object opened for reading is deleted before the read:
+    a prune landing between a reader's open and its read, every time."""
+
+    def __init__(self, fs: Any):
+        self.fs = fs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    def open_input_stream(self, path: str) -> Any:
+        stream = self.fs.open_input_stream(path)
+        self.fs.delete_file(path)
+        return stream
+
+
+def test_a_record_deleted_between_open_and_read_on_an_object_store_is_absent(moto_s3):
+    storage = Storage(f"{moto_s3}/deleted")
+    storage.write_json({"n": 1}, "ds", "_manifest.json")
+    storage.write_json({"n": 2}, "ds", "_other.json")
+    real = storage.fs
+    storage.fs = _DeletesOnOpen(real)
+    # The store words the failed read its own way (NO_SUCH_KEY, RESOURCE_NOT_FOUND, a broken stream): absent.
+    assert storage.read_json("ds", "_manifest.json") is None
+    with pytest.raises(FileNotFoundError, match=f"{moto_s3}/deleted/ds/_other.json"):
+        storage.read_bytes("ds", "_other.json")
+    storage.fs = real
+    storage.write_json({"n": 3}, "ds", "_manifest.json")
+    assert storage.read_json("ds", "_manifest.json") == {"n": 3}  # a record that is there still reads

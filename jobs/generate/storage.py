@@ -255,8 +255,11 @@ class Storage:
         try:
             with self.fs.open_input_stream(self.path(*names)) as stream:
                 return stream.read()
-        except OSError as error:  # an object deleted between the open and the read: S3 says NO_SUCH_KEY
-            if "NO_SUCH_KEY" in str(error):
+        except OSError as error:
+            # An object deleted between the open and the read (a prune, a released lease) fails the read with
+            # whatever the store and the timing say (NO_SUCH_KEY, RESOURCE_NOT_FOUND, a broken response stream):
+            # asking again tells absent from a real failure.
+            if not self.exists(*names):
                 raise FileNotFoundError(self.location(*names)) from error
             raise
 
