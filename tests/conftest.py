@@ -49,7 +49,7 @@ class _AbsentProbes(importlib.abc.MetaPathFinder):
     resolution. The outcome is the one Python gives (ModuleNotFoundError); only names absent at start-up are
     listed, so an installed IPython or pyspark imports as always. Test processes only: `vaegen` is unchanged."""
 
-    def __init__(self, names: Iterator[str]):
+    def __init__(self, *names: str):
         self.names = frozenset(name for name in names if importlib.util.find_spec(name) is None)
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
@@ -58,7 +58,7 @@ class _AbsentProbes(importlib.abc.MetaPathFinder):
         return None
 
 
-sys.meta_path.insert(0, _AbsentProbes(iter(("dbruntime", "pyspark", "IPython"))))
+sys.meta_path.insert(0, _AbsentProbes("dbruntime", "pyspark", "IPython"))
 
 SERVER_START_TIMEOUT_S = 90  # `mlflow server` takes ~11 s to answer /health on 2 cores; leave room for a loaded CI box
 SERVER_STOP_TIMEOUT_S = 5  # graceful shutdown waits on idle keep-alive connections; a test server can be killed
